@@ -1,0 +1,443 @@
+//! Every option Cairn knows, with Flink's keys, deprecated keys and defaults.
+//!
+//! Cairn-specific options and deliberate differences from Flink say so in their description.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::option::{AnyOption, ConfigOption};
+use crate::value::{
+    CheckpointingMode, ClaimMode, ExternalizedCheckpointRetention, FromConfigStr,
+    RestartStrategyType, StateBackendType,
+};
+
+/// Upper bound for `pipeline.max-parallelism` (the number of key groups), as in Flink.
+pub const MAX_PARALLELISM_UPPER_BOUND: u32 = 32_768;
+
+fn at_least_one(v: &u32) -> Result<(), String> {
+    if *v >= 1 {
+        Ok(())
+    } else {
+        Err("must be at least 1".to_string())
+    }
+}
+
+fn positive_duration(v: &Duration) -> Result<(), String> {
+    if v.is_zero() {
+        Err("must be longer than 0 ms".to_string())
+    } else {
+        Ok(())
+    }
+}
+
+fn checkpoint_interval_check(v: &Option<Duration>) -> Result<(), String> {
+    match v {
+        Some(d) if d.is_zero() => Err(
+            "must be longer than 0 ms; to disable checkpointing leave the key unset".to_string(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn parse_max_parallelism(s: &str) -> Result<Option<u32>, String> {
+    if s.trim() == "-1" {
+        return Ok(None);
+    }
+    u32::from_config_str(s).map(Some)
+}
+
+fn max_parallelism_check(v: &Option<u32>) -> Result<(), String> {
+    match v {
+        Some(n) if *n == 0 || *n > MAX_PARALLELISM_UPPER_BOUND => Err(format!(
+            "must be between 1 and {MAX_PARALLELISM_UPPER_BOUND} (or -1 for the default)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn multiplier_check(v: &f64) -> Result<(), String> {
+    if *v >= 1.0 {
+        Ok(())
+    } else {
+        Err("must be at least 1.0".to_string())
+    }
+}
+
+fn jitter_check(v: &f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(v) {
+        Ok(())
+    } else {
+        Err("must be between 0.0 and 1.0".to_string())
+    }
+}
+
+// ---- pipeline ---------------------------------------------------------------------------------
+
+/// `parallelism.default`: parallelism of operators that do not set their own.
+pub static PARALLELISM_DEFAULT: ConfigOption<u32> = ConfigOption::new(
+    "parallelism.default",
+    "1",
+    "Parallelism of operators that do not set one. At least 1.",
+)
+.with_check(at_least_one);
+
+/// `pipeline.max-parallelism`: number of key groups; `None` (or `-1`) means derived from the
+/// parallelism as `min(max(next_power_of_two(1.5 * parallelism), 128), 32768)`.
+pub static MAX_PARALLELISM: ConfigOption<Option<u32>> = ConfigOption::optional(
+    "pipeline.max-parallelism",
+    "Maximum parallelism = number of key groups, 1..=32768. Unset or -1: derived from the \
+     parallelism. Cannot change across a restore.",
+)
+.with_parser(parse_max_parallelism)
+.with_check(max_parallelism_check);
+
+/// `pipeline.auto-generate-uids`.
+pub static AUTO_GENERATE_UIDS: ConfigOption<bool> = ConfigOption::new(
+    "pipeline.auto-generate-uids",
+    "false",
+    "Whether stateful operators without a uid get a generated one. Cairn's default is false \
+     (Flink's is true): a stateful operator without a uid is an error, because generated ids \
+     break savepoint compatibility when the job changes.",
+);
+
+/// `pipeline.name`.
+pub static PIPELINE_NAME: ConfigOption<Option<String>> =
+    ConfigOption::optional("pipeline.name", "Name of the job, shown in the REST API and logs.");
+
+// ---- checkpointing ----------------------------------------------------------------------------
+
+/// `execution.checkpointing.interval`: unset means checkpointing is disabled.
+pub static CHECKPOINTING_INTERVAL: ConfigOption<Option<Duration>> = ConfigOption::optional(
+    "execution.checkpointing.interval",
+    "Time between the starts of two periodic checkpoints. Unset: checkpointing is disabled.",
+)
+.with_check(checkpoint_interval_check);
+
+/// `execution.checkpointing.mode`.
+pub static CHECKPOINTING_MODE: ConfigOption<CheckpointingMode> = ConfigOption::new(
+    "execution.checkpointing.mode",
+    "EXACTLY_ONCE",
+    "EXACTLY_ONCE aligns barriers at operators with several inputs; AT_LEAST_ONCE does not.",
+);
+
+/// `execution.checkpointing.timeout`.
+pub static CHECKPOINTING_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+    "execution.checkpointing.timeout",
+    "10 min",
+    "A checkpoint not complete after this time is aborted.",
+)
+.with_check(positive_duration);
+
+/// `execution.checkpointing.min-pause`.
+pub static CHECKPOINTING_MIN_PAUSE: ConfigOption<Duration> = ConfigOption::new(
+    "execution.checkpointing.min-pause",
+    "0 ms",
+    "Minimum time between the end of one checkpoint and the start of the next.",
+);
+
+/// `execution.checkpointing.max-concurrent-checkpoints`.
+pub static CHECKPOINTING_MAX_CONCURRENT: ConfigOption<u32> = ConfigOption::new(
+    "execution.checkpointing.max-concurrent-checkpoints",
+    "1",
+    "How many checkpoints may be in progress at once. At least 1.",
+)
+.with_check(at_least_one);
+
+/// `execution.checkpointing.tolerable-failed-checkpoints`.
+pub static CHECKPOINTING_TOLERABLE_FAILURES: ConfigOption<u32> = ConfigOption::new(
+    "execution.checkpointing.tolerable-failed-checkpoints",
+    "0",
+    "Consecutive checkpoint failures tolerated before the job fails over.",
+);
+
+/// `execution.checkpointing.dir` (alias `state.checkpoints.dir`).
+pub static CHECKPOINTS_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
+    "execution.checkpointing.dir",
+    "Directory for checkpoints: <dir>/<job-id>/chk-<n>/. Required when checkpointing is enabled.",
+)
+.with_aliases(&["state.checkpoints.dir"]);
+
+/// `execution.checkpointing.savepoint-dir` (alias `state.savepoints.dir`).
+pub static SAVEPOINT_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
+    "execution.checkpointing.savepoint-dir",
+    "Default directory for savepoints when the trigger names none.",
+)
+.with_aliases(&["state.savepoints.dir"]);
+
+/// `execution.checkpointing.num-retained` (alias `state.checkpoints.num-retained`).
+pub static CHECKPOINTS_NUM_RETAINED: ConfigOption<u32> = ConfigOption::new(
+    "execution.checkpointing.num-retained",
+    "1",
+    "Number of latest completed checkpoints kept. At least 1.",
+)
+.with_aliases(&["state.checkpoints.num-retained"])
+.with_check(at_least_one);
+
+/// `execution.checkpointing.externalized-checkpoint-retention`.
+pub static EXTERNALIZED_CHECKPOINT_RETENTION: ConfigOption<ExternalizedCheckpointRetention> =
+    ConfigOption::new(
+        "execution.checkpointing.externalized-checkpoint-retention",
+        "NO_EXTERNALIZED_CHECKPOINTS",
+        "What happens to retained checkpoints when the job is cancelled: \
+         RETAIN_ON_CANCELLATION keeps them, DELETE_ON_CANCELLATION deletes them, \
+         NO_EXTERNALIZED_CHECKPOINTS (Flink 2's default) deletes them whenever the job ends.",
+    );
+
+/// `execution.checkpointing.incremental` (alias `state.backend.incremental`).
+pub static CHECKPOINTING_INCREMENTAL: ConfigOption<bool> = ConfigOption::new(
+    "execution.checkpointing.incremental",
+    "false",
+    "Incremental checkpoints: upload only files not in the previous checkpoint (lsm backend).",
+)
+.with_aliases(&["state.backend.incremental"]);
+
+// ---- state backend ----------------------------------------------------------------------------
+
+/// `state.backend.type` (alias `state.backend`).
+pub static STATE_BACKEND_TYPE: ConfigOption<StateBackendType> = ConfigOption::new(
+    "state.backend.type",
+    "hashmap",
+    "Keyed state backend: hashmap (in memory) or lsm (on local disk).",
+)
+.with_aliases(&["state.backend"]);
+
+/// `state.backend.lsm.dir`.
+pub static STATE_BACKEND_LSM_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
+    "state.backend.lsm.dir",
+    "Cairn-specific. Local working directory of the lsm backend; unset: a temporary directory.",
+);
+
+// ---- restart strategy -------------------------------------------------------------------------
+
+/// `restart-strategy.type` (alias `restart-strategy`). Unset: see
+/// [`crate::effective_restart_strategy`].
+pub static RESTART_STRATEGY_TYPE: ConfigOption<Option<RestartStrategyType>> =
+    ConfigOption::optional(
+        "restart-strategy.type",
+        "none|off|disable, fixed-delay|fixeddelay, failure-rate|failurerate, \
+         exponential-delay|exponentialdelay. Unset: exponential-delay if checkpointing is \
+         enabled, else none.",
+    )
+    .with_aliases(&["restart-strategy"]);
+
+/// `restart-strategy.fixed-delay.attempts`.
+pub static FIXED_DELAY_ATTEMPTS: ConfigOption<u32> = ConfigOption::new(
+    "restart-strategy.fixed-delay.attempts",
+    "1",
+    "fixed-delay: restarts before the job is declared failed.",
+);
+
+/// `restart-strategy.fixed-delay.delay`.
+pub static FIXED_DELAY_DELAY: ConfigOption<Duration> = ConfigOption::new(
+    "restart-strategy.fixed-delay.delay",
+    "1 s",
+    "fixed-delay: time between two restart attempts.",
+);
+
+/// `restart-strategy.failure-rate.max-failures-per-interval`.
+pub static FAILURE_RATE_MAX_FAILURES: ConfigOption<u32> = ConfigOption::new(
+    "restart-strategy.failure-rate.max-failures-per-interval",
+    "1",
+    "failure-rate: restarts allowed within one interval before the job fails.",
+);
+
+/// `restart-strategy.failure-rate.failure-rate-interval`.
+pub static FAILURE_RATE_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+    "restart-strategy.failure-rate.failure-rate-interval",
+    "1 min",
+    "failure-rate: the interval over which failures are counted.",
+)
+.with_check(positive_duration);
+
+/// `restart-strategy.failure-rate.delay`.
+pub static FAILURE_RATE_DELAY: ConfigOption<Duration> = ConfigOption::new(
+    "restart-strategy.failure-rate.delay",
+    "1 s",
+    "failure-rate: time between two restart attempts.",
+);
+
+/// `restart-strategy.exponential-delay.initial-backoff`.
+pub static EXP_DELAY_INITIAL_BACKOFF: ConfigOption<Duration> = ConfigOption::new(
+    "restart-strategy.exponential-delay.initial-backoff",
+    "1 s",
+    "exponential-delay: delay before the first restart.",
+);
+
+/// `restart-strategy.exponential-delay.max-backoff`.
+pub static EXP_DELAY_MAX_BACKOFF: ConfigOption<Duration> = ConfigOption::new(
+    "restart-strategy.exponential-delay.max-backoff",
+    "1 min",
+    "exponential-delay: upper bound of the delay.",
+);
+
+/// `restart-strategy.exponential-delay.backoff-multiplier`.
+pub static EXP_DELAY_BACKOFF_MULTIPLIER: ConfigOption<f64> = ConfigOption::new(
+    "restart-strategy.exponential-delay.backoff-multiplier",
+    "1.5",
+    "exponential-delay: factor applied to the delay after each failure. At least 1.0.",
+)
+.with_check(multiplier_check);
+
+/// `restart-strategy.exponential-delay.reset-backoff-threshold`.
+pub static EXP_DELAY_RESET_BACKOFF_THRESHOLD: ConfigOption<Duration> = ConfigOption::new(
+    "restart-strategy.exponential-delay.reset-backoff-threshold",
+    "1 h",
+    "exponential-delay: after running this long without failure the delay and the attempt \
+     count are reset.",
+);
+
+/// `restart-strategy.exponential-delay.jitter-factor`.
+pub static EXP_DELAY_JITTER_FACTOR: ConfigOption<f64> = ConfigOption::new(
+    "restart-strategy.exponential-delay.jitter-factor",
+    "0.1",
+    "exponential-delay: random +/- fraction applied to each delay, 0.0..=1.0.",
+)
+.with_check(jitter_check);
+
+/// `restart-strategy.exponential-delay.attempts-before-reset-backoff`; Flink's default is
+/// `Integer.MAX_VALUE` (documented as "infinite").
+pub static EXP_DELAY_ATTEMPTS_BEFORE_RESET: ConfigOption<u32> = ConfigOption::new(
+    "restart-strategy.exponential-delay.attempts-before-reset-backoff",
+    "2147483647",
+    "exponential-delay: restarts allowed before the backoff is reset; the default \
+     2147483647 means unlimited.",
+);
+
+// ---- REST ---------------------------------------------------------------------------------
+
+/// `rest.address`.
+pub static REST_ADDRESS: ConfigOption<String> = ConfigOption::new(
+    "rest.address",
+    "127.0.0.1",
+    "Address clients use to reach the REST server.",
+);
+
+/// `rest.port`.
+pub static REST_PORT: ConfigOption<u16> =
+    ConfigOption::new("rest.port", "8081", "Port of the REST server (0: any free port).");
+
+/// `rest.bind-address`.
+pub static REST_BIND_ADDRESS: ConfigOption<Option<String>> = ConfigOption::optional(
+    "rest.bind-address",
+    "Address the REST server binds to; unset: rest.address.",
+);
+
+/// `rest.auth-token` (Cairn-specific).
+pub static REST_AUTH_TOKEN: ConfigOption<Option<String>> = ConfigOption::optional(
+    "rest.auth-token",
+    "Cairn-specific. If set, REST requests must send 'Authorization: Bearer <token>'.",
+);
+
+/// `rest.allowed-path-roots` (Cairn-specific), a comma-separated list of directories; see
+/// [`crate::Configuration::allowed_path_roots`].
+pub static REST_ALLOWED_PATH_ROOTS: ConfigOption<Option<String>> = ConfigOption::optional(
+    "rest.allowed-path-roots",
+    "Cairn-specific. Comma-separated directories under which REST requests may name paths \
+     (savepoint targets, restore paths); unset: no restriction beyond the configured dirs.",
+);
+
+// ---- state recovery (restore) -----------------------------------------------------------------
+
+/// `execution.state-recovery.path` (alias `execution.savepoint.path`); what `-s` sets.
+pub static SAVEPOINT_PATH: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
+    "execution.state-recovery.path",
+    "Savepoint or retained checkpoint (directory or its _metadata) to restore from. Set by -s.",
+)
+.with_aliases(&["execution.savepoint.path"]);
+
+/// `execution.state-recovery.ignore-unclaimed-state` (alias
+/// `execution.savepoint.ignore-unclaimed-state`); what `-n` sets.
+pub static SAVEPOINT_IGNORE_UNCLAIMED_STATE: ConfigOption<bool> = ConfigOption::new(
+    "execution.state-recovery.ignore-unclaimed-state",
+    "false",
+    "Allow a restore that drops state matching no operator. Set by -n.",
+)
+.with_aliases(&["execution.savepoint.ignore-unclaimed-state"]);
+
+/// `execution.state-recovery.claim-mode` (alias `execution.savepoint-restore-mode`); what
+/// `--claim-mode` sets.
+pub static RESTORE_CLAIM_MODE: ConfigOption<ClaimMode> = ConfigOption::new(
+    "execution.state-recovery.claim-mode",
+    "NO_CLAIM",
+    "CLAIM: the job owns the restored snapshot and may delete it; NO_CLAIM: it never touches \
+     it. Set by --claim-mode.",
+)
+.with_aliases(&["execution.savepoint-restore-mode"]);
+
+// ---- Cairn runtime ----------------------------------------------------------------------------
+
+/// `cairn.runtime.batch-size` (Cairn-specific).
+pub static RUNTIME_BATCH_SIZE: ConfigOption<u32> = ConfigOption::new(
+    "cairn.runtime.batch-size",
+    "1024",
+    "Cairn-specific. Records per batch sent between tasks. At least 1.",
+)
+.with_check(at_least_one);
+
+/// `cairn.runtime.channel-capacity` (Cairn-specific).
+pub static RUNTIME_CHANNEL_CAPACITY: ConfigOption<u32> = ConfigOption::new(
+    "cairn.runtime.channel-capacity",
+    "16",
+    "Cairn-specific. Batches buffered per channel between two tasks. At least 1.",
+)
+.with_check(at_least_one);
+
+static ALL: &[&dyn AnyOption] = &[
+    &PARALLELISM_DEFAULT,
+    &MAX_PARALLELISM,
+    &AUTO_GENERATE_UIDS,
+    &PIPELINE_NAME,
+    &CHECKPOINTING_INTERVAL,
+    &CHECKPOINTING_MODE,
+    &CHECKPOINTING_TIMEOUT,
+    &CHECKPOINTING_MIN_PAUSE,
+    &CHECKPOINTING_MAX_CONCURRENT,
+    &CHECKPOINTING_TOLERABLE_FAILURES,
+    &CHECKPOINTS_DIR,
+    &SAVEPOINT_DIR,
+    &CHECKPOINTS_NUM_RETAINED,
+    &EXTERNALIZED_CHECKPOINT_RETENTION,
+    &CHECKPOINTING_INCREMENTAL,
+    &STATE_BACKEND_TYPE,
+    &STATE_BACKEND_LSM_DIR,
+    &RESTART_STRATEGY_TYPE,
+    &FIXED_DELAY_ATTEMPTS,
+    &FIXED_DELAY_DELAY,
+    &FAILURE_RATE_MAX_FAILURES,
+    &FAILURE_RATE_INTERVAL,
+    &FAILURE_RATE_DELAY,
+    &EXP_DELAY_INITIAL_BACKOFF,
+    &EXP_DELAY_MAX_BACKOFF,
+    &EXP_DELAY_BACKOFF_MULTIPLIER,
+    &EXP_DELAY_RESET_BACKOFF_THRESHOLD,
+    &EXP_DELAY_JITTER_FACTOR,
+    &EXP_DELAY_ATTEMPTS_BEFORE_RESET,
+    &REST_ADDRESS,
+    &REST_PORT,
+    &REST_BIND_ADDRESS,
+    &REST_AUTH_TOKEN,
+    &REST_ALLOWED_PATH_ROOTS,
+    &SAVEPOINT_PATH,
+    &SAVEPOINT_IGNORE_UNCLAIMED_STATE,
+    &RESTORE_CLAIM_MODE,
+    &RUNTIME_BATCH_SIZE,
+    &RUNTIME_CHANNEL_CAPACITY,
+];
+
+/// Every known option, in declaration order.
+pub fn all() -> &'static [&'static dyn AnyOption] {
+    ALL
+}
+
+/// Looks up a key: returns the option and whether `key` was one of its aliases.
+pub fn lookup(key: &str) -> Option<(&'static dyn AnyOption, bool)> {
+    for opt in ALL {
+        if opt.key() == key {
+            return Some((*opt, false));
+        }
+        if opt.aliases().contains(&key) {
+            return Some((*opt, true));
+        }
+    }
+    None
+}

@@ -1,0 +1,31 @@
+//! cairn-snapshot: where checkpoints and savepoints meet storage.
+//!
+//! * [`storage`]: the one interface to durable storage, local files, fault injection.
+//! * [`checksum`]: CRC-32 helpers.
+//! * [`state_file`]: the checksummed, sectioned state-file container.
+//! * [`metadata`]: the `_metadata` model and format.
+//! * [`layout`]: directory layout, job ids, savepoint names, latest-checkpoint discovery.
+//! * [`commit`]: the checkpoint commit protocol as pure logic, plus a small I/O driver.
+//! * [`retention`]: the completed-checkpoint store, reference counting and cleanup.
+//! * [`restore`]: loading a snapshot for restore.
+
+pub mod checksum;
+pub mod commit;
+pub mod error;
+pub mod layout;
+pub mod metadata;
+pub mod restore;
+pub mod retention;
+pub mod state_file;
+pub mod storage;
+
+pub use error::{Result, SnapshotError};
+pub use layout::{CheckpointLayout, JobId};
+pub use metadata::{
+    read_metadata, verify_files, write_metadata, OperatorSnapshot, SavepointFormat, SnapshotKind,
+    SnapshotMetadata, StateFileRef, SubtaskSnapshot,
+};
+pub use restore::{load_snapshot, LoadedSnapshot};
+pub use retention::{CompletedCheckpointStore, ExternalizedRetention};
+pub use state_file::{SectionInfo, StateFileInfo, StateFileReader, StateFileWriter};
+pub use storage::{FaultInjectingStorage, LocalFileStorage, Storage, StorageWriter};

@@ -1,0 +1,343 @@
+//! The `_metadata` model and file format, version 1 (spec: `docs/formats/metadata.md`).
+//!
+//! ```text
+//! CAIRN-METADATA 1\n
+//! <JSON object>\n
+//! CRC32 <8 lowercase hex digits>\n
+//! ```
+//! The CRC-32 covers every byte before the `CRC32 ` line.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::crc32;
+use crate::error::{Result, SnapshotError};
+use crate::layout::{resolve_ref, validate_hex32, validate_ref_path};
+use crate::state_file::SectionInfo;
+use crate::storage::Storage;
+
+/// File name of the metadata file in every snapshot directory.
+pub const METADATA_FILE_NAME: &str = "_metadata";
+/// The `_metadata` format version this build writes (and the only one it reads).
+pub const METADATA_VERSION: u32 = 1;
+/// First line prefix of a `_metadata` file (followed by the version and `\n`).
+pub const METADATA_MAGIC: &str = "CAIRN-METADATA ";
+/// Prefix of the last line of a `_metadata` file.
+pub const METADATA_CRC_PREFIX: &str = "CRC32 ";
+/// Version of this crate, recorded in `cairn_version`.
+pub const CAIRN_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Checkpoint or savepoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SnapshotKind {
+    /// Owned by the engine; retained and deleted according to retention.
+    Checkpoint,
+    /// Owned by the user; never deleted by Cairn; relocatable.
+    Savepoint { format: SavepointFormat },
+}
+
+impl SnapshotKind {
+    /// True for savepoints.
+    pub fn is_savepoint(&self) -> bool {
+        matches!(self, SnapshotKind::Savepoint { .. })
+    }
+}
+
+/// How a savepoint's state is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SavepointFormat {
+    /// Backend-independent format, readable by any state backend and tools.
+    Canonical,
+    /// The state backend's own format (faster, tied to the backend).
+    Native,
+}
+
+/// The content of a `_metadata` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMetadata {
+    pub format_version: u32,
+    pub kind: SnapshotKind,
+    /// 32 lowercase hex digits.
+    pub job_id: String,
+    pub checkpoint_id: u64,
+    pub trigger_timestamp_ms: u64,
+    pub completion_timestamp_ms: u64,
+    pub cairn_version: String,
+    pub operators: Vec<OperatorSnapshot>,
+}
+
+/// State of one operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorSnapshot {
+    /// 32 lowercase hex digits (hash of the uid).
+    pub operator_id: String,
+    pub uid: String,
+    pub name: String,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    pub subtasks: Vec<SubtaskSnapshot>,
+}
+
+/// State of one subtask: zero or more files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskSnapshot {
+    pub subtask_index: u32,
+    pub files: Vec<StateFileRef>,
+}
+
+/// A reference to a state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFileRef {
+    /// Relative to the directory holding `_metadata`, forward slashes; may
+    /// start with `../shared/` for checkpoint files shared between checkpoints.
+    pub path: String,
+    pub size: u64,
+    pub crc32: u32,
+    pub sections: Vec<SectionInfo>,
+}
+
+impl SnapshotMetadata {
+    /// Every file reference with its operator and subtask.
+    pub fn files(&self) -> impl Iterator<Item = (&OperatorSnapshot, &SubtaskSnapshot, &StateFileRef)> {
+        self.operators.iter().flat_map(|op| {
+            op.subtasks
+                .iter()
+                .flat_map(move |st| st.files.iter().map(move |f| (op, st, f)))
+        })
+    }
+
+    /// Finds an operator by id.
+    pub fn operator(&self, operator_id: &str) -> Option<&OperatorSnapshot> {
+        self.operators.iter().find(|o| o.operator_id == operator_id)
+    }
+
+    /// Checks internal consistency: version, ids, parallelism, subtask
+    /// indexes, key groups and file paths. Savepoints may not reference files
+    /// outside their directory (they must be relocatable).
+    pub fn validate(&self) -> Result<()> {
+        let ctx = |what: String| SnapshotError::protocol("invalid snapshot metadata", what);
+        if self.format_version != METADATA_VERSION {
+            return Err(ctx(format!(
+                "format_version is {} but this build writes version {METADATA_VERSION}",
+                self.format_version
+            )));
+        }
+        validate_hex32("job id", &self.job_id)?;
+        let mut op_ids = BTreeSet::new();
+        let mut uids = BTreeSet::new();
+        let mut paths = BTreeSet::new();
+        for op in &self.operators {
+            validate_hex32("operator id", &op.operator_id)?;
+            if !op_ids.insert(op.operator_id.as_str()) {
+                return Err(ctx(format!("operator id {} appears twice", op.operator_id)));
+            }
+            if !uids.insert(op.uid.as_str()) {
+                return Err(ctx(format!("uid '{}' appears on two operators", op.uid)));
+            }
+            if op.parallelism == 0 || op.parallelism > op.max_parallelism {
+                return Err(ctx(format!(
+                    "operator '{}' ({}) has parallelism {} and max parallelism {}; need 1 <= parallelism <= max parallelism",
+                    op.uid, op.operator_id, op.parallelism, op.max_parallelism
+                )));
+            }
+            let mut seen = BTreeSet::new();
+            for st in &op.subtasks {
+                if st.subtask_index >= op.parallelism || !seen.insert(st.subtask_index) {
+                    return Err(ctx(format!(
+                        "operator '{}' has a duplicate or out-of-range subtask index {}",
+                        op.uid, st.subtask_index
+                    )));
+                }
+                for f in &st.files {
+                    validate_ref_path(&f.path)?;
+                    if self.kind.is_savepoint() && f.path.starts_with("..") {
+                        return Err(SnapshotError::InvalidPath {
+                            path: f.path.clone(),
+                            reason: "savepoints must be self-contained: every file must be inside the savepoint directory".into(),
+                        });
+                    }
+                    if !paths.insert(f.path.as_str()) {
+                        return Err(ctx(format!("file '{}' is referenced twice", f.path)));
+                    }
+                    if let Some(s) = f
+                        .sections
+                        .iter()
+                        .find(|s| s.key_group.is_some_and(|kg| kg >= op.max_parallelism))
+                    {
+                        return Err(ctx(format!(
+                            "file '{}' section '{}' has key group {:?}, beyond max parallelism {}",
+                            f.path, s.name, s.key_group, op.max_parallelism
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serializes metadata into the framed v1 byte format.
+pub fn encode_metadata(meta: &SnapshotMetadata) -> Result<Vec<u8>> {
+    meta.validate()?;
+    let json = serde_json::to_string_pretty(meta).map_err(|e| {
+        SnapshotError::protocol("encoding _metadata", format!("serialization failed: {e}"))
+    })?;
+    let mut out = format!("{METADATA_MAGIC}{METADATA_VERSION}\n{json}\n").into_bytes();
+    let crc = crc32(&out);
+    out.extend_from_slice(format!("{METADATA_CRC_PREFIX}{crc:08x}\n").as_bytes());
+    Ok(out)
+}
+
+/// Parses and verifies a framed `_metadata` file; `path` names it in errors.
+pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
+    let not_ours = || SnapshotError::NotASnapshot {
+        path: path.to_path_buf(),
+        reason: "the file does not start with 'CAIRN-METADATA'".into(),
+    };
+    let header_end = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(not_ours)?;
+    let header = std::str::from_utf8(&bytes[..header_end]).map_err(|_| not_ours())?;
+    let version_str = header.strip_prefix(METADATA_MAGIC).ok_or_else(not_ours)?;
+    let version: u32 = version_str.parse().map_err(|_| {
+        SnapshotError::corrupt(path, format!("bad version '{version_str}' in header line"))
+    })?;
+    if version != METADATA_VERSION {
+        return Err(SnapshotError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            format: "_metadata",
+            found: version,
+            supported: METADATA_VERSION,
+        });
+    }
+    if bytes.last() != Some(&b'\n') {
+        return Err(SnapshotError::corrupt(path, "file does not end with a newline (truncated?)"));
+    }
+    let crc_line_start = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map(|i| i + 1)
+        .filter(|i| *i > header_end)
+        .ok_or_else(|| SnapshotError::corrupt(path, "checksum line missing (truncated?)"))?;
+    let crc_line = std::str::from_utf8(&bytes[crc_line_start..bytes.len() - 1])
+        .map_err(|_| SnapshotError::corrupt(path, "checksum line is not text"))?;
+    let hex = crc_line
+        .strip_prefix(METADATA_CRC_PREFIX)
+        .filter(|h| h.len() == 8 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .ok_or_else(|| {
+            SnapshotError::corrupt(path, "last line is not 'CRC32 <8 hex digits>' (truncated?)")
+        })?;
+    let expected = u32::from_str_radix(hex, 16)
+        .map_err(|_| SnapshotError::corrupt(path, "bad checksum digits"))?;
+    let actual = crc32(&bytes[..crc_line_start]);
+    if expected != actual {
+        return Err(SnapshotError::ChecksumMismatch {
+            path: path.to_path_buf(),
+            expected,
+            actual,
+        });
+    }
+    let body = &bytes[header_end + 1..crc_line_start];
+    let meta: SnapshotMetadata = serde_json::from_slice(body)
+        .map_err(|e| SnapshotError::corrupt(path, format!("metadata body is not valid: {e}")))?;
+    if meta.format_version != version {
+        return Err(SnapshotError::corrupt(
+            path,
+            format!(
+                "header says version {version} but body says {}",
+                meta.format_version
+            ),
+        ));
+    }
+    meta.validate().map_err(|e| match e {
+        SnapshotError::Protocol { reason, .. } => SnapshotError::corrupt(path, reason),
+        other => other,
+    })?;
+    Ok(meta)
+}
+
+/// Writes `dir/_metadata` atomically (temporary name, fsync, rename, fsync
+/// directory). Call only after every file it names is durable (invariant 1).
+pub fn write_metadata(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) -> Result<PathBuf> {
+    let bytes = encode_metadata(meta)?;
+    let path = dir.join(METADATA_FILE_NAME);
+    storage.write_atomic(&path, &bytes)?;
+    Ok(path)
+}
+
+/// Where a user-supplied snapshot path points: (snapshot dir, `_metadata` path).
+pub fn locate_metadata(storage: &dyn Storage, path: &Path) -> Result<(PathBuf, PathBuf)> {
+    if path.file_name().is_some_and(|n| n == METADATA_FILE_NAME) {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if !storage.exists(path)? {
+            return Err(SnapshotError::MissingFile {
+                path: path.to_path_buf(),
+            });
+        }
+        return Ok((dir, path.to_path_buf()));
+    }
+    if !storage.exists(path)? {
+        return Err(SnapshotError::MissingFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mp = path.join(METADATA_FILE_NAME);
+    if storage.exists(&mp)? {
+        Ok((path.to_path_buf(), mp))
+    } else {
+        Err(SnapshotError::NotASnapshot {
+            path: path.to_path_buf(),
+            reason: "no '_metadata' file was found in it (an incomplete checkpoint, a plain file, or not a snapshot directory)".into(),
+        })
+    }
+}
+
+/// Reads and verifies `_metadata`, given the snapshot directory or the file itself.
+pub fn read_metadata(storage: &dyn Storage, path: &Path) -> Result<SnapshotMetadata> {
+    let (_, mp) = locate_metadata(storage, path)?;
+    let bytes = storage.read(&mp)?;
+    decode_metadata(&mp, &bytes)
+}
+
+/// Checks one referenced file: exists, recorded size, recorded CRC-32.
+pub fn verify_file(storage: &dyn Storage, dir: &Path, file: &StateFileRef) -> Result<()> {
+    let path = resolve_ref(dir, &file.path)?;
+    let size = storage.size(&path)?;
+    if size != file.size {
+        return Err(SnapshotError::SizeMismatch {
+            path,
+            expected: file.size,
+            actual: size,
+        });
+    }
+    let bytes = storage.read(&path)?;
+    let actual = crc32(&bytes);
+    if actual != file.crc32 {
+        return Err(SnapshotError::ChecksumMismatch {
+            path,
+            expected: file.crc32,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Checks every file referenced by `meta` (relative to `dir`); fails on the first problem.
+pub fn verify_files(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) -> Result<()> {
+    for (_, _, f) in meta.files() {
+        verify_file(storage, dir, f)?;
+    }
+    Ok(())
+}
+
+/// Checks every file referenced by `meta` and returns all problems found (for fsck-style reports).
+pub fn check_files(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) -> Vec<SnapshotError> {
+    meta.files()
+        .filter_map(|(_, _, f)| verify_file(storage, dir, f).err())
+        .collect()
+}

@@ -1,0 +1,499 @@
+//! Typed state handles. A user function registers its states once (in `open`)
+//! and keeps the returned handles; each access goes through the context the
+//! runtime passes in, which knows the current key (and window namespace).
+//!
+//! ```ignore
+//! self.count = ctx.value_state(ValueStateDescriptor::<u64>::new("count"))?;
+//! let n = self.count.value(ctx)?.unwrap_or(0) + 1;
+//! self.count.update(ctx, &n)?;
+//! ```
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::{KeyedStateBackend, StateId};
+use crate::codec::{self, get_bytes, put_bytes};
+use crate::descriptor::{
+    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
+    StateMeta, StateTtlConfig, TtlUpdateType, ValueStateDescriptor,
+};
+use crate::error::StateError;
+
+/// Anything that gives access to keyed state for the current key: the runtime's
+/// keyed contexts implement this.
+pub trait StateContext {
+    fn state_access(&mut self) -> &mut KeyedStateAccess;
+}
+
+impl StateContext for KeyedStateAccess {
+    fn state_access(&mut self) -> &mut KeyedStateAccess {
+        self
+    }
+}
+
+/// A subtask's keyed state: the backend plus the current key, key group and
+/// namespace that every typed access is scoped to.
+pub struct KeyedStateAccess {
+    backend: Box<dyn KeyedStateBackend>,
+    key_group: u32,
+    has_key: bool,
+    key_len: usize,
+    /// Current key bytes followed by the current namespace bytes.
+    composite: Vec<u8>,
+    now_ms: u64,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl KeyedStateAccess {
+    /// Wrap a backend; no key is current yet.
+    pub fn new(backend: Box<dyn KeyedStateBackend>) -> Self {
+        KeyedStateAccess {
+            backend,
+            key_group: 0,
+            has_key: false,
+            key_len: 0,
+            composite: Vec::with_capacity(64),
+            now_ms: 0,
+            buf: Vec::with_capacity(64),
+            scratch: Vec::with_capacity(64),
+        }
+    }
+
+    /// Make `key_bytes` (in key group `kg`) the current key, with no namespace.
+    #[inline]
+    pub fn set_current_key(&mut self, key_bytes: &[u8], kg: u32) {
+        self.composite.clear();
+        self.composite.extend_from_slice(key_bytes);
+        self.key_len = key_bytes.len();
+        self.key_group = kg;
+        self.has_key = true;
+    }
+
+    /// Scope later accesses to `namespace` (a window's encoding); empty = none.
+    #[inline]
+    pub fn set_namespace(&mut self, namespace: &[u8]) {
+        self.composite.truncate(self.key_len);
+        self.composite.extend_from_slice(namespace);
+    }
+
+    /// The current key's bytes.
+    pub fn current_key_bytes(&self) -> &[u8] {
+        &self.composite[..self.key_len]
+    }
+
+    /// The current key's group.
+    pub fn current_key_group(&self) -> u32 {
+        self.key_group
+    }
+
+    /// Processing time used for TTL decisions, set by the runtime.
+    pub fn set_processing_time(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// The backend, for snapshots and restores.
+    pub fn backend_mut(&mut self) -> &mut dyn KeyedStateBackend {
+        &mut *self.backend
+    }
+
+    /// Register a value state.
+    pub fn value_state<T>(&mut self, d: ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
+        Ok(ValueState { slot: self.register(d.meta())?, _t: PhantomData })
+    }
+
+    /// Register a list state.
+    pub fn list_state<T>(&mut self, d: ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
+        Ok(ListState { slot: self.register(d.meta())?, _t: PhantomData })
+    }
+
+    /// Register a map state.
+    pub fn map_state<K, V>(&mut self, d: MapStateDescriptor<K, V>) -> Result<MapState<K, V>, StateError> {
+        Ok(MapState { slot: self.register(d.meta())?, _t: PhantomData })
+    }
+
+    /// Register a reducing state with its reduce function.
+    pub fn reducing_state<T>(
+        &mut self,
+        d: ReducingStateDescriptor<T>,
+        reduce: impl Fn(T, T) -> T + Send + Sync + 'static,
+    ) -> Result<ReducingState<T>, StateError> {
+        Ok(ReducingState { slot: self.register(d.meta())?, reduce: Arc::new(reduce) })
+    }
+
+    /// Register an aggregating state with its aggregate function.
+    pub fn aggregating_state<IN, F: AggregateFunction<IN>>(
+        &mut self,
+        d: AggregatingStateDescriptor<IN, F::Acc>,
+        function: F,
+    ) -> Result<AggregatingState<IN, F>, StateError> {
+        Ok(AggregatingState { slot: self.register(d.meta())?, function: Arc::new(function), _t: PhantomData })
+    }
+
+    fn register(&mut self, meta: StateMeta) -> Result<Slot, StateError> {
+        let id = self.backend.register(&meta)?;
+        Ok(Slot { id, name: meta.name.into(), ttl: meta.ttl })
+    }
+
+    fn require_key(&self, slot: &Slot) -> Result<(), StateError> {
+        if self.has_key {
+            Ok(())
+        } else {
+            Err(StateError::Usage(format!(
+                "keyed state '{}' was accessed with no current key; keyed state is only available while processing a record or timer of a keyed stream",
+                slot.name
+            )))
+        }
+    }
+
+    /// Read the raw value of the current key into `self.buf`, applying TTL.
+    fn read_raw(&mut self, slot: &Slot) -> Result<bool, StateError> {
+        self.require_key(slot)?;
+        let found = self.backend.get(slot.id, self.key_group, &self.composite, &mut self.buf)?;
+        if !found {
+            return Ok(false);
+        }
+        if let Some(ttl) = slot.ttl {
+            let ts = read_ts(&slot.name, &self.buf)?;
+            if expired(ts, ttl, self.now_ms) {
+                self.backend.remove(slot.id, self.key_group, &self.composite)?;
+                return Ok(false);
+            }
+            if ttl.update_type == TtlUpdateType::OnReadAndWrite {
+                self.buf[..8].copy_from_slice(&self.now_ms.to_le_bytes());
+                self.backend.put(slot.id, self.key_group, &self.composite, &self.buf)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn payload<'a>(slot: &Slot, raw: &'a [u8]) -> &'a [u8] {
+        if slot.ttl.is_some() {
+            &raw[8..]
+        } else {
+            raw
+        }
+    }
+
+    fn write_value<T: Serialize>(&mut self, slot: &Slot, value: &T) -> Result<(), StateError> {
+        self.require_key(slot)?;
+        self.buf.clear();
+        if slot.ttl.is_some() {
+            self.buf.extend_from_slice(&self.now_ms.to_le_bytes());
+        }
+        codec::append(&slot.name, value, &mut self.buf)?;
+        self.backend.put(slot.id, self.key_group, &self.composite, &self.buf)
+    }
+
+    fn clear(&mut self, slot: &Slot) -> Result<(), StateError> {
+        self.require_key(slot)?;
+        self.backend.remove(slot.id, self.key_group, &self.composite)
+    }
+}
+
+fn read_ts(state: &str, raw: &[u8]) -> Result<u64, StateError> {
+    raw.get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| StateError::Codec { state: state.to_string(), detail: "TTL timestamp missing".into() })
+}
+
+fn expired(ts: u64, ttl: StateTtlConfig, now: u64) -> bool {
+    ts.saturating_add(ttl.ttl_ms) <= now
+}
+
+/// The registration of one state: its id, name (for errors) and TTL.
+#[derive(Clone, Debug)]
+struct Slot {
+    id: StateId,
+    name: Arc<str>,
+    ttl: Option<StateTtlConfig>,
+}
+
+/// One value per key.
+#[derive(Clone, Debug)]
+pub struct ValueState<T> {
+    slot: Slot,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> ValueState<T> {
+    /// The current key's value, if any.
+    pub fn value<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<T>, StateError> {
+        let a = ctx.state_access();
+        if !a.read_raw(&self.slot)? {
+            return Ok(None);
+        }
+        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
+    }
+
+    /// Set the current key's value.
+    pub fn update<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &T) -> Result<(), StateError> {
+        ctx.state_access().write_value(&self.slot, value)
+    }
+
+    /// Remove the current key's value.
+    pub fn clear<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<(), StateError> {
+        ctx.state_access().clear(&self.slot)
+    }
+}
+
+/// A list of values per key.
+#[derive(Clone, Debug)]
+pub struct ListState<T> {
+    slot: Slot,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> ListState<T> {
+    /// The current key's elements (empty when none).
+    pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Vec<T>, StateError> {
+        let a = ctx.state_access();
+        a.require_key(&self.slot)?;
+        if !a.backend.get(self.slot.id, a.key_group, &a.composite, &mut a.buf)? {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut rest: &[u8] = &a.buf;
+        let mut dropped = false;
+        a.scratch.clear();
+        while !rest.is_empty() {
+            let (elem, r) = get_bytes(rest).ok_or_else(|| StateError::Codec {
+                state: self.slot.name.to_string(),
+                detail: "list element framing is corrupt".into(),
+            })?;
+            rest = r;
+            let payload = match self.slot.ttl {
+                Some(ttl) => {
+                    if expired(read_ts(&self.slot.name, elem)?, ttl, a.now_ms) {
+                        dropped = true;
+                        continue;
+                    }
+                    put_bytes(&mut a.scratch, elem);
+                    &elem[8..]
+                }
+                None => elem,
+            };
+            out.push(codec::decode(&self.slot.name, payload)?);
+        }
+        if dropped {
+            if a.scratch.is_empty() {
+                a.backend.remove(self.slot.id, a.key_group, &a.composite)?;
+            } else {
+                a.backend.put(self.slot.id, a.key_group, &a.composite, &a.scratch)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Append one element.
+    pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &T) -> Result<(), StateError> {
+        let a = ctx.state_access();
+        a.require_key(&self.slot)?;
+        a.scratch.clear();
+        if self.slot.ttl.is_some() {
+            a.scratch.extend_from_slice(&a.now_ms.to_le_bytes());
+        }
+        codec::append(&self.slot.name, value, &mut a.scratch)?;
+        a.buf.clear();
+        put_bytes(&mut a.buf, &a.scratch);
+        a.backend.append(self.slot.id, a.key_group, &a.composite, &a.buf)
+    }
+
+    /// Replace the current key's elements.
+    pub fn update<C: StateContext + ?Sized>(&self, ctx: &mut C, values: &[T]) -> Result<(), StateError> {
+        self.clear(ctx)?;
+        for v in values {
+            self.add(ctx, v)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the current key's elements.
+    pub fn clear<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<(), StateError> {
+        ctx.state_access().clear(&self.slot)
+    }
+}
+
+/// A map of user keys to values per key.
+#[derive(Clone, Debug)]
+pub struct MapState<K, V> {
+    slot: Slot,
+    _t: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<K, V> {
+    /// The value under `user_key` for the current key.
+    pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K) -> Result<Option<V>, StateError> {
+        let a = ctx.state_access();
+        a.require_key(&self.slot)?;
+        codec::encode_into(&self.slot.name, user_key, &mut a.scratch)?;
+        if !a.backend.map_get(self.slot.id, a.key_group, &a.composite, &a.scratch, &mut a.buf)? {
+            return Ok(None);
+        }
+        if let Some(ttl) = self.slot.ttl {
+            if expired(read_ts(&self.slot.name, &a.buf)?, ttl, a.now_ms) {
+                a.backend.map_remove(self.slot.id, a.key_group, &a.composite, &a.scratch)?;
+                return Ok(None);
+            }
+        }
+        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
+    }
+
+    /// Set the value under `user_key`.
+    pub fn put<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K, value: &V) -> Result<(), StateError> {
+        let a = ctx.state_access();
+        a.require_key(&self.slot)?;
+        codec::encode_into(&self.slot.name, user_key, &mut a.scratch)?;
+        a.buf.clear();
+        if self.slot.ttl.is_some() {
+            a.buf.extend_from_slice(&a.now_ms.to_le_bytes());
+        }
+        codec::append(&self.slot.name, value, &mut a.buf)?;
+        a.backend.map_put(self.slot.id, a.key_group, &a.composite, &a.scratch, &a.buf)
+    }
+
+    /// Remove the entry under `user_key`.
+    pub fn remove<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K) -> Result<(), StateError> {
+        let a = ctx.state_access();
+        a.require_key(&self.slot)?;
+        codec::encode_into(&self.slot.name, user_key, &mut a.scratch)?;
+        a.backend.map_remove(self.slot.id, a.key_group, &a.composite, &a.scratch)
+    }
+
+    /// Whether `user_key` has a live entry.
+    pub fn contains<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K) -> Result<bool, StateError> {
+        Ok(self.get(ctx, user_key)?.is_some())
+    }
+
+    /// All live entries of the current key, in user-key byte order.
+    pub fn entries<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Vec<(K, V)>, StateError> {
+        let a = ctx.state_access();
+        a.require_key(&self.slot)?;
+        let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        a.backend.map_entries(self.slot.id, a.key_group, &a.composite, &mut |k, v| raw.push((k.to_vec(), v.to_vec())))?;
+        let mut out = Vec::with_capacity(raw.len());
+        for (k, v) in raw {
+            if let Some(ttl) = self.slot.ttl {
+                if expired(read_ts(&self.slot.name, &v)?, ttl, a.now_ms) {
+                    a.backend.map_remove(self.slot.id, a.key_group, &a.composite, &k)?;
+                    continue;
+                }
+            }
+            let key = codec::decode(&self.slot.name, &k)?;
+            let value = codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &v))?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// The live user keys of the current key.
+    pub fn keys<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Vec<K>, StateError> {
+        Ok(self.entries(ctx)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Whether the current key's map has no live entries.
+    pub fn is_empty<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<bool, StateError> {
+        Ok(self.entries(ctx)?.is_empty())
+    }
+
+    /// Remove the current key's whole map.
+    pub fn clear<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<(), StateError> {
+        ctx.state_access().clear(&self.slot)
+    }
+}
+
+/// A value per key that folds added values with a reduce function.
+#[derive(Clone)]
+pub struct ReducingState<T> {
+    slot: Slot,
+    reduce: Arc<dyn Fn(T, T) -> T + Send + Sync>,
+}
+
+impl<T: Serialize + DeserializeOwned> ReducingState<T> {
+    /// The reduced value of the current key.
+    pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<T>, StateError> {
+        let a = ctx.state_access();
+        if !a.read_raw(&self.slot)? {
+            return Ok(None);
+        }
+        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
+    }
+
+    /// Fold `value` into the current key's value.
+    pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: T) -> Result<(), StateError> {
+        let next = match self.get(ctx)? {
+            Some(acc) => (self.reduce)(acc, value),
+            None => value,
+        };
+        ctx.state_access().write_value(&self.slot, &next)
+    }
+
+    /// Remove the current key's value.
+    pub fn clear<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<(), StateError> {
+        ctx.state_access().clear(&self.slot)
+    }
+}
+
+/// An incremental aggregation: accumulator creation, adding, merging, result.
+pub trait AggregateFunction<IN>: Send + Sync + 'static {
+    type Acc: Serialize + DeserializeOwned;
+    type Out;
+    fn create_accumulator(&self) -> Self::Acc;
+    fn add(&self, value: &IN, acc: &mut Self::Acc);
+    fn get_result(&self, acc: &Self::Acc) -> Self::Out;
+    fn merge(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
+}
+
+/// A value per key that aggregates added inputs into an accumulator.
+pub struct AggregatingState<IN, F: AggregateFunction<IN>> {
+    slot: Slot,
+    function: Arc<F>,
+    _t: PhantomData<fn() -> IN>,
+}
+
+impl<IN, F: AggregateFunction<IN>> Clone for AggregatingState<IN, F> {
+    fn clone(&self) -> Self {
+        AggregatingState { slot: self.slot.clone(), function: self.function.clone(), _t: PhantomData }
+    }
+}
+
+impl<IN, F: AggregateFunction<IN>> AggregatingState<IN, F> {
+    /// The current key's accumulator, if any.
+    pub fn accumulator<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<F::Acc>, StateError> {
+        let a = ctx.state_access();
+        if !a.read_raw(&self.slot)? {
+            return Ok(None);
+        }
+        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
+    }
+
+    /// The current key's aggregate result, if any input was added.
+    pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<F::Out>, StateError> {
+        Ok(self.accumulator(ctx)?.map(|acc| self.function.get_result(&acc)))
+    }
+
+    /// Add one input.
+    pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &IN) -> Result<(), StateError> {
+        let mut acc = self.accumulator(ctx)?.unwrap_or_else(|| self.function.create_accumulator());
+        self.function.add(value, &mut acc);
+        ctx.state_access().write_value(&self.slot, &acc)
+    }
+
+    /// Replace the accumulator (used when merging session windows).
+    pub fn set_accumulator<C: StateContext + ?Sized>(&self, ctx: &mut C, acc: &F::Acc) -> Result<(), StateError> {
+        ctx.state_access().write_value(&self.slot, acc)
+    }
+
+    /// The aggregate function.
+    pub fn function(&self) -> &F {
+        &self.function
+    }
+
+    /// Remove the current key's accumulator.
+    pub fn clear<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<(), StateError> {
+        ctx.state_access().clear(&self.slot)
+    }
+}

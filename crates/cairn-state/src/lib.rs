@@ -1,0 +1,34 @@
+//! Cairn's state layer: key groups and stable hashes, the byte-oriented
+//! [`KeyedStateBackend`] trait every state backend implements, the in-memory
+//! heap backend, operator (non-keyed) state, the typed state handles user
+//! functions use, and a conformance suite that every backend must pass.
+//!
+//! Backends store bytes so that snapshots, restores and rescaling work the same
+//! way for every backend; the typed layer ([`handles`]) turns user values into
+//! bytes with the value codec ([`codec`]).
+
+pub mod backend;
+pub mod codec;
+pub mod conformance;
+pub mod descriptor;
+pub mod error;
+pub mod handles;
+pub mod hash;
+pub mod heap;
+pub mod keygroup;
+pub mod operator_state;
+pub mod snapshot_codec;
+
+pub use backend::{KeyedStateBackend, KeyedStateSnapshot, StateId};
+pub use descriptor::{
+    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
+    StateKind, StateMeta, StateTtlConfig, TtlUpdateType, ValueStateDescriptor,
+};
+pub use error::StateError;
+pub use handles::{
+    AggregateFunction, AggregatingState, KeyedStateAccess, ListState, MapState, ReducingState,
+    StateContext, ValueState,
+};
+pub use heap::HeapKeyedStateBackend;
+pub use keygroup::KeyGroupRange;
+pub use operator_state::{DistributionMode, OperatorStateStore};
