@@ -81,8 +81,9 @@ impl Configuration {
         let mut leaves = Vec::new();
         match doc {
             serde_yaml::Value::Null => {}
-            serde_yaml::Value::Mapping(map) => flatten(&map, &mut Vec::new(), &mut leaves)
-                .map_err(|e| e.with_origin(origin))?,
+            serde_yaml::Value::Mapping(map) => {
+                flatten(&map, &mut Vec::new(), &mut leaves).map_err(|e| e.with_origin(origin))?
+            }
             _ => {
                 return Err(ConfigError::new(
                     ConfigErrorKind::Syntax,
@@ -100,7 +101,9 @@ impl Configuration {
             let key = leaf.path.join(".");
             let (opt, _) = resolve_key(&key).map_err(|e| e.with_origin(origin).with_line(line))?;
             if let Some((first_key, first_line)) = seen.get(opt.key()) {
-                let first_at = first_line.map(|l| format!(" on line {l}")).unwrap_or_default();
+                let first_at = first_line
+                    .map(|l| format!(" on line {l}"))
+                    .unwrap_or_default();
                 let how = if *first_key == key {
                     format!("'{key}' is set twice (first{first_at})")
                 } else {
@@ -370,7 +373,9 @@ fn flatten(
             Value::Sequence(_) => {
                 return Err(ConfigError::new(
                     ConfigErrorKind::Syntax,
-                    format!("'{key}' is a list, but no Cairn option takes a list; give a single value"),
+                    format!(
+                        "'{key}' is a list, but no Cairn option takes a list; give a single value"
+                    ),
                 ))
             }
             Value::Tagged(t) => {
@@ -410,14 +415,21 @@ fn locate(text: &str, path: &[String]) -> Option<usize> {
     Some(line + 1)
 }
 
-fn find_key(lines: &[&str], start_line: usize, start_col: usize, seg: &str) -> Option<(usize, usize)> {
+fn find_key(
+    lines: &[&str],
+    start_line: usize,
+    start_col: usize,
+    seg: &str,
+) -> Option<(usize, usize)> {
     let candidates = [seg.to_string(), format!("\"{seg}\""), format!("'{seg}'")];
     for (i, full) in lines.iter().enumerate().skip(start_line) {
         if full.trim_start().starts_with('#') {
             continue;
         }
         let from = if i == start_line { start_col } else { 0 };
-        let Some(line) = full.get(from..) else { continue };
+        let Some(line) = full.get(from..) else {
+            continue;
+        };
         for cand in &candidates {
             let mut search = 0;
             while let Some(pos) = line[search..].find(cand.as_str()) {

@@ -101,8 +101,10 @@ pub static AUTO_GENERATE_UIDS: ConfigOption<bool> = ConfigOption::new(
 );
 
 /// `pipeline.name`.
-pub static PIPELINE_NAME: ConfigOption<Option<String>> =
-    ConfigOption::optional("pipeline.name", "Name of the job, shown in the REST API and logs.");
+pub static PIPELINE_NAME: ConfigOption<Option<String>> = ConfigOption::optional(
+    "pipeline.name",
+    "Name of the job, shown in the REST API and logs.",
+);
 
 // ---- checkpointing ----------------------------------------------------------------------------
 
@@ -153,7 +155,7 @@ pub static CHECKPOINTING_TOLERABLE_FAILURES: ConfigOption<u32> = ConfigOption::n
 /// `execution.checkpointing.dir` (alias `state.checkpoints.dir`).
 pub static CHECKPOINTS_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
     "execution.checkpointing.dir",
-    "Directory for checkpoints: <dir>/<job-id>/chk-<n>/. Required when checkpointing is enabled.",
+    "Directory for checkpoints: <dir>/<job-id>/chk-<n>/.",
 )
 .with_aliases(&["state.checkpoints.dir"]);
 
@@ -204,7 +206,7 @@ pub static STATE_BACKEND_TYPE: ConfigOption<StateBackendType> = ConfigOption::ne
 /// `state.backend.lsm.dir`.
 pub static STATE_BACKEND_LSM_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
     "state.backend.lsm.dir",
-    "Cairn-specific. Local working directory of the lsm backend; unset: a temporary directory.",
+    "Cairn-specific. Local working directory of the lsm backend; unset: chosen by the backend.",
 );
 
 // ---- restart strategy -------------------------------------------------------------------------
@@ -313,8 +315,11 @@ pub static REST_ADDRESS: ConfigOption<String> = ConfigOption::new(
 );
 
 /// `rest.port`.
-pub static REST_PORT: ConfigOption<u16> =
-    ConfigOption::new("rest.port", "8081", "Port of the REST server (0: any free port).");
+pub static REST_PORT: ConfigOption<u16> = ConfigOption::new(
+    "rest.port",
+    "8081",
+    "Port of the REST server (0: any free port).",
+);
 
 /// `rest.bind-address`.
 pub static REST_BIND_ADDRESS: ConfigOption<Option<String>> = ConfigOption::optional(
@@ -325,7 +330,7 @@ pub static REST_BIND_ADDRESS: ConfigOption<Option<String>> = ConfigOption::optio
 /// `rest.auth-token` (Cairn-specific).
 pub static REST_AUTH_TOKEN: ConfigOption<Option<String>> = ConfigOption::optional(
     "rest.auth-token",
-    "Cairn-specific. If set, REST requests must send 'Authorization: Bearer <token>'.",
+    "Cairn-specific. Shared secret REST clients must present; unset: no authentication.",
 );
 
 /// `rest.allowed-path-roots` (Cairn-specific), a comma-separated list of directories; see
@@ -333,7 +338,7 @@ pub static REST_AUTH_TOKEN: ConfigOption<Option<String>> = ConfigOption::optiona
 pub static REST_ALLOWED_PATH_ROOTS: ConfigOption<Option<String>> = ConfigOption::optional(
     "rest.allowed-path-roots",
     "Cairn-specific. Comma-separated directories under which REST requests may name paths \
-     (savepoint targets, restore paths); unset: no restriction beyond the configured dirs.",
+     (savepoint targets, restore paths).",
 );
 
 // ---- state recovery (restore) -----------------------------------------------------------------

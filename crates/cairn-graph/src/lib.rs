@@ -102,10 +102,24 @@ pub struct ResolvedGraph {
 /// What is wrong with a job's graph, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GraphError {
-    DuplicateUid { uid: String, first: String, second: String },
-    MissingUid { operator: String },
-    BadParallelism { operator: String, detail: String },
-    ForwardParallelismMismatch { from: String, to: String, from_parallelism: u32, to_parallelism: u32 },
+    DuplicateUid {
+        uid: String,
+        first: String,
+        second: String,
+    },
+    MissingUid {
+        operator: String,
+    },
+    BadParallelism {
+        operator: String,
+        detail: String,
+    },
+    ForwardParallelismMismatch {
+        from: String,
+        to: String,
+        from_parallelism: u32,
+        to_parallelism: u32,
+    },
     Empty,
 }
 
@@ -162,7 +176,11 @@ impl JobGraph {
     }
 
     /// Validate and decide every uid, parallelism and chain.
-    pub fn resolve(&self, name: &str, settings: GraphSettings) -> Result<ResolvedGraph, GraphError> {
+    pub fn resolve(
+        &self,
+        name: &str,
+        settings: GraphSettings,
+    ) -> Result<ResolvedGraph, GraphError> {
         if self.nodes.is_empty() {
             return Err(GraphError::Empty);
         }
@@ -178,9 +196,11 @@ impl JobGraph {
                 .or(settings.max_parallelism)
                 .unwrap_or_else(|| default_max_parallelism(parallelism));
             if spec.keyed || spec.max_parallelism.is_some() {
-                check_parallelism(parallelism, max_parallelism).map_err(|e| GraphError::BadParallelism {
-                    operator: spec.name.clone(),
-                    detail: e.to_string(),
+                check_parallelism(parallelism, max_parallelism).map_err(|e| {
+                    GraphError::BadParallelism {
+                        operator: spec.name.clone(),
+                        detail: e.to_string(),
+                    }
                 })?;
             } else if parallelism == 0 {
                 return Err(GraphError::BadParallelism {
@@ -191,7 +211,10 @@ impl JobGraph {
             let auto_uid = {
                 let mut basis = format!("{}|{:?}|{}", i, spec.kind, spec.name);
                 for e in self.edges.iter().filter(|e| e.target.0 == i) {
-                    basis.push_str(&format!("|{}:{}:{}", generated[e.source.0], e.source_port, e.target_input));
+                    basis.push_str(&format!(
+                        "|{}:{}:{}",
+                        generated[e.source.0], e.source_port, e.target_input
+                    ));
                 }
                 format!("auto-{}", &operator_id_for_uid(&basis)[..16])
             };
@@ -199,12 +222,18 @@ impl JobGraph {
             let (uid, uid_generated) = match &spec.uid {
                 Some(u) => (u.clone(), false),
                 None if spec.stateful && !settings.auto_generate_uids => {
-                    return Err(GraphError::MissingUid { operator: spec.name.clone() })
+                    return Err(GraphError::MissingUid {
+                        operator: spec.name.clone(),
+                    })
                 }
                 None => (auto_uid, true),
             };
             if let Some(first) = seen.insert(uid.clone(), spec.name.clone()) {
-                return Err(GraphError::DuplicateUid { uid, first, second: spec.name.clone() });
+                return Err(GraphError::DuplicateUid {
+                    uid,
+                    first,
+                    second: spec.name.clone(),
+                });
             }
             nodes.push(ResolvedNode {
                 id: NodeId(i),
@@ -242,7 +271,12 @@ impl JobGraph {
             }
         }
         let chains = plan_chains(&self.nodes, &edges);
-        Ok(ResolvedGraph { name: name.to_string(), nodes, edges, chains })
+        Ok(ResolvedGraph {
+            name: name.to_string(),
+            nodes,
+            edges,
+            chains,
+        })
     }
 }
 
@@ -255,9 +289,13 @@ fn plan_chains(nodes: &[NodeSpec], edges: &[Edge]) -> Vec<Vec<NodeId>> {
     for (i, spec) in nodes.iter().enumerate() {
         let inputs: Vec<&Edge> = edges.iter().filter(|e| e.target.0 == i).collect();
         let joins = match inputs.as_slice() {
-            [e] if e.partitioning == Partitioning::Forward && e.source_port == 0 && !spec.chaining_disabled => {
+            [e] if e.partitioning == Partitioning::Forward
+                && e.source_port == 0
+                && !spec.chaining_disabled =>
+            {
                 let consumers = edges.iter().filter(|o| o.source == e.source).count();
-                let tail = chain_of[e.source.0].map(|c| *chains[c].last().expect("non-empty chain"));
+                let tail =
+                    chain_of[e.source.0].map(|c| *chains[c].last().expect("non-empty chain"));
                 consumers == 1 && tail == Some(e.source)
             }
             _ => false,
@@ -282,12 +320,18 @@ impl ResolvedGraph {
 
     /// Edges into `id`.
     pub fn inputs_of(&self, id: NodeId) -> impl Iterator<Item = (usize, &Edge)> {
-        self.edges.iter().enumerate().filter(move |(_, e)| e.target == id)
+        self.edges
+            .iter()
+            .enumerate()
+            .filter(move |(_, e)| e.target == id)
     }
 
     /// Edges out of `id`.
     pub fn outputs_of(&self, id: NodeId) -> impl Iterator<Item = (usize, &Edge)> {
-        self.edges.iter().enumerate().filter(move |(_, e)| e.source == id)
+        self.edges
+            .iter()
+            .enumerate()
+            .filter(move |(_, e)| e.source == id)
     }
 }
 
@@ -309,11 +353,21 @@ mod tests {
     }
 
     fn settings(auto: bool) -> GraphSettings {
-        GraphSettings { default_parallelism: 2, max_parallelism: None, auto_generate_uids: auto }
+        GraphSettings {
+            default_parallelism: 2,
+            max_parallelism: None,
+            auto_generate_uids: auto,
+        }
     }
 
     fn edge(a: usize, b: usize, p: Partitioning) -> Edge {
-        Edge { source: NodeId(a), source_port: 0, target: NodeId(b), target_input: 0, partitioning: p }
+        Edge {
+            source: NodeId(a),
+            source_port: 0,
+            target: NodeId(b),
+            target_input: 0,
+            partitioning: p,
+        }
     }
 
     fn three(uid: Option<&str>) -> JobGraph {
@@ -328,8 +382,16 @@ mod tests {
 
     #[test]
     fn stateful_operator_without_uid_is_refused_with_the_fix() {
-        let err = three(None).resolve("j", settings(false)).unwrap_err().to_string();
-        assert!(err.contains("'count'") && err.contains(".uid(") && err.contains("pipeline.auto-generate-uids"), "{err}");
+        let err = three(None)
+            .resolve("j", settings(false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'count'")
+                && err.contains(".uid(")
+                && err.contains("pipeline.auto-generate-uids"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -346,7 +408,10 @@ mod tests {
         let mut g = three(Some("src"));
         g.nodes[1].name = "counter".into();
         let err = g.resolve("j", settings(false)).unwrap_err().to_string();
-        assert!(err.contains("'src'") && err.contains("'counter'") && err.contains("uid 'src'"), "{err}");
+        assert!(
+            err.contains("'src'") && err.contains("'counter'") && err.contains("uid 'src'"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -37,10 +37,7 @@ pub fn validate_hex32(what: &'static str, s: &str) -> Result<()> {
             reason: format!("it has {} characters", s.len()),
         });
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !matches!(c, '0'..='9' | 'a'..='f'))
-    {
+    if let Some(c) = s.chars().find(|c| !matches!(c, '0'..='9' | 'a'..='f')) {
         return Err(SnapshotError::InvalidId {
             what,
             value: s.to_string(),
@@ -421,7 +418,10 @@ mod tests {
 
     #[test]
     fn ref_paths() {
-        assert_eq!(resolve_in_job("chk-5", "a/b.state").unwrap(), "chk-5/a/b.state");
+        assert_eq!(
+            resolve_in_job("chk-5", "a/b.state").unwrap(),
+            "chk-5/a/b.state"
+        );
         assert_eq!(resolve_in_job("chk-5", "../shared/x").unwrap(), "shared/x");
         assert!(resolve_in_job("chk-5", "../../x").is_err());
         for bad in ["", "/abs", "a\\b", "a/../b", "a//b", "./a", "..", "c:/x"] {

@@ -102,7 +102,9 @@ pub struct StateFileRef {
 
 impl SnapshotMetadata {
     /// Every file reference with its operator and subtask.
-    pub fn files(&self) -> impl Iterator<Item = (&OperatorSnapshot, &SubtaskSnapshot, &StateFileRef)> {
+    pub fn files(
+        &self,
+    ) -> impl Iterator<Item = (&OperatorSnapshot, &SubtaskSnapshot, &StateFileRef)> {
         self.operators.iter().flat_map(|op| {
             op.subtasks
                 .iter()
@@ -216,7 +218,10 @@ pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
         });
     }
     if bytes.last() != Some(&b'\n') {
-        return Err(SnapshotError::corrupt(path, "file does not end with a newline (truncated?)"));
+        return Err(SnapshotError::corrupt(
+            path,
+            "file does not end with a newline (truncated?)",
+        ));
     }
     let crc_line_start = bytes[..bytes.len() - 1]
         .iter()
@@ -263,7 +268,11 @@ pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
 
 /// Writes `dir/_metadata` atomically (temporary name, fsync, rename, fsync
 /// directory). Call only after every file it names is durable (invariant 1).
-pub fn write_metadata(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) -> Result<PathBuf> {
+pub fn write_metadata(
+    storage: &dyn Storage,
+    dir: &Path,
+    meta: &SnapshotMetadata,
+) -> Result<PathBuf> {
     let bytes = encode_metadata(meta)?;
     let path = dir.join(METADATA_FILE_NAME);
     storage.write_atomic(&path, &bytes)?;
@@ -336,7 +345,11 @@ pub fn verify_files(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) 
 }
 
 /// Checks every file referenced by `meta` and returns all problems found (for fsck-style reports).
-pub fn check_files(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) -> Vec<SnapshotError> {
+pub fn check_files(
+    storage: &dyn Storage,
+    dir: &Path,
+    meta: &SnapshotMetadata,
+) -> Vec<SnapshotError> {
     meta.files()
         .filter_map(|(_, _, f)| verify_file(storage, dir, f).err())
         .collect()

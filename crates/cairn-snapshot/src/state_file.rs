@@ -245,13 +245,19 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap_or_default()))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
 }
 
@@ -298,7 +304,10 @@ impl StateFileReader {
             });
         }
         if bytes[10..16].iter().any(|b| *b != 0) {
-            return Err(SnapshotError::corrupt(path, "reserved header bytes are not zero"));
+            return Err(SnapshotError::corrupt(
+                path,
+                "reserved header bytes are not zero",
+            ));
         }
         let n = bytes.len();
         if bytes[n - 4..] != STATE_FILE_END_MAGIC {
@@ -346,7 +355,7 @@ impl StateFileReader {
                 return Err(SnapshotError::corrupt(path, "bad key-group flag in index"));
             }
             if offset != expected_offset
-                || offset.checked_add(slen).map_or(true, |e| e > index_offset)
+                || !matches!(offset.checked_add(slen), Some(e) if e <= index_offset)
             {
                 return Err(SnapshotError::corrupt(
                     path,
@@ -495,7 +504,10 @@ mod tests {
         let (mut bytes, _) = sample();
         bytes[8] = 2;
         let e = StateFileReader::from_bytes(Path::new("dir/x.state"), bytes).unwrap_err();
-        assert!(matches!(e, SnapshotError::UnsupportedVersion { found: 2, .. }));
+        assert!(matches!(
+            e,
+            SnapshotError::UnsupportedVersion { found: 2, .. }
+        ));
         assert!(e.to_string().contains("dir/x.state"));
     }
 }

@@ -205,7 +205,7 @@ impl Storage for LocalFileStorage {
             .metadata()
             .map_err(|e| SnapshotError::io("stat", path, e))?
             .len();
-        if offset.checked_add(len).map_or(true, |end| end > size) {
+        if !matches!(offset.checked_add(len), Some(end) if end <= size) {
             return Err(SnapshotError::corrupt(
                 path,
                 format!("range {offset}+{len} is beyond the end of the file ({size} bytes)"),
@@ -284,8 +284,7 @@ impl Storage for LocalFileStorage {
         );
         let tmp = parent.join(tmp_name);
         let result = (|| {
-            let mut f =
-                fs::File::create(&tmp).map_err(|e| SnapshotError::io("create", &tmp, e))?;
+            let mut f = fs::File::create(&tmp).map_err(|e| SnapshotError::io("create", &tmp, e))?;
             f.write_all(bytes)
                 .map_err(|e| SnapshotError::io("write", &tmp, e))?;
             f.sync_all()
@@ -488,10 +487,14 @@ impl<S: Storage + Clone + 'static> Storage for FaultInjectingStorage<S> {
         self.run(OpKind::DeleteFile, path, || self.inner.delete_file(path))
     }
     fn delete_dir_all(&self, path: &Path) -> Result<()> {
-        self.run(OpKind::DeleteDirAll, path, || self.inner.delete_dir_all(path))
+        self.run(OpKind::DeleteDirAll, path, || {
+            self.inner.delete_dir_all(path)
+        })
     }
     fn create_dir_all(&self, path: &Path) -> Result<()> {
-        self.run(OpKind::CreateDirAll, path, || self.inner.create_dir_all(path))
+        self.run(OpKind::CreateDirAll, path, || {
+            self.inner.create_dir_all(path)
+        })
     }
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         self.run(OpKind::WriteAtomic, path, || {

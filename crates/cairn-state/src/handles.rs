@@ -101,18 +101,33 @@ impl KeyedStateAccess {
     }
 
     /// Register a value state.
-    pub fn value_state<T>(&mut self, d: ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
-        Ok(ValueState { slot: self.register(d.meta())?, _t: PhantomData })
+    pub fn value_state<T>(
+        &mut self,
+        d: ValueStateDescriptor<T>,
+    ) -> Result<ValueState<T>, StateError> {
+        Ok(ValueState {
+            slot: self.register(d.meta())?,
+            _t: PhantomData,
+        })
     }
 
     /// Register a list state.
     pub fn list_state<T>(&mut self, d: ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
-        Ok(ListState { slot: self.register(d.meta())?, _t: PhantomData })
+        Ok(ListState {
+            slot: self.register(d.meta())?,
+            _t: PhantomData,
+        })
     }
 
     /// Register a map state.
-    pub fn map_state<K, V>(&mut self, d: MapStateDescriptor<K, V>) -> Result<MapState<K, V>, StateError> {
-        Ok(MapState { slot: self.register(d.meta())?, _t: PhantomData })
+    pub fn map_state<K, V>(
+        &mut self,
+        d: MapStateDescriptor<K, V>,
+    ) -> Result<MapState<K, V>, StateError> {
+        Ok(MapState {
+            slot: self.register(d.meta())?,
+            _t: PhantomData,
+        })
     }
 
     /// Register a reducing state with its reduce function.
@@ -121,7 +136,10 @@ impl KeyedStateAccess {
         d: ReducingStateDescriptor<T>,
         reduce: impl Fn(T, T) -> T + Send + Sync + 'static,
     ) -> Result<ReducingState<T>, StateError> {
-        Ok(ReducingState { slot: self.register(d.meta())?, reduce: Arc::new(reduce) })
+        Ok(ReducingState {
+            slot: self.register(d.meta())?,
+            reduce: Arc::new(reduce),
+        })
     }
 
     /// Register an aggregating state with its aggregate function.
@@ -130,12 +148,20 @@ impl KeyedStateAccess {
         d: AggregatingStateDescriptor<IN, F::Acc>,
         function: F,
     ) -> Result<AggregatingState<IN, F>, StateError> {
-        Ok(AggregatingState { slot: self.register(d.meta())?, function: Arc::new(function), _t: PhantomData })
+        Ok(AggregatingState {
+            slot: self.register(d.meta())?,
+            function: Arc::new(function),
+            _t: PhantomData,
+        })
     }
 
     fn register(&mut self, meta: StateMeta) -> Result<Slot, StateError> {
         let id = self.backend.register(&meta)?;
-        Ok(Slot { id, name: meta.name.into(), ttl: meta.ttl })
+        Ok(Slot {
+            id,
+            name: meta.name.into(),
+            ttl: meta.ttl,
+        })
     }
 
     fn require_key(&self, slot: &Slot) -> Result<(), StateError> {
@@ -152,19 +178,23 @@ impl KeyedStateAccess {
     /// Read the raw value of the current key into `self.buf`, applying TTL.
     fn read_raw(&mut self, slot: &Slot) -> Result<bool, StateError> {
         self.require_key(slot)?;
-        let found = self.backend.get(slot.id, self.key_group, &self.composite, &mut self.buf)?;
+        let found = self
+            .backend
+            .get(slot.id, self.key_group, &self.composite, &mut self.buf)?;
         if !found {
             return Ok(false);
         }
         if let Some(ttl) = slot.ttl {
             let ts = read_ts(&slot.name, &self.buf)?;
             if expired(ts, ttl, self.now_ms) {
-                self.backend.remove(slot.id, self.key_group, &self.composite)?;
+                self.backend
+                    .remove(slot.id, self.key_group, &self.composite)?;
                 return Ok(false);
             }
             if ttl.update_type == TtlUpdateType::OnReadAndWrite {
                 self.buf[..8].copy_from_slice(&self.now_ms.to_le_bytes());
-                self.backend.put(slot.id, self.key_group, &self.composite, &self.buf)?;
+                self.backend
+                    .put(slot.id, self.key_group, &self.composite, &self.buf)?;
             }
         }
         Ok(true)
@@ -185,19 +215,24 @@ impl KeyedStateAccess {
             self.buf.extend_from_slice(&self.now_ms.to_le_bytes());
         }
         codec::append(&slot.name, value, &mut self.buf)?;
-        self.backend.put(slot.id, self.key_group, &self.composite, &self.buf)
+        self.backend
+            .put(slot.id, self.key_group, &self.composite, &self.buf)
     }
 
     fn clear(&mut self, slot: &Slot) -> Result<(), StateError> {
         self.require_key(slot)?;
-        self.backend.remove(slot.id, self.key_group, &self.composite)
+        self.backend
+            .remove(slot.id, self.key_group, &self.composite)
     }
 }
 
 fn read_ts(state: &str, raw: &[u8]) -> Result<u64, StateError> {
     raw.get(..8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .ok_or_else(|| StateError::Codec { state: state.to_string(), detail: "TTL timestamp missing".into() })
+        .ok_or_else(|| StateError::Codec {
+            state: state.to_string(),
+            detail: "TTL timestamp missing".into(),
+        })
 }
 
 fn expired(ts: u64, ttl: StateTtlConfig, now: u64) -> bool {
@@ -226,11 +261,19 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
         if !a.read_raw(&self.slot)? {
             return Ok(None);
         }
-        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
+        codec::decode(
+            &self.slot.name,
+            KeyedStateAccess::payload(&self.slot, &a.buf),
+        )
+        .map(Some)
     }
 
     /// Set the current key's value.
-    pub fn update<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &T) -> Result<(), StateError> {
+    pub fn update<C: StateContext + ?Sized>(
+        &self,
+        ctx: &mut C,
+        value: &T,
+    ) -> Result<(), StateError> {
         ctx.state_access().write_value(&self.slot, value)
     }
 
@@ -252,7 +295,10 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Vec<T>, StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
-        if !a.backend.get(self.slot.id, a.key_group, &a.composite, &mut a.buf)? {
+        if !a
+            .backend
+            .get(self.slot.id, a.key_group, &a.composite, &mut a.buf)?
+        {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
@@ -282,7 +328,8 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
             if a.scratch.is_empty() {
                 a.backend.remove(self.slot.id, a.key_group, &a.composite)?;
             } else {
-                a.backend.put(self.slot.id, a.key_group, &a.composite, &a.scratch)?;
+                a.backend
+                    .put(self.slot.id, a.key_group, &a.composite, &a.scratch)?;
             }
         }
         Ok(out)
@@ -299,11 +346,16 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         codec::append(&self.slot.name, value, &mut a.scratch)?;
         a.buf.clear();
         put_bytes(&mut a.buf, &a.scratch);
-        a.backend.append(self.slot.id, a.key_group, &a.composite, &a.buf)
+        a.backend
+            .append(self.slot.id, a.key_group, &a.composite, &a.buf)
     }
 
     /// Replace the current key's elements.
-    pub fn update<C: StateContext + ?Sized>(&self, ctx: &mut C, values: &[T]) -> Result<(), StateError> {
+    pub fn update<C: StateContext + ?Sized>(
+        &self,
+        ctx: &mut C,
+        values: &[T],
+    ) -> Result<(), StateError> {
         self.clear(ctx)?;
         for v in values {
             self.add(ctx, v)?;
@@ -326,24 +378,44 @@ pub struct MapState<K, V> {
 
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<K, V> {
     /// The value under `user_key` for the current key.
-    pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K) -> Result<Option<V>, StateError> {
+    pub fn get<C: StateContext + ?Sized>(
+        &self,
+        ctx: &mut C,
+        user_key: &K,
+    ) -> Result<Option<V>, StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
         codec::encode_into(&self.slot.name, user_key, &mut a.scratch)?;
-        if !a.backend.map_get(self.slot.id, a.key_group, &a.composite, &a.scratch, &mut a.buf)? {
+        if !a.backend.map_get(
+            self.slot.id,
+            a.key_group,
+            &a.composite,
+            &a.scratch,
+            &mut a.buf,
+        )? {
             return Ok(None);
         }
         if let Some(ttl) = self.slot.ttl {
             if expired(read_ts(&self.slot.name, &a.buf)?, ttl, a.now_ms) {
-                a.backend.map_remove(self.slot.id, a.key_group, &a.composite, &a.scratch)?;
+                a.backend
+                    .map_remove(self.slot.id, a.key_group, &a.composite, &a.scratch)?;
                 return Ok(None);
             }
         }
-        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
+        codec::decode(
+            &self.slot.name,
+            KeyedStateAccess::payload(&self.slot, &a.buf),
+        )
+        .map(Some)
     }
 
     /// Set the value under `user_key`.
-    pub fn put<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K, value: &V) -> Result<(), StateError> {
+    pub fn put<C: StateContext + ?Sized>(
+        &self,
+        ctx: &mut C,
+        user_key: &K,
+        value: &V,
+    ) -> Result<(), StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
         codec::encode_into(&self.slot.name, user_key, &mut a.scratch)?;
@@ -352,33 +424,50 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
             a.buf.extend_from_slice(&a.now_ms.to_le_bytes());
         }
         codec::append(&self.slot.name, value, &mut a.buf)?;
-        a.backend.map_put(self.slot.id, a.key_group, &a.composite, &a.scratch, &a.buf)
+        a.backend
+            .map_put(self.slot.id, a.key_group, &a.composite, &a.scratch, &a.buf)
     }
 
     /// Remove the entry under `user_key`.
-    pub fn remove<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K) -> Result<(), StateError> {
+    pub fn remove<C: StateContext + ?Sized>(
+        &self,
+        ctx: &mut C,
+        user_key: &K,
+    ) -> Result<(), StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
         codec::encode_into(&self.slot.name, user_key, &mut a.scratch)?;
-        a.backend.map_remove(self.slot.id, a.key_group, &a.composite, &a.scratch)
+        a.backend
+            .map_remove(self.slot.id, a.key_group, &a.composite, &a.scratch)
     }
 
     /// Whether `user_key` has a live entry.
-    pub fn contains<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K) -> Result<bool, StateError> {
+    pub fn contains<C: StateContext + ?Sized>(
+        &self,
+        ctx: &mut C,
+        user_key: &K,
+    ) -> Result<bool, StateError> {
         Ok(self.get(ctx, user_key)?.is_some())
     }
 
     /// All live entries of the current key, in user-key byte order.
-    pub fn entries<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Vec<(K, V)>, StateError> {
+    pub fn entries<C: StateContext + ?Sized>(
+        &self,
+        ctx: &mut C,
+    ) -> Result<Vec<(K, V)>, StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
         let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        a.backend.map_entries(self.slot.id, a.key_group, &a.composite, &mut |k, v| raw.push((k.to_vec(), v.to_vec())))?;
+        a.backend
+            .map_entries(self.slot.id, a.key_group, &a.composite, &mut |k, v| {
+                raw.push((k.to_vec(), v.to_vec()))
+            })?;
         let mut out = Vec::with_capacity(raw.len());
         for (k, v) in raw {
             if let Some(ttl) = self.slot.ttl {
                 if expired(read_ts(&self.slot.name, &v)?, ttl, a.now_ms) {
-                    a.backend.map_remove(self.slot.id, a.key_group, &a.composite, &k)?;
+                    a.backend
+                        .map_remove(self.slot.id, a.key_group, &a.composite, &k)?;
                     continue;
                 }
             }
@@ -419,7 +508,11 @@ impl<T: Serialize + DeserializeOwned> ReducingState<T> {
         if !a.read_raw(&self.slot)? {
             return Ok(None);
         }
-        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
+        codec::decode(
+            &self.slot.name,
+            KeyedStateAccess::payload(&self.slot, &a.buf),
+        )
+        .map(Some)
     }
 
     /// Fold `value` into the current key's value.
@@ -456,34 +549,53 @@ pub struct AggregatingState<IN, F: AggregateFunction<IN>> {
 
 impl<IN, F: AggregateFunction<IN>> Clone for AggregatingState<IN, F> {
     fn clone(&self) -> Self {
-        AggregatingState { slot: self.slot.clone(), function: self.function.clone(), _t: PhantomData }
+        AggregatingState {
+            slot: self.slot.clone(),
+            function: self.function.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
 impl<IN, F: AggregateFunction<IN>> AggregatingState<IN, F> {
     /// The current key's accumulator, if any.
-    pub fn accumulator<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<F::Acc>, StateError> {
+    pub fn accumulator<C: StateContext + ?Sized>(
+        &self,
+        ctx: &mut C,
+    ) -> Result<Option<F::Acc>, StateError> {
         let a = ctx.state_access();
         if !a.read_raw(&self.slot)? {
             return Ok(None);
         }
-        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
+        codec::decode(
+            &self.slot.name,
+            KeyedStateAccess::payload(&self.slot, &a.buf),
+        )
+        .map(Some)
     }
 
     /// The current key's aggregate result, if any input was added.
     pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<F::Out>, StateError> {
-        Ok(self.accumulator(ctx)?.map(|acc| self.function.get_result(&acc)))
+        Ok(self
+            .accumulator(ctx)?
+            .map(|acc| self.function.get_result(&acc)))
     }
 
     /// Add one input.
     pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &IN) -> Result<(), StateError> {
-        let mut acc = self.accumulator(ctx)?.unwrap_or_else(|| self.function.create_accumulator());
+        let mut acc = self
+            .accumulator(ctx)?
+            .unwrap_or_else(|| self.function.create_accumulator());
         self.function.add(value, &mut acc);
         ctx.state_access().write_value(&self.slot, &acc)
     }
 
     /// Replace the accumulator (used when merging session windows).
-    pub fn set_accumulator<C: StateContext + ?Sized>(&self, ctx: &mut C, acc: &F::Acc) -> Result<(), StateError> {
+    pub fn set_accumulator<C: StateContext + ?Sized>(
+        &self,
+        ctx: &mut C,
+        acc: &F::Acc,
+    ) -> Result<(), StateError> {
         ctx.state_access().write_value(&self.slot, acc)
     }
 

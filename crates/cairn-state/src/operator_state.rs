@@ -53,7 +53,12 @@ impl OperatorStateStore {
     }
 
     /// Replace list state `name` with `values`, redistributed by `mode` on rescale.
-    pub fn set_list<T: Serialize>(&mut self, name: &str, mode: DistributionMode, values: &[T]) -> Result<(), StateError> {
+    pub fn set_list<T: Serialize>(
+        &mut self,
+        name: &str,
+        mode: DistributionMode,
+        values: &[T],
+    ) -> Result<(), StateError> {
         if mode == DistributionMode::Broadcast {
             return Err(StateError::Usage(format!(
                 "operator state '{name}': broadcast state is a map; use the broadcast state methods"
@@ -70,7 +75,11 @@ impl OperatorStateStore {
     }
 
     /// The value under `key` in broadcast state `name`.
-    pub fn broadcast_get<K: Serialize, V: DeserializeOwned>(&self, name: &str, key: &K) -> Result<Option<V>, StateError> {
+    pub fn broadcast_get<K: Serialize, V: DeserializeOwned>(
+        &self,
+        name: &str,
+        key: &K,
+    ) -> Result<Option<V>, StateError> {
         let mut k = Vec::new();
         codec::encode_into(name, key, &mut k)?;
         match self.broadcast.get(name).and_then(|m| m.get(&k)) {
@@ -80,17 +89,29 @@ impl OperatorStateStore {
     }
 
     /// Set `key` in broadcast state `name`.
-    pub fn broadcast_put<K: Serialize, V: Serialize>(&mut self, name: &str, key: &K, value: &V) -> Result<(), StateError> {
+    pub fn broadcast_put<K: Serialize, V: Serialize>(
+        &mut self,
+        name: &str,
+        key: &K,
+        value: &V,
+    ) -> Result<(), StateError> {
         let mut k = Vec::new();
         codec::encode_into(name, key, &mut k)?;
         let mut v = Vec::new();
         codec::encode_into(name, value, &mut v)?;
-        self.broadcast.entry(name.to_string()).or_default().insert(k, v);
+        self.broadcast
+            .entry(name.to_string())
+            .or_default()
+            .insert(k, v);
         Ok(())
     }
 
     /// Remove `key` from broadcast state `name`.
-    pub fn broadcast_remove<K: Serialize>(&mut self, name: &str, key: &K) -> Result<(), StateError> {
+    pub fn broadcast_remove<K: Serialize>(
+        &mut self,
+        name: &str,
+        key: &K,
+    ) -> Result<(), StateError> {
         let mut k = Vec::new();
         codec::encode_into(name, key, &mut k)?;
         if let Some(m) = self.broadcast.get_mut(name) {
@@ -100,8 +121,13 @@ impl OperatorStateStore {
     }
 
     /// All entries of broadcast state `name`, in key byte order.
-    pub fn broadcast_entries<K: DeserializeOwned, V: DeserializeOwned>(&self, name: &str) -> Result<Vec<(K, V)>, StateError> {
-        let Some(m) = self.broadcast.get(name) else { return Ok(Vec::new()) };
+    pub fn broadcast_entries<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(K, V)>, StateError> {
+        let Some(m) = self.broadcast.get(name) else {
+            return Ok(Vec::new());
+        };
         m.iter()
             .map(|(k, v)| Ok((codec::decode(name, k)?, codec::decode(name, v)?)))
             .collect()
@@ -117,7 +143,11 @@ impl OperatorStateStore {
         let mut out: Vec<OperatorStateEntry> = self
             .lists
             .iter()
-            .map(|(name, (mode, elems))| OperatorStateEntry { name: name.clone(), mode: *mode, elements: elems.clone() })
+            .map(|(name, (mode, elems))| OperatorStateEntry {
+                name: name.clone(),
+                mode: *mode,
+                elements: elems.clone(),
+            })
             .collect();
         for (name, map) in &self.broadcast {
             let elements = map
@@ -129,7 +159,11 @@ impl OperatorStateStore {
                     b
                 })
                 .collect();
-            out.push(OperatorStateEntry { name: name.clone(), mode: DistributionMode::Broadcast, elements });
+            out.push(OperatorStateEntry {
+                name: name.clone(),
+                mode: DistributionMode::Broadcast,
+                elements,
+            });
         }
         out
     }
@@ -158,12 +192,17 @@ impl OperatorStateStore {
 }
 
 fn corrupt(name: &str) -> StateError {
-    StateError::Restore(format!("broadcast state '{name}': snapshot entry is corrupt"))
+    StateError::Restore(format!(
+        "broadcast state '{name}': snapshot entry is corrupt"
+    ))
 }
 
 /// Redistribute the operator states of `old` subtasks (in subtask order) onto
 /// `new_parallelism` subtasks.
-pub fn redistribute(old: &[Vec<OperatorStateEntry>], new_parallelism: usize) -> Vec<Vec<OperatorStateEntry>> {
+pub fn redistribute(
+    old: &[Vec<OperatorStateEntry>],
+    new_parallelism: usize,
+) -> Vec<Vec<OperatorStateEntry>> {
     let mut out: Vec<Vec<OperatorStateEntry>> = vec![Vec::new(); new_parallelism];
     let mut names: Vec<(String, DistributionMode)> = Vec::new();
     for e in old.iter().flatten() {
@@ -182,19 +221,34 @@ pub fn redistribute(old: &[Vec<OperatorStateEntry>], new_parallelism: usize) -> 
                     // Subtask i gets elements [i*n/p, (i+1)*n/p): sizes differ by at most one.
                     let take = (i + 1) * n / new_parallelism - i * n / new_parallelism;
                     let elements: Vec<Vec<u8>> = iter.by_ref().take(take).collect();
-                    target.push(OperatorStateEntry { name: name.clone(), mode, elements });
+                    target.push(OperatorStateEntry {
+                        name: name.clone(),
+                        mode,
+                        elements,
+                    });
                 }
             }
             DistributionMode::Union => {
                 let all: Vec<Vec<u8>> = of_name().flat_map(|e| e.elements.clone()).collect();
                 for target in out.iter_mut() {
-                    target.push(OperatorStateEntry { name: name.clone(), mode, elements: all.clone() });
+                    target.push(OperatorStateEntry {
+                        name: name.clone(),
+                        mode,
+                        elements: all.clone(),
+                    });
                 }
             }
             DistributionMode::Broadcast => {
-                let first = of_name().next().map(|e| e.elements.clone()).unwrap_or_default();
+                let first = of_name()
+                    .next()
+                    .map(|e| e.elements.clone())
+                    .unwrap_or_default();
                 for target in out.iter_mut() {
-                    target.push(OperatorStateEntry { name: name.clone(), mode, elements: first.clone() });
+                    target.push(OperatorStateEntry {
+                        name: name.clone(),
+                        mode,
+                        elements: first.clone(),
+                    });
                 }
             }
         }
@@ -214,20 +268,34 @@ mod tests {
 
     #[test]
     fn split_evenly_pools_and_splits_with_sizes_differing_by_at_most_one() {
-        let old = vec![store_with(&[1, 2, 3, 4], DistributionMode::SplitEvenly), store_with(&[5, 6, 7], DistributionMode::SplitEvenly)];
+        let old = vec![
+            store_with(&[1, 2, 3, 4], DistributionMode::SplitEvenly),
+            store_with(&[5, 6, 7], DistributionMode::SplitEvenly),
+        ];
         let new = redistribute(&old, 3);
         let lists: Vec<Vec<u32>> = new
             .into_iter()
-            .map(|e| OperatorStateStore::from_entries(e).unwrap().list("offsets").unwrap())
+            .map(|e| {
+                OperatorStateStore::from_entries(e)
+                    .unwrap()
+                    .list("offsets")
+                    .unwrap()
+            })
             .collect();
         assert_eq!(lists, vec![vec![1, 2], vec![3, 4], vec![5, 6, 7]]);
     }
 
     #[test]
     fn union_goes_whole_to_every_subtask() {
-        let old = vec![store_with(&[1], DistributionMode::Union), store_with(&[2], DistributionMode::Union)];
+        let old = vec![
+            store_with(&[1], DistributionMode::Union),
+            store_with(&[2], DistributionMode::Union),
+        ];
         for e in redistribute(&old, 3) {
-            let l: Vec<u32> = OperatorStateStore::from_entries(e).unwrap().list("offsets").unwrap();
+            let l: Vec<u32> = OperatorStateStore::from_entries(e)
+                .unwrap()
+                .list("offsets")
+                .unwrap();
             assert_eq!(l, vec![1, 2]);
         }
     }

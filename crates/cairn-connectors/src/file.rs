@@ -1,0 +1,1 @@
+//! File source and sink (in progress).

@@ -1,0 +1,11 @@
+//! Sources and sinks: the deterministic generator, collecting, printing and
+//! discarding sinks. (File source and file sink live in [`file`].)
+
+pub mod collect;
+pub mod file;
+pub mod generator;
+pub mod print;
+
+pub use collect::{CollectSink, Collected};
+pub use generator::{GeneratedEvent, GeneratorSource};
+pub use print::{DiscardSink, PrintSink};

@@ -1,0 +1,505 @@
+//! The task: one thread running one subtask of a chain of operators. Its head
+//! is a source or a set of input channels; records pass through the chained
+//! operators by function call and leave through the last operator's ports.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender};
+
+use crate::error::{BoxError, Cancelled};
+use crate::input::{BarrierAction, InputState};
+use crate::operator::{Emitter, OperatorLogic, OperatorSnapshot};
+use crate::output::{PortOutput, TaskMetrics};
+use crate::record::{AnyBatch, Barrier, Message, MAX_WATERMARK};
+use crate::source::{SourceLogic, SourceStatus};
+use crate::time::now_ms;
+
+/// Identifies a task: (chain index, subtask index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TaskId {
+    pub chain: usize,
+    pub subtask: u32,
+}
+
+/// Commands from the job coordinator to a task.
+#[derive(Debug)]
+pub enum TaskCommand {
+    /// Sources only: start checkpoint `barrier` (snapshot, emit the barrier).
+    TriggerCheckpoint(Barrier),
+    NotifyCheckpointComplete(u64),
+    NotifyCheckpointAborted(u64),
+    /// Stop a finished task that waited for its final checkpoint.
+    Release,
+    /// Sources only: stop producing and end the input (stop-with-savepoint).
+    StopSource,
+}
+
+/// Events from a task to the job coordinator.
+pub enum TaskEvent {
+    /// The synchronous snapshot parts of the task's operators for a checkpoint.
+    Snapshot {
+        task: TaskId,
+        checkpoint_id: u64,
+        barrier: Barrier,
+        states: Vec<(usize, OperatorSnapshot)>,
+        alignment: Duration,
+        sync: Duration,
+    },
+    /// The task declined a checkpoint (its snapshot failed).
+    Decline {
+        task: TaskId,
+        checkpoint_id: u64,
+        reason: String,
+    },
+    /// All input processed; waiting for release (final checkpoint) or done.
+    Finished { task: TaskId },
+    /// The task failed in operator `op` (index in the chain; None for the runtime).
+    Failed {
+        task: TaskId,
+        op: Option<usize>,
+        error: BoxError,
+    },
+    /// The thread exited.
+    Exited { task: TaskId },
+}
+
+/// Where records enter the task.
+pub enum Head {
+    Source(Box<dyn SourceLogic>),
+    /// Receivers with the logical input (0/1) each one feeds.
+    Inputs(Vec<(usize, Receiver<Message>)>),
+}
+
+/// A failure attributed to a chain position.
+struct Fail {
+    op: Option<usize>,
+    error: BoxError,
+}
+
+fn at(op: usize) -> impl FnOnce(BoxError) -> Fail {
+    move |error| Fail {
+        op: Some(op),
+        error,
+    }
+}
+
+fn runtime(error: BoxError) -> Fail {
+    Fail { op: None, error }
+}
+
+/// Settings the task loop needs.
+#[derive(Clone, Copy)]
+pub struct TaskSettings {
+    pub batch_size: usize,
+    pub exactly_once: bool,
+    /// Wait for `Release` after finishing (a final checkpoint must commit first).
+    pub wait_for_release: bool,
+}
+
+/// One running subtask of a chain.
+pub struct Task {
+    pub id: TaskId,
+    pub head: Head,
+    /// The chain's operators after the head (for source chains) or including
+    /// the head operator (for input chains), with their node indices.
+    pub ops: Vec<(usize, Box<dyn OperatorLogic>)>,
+    pub outputs: Vec<Box<dyn PortOutput>>,
+    pub commands: Receiver<TaskCommand>,
+    pub events: Sender<TaskEvent>,
+    pub cancel: Arc<AtomicBool>,
+    pub metrics: Arc<TaskMetrics>,
+    pub settings: TaskSettings,
+    /// Node index of the source (for source chains).
+    pub source_node: Option<usize>,
+}
+
+impl Task {
+    /// Run to completion, reporting the outcome as events.
+    pub fn run(mut self) {
+        let id = self.id;
+        let events = self.events.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner()));
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(f)) => Some(f),
+            Err(payload) => Some(Fail {
+                op: None,
+                error: crate::error::panic_message(&*payload).into(),
+            }),
+        };
+        for (_, op) in &mut self.ops {
+            let _ = op.close();
+        }
+        if let Some(f) = failure {
+            let _ = events.send(TaskEvent::Failed {
+                task: id,
+                op: f.op,
+                error: f.error,
+            });
+        }
+        let _ = events.send(TaskEvent::Exited { task: id });
+    }
+
+    fn run_inner(&mut self) -> Result<(), Fail> {
+        match std::mem::replace(&mut self.head, Head::Inputs(Vec::new())) {
+            Head::Source(source) => self.run_source(source),
+            Head::Inputs(inputs) => self.run_inputs(inputs),
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Pass a batch into chain position `level` (== ops.len(): the outputs).
+    fn deliver(
+        &mut self,
+        level: usize,
+        input: usize,
+        port: usize,
+        batch: AnyBatch,
+    ) -> Result<(), Fail> {
+        if level == self.ops.len() {
+            return match self.outputs.get_mut(port) {
+                Some(out) => out.send_batch(batch).map_err(runtime),
+                None => Ok(()), // a port nobody consumes
+            };
+        }
+        let mut em = Emitter::default();
+        self.ops[level]
+            .1
+            .process_batch(input, batch, &mut em)
+            .map_err(at(level))?;
+        self.forward_emitted(level, em)
+    }
+
+    fn forward_emitted(&mut self, level: usize, em: Emitter) -> Result<(), Fail> {
+        let last = level + 1 == self.ops.len();
+        for (port, b) in em.batches {
+            if last || port == 0 {
+                self.deliver(level + 1, 0, port, b)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Fail> {
+        for o in &mut self.outputs {
+            o.flush().map_err(runtime)?;
+        }
+        Ok(())
+    }
+
+    fn control_all(&mut self, make: &dyn Fn() -> Message) -> Result<(), Fail> {
+        for o in &mut self.outputs {
+            o.control(make).map_err(runtime)?;
+        }
+        Ok(())
+    }
+
+    /// Event time advanced: each operator fires its timers (their output flows
+    /// down the chain) before the watermark moves on.
+    fn advance_watermark(&mut self, wm: i64) -> Result<(), Fail> {
+        for level in 0..self.ops.len() {
+            let mut em = Emitter::default();
+            self.ops[level]
+                .1
+                .on_watermark(wm, &mut em)
+                .map_err(at(level))?;
+            self.forward_emitted(level, em)?;
+        }
+        self.control_all(&|| Message::Watermark(wm))
+    }
+
+    fn fire_processing_timers(&mut self) -> Result<(), Fail> {
+        let now = now_ms();
+        for level in 0..self.ops.len() {
+            if self.ops[level]
+                .1
+                .next_processing_timer()
+                .is_some_and(|t| t <= now)
+            {
+                let mut em = Emitter::default();
+                self.ops[level]
+                    .1
+                    .on_processing_time(now, &mut em)
+                    .map_err(at(level))?;
+                self.forward_emitted(level, em)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_processing_timer(&self) -> Option<i64> {
+        self.ops
+            .iter()
+            .filter_map(|(_, op)| op.next_processing_timer())
+            .min()
+    }
+
+    /// Snapshot the chain (after the source, if any) and forward the barrier.
+    fn checkpoint(
+        &mut self,
+        barrier: Barrier,
+        source: Option<&mut Box<dyn SourceLogic>>,
+        alignment: Duration,
+    ) -> Result<(), Fail> {
+        let start = Instant::now();
+        let mut states = Vec::new();
+        let mut failed: Option<String> = None;
+        if let (Some(src), Some(node)) = (source, self.source_node) {
+            match src.snapshot(barrier.checkpoint_id) {
+                Ok(s) => states.push((node, s)),
+                Err(e) => failed = Some(format!("source snapshot failed: {e}")),
+            }
+        }
+        for (node, op) in &mut self.ops {
+            if failed.is_some() {
+                break;
+            }
+            match op.snapshot(barrier.checkpoint_id) {
+                Ok(s) => states.push((*node, s)),
+                Err(e) => failed = Some(format!("snapshot of node {node} failed: {e}")),
+            }
+        }
+        self.control_all(&|| Message::Barrier(barrier))?;
+        let event = match failed {
+            Some(reason) => TaskEvent::Decline {
+                task: self.id,
+                checkpoint_id: barrier.checkpoint_id,
+                reason,
+            },
+            None => TaskEvent::Snapshot {
+                task: self.id,
+                checkpoint_id: barrier.checkpoint_id,
+                barrier,
+                states,
+                alignment,
+                sync: start.elapsed(),
+            },
+        };
+        let _ = self.events.send(event);
+        Ok(())
+    }
+
+    fn handle_command(
+        &mut self,
+        cmd: TaskCommand,
+        source: Option<&mut Box<dyn SourceLogic>>,
+        stop_source: &mut bool,
+    ) -> Result<(), Fail> {
+        match cmd {
+            TaskCommand::TriggerCheckpoint(b) => {
+                if source.is_some() {
+                    self.flush()?;
+                    self.checkpoint(b, source, Duration::ZERO)?;
+                }
+            }
+            TaskCommand::NotifyCheckpointComplete(id) => {
+                if let Some(src) = source {
+                    src.notify_checkpoint_complete(id).map_err(runtime)?;
+                }
+                for level in 0..self.ops.len() {
+                    self.ops[level]
+                        .1
+                        .notify_checkpoint_complete(id)
+                        .map_err(at(level))?;
+                }
+            }
+            TaskCommand::NotifyCheckpointAborted(id) => {
+                for level in 0..self.ops.len() {
+                    self.ops[level]
+                        .1
+                        .notify_checkpoint_aborted(id)
+                        .map_err(at(level))?;
+                }
+            }
+            TaskCommand::StopSource => *stop_source = true,
+            TaskCommand::Release => {}
+        }
+        Ok(())
+    }
+
+    fn end_of_input(&mut self) -> Result<(), Fail> {
+        for level in 0..self.ops.len() {
+            let mut em = Emitter::default();
+            self.ops[level].1.end_input(&mut em).map_err(at(level))?;
+            self.forward_emitted(level, em)?;
+        }
+        self.control_all(&|| Message::EndOfInput)
+    }
+
+    /// After the input ended: report, then (if asked) keep serving checkpoint
+    /// notifications until the coordinator releases the task.
+    fn finish(&mut self, mut source: Option<&mut Box<dyn SourceLogic>>) -> Result<(), Fail> {
+        let _ = self.events.send(TaskEvent::Finished { task: self.id });
+        if !self.settings.wait_for_release {
+            return Ok(());
+        }
+        let mut ignore = false;
+        loop {
+            match self.commands.recv_timeout(Duration::from_millis(100)) {
+                Ok(TaskCommand::Release) => return Ok(()),
+                Ok(cmd) => self.handle_command(cmd, source.as_deref_mut(), &mut ignore)?,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.cancelled() {
+                        return Err(runtime(Box::new(Cancelled)));
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+
+    fn run_source(&mut self, mut source: Box<dyn SourceLogic>) -> Result<(), Fail> {
+        let batch_size = self.settings.batch_size;
+        let mut stop = false;
+        loop {
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.handle_command(cmd, Some(&mut source), &mut stop)?;
+            }
+            if self.cancelled() {
+                return Err(runtime(Box::new(Cancelled)));
+            }
+            if stop {
+                break;
+            }
+            let mut em = Emitter::default();
+            let status = source.poll(batch_size, &mut em).map_err(runtime)?;
+            for (port, b) in em.batches {
+                self.deliver(0, 0, port, b)?;
+            }
+            if let Some(idle) = source.take_idle_change() {
+                self.control_all(&|| Message::Idle(idle))?;
+            }
+            if let Some(wm) = source.take_watermark() {
+                self.advance_watermark(wm)?;
+            }
+            self.fire_processing_timers()?;
+            self.flush()?;
+            match status {
+                SourceStatus::More => {}
+                SourceStatus::Finished => break,
+                SourceStatus::Pending(d) => {
+                    let d = match self.next_processing_timer() {
+                        Some(t) => d.min(Duration::from_millis((t - now_ms()).max(0) as u64)),
+                        None => d,
+                    };
+                    if let Ok(cmd) = self.commands.recv_timeout(d) {
+                        self.handle_command(cmd, Some(&mut source), &mut stop)?;
+                    }
+                }
+            }
+        }
+        if !stop {
+            // Bounded input ended: event time ends too, so every timer fires.
+            self.advance_watermark(MAX_WATERMARK)?;
+        }
+        self.end_of_input()?;
+        self.finish(Some(&mut source))
+    }
+
+    fn run_inputs(&mut self, inputs: Vec<(usize, Receiver<Message>)>) -> Result<(), Fail> {
+        let mut state = InputState::new(inputs.len(), self.settings.exactly_once);
+        let mut align_start: Option<Instant> = None;
+        let mut ignore = false;
+        let commands = self.commands.clone();
+        while !state.all_ended() {
+            if self.cancelled() {
+                return Err(runtime(Box::new(Cancelled)));
+            }
+            let mut sel = Select::new();
+            let cmd_idx = sel.recv(&commands);
+            let mut map = Vec::with_capacity(inputs.len());
+            for (ch, (_, rx)) in inputs.iter().enumerate() {
+                if state.readable(ch) {
+                    map.push((sel.recv(rx), ch));
+                }
+            }
+            let timeout = match self.next_processing_timer() {
+                Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 100) as u64),
+                None => Duration::from_millis(100),
+            };
+            let oper = match sel.select_timeout(timeout) {
+                Ok(o) => o,
+                Err(_) => {
+                    self.fire_processing_timers()?;
+                    self.flush()?;
+                    continue;
+                }
+            };
+            let idx = oper.index();
+            if idx == cmd_idx {
+                match oper.recv(&commands) {
+                    Ok(cmd) => self.handle_command(cmd, None, &mut ignore)?,
+                    Err(_) => return Err(runtime(Box::new(Cancelled))),
+                }
+                continue;
+            }
+            let ch = map
+                .iter()
+                .find(|(i, _)| *i == idx)
+                .map(|(_, c)| *c)
+                .expect("selected a mapped channel");
+            let (input, rx) = &inputs[ch];
+            let msg = match oper.recv(rx) {
+                Ok(m) => m,
+                // The sender vanished without ending its input: it failed.
+                Err(_) => return Err(runtime(Box::new(Cancelled))),
+            };
+            match msg {
+                Message::Records(batch) => {
+                    self.deliver(0, *input, 0, batch)?;
+                }
+                Message::Watermark(wm) => {
+                    if let Some(w) = state.on_watermark(ch, wm) {
+                        self.advance_watermark(w)?;
+                    }
+                }
+                Message::Idle(idle) => {
+                    let was_idle = state.all_idle();
+                    if let Some(w) = state.on_idle(ch, idle) {
+                        self.advance_watermark(w)?;
+                    }
+                    let now_idle = state.all_idle();
+                    if was_idle != now_idle {
+                        self.control_all(&|| Message::Idle(now_idle))?;
+                    }
+                }
+                Message::Barrier(b) => match state.on_barrier(ch, b) {
+                    BarrierAction::Wait => {
+                        align_start.get_or_insert_with(Instant::now);
+                    }
+                    BarrierAction::AbortedPrevious { aborted } => {
+                        let _ = self.events.send(TaskEvent::Decline {
+                            task: self.id,
+                            checkpoint_id: aborted,
+                            reason: format!("checkpoint {aborted} was overtaken by checkpoint {} during alignment", b.checkpoint_id),
+                        });
+                        align_start = Some(Instant::now());
+                    }
+                    BarrierAction::Snapshot(b) => {
+                        let alignment = align_start.take().map_or(Duration::ZERO, |s| s.elapsed());
+                        self.checkpoint(b, None, alignment)?;
+                    }
+                },
+                Message::EndOfInput => {
+                    let (action, wm) = state.on_end(ch);
+                    if let Some(BarrierAction::Snapshot(b)) = action {
+                        let alignment = align_start.take().map_or(Duration::ZERO, |s| s.elapsed());
+                        self.checkpoint(b, None, alignment)?;
+                    }
+                    if let Some(w) = wm {
+                        self.advance_watermark(w)?;
+                    }
+                }
+            }
+            self.fire_processing_timers()?;
+            self.flush()?;
+        }
+        self.end_of_input()?;
+        self.finish(None)
+    }
+}

@@ -1,0 +1,1 @@
+//! Two-input operators (in progress).

@@ -1,0 +1,287 @@
+//! `StreamEnv`: where a job is declared (sources, configuration, restore
+//! flags) and executed.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_config::{options, parse_startup_args, startup_help, Configuration, StartupOptions};
+use cairn_graph::{Edge, GraphSettings, JobGraph, NodeId, NodeKind, NodeSpec, Partitioning};
+use cairn_runtime::collector::SidePorts;
+use cairn_runtime::job::{JobSpec, NodeCode, NodeLogic, RuntimeSettings};
+use cairn_runtime::output::{port_factory, PortFactory};
+use cairn_runtime::source::{SourceAdapter, SourceLogic};
+use cairn_runtime::{Source, WatermarkStrategy};
+
+use crate::error::CairnError;
+use crate::stream::DataStream;
+use crate::Data;
+
+/// Builds and runs a job. Cheap to clone: clones share the job being built.
+#[derive(Clone)]
+pub struct StreamEnv {
+    pub(crate) inner: Rc<RefCell<EnvInner>>,
+}
+
+pub(crate) struct EnvInner {
+    pub graph: JobGraph,
+    pub nodes: Vec<NodeLogic>,
+    pub side_ports: Vec<SidePorts>,
+    pub edge_keys: Vec<Option<Arc<dyn Any + Send + Sync>>>,
+    pub config: Configuration,
+    pub startup: StartupOptions,
+    pub progress: bool,
+}
+
+/// What a finished job reports.
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    pub job_id: String,
+    pub job_name: String,
+    pub elapsed: Duration,
+    /// Records emitted by the sources.
+    pub source_records: u64,
+}
+
+impl Default for StreamEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamEnv {
+    /// An environment with default configuration.
+    pub fn new() -> Self {
+        Self::with_startup(StartupOptions::default())
+    }
+
+    /// An environment with the given configuration.
+    pub fn with_config(config: Configuration) -> Self {
+        let mut startup = StartupOptions::default();
+        startup.config = config;
+        Self::with_startup(startup)
+    }
+
+    /// An environment from the process's arguments: `--config FILE`,
+    /// `-D key=value`, `-p N`, `-s PATH`, `-n`, `--claim-mode MODE`; anything
+    /// else is left for the job in [`StreamEnv::user_args`]. `--help` prints
+    /// the flags and exits.
+    pub fn from_args() -> Result<Self, CairnError> {
+        let program = std::env::args().next().unwrap_or_else(|| "job".into());
+        let startup = parse_startup_args(std::env::args().skip(1))?;
+        if startup.help_requested {
+            println!("{}", startup_help(&program));
+            std::process::exit(0);
+        }
+        Ok(Self::with_startup(startup))
+    }
+
+    /// An environment from explicit startup options (what `from_args` parses).
+    pub fn with_startup(startup: StartupOptions) -> Self {
+        StreamEnv {
+            inner: Rc::new(RefCell::new(EnvInner {
+                graph: JobGraph::new(),
+                nodes: Vec::new(),
+                side_ports: Vec::new(),
+                edge_keys: Vec::new(),
+                config: startup.config.clone(),
+                startup,
+                progress: false,
+            })),
+        }
+    }
+
+    /// Arguments the startup flags did not consume.
+    pub fn user_args(&self) -> Vec<String> {
+        self.inner.borrow().startup.user_args.clone()
+    }
+
+    /// A copy of the configuration.
+    pub fn config(&self) -> Configuration {
+        self.inner.borrow().config.clone()
+    }
+
+    /// Set a configuration key from code (validated like `-D`).
+    pub fn set_config(&self, key: &str, value: &str) -> Result<(), CairnError> {
+        self.inner.borrow_mut().config.set(key, value)?;
+        Ok(())
+    }
+
+    /// Default parallelism of every operator.
+    pub fn set_parallelism(&self, parallelism: u32) -> Result<(), CairnError> {
+        self.inner
+            .borrow_mut()
+            .config
+            .set_option(&options::PARALLELISM_DEFAULT, parallelism)?;
+        Ok(())
+    }
+
+    /// Default max parallelism (number of key groups) of keyed operators.
+    pub fn set_max_parallelism(&self, max_parallelism: u32) -> Result<(), CairnError> {
+        self.inner
+            .borrow_mut()
+            .config
+            .set_option(&options::MAX_PARALLELISM, Some(max_parallelism))?;
+        Ok(())
+    }
+
+    /// Print progress (records/s) to stderr while the job runs.
+    pub fn show_progress(&self, on: bool) {
+        self.inner.borrow_mut().progress = on;
+    }
+
+    /// Add a source (no watermarks).
+    pub fn source<T: Data, S: Source<T>>(&self, source: S) -> DataStream<T> {
+        self.source_with_watermarks(source, WatermarkStrategy::no_watermarks())
+    }
+
+    /// Add a source whose records get timestamps and watermarks by `strategy`.
+    pub fn source_with_watermarks<T: Data, S: Source<T>>(
+        &self,
+        source: S,
+        strategy: WatermarkStrategy<T>,
+    ) -> DataStream<T> {
+        let proto = crate::stream::Prototype::new(source);
+        let factory = Arc::new(move || {
+            let source = proto.get();
+            Box::new(SourceAdapter::new(source, strategy.clone())) as Box<dyn SourceLogic>
+        });
+        let id = self.add_node(
+            NodeSpec {
+                name: format!("Source: {}", short_type_name::<S>()),
+                uid: None,
+                kind: NodeKind::Source,
+                parallelism: None,
+                max_parallelism: None,
+                stateful: true,
+                keyed: false,
+                chaining_disabled: false,
+            },
+            NodeCode::Source(factory),
+            port_factory::<T>(),
+        );
+        DataStream::new(self.clone(), id, 0)
+    }
+
+    /// A bounded source of the given elements (parallelism 1).
+    pub fn from_collection<T: Data>(&self, items: Vec<T>) -> DataStream<T> {
+        self.source(crate::collection::CollectionSource::new(items))
+            .set_parallelism(1)
+    }
+
+    pub(crate) fn add_node(
+        &self,
+        spec: NodeSpec,
+        code: NodeCode,
+        main_port: PortFactory,
+    ) -> NodeId {
+        let mut inner = self.inner.borrow_mut();
+        let id = inner.graph.add_node(spec);
+        inner.nodes.push(NodeLogic {
+            code,
+            ports: vec![main_port],
+        });
+        inner.side_ports.push(Arc::new(Mutex::new(Vec::new())));
+        id
+    }
+
+    pub(crate) fn add_edge(
+        &self,
+        from: NodeId,
+        port: usize,
+        to: NodeId,
+        input: usize,
+        partitioning: Partitioning,
+        key: Option<Arc<dyn Any + Send + Sync>>,
+    ) {
+        let mut inner = self.inner.borrow_mut();
+        inner.graph.add_edge(Edge {
+            source: from,
+            source_port: port,
+            target: to,
+            target_input: input,
+            partitioning,
+        });
+        inner.edge_keys.push(key);
+    }
+
+    pub(crate) fn side_ports(&self, node: NodeId) -> SidePorts {
+        self.inner.borrow().side_ports[node.0].clone()
+    }
+
+    /// Register a consumed side output of `node`; returns its port.
+    pub(crate) fn add_side_port(&self, node: NodeId, tag: &str, port: PortFactory) -> usize {
+        let mut inner = self.inner.borrow_mut();
+        let ports = inner.side_ports[node.0].clone();
+        let mut tags = ports.lock().expect("side port registry");
+        if let Some(i) = tags.iter().position(|t| t == tag) {
+            return i + 1;
+        }
+        tags.push(tag.to_string());
+        inner.nodes[node.0].ports.push(port);
+        tags.len()
+    }
+
+    pub(crate) fn with_node<R>(&self, node: NodeId, f: impl FnOnce(&mut NodeSpec) -> R) -> R {
+        f(self.inner.borrow_mut().graph.node_mut(node))
+    }
+
+    /// Validate the job and build what the runtime runs.
+    pub fn build(&self, job_name: &str) -> Result<JobSpec, CairnError> {
+        let inner = self.inner.borrow();
+        let config = &inner.config;
+        let graph = inner.graph.resolve(
+            job_name,
+            GraphSettings {
+                default_parallelism: config.get(&options::PARALLELISM_DEFAULT),
+                max_parallelism: config.get(&options::MAX_PARALLELISM),
+                auto_generate_uids: config.get(&options::AUTO_GENERATE_UIDS),
+            },
+        )?;
+        Ok(JobSpec {
+            graph,
+            nodes: inner.nodes.clone(),
+            edge_keys: inner.edge_keys.clone(),
+            config: Arc::new(config.clone()),
+            job_id: cairn_snapshot::layout::JobId::generate().to_string(),
+        })
+    }
+
+    /// Run the job to the end (bounded input) or until it fails or is cancelled.
+    pub fn execute(&self, job_name: &str) -> Result<JobResult, CairnError> {
+        let spec = self.build(job_name)?;
+        let settings = RuntimeSettings::from_config(&spec.config);
+        let progress = self.inner.borrow().progress;
+        let start = Instant::now();
+        if progress {
+            eprintln!("Job '{job_name}' started with JobID {}", spec.job_id);
+        }
+        let outcome = crate::execution::run(&spec, settings, progress);
+        let elapsed = start.elapsed();
+        let source_records = outcome?;
+        if progress {
+            eprintln!(
+                "Job '{job_name}' ({}) finished in {:.2}s: {} source records ({:.0}/s)",
+                spec.job_id,
+                elapsed.as_secs_f64(),
+                source_records,
+                source_records as f64 / elapsed.as_secs_f64().max(1e-9)
+            );
+        }
+        Ok(JobResult {
+            job_id: spec.job_id,
+            job_name: job_name.to_string(),
+            elapsed,
+            source_records,
+        })
+    }
+}
+
+/// The last path segment of a type's name, for default operator names.
+pub(crate) fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base).to_string()
+}

@@ -1,0 +1,56 @@
+//! Cairn: a stateful stream-processing engine with Flink-grade checkpoints and
+//! savepoints. A job is an ordinary Rust binary:
+//!
+//! ```no_run
+//! use cairn::prelude::*;
+//!
+//! fn main() -> Result<(), CairnError> {
+//!     let env = StreamEnv::from_args()?;
+//!     env.source(GeneratorSource::new(1_000, 10)).uid("source-id")
+//!         .key_by(|e: &GeneratedEvent| e.key)
+//!         .reduce(|a, b| if a.value > b.value { a } else { b }).uid("max-per-key")
+//!         .print();
+//!     env.execute("max per key")?;
+//!     Ok(())
+//! }
+//! ```
+
+pub mod collection;
+pub mod connect;
+pub mod env;
+pub mod error;
+mod execution;
+pub mod functions;
+pub mod stream;
+pub mod window;
+
+/// Bounds of every record type: cloned when a stream feeds several
+/// operators, moved between threads.
+pub trait Data: Clone + Send + Sync + 'static {}
+impl<T: Clone + Send + Sync + 'static> Data for T {}
+
+pub use cairn_config as config;
+pub use cairn_connectors as connectors;
+pub use cairn_runtime as runtime;
+pub use cairn_state as state;
+
+/// Everything a job usually needs.
+pub mod prelude {
+    pub use crate::env::{JobResult, StreamEnv};
+    pub use crate::error::CairnError;
+    pub use crate::stream::{DataStream, KeyedStream};
+    pub use crate::Data;
+    pub use cairn_connectors::{
+        CollectSink, Collected, DiscardSink, GeneratedEvent, GeneratorSource, PrintSink,
+    };
+    pub use cairn_runtime::{
+        KeyedContext, KeyedOpenContext, KeyedProcessFunction, OpResult, OutputTag, ProcessContext,
+        ProcessFunction, Sink, SinkContext, Source, SourceContext, SourceStatus, StreamRecord,
+        TimeDomain, WatermarkStrategy,
+    };
+    pub use cairn_state::{
+        AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
+        ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
+        StateTtlConfig, ValueState, ValueStateDescriptor,
+    };
+}
