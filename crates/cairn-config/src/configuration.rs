@@ -61,11 +61,8 @@ impl Configuration {
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                ConfigErrorKind::Io,
-                format!("cannot read configuration file: {e}"),
-            )
-            .with_origin(origin.clone())
+            ConfigError::new(ConfigErrorKind::Io, format!("cannot read configuration file: {e}"))
+                .with_origin(origin.clone())
         })?;
         Self::from_yaml_str(&text, &origin)
     }
@@ -101,9 +98,7 @@ impl Configuration {
             let key = leaf.path.join(".");
             let (opt, _) = resolve_key(&key).map_err(|e| e.with_origin(origin).with_line(line))?;
             if let Some((first_key, first_line)) = seen.get(opt.key()) {
-                let first_at = first_line
-                    .map(|l| format!(" on line {l}"))
-                    .unwrap_or_default();
+                let first_at = first_line.map(|l| format!(" on line {l}")).unwrap_or_default();
                 let how = if *first_key == key {
                     format!("'{key}' is set twice (first{first_at})")
                 } else {
@@ -113,12 +108,11 @@ impl Configuration {
                         opt.key()
                     )
                 };
-                return Err(ConfigError::new(
-                    ConfigErrorKind::DuplicateKey,
-                    format!("{how}; keep only one"),
-                )
-                .with_origin(origin)
-                .with_line(line));
+                return Err(
+                    ConfigError::new(ConfigErrorKind::DuplicateKey, format!("{how}; keep only one"))
+                        .with_origin(origin)
+                        .with_line(line),
+                );
             }
             seen.insert(opt.key(), (key.clone(), line));
             config.set_from(
@@ -141,16 +135,10 @@ impl Configuration {
     /// Sets a value given as text: the key must be known (an alias is stored under the
     /// canonical key) and the value must parse and pass the option's checks. Errors carry
     /// `origin`.
-    pub fn set_from(
-        &mut self,
-        key: &str,
-        value: &str,
-        origin: ValueOrigin,
-    ) -> Result<(), ConfigError> {
+    pub fn set_from(&mut self, key: &str, value: &str, origin: ValueOrigin) -> Result<(), ConfigError> {
         let key = key.trim();
         let value = value.trim();
-        let with_origin =
-            |e: ConfigError| e.with_origin(origin.source.clone()).with_line(origin.line);
+        let with_origin = |e: ConfigError| e.with_origin(origin.source.clone()).with_line(origin.line);
         let (opt, via_alias) = resolve_key(key).map_err(with_origin)?;
         if let Err(why) = opt.validate(value) {
             let named = if via_alias {
@@ -175,11 +163,7 @@ impl Configuration {
 
     /// Sets a typed value from code. The option's range check applies; `None` for an
     /// optional option removes the key.
-    pub fn set_option<T: ToConfigString>(
-        &mut self,
-        opt: &ConfigOption<T>,
-        value: T,
-    ) -> Result<(), ConfigError> {
+    pub fn set_option<T: ToConfigString>(&mut self, opt: &ConfigOption<T>, value: T) -> Result<(), ConfigError> {
         if let Err(why) = opt.check(&value) {
             return Err(ConfigError::new(
                 ConfigErrorKind::InvalidValue,
@@ -206,8 +190,7 @@ impl Configuration {
 
     /// The value if set, else the option's default.
     pub fn get<T>(&self, opt: &ConfigOption<T>) -> T {
-        self.get_optional(opt)
-            .unwrap_or_else(|| opt.default_value())
+        self.get_optional(opt).unwrap_or_else(|| opt.default_value())
     }
 
     /// The value only if explicitly set (defaults are not consulted).
@@ -241,9 +224,7 @@ impl Configuration {
 
     /// Explicitly set entries as (canonical key, raw value), sorted by key.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries
-            .iter()
-            .map(|(k, e)| (k.as_str(), e.value.as_str()))
+        self.entries.iter().map(|(k, e)| (k.as_str(), e.value.as_str()))
     }
 
     /// Number of explicitly set entries.
@@ -332,11 +313,7 @@ struct Leaf {
     value: String,
 }
 
-fn flatten(
-    map: &serde_yaml::Mapping,
-    prefix: &mut Vec<String>,
-    out: &mut Vec<Leaf>,
-) -> Result<(), ConfigError> {
+fn flatten(map: &serde_yaml::Mapping, prefix: &mut Vec<String>, out: &mut Vec<Leaf>) -> Result<(), ConfigError> {
     use serde_yaml::Value;
     for (k, v) in map {
         let seg = match k {
@@ -373,9 +350,7 @@ fn flatten(
             Value::Sequence(_) => {
                 return Err(ConfigError::new(
                     ConfigErrorKind::Syntax,
-                    format!(
-                        "'{key}' is a list, but no Cairn option takes a list; give a single value"
-                    ),
+                    format!("'{key}' is a list, but no Cairn option takes a list; give a single value"),
                 ))
             }
             Value::Tagged(t) => {
@@ -415,12 +390,7 @@ fn locate(text: &str, path: &[String]) -> Option<usize> {
     Some(line + 1)
 }
 
-fn find_key(
-    lines: &[&str],
-    start_line: usize,
-    start_col: usize,
-    seg: &str,
-) -> Option<(usize, usize)> {
+fn find_key(lines: &[&str], start_line: usize, start_col: usize, seg: &str) -> Option<(usize, usize)> {
     let candidates = [seg.to_string(), format!("\"{seg}\""), format!("'{seg}'")];
     for (i, full) in lines.iter().enumerate().skip(start_line) {
         if full.trim_start().starts_with('#') {
@@ -464,10 +434,7 @@ mod tests {
     #[test]
     fn suggestions() {
         assert_eq!(suggest("parallelism.defualt"), Some("parallelism.default"));
-        assert_eq!(
-            suggest("state.checkpoint.dir"),
-            Some("execution.checkpointing.dir")
-        );
+        assert_eq!(suggest("state.checkpoint.dir"), Some("execution.checkpointing.dir"));
         assert_eq!(suggest("completely.unrelated.thing"), None);
     }
 

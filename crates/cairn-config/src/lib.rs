@@ -44,13 +44,10 @@ pub use configuration::{Configuration, ValueOrigin};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use option::{AnyOption, ConfigOption};
 pub use restart::{effective_restart_strategy, RestartStrategyConfig};
-pub use startup::{
-    parse_startup_args, parse_startup_args_with_conf_dir, startup_help, StartupOptions,
-    CONF_DIR_ENV,
-};
+pub use startup::{parse_startup_args, parse_startup_args_with_conf_dir, startup_help, StartupOptions, CONF_DIR_ENV};
 pub use value::{
-    format_duration, CheckpointingMode, ClaimMode, ExternalizedCheckpointRetention, FromConfigStr,
-    MemorySize, RestartStrategyType, StateBackendType, ToConfigString,
+    format_duration, CheckpointingMode, ClaimMode, ExternalizedCheckpointRetention, FromConfigStr, MemorySize,
+    RestartStrategyType, StateBackendType, ToConfigString,
 };
 
 #[cfg(test)]
@@ -70,11 +67,7 @@ mod registry_tests {
                 opt.validate(d)
                     .unwrap_or_else(|e| panic!("default of {} invalid: {e}", opt.key()));
             }
-            assert!(
-                !opt.description().is_empty(),
-                "{} lacks a description",
-                opt.key()
-            );
+            assert!(!opt.description().is_empty(), "{} lacks a description", opt.key());
         }
         assert_eq!(options::all().len(), 39);
     }

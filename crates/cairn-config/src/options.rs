@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use crate::option::{AnyOption, ConfigOption};
 use crate::value::{
-    CheckpointingMode, ClaimMode, ExternalizedCheckpointRetention, FromConfigStr,
-    RestartStrategyType, StateBackendType,
+    CheckpointingMode, ClaimMode, ExternalizedCheckpointRetention, FromConfigStr, RestartStrategyType, StateBackendType,
 };
 
 /// Upper bound for `pipeline.max-parallelism` (the number of key groups), as in Flink.
@@ -32,9 +31,9 @@ fn positive_duration(v: &Duration) -> Result<(), String> {
 
 fn checkpoint_interval_check(v: &Option<Duration>) -> Result<(), String> {
     match v {
-        Some(d) if d.is_zero() => Err(
-            "must be longer than 0 ms; to disable checkpointing leave the key unset".to_string(),
-        ),
+        Some(d) if d.is_zero() => {
+            Err("must be longer than 0 ms; to disable checkpointing leave the key unset".to_string())
+        }
         _ => Ok(()),
     }
 }
@@ -101,10 +100,8 @@ pub static AUTO_GENERATE_UIDS: ConfigOption<bool> = ConfigOption::new(
 );
 
 /// `pipeline.name`.
-pub static PIPELINE_NAME: ConfigOption<Option<String>> = ConfigOption::optional(
-    "pipeline.name",
-    "Name of the job, shown in the REST API and logs.",
-);
+pub static PIPELINE_NAME: ConfigOption<Option<String>> =
+    ConfigOption::optional("pipeline.name", "Name of the job, shown in the REST API and logs.");
 
 // ---- checkpointing ----------------------------------------------------------------------------
 
@@ -176,14 +173,13 @@ pub static CHECKPOINTS_NUM_RETAINED: ConfigOption<u32> = ConfigOption::new(
 .with_check(at_least_one);
 
 /// `execution.checkpointing.externalized-checkpoint-retention`.
-pub static EXTERNALIZED_CHECKPOINT_RETENTION: ConfigOption<ExternalizedCheckpointRetention> =
-    ConfigOption::new(
-        "execution.checkpointing.externalized-checkpoint-retention",
-        "NO_EXTERNALIZED_CHECKPOINTS",
-        "What happens to retained checkpoints when the job is cancelled: \
+pub static EXTERNALIZED_CHECKPOINT_RETENTION: ConfigOption<ExternalizedCheckpointRetention> = ConfigOption::new(
+    "execution.checkpointing.externalized-checkpoint-retention",
+    "NO_EXTERNALIZED_CHECKPOINTS",
+    "What happens to retained checkpoints when the job is cancelled: \
          RETAIN_ON_CANCELLATION keeps them, DELETE_ON_CANCELLATION deletes them, \
          NO_EXTERNALIZED_CHECKPOINTS (Flink 2's default) deletes them whenever the job ends.",
-    );
+);
 
 /// `execution.checkpointing.incremental` (alias `state.backend.incremental`).
 pub static CHECKPOINTING_INCREMENTAL: ConfigOption<bool> = ConfigOption::new(
@@ -213,14 +209,13 @@ pub static STATE_BACKEND_LSM_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::
 
 /// `restart-strategy.type` (alias `restart-strategy`). Unset: see
 /// [`crate::effective_restart_strategy`].
-pub static RESTART_STRATEGY_TYPE: ConfigOption<Option<RestartStrategyType>> =
-    ConfigOption::optional(
-        "restart-strategy.type",
-        "none|off|disable, fixed-delay|fixeddelay, failure-rate|failurerate, \
+pub static RESTART_STRATEGY_TYPE: ConfigOption<Option<RestartStrategyType>> = ConfigOption::optional(
+    "restart-strategy.type",
+    "none|off|disable, fixed-delay|fixeddelay, failure-rate|failurerate, \
          exponential-delay|exponentialdelay. Unset: exponential-delay if checkpointing is \
          enabled, else none.",
-    )
-    .with_aliases(&["restart-strategy"]);
+)
+.with_aliases(&["restart-strategy"]);
 
 /// `restart-strategy.fixed-delay.attempts`.
 pub static FIXED_DELAY_ATTEMPTS: ConfigOption<u32> = ConfigOption::new(
@@ -315,11 +310,8 @@ pub static REST_ADDRESS: ConfigOption<String> = ConfigOption::new(
 );
 
 /// `rest.port`.
-pub static REST_PORT: ConfigOption<u16> = ConfigOption::new(
-    "rest.port",
-    "8081",
-    "Port of the REST server (0: any free port).",
-);
+pub static REST_PORT: ConfigOption<u16> =
+    ConfigOption::new("rest.port", "8081", "Port of the REST server (0: any free port).");
 
 /// `rest.bind-address`.
 pub static REST_BIND_ADDRESS: ConfigOption<Option<String>> = ConfigOption::optional(

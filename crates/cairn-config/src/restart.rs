@@ -51,14 +51,13 @@ pub enum RestartStrategyConfig {
 /// `exponential-delay` when checkpointing is enabled and no restart when it is not (Flink's
 /// rule). Parameters come from the strategy's own keys, defaulted as in Flink.
 pub fn effective_restart_strategy(config: &Configuration) -> RestartStrategyConfig {
-    let ty =
-        config
-            .get(&options::RESTART_STRATEGY_TYPE)
-            .unwrap_or(if config.checkpointing_enabled() {
-                RestartStrategyType::ExponentialDelay
-            } else {
-                RestartStrategyType::NoRestart
-            });
+    let ty = config
+        .get(&options::RESTART_STRATEGY_TYPE)
+        .unwrap_or(if config.checkpointing_enabled() {
+            RestartStrategyType::ExponentialDelay
+        } else {
+            RestartStrategyType::NoRestart
+        });
     match ty {
         RestartStrategyType::NoRestart => RestartStrategyConfig::NoRestart,
         RestartStrategyType::FixedDelay => RestartStrategyConfig::FixedDelay {

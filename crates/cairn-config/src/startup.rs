@@ -30,9 +30,7 @@ pub struct StartupOptions {
 
 /// Parses startup arguments (without argv\[0\]). Reads `--config <file>`, or else
 /// `$CAIRN_CONF_DIR/config.yaml` if the variable is set and the file exists.
-pub fn parse_startup_args<I: IntoIterator<Item = String>>(
-    args: I,
-) -> Result<StartupOptions, ConfigError> {
+pub fn parse_startup_args<I: IntoIterator<Item = String>>(args: I) -> Result<StartupOptions, ConfigError> {
     let conf_dir = std::env::var_os(CONF_DIR_ENV).map(PathBuf::from);
     parse_startup_args_with_conf_dir(args, conf_dir.as_deref())
 }
@@ -76,11 +74,7 @@ pub fn parse_startup_args_with_conf_dir<I: IntoIterator<Item = String>>(
         match name.as_str() {
             "-s" | "--fromSavepoint" | "--from-savepoint" => {
                 let v = value_of(inline, &mut it, &name, "<savepoint-or-checkpoint-path>")?;
-                flags.push((
-                    options::SAVEPOINT_PATH.key(),
-                    v.clone(),
-                    format!("{name} {v}"),
-                ));
+                flags.push((options::SAVEPOINT_PATH.key(), v.clone(), format!("{name} {v}")));
             }
             "-n" | "--allowNonRestoredState" | "--allow-non-restored-state" => {
                 let v = match inline {
@@ -90,11 +84,7 @@ pub fn parse_startup_args_with_conf_dir<I: IntoIterator<Item = String>>(
                     }
                     None => "true".to_string(),
                 };
-                flags.push((
-                    options::SAVEPOINT_IGNORE_UNCLAIMED_STATE.key(),
-                    v,
-                    name.clone(),
-                ));
+                flags.push((options::SAVEPOINT_IGNORE_UNCLAIMED_STATE.key(), v, name.clone()));
             }
             "--claim-mode" | "--claimMode" | "-cm" | "-rm" | "--restoreMode" => {
                 let v = value_of(inline, &mut it, &name, "CLAIM|NO_CLAIM")?;
@@ -106,22 +96,14 @@ pub fn parse_startup_args_with_conf_dir<I: IntoIterator<Item = String>>(
                     ));
                 }
                 ClaimMode::from_config_str(&v).map_err(|why| flag_error(&name, &v, &why))?;
-                flags.push((
-                    options::RESTORE_CLAIM_MODE.key(),
-                    v.clone(),
-                    format!("{name} {v}"),
-                ));
+                flags.push((options::RESTORE_CLAIM_MODE.key(), v.clone(), format!("{name} {v}")));
             }
             "-p" | "--parallelism" => {
                 let v = value_of(inline, &mut it, &name, "<n>")?;
                 options::PARALLELISM_DEFAULT
                     .parse(&v)
                     .map_err(|why| flag_error(&name, &v, &why))?;
-                flags.push((
-                    options::PARALLELISM_DEFAULT.key(),
-                    v.clone(),
-                    format!("{name} {v}"),
-                ));
+                flags.push((options::PARALLELISM_DEFAULT.key(), v.clone(), format!("{name} {v}")));
             }
             "--config" => {
                 let v = value_of(inline, &mut it, &name, "<config.yaml>")?;
@@ -169,20 +151,12 @@ fn flag_error(flag: &str, value: &str, why: &str) -> ConfigError {
 }
 
 fn missing_value(flag: &str, usage: &str) -> ConfigError {
-    ConfigError::new(
-        ConfigErrorKind::InvalidFlag,
-        format!("{flag} needs a value: {usage}"),
-    )
-    .with_origin(flag)
+    ConfigError::new(ConfigErrorKind::InvalidFlag, format!("{flag} needs a value: {usage}")).with_origin(flag)
 }
 
 /// The next argument as the flag's value; an argument that looks like another flag is not
 /// taken (numbers such as `-1` are).
-fn take_value(
-    it: &mut impl Iterator<Item = String>,
-    flag: &str,
-    usage: &str,
-) -> Result<String, ConfigError> {
+fn take_value(it: &mut impl Iterator<Item = String>, flag: &str, usage: &str) -> Result<String, ConfigError> {
     match it.next() {
         Some(v) if looks_like_flag(&v) => Err(ConfigError::new(
             ConfigErrorKind::InvalidFlag,
@@ -214,9 +188,7 @@ fn looks_like_flag(s: &str) -> bool {
 
 fn split_dynamic(prop: &str, origin: &str) -> Result<(String, String, String), ConfigError> {
     match prop.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => {
-            Ok((k.trim().to_string(), v.to_string(), origin.to_string()))
-        }
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string(), origin.to_string())),
         _ => Err(ConfigError::new(
             ConfigErrorKind::InvalidFlag,
             "expected -D <key>=<value>, e.g. -D execution.checkpointing.interval=10s",

@@ -78,11 +78,7 @@ impl FromConfigStr for i64 {
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err("not a whole number; use e.g. '42' or '-1'".to_string());
         }
-        let text = if neg {
-            format!("-{digits}")
-        } else {
-            digits.to_string()
-        };
+        let text = if neg { format!("-{digits}") } else { digits.to_string() };
         text.parse::<i64>()
             .map_err(|_| format!("out of range; accepted is {} to {}", i64::MIN, i64::MAX))
     }
@@ -159,11 +155,7 @@ impl FromConfigStr for PathBuf {
         }
         if let Some(idx) = p.find("://") {
             let scheme = &p[..idx];
-            if !scheme.is_empty()
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '+')
-            {
+            if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
                 return Err(format!(
                     "scheme '{scheme}://' is not supported; use a local path or 'file://<path>'"
                 ));
@@ -247,8 +239,7 @@ impl FromConfigStr for Duration {
         let nanos = n
             .checked_mul(per_unit)
             .ok_or_else(|| "duration too large".to_string())?;
-        let secs =
-            u64::try_from(nanos / 1_000_000_000).map_err(|_| "duration too large".to_string())?;
+        let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| "duration too large".to_string())?;
         Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
     }
     fn type_name() -> &'static str {
@@ -534,12 +525,8 @@ mod tests {
     fn integers() {
         assert_eq!(u32::from_config_str(" 42 "), Ok(42));
         assert!(u32::from_config_str("-1").unwrap_err().contains("negative"));
-        assert!(u32::from_config_str("4x")
-            .unwrap_err()
-            .contains("whole number"));
-        assert!(u32::from_config_str("4294967296")
-            .unwrap_err()
-            .contains("maximum"));
+        assert!(u32::from_config_str("4x").unwrap_err().contains("whole number"));
+        assert!(u32::from_config_str("4294967296").unwrap_err().contains("maximum"));
         assert!(u16::from_config_str("70000").unwrap_err().contains("65535"));
         assert_eq!(u64::from_config_str("18446744073709551615"), Ok(u64::MAX));
         assert_eq!(i64::from_config_str("-7"), Ok(-7));
@@ -551,9 +538,7 @@ mod tests {
     fn bools_floats_strings() {
         assert_eq!(bool::from_config_str("TRUE"), Ok(true));
         assert_eq!(bool::from_config_str("False"), Ok(false));
-        assert!(bool::from_config_str("yes")
-            .unwrap_err()
-            .contains("'true' or 'false'"));
+        assert!(bool::from_config_str("yes").unwrap_err().contains("'true' or 'false'"));
         assert_eq!(f64::from_config_str("1.5"), Ok(1.5));
         assert!(f64::from_config_str("NaN").is_err());
         assert!(f64::from_config_str("fast").is_err());
@@ -566,10 +551,7 @@ mod tests {
             PathBuf::from_config_str("file:///tmp/chk"),
             Ok(PathBuf::from("/tmp/chk"))
         );
-        assert_eq!(
-            PathBuf::from_config_str("rel/dir"),
-            Ok(PathBuf::from("rel/dir"))
-        );
+        assert_eq!(PathBuf::from_config_str("rel/dir"), Ok(PathBuf::from("rel/dir")));
         assert!(PathBuf::from_config_str("s3://bucket/x")
             .unwrap_err()
             .contains("'s3://' is not supported"));
@@ -605,10 +587,7 @@ mod tests {
         );
         let e = StateBackendType::from_config_str("rocksdb").unwrap_err();
         assert!(e.contains("hashmap, lsm"), "{e}");
-        assert_eq!(
-            ClaimMode::from_config_str("no_claim"),
-            Ok(ClaimMode::NoClaim)
-        );
+        assert_eq!(ClaimMode::from_config_str("no_claim"), Ok(ClaimMode::NoClaim));
         assert_eq!(ClaimMode::default(), ClaimMode::NoClaim);
     }
 }

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn_config::{
-    options, ClaimMode, ConfigErrorKind, Configuration, ExternalizedCheckpointRetention,
-    StateBackendType,
+    options, ClaimMode, ConfigErrorKind, Configuration, ExternalizedCheckpointRetention, StateBackendType,
 };
 
 fn set_err(key: &str, value: &str) -> String {
@@ -13,10 +12,7 @@ fn set_err(key: &str, value: &str) -> String {
     let e = c.set(key, value).unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::InvalidValue, "{e}");
     let msg = e.to_string();
-    assert!(
-        msg.contains(&format!("'{key}'")),
-        "message must name the key: {msg}"
-    );
+    assert!(msg.contains(&format!("'{key}'")), "message must name the key: {msg}");
     assert!(
         msg.contains(&format!("'{}'", value.trim())),
         "message must name the value: {msg}"
@@ -33,10 +29,7 @@ fn defaults() {
     assert_eq!(c.get(&options::PIPELINE_NAME), None);
     assert_eq!(c.get(&options::CHECKPOINTING_INTERVAL), None);
     assert!(!c.checkpointing_enabled());
-    assert_eq!(
-        c.get(&options::CHECKPOINTING_TIMEOUT),
-        Duration::from_secs(600)
-    );
+    assert_eq!(c.get(&options::CHECKPOINTING_TIMEOUT), Duration::from_secs(600));
     assert_eq!(c.get(&options::CHECKPOINTING_MIN_PAUSE), Duration::ZERO);
     assert_eq!(c.get(&options::CHECKPOINTING_MAX_CONCURRENT), 1);
     assert_eq!(c.get(&options::CHECKPOINTING_TOLERABLE_FAILURES), 0);
@@ -46,10 +39,7 @@ fn defaults() {
         ExternalizedCheckpointRetention::NoExternalizedCheckpoints
     );
     assert!(!c.get(&options::CHECKPOINTING_INCREMENTAL));
-    assert_eq!(
-        c.get(&options::STATE_BACKEND_TYPE),
-        StateBackendType::HashMap
-    );
+    assert_eq!(c.get(&options::STATE_BACKEND_TYPE), StateBackendType::HashMap);
     assert_eq!(c.get(&options::REST_ADDRESS), "127.0.0.1");
     assert_eq!(c.get(&options::REST_PORT), 8081);
     assert_eq!(c.get(&options::RESTORE_CLAIM_MODE), ClaimMode::NoClaim);
@@ -79,18 +69,13 @@ fn set_alias_stores_canonical() {
         c.entries().collect::<Vec<_>>(),
         vec![("execution.checkpointing.dir", "file:///x/y")]
     );
-    assert_eq!(
-        c.get(&options::CHECKPOINTS_DIR),
-        Some(PathBuf::from("/x/y"))
-    );
+    assert_eq!(c.get(&options::CHECKPOINTS_DIR), Some(PathBuf::from("/x/y")));
 }
 
 #[test]
 fn set_unknown_key() {
     let mut c = Configuration::new();
-    let e = c
-        .set("execution.checkpointing.intervall", "1 s")
-        .unwrap_err();
+    let e = c.set("execution.checkpointing.intervall", "1 s").unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::UnknownKey);
     assert_eq!(
         e.to_string(),
@@ -106,9 +91,7 @@ fn bad_integers() {
     assert!(set_err("rest.port", "70000").contains("maximum is 65535"));
     assert!(set_err("cairn.runtime.batch-size", "0").contains("at least 1"));
     assert!(set_err("cairn.runtime.channel-capacity", "0").contains("at least 1"));
-    assert!(
-        set_err("execution.checkpointing.max-concurrent-checkpoints", "0").contains("at least 1")
-    );
+    assert!(set_err("execution.checkpointing.max-concurrent-checkpoints", "0").contains("at least 1"));
     assert!(set_err("execution.checkpointing.num-retained", "0").contains("at least 1"));
 }
 
@@ -138,10 +121,7 @@ fn bad_booleans() {
 #[test]
 fn bad_durations() {
     let m = set_err("execution.checkpointing.interval", "abc");
-    assert!(
-        m.contains("not a duration; use e.g. '10 s', '500 ms', '1 min'"),
-        "{m}"
-    );
+    assert!(m.contains("not a duration; use e.g. '10 s', '500 ms', '1 min'"), "{m}");
     let m = set_err("execution.checkpointing.timeout", "10 fortnights");
     assert!(m.contains("unknown time unit 'fortnights'"), "{m}");
     let m = set_err("execution.checkpointing.interval", "0");
@@ -191,14 +171,8 @@ fn bad_enums_list_accepted_values() {
     let m = set_err("state.backend.type", "rocksdb");
     assert!(m.contains("hashmap, lsm"), "{m}");
     let m = set_err("restart-strategy.type", "sometimes");
-    assert!(
-        m.contains("fixed-delay") && m.contains("exponential-delay"),
-        "{m}"
-    );
-    let m = set_err(
-        "execution.checkpointing.externalized-checkpoint-retention",
-        "KEEP",
-    );
+    assert!(m.contains("fixed-delay") && m.contains("exponential-delay"), "{m}");
+    let m = set_err("execution.checkpointing.externalized-checkpoint-retention", "KEEP");
     assert!(m.contains("RETAIN_ON_CANCELLATION"), "{m}");
     let m = set_err("execution.state-recovery.claim-mode", "LEGACY");
     assert!(m.contains("CLAIM, NO_CLAIM"), "{m}");
@@ -206,37 +180,23 @@ fn bad_enums_list_accepted_values() {
 
 #[test]
 fn bad_floats_and_paths() {
-    assert!(
-        set_err("restart-strategy.exponential-delay.backoff-multiplier", "x")
-            .contains("not a number")
-    );
-    assert!(set_err(
-        "restart-strategy.exponential-delay.backoff-multiplier",
-        "0.5"
-    )
-    .contains("at least 1.0"));
-    assert!(
-        set_err("restart-strategy.exponential-delay.jitter-factor", "1.5")
-            .contains("between 0.0 and 1.0")
-    );
+    assert!(set_err("restart-strategy.exponential-delay.backoff-multiplier", "x").contains("not a number"));
+    assert!(set_err("restart-strategy.exponential-delay.backoff-multiplier", "0.5").contains("at least 1.0"));
+    assert!(set_err("restart-strategy.exponential-delay.jitter-factor", "1.5").contains("between 0.0 and 1.0"));
     assert!(set_err("state.backend.lsm.dir", "s3://bucket/lsm").contains("not supported"));
 }
 
 #[test]
 fn set_option_from_code_checks_ranges_and_none_unsets() {
     let mut c = Configuration::new();
-    c.set_option(
-        &options::CHECKPOINTING_INTERVAL,
-        Some(Duration::from_secs(90)),
-    )
-    .unwrap();
+    c.set_option(&options::CHECKPOINTING_INTERVAL, Some(Duration::from_secs(90)))
+        .unwrap();
     assert_eq!(
         c.entries().collect::<Vec<_>>(),
         vec![("execution.checkpointing.interval", "90 s")]
     );
     assert!(c.checkpointing_enabled());
-    c.set_option(&options::CHECKPOINTING_INTERVAL, None)
-        .unwrap();
+    c.set_option(&options::CHECKPOINTING_INTERVAL, None).unwrap();
     assert!(!c.checkpointing_enabled());
     assert!(c.is_empty());
     let e = c.set_option(&options::PARALLELISM_DEFAULT, 0).unwrap_err();

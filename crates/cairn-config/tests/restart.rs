@@ -44,10 +44,7 @@ fn explicit_type_wins_over_the_checkpointing_rule() {
             ("execution.checkpointing.interval", "10 s"),
             ("restart-strategy.type", none),
         ]);
-        assert_eq!(
-            effective_restart_strategy(&c),
-            RestartStrategyConfig::NoRestart
-        );
+        assert_eq!(effective_restart_strategy(&c), RestartStrategyConfig::NoRestart);
     }
     let c = conf(&[("restart-strategy.type", "exponentialdelay")]);
     assert_eq!(effective_restart_strategy(&c), default_exponential());
@@ -92,14 +89,8 @@ fn failure_rate_defaults_and_overrides() {
     );
     let c = conf(&[
         ("restart-strategy.type", "failure-rate"),
-        (
-            "restart-strategy.failure-rate.max-failures-per-interval",
-            "3",
-        ),
-        (
-            "restart-strategy.failure-rate.failure-rate-interval",
-            "5 min",
-        ),
+        ("restart-strategy.failure-rate.max-failures-per-interval", "3"),
+        ("restart-strategy.failure-rate.failure-rate-interval", "5 min"),
         ("restart-strategy.failure-rate.delay", "10 s"),
     ]);
     assert_eq!(
@@ -116,21 +107,12 @@ fn failure_rate_defaults_and_overrides() {
 fn exponential_delay_overrides() {
     let c = conf(&[
         ("restart-strategy.type", "exponential-delay"),
-        (
-            "restart-strategy.exponential-delay.initial-backoff",
-            "100 ms",
-        ),
+        ("restart-strategy.exponential-delay.initial-backoff", "100 ms"),
         ("restart-strategy.exponential-delay.max-backoff", "2 min"),
         ("restart-strategy.exponential-delay.backoff-multiplier", "2"),
-        (
-            "restart-strategy.exponential-delay.reset-backoff-threshold",
-            "10 min",
-        ),
+        ("restart-strategy.exponential-delay.reset-backoff-threshold", "10 min"),
         ("restart-strategy.exponential-delay.jitter-factor", "0.25"),
-        (
-            "restart-strategy.exponential-delay.attempts-before-reset-backoff",
-            "7",
-        ),
+        ("restart-strategy.exponential-delay.attempts-before-reset-backoff", "7"),
     ]);
     assert_eq!(
         effective_restart_strategy(&c),

@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_config::{
-    options, parse_startup_args_with_conf_dir, startup_help, ClaimMode, ConfigErrorKind,
-    StartupOptions,
+    options, parse_startup_args_with_conf_dir, startup_help, ClaimMode, ConfigErrorKind, StartupOptions,
 };
 
 fn parse(args: &[&str]) -> Result<StartupOptions, cairn_config::ConfigError> {
@@ -40,11 +39,7 @@ fn savepoint_flag_forms() {
         &["-Dexecution.state-recovery.path=/sp/savepoint-1"][..],
     ] {
         let o = parse(args).unwrap();
-        assert_eq!(
-            o.restore_path,
-            Some(PathBuf::from("/sp/savepoint-1")),
-            "{args:?}"
-        );
+        assert_eq!(o.restore_path, Some(PathBuf::from("/sp/savepoint-1")), "{args:?}");
         assert_eq!(
             o.config.get(&options::SAVEPOINT_PATH),
             Some(PathBuf::from("/sp/savepoint-1"))
@@ -84,16 +79,9 @@ fn claim_mode_forms() {
         &["-cm", "CLAIM"][..],
         &["-D", "execution.savepoint-restore-mode=CLAIM"][..],
     ] {
-        assert_eq!(
-            parse(args).unwrap().claim_mode,
-            ClaimMode::Claim,
-            "{args:?}"
-        );
+        assert_eq!(parse(args).unwrap().claim_mode, ClaimMode::Claim, "{args:?}");
     }
-    assert_eq!(
-        parse(&["-rm", "no_claim"]).unwrap().claim_mode,
-        ClaimMode::NoClaim
-    );
+    assert_eq!(parse(&["-rm", "no_claim"]).unwrap().claim_mode, ClaimMode::NoClaim);
     let e = parse(&["--claim-mode", "sometimes"]).unwrap_err();
     assert!(e.to_string().contains("--claim-mode"), "{e}");
     assert!(e.to_string().contains("CLAIM, NO_CLAIM"), "{e}");
@@ -103,16 +91,9 @@ fn claim_mode_forms() {
 
 #[test]
 fn parallelism_forms_and_errors() {
-    for args in [
-        &["-p", "4"][..],
-        &["--parallelism", "4"][..],
-        &["--parallelism=4"][..],
-    ] {
+    for args in [&["-p", "4"][..], &["--parallelism", "4"][..], &["--parallelism=4"][..]] {
         assert_eq!(
-            parse(args)
-                .unwrap()
-                .config
-                .get(&options::PARALLELISM_DEFAULT),
+            parse(args).unwrap().config.get(&options::PARALLELISM_DEFAULT),
             4,
             "{args:?}"
         );
@@ -122,10 +103,7 @@ fn parallelism_forms_and_errors() {
     assert!(e.to_string().starts_with("-p: "), "{e}");
     assert!(e.to_string().contains("at least 1"), "{e}");
     let e = parse(&["-p", "many"]).unwrap_err();
-    assert!(
-        e.to_string().contains("-p") && e.to_string().contains("'many'"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("-p") && e.to_string().contains("'many'"), "{e}");
     let e = parse(&["-p", "-1"]).unwrap_err();
     assert!(e.to_string().contains("negative"), "{e}");
 }
@@ -145,10 +123,7 @@ fn missing_values_name_the_flag() {
         let e = parse(args).unwrap_err();
         assert_eq!(e.kind(), ConfigErrorKind::InvalidFlag, "{args:?}");
         let msg = e.to_string();
-        assert!(
-            msg.contains(&format!("{flag} needs a value")),
-            "{args:?}: {msg}"
-        );
+        assert!(msg.contains(&format!("{flag} needs a value")), "{args:?}: {msg}");
     }
 }
 
@@ -163,10 +138,7 @@ fn dynamic_properties_both_forms_repeatable() {
         "-Drest.port=9090",
     ])
     .unwrap();
-    assert_eq!(
-        o.config.checkpoint_interval(),
-        Some(Duration::from_secs(10))
-    );
+    assert_eq!(o.config.checkpoint_interval(), Some(Duration::from_secs(10)));
     assert_eq!(
         o.config.get(&options::STATE_BACKEND_TYPE),
         cairn_config::StateBackendType::Lsm
@@ -182,14 +154,8 @@ fn dynamic_property_errors() {
         "-D execution.checkpointing.interval=abc: invalid value 'abc' for 'execution.checkpointing.interval': not a duration; use e.g. '10 s', '500 ms', '1 min'"
     );
     let e = parse(&["-Dparallelism.defualt=2"]).unwrap_err();
-    assert!(
-        e.to_string().contains("did you mean 'parallelism.default'"),
-        "{e}"
-    );
-    assert!(
-        e.to_string().starts_with("-Dparallelism.defualt=2: "),
-        "{e}"
-    );
+    assert!(e.to_string().contains("did you mean 'parallelism.default'"), "{e}");
+    assert!(e.to_string().starts_with("-Dparallelism.defualt=2: "), "{e}");
     let e = parse(&["-D", "novalue"]).unwrap_err();
     assert!(e.to_string().contains("-D <key>=<value>"), "{e}");
     let e = parse(&["-D=1"]).unwrap_err();
@@ -214,16 +180,7 @@ fn user_args_and_double_dash_passthrough() {
     .unwrap();
     assert_eq!(
         o.user_args,
-        vec![
-            "--input",
-            "in.txt",
-            "positional",
-            "-p",
-            "9",
-            "-s",
-            "x",
-            "--help"
-        ]
+        vec!["--input", "in.txt", "positional", "-p", "9", "-s", "x", "--help"]
     );
     assert_eq!(o.config.get(&options::PARALLELISM_DEFAULT), 2);
     assert_eq!(o.restore_path, None);
@@ -283,23 +240,11 @@ fn precedence_file_then_dynamic_then_flags() {
     .unwrap();
     assert_eq!(o.config.get(&options::PARALLELISM_DEFAULT), 8);
     assert_eq!(o.config.get(&options::REST_PORT), 2000);
-    assert_eq!(
-        o.config.get(&options::PIPELINE_NAME).as_deref(),
-        Some("from-file")
-    );
+    assert_eq!(o.config.get(&options::PIPELINE_NAME).as_deref(), Some("from-file"));
     assert_eq!(o.restore_path, Some(PathBuf::from("/from/flag")));
+    assert_eq!(o.config.origin(&options::PARALLELISM_DEFAULT).unwrap().source, "-p 8");
     assert_eq!(
-        o.config
-            .origin(&options::PARALLELISM_DEFAULT)
-            .unwrap()
-            .source,
-        "-p 8"
-    );
-    assert_eq!(
-        o.config
-            .origin(&options::PIPELINE_NAME)
-            .unwrap()
-            .to_string(),
+        o.config.origin(&options::PIPELINE_NAME).unwrap().to_string(),
         format!("{f}:3")
     );
 
@@ -319,9 +264,7 @@ fn conf_dir_is_used_only_without_config_flag() {
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let o = parse_startup_args_with_conf_dir(args(&[]), Some(&dir)).unwrap();
     assert_eq!(o.config.get(&options::PARALLELISM_DEFAULT), 3);
-    let o =
-        parse_startup_args_with_conf_dir(args(&["--config", other.to_str().unwrap()]), Some(&dir))
-            .unwrap();
+    let o = parse_startup_args_with_conf_dir(args(&["--config", other.to_str().unwrap()]), Some(&dir)).unwrap();
     assert_eq!(o.config.get(&options::PARALLELISM_DEFAULT), 5);
     // a conf dir without config.yaml is fine
     let empty = temp_dir("confdir-empty");
@@ -339,9 +282,6 @@ fn missing_or_bad_config_file() {
     let dir = temp_dir("badfile");
     let f = write(&dir, "c.yaml", "execution.checkpointing.mode: sometimes\n");
     let e = parse(&["--config", f.to_str().unwrap()]).unwrap_err();
-    assert!(
-        e.to_string().contains(":1: invalid value 'sometimes'"),
-        "{e}"
-    );
+    assert!(e.to_string().contains(":1: invalid value 'sometimes'"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

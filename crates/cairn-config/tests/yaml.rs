@@ -21,14 +21,8 @@ state:
 ";
     let c = Configuration::from_yaml_str(yaml, "config.yaml").unwrap();
     assert_eq!(c.get(&options::PARALLELISM_DEFAULT), 3);
-    assert_eq!(
-        c.get(&options::CHECKPOINTING_INTERVAL),
-        Some(Duration::from_secs(10))
-    );
-    assert_eq!(
-        c.get(&options::CHECKPOINTING_MODE),
-        CheckpointingMode::AtLeastOnce
-    );
+    assert_eq!(c.get(&options::CHECKPOINTING_INTERVAL), Some(Duration::from_secs(10)));
+    assert_eq!(c.get(&options::CHECKPOINTING_MODE), CheckpointingMode::AtLeastOnce);
     assert_eq!(c.get(&options::CHECKPOINTS_NUM_RETAINED), 5);
     assert_eq!(c.get(&options::STATE_BACKEND_TYPE), StateBackendType::Lsm);
 }
@@ -48,21 +42,15 @@ fn flat_dotted_keys_and_flow_maps() {
 
 #[test]
 fn mixed_styles_in_one_file() {
-    let yaml =
-        "execution:\n  checkpointing.interval: 1 min\nexecution.checkpointing.timeout: 2 min\n";
+    let yaml = "execution:\n  checkpointing.interval: 1 min\nexecution.checkpointing.timeout: 2 min\n";
     let c = Configuration::from_yaml_str(yaml, "c.yaml").unwrap();
     assert_eq!(c.checkpoint_interval(), Some(Duration::from_secs(60)));
-    assert_eq!(
-        c.get(&options::CHECKPOINTING_TIMEOUT),
-        Duration::from_secs(120)
-    );
+    assert_eq!(c.get(&options::CHECKPOINTING_TIMEOUT), Duration::from_secs(120));
 }
 
 #[test]
 fn empty_document_and_comments_only() {
-    assert!(Configuration::from_yaml_str("", "c.yaml")
-        .unwrap()
-        .is_empty());
+    assert!(Configuration::from_yaml_str("", "c.yaml").unwrap().is_empty());
     assert!(Configuration::from_yaml_str("# nothing\n", "c.yaml")
         .unwrap()
         .is_empty());
@@ -72,24 +60,15 @@ fn empty_document_and_comments_only() {
 fn aliases_are_stored_under_the_canonical_key() {
     let yaml = "state.checkpoints.dir: file:///data/chk\nstate.savepoints.dir: /data/sp\nstate.checkpoints.num-retained: 3\nstate.backend.incremental: true\nexecution.savepoint.path: /data/sp/savepoint-abc\nexecution.savepoint-restore-mode: claim\n";
     let c = Configuration::from_yaml_str(yaml, "config.yaml").unwrap();
-    assert_eq!(
-        c.get(&options::CHECKPOINTS_DIR),
-        Some(PathBuf::from("/data/chk"))
-    );
-    assert_eq!(
-        c.get(&options::SAVEPOINT_DIR),
-        Some(PathBuf::from("/data/sp"))
-    );
+    assert_eq!(c.get(&options::CHECKPOINTS_DIR), Some(PathBuf::from("/data/chk")));
+    assert_eq!(c.get(&options::SAVEPOINT_DIR), Some(PathBuf::from("/data/sp")));
     assert_eq!(c.get(&options::CHECKPOINTS_NUM_RETAINED), 3);
     assert!(c.get(&options::CHECKPOINTING_INCREMENTAL));
     assert_eq!(
         c.get(&options::SAVEPOINT_PATH),
         Some(PathBuf::from("/data/sp/savepoint-abc"))
     );
-    assert_eq!(
-        c.get(&options::RESTORE_CLAIM_MODE),
-        cairn_config::ClaimMode::Claim
-    );
+    assert_eq!(c.get(&options::RESTORE_CLAIM_MODE), cairn_config::ClaimMode::Claim);
     let keys: Vec<&str> = c.entries().map(|(k, _)| k).collect();
     assert!(keys.contains(&"execution.checkpointing.dir"), "{keys:?}");
     assert!(!keys.contains(&"state.checkpoints.dir"), "{keys:?}");
@@ -113,10 +92,7 @@ fn unknown_nested_key_without_close_match() {
     let e = Configuration::from_yaml_str(yaml, "conf.yaml").unwrap_err();
     let msg = e.to_string();
     assert!(msg.starts_with("conf.yaml:3: "), "{msg}");
-    assert!(
-        msg.contains("'execution.checkpointing.frobnicate-everything'"),
-        "{msg}"
-    );
+    assert!(msg.contains("'execution.checkpointing.frobnicate-everything'"), "{msg}");
     assert!(msg.contains("docs/configuration.md"), "{msg}");
 }
 
@@ -137,13 +113,10 @@ fn bad_value_in_file_names_file_line_key_value_and_syntax() {
 
 #[test]
 fn bad_value_via_alias_mentions_both_names() {
-    let e =
-        Configuration::from_yaml_str("state.checkpoints.num-retained: 0\n", "c.yaml").unwrap_err();
+    let e = Configuration::from_yaml_str("state.checkpoints.num-retained: 0\n", "c.yaml").unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains(
-            "'state.checkpoints.num-retained' (alias of 'execution.checkpointing.num-retained')"
-        ),
+        msg.contains("'state.checkpoints.num-retained' (alias of 'execution.checkpointing.num-retained')"),
         "{msg}"
     );
     assert!(msg.contains("must be at least 1"), "{msg}");
@@ -151,31 +124,23 @@ fn bad_value_via_alias_mentions_both_names() {
 
 #[test]
 fn alias_and_canonical_key_in_one_file_is_an_error_naming_both() {
-    let yaml =
-        "execution.checkpointing.dir: /a\nparallelism.default: 2\nstate.checkpoints.dir: /b\n";
+    let yaml = "execution.checkpointing.dir: /a\nparallelism.default: 2\nstate.checkpoints.dir: /b\n";
     let e = Configuration::from_yaml_str(yaml, "config.yaml").unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::DuplicateKey);
     let msg = e.to_string();
     assert!(msg.starts_with("config.yaml:3:"), "{msg}");
     assert!(msg.contains("'state.checkpoints.dir'"), "{msg}");
-    assert!(
-        msg.contains("'execution.checkpointing.dir' on line 1"),
-        "{msg}"
-    );
+    assert!(msg.contains("'execution.checkpointing.dir' on line 1"), "{msg}");
     assert!(msg.contains("keep only one"), "{msg}");
 }
 
 #[test]
 fn same_key_flat_and_nested_is_an_error() {
-    let yaml =
-        "execution.checkpointing.interval: 1 s\nexecution:\n  checkpointing:\n    interval: 2 s\n";
+    let yaml = "execution.checkpointing.interval: 1 s\nexecution:\n  checkpointing:\n    interval: 2 s\n";
     let e = Configuration::from_yaml_str(yaml, "config.yaml").unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::DuplicateKey);
     let msg = e.to_string();
-    assert!(
-        msg.contains("'execution.checkpointing.interval' is set twice"),
-        "{msg}"
-    );
+    assert!(msg.contains("'execution.checkpointing.interval' is set twice"), "{msg}");
     assert!(msg.contains("line 1"), "{msg}");
 }
 
@@ -193,10 +158,7 @@ fn lists_nulls_and_non_maps_are_rejected() {
     let e = Configuration::from_yaml_str("rest.address: [a, b]\n", "c.yaml").unwrap_err();
     assert!(e.to_string().contains("'rest.address' is a list"), "{e}");
     let e = Configuration::from_yaml_str("pipeline.name:\n", "c.yaml").unwrap_err();
-    assert!(
-        e.to_string().contains("'pipeline.name' has no value"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("'pipeline.name' has no value"), "{e}");
     let e = Configuration::from_yaml_str("- a\n- b\n", "c.yaml").unwrap_err();
     assert!(e.to_string().contains("must be a map"), "{e}");
     let e = Configuration::from_yaml_str("a: [unclosed\n", "c.yaml").unwrap_err();
@@ -220,10 +182,7 @@ fn from_yaml_file_reads_and_names_the_file() {
     let file = dir.join("config.yaml");
     std::fs::write(&file, "parallelism.default: 7\nrest.port: x\n").unwrap();
     let e = Configuration::from_yaml_file(&file).unwrap_err();
-    assert!(
-        e.to_string().starts_with(&format!("{}:2:", file.display())),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with(&format!("{}:2:", file.display())), "{e}");
     std::fs::write(&file, "parallelism.default: 7\n").unwrap();
     let c = Configuration::from_yaml_file(&file).unwrap();
     assert_eq!(c.get(&options::PARALLELISM_DEFAULT), 7);

@@ -35,21 +35,13 @@ impl<T> CollectSink<T> {
     /// A sink and the handle to read what it collected.
     pub fn new() -> (Self, Collected<T>) {
         let inner = Arc::new(Mutex::new(Vec::new()));
-        (
-            CollectSink {
-                inner: inner.clone(),
-            },
-            Collected { inner },
-        )
+        (CollectSink { inner: inner.clone() }, Collected { inner })
     }
 }
 
 impl<T: Clone + Send + 'static> Sink<T> for CollectSink<T> {
     fn write_batch(&mut self, batch: Vec<StreamRecord<T>>) -> OpResult {
-        self.inner
-            .lock()
-            .map_err(|_| "collect sink poisoned")?
-            .extend(batch);
+        self.inner.lock().map_err(|_| "collect sink poisoned")?.extend(batch);
         Ok(())
     }
 }

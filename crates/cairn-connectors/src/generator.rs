@@ -108,11 +108,10 @@ fn mix(mut z: u64) -> u64 {
 
 impl Source<GeneratedEvent> for GeneratorSource {
     fn open(&mut self, ctx: &mut SourceContext<'_>) -> OpResult {
-        let restored: Vec<Split> = ctx.state.list(SPLITS_STATE)?;
-        if ctx.info.attempt == 0 && restored.is_empty() && !ctx.state.is_empty() {
-            return Err("generator: restored state has no splits".into());
-        }
-        self.assigned = if restored.is_empty() && ctx.state.is_empty() {
+        self.assigned = if ctx.state.has_list(SPLITS_STATE) {
+            // Restored (possibly rescaled): continue the splits we were given.
+            ctx.state.list(SPLITS_STATE)?
+        } else {
             // Fresh start: split [0, count) into contiguous ranges and take ours.
             let n = self.splits.unwrap_or(ctx.info.parallelism) as u64;
             (0..n)
@@ -122,27 +121,19 @@ impl Source<GeneratedEvent> for GeneratorSource {
                     end: (s + 1) * self.count / n,
                 })
                 .collect()
-        } else {
-            restored
         };
         self.assigned.retain(|s| s.next < s.end);
         Ok(())
     }
 
-    fn poll(
-        &mut self,
-        out: &mut Vec<StreamRecord<GeneratedEvent>>,
-        max: usize,
-    ) -> OpResult<SourceStatus> {
+    fn poll(&mut self, out: &mut Vec<StreamRecord<GeneratedEvent>>, max: usize) -> OpResult<SourceStatus> {
         let mut budget = max as u64;
         if let Some(rate) = self.rate_per_second {
             let started = *self.started.get_or_insert_with(Instant::now);
             let allowed = (started.elapsed().as_secs_f64() * rate as f64) as u64;
             let room = allowed.saturating_sub(self.emitted);
             if room == 0 {
-                return Ok(SourceStatus::Pending(Duration::from_millis(
-                    1 + 1000 / rate.min(1000),
-                )));
+                return Ok(SourceStatus::Pending(Duration::from_millis(1 + 1000 / rate.min(1000))));
             }
             budget = budget.min(room);
         }

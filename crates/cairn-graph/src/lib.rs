@@ -176,11 +176,7 @@ impl JobGraph {
     }
 
     /// Validate and decide every uid, parallelism and chain.
-    pub fn resolve(
-        &self,
-        name: &str,
-        settings: GraphSettings,
-    ) -> Result<ResolvedGraph, GraphError> {
+    pub fn resolve(&self, name: &str, settings: GraphSettings) -> Result<ResolvedGraph, GraphError> {
         if self.nodes.is_empty() {
             return Err(GraphError::Empty);
         }
@@ -196,11 +192,9 @@ impl JobGraph {
                 .or(settings.max_parallelism)
                 .unwrap_or_else(|| default_max_parallelism(parallelism));
             if spec.keyed || spec.max_parallelism.is_some() {
-                check_parallelism(parallelism, max_parallelism).map_err(|e| {
-                    GraphError::BadParallelism {
-                        operator: spec.name.clone(),
-                        detail: e.to_string(),
-                    }
+                check_parallelism(parallelism, max_parallelism).map_err(|e| GraphError::BadParallelism {
+                    operator: spec.name.clone(),
+                    detail: e.to_string(),
                 })?;
             } else if parallelism == 0 {
                 return Err(GraphError::BadParallelism {
@@ -289,13 +283,9 @@ fn plan_chains(nodes: &[NodeSpec], edges: &[Edge]) -> Vec<Vec<NodeId>> {
     for (i, spec) in nodes.iter().enumerate() {
         let inputs: Vec<&Edge> = edges.iter().filter(|e| e.target.0 == i).collect();
         let joins = match inputs.as_slice() {
-            [e] if e.partitioning == Partitioning::Forward
-                && e.source_port == 0
-                && !spec.chaining_disabled =>
-            {
+            [e] if e.partitioning == Partitioning::Forward && e.source_port == 0 && !spec.chaining_disabled => {
                 let consumers = edges.iter().filter(|o| o.source == e.source).count();
-                let tail =
-                    chain_of[e.source.0].map(|c| *chains[c].last().expect("non-empty chain"));
+                let tail = chain_of[e.source.0].map(|c| *chains[c].last().expect("non-empty chain"));
                 consumers == 1 && tail == Some(e.source)
             }
             _ => false,
@@ -320,18 +310,12 @@ impl ResolvedGraph {
 
     /// Edges into `id`.
     pub fn inputs_of(&self, id: NodeId) -> impl Iterator<Item = (usize, &Edge)> {
-        self.edges
-            .iter()
-            .enumerate()
-            .filter(move |(_, e)| e.target == id)
+        self.edges.iter().enumerate().filter(move |(_, e)| e.target == id)
     }
 
     /// Edges out of `id`.
     pub fn outputs_of(&self, id: NodeId) -> impl Iterator<Item = (usize, &Edge)> {
-        self.edges
-            .iter()
-            .enumerate()
-            .filter(move |(_, e)| e.source == id)
+        self.edges.iter().enumerate().filter(move |(_, e)| e.source == id)
     }
 }
 
@@ -382,14 +366,9 @@ mod tests {
 
     #[test]
     fn stateful_operator_without_uid_is_refused_with_the_fix() {
-        let err = three(None)
-            .resolve("j", settings(false))
-            .unwrap_err()
-            .to_string();
+        let err = three(None).resolve("j", settings(false)).unwrap_err().to_string();
         assert!(
-            err.contains("'count'")
-                && err.contains(".uid(")
-                && err.contains("pipeline.auto-generate-uids"),
+            err.contains("'count'") && err.contains(".uid(") && err.contains("pipeline.auto-generate-uids"),
             "{err}"
         );
     }

@@ -85,10 +85,7 @@ impl<O: Send + 'static> Outputs<O> {
             *slot = Some(Box::new(Vec::<StreamRecord<T>>::new()));
             self.emit_side[i] = emit_typed::<T>;
         }
-        if let Some(v) = slot
-            .as_mut()
-            .and_then(|b| b.downcast_mut::<Vec<StreamRecord<T>>>())
-        {
+        if let Some(v) = slot.as_mut().and_then(|b| b.downcast_mut::<Vec<StreamRecord<T>>>()) {
             v.push(StreamRecord { value, timestamp });
         }
     }

@@ -180,20 +180,11 @@ mod tests {
     fn exactly_once_blocks_channels_until_all_barriers_arrive() {
         let mut s = InputState::new(3, true);
         assert_eq!(s.on_barrier(0, barrier(1)), BarrierAction::Wait);
-        assert!(
-            !s.readable(0),
-            "a channel that delivered the barrier is blocked"
-        );
+        assert!(!s.readable(0), "a channel that delivered the barrier is blocked");
         assert!(s.readable(1) && s.readable(2));
         assert_eq!(s.on_barrier(2, barrier(1)), BarrierAction::Wait);
-        assert_eq!(
-            s.on_barrier(1, barrier(1)),
-            BarrierAction::Snapshot(barrier(1))
-        );
-        assert!(
-            (0..3).all(|c| s.readable(c)),
-            "alignment done: all unblocked"
-        );
+        assert_eq!(s.on_barrier(1, barrier(1)), BarrierAction::Snapshot(barrier(1)));
+        assert!((0..3).all(|c| s.readable(c)), "alignment done: all unblocked");
     }
 
     #[test]
@@ -201,10 +192,7 @@ mod tests {
         let mut s = InputState::new(2, false);
         s.on_barrier(0, barrier(1));
         assert!(s.readable(0));
-        assert_eq!(
-            s.on_barrier(1, barrier(1)),
-            BarrierAction::Snapshot(barrier(1))
-        );
+        assert_eq!(s.on_barrier(1, barrier(1)), BarrierAction::Snapshot(barrier(1)));
     }
 
     #[test]
@@ -225,20 +213,13 @@ mod tests {
         );
         assert!(s.readable(0), "the abandoned checkpoint's block is lifted");
         assert_eq!(s.on_barrier(0, barrier(1)), BarrierAction::Wait);
-        assert_eq!(
-            s.on_barrier(0, barrier(2)),
-            BarrierAction::Snapshot(barrier(2))
-        );
+        assert_eq!(s.on_barrier(0, barrier(2)), BarrierAction::Snapshot(barrier(2)));
     }
 
     #[test]
     fn watermark_is_the_minimum_over_active_channels() {
         let mut s = InputState::new(2, true);
-        assert_eq!(
-            s.on_watermark(0, 10),
-            None,
-            "channel 1 has no watermark yet"
-        );
+        assert_eq!(s.on_watermark(0, 10), None, "channel 1 has no watermark yet");
         assert_eq!(s.on_watermark(1, 5), Some(5));
         assert_eq!(s.on_watermark(1, 20), Some(10));
         assert_eq!(s.on_watermark(0, 8), None, "watermarks never go back");
@@ -248,10 +229,7 @@ mod tests {
             "an idle channel does not hold the watermark"
         );
         let (_, wm) = s.on_end(1);
-        assert_eq!(
-            wm, None,
-            "channel 0 is idle, channel 1 ended: nothing active"
-        );
+        assert_eq!(wm, None, "channel 0 is idle, channel 1 ended: nothing active");
         let (_, wm) = s.on_end(0);
         assert_eq!(wm, Some(i64::MAX), "all ended: event time ends");
     }

@@ -67,8 +67,7 @@ impl RuntimeSettings {
         RuntimeSettings {
             batch_size: config.get(&options::RUNTIME_BATCH_SIZE).max(1) as usize,
             channel_capacity: config.get(&options::RUNTIME_CHANNEL_CAPACITY).max(1) as usize,
-            exactly_once: config.get(&options::CHECKPOINTING_MODE)
-                == cairn_config::CheckpointingMode::ExactlyOnce,
+            exactly_once: config.get(&options::CHECKPOINTING_MODE) == cairn_config::CheckpointingMode::ExactlyOnce,
         }
     }
 }
@@ -93,8 +92,7 @@ pub struct SubtaskRestore {
 }
 
 /// Supplies restored state per (node, subtask); `None` = start empty.
-pub type RestoreFn<'a> =
-    &'a mut dyn FnMut(usize, u32, KeyGroupRange) -> Result<SubtaskRestore, JobError>;
+pub type RestoreFn<'a> = &'a mut dyn FnMut(usize, u32, KeyGroupRange) -> Result<SubtaskRestore, JobError>;
 
 /// Display name of a chain: its operators' names joined by " -> ".
 pub fn chain_name(graph: &ResolvedGraph, chain: usize) -> String {
@@ -140,10 +138,7 @@ pub fn start(
             for j in targets {
                 let (tx, rx) = bounded(settings.channel_capacity);
                 txs.push(tx);
-                receivers
-                    .entry((e.target.0, j))
-                    .or_default()
-                    .push((e.target_input, rx));
+                receivers.entry((e.target.0, j)).or_default().push((e.target_input, rx));
             }
             senders.insert((ei, i), txs);
         }
@@ -165,10 +160,7 @@ pub fn start(
         let head = g.node(chain[0]);
         let tail = g.node(*chain.last().expect("non-empty chain"));
         for s in 0..head.parallelism {
-            let id = TaskId {
-                chain: ci,
-                subtask: s,
-            };
+            let id = TaskId { chain: ci, subtask: s };
             let metrics = Arc::new(TaskMetrics::default());
             let info_for = |node: usize| {
                 let n = g.node(cairn_graph::NodeId(node));
@@ -188,9 +180,7 @@ pub fn start(
                 let range = KeyGroupRange::for_subtask(n.max_parallelism, n.parallelism, s);
                 let restored = restore(node, s, range)?;
                 let keyed = if n.keyed {
-                    let backend = restored
-                        .keyed
-                        .unwrap_or_else(|| HeapKeyedStateBackend::new(range));
+                    let backend = restored.keyed.unwrap_or_else(|| HeapKeyedStateBackend::new(range));
                     Some(KeyedStateAccess::new(Box::new(backend)))
                 } else {
                     None
@@ -208,20 +198,19 @@ pub fn start(
                 parallelism: g.node(cairn_graph::NodeId(node)).parallelism,
                 message: format!("failed to open: {e}"),
             };
-            let (head_part, op_nodes): (Head, &[cairn_graph::NodeId]) =
-                match &spec.nodes[head.id.0].code {
-                    NodeCode::Source(factory) => {
-                        let mut src = factory();
-                        src.open(open_ctx(head.id.0, restore)?)
-                            .map_err(|e| task_err(head.id.0, e))?;
-                        running.source_tasks.push(id);
-                        (Head::Source(src), &chain[1..])
-                    }
-                    NodeCode::Operator(_) => {
-                        let inputs = receivers.remove(&(head.id.0, s)).unwrap_or_default();
-                        (Head::Inputs(inputs), &chain[..])
-                    }
-                };
+            let (head_part, op_nodes): (Head, &[cairn_graph::NodeId]) = match &spec.nodes[head.id.0].code {
+                NodeCode::Source(factory) => {
+                    let mut src = factory();
+                    src.open(open_ctx(head.id.0, restore)?)
+                        .map_err(|e| task_err(head.id.0, e))?;
+                    running.source_tasks.push(id);
+                    (Head::Source(src), &chain[1..])
+                }
+                NodeCode::Operator(_) => {
+                    let inputs = receivers.remove(&(head.id.0, s)).unwrap_or_default();
+                    (Head::Inputs(inputs), &chain[..])
+                }
+            };
             let mut ops = Vec::new();
             for n in op_nodes {
                 let NodeCode::Operator(factory) = &spec.nodes[n.0].code else {
@@ -231,8 +220,7 @@ pub fn start(
                     )));
                 };
                 let mut op = factory();
-                op.open(open_ctx(n.0, restore)?)
-                    .map_err(|e| task_err(n.0, e))?;
+                op.open(open_ctx(n.0, restore)?).map_err(|e| task_err(n.0, e))?;
                 ops.push((n.0, op));
             }
             let send_ctx = SendContext {
@@ -281,6 +269,7 @@ pub fn start(
                         wait_for_release,
                     },
                     source_node,
+                    finished: false,
                 },
             ));
         }
@@ -322,12 +311,7 @@ impl RunningJob {
 }
 
 /// Describe a task failure as a job error naming the operator and subtask.
-pub fn task_failure(
-    spec: &JobSpec,
-    task: TaskId,
-    op: Option<usize>,
-    error: &crate::error::BoxError,
-) -> JobError {
+pub fn task_failure(spec: &JobSpec, task: TaskId, op: Option<usize>, error: &crate::error::BoxError) -> JobError {
     let g = &spec.graph;
     let chain = &g.chains[task.chain];
     // `op` indexes the chain's operators after a source head.
@@ -358,19 +342,15 @@ pub fn is_cancellation(error: &crate::error::BoxError) -> bool {
 pub fn run_to_end(
     spec: &JobSpec,
     settings: RuntimeSettings,
+    restore: RestoreFn<'_>,
     tick: &mut dyn FnMut(u64),
 ) -> Result<u64, JobError> {
-    let mut running = start(spec, settings, 0, false, &mut |_, _, _| {
-        Ok(SubtaskRestore::default())
-    })?;
+    let mut running = start(spec, settings, 0, false, restore)?;
     let mut live = running.tasks.len();
     let mut failure: Option<JobError> = None;
     let mut last_tick = std::time::Instant::now();
     while live > 0 {
-        match running
-            .events
-            .recv_timeout(std::time::Duration::from_millis(200))
-        {
+        match running.events.recv_timeout(std::time::Duration::from_millis(200)) {
             Ok(TaskEvent::Exited { .. }) => live -= 1,
             Ok(TaskEvent::Failed { task, op, error }) => {
                 running.cancel.store(true, Ordering::Relaxed);

@@ -10,9 +10,7 @@ use serde::Serialize;
 
 use crate::collector::{OutputTag, Outputs, SidePorts};
 use crate::error::OpResult;
-use crate::operator::{
-    downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo,
-};
+use crate::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use crate::record::{AnyBatch, NO_TIMESTAMP};
 use crate::time::now_ms;
 use crate::timers::{TimeDomain, TimerService};
@@ -108,9 +106,7 @@ impl<K, O: Send + 'static> KeyedContext<'_, K, O> {
     }
     /// Fire `on_timer` for this key when event time reaches `time`.
     pub fn register_event_time_timer(&mut self, time: i64) -> OpResult {
-        Ok(self
-            .timers
-            .register(self.state, TimeDomain::EventTime, time, &[])?)
+        Ok(self.timers.register(self.state, TimeDomain::EventTime, time, &[])?)
     }
     /// Fire `on_timer` for this key when processing time reaches `time`.
     pub fn register_processing_time_timer(&mut self, time: i64) -> OpResult {
@@ -120,15 +116,11 @@ impl<K, O: Send + 'static> KeyedContext<'_, K, O> {
     }
     /// Delete an event-time timer of this key.
     pub fn delete_event_time_timer(&mut self, time: i64) -> OpResult {
-        Ok(self
-            .timers
-            .delete(self.state, TimeDomain::EventTime, time, &[])?)
+        Ok(self.timers.delete(self.state, TimeDomain::EventTime, time, &[])?)
     }
     /// Delete a processing-time timer of this key.
     pub fn delete_processing_time_timer(&mut self, time: i64) -> OpResult {
-        Ok(self
-            .timers
-            .delete(self.state, TimeDomain::ProcessingTime, time, &[])?)
+        Ok(self.timers.delete(self.state, TimeDomain::ProcessingTime, time, &[])?)
     }
 }
 
@@ -167,9 +159,7 @@ impl<K, I, O, F> KeyedProcessOperator<K, I, O, F> {
     }
 }
 
-impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I, O>>
-    KeyedProcessOperator<K, I, O, F>
-{
+impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I, O>> KeyedProcessOperator<K, I, O, F> {
     fn fire(&mut self, domain: TimeDomain, time: i64) -> OpResult {
         let run = self.run.as_mut().ok_or("operator not opened")?;
         run.state.set_processing_time(now_ms() as u64);
@@ -261,9 +251,7 @@ impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I,
     }
 
     fn next_processing_timer(&self) -> Option<i64> {
-        self.run
-            .as_ref()
-            .and_then(|r| r.timers.next_processing_time())
+        self.run.as_ref().and_then(|r| r.timers.next_processing_time())
     }
 
     fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {

@@ -29,3 +29,6 @@ pub use keyed::{Key, KeyedContext, KeyedOpenContext, KeyedProcessFunction};
 pub use process::{ProcessContext, ProcessFunction};
 pub use sink::{Sink, SinkContext};
 pub use timers::TimeDomain;
+pub mod checkpoint;
+pub mod restore;
+pub mod snapshot_io;

@@ -119,10 +119,7 @@ pub trait OperatorLogic: Send {
 
 /// Downcast a batch to the operator's input type. A mismatch is a bug in the
 /// graph wiring, reported instead of panicking.
-pub fn downcast_batch<T: 'static>(
-    batch: AnyBatch,
-    operator: &str,
-) -> OpResult<Box<Vec<StreamRecord<T>>>> {
+pub fn downcast_batch<T: 'static>(batch: AnyBatch, operator: &str) -> OpResult<Box<Vec<StreamRecord<T>>>> {
     batch.downcast::<Vec<StreamRecord<T>>>().map_err(|_| {
         format!(
             "operator '{operator}' received records of an unexpected type (expected {}); this is a Cairn bug",

@@ -83,8 +83,7 @@ pub trait PortOutput: Send {
 }
 
 /// Builds a port's output from its edges' wiring.
-pub type PortFactory =
-    Arc<dyn Fn(Vec<EdgeWiring>, SendContext) -> Box<dyn PortOutput> + Send + Sync>;
+pub type PortFactory = Arc<dyn Fn(Vec<EdgeWiring>, SendContext) -> Box<dyn PortOutput> + Send + Sync>;
 
 /// The port factory for records of type `T`.
 pub fn port_factory<T: Clone + Send + 'static>() -> PortFactory {
@@ -113,9 +112,8 @@ impl<T: Clone + Send + 'static> TypedPort<T> {
             .into_iter()
             .map(|w| {
                 let key_fn = w.key_fn.map(|k| {
-                    k.downcast::<KeyBytesFn<T>>().unwrap_or_else(|_| {
-                        panic!("key_by function of the wrong record type: a Cairn wiring bug")
-                    })
+                    k.downcast::<KeyBytesFn<T>>()
+                        .unwrap_or_else(|_| panic!("key_by function of the wrong record type: a Cairn wiring bug"))
                 });
                 EdgeWriter {
                     partitioning: w.partitioning,
@@ -144,17 +142,10 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
                 for rec in records.drain(..) {
                     (key_fn.0)(&rec.value, &mut self.key_buf)?;
                     let kg = key_group_for_bytes(&self.key_buf, self.target_max_parallelism);
-                    let t = subtask_for_key_group(
-                        self.target_max_parallelism,
-                        self.target_parallelism,
-                        kg,
-                    ) as usize;
+                    let t = subtask_for_key_group(self.target_max_parallelism, self.target_parallelism, kg) as usize;
                     self.buffers[t].push(rec);
                     if self.buffers[t].len() >= ctx.batch_size {
-                        let full = std::mem::replace(
-                            &mut self.buffers[t],
-                            Vec::with_capacity(ctx.batch_size),
-                        );
+                        let full = std::mem::replace(&mut self.buffers[t], Vec::with_capacity(ctx.batch_size));
                         send(&self.targets[t], Message::Records(Box::new(full)), ctx)?;
                     }
                 }

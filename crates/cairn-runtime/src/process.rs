@@ -5,9 +5,7 @@ use cairn_state::OperatorStateStore;
 
 use crate::collector::{OutputTag, Outputs, SidePorts};
 use crate::error::OpResult;
-use crate::operator::{
-    downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo,
-};
+use crate::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use crate::record::{AnyBatch, StreamRecord, NO_TIMESTAMP};
 use crate::time::now_ms;
 
@@ -124,9 +122,7 @@ impl<I, O, F> ProcessOperator<I, O, F> {
     }
 }
 
-impl<I: Send + 'static, O: Send + 'static, F: ProcessFunction<I, O>> OperatorLogic
-    for ProcessOperator<I, O, F>
-{
+impl<I: Send + 'static, O: Send + 'static, F: ProcessFunction<I, O>> OperatorLogic for ProcessOperator<I, O, F> {
     fn open(&mut self, ctx: OpenContext) -> OpResult {
         let mut state = ctx.operator_state;
         self.function.open(&ctx.info, &mut state)?;

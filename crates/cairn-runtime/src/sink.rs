@@ -5,9 +5,7 @@
 use cairn_state::OperatorStateStore;
 
 use crate::error::OpResult;
-use crate::operator::{
-    downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo,
-};
+use crate::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use crate::record::{AnyBatch, StreamRecord};
 
 /// Context of a sink subtask.
@@ -82,10 +80,7 @@ impl<T: Send + 'static, S: Sink<T>> OperatorLogic for SinkOperator<T, S> {
     }
 
     fn process_batch(&mut self, _input: usize, batch: AnyBatch, _out: &mut Emitter) -> OpResult {
-        let name = self
-            .run
-            .as_ref()
-            .map_or("sink", |r| r.0.operator_name.as_str());
+        let name = self.run.as_ref().map_or("sink", |r| r.0.operator_name.as_str());
         let batch = downcast_batch::<T>(batch, name)?;
         self.sink.write_batch(*batch)
     }

@@ -88,10 +88,7 @@ impl<T> WatermarkStrategy<T> {
 
     /// Take each record's event time from the record (the second argument is
     /// the timestamp the source attached, or `NO_TIMESTAMP`).
-    pub fn with_timestamp_assigner(
-        mut self,
-        f: impl Fn(&T, i64) -> i64 + Send + Sync + 'static,
-    ) -> Self {
+    pub fn with_timestamp_assigner(mut self, f: impl Fn(&T, i64) -> i64 + Send + Sync + 'static) -> Self {
         self.timestamp = Some(Arc::new(f));
         self
     }

@@ -79,10 +79,7 @@ struct Fail {
 }
 
 fn at(op: usize) -> impl FnOnce(BoxError) -> Fail {
-    move |error| Fail {
-        op: Some(op),
-        error,
-    }
+    move |error| Fail { op: Some(op), error }
 }
 
 fn runtime(error: BoxError) -> Fail {
@@ -113,6 +110,9 @@ pub struct Task {
     pub settings: TaskSettings,
     /// Node index of the source (for source chains).
     pub source_node: Option<usize>,
+    /// All input is processed; a checkpoint now snapshots final state and
+    /// sends no barrier (nobody downstream reads any more).
+    pub finished: bool,
 }
 
 impl Task {
@@ -154,13 +154,7 @@ impl Task {
     }
 
     /// Pass a batch into chain position `level` (== ops.len(): the outputs).
-    fn deliver(
-        &mut self,
-        level: usize,
-        input: usize,
-        port: usize,
-        batch: AnyBatch,
-    ) -> Result<(), Fail> {
+    fn deliver(&mut self, level: usize, input: usize, port: usize, batch: AnyBatch) -> Result<(), Fail> {
         if level == self.ops.len() {
             return match self.outputs.get_mut(port) {
                 Some(out) => out.send_batch(batch).map_err(runtime),
@@ -204,10 +198,7 @@ impl Task {
     fn advance_watermark(&mut self, wm: i64) -> Result<(), Fail> {
         for level in 0..self.ops.len() {
             let mut em = Emitter::default();
-            self.ops[level]
-                .1
-                .on_watermark(wm, &mut em)
-                .map_err(at(level))?;
+            self.ops[level].1.on_watermark(wm, &mut em).map_err(at(level))?;
             self.forward_emitted(level, em)?;
         }
         self.control_all(&|| Message::Watermark(wm))
@@ -216,16 +207,9 @@ impl Task {
     fn fire_processing_timers(&mut self) -> Result<(), Fail> {
         let now = now_ms();
         for level in 0..self.ops.len() {
-            if self.ops[level]
-                .1
-                .next_processing_timer()
-                .is_some_and(|t| t <= now)
-            {
+            if self.ops[level].1.next_processing_timer().is_some_and(|t| t <= now) {
                 let mut em = Emitter::default();
-                self.ops[level]
-                    .1
-                    .on_processing_time(now, &mut em)
-                    .map_err(at(level))?;
+                self.ops[level].1.on_processing_time(now, &mut em).map_err(at(level))?;
                 self.forward_emitted(level, em)?;
             }
         }
@@ -233,10 +217,7 @@ impl Task {
     }
 
     fn next_processing_timer(&self) -> Option<i64> {
-        self.ops
-            .iter()
-            .filter_map(|(_, op)| op.next_processing_timer())
-            .min()
+        self.ops.iter().filter_map(|(_, op)| op.next_processing_timer()).min()
     }
 
     /// Snapshot the chain (after the source, if any) and forward the barrier.
@@ -264,7 +245,9 @@ impl Task {
                 Err(e) => failed = Some(format!("snapshot of node {node} failed: {e}")),
             }
         }
-        self.control_all(&|| Message::Barrier(barrier))?;
+        if !self.finished {
+            self.control_all(&|| Message::Barrier(barrier))?;
+        }
         let event = match failed {
             Some(reason) => TaskEvent::Decline {
                 task: self.id,
@@ -292,7 +275,7 @@ impl Task {
     ) -> Result<(), Fail> {
         match cmd {
             TaskCommand::TriggerCheckpoint(b) => {
-                if source.is_some() {
+                if source.is_some() || self.finished {
                     self.flush()?;
                     self.checkpoint(b, source, Duration::ZERO)?;
                 }
@@ -302,18 +285,12 @@ impl Task {
                     src.notify_checkpoint_complete(id).map_err(runtime)?;
                 }
                 for level in 0..self.ops.len() {
-                    self.ops[level]
-                        .1
-                        .notify_checkpoint_complete(id)
-                        .map_err(at(level))?;
+                    self.ops[level].1.notify_checkpoint_complete(id).map_err(at(level))?;
                 }
             }
             TaskCommand::NotifyCheckpointAborted(id) => {
                 for level in 0..self.ops.len() {
-                    self.ops[level]
-                        .1
-                        .notify_checkpoint_aborted(id)
-                        .map_err(at(level))?;
+                    self.ops[level].1.notify_checkpoint_aborted(id).map_err(at(level))?;
                 }
             }
             TaskCommand::StopSource => *stop_source = true,
@@ -334,6 +311,7 @@ impl Task {
     /// After the input ended: report, then (if asked) keep serving checkpoint
     /// notifications until the coordinator releases the task.
     fn finish(&mut self, mut source: Option<&mut Box<dyn SourceLogic>>) -> Result<(), Fail> {
+        self.finished = true;
         let _ = self.events.send(TaskEvent::Finished { task: self.id });
         if !self.settings.wait_for_release {
             return Ok(());
@@ -476,7 +454,10 @@ impl Task {
                         let _ = self.events.send(TaskEvent::Decline {
                             task: self.id,
                             checkpoint_id: aborted,
-                            reason: format!("checkpoint {aborted} was overtaken by checkpoint {} during alignment", b.checkpoint_id),
+                            reason: format!(
+                                "checkpoint {aborted} was overtaken by checkpoint {} during alignment",
+                                b.checkpoint_id
+                            ),
                         });
                         align_start = Some(Instant::now());
                     }

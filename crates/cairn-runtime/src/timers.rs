@@ -80,10 +80,7 @@ impl TimerService {
             buf: Vec::new(),
         };
         let mut bad = 0usize;
-        for (state, set) in [
-            (event_state, &mut svc.event),
-            (processing_state, &mut svc.processing),
-        ] {
+        for (state, set) in [(event_state, &mut svc.event), (processing_state, &mut svc.processing)] {
             backend.for_each_key(state, &mut |kg, k| match decode(kg, k) {
                 Some(t) => {
                     set.insert(t);
@@ -92,9 +89,7 @@ impl TimerService {
             })?;
         }
         if bad > 0 {
-            return Err(StateError::Restore(format!(
-                "{bad} restored timers are corrupt"
-            )));
+            return Err(StateError::Restore(format!("{bad} restored timers are corrupt")));
         }
         Ok(svc)
     }
@@ -102,9 +97,7 @@ impl TimerService {
     fn parts(&mut self, domain: TimeDomain) -> (&mut BTreeSet<Timer>, StateId, &mut Vec<u8>) {
         match domain {
             TimeDomain::EventTime => (&mut self.event, self.event_state, &mut self.buf),
-            TimeDomain::ProcessingTime => {
-                (&mut self.processing, self.processing_state, &mut self.buf)
-            }
+            TimeDomain::ProcessingTime => (&mut self.processing, self.processing_state, &mut self.buf),
         }
     }
 

@@ -26,16 +26,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, SnapshotError};
-use crate::layout::{
-    checkpoint_dir_name, resolve_in_job, validate_hex32, validate_ref_path, JobId,
-};
+use crate::layout::{checkpoint_dir_name, resolve_in_job, validate_hex32, validate_ref_path, JobId};
 use crate::metadata::{
-    verify_file, write_metadata, OperatorSnapshot, SnapshotKind, SnapshotMetadata, StateFileRef,
-    SubtaskSnapshot, CAIRN_VERSION, METADATA_FILE_NAME, METADATA_VERSION,
+    verify_file, write_metadata, OperatorSnapshot, SnapshotKind, SnapshotMetadata, StateFileRef, SubtaskSnapshot,
+    CAIRN_VERSION, METADATA_FILE_NAME, METADATA_VERSION,
 };
 use crate::retention::{
-    execute_cleanup, AddOutcome, CleanupPlan, CleanupReport, CompletedCheckpoint,
-    CompletedCheckpointStore,
+    execute_cleanup, AddOutcome, CleanupPlan, CleanupReport, CompletedCheckpoint, CompletedCheckpointStore,
 };
 use crate::storage::Storage;
 
@@ -175,12 +172,7 @@ impl PendingCheckpoint {
     /// Records subtask `subtask` of `operator_id` as done, with the files it
     /// wrote (already durable). Rejects acks after abort, unknown operators or
     /// subtasks, duplicates, and unsafe paths; a rejected ack changes nothing.
-    pub fn acknowledge(
-        &mut self,
-        operator_id: &str,
-        subtask: u32,
-        files: Vec<StateFileRef>,
-    ) -> Result<AckStatus> {
+    pub fn acknowledge(&mut self, operator_id: &str, subtask: u32, files: Vec<StateFileRef>) -> Result<AckStatus> {
         if self.state != PendingState::InProgress {
             return Err(SnapshotError::protocol(
                 self.ctx(),
@@ -279,10 +271,7 @@ impl PendingCheckpoint {
         if !self.is_fully_acknowledged() {
             return Err(SnapshotError::protocol(
                 self.ctx(),
-                format!(
-                    "cannot finalize: still waiting for {:?}",
-                    self.missing_acks()
-                ),
+                format!("cannot finalize: still waiting for {:?}", self.missing_acks()),
             ));
         }
         let PendingCheckpoint { spec, mut acks, .. } = self;
@@ -325,11 +314,7 @@ impl PendingCheckpoint {
     }
 }
 
-fn discard_for(
-    spec: &CheckpointSpec,
-    files: &[StateFileRef],
-    reason: AbortReason,
-) -> AbortedCheckpoint {
+fn discard_for(spec: &CheckpointSpec, files: &[StateFileRef], reason: AbortReason) -> AbortedCheckpoint {
     let dir = spec.dir_in_base();
     let meta = if dir.is_empty() {
         METADATA_FILE_NAME.to_string()
@@ -453,10 +438,7 @@ impl CompletingCheckpoint {
         if self.step != from {
             return Err(SnapshotError::protocol(
                 format!("checkpoint {}", self.checkpoint_id()),
-                format!(
-                    "step {from:?} reported but the next step is {:?}",
-                    self.step
-                ),
+                format!("step {from:?} reported but the next step is {:?}", self.step),
             ));
         }
         let savepoint = self.spec.kind.is_savepoint();
@@ -504,8 +486,7 @@ impl CompletingCheckpoint {
                 error,
             }
         } else {
-            let files: Vec<StateFileRef> =
-                self.metadata.files().map(|(_, _, f)| f.clone()).collect();
+            let files: Vec<StateFileRef> = self.metadata.files().map(|(_, _, f)| f.clone()).collect();
             StepFailure::Aborted(discard_for(
                 &self.spec,
                 &files,
@@ -579,11 +560,11 @@ pub fn complete_checkpoint(
         let step = completing.next_step();
         let result: Result<()> = match step {
             CommitStep::Done => break,
-            CommitStep::VerifyFiles => verify_sizes(storage, &snapshot_dir, &completing.metadata)
-                .and_then(|()| completing.step_done(step)),
+            CommitStep::VerifyFiles => {
+                verify_sizes(storage, &snapshot_dir, &completing.metadata).and_then(|()| completing.step_done(step))
+            }
             CommitStep::WriteMetadata => {
-                write_metadata(storage, &snapshot_dir, &completing.metadata)
-                    .and_then(|_| completing.step_done(step))
+                write_metadata(storage, &snapshot_dir, &completing.metadata).and_then(|_| completing.step_done(step))
             }
             CommitStep::Register => match store.as_deref_mut() {
                 None => Err(SnapshotError::protocol(
@@ -646,10 +627,6 @@ pub fn discard_attempt(
 
 /// Verifies one acknowledged file fully (size and CRC); tasks may use it as a
 /// self-check before acking. Re-exported for convenience.
-pub fn verify_acked_file(
-    storage: &dyn Storage,
-    snapshot_dir: &Path,
-    file: &StateFileRef,
-) -> Result<()> {
+pub fn verify_acked_file(storage: &dyn Storage, snapshot_dir: &Path, file: &StateFileRef) -> Result<()> {
     verify_file(storage, snapshot_dir, file)
 }

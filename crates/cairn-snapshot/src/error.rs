@@ -22,17 +22,9 @@ pub enum SnapshotError {
     /// The path exists but is not a checkpoint/savepoint directory or `_metadata` file.
     NotASnapshot { path: PathBuf, reason: String },
     /// A file's checksum does not match the recorded one.
-    ChecksumMismatch {
-        path: PathBuf,
-        expected: u32,
-        actual: u32,
-    },
+    ChecksumMismatch { path: PathBuf, expected: u32, actual: u32 },
     /// A file's size does not match the recorded one.
-    SizeMismatch {
-        path: PathBuf,
-        expected: u64,
-        actual: u64,
-    },
+    SizeMismatch { path: PathBuf, expected: u64, actual: u64 },
     /// A file is structurally damaged (bad magic, truncated, unparsable).
     Corrupt { path: PathBuf, detail: String },
     /// A file that must exist does not.

@@ -156,9 +156,7 @@ pub fn checkpoint_dir_name(checkpoint_id: u64) -> String {
 /// Parses `chk-<n>` (decimal, no sign, no leading zeros except "0").
 pub fn parse_checkpoint_dir_name(name: &str) -> Option<u64> {
     let digits = name.strip_prefix(CHECKPOINT_DIR_PREFIX)?;
-    if digits.is_empty()
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-        || (digits.len() > 1 && digits.starts_with('0'))
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0'))
     {
         return None;
     }
@@ -167,11 +165,7 @@ pub fn parse_checkpoint_dir_name(name: &str) -> Option<u64> {
 
 /// `savepoint-<first 6 hex of job id>-<12 random hex>`.
 pub fn savepoint_dir_name(job_id: &JobId, rng: &mut IdGenerator) -> String {
-    format!(
-        "{SAVEPOINT_DIR_PREFIX}{}-{}",
-        &job_id.as_str()[..6],
-        rng.hex(12)
-    )
+    format!("{SAVEPOINT_DIR_PREFIX}{}-{}", &job_id.as_str()[..6], rng.hex(12))
 }
 
 /// Paths of one job's checkpoint area: `<checkpoint-dir>/<job-id>/`.
@@ -266,9 +260,7 @@ pub fn resolve_in_job(snapshot_dir_in_job: &str, ref_path: &str) -> Result<Strin
             if parts.pop().is_none() {
                 return Err(SnapshotError::InvalidPath {
                     path: ref_path.to_string(),
-                    reason: format!(
-                        "it leaves the job directory when resolved from '{snapshot_dir_in_job}'"
-                    ),
+                    reason: format!("it leaves the job directory when resolved from '{snapshot_dir_in_job}'"),
                 });
             }
         } else {
@@ -285,11 +277,7 @@ pub fn resolve_ref(snapshot_dir: &Path, ref_path: &str) -> Result<PathBuf> {
     for c in ref_path.split('/') {
         if c == ".." {
             // Lexical: pop when possible so paths stay tidy; otherwise keep "..".
-            if !matches!(
-                p.components().next_back(),
-                Some(std::path::Component::Normal(_))
-            ) || !p.pop()
-            {
+            if !matches!(p.components().next_back(), Some(std::path::Component::Normal(_))) || !p.pop() {
                 p.push("..");
             }
         } else {
@@ -418,10 +406,7 @@ mod tests {
 
     #[test]
     fn ref_paths() {
-        assert_eq!(
-            resolve_in_job("chk-5", "a/b.state").unwrap(),
-            "chk-5/a/b.state"
-        );
+        assert_eq!(resolve_in_job("chk-5", "a/b.state").unwrap(), "chk-5/a/b.state");
         assert_eq!(resolve_in_job("chk-5", "../shared/x").unwrap(), "shared/x");
         assert!(resolve_in_job("chk-5", "../../x").is_err());
         for bad in ["", "/abs", "a\\b", "a/../b", "a//b", "./a", "..", "c:/x"] {

@@ -102,9 +102,7 @@ pub struct StateFileRef {
 
 impl SnapshotMetadata {
     /// Every file reference with its operator and subtask.
-    pub fn files(
-        &self,
-    ) -> impl Iterator<Item = (&OperatorSnapshot, &SubtaskSnapshot, &StateFileRef)> {
+    pub fn files(&self) -> impl Iterator<Item = (&OperatorSnapshot, &SubtaskSnapshot, &StateFileRef)> {
         self.operators.iter().flat_map(|op| {
             op.subtasks
                 .iter()
@@ -159,7 +157,9 @@ impl SnapshotMetadata {
                     if self.kind.is_savepoint() && f.path.starts_with("..") {
                         return Err(SnapshotError::InvalidPath {
                             path: f.path.clone(),
-                            reason: "savepoints must be self-contained: every file must be inside the savepoint directory".into(),
+                            reason:
+                                "savepoints must be self-contained: every file must be inside the savepoint directory"
+                                    .into(),
                         });
                     }
                     if !paths.insert(f.path.as_str()) {
@@ -185,9 +185,8 @@ impl SnapshotMetadata {
 /// Serializes metadata into the framed v1 byte format.
 pub fn encode_metadata(meta: &SnapshotMetadata) -> Result<Vec<u8>> {
     meta.validate()?;
-    let json = serde_json::to_string_pretty(meta).map_err(|e| {
-        SnapshotError::protocol("encoding _metadata", format!("serialization failed: {e}"))
-    })?;
+    let json = serde_json::to_string_pretty(meta)
+        .map_err(|e| SnapshotError::protocol("encoding _metadata", format!("serialization failed: {e}")))?;
     let mut out = format!("{METADATA_MAGIC}{METADATA_VERSION}\n{json}\n").into_bytes();
     let crc = crc32(&out);
     out.extend_from_slice(format!("{METADATA_CRC_PREFIX}{crc:08x}\n").as_bytes());
@@ -200,15 +199,12 @@ pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
         path: path.to_path_buf(),
         reason: "the file does not start with 'CAIRN-METADATA'".into(),
     };
-    let header_end = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(not_ours)?;
+    let header_end = bytes.iter().position(|b| *b == b'\n').ok_or_else(not_ours)?;
     let header = std::str::from_utf8(&bytes[..header_end]).map_err(|_| not_ours())?;
     let version_str = header.strip_prefix(METADATA_MAGIC).ok_or_else(not_ours)?;
-    let version: u32 = version_str.parse().map_err(|_| {
-        SnapshotError::corrupt(path, format!("bad version '{version_str}' in header line"))
-    })?;
+    let version: u32 = version_str
+        .parse()
+        .map_err(|_| SnapshotError::corrupt(path, format!("bad version '{version_str}' in header line")))?;
     if version != METADATA_VERSION {
         return Err(SnapshotError::UnsupportedVersion {
             path: path.to_path_buf(),
@@ -234,11 +230,8 @@ pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
     let hex = crc_line
         .strip_prefix(METADATA_CRC_PREFIX)
         .filter(|h| h.len() == 8 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .ok_or_else(|| {
-            SnapshotError::corrupt(path, "last line is not 'CRC32 <8 hex digits>' (truncated?)")
-        })?;
-    let expected = u32::from_str_radix(hex, 16)
-        .map_err(|_| SnapshotError::corrupt(path, "bad checksum digits"))?;
+        .ok_or_else(|| SnapshotError::corrupt(path, "last line is not 'CRC32 <8 hex digits>' (truncated?)"))?;
+    let expected = u32::from_str_radix(hex, 16).map_err(|_| SnapshotError::corrupt(path, "bad checksum digits"))?;
     let actual = crc32(&bytes[..crc_line_start]);
     if expected != actual {
         return Err(SnapshotError::ChecksumMismatch {
@@ -253,10 +246,7 @@ pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
     if meta.format_version != version {
         return Err(SnapshotError::corrupt(
             path,
-            format!(
-                "header says version {version} but body says {}",
-                meta.format_version
-            ),
+            format!("header says version {version} but body says {}", meta.format_version),
         ));
     }
     meta.validate().map_err(|e| match e {
@@ -268,11 +258,7 @@ pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
 
 /// Writes `dir/_metadata` atomically (temporary name, fsync, rename, fsync
 /// directory). Call only after every file it names is durable (invariant 1).
-pub fn write_metadata(
-    storage: &dyn Storage,
-    dir: &Path,
-    meta: &SnapshotMetadata,
-) -> Result<PathBuf> {
+pub fn write_metadata(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) -> Result<PathBuf> {
     let bytes = encode_metadata(meta)?;
     let path = dir.join(METADATA_FILE_NAME);
     storage.write_atomic(&path, &bytes)?;
@@ -345,11 +331,7 @@ pub fn verify_files(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) 
 }
 
 /// Checks every file referenced by `meta` and returns all problems found (for fsck-style reports).
-pub fn check_files(
-    storage: &dyn Storage,
-    dir: &Path,
-    meta: &SnapshotMetadata,
-) -> Vec<SnapshotError> {
+pub fn check_files(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) -> Vec<SnapshotError> {
     meta.files()
         .filter_map(|(_, _, f)| verify_file(storage, dir, f).err())
         .collect()

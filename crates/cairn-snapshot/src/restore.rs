@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::layout::resolve_ref;
-use crate::metadata::{
-    decode_metadata, locate_metadata, verify_files, SnapshotMetadata, StateFileRef,
-};
+use crate::metadata::{decode_metadata, locate_metadata, verify_files, SnapshotMetadata, StateFileRef};
 use crate::state_file::{read_section, SectionInfo, StateFileReader};
 use crate::storage::Storage;
 
@@ -26,22 +24,13 @@ impl LoadedSnapshot {
     }
 
     /// Opens and verifies a whole state file.
-    pub fn open_state_file(
-        &self,
-        storage: &dyn Storage,
-        file: &StateFileRef,
-    ) -> Result<StateFileReader> {
+    pub fn open_state_file(&self, storage: &dyn Storage, file: &StateFileRef) -> Result<StateFileReader> {
         StateFileReader::open(storage, &self.resolve(file)?)
     }
 
     /// Reads one section of a state file by byte range, verified by its CRC
     /// (for restoring only the key groups a subtask owns).
-    pub fn read_section(
-        &self,
-        storage: &dyn Storage,
-        file: &StateFileRef,
-        section: &SectionInfo,
-    ) -> Result<Vec<u8>> {
+    pub fn read_section(&self, storage: &dyn Storage, file: &StateFileRef, section: &SectionInfo) -> Result<Vec<u8>> {
         read_section(storage, &self.resolve(file)?, section)
     }
 }

@@ -257,8 +257,7 @@ impl CompletedCheckpointStore {
     /// Removes files still referenced by a retained checkpoint from `plan`
     /// (used when discarding a failed attempt that reused shared files).
     pub fn filter_plan(&self, mut plan: CleanupPlan) -> CleanupPlan {
-        plan.files
-            .retain(|f| !self.is_referenced(f) && !never_deleted(f));
+        plan.files.retain(|f| !self.is_referenced(f) && !never_deleted(f));
         plan.dirs_recursive.retain(|d| {
             let prefix = format!("{d}/");
             !self.refs.keys().any(|r| r.starts_with(&prefix))
@@ -272,8 +271,9 @@ impl CompletedCheckpointStore {
     pub fn on_cancel(&mut self, policy: ExternalizedRetention) -> CleanupPlan {
         match policy {
             ExternalizedRetention::RetainOnCancellation => CleanupPlan::default(),
-            ExternalizedRetention::DeleteOnCancellation
-            | ExternalizedRetention::NoExternalizedCheckpoints => self.discard_all(),
+            ExternalizedRetention::DeleteOnCancellation | ExternalizedRetention::NoExternalizedCheckpoints => {
+                self.discard_all()
+            }
         }
     }
 
@@ -321,11 +321,7 @@ fn join_rel(base: &Path, rel: &str) -> PathBuf {
 /// If any `_metadata` deletion fails, nothing else is deleted (the rest stays
 /// in `remaining`): a snapshot whose `_metadata` still exists must keep all its
 /// files. Data-file and directory failures are collected and the rest continues.
-pub fn execute_cleanup(
-    storage: &dyn Storage,
-    base_dir: &Path,
-    plan: &CleanupPlan,
-) -> CleanupReport {
+pub fn execute_cleanup(storage: &dyn Storage, base_dir: &Path, plan: &CleanupPlan) -> CleanupReport {
     let mut report = CleanupReport::default();
     for (i, m) in plan.metadata_files.iter().enumerate() {
         let p = join_rel(base_dir, m);

@@ -163,9 +163,7 @@ impl<W: Write> StateFileWriter<W> {
         index.extend_from_slice(&index_offset.to_le_bytes());
         self.out.write_all(&index).map_err(io_err)?;
         let body_crc = self.out.crc32();
-        self.out
-            .write_all(&body_crc.to_le_bytes())
-            .map_err(io_err)?;
+        self.out.write_all(&body_crc.to_le_bytes()).map_err(io_err)?;
         self.out.write_all(&STATE_FILE_END_MAGIC).map_err(io_err)?;
         self.out.flush().map_err(io_err)?;
         let (w, size, crc) = self.out.into_parts();
@@ -245,19 +243,13 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            self.take(2)?.try_into().unwrap_or_default(),
-        ))
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap_or_default()))
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().unwrap_or_default(),
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().unwrap_or_default(),
-        ))
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
     }
 }
 
@@ -304,10 +296,7 @@ impl StateFileReader {
             });
         }
         if bytes[10..16].iter().any(|b| *b != 0) {
-            return Err(SnapshotError::corrupt(
-                path,
-                "reserved header bytes are not zero",
-            ));
+            return Err(SnapshotError::corrupt(path, "reserved header bytes are not zero"));
         }
         let n = bytes.len();
         if bytes[n - 4..] != STATE_FILE_END_MAGIC {
@@ -354,9 +343,7 @@ impl StateFileReader {
             if has_kg > 1 {
                 return Err(SnapshotError::corrupt(path, "bad key-group flag in index"));
             }
-            if offset != expected_offset
-                || !matches!(offset.checked_add(slen), Some(e) if e <= index_offset)
-            {
+            if offset != expected_offset || !matches!(offset.checked_add(slen), Some(e) if e <= index_offset) {
                 return Err(SnapshotError::corrupt(
                     path,
                     format!("section '{name}' has an impossible position {offset}+{slen}"),
@@ -409,10 +396,7 @@ impl StateFileReader {
     }
 
     /// Sections that belong to key groups in `range` (inclusive start, exclusive end).
-    pub fn sections_in_key_groups(
-        &self,
-        range: std::ops::Range<u32>,
-    ) -> impl Iterator<Item = &SectionInfo> {
+    pub fn sections_in_key_groups(&self, range: std::ops::Range<u32>) -> impl Iterator<Item = &SectionInfo> {
         self.sections
             .iter()
             .filter(move |s| s.key_group.is_some_and(|kg| range.contains(&kg)))
@@ -504,10 +488,7 @@ mod tests {
         let (mut bytes, _) = sample();
         bytes[8] = 2;
         let e = StateFileReader::from_bytes(Path::new("dir/x.state"), bytes).unwrap_err();
-        assert!(matches!(
-            e,
-            SnapshotError::UnsupportedVersion { found: 2, .. }
-        ));
+        assert!(matches!(e, SnapshotError::UnsupportedVersion { found: 2, .. }));
         assert!(e.to_string().contains("dir/x.state"));
     }
 }

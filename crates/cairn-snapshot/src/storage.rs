@@ -98,8 +98,7 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
 /// Returns the size written.
 pub fn write_file(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<u64> {
     let mut w = storage.create(path)?;
-    w.write_all(bytes)
-        .map_err(|e| SnapshotError::io("write", path, e))?;
+    w.write_all(bytes).map_err(|e| SnapshotError::io("write", path, e))?;
     w.finish()
 }
 
@@ -146,8 +145,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         let f = fs::File::open(dir).map_err(|e| SnapshotError::io("open directory", dir, e))?;
-        f.sync_all()
-            .map_err(|e| SnapshotError::io("fsync directory", dir, e))?;
+        f.sync_all().map_err(|e| SnapshotError::io("fsync directory", dir, e))?;
     }
     #[cfg(not(unix))]
     let _ = dir;
@@ -176,12 +174,8 @@ impl StorageWriter for LocalWriter {
         let file = file
             .into_inner()
             .map_err(|e| SnapshotError::io("flush", &path, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| SnapshotError::io("fsync", &path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| SnapshotError::io("stat", &path, e))?
-            .len();
+        file.sync_all().map_err(|e| SnapshotError::io("fsync", &path, e))?;
+        let len = file.metadata().map_err(|e| SnapshotError::io("stat", &path, e))?.len();
         Ok(len)
     }
 }
@@ -201,10 +195,7 @@ impl Storage for LocalFileStorage {
 
     fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
         let mut f = fs::File::open(path).map_err(|e| map_not_found("open", path, e))?;
-        let size = f
-            .metadata()
-            .map_err(|e| SnapshotError::io("stat", path, e))?
-            .len();
+        let size = f.metadata().map_err(|e| SnapshotError::io("stat", path, e))?.len();
         if !matches!(offset.checked_add(len), Some(end) if end <= size) {
             return Err(SnapshotError::corrupt(
                 path,
@@ -214,8 +205,7 @@ impl Storage for LocalFileStorage {
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| SnapshotError::io("seek", path, e))?;
         let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf)
-            .map_err(|e| SnapshotError::io("read", path, e))?;
+        f.read_exact(&mut buf).map_err(|e| SnapshotError::io("read", path, e))?;
         Ok(buf)
     }
 
@@ -285,10 +275,8 @@ impl Storage for LocalFileStorage {
         let tmp = parent.join(tmp_name);
         let result = (|| {
             let mut f = fs::File::create(&tmp).map_err(|e| SnapshotError::io("create", &tmp, e))?;
-            f.write_all(bytes)
-                .map_err(|e| SnapshotError::io("write", &tmp, e))?;
-            f.sync_all()
-                .map_err(|e| SnapshotError::io("fsync", &tmp, e))?;
+            f.write_all(bytes).map_err(|e| SnapshotError::io("write", &tmp, e))?;
+            f.sync_all().map_err(|e| SnapshotError::io("fsync", &tmp, e))?;
             drop(f);
             fs::rename(&tmp, path).map_err(|e| SnapshotError::io("rename", path, e))
         })();
@@ -370,11 +358,7 @@ impl<S: Storage> FaultInjectingStorage<S> {
 
     /// Removes all planned faults.
     pub fn clear_faults(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .planned
-            .clear();
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).planned.clear();
     }
 
     /// Number of operations of `kind` attempted so far.
@@ -390,11 +374,7 @@ impl<S: Storage> FaultInjectingStorage<S> {
 
     /// All operations attempted so far, in order.
     pub fn log(&self) -> Vec<(OpKind, PathBuf)> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .log
-            .clone()
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).log.clone()
     }
 
     /// The wrapped storage.
@@ -408,10 +388,7 @@ impl<S: Storage> FaultInjectingStorage<S> {
         *c += 1;
         let n = *c;
         st.log.push((kind, path.to_path_buf()));
-        let idx = st
-            .planned
-            .iter()
-            .position(|(k, nth, _)| *k == kind && *nth == n)?;
+        let idx = st.planned.iter().position(|(k, nth, _)| *k == kind && *nth == n)?;
         Some(st.planned.remove(idx).2)
     }
 
@@ -470,9 +447,7 @@ impl<S: Storage + Clone + 'static> Storage for FaultInjectingStorage<S> {
         self.run(OpKind::Read, path, || self.inner.read(path))
     }
     fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.run(OpKind::ReadRange, path, || {
-            self.inner.read_range(path, offset, len)
-        })
+        self.run(OpKind::ReadRange, path, || self.inner.read_range(path, offset, len))
     }
     fn size(&self, path: &Path) -> Result<u64> {
         self.run(OpKind::Size, path, || self.inner.size(path))
@@ -487,18 +462,12 @@ impl<S: Storage + Clone + 'static> Storage for FaultInjectingStorage<S> {
         self.run(OpKind::DeleteFile, path, || self.inner.delete_file(path))
     }
     fn delete_dir_all(&self, path: &Path) -> Result<()> {
-        self.run(OpKind::DeleteDirAll, path, || {
-            self.inner.delete_dir_all(path)
-        })
+        self.run(OpKind::DeleteDirAll, path, || self.inner.delete_dir_all(path))
     }
     fn create_dir_all(&self, path: &Path) -> Result<()> {
-        self.run(OpKind::CreateDirAll, path, || {
-            self.inner.create_dir_all(path)
-        })
+        self.run(OpKind::CreateDirAll, path, || self.inner.create_dir_all(path))
     }
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        self.run(OpKind::WriteAtomic, path, || {
-            self.inner.write_atomic(path, bytes)
-        })
+        self.run(OpKind::WriteAtomic, path, || self.inner.write_atomic(path, bytes))
     }
 }

@@ -7,15 +7,13 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use cairn_snapshot::commit::{
-    complete_checkpoint, discard_attempt, AbortReason, AckStatus, CommitReport, CommitStep,
-    PendingCheckpoint, StepFailure,
+    complete_checkpoint, discard_attempt, AbortReason, AckStatus, CommitReport, CommitStep, PendingCheckpoint,
+    StepFailure,
 };
 use cairn_snapshot::layout::{checkpoint_dir_name, find_latest_checkpoint, CHECKPOINT_DIR_PREFIX};
 use cairn_snapshot::metadata::{read_metadata, verify_files, SavepointFormat, SnapshotKind};
 use cairn_snapshot::retention::{AddOutcome, CleanupPlan};
-use cairn_snapshot::storage::{
-    FaultInjectingStorage, FaultTiming, LocalFileStorage, OpKind, Storage,
-};
+use cairn_snapshot::storage::{FaultInjectingStorage, FaultTiming, LocalFileStorage, OpKind, Storage};
 use cairn_snapshot::{CompletedCheckpointStore, SnapshotError, StateFileRef};
 use common::*;
 
@@ -66,15 +64,11 @@ fn acks_are_validated() {
         Err(SnapshotError::Protocol { .. })
     ));
     // unknown operator / subtask
-    assert!(p
-        .acknowledge("cccccccccccccccccccccccccccccccc", 0, vec![])
-        .is_err());
+    assert!(p.acknowledge("cccccccccccccccccccccccccccccccc", 0, vec![]).is_err());
     assert!(p.acknowledge(OP_B, 1, vec![]).is_err());
     // path escaping the job dir / absolute
     assert!(p.acknowledge(OP_B, 0, vec![fake_ref("../../x")]).is_err());
-    assert!(p
-        .acknowledge(OP_B, 0, vec![fake_ref("/etc/passwd")])
-        .is_err());
+    assert!(p.acknowledge(OP_B, 0, vec![fake_ref("/etc/passwd")]).is_err());
     // rejected acks changed nothing
     assert_eq!(p.missing_acks().len(), 2);
     // not finalizable yet
@@ -87,28 +81,19 @@ fn savepoint_acks_must_stay_inside() {
         format: SavepointFormat::Canonical,
     };
     let mut p = PendingCheckpoint::new(spec(3, kind)).unwrap();
-    assert!(p
-        .acknowledge(OP_A, 0, vec![fake_ref("../shared/x.sst")])
-        .is_err());
+    assert!(p.acknowledge(OP_A, 0, vec![fake_ref("../shared/x.sst")]).is_err());
     p.acknowledge(OP_A, 0, vec![fake_ref("a/x.state")]).unwrap();
 }
 
 #[test]
 fn decline_and_expire_yield_discard_plans() {
     let mut p = PendingCheckpoint::new(spec(4, SnapshotKind::Checkpoint)).unwrap();
-    p.acknowledge(
-        OP_A,
-        0,
-        vec![fake_ref("a0.state"), fake_ref("../shared/s.sst")],
-    )
-    .unwrap();
+    p.acknowledge(OP_A, 0, vec![fake_ref("a0.state"), fake_ref("../shared/s.sst")])
+        .unwrap();
     let aborted = p.decline("disk full").unwrap();
     assert_eq!(aborted.reason, AbortReason::Declined("disk full".into()));
     assert_eq!(aborted.cleanup.metadata_files, vec!["chk-4/_metadata"]);
-    assert_eq!(
-        aborted.cleanup.files,
-        vec!["chk-4/a0.state", "shared/s.sst"]
-    );
+    assert_eq!(aborted.cleanup.files, vec!["chk-4/a0.state", "shared/s.sst"]);
     assert_eq!(aborted.cleanup.dirs_recursive, vec!["chk-4"]);
     // once aborted, nothing else is accepted
     assert!(p.acknowledge(OP_A, 1, vec![]).is_err());
@@ -123,19 +108,13 @@ fn decline_and_expire_yield_discard_plans() {
 fn discard_keeps_files_of_retained_checkpoints() {
     // Checkpoint 1 is retained and uses shared/s.sst; attempt 2 reused it and failed.
     let mut store = CompletedCheckpointStore::new(1).unwrap();
-    let c1 = fully_acked(1, SnapshotKind::Checkpoint)
-        .finalize(10)
-        .unwrap();
+    let c1 = fully_acked(1, SnapshotKind::Checkpoint).finalize(10).unwrap();
     store
         .add(cairn_snapshot::retention::CompletedCheckpoint::new(c1.metadata().clone()).unwrap())
         .unwrap();
     let mut p = PendingCheckpoint::new(spec(2, SnapshotKind::Checkpoint)).unwrap();
-    p.acknowledge(
-        OP_A,
-        0,
-        vec![fake_ref("a0.state"), fake_ref("../shared/s.sst")],
-    )
-    .unwrap();
+    p.acknowledge(OP_A, 0, vec![fake_ref("a0.state"), fake_ref("../shared/s.sst")])
+        .unwrap();
     let aborted = p.expire().unwrap();
     let plan = aborted.discard_plan(Some(&store));
     assert_eq!(plan.files, vec!["chk-2/a0.state"]);
@@ -183,10 +162,7 @@ fn failure_at_every_step_pure() {
                 None => {
                     // the failing step is skipped for this kind
                     assert!(kind.is_savepoint());
-                    assert!(matches!(
-                        fail_at,
-                        CommitStep::Register | CommitStep::Cleanup
-                    ));
+                    assert!(matches!(fail_at, CommitStep::Register | CommitStep::Cleanup));
                 }
                 Some(StepFailure::Aborted(a)) => {
                     assert!(fail_at < CommitStep::Notify, "{fail_at:?}");
@@ -197,9 +173,7 @@ fn failure_at_every_step_pure() {
                     };
                     assert_eq!(a.cleanup.metadata_files, vec![meta]);
                     assert!(!a.cleanup.files.is_empty());
-                    assert!(
-                        matches!(a.reason, AbortReason::CommitFailed { step, .. } if step == fail_at)
-                    );
+                    assert!(matches!(a.reason, AbortReason::CommitFailed { step, .. } if step == fail_at));
                 }
                 Some(StepFailure::CompletedWithError { step, .. }) => {
                     assert!(fail_at >= CommitStep::Notify);
@@ -212,18 +186,13 @@ fn failure_at_every_step_pure() {
 
 #[test]
 fn steps_must_be_reported_in_order() {
-    let mut c = fully_acked(7, SnapshotKind::Checkpoint)
-        .finalize(99)
-        .unwrap();
+    let mut c = fully_acked(7, SnapshotKind::Checkpoint).finalize(99).unwrap();
     assert!(c.step_done(CommitStep::WriteMetadata).is_err());
     assert!(c.step_done(CommitStep::Register).is_err());
     c.step_done(CommitStep::VerifyFiles).unwrap();
     assert!(!c.is_complete());
     c.step_done(CommitStep::WriteMetadata).unwrap();
-    assert!(
-        c.step_done(CommitStep::Register).is_err(),
-        "needs `registered`"
-    );
+    assert!(c.step_done(CommitStep::Register).is_err(), "needs `registered`");
     c.registered(AddOutcome {
         subsumed: vec![],
         cleanup: CleanupPlan::default(),
@@ -272,9 +241,9 @@ fn scenario(storage: &dyn Storage, job_dir: &Path, store: &mut CompletedCheckpoi
                 }
             }
             if op == OP_A && sub == 0 {
-                let reusable = shared.as_ref().filter(|s| {
-                    store.is_referenced(&format!("shared/{}", &s.path["../shared/".len()..]))
-                });
+                let reusable = shared
+                    .as_ref()
+                    .filter(|s| store.is_referenced(&format!("shared/{}", &s.path["../shared/".len()..])));
                 match reusable {
                     Some(s) => files.push(s.clone()),
                     None => {
@@ -320,21 +289,14 @@ fn scenario(storage: &dyn Storage, job_dir: &Path, store: &mut CompletedCheckpoi
         });
         match report {
             CommitReport::Completed {
-                checkpoint_id,
-                cleanup,
-                ..
+                checkpoint_id, cleanup, ..
             } => {
                 assert_eq!(notified, vec![checkpoint_id]);
                 log.cleanup_incomplete |= cleanup.is_some_and(|c| !c.is_complete());
                 log.completed.push(checkpoint_id);
             }
-            CommitReport::Discarded {
-                aborted, discard, ..
-            } => {
-                assert!(
-                    notified.is_empty(),
-                    "tasks notified of a discarded checkpoint"
-                );
+            CommitReport::Discarded { aborted, discard, .. } => {
+                assert!(notified.is_empty(), "tasks notified of a discarded checkpoint");
                 log.cleanup_incomplete |= !discard.is_complete();
                 log.discarded.push(aborted.checkpoint_id);
             }
@@ -354,10 +316,9 @@ fn check_invariants(job_dir: &Path, store: &CompletedCheckpointStore, log: &RunL
         }
         let dir = e.path();
         if dir.join("_metadata").exists() {
-            let meta = read_metadata(&local, &dir)
-                .unwrap_or_else(|e| panic!("{context}: unreadable {name}/_metadata: {e}"));
-            verify_files(&local, &dir, &meta)
-                .unwrap_or_else(|e| panic!("{context}: {name} looks complete but: {e}"));
+            let meta =
+                read_metadata(&local, &dir).unwrap_or_else(|e| panic!("{context}: unreadable {name}/_metadata: {e}"));
+            verify_files(&local, &dir, &meta).unwrap_or_else(|e| panic!("{context}: {name} looks complete but: {e}"));
         }
     }
     // 2. Retained checkpoints are on disk and intact.
@@ -402,10 +363,7 @@ fn scenario_without_faults() {
     assert_eq!(log.completed, vec![1, 2, 3, 4]);
     assert!(!log.cleanup_incomplete);
     assert_eq!(
-        store
-            .retained()
-            .map(|c| c.checkpoint_id())
-            .collect::<Vec<_>>(),
+        store.retained().map(|c| c.checkpoint_id()).collect::<Vec<_>>(),
         vec![3, 4]
     );
     check_invariants(tmp.path(), &store, &log, "no faults");
@@ -498,14 +456,7 @@ fn savepoint_commit_and_failed_savepoint_cleanup() {
         if fail {
             storage.fail_nth(OpKind::WriteAtomic, 1, FaultTiming::Before);
         }
-        let report =
-            complete_checkpoint(
-                &storage,
-                &dir,
-                p.finalize(5).unwrap(),
-                None,
-                &mut |_| Ok(()),
-            );
+        let report = complete_checkpoint(&storage, &dir, p.finalize(5).unwrap(), None, &mut |_| Ok(()));
         match report {
             CommitReport::Completed { subsumed, .. } => {
                 assert!(!fail);

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use cairn_snapshot::metadata::{
-    encode_metadata, OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata,
-    SubtaskSnapshot,
+    encode_metadata, OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata, SubtaskSnapshot,
 };
 use cairn_snapshot::storage::LocalFileStorage;
 use cairn_snapshot::{load_snapshot, StateFileReader, StateFileWriter};
@@ -87,11 +86,7 @@ fn regenerate_if_asked() {
         std::fs::create_dir_all(dir.join("state")).unwrap();
         let (bytes, info) = golden_state_file();
         std::fs::write(dir.join("state/op-0.state"), bytes).unwrap();
-        std::fs::write(
-            dir.join("_metadata"),
-            encode_metadata(&golden_metadata(&info)).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(dir.join("_metadata"), encode_metadata(&golden_metadata(&info)).unwrap()).unwrap();
         eprintln!("regenerated golden fixture in {}", dir.display());
     });
 }
@@ -126,21 +121,11 @@ fn golden_v1_loads() {
 
     let reader: StateFileReader = snap.open_state_file(&storage, file).unwrap();
     assert_eq!(reader.version(), 1);
-    assert_eq!(
-        reader.section("count", Some(3)),
-        Some(&b"key-a=1;key-b=2"[..])
-    );
+    assert_eq!(reader.section("count", Some(3)), Some(&b"key-a=1;key-b=2"[..]));
     assert_eq!(reader.section("count", Some(5)), Some(&b"key-c=7"[..]));
-    assert_eq!(
-        reader.section("offsets", None),
-        Some(&42u64.to_le_bytes()[..])
-    );
+    assert_eq!(reader.section("offsets", None), Some(&42u64.to_le_bytes()[..]));
     // Range reads driven by the section index in _metadata.
-    let s5 = file
-        .sections
-        .iter()
-        .find(|s| s.key_group == Some(5))
-        .unwrap();
+    let s5 = file.sections.iter().find(|s| s.key_group == Some(5)).unwrap();
     assert_eq!(snap.read_section(&storage, file, s5).unwrap(), b"key-c=7");
     assert!(m.operators[1].subtasks.iter().all(|s| s.files.is_empty()));
 }

@@ -5,8 +5,8 @@ mod common;
 use std::path::Path;
 
 use cairn_snapshot::metadata::{
-    decode_metadata, encode_metadata, read_metadata, verify_files, write_metadata,
-    OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata, SubtaskSnapshot,
+    decode_metadata, encode_metadata, read_metadata, verify_files, write_metadata, OperatorSnapshot, SavepointFormat,
+    SnapshotKind, SnapshotMetadata, SubtaskSnapshot,
 };
 use cairn_snapshot::storage::{LocalFileStorage, Storage};
 use cairn_snapshot::SnapshotError;
@@ -44,10 +44,7 @@ fn roundtrip_and_every_bit_flip_detected() {
     for i in 0..bytes.len() {
         let mut b = bytes.clone();
         b[i] ^= 0x04;
-        assert!(
-            decode_metadata(Path::new("x"), &b).is_err(),
-            "flip at {i} unnoticed"
-        );
+        assert!(decode_metadata(Path::new("x"), &b).is_err(), "flip at {i} unnoticed");
     }
     for n in 0..bytes.len() {
         assert!(
@@ -64,10 +61,7 @@ fn errors_name_the_file_and_version() {
     let mut bytes = encode_metadata(&m).unwrap();
     bytes[15] = b'2';
     let e = decode_metadata(p, &bytes).unwrap_err();
-    assert!(
-        matches!(e, SnapshotError::UnsupportedVersion { found: 2, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, SnapshotError::UnsupportedVersion { found: 2, .. }), "{e}");
     assert!(e.to_string().contains("/snap/_metadata") && e.to_string().contains("newer Cairn"));
 
     let e = decode_metadata(p, b"PK\x03\x04 zip file").unwrap_err();

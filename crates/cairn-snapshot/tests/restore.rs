@@ -4,9 +4,7 @@
 mod common;
 
 use cairn_snapshot::commit::{complete_checkpoint, CommitReport, PendingCheckpoint};
-use cairn_snapshot::layout::{
-    find_latest_checkpoint, savepoint_dir_name, CheckpointLayout, IdGenerator,
-};
+use cairn_snapshot::layout::{find_latest_checkpoint, savepoint_dir_name, CheckpointLayout, IdGenerator};
 use cairn_snapshot::metadata::{SavepointFormat, SnapshotKind};
 use cairn_snapshot::storage::LocalFileStorage;
 use cairn_snapshot::{load_snapshot, CompletedCheckpointStore, SnapshotError};
@@ -53,11 +51,7 @@ fn savepoint_is_relocatable() {
     // state is readable by key group via the section index
     let op = b.metadata.operator(OP_A).unwrap();
     let file = &op.subtasks[1].files[0];
-    let sec = file
-        .sections
-        .iter()
-        .find(|s| s.key_group == Some(3))
-        .unwrap();
+    let sec = file.sections.iter().find(|s| s.key_group == Some(3)).unwrap();
     let mut want = b"sp".to_vec();
     want.extend_from_slice(&3u32.to_le_bytes());
     assert_eq!(b.read_section(&s, file, sec).unwrap(), want);
@@ -80,45 +74,22 @@ fn checkpoints_with_shared_files_and_latest_discovery() {
     layout.create_dirs(&s).unwrap();
     let job = layout.job_dir();
     let mut store = CompletedCheckpointStore::new(2).unwrap();
-    let shared = write_state(
-        &s,
-        &job,
-        "shared/base.sst",
-        "../shared/base.sst",
-        b"base",
-        &[0],
-    )
-    .unwrap();
+    let shared = write_state(&s, &job, "shared/base.sst", "../shared/base.sst", b"base", &[0]).unwrap();
     for n in 1..=2u64 {
         let mut p = PendingCheckpoint::new(spec(n, SnapshotKind::Checkpoint)).unwrap();
         for (op, sub) in [(OP_A, 0u32), (OP_A, 1), (OP_B, 0)] {
             let rel = format!("{}-{sub}.state", &op[..4]);
-            let mut files =
-                vec![write_state(&s, &layout.checkpoint_dir(n), &rel, &rel, b"c", &[sub]).unwrap()];
+            let mut files = vec![write_state(&s, &layout.checkpoint_dir(n), &rel, &rel, b"c", &[sub]).unwrap()];
             if sub == 0 && op == OP_A {
                 files.push(shared.clone());
             }
             p.acknowledge(op, sub, files).unwrap();
         }
-        let r = complete_checkpoint(
-            &s,
-            &job,
-            p.finalize(n).unwrap(),
-            Some(&mut store),
-            &mut |_| Ok(()),
-        );
+        let r = complete_checkpoint(&s, &job, p.finalize(n).unwrap(), Some(&mut store), &mut |_| Ok(()));
         assert!(matches!(r, CommitReport::Completed { .. }));
     }
     // an incomplete attempt (files, no _metadata) and a stray directory
-    write_state(
-        &s,
-        &layout.checkpoint_dir(3),
-        "x.state",
-        "x.state",
-        b"",
-        &[],
-    )
-    .unwrap();
+    write_state(&s, &layout.checkpoint_dir(3), "x.state", "x.state", b"", &[]).unwrap();
     std::fs::create_dir_all(job.join("chk-abc")).unwrap();
 
     let scan = find_latest_checkpoint(&s, &job).unwrap();

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use cairn_snapshot::layout::IdGenerator;
 use cairn_snapshot::metadata::{
-    write_metadata, OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata,
-    StateFileRef, SubtaskSnapshot, METADATA_VERSION,
+    write_metadata, OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata, StateFileRef, SubtaskSnapshot,
+    METADATA_VERSION,
 };
 use cairn_snapshot::retention::{execute_cleanup, CleanupPlan, CompletedCheckpoint};
 use cairn_snapshot::storage::{FaultInjectingStorage, FaultTiming, LocalFileStorage, OpKind};
@@ -90,20 +90,14 @@ fn random_sequences_never_delete_referenced_files() {
             }
             let cp = CompletedCheckpoint::new(meta(n, &paths)).unwrap();
             for f in &cp.files {
-                assert!(
-                    !deleted.contains(f),
-                    "seed {seed}: a deleted file was reused"
-                );
+                assert!(!deleted.contains(f), "seed {seed}: a deleted file was reused");
                 disk.insert(f.clone());
             }
             disk.insert(cp.metadata_file());
             let outcome = store.add(cp).unwrap();
             assert!(outcome.subsumed.len() <= 1);
             for f in &outcome.cleanup.files {
-                assert!(
-                    !f.starts_with("taskowned/"),
-                    "seed {seed}: deleted task-owned {f}"
-                );
+                assert!(!f.starts_with("taskowned/"), "seed {seed}: deleted task-owned {f}");
             }
             apply(&mut disk, &outcome.cleanup);
             deleted.extend(outcome.cleanup.files.iter().cloned());
@@ -150,24 +144,16 @@ fn savepoints_are_refused_and_ids_must_increase() {
     };
     assert!(CompletedCheckpoint::new(m).is_err());
     let mut store = CompletedCheckpointStore::new(2).unwrap();
-    store
-        .add(CompletedCheckpoint::new(meta(5, &[])).unwrap())
-        .unwrap();
-    assert!(store
-        .add(CompletedCheckpoint::new(meta(5, &[])).unwrap())
-        .is_err());
-    assert!(store
-        .add(CompletedCheckpoint::new(meta(4, &[])).unwrap())
-        .is_err());
+    store.add(CompletedCheckpoint::new(meta(5, &[])).unwrap()).unwrap();
+    assert!(store.add(CompletedCheckpoint::new(meta(5, &[])).unwrap()).is_err());
+    assert!(store.add(CompletedCheckpoint::new(meta(4, &[])).unwrap()).is_err());
     assert!(CompletedCheckpointStore::new(0).is_err());
 }
 
 #[test]
 fn cancellation_policies() {
     assert_eq!(
-        "retain_on_cancellation"
-            .parse::<ExternalizedRetention>()
-            .unwrap(),
+        "retain_on_cancellation".parse::<ExternalizedRetention>().unwrap(),
         ExternalizedRetention::RetainOnCancellation
     );
     assert!("KEEP".parse::<ExternalizedRetention>().is_err());
@@ -176,10 +162,7 @@ fn cancellation_policies() {
         ExternalizedRetention::DeleteOnCancellation,
         ExternalizedRetention::NoExternalizedCheckpoints,
     ] {
-        assert_eq!(
-            policy.to_string().parse::<ExternalizedRetention>().unwrap(),
-            policy
-        );
+        assert_eq!(policy.to_string().parse::<ExternalizedRetention>().unwrap(), policy);
         let mut store = CompletedCheckpointStore::new(2).unwrap();
         store
             .add(CompletedCheckpoint::new(meta(1, &["a".into(), "../shared/x".into()])).unwrap())
@@ -192,10 +175,7 @@ fn cancellation_policies() {
             assert!(plan.is_empty());
             assert_eq!(store.retained().count(), 2);
         } else {
-            assert_eq!(
-                plan.metadata_files,
-                vec!["chk-1/_metadata", "chk-2/_metadata"]
-            );
+            assert_eq!(plan.metadata_files, vec!["chk-1/_metadata", "chk-2/_metadata"]);
             let files: BTreeSet<_> = plan.files.iter().cloned().collect();
             let want: BTreeSet<String> = ["chk-1/a", "chk-2/a", "shared/x"]
                 .iter()
@@ -218,21 +198,10 @@ fn executor_on_disk() {
     let mut shared = None;
     for n in 1..=3u64 {
         let dir = job.join(format!("chk-{n}"));
-        let mut files =
-            vec![write_state(&storage, &dir, "a.state", "a.state", b"x", &[0]).unwrap()];
+        let mut files = vec![write_state(&storage, &dir, "a.state", "a.state", b"x", &[0]).unwrap()];
         if n <= 2 {
             if shared.is_none() {
-                shared = Some(
-                    write_state(
-                        &storage,
-                        &job,
-                        "shared/s.sst",
-                        "../shared/s.sst",
-                        b"s",
-                        &[1],
-                    )
-                    .unwrap(),
-                );
+                shared = Some(write_state(&storage, &job, "shared/s.sst", "../shared/s.sst", b"s", &[1]).unwrap());
             }
             files.push(shared.clone().unwrap());
         }
@@ -246,10 +215,7 @@ fn executor_on_disk() {
             1 => assert!(outcome.subsumed.is_empty()),
             2 => {
                 assert_eq!(outcome.subsumed, vec![1]);
-                assert!(
-                    job.join("shared/s.sst").exists(),
-                    "shared file still used by chk-2"
-                );
+                assert!(job.join("shared/s.sst").exists(), "shared file still used by chk-2");
                 assert!(!job.join("chk-1").exists());
             }
             _ => {
@@ -262,11 +228,7 @@ fn executor_on_disk() {
     let plan = store.on_cancel(ExternalizedRetention::DeleteOnCancellation);
     let report = execute_cleanup(&storage, &job, &plan);
     assert!(report.is_complete());
-    assert!(
-        !job.exists(),
-        "job dir should be gone: {:?}",
-        list_files(&job)
-    );
+    assert!(!job.exists(), "job dir should be gone: {:?}", list_files(&job));
 }
 
 /// If a `_metadata` deletion fails, no data file is deleted: a checkpoint that

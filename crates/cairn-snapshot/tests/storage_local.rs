@@ -5,9 +5,7 @@ mod common;
 
 use std::io::Write;
 
-use cairn_snapshot::storage::{
-    write_file, FaultInjectingStorage, FaultTiming, LocalFileStorage, OpKind, Storage,
-};
+use cairn_snapshot::storage::{write_file, FaultInjectingStorage, FaultTiming, LocalFileStorage, OpKind, Storage};
 use cairn_snapshot::SnapshotError;
 use common::TempDir;
 
@@ -25,16 +23,8 @@ fn conformance(s: &dyn Storage, root: &std::path::Path) {
     assert!(s.read_range(&f, 6, 6).is_err());
     assert!(s.read_range(&f, u64::MAX, 2).is_err());
     assert_eq!(write_file(s, &d.join("g"), b"x").unwrap(), 1);
-    let names: Vec<_> = s
-        .list(&d)
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.name, e.is_dir))
-        .collect();
-    assert_eq!(
-        names,
-        vec![("f.bin".to_string(), false), ("g".to_string(), false)]
-    );
+    let names: Vec<_> = s.list(&d).unwrap().into_iter().map(|e| (e.name, e.is_dir)).collect();
+    assert_eq!(names, vec![("f.bin".to_string(), false), ("g".to_string(), false)]);
     assert!(s.list(&root.join("a")).unwrap()[0].is_dir);
     // missing things
     assert!(matches!(

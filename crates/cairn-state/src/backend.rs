@@ -23,23 +23,11 @@ pub trait KeyedStateBackend: Send {
     fn registered(&self) -> &[StateMeta];
 
     /// Copy the value of `key` into `out` (cleared first); false when absent.
-    fn get(
-        &mut self,
-        state: StateId,
-        kg: u32,
-        key: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<bool, StateError>;
+    fn get(&mut self, state: StateId, kg: u32, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError>;
     /// Set the value of `key`.
     fn put(&mut self, state: StateId, kg: u32, key: &[u8], value: &[u8]) -> Result<(), StateError>;
     /// Append bytes to the value of `key` (list state), creating it if absent.
-    fn append(
-        &mut self,
-        state: StateId,
-        kg: u32,
-        key: &[u8],
-        bytes: &[u8],
-    ) -> Result<(), StateError>;
+    fn append(&mut self, state: StateId, kg: u32, key: &[u8], bytes: &[u8]) -> Result<(), StateError>;
     /// Remove `key` (for map state: the whole map of `key`).
     fn remove(&mut self, state: StateId, kg: u32, key: &[u8]) -> Result<(), StateError>;
 
@@ -53,22 +41,10 @@ pub trait KeyedStateBackend: Send {
         out: &mut Vec<u8>,
     ) -> Result<bool, StateError>;
     /// Set one map entry.
-    fn map_put(
-        &mut self,
-        state: StateId,
-        kg: u32,
-        key: &[u8],
-        user_key: &[u8],
-        value: &[u8],
-    ) -> Result<(), StateError>;
+    fn map_put(&mut self, state: StateId, kg: u32, key: &[u8], user_key: &[u8], value: &[u8])
+        -> Result<(), StateError>;
     /// Remove one map entry.
-    fn map_remove(
-        &mut self,
-        state: StateId,
-        kg: u32,
-        key: &[u8],
-        user_key: &[u8],
-    ) -> Result<(), StateError>;
+    fn map_remove(&mut self, state: StateId, kg: u32, key: &[u8], user_key: &[u8]) -> Result<(), StateError>;
     /// Visit the entries of one key's map in user-key byte order.
     fn map_entries(
         &mut self,
@@ -79,11 +55,7 @@ pub trait KeyedStateBackend: Send {
     ) -> Result<(), StateError>;
 
     /// Visit every key that has a value in `state`, with its key group.
-    fn for_each_key(
-        &mut self,
-        state: StateId,
-        visit: &mut dyn FnMut(u32, &[u8]),
-    ) -> Result<(), StateError>;
+    fn for_each_key(&mut self, state: StateId, visit: &mut dyn FnMut(u32, &[u8])) -> Result<(), StateError>;
 
     /// The synchronous part of a snapshot: must be short (copy-on-write or a
     /// consistent view), so that processing resumes at once; the returned
@@ -92,12 +64,7 @@ pub trait KeyedStateBackend: Send {
 
     /// Load one key group of one state from its snapshot encoding
     /// ([`crate::snapshot_codec`]). Registers the state if needed.
-    fn restore_group(
-        &mut self,
-        meta: &StateMeta,
-        kg: u32,
-        encoded: &[u8],
-    ) -> Result<(), StateError>;
+    fn restore_group(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8]) -> Result<(), StateError>;
 }
 
 /// A consistent, immutable view of a backend's state, written asynchronously.

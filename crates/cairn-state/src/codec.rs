@@ -7,11 +7,7 @@ use serde::Serialize;
 use crate::error::StateError;
 
 /// Encode `value` into `buf` (cleared first).
-pub fn encode_into<T: Serialize>(
-    state: &str,
-    value: &T,
-    buf: &mut Vec<u8>,
-) -> Result<(), StateError> {
+pub fn encode_into<T: Serialize>(state: &str, value: &T, buf: &mut Vec<u8>) -> Result<(), StateError> {
     buf.clear();
     bincode::serialize_into(&mut *buf, value).map_err(|e| StateError::Codec {
         state: state.to_string(),
@@ -79,17 +75,7 @@ mod tests {
 
     #[test]
     fn varints_round_trip_at_every_width() {
-        for v in [
-            0u64,
-            1,
-            127,
-            128,
-            300,
-            16383,
-            16384,
-            u32::MAX as u64,
-            u64::MAX,
-        ] {
+        for v in [0u64, 1, 127, 128, 300, 16383, 16384, u32::MAX as u64, u64::MAX] {
             let mut b = Vec::new();
             put_varint(&mut b, v);
             assert_eq!(get_varint(&b), Some((v, b.len())));

@@ -43,10 +43,7 @@ pub fn values_round_trip(factory: BackendFactory<'_>) {
     let a = b.register(&meta("a", StateKind::Value)).unwrap();
     let c = b.register(&meta("c", StateKind::Value)).unwrap();
     let mut out = Vec::new();
-    assert!(
-        !b.get(a, 1, b"k", &mut out).unwrap(),
-        "fresh backend is empty"
-    );
+    assert!(!b.get(a, 1, b"k", &mut out).unwrap(), "fresh backend is empty");
     b.put(a, 1, b"k", b"v1").unwrap();
     b.put(c, 1, b"k", b"other").unwrap();
     b.put(a, 2, b"k", b"group2").unwrap();
@@ -63,8 +60,7 @@ pub fn values_round_trip(factory: BackendFactory<'_>) {
     assert!(!b.get(a, 1, b"k", &mut out).unwrap());
     b.remove(a, 1, b"never-there").unwrap();
     let mut keys = Vec::new();
-    b.for_each_key(a, &mut |kg, k| keys.push((kg, k.to_vec())))
-        .unwrap();
+    b.for_each_key(a, &mut |kg, k| keys.push((kg, k.to_vec()))).unwrap();
     assert_eq!(keys, vec![(2, b"k".to_vec())]);
 }
 
@@ -94,22 +90,14 @@ pub fn maps_round_trip_in_key_order(factory: BackendFactory<'_>) {
         .unwrap();
     assert_eq!(
         seen,
-        vec![
-            (b"a".to_vec(), b"1".to_vec()),
-            (b"z".to_vec(), b"26".to_vec())
-        ]
+        vec![(b"a".to_vec(), b"1".to_vec()), (b"z".to_vec(), b"26".to_vec())]
     );
     b.map_remove(m, 1, b"k", b"a").unwrap();
     b.map_remove(m, 1, b"k", b"z").unwrap();
     assert!(!b.map_get(m, 1, b"k", b"z", &mut out).unwrap());
     let mut keys = Vec::new();
-    b.for_each_key(m, &mut |_, k| keys.push(k.to_vec()))
-        .unwrap();
-    assert_eq!(
-        keys,
-        vec![b"k2".to_vec()],
-        "a map emptied entry by entry disappears"
-    );
+    b.for_each_key(m, &mut |_, k| keys.push(k.to_vec())).unwrap();
+    assert_eq!(keys, vec![b"k2".to_vec()], "a map emptied entry by entry disappears");
     b.remove(m, 1, b"k2").unwrap();
     assert!(!b.map_get(m, 1, b"k2", b"a", &mut out).unwrap());
 }
@@ -119,10 +107,7 @@ pub fn registration_rules(factory: BackendFactory<'_>) {
     let mut b = factory(range(0, 1));
     let x = b.register(&meta("x", StateKind::Value)).unwrap();
     assert_eq!(b.register(&meta("x", StateKind::Value)).unwrap(), x);
-    let err = b
-        .register(&meta("x", StateKind::Map))
-        .unwrap_err()
-        .to_string();
+    let err = b.register(&meta("x", StateKind::Map)).unwrap_err().to_string();
     assert!(err.contains("'x'"), "{err}");
     assert_eq!(b.registered().len(), 1);
     let mut out = Vec::new();
@@ -165,23 +150,13 @@ pub fn snapshots_are_isolated_from_later_writes(factory: BackendFactory<'_>) {
     b.put(s, 1, b"k2", b"new").unwrap();
     b.map_put(m, 3, b"k", b"u", b"after").unwrap();
     let groups = collect(&*snap);
-    assert_eq!(
-        groups.len(),
-        2,
-        "only non-empty groups are visited: {groups:?}"
-    );
+    assert_eq!(groups.len(), 2, "only non-empty groups are visited: {groups:?}");
     let mut values = Vec::new();
     for (name, _, bytes) in &groups {
-        let kind = if name == "m" {
-            StateKind::Map
-        } else {
-            StateKind::Value
-        };
+        let kind = if name == "m" { StateKind::Map } else { StateKind::Value };
         snapshot_codec::decode_group(name, kind, bytes, &mut |d| {
             match d {
-                Decoded::Entry { value, .. } | Decoded::MapEntry { value, .. } => {
-                    values.push(value.to_vec())
-                }
+                Decoded::Entry { value, .. } | Decoded::MapEntry { value, .. } => values.push(value.to_vec()),
             }
             Ok(())
         })
@@ -196,8 +171,7 @@ pub fn restore_into_a_subset_of_key_groups(factory: BackendFactory<'_>) {
     let s = b.register(&meta("s", StateKind::Value)).unwrap();
     let m = b.register(&meta("m", StateKind::Map)).unwrap();
     for kg in 0..8u32 {
-        b.put(s, kg, format!("key{kg}").as_bytes(), &kg.to_le_bytes())
-            .unwrap();
+        b.put(s, kg, format!("key{kg}").as_bytes(), &kg.to_le_bytes()).unwrap();
         b.map_put(m, kg, b"k", b"u", &kg.to_le_bytes()).unwrap();
     }
     let snap = b.snapshot().unwrap();
@@ -213,9 +187,7 @@ pub fn restore_into_a_subset_of_key_groups(factory: BackendFactory<'_>) {
     let m2 = target.register(&meta("m", StateKind::Map)).unwrap();
     let mut out = Vec::new();
     for kg in 4..8u32 {
-        assert!(target
-            .get(s2, kg, format!("key{kg}").as_bytes(), &mut out)
-            .unwrap());
+        assert!(target.get(s2, kg, format!("key{kg}").as_bytes(), &mut out).unwrap());
         assert_eq!(out, kg.to_le_bytes());
         assert!(target.map_get(m2, kg, b"k", b"u", &mut out).unwrap());
         assert_eq!(out, kg.to_le_bytes());

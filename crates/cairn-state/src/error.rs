@@ -21,10 +21,7 @@ impl fmt::Display for StateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StateError::Codec { state, detail } => {
-                write!(
-                    f,
-                    "state '{state}': value could not be encoded or decoded: {detail}"
-                )
+                write!(f, "state '{state}': value could not be encoded or decoded: {detail}")
             }
             StateError::Conflict { state, detail } => write!(f, "state '{state}': {detail}"),
             StateError::Usage(m) => write!(f, "state used incorrectly: {m}"),

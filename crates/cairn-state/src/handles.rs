@@ -17,8 +17,8 @@ use serde::Serialize;
 use crate::backend::{KeyedStateBackend, StateId};
 use crate::codec::{self, get_bytes, put_bytes};
 use crate::descriptor::{
-    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
-    StateMeta, StateTtlConfig, TtlUpdateType, ValueStateDescriptor,
+    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, StateMeta,
+    StateTtlConfig, TtlUpdateType, ValueStateDescriptor,
 };
 use crate::error::StateError;
 
@@ -101,10 +101,7 @@ impl KeyedStateAccess {
     }
 
     /// Register a value state.
-    pub fn value_state<T>(
-        &mut self,
-        d: ValueStateDescriptor<T>,
-    ) -> Result<ValueState<T>, StateError> {
+    pub fn value_state<T>(&mut self, d: ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
         Ok(ValueState {
             slot: self.register(d.meta())?,
             _t: PhantomData,
@@ -120,10 +117,7 @@ impl KeyedStateAccess {
     }
 
     /// Register a map state.
-    pub fn map_state<K, V>(
-        &mut self,
-        d: MapStateDescriptor<K, V>,
-    ) -> Result<MapState<K, V>, StateError> {
+    pub fn map_state<K, V>(&mut self, d: MapStateDescriptor<K, V>) -> Result<MapState<K, V>, StateError> {
         Ok(MapState {
             slot: self.register(d.meta())?,
             _t: PhantomData,
@@ -187,14 +181,12 @@ impl KeyedStateAccess {
         if let Some(ttl) = slot.ttl {
             let ts = read_ts(&slot.name, &self.buf)?;
             if expired(ts, ttl, self.now_ms) {
-                self.backend
-                    .remove(slot.id, self.key_group, &self.composite)?;
+                self.backend.remove(slot.id, self.key_group, &self.composite)?;
                 return Ok(false);
             }
             if ttl.update_type == TtlUpdateType::OnReadAndWrite {
                 self.buf[..8].copy_from_slice(&self.now_ms.to_le_bytes());
-                self.backend
-                    .put(slot.id, self.key_group, &self.composite, &self.buf)?;
+                self.backend.put(slot.id, self.key_group, &self.composite, &self.buf)?;
             }
         }
         Ok(true)
@@ -215,14 +207,12 @@ impl KeyedStateAccess {
             self.buf.extend_from_slice(&self.now_ms.to_le_bytes());
         }
         codec::append(&slot.name, value, &mut self.buf)?;
-        self.backend
-            .put(slot.id, self.key_group, &self.composite, &self.buf)
+        self.backend.put(slot.id, self.key_group, &self.composite, &self.buf)
     }
 
     fn clear(&mut self, slot: &Slot) -> Result<(), StateError> {
         self.require_key(slot)?;
-        self.backend
-            .remove(slot.id, self.key_group, &self.composite)
+        self.backend.remove(slot.id, self.key_group, &self.composite)
     }
 }
 
@@ -261,19 +251,11 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
         if !a.read_raw(&self.slot)? {
             return Ok(None);
         }
-        codec::decode(
-            &self.slot.name,
-            KeyedStateAccess::payload(&self.slot, &a.buf),
-        )
-        .map(Some)
+        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
     }
 
     /// Set the current key's value.
-    pub fn update<C: StateContext + ?Sized>(
-        &self,
-        ctx: &mut C,
-        value: &T,
-    ) -> Result<(), StateError> {
+    pub fn update<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &T) -> Result<(), StateError> {
         ctx.state_access().write_value(&self.slot, value)
     }
 
@@ -295,10 +277,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Vec<T>, StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
-        if !a
-            .backend
-            .get(self.slot.id, a.key_group, &a.composite, &mut a.buf)?
-        {
+        if !a.backend.get(self.slot.id, a.key_group, &a.composite, &mut a.buf)? {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
@@ -328,8 +307,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
             if a.scratch.is_empty() {
                 a.backend.remove(self.slot.id, a.key_group, &a.composite)?;
             } else {
-                a.backend
-                    .put(self.slot.id, a.key_group, &a.composite, &a.scratch)?;
+                a.backend.put(self.slot.id, a.key_group, &a.composite, &a.scratch)?;
             }
         }
         Ok(out)
@@ -346,16 +324,11 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         codec::append(&self.slot.name, value, &mut a.scratch)?;
         a.buf.clear();
         put_bytes(&mut a.buf, &a.scratch);
-        a.backend
-            .append(self.slot.id, a.key_group, &a.composite, &a.buf)
+        a.backend.append(self.slot.id, a.key_group, &a.composite, &a.buf)
     }
 
     /// Replace the current key's elements.
-    pub fn update<C: StateContext + ?Sized>(
-        &self,
-        ctx: &mut C,
-        values: &[T],
-    ) -> Result<(), StateError> {
+    pub fn update<C: StateContext + ?Sized>(&self, ctx: &mut C, values: &[T]) -> Result<(), StateError> {
         self.clear(ctx)?;
         for v in values {
             self.add(ctx, v)?;
@@ -378,21 +351,14 @@ pub struct MapState<K, V> {
 
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<K, V> {
     /// The value under `user_key` for the current key.
-    pub fn get<C: StateContext + ?Sized>(
-        &self,
-        ctx: &mut C,
-        user_key: &K,
-    ) -> Result<Option<V>, StateError> {
+    pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K) -> Result<Option<V>, StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
         codec::encode_into(&self.slot.name, user_key, &mut a.scratch)?;
-        if !a.backend.map_get(
-            self.slot.id,
-            a.key_group,
-            &a.composite,
-            &a.scratch,
-            &mut a.buf,
-        )? {
+        if !a
+            .backend
+            .map_get(self.slot.id, a.key_group, &a.composite, &a.scratch, &mut a.buf)?
+        {
             return Ok(None);
         }
         if let Some(ttl) = self.slot.ttl {
@@ -402,20 +368,11 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
                 return Ok(None);
             }
         }
-        codec::decode(
-            &self.slot.name,
-            KeyedStateAccess::payload(&self.slot, &a.buf),
-        )
-        .map(Some)
+        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
     }
 
     /// Set the value under `user_key`.
-    pub fn put<C: StateContext + ?Sized>(
-        &self,
-        ctx: &mut C,
-        user_key: &K,
-        value: &V,
-    ) -> Result<(), StateError> {
+    pub fn put<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K, value: &V) -> Result<(), StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
         codec::encode_into(&self.slot.name, user_key, &mut a.scratch)?;
@@ -429,11 +386,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     }
 
     /// Remove the entry under `user_key`.
-    pub fn remove<C: StateContext + ?Sized>(
-        &self,
-        ctx: &mut C,
-        user_key: &K,
-    ) -> Result<(), StateError> {
+    pub fn remove<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K) -> Result<(), StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
         codec::encode_into(&self.slot.name, user_key, &mut a.scratch)?;
@@ -442,19 +395,12 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     }
 
     /// Whether `user_key` has a live entry.
-    pub fn contains<C: StateContext + ?Sized>(
-        &self,
-        ctx: &mut C,
-        user_key: &K,
-    ) -> Result<bool, StateError> {
+    pub fn contains<C: StateContext + ?Sized>(&self, ctx: &mut C, user_key: &K) -> Result<bool, StateError> {
         Ok(self.get(ctx, user_key)?.is_some())
     }
 
     /// All live entries of the current key, in user-key byte order.
-    pub fn entries<C: StateContext + ?Sized>(
-        &self,
-        ctx: &mut C,
-    ) -> Result<Vec<(K, V)>, StateError> {
+    pub fn entries<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Vec<(K, V)>, StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
         let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -466,8 +412,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
         for (k, v) in raw {
             if let Some(ttl) = self.slot.ttl {
                 if expired(read_ts(&self.slot.name, &v)?, ttl, a.now_ms) {
-                    a.backend
-                        .map_remove(self.slot.id, a.key_group, &a.composite, &k)?;
+                    a.backend.map_remove(self.slot.id, a.key_group, &a.composite, &k)?;
                     continue;
                 }
             }
@@ -508,11 +453,7 @@ impl<T: Serialize + DeserializeOwned> ReducingState<T> {
         if !a.read_raw(&self.slot)? {
             return Ok(None);
         }
-        codec::decode(
-            &self.slot.name,
-            KeyedStateAccess::payload(&self.slot, &a.buf),
-        )
-        .map(Some)
+        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
     }
 
     /// Fold `value` into the current key's value.
@@ -559,26 +500,17 @@ impl<IN, F: AggregateFunction<IN>> Clone for AggregatingState<IN, F> {
 
 impl<IN, F: AggregateFunction<IN>> AggregatingState<IN, F> {
     /// The current key's accumulator, if any.
-    pub fn accumulator<C: StateContext + ?Sized>(
-        &self,
-        ctx: &mut C,
-    ) -> Result<Option<F::Acc>, StateError> {
+    pub fn accumulator<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<F::Acc>, StateError> {
         let a = ctx.state_access();
         if !a.read_raw(&self.slot)? {
             return Ok(None);
         }
-        codec::decode(
-            &self.slot.name,
-            KeyedStateAccess::payload(&self.slot, &a.buf),
-        )
-        .map(Some)
+        codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
     }
 
     /// The current key's aggregate result, if any input was added.
     pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<F::Out>, StateError> {
-        Ok(self
-            .accumulator(ctx)?
-            .map(|acc| self.function.get_result(&acc)))
+        Ok(self.accumulator(ctx)?.map(|acc| self.function.get_result(&acc)))
     }
 
     /// Add one input.
@@ -591,11 +523,7 @@ impl<IN, F: AggregateFunction<IN>> AggregatingState<IN, F> {
     }
 
     /// Replace the accumulator (used when merging session windows).
-    pub fn set_accumulator<C: StateContext + ?Sized>(
-        &self,
-        ctx: &mut C,
-        acc: &F::Acc,
-    ) -> Result<(), StateError> {
+    pub fn set_accumulator<C: StateContext + ?Sized>(&self, ctx: &mut C, acc: &F::Acc) -> Result<(), StateError> {
         ctx.state_access().write_value(&self.slot, acc)
     }
 

@@ -169,9 +169,7 @@ mod tests {
     fn operator_id_format() {
         let id = operator_id_for_uid("anything");
         assert_eq!(id.len(), 32);
-        assert!(id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         assert_eq!(operator_id_for_uid(""), "0".repeat(32));
     }
 }

@@ -104,11 +104,7 @@ impl Group {
                 keys.sort_unstable();
                 for k in keys {
                     let map = &m[k];
-                    snapshot_codec::put_map(
-                        buf,
-                        k,
-                        map.iter().map(|(a, b)| (a.as_slice(), b.as_slice())),
-                    );
+                    snapshot_codec::put_map(buf, k, map.iter().map(|(a, b)| (a.as_slice(), b.as_slice())));
                 }
             }
         }
@@ -152,28 +148,18 @@ impl HeapKeyedStateBackend {
     #[inline]
     fn group(&self, state: StateId, kg: u32) -> Result<&Group, StateError> {
         let slot = self.slot(kg)?;
-        let table = self
-            .tables
-            .get(state as usize)
-            .ok_or_else(|| unknown(state))?;
+        let table = self.tables.get(state as usize).ok_or_else(|| unknown(state))?;
         Ok(&table.groups[slot])
     }
 
     #[inline]
     fn group_mut(&mut self, state: StateId, kg: u32) -> Result<&mut Group, StateError> {
         let slot = self.slot(kg)?;
-        let table = self
-            .tables
-            .get_mut(state as usize)
-            .ok_or_else(|| unknown(state))?;
+        let table = self.tables.get_mut(state as usize).ok_or_else(|| unknown(state))?;
         Ok(Arc::make_mut(&mut table.groups[slot]))
     }
 
-    fn values_mut(
-        &mut self,
-        state: StateId,
-        kg: u32,
-    ) -> Result<&mut HashMap<Bytes, Bytes, FxBuild>, StateError> {
+    fn values_mut(&mut self, state: StateId, kg: u32) -> Result<&mut HashMap<Bytes, Bytes, FxBuild>, StateError> {
         match self.group_mut(state, kg)? {
             Group::Values(m) => Ok(m),
             Group::Maps(_) => Err(wrong_kind(state, "a map state")),
@@ -206,15 +192,11 @@ impl HeapKeyedStateBackend {
 }
 
 fn unknown(state: StateId) -> StateError {
-    StateError::Usage(format!(
-        "state id {state} was never registered with this backend"
-    ))
+    StateError::Usage(format!("state id {state} was never registered with this backend"))
 }
 
 fn wrong_kind(state: StateId, what: &str) -> StateError {
-    StateError::Usage(format!(
-        "state id {state} is {what}; use the matching state handle"
-    ))
+    StateError::Usage(format!("state id {state} is {what}; use the matching state handle"))
 }
 
 impl KeyedStateBackend for HeapKeyedStateBackend {
@@ -244,9 +226,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
             self.tables[i].meta = self.metas[i].clone();
             return Ok(i as StateId);
         }
-        let groups = (0..self.range.len())
-            .map(|_| Arc::new(Group::new(meta.kind)))
-            .collect();
+        let groups = (0..self.range.len()).map(|_| Arc::new(Group::new(meta.kind))).collect();
         self.tables.push(Table {
             meta: meta.clone(),
             groups,
@@ -260,13 +240,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     }
 
     #[inline]
-    fn get(
-        &mut self,
-        state: StateId,
-        kg: u32,
-        key: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<bool, StateError> {
+    fn get(&mut self, state: StateId, kg: u32, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
         match self.group(state, kg)? {
             Group::Values(m) => match m.get(key) {
                 Some(v) => {
@@ -295,13 +269,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         Ok(())
     }
 
-    fn append(
-        &mut self,
-        state: StateId,
-        kg: u32,
-        key: &[u8],
-        bytes: &[u8],
-    ) -> Result<(), StateError> {
+    fn append(&mut self, state: StateId, kg: u32, key: &[u8], bytes: &[u8]) -> Result<(), StateError> {
         let m = self.values_mut(state, kg)?;
         match m.get_mut(key) {
             Some(v) => v.extend_from_slice(bytes),
@@ -369,13 +337,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         Ok(())
     }
 
-    fn map_remove(
-        &mut self,
-        state: StateId,
-        kg: u32,
-        key: &[u8],
-        user_key: &[u8],
-    ) -> Result<(), StateError> {
+    fn map_remove(&mut self, state: StateId, kg: u32, key: &[u8], user_key: &[u8]) -> Result<(), StateError> {
         let m = self.maps_mut(state, kg)?;
         if let Some(map) = m.get_mut(key) {
             map.remove(user_key);
@@ -406,15 +368,8 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         }
     }
 
-    fn for_each_key(
-        &mut self,
-        state: StateId,
-        visit: &mut dyn FnMut(u32, &[u8]),
-    ) -> Result<(), StateError> {
-        let table = self
-            .tables
-            .get(state as usize)
-            .ok_or_else(|| unknown(state))?;
+    fn for_each_key(&mut self, state: StateId, visit: &mut dyn FnMut(u32, &[u8])) -> Result<(), StateError> {
+        let table = self.tables.get(state as usize).ok_or_else(|| unknown(state))?;
         for (slot, group) in table.groups.iter().enumerate() {
             let kg = self.range.start + slot as u32;
             match &**group {
@@ -426,23 +381,14 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     }
 
     fn snapshot(&mut self) -> Result<Box<dyn KeyedStateSnapshot>, StateError> {
-        let tables = self
-            .tables
-            .iter()
-            .map(|t| (t.meta.clone(), t.groups.clone()))
-            .collect();
+        let tables = self.tables.iter().map(|t| (t.meta.clone(), t.groups.clone())).collect();
         Ok(Box::new(HeapSnapshot {
             start: self.range.start,
             tables,
         }))
     }
 
-    fn restore_group(
-        &mut self,
-        meta: &StateMeta,
-        kg: u32,
-        encoded: &[u8],
-    ) -> Result<(), StateError> {
+    fn restore_group(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8]) -> Result<(), StateError> {
         let id = self.register(meta)?;
         let kind = meta.kind;
         let group = self.group_mut(id, kg)?;
@@ -451,14 +397,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
                 (Decoded::Entry { key, value }, Group::Values(m)) => {
                     m.insert(key.to_vec(), value.to_vec());
                 }
-                (
-                    Decoded::MapEntry {
-                        key,
-                        user_key,
-                        value,
-                    },
-                    Group::Maps(m),
-                ) => {
+                (Decoded::MapEntry { key, user_key, value }, Group::Maps(m)) => {
                     m.entry(key.to_vec())
                         .or_default()
                         .insert(user_key.to_vec(), value.to_vec());

@@ -76,10 +76,7 @@ pub enum KeyGroupError {
     /// The max parallelism is 0 or above [`UPPER_BOUND_MAX_PARALLELISM`].
     MaxParallelismOutOfRange { max_parallelism: u32 },
     /// The parallelism is larger than the max parallelism.
-    ParallelismAboveMaxParallelism {
-        parallelism: u32,
-        max_parallelism: u32,
-    },
+    ParallelismAboveMaxParallelism { parallelism: u32, max_parallelism: u32 },
     /// The max parallelism of a restored job differs from the one its state was written with.
     MaxParallelismChanged { restored: u32, configured: u32 },
 }
@@ -118,10 +115,7 @@ impl fmt::Display for KeyGroupError {
                      state was written in {max_parallelism} key groups"
                 )
             }
-            KeyGroupError::MaxParallelismChanged {
-                restored,
-                configured,
-            } => write!(
+            KeyGroupError::MaxParallelismChanged { restored, configured } => write!(
                 f,
                 "max parallelism changed: the state being restored was written with max \
                  parallelism {restored}, but the job is configured with {configured}. Keyed \
@@ -176,15 +170,9 @@ pub fn check_parallelism(parallelism: u32, max_parallelism: u32) -> Result<(), K
 /// Checks that a restored job keeps the max parallelism its state was written with.
 ///
 /// Changing the max parallelism would change every key's key group, so it is refused.
-pub fn check_max_parallelism_unchanged(
-    restored: u32,
-    configured: u32,
-) -> Result<(), KeyGroupError> {
+pub fn check_max_parallelism_unchanged(restored: u32, configured: u32) -> Result<(), KeyGroupError> {
     if restored != configured {
-        return Err(KeyGroupError::MaxParallelismChanged {
-            restored,
-            configured,
-        });
+        return Err(KeyGroupError::MaxParallelismChanged { restored, configured });
     }
     Ok(())
 }
@@ -199,10 +187,7 @@ pub fn check_max_parallelism_unchanged(
 /// fixed-width little-endian integers, `u64` little-endian length prefixes for strings,
 /// byte arrays and sequences, `u32` variant indices for enums, tuples and structs as the
 /// concatenation of their fields.
-pub fn key_bytes<K: Serialize + ?Sized>(
-    key: &K,
-    buf: &mut Vec<u8>,
-) -> Result<(), KeyEncodingError> {
+pub fn key_bytes<K: Serialize + ?Sized>(key: &K, buf: &mut Vec<u8>) -> Result<(), KeyEncodingError> {
     buf.clear();
     bincode::serialize_into(&mut *buf, key)?;
     Ok(())
@@ -223,10 +208,7 @@ pub fn key_group_for_bytes(key_bytes: &[u8], max_parallelism: u32) -> u32 {
 /// # Panics
 ///
 /// If `max_parallelism` is 0. Validate configurations with [`check_parallelism`] first.
-pub fn key_group_for_key<K: Serialize + ?Sized>(
-    key: &K,
-    max_parallelism: u32,
-) -> Result<u32, KeyEncodingError> {
+pub fn key_group_for_key<K: Serialize + ?Sized>(key: &K, max_parallelism: u32) -> Result<u32, KeyEncodingError> {
     let mut buf = Vec::new();
     key_bytes(key, &mut buf)?;
     Ok(key_group_for_bytes(&buf, max_parallelism))
@@ -266,10 +248,7 @@ impl KeyGroupRange {
 
     /// The range `[start, end_exclusive)`.
     pub const fn new(start: u32, end_exclusive: u32) -> Self {
-        KeyGroupRange {
-            start,
-            end_exclusive,
-        }
+        KeyGroupRange { start, end_exclusive }
     }
 
     /// All key groups of a job: `[0, max_parallelism)`.
@@ -374,10 +353,7 @@ mod tests {
         assert_eq!(default_max_parallelism(1), 128);
         assert_eq!(default_max_parallelism(85), 128);
         assert_eq!(default_max_parallelism(86), 256);
-        assert_eq!(
-            default_max_parallelism(u32::MAX),
-            UPPER_BOUND_MAX_PARALLELISM
-        );
+        assert_eq!(default_max_parallelism(u32::MAX), UPPER_BOUND_MAX_PARALLELISM);
     }
 
     #[test]
@@ -407,14 +383,8 @@ mod tests {
         assert!(!r.is_empty());
         assert!(r.contains(10) && r.contains(19) && !r.contains(20) && !r.contains(9));
         assert_eq!(r.iter().collect::<Vec<_>>(), (10..20).collect::<Vec<_>>());
-        assert_eq!(
-            r.intersect(&KeyGroupRange::new(15, 30)),
-            KeyGroupRange::new(15, 20)
-        );
-        assert_eq!(
-            r.intersect(&KeyGroupRange::new(20, 30)),
-            KeyGroupRange::EMPTY
-        );
+        assert_eq!(r.intersect(&KeyGroupRange::new(15, 30)), KeyGroupRange::new(15, 20));
+        assert_eq!(r.intersect(&KeyGroupRange::new(20, 30)), KeyGroupRange::EMPTY);
         assert!(r.intersect(&KeyGroupRange::new(0, 5)).is_empty());
         let backwards = KeyGroupRange::new(5, 3);
         assert!(backwards.is_empty());
@@ -445,8 +415,8 @@ mod tests {
             for kg in 0..m {
                 let old = subtask_for_key_group(m, old_p, kg);
                 let new = subtask_for_key_group(m, new_p, kg);
-                let overlap = KeyGroupRange::for_subtask(m, old_p, old)
-                    .intersect(&KeyGroupRange::for_subtask(m, new_p, new));
+                let overlap =
+                    KeyGroupRange::for_subtask(m, old_p, old).intersect(&KeyGroupRange::for_subtask(m, new_p, new));
                 assert!(overlap.contains(kg));
             }
         }

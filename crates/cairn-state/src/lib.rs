@@ -21,13 +21,12 @@ pub mod snapshot_codec;
 
 pub use backend::{KeyedStateBackend, KeyedStateSnapshot, StateId};
 pub use descriptor::{
-    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
-    StateKind, StateMeta, StateTtlConfig, TtlUpdateType, ValueStateDescriptor,
+    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, StateKind, StateMeta,
+    StateTtlConfig, TtlUpdateType, ValueStateDescriptor,
 };
 pub use error::StateError;
 pub use handles::{
-    AggregateFunction, AggregatingState, KeyedStateAccess, ListState, MapState, ReducingState,
-    StateContext, ValueState,
+    AggregateFunction, AggregatingState, KeyedStateAccess, ListState, MapState, ReducingState, StateContext, ValueState,
 };
 pub use heap::HeapKeyedStateBackend;
 pub use keygroup::KeyGroupRange;

@@ -99,19 +99,12 @@ impl OperatorStateStore {
         codec::encode_into(name, key, &mut k)?;
         let mut v = Vec::new();
         codec::encode_into(name, value, &mut v)?;
-        self.broadcast
-            .entry(name.to_string())
-            .or_default()
-            .insert(k, v);
+        self.broadcast.entry(name.to_string()).or_default().insert(k, v);
         Ok(())
     }
 
     /// Remove `key` from broadcast state `name`.
-    pub fn broadcast_remove<K: Serialize>(
-        &mut self,
-        name: &str,
-        key: &K,
-    ) -> Result<(), StateError> {
+    pub fn broadcast_remove<K: Serialize>(&mut self, name: &str, key: &K) -> Result<(), StateError> {
         let mut k = Vec::new();
         codec::encode_into(name, key, &mut k)?;
         if let Some(m) = self.broadcast.get_mut(name) {
@@ -131,6 +124,12 @@ impl OperatorStateStore {
         m.iter()
             .map(|(k, v)| Ok((codec::decode(name, k)?, codec::decode(name, v)?)))
             .collect()
+    }
+
+    /// Whether list state `name` exists (possibly empty: a restored subtask
+    /// may get no elements after a rescale).
+    pub fn has_list(&self, name: &str) -> bool {
+        self.lists.contains_key(name)
     }
 
     /// Whether the store holds nothing.
@@ -192,17 +191,12 @@ impl OperatorStateStore {
 }
 
 fn corrupt(name: &str) -> StateError {
-    StateError::Restore(format!(
-        "broadcast state '{name}': snapshot entry is corrupt"
-    ))
+    StateError::Restore(format!("broadcast state '{name}': snapshot entry is corrupt"))
 }
 
 /// Redistribute the operator states of `old` subtasks (in subtask order) onto
 /// `new_parallelism` subtasks.
-pub fn redistribute(
-    old: &[Vec<OperatorStateEntry>],
-    new_parallelism: usize,
-) -> Vec<Vec<OperatorStateEntry>> {
+pub fn redistribute(old: &[Vec<OperatorStateEntry>], new_parallelism: usize) -> Vec<Vec<OperatorStateEntry>> {
     let mut out: Vec<Vec<OperatorStateEntry>> = vec![Vec::new(); new_parallelism];
     let mut names: Vec<(String, DistributionMode)> = Vec::new();
     for e in old.iter().flatten() {
@@ -239,10 +233,7 @@ pub fn redistribute(
                 }
             }
             DistributionMode::Broadcast => {
-                let first = of_name()
-                    .next()
-                    .map(|e| e.elements.clone())
-                    .unwrap_or_default();
+                let first = of_name().next().map(|e| e.elements.clone()).unwrap_or_default();
                 for target in out.iter_mut() {
                     target.push(OperatorStateEntry {
                         name: name.clone(),
@@ -275,12 +266,7 @@ mod tests {
         let new = redistribute(&old, 3);
         let lists: Vec<Vec<u32>> = new
             .into_iter()
-            .map(|e| {
-                OperatorStateStore::from_entries(e)
-                    .unwrap()
-                    .list("offsets")
-                    .unwrap()
-            })
+            .map(|e| OperatorStateStore::from_entries(e).unwrap().list("offsets").unwrap())
             .collect();
         assert_eq!(lists, vec![vec![1, 2], vec![3, 4], vec![5, 6, 7]]);
     }
@@ -292,10 +278,7 @@ mod tests {
             store_with(&[2], DistributionMode::Union),
         ];
         for e in redistribute(&old, 3) {
-            let l: Vec<u32> = OperatorStateStore::from_entries(e)
-                .unwrap()
-                .list("offsets")
-                .unwrap();
+            let l: Vec<u32> = OperatorStateStore::from_entries(e).unwrap().list("offsets").unwrap();
             assert_eq!(l, vec![1, 2]);
         }
     }

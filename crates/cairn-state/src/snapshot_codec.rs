@@ -16,11 +16,7 @@ pub fn put_entry(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
 }
 
 /// Append one key's map with its entries.
-pub fn put_map<'a>(
-    buf: &mut Vec<u8>,
-    key: &[u8],
-    entries: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
-) {
+pub fn put_map<'a>(buf: &mut Vec<u8>, key: &[u8], entries: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>) {
     put_bytes(buf, key);
     put_varint(buf, entries.len() as u64);
     for (k, v) in entries {
@@ -48,11 +44,7 @@ pub fn decode_group(
     mut bytes: &[u8],
     visit: &mut dyn FnMut(Decoded<'_>) -> Result<(), StateError>,
 ) -> Result<(), StateError> {
-    let corrupt = || {
-        StateError::Restore(format!(
-            "state '{state}': snapshot entries are truncated or corrupt"
-        ))
-    };
+    let corrupt = || StateError::Restore(format!("state '{state}': snapshot entries are truncated or corrupt"));
     while !bytes.is_empty() {
         let (key, rest) = get_bytes(bytes).ok_or_else(corrupt)?;
         match kind {
@@ -67,11 +59,7 @@ pub fn decode_group(
                 for _ in 0..n {
                     let (user_key, r) = get_bytes(rest).ok_or_else(corrupt)?;
                     let (value, r) = get_bytes(r).ok_or_else(corrupt)?;
-                    visit(Decoded::MapEntry {
-                        key,
-                        user_key,
-                        value,
-                    })?;
+                    visit(Decoded::MapEntry { key, user_key, value })?;
                     rest = r;
                 }
                 bytes = rest;

@@ -517,11 +517,7 @@ fn murmur3_x64_128_matches_reference() {
 #[test]
 fn operator_ids_are_pinned() {
     for &(uid, expected) in golden::OPERATOR_IDS {
-        assert_eq!(
-            operator_id_for_uid(uid),
-            expected,
-            "operator id of uid {uid:?}"
-        );
+        assert_eq!(operator_id_for_uid(uid), expected, "operator id of uid {uid:?}");
     }
 }
 
@@ -551,17 +547,11 @@ fn key_groups_are_pinned() {
     check_key_groups(golden::STR_KG_128, 128);
     check_key_groups(golden::STR_KG_32768, 32768);
     // Owned strings encode exactly like &str.
-    let owned: Vec<(String, u32)> = golden::STR_KG_128
-        .iter()
-        .map(|&(s, g)| (s.to_string(), g))
-        .collect();
+    let owned: Vec<(String, u32)> = golden::STR_KG_128.iter().map(|&(s, g)| (s.to_string(), g)).collect();
     check_key_groups(&owned, 128);
     // The brief's tuple key type is (u32, String).
     for (cases, max_p) in [(golden::TUPLE_KG_128, 128), (golden::TUPLE_KG_32768, 32768)] {
-        let owned: Vec<((u32, String), u32)> = cases
-            .iter()
-            .map(|&((n, s), g)| ((n, s.to_string()), g))
-            .collect();
+        let owned: Vec<((u32, String), u32)> = cases.iter().map(|&((n, s), g)| ((n, s.to_string()), g)).collect();
         check_key_groups(&owned, max_p);
     }
 }
@@ -609,16 +599,10 @@ fn subtask_ranges_partition_key_groups() {
     for max_p in [1u32, 7, 128, 4096] {
         for p in 1..=max_p.min(40) {
             check_parallelism(p, max_p).unwrap();
-            let ranges: Vec<KeyGroupRange> = (0..p)
-                .map(|i| KeyGroupRange::for_subtask(max_p, p, i))
-                .collect();
+            let ranges: Vec<KeyGroupRange> = (0..p).map(|i| KeyGroupRange::for_subtask(max_p, p, i)).collect();
             // Contiguous, non-empty, in order, covering [0, max_p) exactly.
             assert_eq!(ranges[0].start, 0, "maxP {max_p}, p {p}");
-            assert_eq!(
-                ranges[p as usize - 1].end_exclusive,
-                max_p,
-                "maxP {max_p}, p {p}"
-            );
+            assert_eq!(ranges[p as usize - 1].end_exclusive, max_p, "maxP {max_p}, p {p}");
             for w in ranges.windows(2) {
                 assert_eq!(w[0].end_exclusive, w[1].start, "maxP {max_p}, p {p}");
             }
@@ -635,11 +619,7 @@ fn subtask_ranges_partition_key_groups() {
                 let s = subtask_for_key_group(max_p, p, kg);
                 assert!(s < p);
                 for (i, r) in ranges.iter().enumerate() {
-                    assert_eq!(
-                        r.contains(kg),
-                        i as u32 == s,
-                        "maxP {max_p}, p {p}, kg {kg}"
-                    );
+                    assert_eq!(r.contains(kg), i as u32 == s, "maxP {max_p}, p {p}, kg {kg}");
                 }
             }
             let all = KeyGroupRange::all(max_p);
@@ -667,19 +647,14 @@ fn pinned_ranges() {
 
 #[test]
 fn check_parallelism_errors() {
-    assert_eq!(
-        check_parallelism(0, 128),
-        Err(KeyGroupError::ZeroParallelism)
-    );
+    assert_eq!(check_parallelism(0, 128), Err(KeyGroupError::ZeroParallelism));
     assert_eq!(
         check_parallelism(1, 0),
         Err(KeyGroupError::MaxParallelismOutOfRange { max_parallelism: 0 })
     );
     assert_eq!(
         check_parallelism(1, UPPER_BOUND_MAX_PARALLELISM + 1),
-        Err(KeyGroupError::MaxParallelismOutOfRange {
-            max_parallelism: 32769
-        })
+        Err(KeyGroupError::MaxParallelismOutOfRange { max_parallelism: 32769 })
     );
     assert_eq!(
         check_parallelism(129, 128),
@@ -702,10 +677,7 @@ fn check_parallelism_errors() {
         "set_max_parallelism",
         "savepoint",
     ] {
-        assert!(
-            msg.contains(needle),
-            "message should mention {needle:?}: {msg}"
-        );
+        assert!(msg.contains(needle), "message should mention {needle:?}: {msg}");
     }
     let err: Box<dyn std::error::Error> = Box::new(check_parallelism(0, 1).unwrap_err());
     assert!(!err.to_string().is_empty());

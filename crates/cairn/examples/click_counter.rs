@@ -19,11 +19,7 @@ impl KeyedProcessFunction<u64, GeneratedEvent, (u64, u64)> for CountPerUser {
         Ok(())
     }
 
-    fn process_element(
-        &mut self,
-        _event: GeneratedEvent,
-        ctx: &mut KeyedContext<'_, u64, (u64, u64)>,
-    ) -> OpResult {
+    fn process_element(&mut self, _event: GeneratedEvent, ctx: &mut KeyedContext<'_, u64, (u64, u64)>) -> OpResult {
         let count = self.count.as_ref().ok_or("count state not registered")?;
         let n = count.value(ctx)?.unwrap_or(0) + 1;
         count.update(ctx, &n)?;
@@ -53,10 +49,7 @@ fn main() {
 fn run() -> Result<(), CairnError> {
     let env = StreamEnv::from_args()?;
     let args = env.user_args();
-    let events: u64 = args
-        .first()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(5_000_000);
+    let events: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(5_000_000);
     let users: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000);
     env.show_progress(true);
 

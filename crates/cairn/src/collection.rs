@@ -40,12 +40,7 @@ impl<T: Clone + Send + Sync + 'static> Source<T> for CollectionSource<T> {
         }
         let start = self.next as usize;
         let end = (start + max).min(self.items.len());
-        out.extend(
-            self.items[start..end]
-                .iter()
-                .cloned()
-                .map(StreamRecord::new),
-        );
+        out.extend(self.items[start..end].iter().cloned().map(StreamRecord::new));
         self.next = end as u64;
         Ok(if end == self.items.len() {
             SourceStatus::Finished
@@ -55,13 +50,8 @@ impl<T: Clone + Send + Sync + 'static> Source<T> for CollectionSource<T> {
     }
 
     fn snapshot_state(&mut self, ctx: &mut SourceContext<'_>, _checkpoint_id: u64) -> OpResult {
-        let pos: Vec<u64> = if self.mine {
-            vec![self.next]
-        } else {
-            Vec::new()
-        };
-        ctx.state
-            .set_list(POSITION_STATE, DistributionMode::Union, &pos)?;
+        let pos: Vec<u64> = if self.mine { vec![self.next] } else { Vec::new() };
+        ctx.state.set_list(POSITION_STATE, DistributionMode::Union, &pos)?;
         Ok(())
     }
 }

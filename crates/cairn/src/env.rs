@@ -14,6 +14,7 @@ use cairn_runtime::job::{JobSpec, NodeCode, NodeLogic, RuntimeSettings};
 use cairn_runtime::output::{port_factory, PortFactory};
 use cairn_runtime::source::{SourceAdapter, SourceLogic};
 use cairn_runtime::{Source, WatermarkStrategy};
+use cairn_snapshot::LoadedSnapshot;
 
 use crate::error::CairnError;
 use crate::stream::DataStream;
@@ -43,6 +44,8 @@ pub struct JobResult {
     pub elapsed: Duration,
     /// Records emitted by the sources.
     pub source_records: u64,
+    /// Statistics of every checkpoint attempted (empty without checkpointing).
+    pub checkpoints: Vec<cairn_runtime::checkpoint::CheckpointStats>,
 }
 
 impl Default for StreamEnv {
@@ -171,12 +174,7 @@ impl StreamEnv {
             .set_parallelism(1)
     }
 
-    pub(crate) fn add_node(
-        &self,
-        spec: NodeSpec,
-        code: NodeCode,
-        main_port: PortFactory,
-    ) -> NodeId {
+    pub(crate) fn add_node(&self, spec: NodeSpec, code: NodeCode, main_port: PortFactory) -> NodeId {
         let mut inner = self.inner.borrow_mut();
         let id = inner.graph.add_node(spec);
         inner.nodes.push(NodeLogic {
@@ -228,18 +226,35 @@ impl StreamEnv {
         f(self.inner.borrow_mut().graph.node_mut(node))
     }
 
-    /// Validate the job and build what the runtime runs.
-    pub fn build(&self, job_name: &str) -> Result<JobSpec, CairnError> {
+    /// Validate the job and build what the runtime runs. With a snapshot to
+    /// restore, operators without an explicit max parallelism take the
+    /// snapshot's (their key groups must not change).
+    pub fn build(&self, job_name: &str, snapshot: Option<&LoadedSnapshot>) -> Result<JobSpec, CairnError> {
         let inner = self.inner.borrow();
         let config = &inner.config;
-        let graph = inner.graph.resolve(
-            job_name,
-            GraphSettings {
-                default_parallelism: config.get(&options::PARALLELISM_DEFAULT),
-                max_parallelism: config.get(&options::MAX_PARALLELISM),
-                auto_generate_uids: config.get(&options::AUTO_GENERATE_UIDS),
-            },
-        )?;
+        let settings = GraphSettings {
+            default_parallelism: config.get(&options::PARALLELISM_DEFAULT),
+            max_parallelism: config.get(&options::MAX_PARALLELISM),
+            auto_generate_uids: config.get(&options::AUTO_GENERATE_UIDS),
+        };
+        let mut graph = inner.graph.resolve(job_name, settings)?;
+        if let (Some(snap), None) = (snapshot, settings.max_parallelism) {
+            let mut adopted = inner.graph.clone();
+            for node in &graph.nodes {
+                let spec = &mut adopted.nodes[node.id.0];
+                if spec.max_parallelism.is_none() && node.keyed {
+                    if let Some(op) = snap
+                        .metadata
+                        .operators
+                        .iter()
+                        .find(|o| o.operator_id == node.operator_id)
+                    {
+                        spec.max_parallelism = Some(op.max_parallelism);
+                    }
+                }
+            }
+            graph = adopted.resolve(job_name, settings)?;
+        }
         Ok(JobSpec {
             graph,
             nodes: inner.nodes.clone(),
@@ -251,16 +266,28 @@ impl StreamEnv {
 
     /// Run the job to the end (bounded input) or until it fails or is cancelled.
     pub fn execute(&self, job_name: &str) -> Result<JobResult, CairnError> {
-        let spec = self.build(job_name)?;
+        let (restore_path, allow_non_restored) = {
+            let inner = self.inner.borrow();
+            (
+                inner.startup.restore_path.clone(),
+                inner.startup.allow_non_restored_state,
+            )
+        };
+        let snapshot = match &restore_path {
+            Some(p) => Some(crate::execution::load(p)?),
+            None => None,
+        };
+        let spec = self.build(job_name, snapshot.as_ref())?;
         let settings = RuntimeSettings::from_config(&spec.config);
         let progress = self.inner.borrow().progress;
         let start = Instant::now();
         if progress {
             eprintln!("Job '{job_name}' started with JobID {}", spec.job_id);
         }
-        let outcome = crate::execution::run(&spec, settings, progress);
+        let outcome = crate::execution::run(&spec, settings, snapshot.as_ref(), allow_non_restored, progress);
         let elapsed = start.elapsed();
-        let source_records = outcome?;
+        let outcome = outcome?;
+        let source_records = outcome.source_records;
         if progress {
             eprintln!(
                 "Job '{job_name}' ({}) finished in {:.2}s: {} source records ({:.0}/s)",
@@ -275,6 +302,7 @@ impl StreamEnv {
             job_name: job_name.to_string(),
             elapsed,
             source_records,
+            checkpoints: outcome.checkpoints,
         })
     }
 }

@@ -1,10 +1,7 @@
 //! Keyed reduce and aggregate, as keyed process functions over one state.
 
 use cairn_runtime::{KeyedContext, KeyedOpenContext, KeyedProcessFunction, OpResult};
-use cairn_state::{
-    AggregateFunction, AggregatingState, AggregatingStateDescriptor, ValueState,
-    ValueStateDescriptor,
-};
+use cairn_state::{AggregateFunction, AggregatingState, AggregatingStateDescriptor, ValueState, ValueStateDescriptor};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -68,10 +65,7 @@ impl<T, A: AggregateFunction<T> + Clone> Clone for AggregateProcess<T, A> {
 
 impl<T, A: AggregateFunction<T>> AggregateProcess<T, A> {
     pub fn new(function: A) -> Self {
-        AggregateProcess {
-            function,
-            state: None,
-        }
+        AggregateProcess { function, state: None }
     }
 }
 
@@ -83,18 +77,13 @@ where
     K: 'static,
 {
     fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
-        self.state = Some(ctx.aggregating_state(
-            AggregatingStateDescriptor::new(AGGREGATE_STATE),
-            self.function.clone(),
-        )?);
+        self.state =
+            Some(ctx.aggregating_state(AggregatingStateDescriptor::new(AGGREGATE_STATE), self.function.clone())?);
         Ok(())
     }
 
     fn process_element(&mut self, value: T, ctx: &mut KeyedContext<'_, K, A::Out>) -> OpResult {
-        let state = self
-            .state
-            .as_ref()
-            .ok_or("aggregate state not registered")?;
+        let state = self.state.as_ref().ok_or("aggregate state not registered")?;
         state.add(ctx, &value)?;
         if let Some(out) = state.get(ctx)? {
             ctx.collect(out);

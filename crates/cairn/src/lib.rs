@@ -40,17 +40,13 @@ pub mod prelude {
     pub use crate::error::CairnError;
     pub use crate::stream::{DataStream, KeyedStream};
     pub use crate::Data;
-    pub use cairn_connectors::{
-        CollectSink, Collected, DiscardSink, GeneratedEvent, GeneratorSource, PrintSink,
-    };
+    pub use cairn_connectors::{CollectSink, Collected, DiscardSink, GeneratedEvent, GeneratorSource, PrintSink};
     pub use cairn_runtime::{
-        KeyedContext, KeyedOpenContext, KeyedProcessFunction, OpResult, OutputTag, ProcessContext,
-        ProcessFunction, Sink, SinkContext, Source, SourceContext, SourceStatus, StreamRecord,
-        TimeDomain, WatermarkStrategy,
+        KeyedContext, KeyedOpenContext, KeyedProcessFunction, OpResult, OutputTag, ProcessContext, ProcessFunction,
+        Sink, SinkContext, Source, SourceContext, SourceStatus, StreamRecord, TimeDomain, WatermarkStrategy,
     };
     pub use cairn_state::{
-        AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
-        ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
-        StateTtlConfig, ValueState, ValueStateDescriptor,
+        AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
+        MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateTtlConfig, ValueState, ValueStateDescriptor,
     };
 }

@@ -9,9 +9,7 @@ use cairn_runtime::keyed::{Key, KeyFn, KeyedProcessOperator};
 use cairn_runtime::output::{port_factory, KeyBytesFn};
 use cairn_runtime::process::{ProcessOperator, TransformOperator};
 use cairn_runtime::sink::SinkOperator;
-use cairn_runtime::{
-    KeyedProcessFunction, OperatorLogic, OutputTag, ProcessFunction, Sink, StreamRecord,
-};
+use cairn_runtime::{KeyedProcessFunction, OperatorLogic, OutputTag, ProcessFunction, Sink, StreamRecord};
 use cairn_state::keygroup::key_bytes;
 
 use crate::env::{short_type_name, StreamEnv};
@@ -89,16 +87,14 @@ impl<T: Data> DataStream<T> {
         let id = self
             .env
             .add_node(spec, NodeCode::Operator(Arc::new(op)), port_factory::<O>());
-        self.env
-            .add_edge(self.node, self.port, id, 0, self.partitioning, None);
+        self.env.add_edge(self.node, self.port, id, 0, self.partitioning, None);
         DataStream::new(self.env.clone(), id, 0)
     }
 
     /// Set the stable id that state is matched by on restore. Required for
     /// stateful operators.
     pub fn uid(self, uid: &str) -> Self {
-        self.env
-            .with_node(self.node, |n| n.uid = Some(uid.to_string()));
+        self.env.with_node(self.node, |n| n.uid = Some(uid.to_string()));
         self
     }
 
@@ -110,8 +106,7 @@ impl<T: Data> DataStream<T> {
 
     /// Set the operator's parallelism.
     pub fn set_parallelism(self, parallelism: u32) -> Self {
-        self.env
-            .with_node(self.node, |n| n.parallelism = Some(parallelism));
+        self.env.with_node(self.node, |n| n.parallelism = Some(parallelism));
         self
     }
 
@@ -124,8 +119,7 @@ impl<T: Data> DataStream<T> {
 
     /// Do not chain this operator to its predecessor (run it in its own task).
     pub fn start_new_chain(self) -> Self {
-        self.env
-            .with_node(self.node, |n| n.chaining_disabled = true);
+        self.env.with_node(self.node, |n| n.chaining_disabled = true);
         self
     }
 
@@ -148,10 +142,7 @@ impl<T: Data> DataStream<T> {
     }
 
     /// Transform each record.
-    pub fn map<O: Data>(
-        &self,
-        f: impl Fn(T) -> O + Clone + Send + Sync + 'static,
-    ) -> DataStream<O> {
+    pub fn map<O: Data>(&self, f: impl Fn(T) -> O + Clone + Send + Sync + 'static) -> DataStream<O> {
         self.then(
             operator_spec("Map".into(), false, false, NodeKind::Operator),
             move || {
@@ -197,10 +188,11 @@ impl<T: Data> DataStream<T> {
                 Box::new(TransformOperator::new(
                     move |r: StreamRecord<T>, out: &mut Vec<StreamRecord<O>>| {
                         let ts = r.timestamp;
-                        out.extend(f(r.value).into_iter().map(|value| StreamRecord {
-                            value,
-                            timestamp: ts,
-                        }))
+                        out.extend(
+                            f(r.value)
+                                .into_iter()
+                                .map(|value| StreamRecord { value, timestamp: ts }),
+                        )
                     },
                 ))
             },
@@ -230,10 +222,7 @@ impl<T: Data> DataStream<T> {
     }
 
     /// Partition by key: records with equal keys go to the same subtask (by key group).
-    pub fn key_by<K: Key>(
-        &self,
-        key: impl Fn(&T) -> K + Send + Sync + 'static,
-    ) -> KeyedStream<K, T> {
+    pub fn key_by<K: Key>(&self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
         KeyedStream {
             stream: self.clone(),
             key: Arc::new(key),
@@ -252,17 +241,14 @@ impl<T: Data> DataStream<T> {
             port_factory::<T>(),
         );
         for s in std::iter::once(self).chain(others.iter()) {
-            self.env
-                .add_edge(s.node, s.port, id, 0, s.partitioning, None);
+            self.env.add_edge(s.node, s.port, id, 0, s.partitioning, None);
         }
         DataStream::new(self.env.clone(), id, 0)
     }
 
     /// The side output `tag` of the operator that produced this stream.
     pub fn side_output<S: Data>(&self, tag: &OutputTag<S>) -> DataStream<S> {
-        let port = self
-            .env
-            .add_side_port(self.node, tag.id(), port_factory::<S>());
+        let port = self.env.add_side_port(self.node, tag.id(), port_factory::<S>());
         DataStream::new(self.env.clone(), self.node, port)
     }
 
@@ -276,9 +262,7 @@ impl<T: Data> DataStream<T> {
             NodeKind::Sink,
         );
         let proto = Prototype::new(sink);
-        self.then(spec, move || {
-            Box::new(SinkOperator::<T, S>::new(proto.get()))
-        })
+        self.then(spec, move || Box::new(SinkOperator::<T, S>::new(proto.get())))
     }
 
     /// Print every record to stdout.
@@ -309,9 +293,9 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     /// The key-bytes function carried by the key-group edge.
     pub(crate) fn key_bytes_fn(&self) -> Arc<dyn std::any::Any + Send + Sync> {
         let key = self.key.clone();
-        Arc::new(KeyBytesFn::<T>(Box::new(
-            move |v: &T, buf: &mut Vec<u8>| Ok(key_bytes(&key(v), buf)?),
-        )))
+        Arc::new(KeyBytesFn::<T>(Box::new(move |v: &T, buf: &mut Vec<u8>| {
+            Ok(key_bytes(&key(v), buf)?)
+        })))
     }
 
     /// Add a keyed operator fed by this stream through a key-group edge.
@@ -344,16 +328,13 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
             Arc::new(std::sync::OnceLock::new());
         let h = holder.clone();
         let proto = Prototype::new(function);
-        let out = self.then_keyed(
-            format!("KeyedProcess: {}", short_type_name::<F>()),
-            move || {
-                Box::new(KeyedProcessOperator::<K, T, O, F>::new(
-                    proto.get(),
-                    key.clone(),
-                    h.get().cloned().unwrap_or_default(),
-                ))
-            },
-        );
+        let out = self.then_keyed(format!("KeyedProcess: {}", short_type_name::<F>()), move || {
+            Box::new(KeyedProcessOperator::<K, T, O, F>::new(
+                proto.get(),
+                key.clone(),
+                h.get().cloned().unwrap_or_default(),
+            ))
+        });
         let _ = holder.set(out.env.side_ports(out.node));
         out
     }
@@ -372,7 +353,6 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
         A: cairn_state::AggregateFunction<T> + Clone,
         A::Out: Data,
     {
-        self.process(AggregateProcess::new(function))
-            .name("Aggregate")
+        self.process(AggregateProcess::new(function)).name("Aggregate")
     }
 }

@@ -1,1 +1,0 @@
-//! File source and sink (in progress).

@@ -1,1 +1,0 @@
-//! Windows (in progress).

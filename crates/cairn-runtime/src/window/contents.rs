@@ -1,0 +1,234 @@
+//! What a window keeps and how it turns into results: a running reduce, an
+//! incremental aggregate, or the full list of elements for a
+//! [`ProcessWindowFunction`]. Contents live in keyed state under the window's
+//! namespace, so they move with their key group on rescale.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use cairn_state::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateAccess, ListState, ListStateDescriptor,
+    ReducingState, ReducingStateDescriptor,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{ProcessWindowFunction, TimeWindow, WindowCollector, WINDOW_CONTENTS_STATE};
+use crate::error::OpResult;
+
+/// The per-window state of a window operator. Every call works on the
+/// namespace currently set on `state` (the window's state namespace).
+pub trait WindowContents<K, T, O>: Send + 'static {
+    /// Register the state.
+    fn open(&mut self, state: &mut KeyedStateAccess) -> OpResult;
+    /// Add one element.
+    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult;
+    /// Fold the contents stored under namespace `source` into namespace
+    /// `target` and clear `source` (session windows merging). Leaves the
+    /// namespace set to `target`.
+    fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult;
+    /// Emit the window's result(s); nothing when the window is empty.
+    fn emit(
+        &mut self,
+        state: &mut KeyedStateAccess,
+        key: &K,
+        window: &TimeWindow,
+        out: &mut WindowCollector<'_, O>,
+    ) -> OpResult;
+    /// Drop the contents.
+    fn clear(&mut self, state: &mut KeyedStateAccess) -> OpResult;
+}
+
+fn not_open() -> crate::error::BoxError {
+    "window contents used before the operator was opened; this is a Cairn bug".into()
+}
+
+/// Keeps one reduced value per window.
+pub struct ReduceContents<T, F> {
+    f: Arc<F>,
+    state: Option<ReducingState<T>>,
+}
+
+impl<T, F> ReduceContents<T, F> {
+    pub fn new(f: F) -> Self {
+        ReduceContents {
+            f: Arc::new(f),
+            state: None,
+        }
+    }
+}
+
+impl<K, T, F> WindowContents<K, T, T> for ReduceContents<T, F>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    F: Fn(T, T) -> T + Send + Sync + 'static,
+{
+    fn open(&mut self, state: &mut KeyedStateAccess) -> OpResult {
+        let f = self.f.clone();
+        self.state =
+            Some(state.reducing_state(ReducingStateDescriptor::new(WINDOW_CONTENTS_STATE), move |a, b| f(a, b))?);
+        Ok(())
+    }
+
+    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult {
+        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, value)?)
+    }
+
+    fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {
+        let s = self.state.as_ref().ok_or_else(not_open)?;
+        state.set_namespace(source);
+        let moved = s.get(state)?;
+        s.clear(state)?;
+        state.set_namespace(target);
+        if let Some(v) = moved {
+            s.add(state, v)?;
+        }
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        state: &mut KeyedStateAccess,
+        _key: &K,
+        _window: &TimeWindow,
+        out: &mut WindowCollector<'_, T>,
+    ) -> OpResult {
+        if let Some(v) = self.state.as_ref().ok_or_else(not_open)?.get(state)? {
+            out.collect(v);
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self, state: &mut KeyedStateAccess) -> OpResult {
+        Ok(self.state.as_ref().ok_or_else(not_open)?.clear(state)?)
+    }
+}
+
+/// Keeps one accumulator per window.
+pub struct AggregateContents<T, A: AggregateFunction<T>> {
+    function: Option<A>,
+    state: Option<AggregatingState<T, A>>,
+}
+
+impl<T, A: AggregateFunction<T>> AggregateContents<T, A> {
+    pub fn new(function: A) -> Self {
+        AggregateContents {
+            function: Some(function),
+            state: None,
+        }
+    }
+}
+
+impl<K, T, A> WindowContents<K, T, A::Out> for AggregateContents<T, A>
+where
+    T: Send + 'static,
+    A: AggregateFunction<T>,
+    A::Out: Send + 'static,
+{
+    fn open(&mut self, state: &mut KeyedStateAccess) -> OpResult {
+        let function = self.function.take().ok_or("window aggregate opened twice")?;
+        self.state = Some(state.aggregating_state(AggregatingStateDescriptor::new(WINDOW_CONTENTS_STATE), function)?);
+        Ok(())
+    }
+
+    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult {
+        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, &value)?)
+    }
+
+    fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {
+        let s = self.state.as_ref().ok_or_else(not_open)?;
+        state.set_namespace(source);
+        let moved = s.accumulator(state)?;
+        s.clear(state)?;
+        state.set_namespace(target);
+        if let Some(acc) = moved {
+            let merged = match s.accumulator(state)? {
+                Some(existing) => s.function().merge(existing, acc),
+                None => acc,
+            };
+            s.set_accumulator(state, &merged)?;
+        }
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        state: &mut KeyedStateAccess,
+        _key: &K,
+        _window: &TimeWindow,
+        out: &mut WindowCollector<'_, A::Out>,
+    ) -> OpResult {
+        if let Some(v) = self.state.as_ref().ok_or_else(not_open)?.get(state)? {
+            out.collect(v);
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self, state: &mut KeyedStateAccess) -> OpResult {
+        Ok(self.state.as_ref().ok_or_else(not_open)?.clear(state)?)
+    }
+}
+
+/// Keeps every element of a window for a [`ProcessWindowFunction`].
+pub struct ProcessContents<K, T, O, F> {
+    function: F,
+    state: Option<ListState<T>>,
+    _t: PhantomData<fn(K) -> O>,
+}
+
+impl<K, T, O, F> ProcessContents<K, T, O, F> {
+    pub fn new(function: F) -> Self {
+        ProcessContents {
+            function,
+            state: None,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<K, T, O, F> WindowContents<K, T, O> for ProcessContents<K, T, O, F>
+where
+    K: 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    O: Send + 'static,
+    F: ProcessWindowFunction<K, T, O>,
+{
+    fn open(&mut self, state: &mut KeyedStateAccess) -> OpResult {
+        self.state = Some(state.list_state(ListStateDescriptor::new(WINDOW_CONTENTS_STATE))?);
+        Ok(())
+    }
+
+    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult {
+        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, &value)?)
+    }
+
+    fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {
+        let s = self.state.as_ref().ok_or_else(not_open)?;
+        state.set_namespace(source);
+        let moved = s.get(state)?;
+        s.clear(state)?;
+        state.set_namespace(target);
+        for v in &moved {
+            s.add(state, v)?;
+        }
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        state: &mut KeyedStateAccess,
+        key: &K,
+        window: &TimeWindow,
+        out: &mut WindowCollector<'_, O>,
+    ) -> OpResult {
+        let elements = self.state.as_ref().ok_or_else(not_open)?.get(state)?;
+        if elements.is_empty() {
+            return Ok(());
+        }
+        self.function.process(key, window, elements, out)
+    }
+
+    fn clear(&mut self, state: &mut KeyedStateAccess) -> OpResult {
+        Ok(self.state.as_ref().ok_or_else(not_open)?.clear(state)?)
+    }
+}

@@ -1,0 +1,443 @@
+//! The window operator: assigns each record of a keyed stream to windows,
+//! keeps every window's contents in keyed state under the window's namespace,
+//! and fires windows with timers (event time: at the window's last timestamp
+//! when the watermark passes it; processing time: at that wall-clock time).
+//!
+//! Session windows keep, per key, a map from each active window to the window
+//! whose namespace holds its contents; merging windows folds their contents
+//! into one namespace and moves the timers to the merged window. Timers always
+//! use the actual window as namespace, contents the state window.
+
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+
+use cairn_state::keygroup::{key_bytes, key_group_for_bytes};
+use cairn_state::{codec, KeyedStateAccess, MapState, MapStateDescriptor};
+
+use super::{TimeWindow, WindowAssigner, WindowCollector, WindowContents, WindowSettings, MERGING_WINDOWS_STATE};
+use crate::collector::{Outputs, SidePorts};
+use crate::error::OpResult;
+use crate::keyed::{Key, KeyFn};
+use crate::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
+use crate::record::{AnyBatch, MAX_WATERMARK, NO_TIMESTAMP};
+use crate::time::now_ms;
+use crate::timers::{TimeDomain, Timer, TimerService};
+
+/// Runs windows of assigner `A` whose contents are kept by `C`.
+pub struct WindowOperator<K, T, O, A, C> {
+    assigner: A,
+    key_fn: KeyFn<K, T>,
+    settings: WindowSettings<T>,
+    side_ports: SidePorts,
+    pending: Option<C>,
+    run: Option<Running<K, T, O, C>>,
+    key_buf: Vec<u8>,
+    windows: Vec<TimeWindow>,
+}
+
+/// Everything the operator holds once open.
+struct Running<K, T, O, C> {
+    info: SubtaskInfo,
+    state: KeyedStateAccess,
+    timers: TimerService,
+    out: Outputs<O>,
+    contents: C,
+    /// Active session windows per key (only for merging assigners).
+    merging: Option<MapState<TimeWindow, TimeWindow>>,
+    watermark: i64,
+    event_time: bool,
+    lateness: i64,
+    _t: PhantomData<fn(K, T)>,
+}
+
+impl<K, T, O, A, C> WindowOperator<K, T, O, A, C> {
+    pub fn new(
+        assigner: A,
+        contents: C,
+        key_fn: KeyFn<K, T>,
+        settings: WindowSettings<T>,
+        side_ports: SidePorts,
+    ) -> Self {
+        WindowOperator {
+            assigner,
+            key_fn,
+            settings,
+            side_ports,
+            pending: Some(contents),
+            run: None,
+            key_buf: Vec::with_capacity(32),
+            windows: Vec::with_capacity(4),
+        }
+    }
+}
+
+impl<K, T, O, C> Running<K, T, O, C>
+where
+    K: Key,
+    T: Send + 'static,
+    O: Send + 'static,
+    C: WindowContents<K, T, O>,
+{
+    /// When a window's contents and timers are dropped.
+    fn cleanup_time(&self, w: &TimeWindow) -> i64 {
+        if self.event_time {
+            w.max_timestamp().saturating_add(self.lateness)
+        } else {
+            w.max_timestamp()
+        }
+    }
+
+    /// A window past its cleanup time takes no more records.
+    fn is_late(&self, w: &TimeWindow) -> bool {
+        self.event_time && self.cleanup_time(w) <= self.watermark
+    }
+
+    fn emit(&mut self, key: &K, w: &TimeWindow, state_ns: &[u8]) -> OpResult {
+        self.state.set_namespace(state_ns);
+        let mut out = WindowCollector {
+            out: &mut self.out,
+            timestamp: w.max_timestamp(),
+            watermark: self.watermark,
+        };
+        self.contents.emit(&mut self.state, key, w, &mut out)
+    }
+
+    /// A record was added to `w`: fire at once if event time already passed
+    /// the window (a late record within the allowed lateness), else make sure
+    /// the window's timers are set.
+    fn after_add(&mut self, key: &K, w: &TimeWindow, state_ns: &[u8]) -> OpResult {
+        let ns = w.to_namespace();
+        let max_ts = w.max_timestamp();
+        if self.event_time {
+            let cleanup = self.cleanup_time(w);
+            if cleanup != max_ts {
+                self.timers
+                    .register(&mut self.state, TimeDomain::EventTime, cleanup, &ns)?;
+            }
+            if max_ts <= self.watermark {
+                self.emit(key, w, state_ns)?;
+            } else {
+                self.timers
+                    .register(&mut self.state, TimeDomain::EventTime, max_ts, &ns)?;
+            }
+        } else {
+            self.timers
+                .register(&mut self.state, TimeDomain::ProcessingTime, max_ts, &ns)?;
+        }
+        Ok(())
+    }
+
+    fn delete_timers(&mut self, w: &TimeWindow) -> OpResult {
+        let ns = w.to_namespace();
+        if self.event_time {
+            let cleanup = self.cleanup_time(w);
+            self.timers
+                .delete(&mut self.state, TimeDomain::EventTime, w.max_timestamp(), &ns)?;
+            self.timers
+                .delete(&mut self.state, TimeDomain::EventTime, cleanup, &ns)?;
+        } else {
+            self.timers
+                .delete(&mut self.state, TimeDomain::ProcessingTime, w.max_timestamp(), &ns)?;
+        }
+        Ok(())
+    }
+
+    /// Drop a window: contents, session bookkeeping and pending timers.
+    fn clear_window(&mut self, w: &TimeWindow, state_ns: &[u8]) -> OpResult {
+        self.state.set_namespace(state_ns);
+        self.contents.clear(&mut self.state)?;
+        if let Some(map) = self.merging.clone() {
+            self.state.set_namespace(&[]);
+            map.remove(&mut self.state, w)?;
+        }
+        self.delete_timers(w)
+    }
+
+    /// Add a record to non-merging windows (none of them late).
+    fn add_to_windows(&mut self, key: &K, value: T, windows: &[TimeWindow]) -> OpResult
+    where
+        T: Clone,
+    {
+        let Some((last, rest)) = windows.split_last() else {
+            return Ok(());
+        };
+        for w in rest {
+            let ns = w.to_namespace();
+            self.state.set_namespace(&ns);
+            self.contents.add(&mut self.state, value.clone())?;
+            self.after_add(key, w, &ns)?;
+        }
+        let ns = last.to_namespace();
+        self.state.set_namespace(&ns);
+        self.contents.add(&mut self.state, value)?;
+        self.after_add(key, last, &ns)
+    }
+
+    /// Add a record to session window `w`, merging it with the key's active
+    /// windows it touches. Gives the record back when the merged window is
+    /// already past its allowed lateness.
+    fn add_merging(&mut self, key: &K, value: T, w: TimeWindow) -> OpResult<Option<T>> {
+        let map = self
+            .merging
+            .clone()
+            .ok_or("session windows without their merging state; this is a Cairn bug")?;
+        self.state.set_namespace(&[]);
+        let mut rest = map.entries(&mut self.state)?;
+        let mut merged: Vec<(TimeWindow, TimeWindow)> = Vec::new();
+        let mut result = w;
+        loop {
+            let before = merged.len();
+            let mut i = 0;
+            while i < rest.len() {
+                if rest[i].0.intersects(&result) {
+                    let e = rest.swap_remove(i);
+                    result = result.cover(&e.0);
+                    merged.push(e);
+                } else {
+                    i += 1;
+                }
+            }
+            if merged.len() == before {
+                break;
+            }
+        }
+        if self.is_late(&result) {
+            return Ok(Some(value));
+        }
+        merged.sort();
+        let state_window = match merged.as_slice() {
+            [] => {
+                map.put(&mut self.state, &result, &result)?;
+                result
+            }
+            [(active, stored)] if *active == result => *stored,
+            _ => {
+                let target = merged[0].1;
+                let target_ns = target.to_namespace();
+                for (active, stored) in &merged {
+                    self.state.set_namespace(&[]);
+                    map.remove(&mut self.state, active)?;
+                    self.delete_timers(active)?;
+                    if *stored != target {
+                        self.contents
+                            .merge(&mut self.state, &stored.to_namespace(), &target_ns)?;
+                    }
+                }
+                self.state.set_namespace(&[]);
+                map.put(&mut self.state, &result, &target)?;
+                target
+            }
+        };
+        let state_ns = state_window.to_namespace();
+        self.state.set_namespace(&state_ns);
+        self.contents.add(&mut self.state, value)?;
+        self.after_add(key, &result, &state_ns)?;
+        Ok(None)
+    }
+
+    /// A window timer fired: emit the window when it is due, drop it at its
+    /// cleanup time.
+    fn on_timer(&mut self, domain: TimeDomain, t: Timer) -> OpResult {
+        let w = TimeWindow::from_namespace(&t.namespace).ok_or_else(|| {
+            format!(
+                "window operator '{}' found a timer whose namespace is not a window ({} bytes); the state is corrupt",
+                self.info.operator_name,
+                t.namespace.len()
+            )
+        })?;
+        let key: K = codec::decode("window timer key", &t.key)?;
+        self.state.set_current_key(&t.key, t.key_group);
+        let state_ns = match self.merging.clone() {
+            Some(map) => {
+                self.state.set_namespace(&[]);
+                match map.get(&mut self.state, &w)? {
+                    Some(stored) => stored.to_namespace(),
+                    // The window was merged into another; its timer is stale.
+                    None => return Ok(()),
+                }
+            }
+            None => w.to_namespace(),
+        };
+        let due = match domain {
+            TimeDomain::EventTime => t.timestamp == w.max_timestamp(),
+            TimeDomain::ProcessingTime => true,
+        };
+        if due {
+            self.emit(&key, &w, &state_ns)?;
+        }
+        if t.timestamp >= self.cleanup_time(&w) {
+            self.clear_window(&w, &state_ns)?;
+        }
+        Ok(())
+    }
+
+    fn fire(&mut self, domain: TimeDomain, time: i64) -> OpResult {
+        self.state.set_processing_time(now_ms() as u64);
+        while let Some(t) = self.timers.pop_due(&mut self.state, domain, time)? {
+            self.on_timer(domain, t)?;
+        }
+        Ok(())
+    }
+}
+
+impl<K, T, O, A, C> OperatorLogic for WindowOperator<K, T, O, A, C>
+where
+    K: Key,
+    T: Clone + Send + 'static,
+    O: Send + 'static,
+    A: WindowAssigner,
+    C: WindowContents<K, T, O>,
+{
+    fn open(&mut self, mut ctx: OpenContext) -> OpResult {
+        let name = ctx.info.operator_name.clone();
+        self.assigner
+            .validate()
+            .map_err(|e| format!("window operator '{name}': {e}"))?;
+        if self.settings.allowed_lateness_ms < 0 {
+            return Err(format!(
+                "window operator '{name}': allowed lateness must not be negative (got {} ms)",
+                self.settings.allowed_lateness_ms
+            )
+            .into());
+        }
+        let mut state = ctx.keyed.take().ok_or_else(|| {
+            format!("window operator '{name}' runs on a stream that is not keyed; use key_by before window")
+        })?;
+        let timers = TimerService::open(&mut state)?;
+        let mut contents = self
+            .pending
+            .take()
+            .ok_or_else(|| format!("window operator '{name}' was opened twice"))?;
+        contents.open(&mut state)?;
+        let merging = if self.assigner.is_merging() {
+            Some(state.map_state(MapStateDescriptor::new(MERGING_WINDOWS_STATE))?)
+        } else {
+            None
+        };
+        let event_time = self.assigner.is_event_time();
+        self.run = Some(Running {
+            info: ctx.info,
+            state,
+            timers,
+            out: Outputs::new(&self.side_ports),
+            contents,
+            merging,
+            watermark: i64::MIN,
+            event_time,
+            lateness: if event_time {
+                self.settings.allowed_lateness_ms
+            } else {
+                0
+            },
+            _t: PhantomData,
+        });
+        Ok(())
+    }
+
+    fn process_batch(&mut self, _input: usize, batch: AnyBatch, out: &mut Emitter) -> OpResult {
+        let run = self.run.as_mut().ok_or("window operator not opened")?;
+        let batch = downcast_batch::<T>(batch, &run.info.operator_name)?;
+        let max_p = run.info.max_parallelism;
+        let now = now_ms();
+        run.state.set_processing_time(now as u64);
+        for rec in *batch {
+            if run.event_time && rec.timestamp == NO_TIMESTAMP {
+                return Err(format!(
+                    "window operator '{}' got a record without an event timestamp; event-time windows need timestamps: \
+                     read the source with env.source_with_watermarks(.., WatermarkStrategy::..with_timestamp_assigner(..)) \
+                     or use a processing-time window assigner",
+                    run.info.operator_name
+                )
+                .into());
+            }
+            let key = (self.key_fn)(&rec.value);
+            key_bytes(&key, &mut self.key_buf)?;
+            let kg = key_group_for_bytes(&self.key_buf, max_p);
+            run.state.set_current_key(&self.key_buf, kg);
+            self.windows.clear();
+            self.assigner.assign_windows(rec.timestamp, now, &mut self.windows);
+            let rejected = if run.merging.is_some() {
+                let n = self.windows.len();
+                let mut value = Some(rec.value);
+                let mut accepted = false;
+                for i in 0..n {
+                    let Some(v) = value.take() else { break };
+                    let give = if i + 1 < n {
+                        value = Some(v.clone());
+                        v
+                    } else {
+                        v
+                    };
+                    match run.add_merging(&key, give, self.windows[i])? {
+                        Some(back) if i + 1 == n => value = Some(back),
+                        Some(_) => {}
+                        None => accepted = true,
+                    }
+                }
+                // Late only when no window took it.
+                if accepted {
+                    None
+                } else {
+                    value
+                }
+            } else {
+                self.windows.retain(|w| !run.is_late(w));
+                if self.windows.is_empty() {
+                    Some(rec.value)
+                } else {
+                    run.add_to_windows(&key, rec.value, &self.windows)?;
+                    None
+                }
+            };
+            if let Some(late) = rejected {
+                match &self.settings.late_tag {
+                    Some(tag) => run.out.side(tag, late, rec.timestamp),
+                    None => {
+                        self.settings.late_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        run.out.flush(out);
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) -> OpResult {
+        let run = self.run.as_mut().ok_or("window operator not opened")?;
+        run.watermark = run.watermark.max(watermark);
+        run.fire(TimeDomain::EventTime, watermark)?;
+        run.out.flush(out);
+        Ok(())
+    }
+
+    fn on_processing_time(&mut self, now_ms: i64, out: &mut Emitter) -> OpResult {
+        let run = self.run.as_mut().ok_or("window operator not opened")?;
+        run.fire(TimeDomain::ProcessingTime, now_ms)?;
+        run.out.flush(out);
+        Ok(())
+    }
+
+    fn next_processing_timer(&self) -> Option<i64> {
+        self.run.as_ref().and_then(|r| r.timers.next_processing_time())
+    }
+
+    fn end_input(&mut self, out: &mut Emitter) -> OpResult {
+        let run = self.run.as_mut().ok_or("window operator not opened")?;
+        // Bounded input ended (event time reached its end): processing-time
+        // windows still open fire now, as in Flink's batch-style end of input.
+        // A stop without drain never advances event time, so nothing fires.
+        if run.watermark == MAX_WATERMARK {
+            run.fire(TimeDomain::ProcessingTime, i64::MAX)?;
+            run.out.flush(out);
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
+        let run = self.run.as_mut().ok_or("window operator not opened")?;
+        Ok(OperatorSnapshot {
+            keyed: Some(run.state.backend_mut().snapshot()?),
+            operator_state: Vec::new(),
+        })
+    }
+}

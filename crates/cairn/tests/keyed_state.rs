@@ -1,0 +1,557 @@
+//! Keyed state end to end: every state kind through a KeyedProcessFunction
+//! with a per-key oracle, isolation between keys, TTL semantics, misuse
+//! errors, and the key-group placement of keys on subtasks.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn::prelude::*;
+use cairn::state::keygroup::{key_group_for_key, subtask_for_key_group};
+use cairn::state::TtlUpdateType;
+use common::{assert_contains_all, env_with_parallelism, sorted, Ack, PacedSource};
+
+const KEYS: u64 = 7;
+
+/// (key, value) pairs in a fixed order, with repeated keys.
+fn input(n: u64) -> Vec<(u64, u64)> {
+    (0..n).map(|i| (i * 5 % KEYS, i)).collect()
+}
+
+// ---- ValueState ---------------------------------------------------------------------------------
+
+/// Emits (key, count before this record, count after).
+#[derive(Clone, Default)]
+struct Counter {
+    count: Option<ValueState<u64>>,
+}
+
+impl KeyedProcessFunction<u64, (u64, u64), (u64, u64, u64)> for Counter {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
+        self.count = Some(ctx.value_state(ValueStateDescriptor::new("count"))?);
+        Ok(())
+    }
+
+    fn process_element(&mut self, _v: (u64, u64), ctx: &mut KeyedContext<'_, u64, (u64, u64, u64)>) -> OpResult {
+        let s = self.count.as_ref().ok_or("not opened")?;
+        let before = s.value(ctx)?.unwrap_or(0);
+        s.update(ctx, &(before + 1))?;
+        let after = s.value(ctx)?.ok_or("value vanished after update")?;
+        let k = *ctx.key();
+        ctx.collect((k, before, after));
+        Ok(())
+    }
+}
+
+#[test]
+fn value_state_counts_per_key_in_isolation() {
+    let env = env_with_parallelism(3);
+    let (sink, out) = CollectSink::new();
+    env.from_collection(input(2000))
+        .uid("src")
+        .key_by(|r: &(u64, u64)| r.0)
+        .process(Counter::default())
+        .uid("counter")
+        .sink(sink);
+    env.execute("value state").unwrap();
+
+    let mut per_key: BTreeMap<u64, u64> = BTreeMap::new();
+    for (k, _) in input(2000) {
+        *per_key.entry(k).or_default() += 1;
+    }
+    let got = out.values();
+    assert_eq!(got.len(), 2000);
+    for (k, n) in per_key {
+        // Each key sees its own counter only: 0..n before, 1..=n after.
+        let mut mine: Vec<(u64, u64)> = got.iter().filter(|r| r.0 == k).map(|r| (r.1, r.2)).collect();
+        mine.sort();
+        let expected: Vec<(u64, u64)> = (0..n).map(|i| (i, i + 1)).collect();
+        assert_eq!(mine, expected, "key {k}");
+    }
+}
+
+// ---- ListState ----------------------------------------------------------------------------------
+
+/// Appends each value; at the end emits the list, then checks `update` and
+/// `clear` on it.
+#[derive(Clone, Default)]
+struct Lister {
+    list: Option<ListState<u64>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ListOut {
+    Len(u64, usize),
+    Final(u64, Vec<u64>),
+    AfterUpdate(u64, Vec<u64>),
+    AfterClear(u64, usize),
+}
+
+impl KeyedProcessFunction<u64, (u64, u64), ListOut> for Lister {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
+        self.list = Some(ctx.list_state(ListStateDescriptor::new("items"))?);
+        Ok(())
+    }
+
+    fn process_element(&mut self, v: (u64, u64), ctx: &mut KeyedContext<'_, u64, ListOut>) -> OpResult {
+        let l = self.list.as_ref().ok_or("not opened")?;
+        l.add(ctx, &v.1)?;
+        let len = l.get(ctx)?.len();
+        ctx.collect(ListOut::Len(v.0, len));
+        ctx.register_event_time_timer(i64::MAX)?;
+        Ok(())
+    }
+
+    fn on_timer(&mut self, _ts: i64, ctx: &mut KeyedContext<'_, u64, ListOut>) -> OpResult {
+        let l = self.list.as_ref().ok_or("not opened")?;
+        let k = *ctx.key();
+        let all = l.get(ctx)?;
+        ctx.collect(ListOut::Final(k, all.clone()));
+        let sum: u64 = all.iter().sum();
+        l.update(ctx, &[sum, k])?;
+        let updated = l.get(ctx)?;
+        ctx.collect(ListOut::AfterUpdate(k, updated));
+        l.clear(ctx)?;
+        let cleared = l.get(ctx)?.len();
+        ctx.collect(ListOut::AfterClear(k, cleared));
+        Ok(())
+    }
+}
+
+#[test]
+fn list_state_appends_in_order_and_updates_and_clears() {
+    let env = env_with_parallelism(2);
+    let (sink, out) = CollectSink::new();
+    // One source subtask feeding each key's subtask through one channel keeps
+    // each key's order, so the lists can be compared exactly.
+    env.from_collection(input(700))
+        .uid("src")
+        .key_by(|r: &(u64, u64)| r.0)
+        .process(Lister::default())
+        .uid("lister")
+        .sink(sink);
+    env.execute("list state").unwrap();
+
+    let mut oracle: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (k, v) in input(700) {
+        oracle.entry(k).or_default().push(v);
+    }
+    let got = out.values();
+    let mut expected = Vec::new();
+    for (k, list) in &oracle {
+        for i in 1..=list.len() {
+            expected.push(ListOut::Len(*k, i));
+        }
+        expected.push(ListOut::Final(*k, list.clone()));
+        expected.push(ListOut::AfterUpdate(*k, vec![list.iter().sum(), *k]));
+        expected.push(ListOut::AfterClear(*k, 0));
+    }
+    assert_eq!(sorted(got), sorted(expected));
+}
+
+// ---- MapState -----------------------------------------------------------------------------------
+
+/// Word counts per key in a MapState: every record adds one to its word; a
+/// word that reaches 3 is removed. At the end emits what the map holds.
+#[derive(Clone, Default)]
+struct WordCounts {
+    words: Option<MapState<String, u64>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct MapReport {
+    key: u64,
+    entries: Vec<(String, u64)>,
+    keys: Vec<String>,
+    contains_w0: bool,
+    contains_missing: bool,
+    is_empty: bool,
+    empty_after_removing_all: bool,
+}
+
+fn word_of(v: u64) -> String {
+    format!("w{}", v % 4)
+}
+
+impl KeyedProcessFunction<u64, (u64, u64), MapReport> for WordCounts {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
+        self.words = Some(ctx.map_state(MapStateDescriptor::new("words"))?);
+        Ok(())
+    }
+
+    fn process_element(&mut self, v: (u64, u64), ctx: &mut KeyedContext<'_, u64, MapReport>) -> OpResult {
+        let m = self.words.as_ref().ok_or("not opened")?;
+        let w = word_of(v.1 / KEYS);
+        let n = m.get(ctx, &w)?.unwrap_or(0) + 1;
+        if n == 3 {
+            m.remove(ctx, &w)?;
+            if m.contains(ctx, &w)? {
+                return Err(format!("'{w}' still present after remove").into());
+            }
+        } else {
+            m.put(ctx, &w, &n)?;
+        }
+        ctx.register_event_time_timer(i64::MAX)?;
+        Ok(())
+    }
+
+    fn on_timer(&mut self, _ts: i64, ctx: &mut KeyedContext<'_, u64, MapReport>) -> OpResult {
+        let m = self.words.as_ref().ok_or("not opened")?;
+        let entries = sorted(m.entries(ctx)?);
+        let keys = sorted(m.keys(ctx)?);
+        let contains_w0 = m.contains(ctx, &"w0".to_string())?;
+        let contains_missing = m.contains(ctx, &"never".to_string())?;
+        let is_empty = m.is_empty(ctx)?;
+        for k in &keys {
+            m.remove(ctx, k)?;
+        }
+        let empty_after_removing_all = m.is_empty(ctx)?;
+        let key = *ctx.key();
+        ctx.collect(MapReport {
+            key,
+            entries,
+            keys,
+            contains_w0,
+            contains_missing,
+            is_empty,
+            empty_after_removing_all,
+        });
+        Ok(())
+    }
+}
+
+#[test]
+fn map_state_put_get_remove_entries_keys_contains_is_empty() {
+    let env = env_with_parallelism(2);
+    let (sink, out) = CollectSink::new();
+    let records = input(7 * 9 + 3);
+    env.from_collection(records.clone())
+        .uid("src")
+        .key_by(|r: &(u64, u64)| r.0)
+        .process(WordCounts::default())
+        .uid("words")
+        .sink(sink);
+    env.execute("map state").unwrap();
+
+    let mut oracle: BTreeMap<u64, BTreeMap<String, u64>> = BTreeMap::new();
+    for (k, v) in records {
+        let m = oracle.entry(k).or_default();
+        let w = word_of(v / KEYS);
+        let n = m.get(&w).copied().unwrap_or(0) + 1;
+        if n == 3 {
+            m.remove(&w);
+        } else {
+            m.insert(w, n);
+        }
+    }
+    let expected: Vec<MapReport> = oracle
+        .into_iter()
+        .map(|(key, m)| MapReport {
+            key,
+            keys: m.keys().cloned().collect(),
+            contains_w0: m.contains_key("w0"),
+            contains_missing: false,
+            is_empty: m.is_empty(),
+            entries: m.into_iter().collect(),
+            empty_after_removing_all: true,
+        })
+        .collect();
+    // The oracle must exercise both outcomes of the removal rule.
+    assert!(expected.iter().any(|r| r.entries.len() < 4));
+    assert!(expected.iter().any(|r| !r.entries.is_empty()));
+    assert_eq!(sorted(out.values()), expected);
+}
+
+// ---- ReducingState and AggregatingState ---------------------------------------------------------
+
+/// Max via ReducingState and (sum, count) via AggregatingState, emitted at the end.
+#[derive(Clone)]
+struct MaxAndMean {
+    max: Option<ReducingState<u64>>,
+    mean: Option<AggregatingState<(u64, u64), Mean>>,
+}
+
+#[derive(Clone)]
+struct Mean;
+
+impl AggregateFunction<(u64, u64)> for Mean {
+    type Acc = (u64, u64);
+    type Out = (u64, u64);
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn add(&self, v: &(u64, u64), acc: &mut (u64, u64)) {
+        acc.0 += v.1;
+        acc.1 += 1;
+    }
+    fn get_result(&self, acc: &(u64, u64)) -> (u64, u64) {
+        *acc
+    }
+    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+        (a.0 + b.0, a.1 + b.1)
+    }
+}
+
+impl KeyedProcessFunction<u64, (u64, u64), (u64, u64, u64, u64)> for MaxAndMean {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
+        self.max = Some(ctx.reducing_state(ReducingStateDescriptor::new("max"), |a: u64, b| a.max(b))?);
+        self.mean = Some(ctx.aggregating_state(AggregatingStateDescriptor::new("mean"), Mean)?);
+        Ok(())
+    }
+
+    fn process_element(&mut self, v: (u64, u64), ctx: &mut KeyedContext<'_, u64, (u64, u64, u64, u64)>) -> OpResult {
+        self.max.as_ref().ok_or("not opened")?.add(ctx, v.1 * 7 % 1000)?;
+        self.mean.as_ref().ok_or("not opened")?.add(ctx, &v)?;
+        ctx.register_event_time_timer(i64::MAX)?;
+        Ok(())
+    }
+
+    fn on_timer(&mut self, _ts: i64, ctx: &mut KeyedContext<'_, u64, (u64, u64, u64, u64)>) -> OpResult {
+        let max = self.max.as_ref().ok_or("not opened")?.get(ctx)?.ok_or("no max")?;
+        let (sum, n) = self.mean.as_ref().ok_or("not opened")?.get(ctx)?.ok_or("no mean")?;
+        let k = *ctx.key();
+        ctx.collect((k, max, sum, n));
+        Ok(())
+    }
+}
+
+#[test]
+fn reducing_and_aggregating_state_fold_per_key() {
+    let env = env_with_parallelism(3);
+    let (sink, out) = CollectSink::new();
+    env.source(GeneratorSource::new(5000, KEYS))
+        .uid("gen")
+        .map(|e: GeneratedEvent| (e.key, e.index))
+        .key_by(|r: &(u64, u64)| r.0)
+        .process(MaxAndMean { max: None, mean: None })
+        .uid("fold")
+        .sink(sink);
+    env.execute("reducing and aggregating").unwrap();
+
+    let mut oracle: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    for i in 0..5000u64 {
+        let e = oracle.entry(i % KEYS).or_default();
+        e.0 = e.0.max(i * 7 % 1000);
+        e.1 += i;
+        e.2 += 1;
+    }
+    let expected: Vec<(u64, u64, u64, u64)> = oracle.into_iter().map(|(k, (m, s, n))| (k, m, s, n)).collect();
+    assert_eq!(sorted(out.values()), expected);
+}
+
+// ---- TTL ----------------------------------------------------------------------------------------
+
+/// Reads then writes a TTL'd value per record; emits whether the read found
+/// a value. Bumps `ack` so the source emits the next record only after this
+/// one was handled.
+#[derive(Clone)]
+struct TtlProbe {
+    ttl: StateTtlConfig,
+    write_every_record: bool,
+    ack: Ack,
+    state: Option<ValueState<u64>>,
+}
+
+impl KeyedProcessFunction<u64, u64, (u64, bool)> for TtlProbe {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
+        self.state = Some(ctx.value_state(ValueStateDescriptor::new("ttl-value").with_ttl(self.ttl))?);
+        Ok(())
+    }
+
+    fn process_element(&mut self, v: u64, ctx: &mut KeyedContext<'_, u64, (u64, bool)>) -> OpResult {
+        let s = self.state.as_ref().ok_or("not opened")?;
+        let found = s.value(ctx)?.is_some();
+        if self.write_every_record || v == 0 {
+            s.update(ctx, &v)?;
+        }
+        ctx.collect((v, found));
+        self.ack.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Runs `n` records of one key spaced at least `gap` apart in processing time
+/// (each emitted only after the previous one was processed); returns, per
+/// record, whether its read found a value.
+fn run_ttl(ttl: StateTtlConfig, write_every_record: bool, n: u64, gap: Duration) -> Vec<bool> {
+    let env = env_with_parallelism(1);
+    let ack: Ack = Arc::default();
+    let (sink, out) = CollectSink::new();
+    env.source(PacedSource::new((0..n).collect()).gap(gap).ack(ack.clone()))
+        .uid("paced")
+        .key_by(|_: &u64| 1u64)
+        .process(TtlProbe {
+            ttl,
+            write_every_record,
+            ack,
+            state: None,
+        })
+        .uid("ttl")
+        .sink(sink);
+    env.execute("ttl").unwrap();
+    let got = out.values();
+    assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
+    got.into_iter().map(|r| r.1).collect()
+}
+
+#[test]
+fn ttl_expires_values_between_records() {
+    // TTL 1 ms, records at least 20 ms apart: nothing written survives to the
+    // next record.
+    let ttl = StateTtlConfig::new(Duration::from_millis(1));
+    let found = run_ttl(ttl, true, 6, Duration::from_millis(20));
+    assert_eq!(found, vec![false; 6]);
+}
+
+#[test]
+fn ttl_longer_than_the_job_keeps_values() {
+    // The control for the test above: the same job with a TTL of an hour
+    // sees every value written by the previous record.
+    let ttl = StateTtlConfig::new(Duration::from_secs(3600));
+    let found = run_ttl(ttl, true, 6, Duration::from_millis(20));
+    assert_eq!(found, vec![false, true, true, true, true, true]);
+}
+
+#[test]
+fn ttl_on_create_and_write_expires_despite_reads() {
+    // Written once (record 0), then only read every >= 40 ms. With
+    // OnCreateAndWrite reads do not restart the clock, and the last read
+    // comes >= 19 * 40 ms = 760 ms > 300 ms after the write: it must miss.
+    let ttl = StateTtlConfig::new(Duration::from_millis(300)).with_update_type(TtlUpdateType::OnCreateAndWrite);
+    let found = run_ttl(ttl, false, 20, Duration::from_millis(40));
+    assert!(!found[0]);
+    assert!(!found[19], "value still visible 760 ms after its only write: {found:?}");
+    // Once expired it stays gone (nothing writes it again).
+    let first_miss = 1 + found[1..].iter().position(|f| !f).expect("a miss");
+    assert!(found[first_miss..].iter().all(|f| !f), "{found:?}");
+}
+
+#[test]
+fn ttl_on_read_and_write_is_refreshed_by_reads() {
+    // Same job with OnReadAndWrite: every read (about 40 ms apart, far below
+    // the 300 ms TTL) restarts the clock, so the value never expires.
+    let ttl = StateTtlConfig::new(Duration::from_millis(300)).with_update_type(TtlUpdateType::OnReadAndWrite);
+    let found = run_ttl(ttl, false, 20, Duration::from_millis(40));
+    let mut expected = vec![true; 20];
+    expected[0] = false;
+    assert_eq!(found, expected);
+}
+
+// ---- Misuse -------------------------------------------------------------------------------------
+
+/// Reads keyed state in `open`, where no key is current.
+#[derive(Clone, Default)]
+struct ReadsInOpen;
+
+impl KeyedProcessFunction<u64, u64, u64> for ReadsInOpen {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
+        let s: ValueState<u64> = ctx.value_state(ValueStateDescriptor::new("early"))?;
+        s.value(&mut *ctx.state)?;
+        Ok(())
+    }
+
+    fn process_element(&mut self, v: u64, ctx: &mut KeyedContext<'_, u64, u64>) -> OpResult {
+        ctx.collect(v);
+        Ok(())
+    }
+}
+
+#[test]
+fn keyed_state_without_a_current_key_errors_clearly() {
+    let env = env_with_parallelism(1);
+    env.from_collection(vec![1u64, 2, 3])
+        .uid("src")
+        .key_by(|v: &u64| *v)
+        .process(ReadsInOpen)
+        .uid("early")
+        .name("reads-in-open")
+        .sink(DiscardSink);
+    let err = env.execute("no key").unwrap_err().to_string();
+    assert_contains_all(&err, &["reads-in-open", "'early'", "no current key"]);
+}
+
+/// Registers one state name as a value state and again as a list state.
+#[derive(Clone, Default)]
+struct TwoKinds;
+
+impl KeyedProcessFunction<u64, u64, u64> for TwoKinds {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
+        let _v: ValueState<u64> = ctx.value_state(ValueStateDescriptor::new("shared-name"))?;
+        let _l: ListState<u64> = ctx.list_state(ListStateDescriptor::new("shared-name"))?;
+        Ok(())
+    }
+
+    fn process_element(&mut self, v: u64, ctx: &mut KeyedContext<'_, u64, u64>) -> OpResult {
+        ctx.collect(v);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_state_name_registered_with_two_kinds_fails_naming_state_and_operator() {
+    let env = env_with_parallelism(2);
+    let (sink, out) = CollectSink::new();
+    env.from_collection(vec![1u64, 2, 3])
+        .uid("src")
+        .key_by(|v: &u64| *v)
+        .process(TwoKinds)
+        .uid("two-kinds")
+        .name("two-kinds-op")
+        .sink(sink);
+    let err = env.execute("two kinds").unwrap_err().to_string();
+    assert_contains_all(&err, &["two-kinds-op", "'shared-name'", "Value", "List"]);
+    assert!(out.values().is_empty());
+}
+
+// ---- Key groups ---------------------------------------------------------------------------------
+
+/// Emits (key, subtask, parallelism, max parallelism) of the subtask that got the key.
+#[derive(Clone)]
+struct WhereAmI;
+
+impl KeyedProcessFunction<u64, u64, (u64, u32, u32, u32)> for WhereAmI {
+    fn process_element(&mut self, _v: u64, ctx: &mut KeyedContext<'_, u64, (u64, u32, u32, u32)>) -> OpResult {
+        let k = *ctx.key();
+        let i = ctx.info();
+        let row = (k, i.subtask, i.parallelism, i.max_parallelism);
+        ctx.collect(row);
+        Ok(())
+    }
+}
+
+#[test]
+fn each_key_is_processed_by_the_subtask_its_key_group_names() {
+    for p in [2u32, 3] {
+        for max_p in [128u32, 7] {
+            let env = env_with_parallelism(p);
+            let (sink, out) = CollectSink::new();
+            env.source(GeneratorSource::new(2000, 200))
+                .uid("gen")
+                .map(|e: GeneratedEvent| e.key)
+                .key_by(|k: &u64| *k)
+                .process(WhereAmI)
+                .uid("where")
+                .set_max_parallelism(max_p)
+                .sink(sink);
+            env.execute("key groups").unwrap();
+
+            let got = out.values();
+            assert_eq!(got.len(), 2000);
+            let mut used = BTreeSet::new();
+            for (k, subtask, par, mp) in got {
+                assert_eq!((par, mp), (p, max_p));
+                let kg = key_group_for_key(&k, max_p).unwrap();
+                assert_eq!(
+                    subtask,
+                    subtask_for_key_group(max_p, p, kg),
+                    "key {k} (group {kg}) at p={p}, max_p={max_p}"
+                );
+                used.insert(subtask);
+            }
+            assert_eq!(used.len() as u32, p, "200 keys reach every subtask");
+        }
+    }
+}
