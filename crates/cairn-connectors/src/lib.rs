@@ -7,5 +7,6 @@ pub mod generator;
 pub mod print;
 
 pub use collect::{CollectSink, Collected};
+pub use file::{FileSink, FileSource};
 pub use generator::{GeneratedEvent, GeneratorSource};
 pub use print::{DiscardSink, PrintSink};

@@ -193,10 +193,10 @@ impl Coordinator {
         if self.pending.len() >= self.settings.max_concurrent {
             return false;
         }
-        let since_trigger = self.last_trigger.map_or(true, |t| t.elapsed() >= interval);
+        let since_trigger = self.last_trigger.is_none_or(|t| t.elapsed() >= interval);
         let since_completion = self
             .last_completion
-            .map_or(true, |t| t.elapsed() >= self.settings.min_pause);
+            .is_none_or(|t| t.elapsed() >= self.settings.min_pause);
         since_trigger && since_completion
     }
 

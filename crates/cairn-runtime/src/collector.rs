@@ -42,12 +42,15 @@ impl<T> OutputTag<T> {
 /// (tag `i` is port `i + 1`). Filled by the API while the job is built.
 pub type SidePorts = Arc<Mutex<Vec<String>>>;
 
+/// Emits a type-erased side-output buffer on a port.
+type EmitSide = fn(&mut Box<dyn Any + Send>, usize, &mut Emitter);
+
 /// Typed main output plus type-erased side-output buffers.
 pub struct Outputs<O> {
     pub(crate) main: Vec<StreamRecord<O>>,
     side_tags: Vec<String>,
     side: Vec<Option<Box<dyn Any + Send>>>,
-    emit_side: Vec<fn(&mut Box<dyn Any + Send>, usize, &mut Emitter)>,
+    emit_side: Vec<EmitSide>,
 }
 
 fn emit_typed<T: Send + 'static>(buf: &mut Box<dyn Any + Send>, port: usize, out: &mut Emitter) {

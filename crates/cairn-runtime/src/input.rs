@@ -58,7 +58,7 @@ impl InputState {
     /// Whether channel `ch` should be read now (not blocked by alignment, not ended).
     pub fn readable(&self, ch: usize) -> bool {
         let c = &self.channels[ch];
-        !c.ended && !(self.exactly_once && c.barrier_seen)
+        !(c.ended || (self.exactly_once && c.barrier_seen))
     }
 
     /// All channels ended.

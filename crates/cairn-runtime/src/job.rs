@@ -21,6 +21,9 @@ use crate::record::Message;
 use crate::source::SourceLogic;
 use crate::task::{Head, Task, TaskCommand, TaskEvent, TaskId, TaskSettings};
 
+/// The receivers of one subtask, each with the logical input (0/1) it feeds.
+type InputChannels = Vec<(usize, Receiver<Message>)>;
+
 /// Creates a fresh operator instance for one subtask.
 pub type OperatorFactory = Arc<dyn Fn() -> Box<dyn OperatorLogic> + Send + Sync>;
 /// Creates a fresh source instance for one subtask.
@@ -123,7 +126,7 @@ pub fn start(
     // Channels for every edge that crosses tasks: senders per (edge, source
     // subtask), receivers per (target node, target subtask).
     let mut senders: HashMap<(usize, u32), Vec<Sender<Message>>> = HashMap::new();
-    let mut receivers: HashMap<(usize, u32), Vec<(usize, Receiver<Message>)>> = HashMap::new();
+    let mut receivers: HashMap<(usize, u32), InputChannels> = HashMap::new();
     for (ei, e) in g.edges.iter().enumerate() {
         if !is_chain_head(e.target.0) {
             continue; // chained: records pass by function call

@@ -16,7 +16,10 @@ use crate::operator::downcast_batch;
 use crate::record::{AnyBatch, Message, StreamRecord};
 
 /// Writes a record's key bytes (the canonical key encoding) for `key_by` edges.
-pub struct KeyBytesFn<T>(pub Box<dyn Fn(&T, &mut Vec<u8>) -> OpResult + Send + Sync>);
+pub struct KeyBytesFn<T>(pub Box<WriteKeyBytes<T>>);
+
+/// Writes the key bytes of a record into a buffer.
+pub type WriteKeyBytes<T> = dyn Fn(&T, &mut Vec<u8>) -> OpResult + Send + Sync;
 
 /// Shared per-task counters, read by progress reporting and metrics.
 #[derive(Default, Debug)]

@@ -67,12 +67,12 @@ pub trait KeyedStateBackend: Send {
     fn restore_group(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8]) -> Result<(), StateError>;
 }
 
+/// Receives one (state, key group) of a snapshot with its encoded entries.
+pub type GroupVisitor<'a> = dyn FnMut(&StateMeta, u32, &[u8]) -> Result<(), StateError> + 'a;
+
 /// A consistent, immutable view of a backend's state, written asynchronously.
 pub trait KeyedStateSnapshot: Send {
     /// Visit every non-empty (state, key group) with its encoded entries, in
     /// state then key-group order.
-    fn for_each_group(
-        &self,
-        visit: &mut dyn FnMut(&StateMeta, u32, &[u8]) -> Result<(), StateError>,
-    ) -> Result<(), StateError>;
+    fn for_each_group(&self, visit: &mut GroupVisitor<'_>) -> Result<(), StateError>;
 }

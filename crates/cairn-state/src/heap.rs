@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::backend::{KeyedStateBackend, KeyedStateSnapshot, StateId};
+use crate::backend::{GroupVisitor, KeyedStateBackend, KeyedStateSnapshot, StateId};
 use crate::descriptor::{StateKind, StateMeta};
 use crate::error::StateError;
 use crate::keygroup::KeyGroupRange;
@@ -421,10 +421,7 @@ struct HeapSnapshot {
 }
 
 impl KeyedStateSnapshot for HeapSnapshot {
-    fn for_each_group(
-        &self,
-        visit: &mut dyn FnMut(&StateMeta, u32, &[u8]) -> Result<(), StateError>,
-    ) -> Result<(), StateError> {
+    fn for_each_group(&self, visit: &mut GroupVisitor<'_>) -> Result<(), StateError> {
         let mut buf = Vec::new();
         for (meta, groups) in &self.tables {
             for (slot, group) in groups.iter().enumerate() {

@@ -62,9 +62,10 @@ impl StreamEnv {
 
     /// An environment with the given configuration.
     pub fn with_config(config: Configuration) -> Self {
-        let mut startup = StartupOptions::default();
-        startup.config = config;
-        Self::with_startup(startup)
+        Self::with_startup(StartupOptions {
+            config,
+            ..Default::default()
+        })
     }
 
     /// An environment from the process's arguments: `--config FILE`,

@@ -36,11 +36,27 @@ pub use cairn_state as state;
 
 /// Everything a job usually needs.
 pub mod prelude {
+    pub use crate::connect::{
+        BroadcastConnectedStream, BroadcastStream, ConnectedStreams, KeyedBroadcastConnectedStream,
+        KeyedConnectedStreams,
+    };
     pub use crate::env::{JobResult, StreamEnv};
     pub use crate::error::CairnError;
     pub use crate::stream::{DataStream, KeyedStream};
+    pub use crate::window::{
+        EventTimeSessionWindows, ProcessWindowFunction, ProcessingTimeSessionWindows, SlidingEventTimeWindows,
+        SlidingProcessingTimeWindows, TimeWindow, TumblingEventTimeWindows, TumblingProcessingTimeWindows,
+        WindowAssigner, WindowCollector, WindowedStream,
+    };
     pub use crate::Data;
-    pub use cairn_connectors::{CollectSink, Collected, DiscardSink, GeneratedEvent, GeneratorSource, PrintSink};
+    pub use cairn_connectors::{
+        CollectSink, Collected, DiscardSink, FileSink, FileSource, GeneratedEvent, GeneratorSource, PrintSink,
+    };
+    pub use cairn_runtime::two_input::{
+        BroadcastContext, BroadcastProcessFunction, CoProcessContext, CoProcessFunction, KeyedBroadcastProcessFunction,
+        KeyedCoContext, KeyedCoProcessFunction, KeyedReadOnlyBroadcastContext, ReadOnlyBroadcastContext,
+    };
+    pub use cairn_runtime::SubtaskInfo;
     pub use cairn_runtime::{
         KeyedContext, KeyedOpenContext, KeyedProcessFunction, OpResult, OutputTag, ProcessContext, ProcessFunction,
         Sink, SinkContext, Source, SourceContext, SourceStatus, StreamRecord, TimeDomain, WatermarkStrategy,

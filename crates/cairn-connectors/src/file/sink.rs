@@ -199,7 +199,10 @@ impl<T> FileSink<T> {
                 // Pending files of later checkpoints were staged by an attempt
                 // whose checkpoint never completed; those of the restored one
                 // (or earlier) are in some subtask's restored state.
-                PartName::Pending { checkpoint, .. } => restored_checkpoint.map_or(true, |r| checkpoint > r),
+                PartName::Pending { checkpoint, .. } => match restored_checkpoint {
+                    Some(r) => checkpoint > r,
+                    None => true,
+                },
             };
             if ours && stray {
                 strays.push(name);

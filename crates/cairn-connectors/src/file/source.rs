@@ -112,7 +112,12 @@ impl FileSource {
     }
 
     fn wanted(&self, name: &str) -> bool {
-        !name.starts_with('.') && !name.starts_with('_') && self.suffix.as_deref().map_or(true, |s| name.ends_with(s))
+        !name.starts_with('.')
+            && !name.starts_with('_')
+            && match &self.suffix {
+                Some(s) => name.ends_with(s.as_str()),
+                None => true,
+            }
     }
 
     /// List the directory and add this subtask's new files.
@@ -219,7 +224,10 @@ impl Source<String> for FileSource {
                     return Ok(SourceStatus::Finished);
                 };
                 let now = Instant::now();
-                let due = self.run.next_scan.map_or(true, |t| now >= t);
+                let due = match self.run.next_scan {
+                    Some(t) => now >= t,
+                    None => true,
+                };
                 if due {
                     self.scan()?;
                     self.run.next_scan = Some(now + interval);
