@@ -1,6 +1,8 @@
 //! Keyed state end to end: every state kind through a KeyedProcessFunction
 //! with a per-key oracle, isolation between keys, TTL semantics, misuse
 //! errors, and the key-group placement of keys on subtasks.
+// `x % n == 0` reads plainly and keeps the workspace MSRV (1.80).
+#![allow(clippy::manual_is_multiple_of)]
 
 mod common;
 
@@ -438,6 +440,88 @@ fn ttl_on_read_and_write_is_refreshed_by_reads() {
     let mut expected = vec![true; 20];
     expected[0] = false;
     assert_eq!(found, expected);
+}
+
+/// Like [`TtlProbe`] for map and list state: writes once (record 0), then only
+/// reads. Emits (record, found).
+#[derive(Clone)]
+struct TtlCollectionProbe {
+    ttl: StateTtlConfig,
+    ack: Ack,
+    map: Option<MapState<String, u64>>,
+    list: Option<ListState<u64>>,
+    use_map: bool,
+}
+
+impl KeyedProcessFunction<u64, u64, (u64, bool)> for TtlCollectionProbe {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
+        self.map = Some(ctx.map_state(MapStateDescriptor::new("ttl-map").with_ttl(self.ttl))?);
+        self.list = Some(ctx.list_state(ListStateDescriptor::new("ttl-list").with_ttl(self.ttl))?);
+        Ok(())
+    }
+
+    fn process_element(&mut self, v: u64, ctx: &mut KeyedContext<'_, u64, (u64, bool)>) -> OpResult {
+        let map = self.map.as_ref().ok_or("not opened")?;
+        let list = self.list.as_ref().ok_or("not opened")?;
+        let found = if self.use_map {
+            map.get(ctx, &"a".to_string())?.is_some()
+        } else {
+            !list.get(ctx)?.is_empty()
+        };
+        if v == 0 {
+            map.put(ctx, &"a".to_string(), &v)?;
+            list.add(ctx, &v)?;
+        }
+        ctx.collect((v, found));
+        self.ack.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn run_collection_ttl(use_map: bool, update: TtlUpdateType) -> Vec<bool> {
+    let env = env_with_parallelism(1);
+    let ack: Ack = Arc::default();
+    let (sink, out) = CollectSink::new();
+    let ttl = StateTtlConfig::new(Duration::from_millis(300)).with_update_type(update);
+    env.source(
+        PacedSource::new((0..20u64).collect())
+            .gap(Duration::from_millis(40))
+            .ack(ack.clone()),
+    )
+    .uid("paced")
+    .key_by(|_: &u64| 1u64)
+    .process(TtlCollectionProbe {
+        ttl,
+        ack,
+        map: None,
+        list: None,
+        use_map,
+    })
+    .uid("ttl")
+    .sink(sink);
+    env.execute("collection ttl").unwrap();
+    out.values().into_iter().map(|r| r.1).collect()
+}
+
+#[test]
+fn ttl_on_create_and_write_expires_map_and_list_entries() {
+    // Only record 0 writes; record 19 reads >= 760 ms later with a 300 ms TTL.
+    for use_map in [true, false] {
+        let found = run_collection_ttl(use_map, TtlUpdateType::OnCreateAndWrite);
+        assert!(!found[0] && !found[19], "map={use_map}: {found:?}");
+    }
+}
+
+#[test]
+fn ttl_on_read_and_write_refreshes_map_and_list_entries_on_read() {
+    // Reads about 40 ms apart, far below the 300 ms TTL, each restarting the
+    // clock: the entry written by record 0 stays visible, as for ValueState.
+    for use_map in [true, false] {
+        let found = run_collection_ttl(use_map, TtlUpdateType::OnReadAndWrite);
+        let mut expected = vec![true; 20];
+        expected[0] = false;
+        assert_eq!(found, expected, "{}", if use_map { "map state" } else { "list state" });
+    }
 }
 
 // ---- Misuse -------------------------------------------------------------------------------------
