@@ -301,7 +301,7 @@ impl RunningJob {
         self.metrics
             .iter()
             .filter(|(id, _)| self.source_tasks.contains(id))
-            .map(|(_, m)| m.records_out.load(Ordering::Relaxed))
+            .map(|(_, m)| m.source_records.load(Ordering::Relaxed))
             .sum()
     }
 

@@ -29,9 +29,16 @@ pub struct SubtaskInfo {
 #[derive(Default)]
 pub struct Emitter {
     pub(crate) batches: Vec<(usize, AnyBatch)>,
+    /// Records emitted through `emit_vec` (counts what a source produced).
+    records: u64,
 }
 
 impl Emitter {
+    /// Records emitted through [`Emitter::emit_vec`] so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
     /// Emit one batch on `port`.
     pub fn emit(&mut self, port: usize, batch: AnyBatch) {
         self.batches.push((port, batch));
@@ -40,6 +47,7 @@ impl Emitter {
     /// Emit the records in `buf` on `port` (if any), leaving `buf` empty.
     pub fn emit_vec<T: Send + 'static>(&mut self, port: usize, buf: &mut Vec<StreamRecord<T>>) {
         if !buf.is_empty() {
+            self.records += buf.len() as u64;
             let cap = buf.capacity().max(16);
             let full = std::mem::replace(buf, Vec::with_capacity(cap));
             self.batches.push((port, Box::new(full)));

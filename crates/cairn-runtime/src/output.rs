@@ -26,6 +26,8 @@ pub type WriteKeyBytes<T> = dyn Fn(&T, &mut Vec<u8>) -> OpResult + Send + Sync;
 pub struct TaskMetrics {
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
+    /// Records a source head produced (before any chained operator).
+    pub source_records: AtomicU64,
     /// Nanoseconds spent waiting for room in full output channels.
     pub backpressure_ns: AtomicU64,
 }

@@ -82,6 +82,18 @@ fn at(op: usize) -> impl FnOnce(BoxError) -> Fail {
     move |error| Fail { op: Some(op), error }
 }
 
+/// Call operator `level`, turning an error or a panic into that operator's failure
+/// (a panic caught only at the thread would blame the chain's head).
+fn guarded<R>(level: usize, f: impl FnOnce() -> crate::error::OpResult<R>) -> Result<R, Fail> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(at(level)),
+        Err(payload) => Err(Fail {
+            op: Some(level),
+            error: crate::error::panic_message(&*payload).into(),
+        }),
+    }
+}
+
 fn runtime(error: BoxError) -> Fail {
     Fail { op: None, error }
 }
@@ -162,10 +174,8 @@ impl Task {
             };
         }
         let mut em = Emitter::default();
-        self.ops[level]
-            .1
-            .process_batch(input, batch, &mut em)
-            .map_err(at(level))?;
+        let op = &mut self.ops[level].1;
+        guarded(level, || op.process_batch(input, batch, &mut em))?;
         self.forward_emitted(level, em)
     }
 
@@ -198,7 +208,8 @@ impl Task {
     fn advance_watermark(&mut self, wm: i64) -> Result<(), Fail> {
         for level in 0..self.ops.len() {
             let mut em = Emitter::default();
-            self.ops[level].1.on_watermark(wm, &mut em).map_err(at(level))?;
+            let op = &mut self.ops[level].1;
+            guarded(level, || op.on_watermark(wm, &mut em))?;
             self.forward_emitted(level, em)?;
         }
         self.control_all(&|| Message::Watermark(wm))
@@ -209,7 +220,8 @@ impl Task {
         for level in 0..self.ops.len() {
             if self.ops[level].1.next_processing_timer().is_some_and(|t| t <= now) {
                 let mut em = Emitter::default();
-                self.ops[level].1.on_processing_time(now, &mut em).map_err(at(level))?;
+                let op = &mut self.ops[level].1;
+                guarded(level, || op.on_processing_time(now, &mut em))?;
                 self.forward_emitted(level, em)?;
             }
         }
@@ -302,7 +314,8 @@ impl Task {
     fn end_of_input(&mut self) -> Result<(), Fail> {
         for level in 0..self.ops.len() {
             let mut em = Emitter::default();
-            self.ops[level].1.end_input(&mut em).map_err(at(level))?;
+            let op = &mut self.ops[level].1;
+            guarded(level, || op.end_input(&mut em))?;
             self.forward_emitted(level, em)?;
         }
         self.control_all(&|| Message::EndOfInput)
@@ -346,6 +359,9 @@ impl Task {
             }
             let mut em = Emitter::default();
             let status = source.poll(batch_size, &mut em).map_err(runtime)?;
+            self.metrics
+                .source_records
+                .fetch_add(em.records(), std::sync::atomic::Ordering::Relaxed);
             for (port, b) in em.batches {
                 self.deliver(0, 0, port, b)?;
             }

@@ -283,6 +283,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         let mut out = Vec::new();
         let mut rest: &[u8] = &a.buf;
         let mut dropped = false;
+        let mut refreshed = false;
         a.scratch.clear();
         while !rest.is_empty() {
             let (elem, r) = get_bytes(rest).ok_or_else(|| StateError::Codec {
@@ -297,13 +298,19 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
                         continue;
                     }
                     put_bytes(&mut a.scratch, elem);
+                    if ttl.update_type == TtlUpdateType::OnReadAndWrite {
+                        // The element's bytes end the scratch buffer; restart its clock.
+                        let at = a.scratch.len() - elem.len();
+                        a.scratch[at..at + 8].copy_from_slice(&a.now_ms.to_le_bytes());
+                        refreshed = true;
+                    }
                     &elem[8..]
                 }
                 None => elem,
             };
             out.push(codec::decode(&self.slot.name, payload)?);
         }
-        if dropped {
+        if dropped || refreshed {
             if a.scratch.is_empty() {
                 a.backend.remove(self.slot.id, a.key_group, &a.composite)?;
             } else {
@@ -367,6 +374,11 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
                     .map_remove(self.slot.id, a.key_group, &a.composite, &a.scratch)?;
                 return Ok(None);
             }
+            if ttl.update_type == TtlUpdateType::OnReadAndWrite {
+                a.buf[..8].copy_from_slice(&a.now_ms.to_le_bytes());
+                a.backend
+                    .map_put(self.slot.id, a.key_group, &a.composite, &a.scratch, &a.buf)?;
+            }
         }
         codec::decode(&self.slot.name, KeyedStateAccess::payload(&self.slot, &a.buf)).map(Some)
     }
@@ -409,11 +421,15 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
                 raw.push((k.to_vec(), v.to_vec()))
             })?;
         let mut out = Vec::with_capacity(raw.len());
-        for (k, v) in raw {
+        for (k, mut v) in raw {
             if let Some(ttl) = self.slot.ttl {
                 if expired(read_ts(&self.slot.name, &v)?, ttl, a.now_ms) {
                     a.backend.map_remove(self.slot.id, a.key_group, &a.composite, &k)?;
                     continue;
+                }
+                if ttl.update_type == TtlUpdateType::OnReadAndWrite {
+                    v[..8].copy_from_slice(&a.now_ms.to_le_bytes());
+                    a.backend.map_put(self.slot.id, a.key_group, &a.composite, &k, &v)?;
                 }
             }
             let key = codec::decode(&self.slot.name, &k)?;
