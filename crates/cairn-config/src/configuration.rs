@@ -283,7 +283,7 @@ pub(crate) fn suggest(key: &str) -> Option<&'static str> {
     for opt in options::all() {
         for candidate in std::iter::once(opt.key()).chain(opt.aliases().iter().copied()) {
             let d = edit_distance(key, candidate);
-            if d <= limit && best.map_or(true, |(bd, _)| d < bd) {
+            if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
                 best = Some((d, opt.key()));
             }
         }
@@ -408,7 +408,7 @@ fn find_key(lines: &[&str], start_line: usize, start_col: usize, seg: &str) -> O
                 let before_ok = line[..at]
                     .chars()
                     .next_back()
-                    .map_or(true, |c| c.is_whitespace() || c == '{' || c == ',');
+                    .is_none_or(|c| c.is_whitespace() || c == '{' || c == ',');
                 let after_ok = line[end..].trim_start().starts_with(':');
                 if before_ok && after_ok {
                     return Some((i, from + end));
