@@ -98,11 +98,13 @@ impl InputState {
             .filter(|c| !c.ended && !c.idle)
             .map(|c| c.watermark)
             .min();
-        // No active channel: ended channels no longer hold event time back.
         let min = match min {
             Some(m) => m,
+            // Every input ended: event time ends.
             None if self.channels.iter().all(|c| c.ended) => i64::MAX,
-            None => return None,
+            // Every live input is idle: nothing holds event time back any
+            // more, so it moves to the furthest any input has reached.
+            None => self.channels.iter().filter(|c| !c.ended).map(|c| c.watermark).max()?,
         };
         if min > self.combined_watermark {
             self.combined_watermark = min;
@@ -217,6 +219,14 @@ mod tests {
     }
 
     #[test]
+    fn when_every_channel_is_idle_the_watermark_moves_to_the_furthest() {
+        let mut s = InputState::new(2, true);
+        s.on_watermark(0, 30);
+        assert_eq!(s.on_idle(0, true), None, "channel 1 is active without a watermark");
+        assert_eq!(s.on_idle(1, true), Some(30));
+    }
+
+    #[test]
     fn watermark_is_the_minimum_over_active_channels() {
         let mut s = InputState::new(2, true);
         assert_eq!(s.on_watermark(0, 10), None, "channel 1 has no watermark yet");
@@ -229,7 +239,10 @@ mod tests {
             "an idle channel does not hold the watermark"
         );
         let (_, wm) = s.on_end(1);
-        assert_eq!(wm, None, "channel 0 is idle, channel 1 ended: nothing active");
+        assert_eq!(
+            wm, None,
+            "channel 0 is idle at 20 and channel 1 ended: the watermark stays"
+        );
         let (_, wm) = s.on_end(0);
         assert_eq!(wm, Some(i64::MAX), "all ended: event time ends");
     }

@@ -57,14 +57,14 @@ pub trait KeyedProcessFunction<K, I, O>: Clone + Send + 'static {
 
 /// The context of one record or timer of a keyed function.
 pub struct KeyedContext<'a, K, O> {
-    key: &'a K,
-    state: &'a mut KeyedStateAccess,
-    timers: &'a mut TimerService,
-    out: &'a mut Outputs<O>,
-    timestamp: i64,
-    watermark: i64,
-    domain: Option<TimeDomain>,
-    info: &'a SubtaskInfo,
+    pub(crate) key: &'a K,
+    pub(crate) state: &'a mut KeyedStateAccess,
+    pub(crate) timers: &'a mut TimerService,
+    pub(crate) out: &'a mut Outputs<O>,
+    pub(crate) timestamp: i64,
+    pub(crate) watermark: i64,
+    pub(crate) domain: Option<TimeDomain>,
+    pub(crate) info: &'a SubtaskInfo,
 }
 
 impl<K, O: Send + 'static> KeyedContext<'_, K, O> {

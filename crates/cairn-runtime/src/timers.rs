@@ -24,6 +24,18 @@ pub struct Timer {
     pub key_group: u32,
 }
 
+impl Timer {
+    /// A timer of the access's current key.
+    fn of_current_key(access: &KeyedStateAccess, timestamp: i64, namespace: &[u8]) -> Self {
+        Timer {
+            timestamp,
+            key: access.current_key_bytes().to_vec(),
+            namespace: namespace.to_vec(),
+            key_group: access.current_key_group(),
+        }
+    }
+}
+
 /// Name of the internal state holding event-time timers.
 pub const EVENT_TIMERS_STATE: &str = "_timers/event";
 /// Name of the internal state holding processing-time timers.
@@ -109,12 +121,7 @@ impl TimerService {
         timestamp: i64,
         namespace: &[u8],
     ) -> Result<(), StateError> {
-        let t = Timer {
-            timestamp,
-            key: access.current_key_bytes().to_vec(),
-            namespace: namespace.to_vec(),
-            key_group: access.current_key_group(),
-        };
+        let t = Timer::of_current_key(access, timestamp, namespace);
         let (set, state, buf) = self.parts(domain);
         if set.contains(&t) {
             return Ok(());
@@ -133,12 +140,7 @@ impl TimerService {
         timestamp: i64,
         namespace: &[u8],
     ) -> Result<(), StateError> {
-        let t = Timer {
-            timestamp,
-            key: access.current_key_bytes().to_vec(),
-            namespace: namespace.to_vec(),
-            key_group: access.current_key_group(),
-        };
+        let t = Timer::of_current_key(access, timestamp, namespace);
         let (set, state, buf) = self.parts(domain);
         if set.remove(&t) {
             encode(&t, buf);

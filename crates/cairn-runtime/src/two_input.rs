@@ -231,54 +231,8 @@ where
 // ---------------------------------------------------------------------------
 
 /// The context of one record or timer of a keyed two-input function: the
-/// current key, its keyed state and timers, and the output.
-pub struct KeyedCoContext<'a, K, O> {
-    key: &'a K,
-    state: &'a mut KeyedStateAccess,
-    timers: &'a mut TimerService,
-    out: &'a mut Outputs<O>,
-    timestamp: i64,
-    watermark: i64,
-    domain: Option<TimeDomain>,
-    info: &'a SubtaskInfo,
-}
-
-impl<K, O: Send + 'static> KeyedCoContext<'_, K, O> {
-    output_methods!();
-
-    /// The current key.
-    pub fn key(&self) -> &K {
-        self.key
-    }
-    /// In `on_timer`: which kind of timer fired.
-    pub fn time_domain(&self) -> Option<TimeDomain> {
-        self.domain
-    }
-    /// Fire `on_timer` for this key when event time (of both inputs) reaches `time`.
-    pub fn register_event_time_timer(&mut self, time: i64) -> OpResult {
-        Ok(self.timers.register(self.state, TimeDomain::EventTime, time, &[])?)
-    }
-    /// Fire `on_timer` for this key when processing time reaches `time`.
-    pub fn register_processing_time_timer(&mut self, time: i64) -> OpResult {
-        Ok(self
-            .timers
-            .register(self.state, TimeDomain::ProcessingTime, time, &[])?)
-    }
-    /// Delete an event-time timer of this key.
-    pub fn delete_event_time_timer(&mut self, time: i64) -> OpResult {
-        Ok(self.timers.delete(self.state, TimeDomain::EventTime, time, &[])?)
-    }
-    /// Delete a processing-time timer of this key.
-    pub fn delete_processing_time_timer(&mut self, time: i64) -> OpResult {
-        Ok(self.timers.delete(self.state, TimeDomain::ProcessingTime, time, &[])?)
-    }
-}
-
-impl<K, O> StateContext for KeyedCoContext<'_, K, O> {
-    fn state_access(&mut self) -> &mut KeyedStateAccess {
-        self.state
-    }
-}
+/// same as a keyed process function's (key, keyed state, timers, output).
+pub type KeyedCoContext<'a, K, O> = crate::keyed::KeyedContext<'a, K, O>;
 
 /// The keyed side of a [`KeyedBroadcastProcessFunction`]: everything of
 /// [`KeyedCoContext`] (through `Deref`) plus read-only broadcast state.
