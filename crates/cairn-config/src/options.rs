@@ -310,8 +310,12 @@ pub static REST_ADDRESS: ConfigOption<String> = ConfigOption::new(
 );
 
 /// `rest.port`.
-pub static REST_PORT: ConfigOption<u16> =
-    ConfigOption::new("rest.port", "8081", "Port of the REST server (0: any free port).");
+pub static REST_PORT: ConfigOption<u16> = ConfigOption::new(
+    "rest.port",
+    "8081",
+    "Port of the REST server. If it is busy, the next free port up to 8180 is taken (and \
+     logged). 0: any free port.",
+);
 
 /// `rest.bind-address`.
 pub static REST_BIND_ADDRESS: ConfigOption<Option<String>> = ConfigOption::optional(
@@ -319,19 +323,25 @@ pub static REST_BIND_ADDRESS: ConfigOption<Option<String>> = ConfigOption::optio
     "Address the REST server binds to; unset: rest.address.",
 );
 
-/// `rest.auth-token` (Cairn-specific).
+/// `rest.auth-token` (alias `rest.auth.token`, Cairn-specific). The environment variable
+/// `CAIRN_REST_TOKEN` is read when the key is unset.
 pub static REST_AUTH_TOKEN: ConfigOption<Option<String>> = ConfigOption::optional(
     "rest.auth-token",
-    "Cairn-specific. Shared secret REST clients must present; unset: no authentication.",
-);
+    "Cairn-specific. Bearer token that mutating REST calls (POST, PATCH) must present; \
+     unset: the CAIRN_REST_TOKEN environment variable, else none. Required when the server \
+     binds to a non-loopback address.",
+)
+.with_aliases(&["rest.auth.token"]);
 
 /// `rest.allowed-path-roots` (Cairn-specific), a comma-separated list of directories; see
 /// [`crate::Configuration::allowed_path_roots`].
 pub static REST_ALLOWED_PATH_ROOTS: ConfigOption<Option<String>> = ConfigOption::optional(
     "rest.allowed-path-roots",
     "Cairn-specific. Comma-separated directories under which REST requests may name paths \
-     (savepoint targets, restore paths).",
-);
+     (savepoint targets, disposal), besides execution.checkpointing.savepoint-dir and \
+     execution.checkpointing.dir.",
+)
+.with_aliases(&["rest.allowed-paths"]);
 
 // ---- state recovery (restore) -----------------------------------------------------------------
 

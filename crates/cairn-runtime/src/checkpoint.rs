@@ -1,56 +1,54 @@
-//! The checkpoint coordinator and the job loop with checkpoints: periodic
-//! triggers at the sources, asynchronous writing of each task's snapshot,
-//! completion through the commit protocol of `cairn-snapshot` (`_metadata`
-//! last), retention, notifications (two-phase-commit sinks commit then), and
-//! a final checkpoint when bounded input ends.
+//! The checkpoint coordinator: starts checkpoints and savepoints (the barrier
+//! to inject), hands each task's synchronous snapshot to a pool of writer
+//! threads, completes snapshots through the commit protocol of
+//! `cairn-snapshot` (`_metadata` last), applies retention, and keeps the
+//! statistics the control plane shows. The job loop that drives it lives in
+//! [`crate::controller`].
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cairn_config::{options, Configuration};
 use cairn_snapshot::commit::{
     complete_checkpoint, discard_attempt, CheckpointSpec, CommitReport, ExpectedOperator, PendingCheckpoint,
 };
-use cairn_snapshot::layout::CheckpointLayout;
+use cairn_snapshot::layout::{savepoint_dir_name, CheckpointLayout, IdGenerator};
 use cairn_snapshot::retention::execute_cleanup;
 use cairn_snapshot::{
-    CompletedCheckpointStore, ExternalizedRetention, JobId, LocalFileStorage, SnapshotKind, StateFileRef, Storage,
+    CompletedCheckpointStore, ExternalizedRetention, JobId, LocalFileStorage, SavepointFormat, SnapshotKind,
+    StateFileRef, Storage,
 };
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
+use crate::control::{
+    AfterSavepoint, CheckpointConfigView, CheckpointCounts, CheckpointStats, CheckpointsOverview, RestoredInfo,
+    SnapshotFormat, SnapshotStatus,
+};
 use crate::error::JobError;
-use crate::job::{is_cancellation, start, task_failure, JobSpec, RestoreFn, RunningJob, RuntimeSettings};
+use crate::job::{JobSpec, RunningJob};
+use crate::operator::OperatorSnapshot;
 use crate::record::{Barrier, SnapshotType};
 use crate::task::{TaskCommand, TaskEvent, TaskId};
 use crate::time::now_ms;
 
-/// Statistics of one checkpoint, kept for logs and (later) the REST API.
-#[derive(Clone, Debug)]
-pub struct CheckpointStats {
-    pub id: u64,
-    pub trigger_timestamp_ms: u64,
-    pub duration: Duration,
-    pub sync_max: Duration,
-    pub alignment_max: Duration,
-    pub size_bytes: u64,
-    pub status: CheckpointStatus,
-}
+/// How many completed or failed snapshots the statistics keep.
+const HISTORY_LIMIT: usize = 1000;
+/// Snapshot writer threads per job (the machine's cores are shared with tasks).
+const WRITER_THREADS: usize = 2;
 
-/// How a checkpoint ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CheckpointStatus {
-    Completed,
-    Failed(String),
-}
-
-/// Checkpoint settings from configuration.
+/// Checkpoint and savepoint settings from configuration.
 #[derive(Clone, Debug)]
 pub struct CheckpointSettings {
+    /// `None` when periodic checkpoints are off.
     pub interval: Option<Duration>,
-    pub dir: PathBuf,
+    /// `execution.checkpointing.dir`; needed for checkpoints, not for savepoints.
+    pub dir: Option<PathBuf>,
+    /// `execution.checkpointing.savepoint-dir`: the default savepoint target.
+    pub savepoint_dir: Option<PathBuf>,
+    pub exactly_once: bool,
     pub timeout: Duration,
     pub min_pause: Duration,
     pub max_concurrent: usize,
@@ -60,16 +58,15 @@ pub struct CheckpointSettings {
 }
 
 impl CheckpointSettings {
-    /// Read from configuration; `None` when checkpointing is off.
-    pub fn from_config(config: &Configuration) -> Result<Option<Self>, JobError> {
-        let Some(interval) = config.checkpoint_interval() else {
-            return Ok(None);
-        };
-        let dir = config.get(&options::CHECKPOINTS_DIR).ok_or_else(|| {
-            JobError::Setup(format!(
+    /// Read from configuration.
+    pub fn from_config(config: &Configuration) -> Result<Self, JobError> {
+        let interval = config.checkpoint_interval();
+        let dir = config.get(&options::CHECKPOINTS_DIR);
+        if let (Some(interval), None) = (interval, &dir) {
+            return Err(JobError::Setup(format!(
                 "execution.checkpointing.interval is set ({interval:?}) but execution.checkpointing.dir is not: set it (alias state.checkpoints.dir) to a directory for checkpoints"
-            ))
-        })?;
+            )));
+        }
         let retention = match config.get(&options::EXTERNALIZED_CHECKPOINT_RETENTION) {
             cairn_config::ExternalizedCheckpointRetention::RetainOnCancellation => {
                 ExternalizedRetention::RetainOnCancellation
@@ -81,44 +78,145 @@ impl CheckpointSettings {
                 ExternalizedRetention::NoExternalizedCheckpoints
             }
         };
-        Ok(Some(CheckpointSettings {
-            interval: Some(interval),
+        Ok(CheckpointSettings {
+            interval,
             dir,
+            savepoint_dir: config.get(&options::SAVEPOINT_DIR),
+            exactly_once: config.get(&options::CHECKPOINTING_MODE) == cairn_config::CheckpointingMode::ExactlyOnce,
             timeout: config.get(&options::CHECKPOINTING_TIMEOUT),
             min_pause: config.get(&options::CHECKPOINTING_MIN_PAUSE),
             max_concurrent: config.get(&options::CHECKPOINTING_MAX_CONCURRENT).max(1) as usize,
             tolerable_failures: config.get(&options::CHECKPOINTING_TOLERABLE_FAILURES),
             num_retained: config.get(&options::CHECKPOINTS_NUM_RETAINED).max(1) as usize,
             retention,
-        }))
+        })
+    }
+
+    /// The configuration as the control plane shows it.
+    pub fn view(&self) -> CheckpointConfigView {
+        CheckpointConfigView {
+            mode: if self.exactly_once { "exactly_once" } else { "at_least_once" }.into(),
+            interval_ms: self.interval.map_or(0, |d| d.as_millis() as u64),
+            timeout_ms: self.timeout.as_millis() as u64,
+            min_pause_ms: self.min_pause.as_millis() as u64,
+            max_concurrent: self.max_concurrent as u32,
+            tolerable_failed_checkpoints: self.tolerable_failures,
+            externalization: match self.retention {
+                ExternalizedRetention::RetainOnCancellation => "RETAIN_ON_CANCELLATION",
+                ExternalizedRetention::DeleteOnCancellation => "DELETE_ON_CANCELLATION",
+                ExternalizedRetention::NoExternalizedCheckpoints => "NO_EXTERNALIZED_CHECKPOINTS",
+            }
+            .into(),
+            checkpoint_storage: self.dir.clone(),
+            savepoint_dir: self.savepoint_dir.clone(),
+            num_retained: self.num_retained as u32,
+        }
     }
 }
 
-/// An acknowledgement produced by an asynchronous writer.
+/// What a snapshot in progress is for.
+#[derive(Clone, Debug)]
+pub enum SnapshotTarget {
+    /// A checkpoint; `operation` when a user asked for it.
+    Checkpoint { operation: Option<String> },
+    /// A savepoint into `dir` (the `savepoint-…` directory itself).
+    Savepoint {
+        dir: PathBuf,
+        format: SnapshotFormat,
+        operation: String,
+        then: AfterSavepoint,
+    },
+}
+
+/// A snapshot that ended, for the job loop to act on.
+#[derive(Debug)]
+pub enum SnapshotOutcome {
+    Completed {
+        id: u64,
+        target: SnapshotTarget,
+        /// The snapshot's directory.
+        location: PathBuf,
+    },
+    Failed {
+        id: u64,
+        target: SnapshotTarget,
+        reason: String,
+    },
+}
+
+/// An acknowledgement produced by a writer thread.
 struct Ack {
     checkpoint_id: u64,
     task: TaskId,
-    files: Result<Vec<(usize, Option<StateFileRef>)>, String>,
+    files: Result<Vec<(usize, Vec<StateFileRef>)>, String>,
     sync: Duration,
     alignment: Duration,
+    write: Duration,
 }
 
 struct Pending {
     pending: PendingCheckpoint,
+    target: SnapshotTarget,
+    /// Where the snapshot's files go.
+    dir: PathBuf,
     started: Instant,
-    trigger_ms: u64,
-    sync_max: Duration,
-    alignment_max: Duration,
-    size: u64,
+    stats: CheckpointStats,
     acked_tasks: HashSet<TaskId>,
 }
 
-/// Coordinates checkpoints of one running attempt.
+type WriteJob = Box<dyn FnOnce() + Send>;
+
+/// A few long-lived threads that write task snapshots (spawning a thread per
+/// task per checkpoint costs more than the writing of small states).
+struct WriterPool {
+    jobs: Option<Sender<WriteJob>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WriterPool {
+    fn new(n: usize) -> Self {
+        let (tx, rx) = unbounded::<WriteJob>();
+        let threads = (0..n)
+            .filter_map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("cairn-snapshot-writer-{i}"))
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            job();
+                        }
+                    })
+                    .ok()
+            })
+            .collect();
+        WriterPool { jobs: Some(tx), threads }
+    }
+
+    fn submit(&self, job: WriteJob) {
+        if self.threads.is_empty() {
+            job();
+        } else if let Some(tx) = &self.jobs {
+            let _ = tx.send(job);
+        }
+    }
+}
+
+impl Drop for WriterPool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Coordinates the checkpoints and savepoints of one job across its attempts.
 pub struct Coordinator {
     spec: JobSpec,
-    settings: CheckpointSettings,
+    pub settings: CheckpointSettings,
     storage: Arc<LocalFileStorage>,
-    layout: CheckpointLayout,
+    /// `None` when no checkpoint directory is configured.
+    layout: Option<CheckpointLayout>,
     job_id: JobId,
     next_id: u64,
     pending: BTreeMap<u64, Pending>,
@@ -128,22 +226,39 @@ pub struct Coordinator {
     consecutive_failures: u32,
     acks_tx: Sender<Ack>,
     acks_rx: Receiver<Ack>,
-    pub history: Vec<CheckpointStats>,
+    writers: WriterPool,
+    history: VecDeque<CheckpointStats>,
+    counts: CheckpointCounts,
+    latest_completed: Option<CheckpointStats>,
+    latest_savepoint: Option<CheckpointStats>,
+    latest_failed: Option<CheckpointStats>,
+    latest_restored: Option<RestoredInfo>,
+    outcomes: Vec<SnapshotOutcome>,
+    /// CLAIM mode: the restored snapshot's directory, deleted once this
+    /// many more checkpoints completed (it is then subsumed).
+    claimed: Option<(PathBuf, usize)>,
+    rng: IdGenerator,
     log: bool,
 }
 
 impl Coordinator {
-    /// A coordinator whose first checkpoint is `first_id`.
+    /// A coordinator whose first snapshot is `first_id`.
     pub fn new(spec: &JobSpec, settings: CheckpointSettings, first_id: u64, log: bool) -> Result<Self, JobError> {
         let job_id = JobId::parse(&spec.job_id).map_err(|e| JobError::Internal(e.to_string()))?;
         let storage = Arc::new(LocalFileStorage::new());
-        let layout = CheckpointLayout::new(settings.dir.clone(), job_id.clone());
-        layout.create_dirs(&*storage).map_err(|e| {
-            JobError::Setup(format!(
-                "cannot create the checkpoint directory {}: {e}",
-                layout.job_dir().display()
-            ))
-        })?;
+        let layout = match &settings.dir {
+            Some(dir) => {
+                let layout = CheckpointLayout::new(dir.clone(), job_id.clone());
+                layout.create_dirs(&*storage).map_err(|e| {
+                    JobError::Setup(format!(
+                        "cannot create the checkpoint directory {} (execution.checkpointing.dir): {e}",
+                        layout.job_dir().display()
+                    ))
+                })?;
+                Some(layout)
+            }
+            None => None,
+        };
         let store = CompletedCheckpointStore::new(settings.num_retained).map_err(|e| JobError::Setup(e.to_string()))?;
         let (acks_tx, acks_rx) = unbounded();
         Ok(Coordinator {
@@ -160,14 +275,48 @@ impl Coordinator {
             consecutive_failures: 0,
             acks_tx,
             acks_rx,
-            history: Vec::new(),
+            writers: WriterPool::new(WRITER_THREADS),
+            history: VecDeque::new(),
+            counts: CheckpointCounts::default(),
+            latest_completed: None,
+            latest_savepoint: None,
+            latest_failed: None,
+            latest_restored: None,
+            outcomes: Vec::new(),
+            claimed: None,
+            rng: IdGenerator::from_entropy(),
             log,
         })
     }
 
-    /// The job's checkpoint directory (`<dir>/<job-id>`).
-    pub fn job_dir(&self) -> PathBuf {
-        self.layout.job_dir()
+    /// The job's checkpoint directory (`<dir>/<job-id>`), when configured.
+    pub fn job_dir(&self) -> Option<PathBuf> {
+        self.layout.as_ref().map(|l| l.job_dir())
+    }
+
+    /// Whether periodic checkpoints are configured.
+    pub fn periodic(&self) -> bool {
+        self.settings.interval.is_some()
+    }
+
+    /// Whether checkpoints can be taken at all (a directory is configured).
+    pub fn can_checkpoint(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    /// Record a restore, for statistics; with `claim`, the restored
+    /// snapshot's directory is deleted once newer checkpoints subsume it.
+    pub fn on_restored(&mut self, id: u64, dir: &Path, is_savepoint: bool, claim: bool) {
+        self.counts.restored += 1;
+        self.latest_restored = Some(RestoredInfo {
+            id,
+            restore_timestamp_ms: now_ms() as u64,
+            is_savepoint,
+            external_path: dir.to_path_buf(),
+        });
+        if claim && self.claimed.is_none() {
+            self.claimed = Some((dir.to_path_buf(), self.settings.num_retained));
+        }
     }
 
     fn expected_operators(&self) -> Vec<ExpectedOperator> {
@@ -190,7 +339,12 @@ impl Coordinator {
         let Some(interval) = self.settings.interval else {
             return false;
         };
-        if self.pending.len() >= self.settings.max_concurrent {
+        let checkpoints = self
+            .pending
+            .values()
+            .filter(|p| matches!(p.target, SnapshotTarget::Checkpoint { .. }))
+            .count();
+        if checkpoints >= self.settings.max_concurrent {
             return false;
         }
         let since_trigger = self.last_trigger.is_none_or(|t| t.elapsed() >= interval);
@@ -200,60 +354,108 @@ impl Coordinator {
         since_trigger && since_completion
     }
 
-    /// Start checkpoint `next_id`; returns the barrier to inject.
-    fn begin(&mut self) -> Result<Barrier, JobError> {
+    /// Where a savepoint requested with `target` goes: a fresh
+    /// `savepoint-<job>-<random>` directory under it or the configured one.
+    pub fn savepoint_dir_for(&mut self, target: Option<&Path>) -> Result<PathBuf, String> {
+        let parent = target
+            .map(Path::to_path_buf)
+            .or_else(|| self.settings.savepoint_dir.clone())
+            .ok_or_else(|| {
+                "no savepoint directory: give a target directory, or set execution.checkpointing.savepoint-dir (alias state.savepoints.dir)"
+                    .to_string()
+            })?;
+        let dir = parent.join(savepoint_dir_name(&self.job_id, &mut self.rng));
+        self.storage
+            .create_dir_all(&dir)
+            .map_err(|e| format!("cannot create the savepoint directory {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Start snapshot `next_id` for `target`; returns the barrier to inject.
+    pub fn begin(&mut self, target: SnapshotTarget, num_tasks: usize) -> Result<Barrier, String> {
         let id = self.next_id;
+        let (kind, dir, snapshot_type) = match &target {
+            SnapshotTarget::Checkpoint { .. } => {
+                let layout = self.layout.as_ref().ok_or_else(|| {
+                    "checkpoints need a directory: set execution.checkpointing.dir (alias state.checkpoints.dir)"
+                        .to_string()
+                })?;
+                (SnapshotKind::Checkpoint, layout.checkpoint_dir(id), SnapshotType::Checkpoint)
+            }
+            SnapshotTarget::Savepoint { dir, format, then, .. } => (
+                SnapshotKind::Savepoint {
+                    format: match format {
+                        SnapshotFormat::Canonical => SavepointFormat::Canonical,
+                        SnapshotFormat::Native => SavepointFormat::Native,
+                    },
+                },
+                dir.clone(),
+                SnapshotType::Savepoint {
+                    terminate: !matches!(then, AfterSavepoint::KeepRunning),
+                },
+            ),
+        };
         self.next_id += 1;
         let trigger_ms = now_ms() as u64;
         let spec = CheckpointSpec {
             job_id: self.job_id.clone(),
             checkpoint_id: id,
-            kind: SnapshotKind::Checkpoint,
+            kind,
             trigger_timestamp_ms: trigger_ms,
             operators: self.expected_operators(),
         };
-        let pending = PendingCheckpoint::new(spec).map_err(|e| JobError::Internal(e.to_string()))?;
+        let pending = PendingCheckpoint::new(spec).map_err(|e| e.to_string())?;
         self.storage
-            .create_dir_all(&self.layout.checkpoint_dir(id))
-            .map_err(|e| JobError::Internal(format!("cannot create checkpoint {id}'s directory: {e}")))?;
+            .create_dir_all(&dir)
+            .map_err(|e| format!("cannot create snapshot {id}'s directory {}: {e}", dir.display()))?;
+        let is_savepoint = matches!(target, SnapshotTarget::Savepoint { .. });
+        if !is_savepoint {
+            self.last_trigger = Some(Instant::now());
+        }
+        self.counts.total += 1;
+        self.counts.in_progress += 1;
         self.pending.insert(
             id,
             Pending {
                 pending,
+                target,
+                dir,
                 started: Instant::now(),
-                trigger_ms,
-                sync_max: Duration::ZERO,
-                alignment_max: Duration::ZERO,
-                size: 0,
+                stats: CheckpointStats {
+                    id,
+                    is_savepoint,
+                    status: SnapshotStatus::InProgress,
+                    trigger_timestamp_ms: trigger_ms,
+                    end_timestamp_ms: None,
+                    duration_ms: 0,
+                    sync_duration_ms: 0,
+                    async_duration_ms: 0,
+                    alignment_duration_ms: 0,
+                    state_size_bytes: 0,
+                    num_acknowledged_subtasks: 0,
+                    num_subtasks: num_tasks as u32,
+                    external_path: None,
+                    failure_message: None,
+                },
                 acked_tasks: HashSet::new(),
             },
         );
-        self.last_trigger = Some(Instant::now());
         Ok(Barrier {
             checkpoint_id: id,
             timestamp_ms: trigger_ms,
-            snapshot_type: SnapshotType::Checkpoint,
+            snapshot_type,
         })
     }
 
-    /// Trigger at the sources if due.
+    /// Start a periodic checkpoint at the sources if one is due.
     pub fn maybe_trigger(&mut self, job: &RunningJob) -> Result<(), JobError> {
-        if self.due() {
-            let barrier = self.begin()?;
-            for t in &job.source_tasks {
-                job.command(*t, TaskCommand::TriggerCheckpoint(barrier));
-            }
+        if self.layout.is_some() && self.due() {
+            let barrier = self
+                .begin(SnapshotTarget::Checkpoint { operation: None }, job.tasks.len())
+                .map_err(JobError::Internal)?;
+            inject(job, barrier, false);
         }
         Ok(())
-    }
-
-    /// Trigger a final checkpoint on every (finished) task directly.
-    pub fn trigger_final(&mut self, job: &RunningJob) -> Result<u64, JobError> {
-        let barrier = self.begin()?;
-        for t in &job.tasks {
-            job.command(*t, TaskCommand::TriggerCheckpoint(barrier));
-        }
-        Ok(barrier.checkpoint_id)
     }
 
     /// Hand a task's synchronous snapshot to a writer thread.
@@ -269,26 +471,29 @@ impl Coordinator {
         else {
             return;
         };
-        if !self.pending.contains_key(&checkpoint_id) {
+        let Some(p) = self.pending.get(&checkpoint_id) else {
             return; // already expired or declined
-        }
+        };
         let storage = self.storage.clone();
-        let dir = self.layout.checkpoint_dir(checkpoint_id);
-        let graph = self.spec.graph.clone();
+        let dir = p.dir.clone();
+        let format = match &p.target {
+            SnapshotTarget::Savepoint { format, .. } => *format,
+            SnapshotTarget::Checkpoint { .. } => SnapshotFormat::Native,
+        };
+        let spec = self.spec.clone();
         let acks = self.acks_tx.clone();
-        std::thread::spawn(move || {
+        self.writers.submit(Box::new(move || {
+            let started = Instant::now();
             let mut files = Ok(Vec::new());
             for (node, snap) in states {
-                let op_id = &graph.nodes[node].operator_id;
-                let name = format!("op-{op_id}-{}.state", task.subtask);
-                match crate::snapshot_io::write_snapshot_file(&*storage, &dir, &name, snap) {
+                match write_task_snapshot(&*storage, &dir, &spec, node, task.subtask, snap, format) {
                     Ok(f) => {
                         if let Ok(v) = files.as_mut() {
                             v.push((node, f));
                         }
                     }
                     Err(e) => {
-                        files = Err(format!("writing {}: {e}", dir.join(&name).display()));
+                        files = Err(e);
                         break;
                     }
                 }
@@ -299,11 +504,12 @@ impl Coordinator {
                 files,
                 sync,
                 alignment,
+                write: started.elapsed(),
             });
-        });
+        }));
     }
 
-    /// A task declined a checkpoint.
+    /// A task declined a snapshot.
     pub fn on_decline(&mut self, checkpoint_id: u64, reason: String) -> Result<(), JobError> {
         self.abort(checkpoint_id, reason)
     }
@@ -312,29 +518,56 @@ impl Coordinator {
         self.abort_with(checkpoint_id, reason, true)
     }
 
-    /// Abandon a pending checkpoint; `failure` = whether it counts toward
-    /// `tolerable-failed-checkpoints` (a subsumed one does not).
+    fn record(&mut self, stats: CheckpointStats) {
+        self.counts.in_progress = self.counts.in_progress.saturating_sub(1);
+        match stats.status {
+            SnapshotStatus::Completed => {
+                self.counts.completed += 1;
+                if stats.is_savepoint {
+                    self.latest_savepoint = Some(stats.clone());
+                } else {
+                    self.latest_completed = Some(stats.clone());
+                }
+            }
+            SnapshotStatus::Failed => {
+                self.counts.failed += 1;
+                self.latest_failed = Some(stats.clone());
+            }
+            SnapshotStatus::InProgress => {}
+        }
+        if self.history.len() >= HISTORY_LIMIT {
+            self.history.pop_front();
+        }
+        self.history.push_back(stats);
+    }
+
+    /// Abandon a pending snapshot; `failure` = whether it counts toward
+    /// `tolerable-failed-checkpoints` (a subsumed one or a savepoint does not).
     fn abort_with(&mut self, checkpoint_id: u64, reason: String, failure: bool) -> Result<(), JobError> {
         let Some(mut p) = self.pending.remove(&checkpoint_id) else {
             return Ok(());
         };
         if let Ok(aborted) = p.pending.decline(reason.clone()) {
-            discard_attempt(&*self.storage, &self.layout.job_dir(), &aborted, Some(&self.store));
+            let base = self.base_dir(&p);
+            discard_attempt(&*self.storage, &base, &aborted, Some(&self.store));
         }
-        self.history.push(CheckpointStats {
+        p.stats.status = SnapshotStatus::Failed;
+        p.stats.duration_ms = p.started.elapsed().as_millis() as u64;
+        p.stats.end_timestamp_ms = Some(now_ms() as u64);
+        p.stats.failure_message = Some(reason.clone());
+        self.record(p.stats);
+        let is_savepoint = matches!(p.target, SnapshotTarget::Savepoint { .. });
+        self.outcomes.push(SnapshotOutcome::Failed {
             id: checkpoint_id,
-            trigger_timestamp_ms: p.trigger_ms,
-            duration: p.started.elapsed(),
-            sync_max: p.sync_max,
-            alignment_max: p.alignment_max,
-            size_bytes: p.size,
-            status: CheckpointStatus::Failed(reason.clone()),
+            target: p.target,
+            reason: reason.clone(),
         });
-        if !failure {
-            return Ok(());
-        }
         if self.log {
-            eprintln!("Checkpoint {checkpoint_id} failed: {reason}");
+            let what = if is_savepoint { "Savepoint" } else { "Checkpoint" };
+            eprintln!("{what} {checkpoint_id} failed: {reason}");
+        }
+        if !failure || is_savepoint {
+            return Ok(());
         }
         self.consecutive_failures += 1;
         if self.consecutive_failures > self.settings.tolerable_failures {
@@ -346,7 +579,16 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Expire checkpoints older than the timeout.
+    /// The directory the commit protocol works in: the job directory for
+    /// checkpoints, the savepoint directory itself for savepoints.
+    fn base_dir(&self, p: &Pending) -> PathBuf {
+        match (&p.target, &self.layout) {
+            (SnapshotTarget::Checkpoint { .. }, Some(l)) => l.job_dir(),
+            _ => p.dir.clone(),
+        }
+    }
+
+    /// Expire snapshots older than the timeout.
     pub fn expire(&mut self) -> Result<(), JobError> {
         let timeout = self.settings.timeout;
         let late: Vec<u64> = self
@@ -364,10 +606,8 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Process finished writes; completes checkpoints whose acks are all in.
-    /// Returns the ids completed.
-    pub fn drain_acks(&mut self, job: &RunningJob) -> Result<Vec<u64>, JobError> {
-        let mut completed = Vec::new();
+    /// Process finished writes; completes snapshots whose acks are all in.
+    pub fn drain_acks(&mut self, job: &RunningJob) -> Result<(), JobError> {
         while let Ok(ack) = self.acks_rx.try_recv() {
             let Some(p) = self.pending.get_mut(&ack.checkpoint_id) else {
                 continue;
@@ -379,15 +619,19 @@ impl Coordinator {
                     continue;
                 }
             };
-            p.sync_max = p.sync_max.max(ack.sync);
-            p.alignment_max = p.alignment_max.max(ack.alignment);
-            p.acked_tasks.insert(ack.task);
-            // Every operator of the task's chain acknowledges, with or without a file.
+            let s = &mut p.stats;
+            s.sync_duration_ms = s.sync_duration_ms.max(ack.sync.as_millis() as u64);
+            s.alignment_duration_ms = s.alignment_duration_ms.max(ack.alignment.as_millis() as u64);
+            s.async_duration_ms = s.async_duration_ms.max(ack.write.as_millis() as u64);
+            if p.acked_tasks.insert(ack.task) {
+                s.num_acknowledged_subtasks += 1;
+            }
+            // Every operator of the task's chain acknowledges, with or without files.
             let chain = &self.spec.graph.chains[ack.task.chain];
             let mut by_node: BTreeMap<usize, Vec<StateFileRef>> = chain.iter().map(|n| (n.0, Vec::new())).collect();
-            for (node, f) in files {
-                if let Some(f) = f {
-                    p.size += f.size;
+            for (node, fs) in files {
+                for f in fs {
+                    s.state_size_bytes += f.size;
                     by_node.entry(node).or_default().push(f);
                 }
             }
@@ -406,51 +650,66 @@ impl Coordinator {
             if p.pending.is_fully_acknowledged() {
                 let p = self.pending.remove(&ack.checkpoint_id).expect("pending present");
                 self.complete(p, job)?;
-                completed.push(ack.checkpoint_id);
             }
         }
-        Ok(completed)
+        Ok(())
     }
 
     fn complete(&mut self, p: Pending, job: &RunningJob) -> Result<(), JobError> {
-        let id = p.pending.checkpoint_id();
-        let completing = match p.pending.finalize(now_ms() as u64) {
+        let base = self.base_dir(&p);
+        let Pending {
+            pending,
+            target,
+            dir,
+            started,
+            mut stats,
+            ..
+        } = p;
+        let id = pending.checkpoint_id();
+        let completing = match pending.finalize(now_ms() as u64) {
             Ok(c) => c,
-            Err(e) => return self.abort_completed_attempt(id, p.trigger_ms, e.to_string()),
+            Err(e) => return self.fail_completion(target, stats, started, e.to_string()),
+        };
+        // Checkpoints commit side effects (two-phase-commit sinks); of the
+        // savepoints only a stopping one does, as in Flink: a savepoint taken
+        // while running must not commit what a restore from it will redo.
+        let notify_tasks = match &target {
+            SnapshotTarget::Checkpoint { .. } => true,
+            SnapshotTarget::Savepoint { then, .. } => matches!(then, AfterSavepoint::Stop { .. }),
         };
         let mut notify = |cid: u64| {
-            for t in &job.tasks {
-                job.command(*t, TaskCommand::NotifyCheckpointComplete(cid));
+            if notify_tasks {
+                for t in &job.tasks {
+                    job.command(*t, TaskCommand::NotifyCheckpointComplete(cid));
+                }
             }
             Ok(())
         };
-        let report = complete_checkpoint(
-            &*self.storage,
-            &self.layout.job_dir(),
-            completing,
-            Some(&mut self.store),
-            &mut notify,
-        );
-        match report {
+        let store = match target {
+            SnapshotTarget::Checkpoint { .. } => Some(&mut self.store),
+            SnapshotTarget::Savepoint { .. } => None,
+        };
+        match complete_checkpoint(&*self.storage, &base, completing, store, &mut notify) {
             CommitReport::Completed { warnings, .. } => {
-                self.consecutive_failures = 0;
-                self.last_completion = Some(Instant::now());
-                let stats = CheckpointStats {
-                    id,
-                    trigger_timestamp_ms: p.trigger_ms,
-                    duration: p.started.elapsed(),
-                    sync_max: p.sync_max,
-                    alignment_max: p.alignment_max,
-                    size_bytes: p.size,
-                    status: CheckpointStatus::Completed,
-                };
+                let is_savepoint = stats.is_savepoint;
+                if !is_savepoint {
+                    self.consecutive_failures = 0;
+                    self.last_completion = Some(Instant::now());
+                }
+                stats.status = SnapshotStatus::Completed;
+                stats.duration_ms = started.elapsed().as_millis() as u64;
+                stats.end_timestamp_ms = Some(now_ms() as u64);
+                stats.external_path = Some(dir.clone());
                 if self.log {
+                    let what = if is_savepoint { "Savepoint" } else { "Checkpoint" };
                     eprintln!(
-                        "Checkpoint {id} completed in {} ms ({} bytes, sync {} ms, alignment {} ms){}",
-                        stats.duration.as_millis(),
-                        stats.size_bytes,
-                        stats.sync_max.as_millis(),
-                        stats.alignment_max.as_millis(),
+                        "{what} {id} completed in {} ms ({} bytes, sync {} ms, async {} ms, alignment {} ms) at {}{}",
+                        stats.duration_ms,
+                        stats.state_size_bytes,
+                        stats.sync_duration_ms,
+                        stats.async_duration_ms,
+                        stats.alignment_duration_ms,
+                        dir.display(),
                         if warnings.is_empty() {
                             String::new()
                         } else {
@@ -458,28 +717,84 @@ impl Coordinator {
                         }
                     );
                 }
-                self.history.push(stats);
-                // Checkpoints older than this one that are still pending can never be needed.
-                let older: Vec<u64> = self.pending.range(..id).map(|(k, _)| *k).collect();
-                for o in older {
-                    self.abort_with(o, format!("subsumed by checkpoint {id}"), false)?;
+                self.record(stats);
+                self.outcomes.push(SnapshotOutcome::Completed {
+                    id,
+                    target,
+                    location: dir,
+                });
+                if !is_savepoint {
+                    self.after_checkpoint_completed(id)?;
                 }
                 Ok(())
             }
-            CommitReport::Discarded { error, .. } => self.abort_completed_attempt(id, p.trigger_ms, error.to_string()),
+            CommitReport::Discarded { error, .. } => self.fail_completion(target, stats, started, error.to_string()),
         }
     }
 
-    fn abort_completed_attempt(&mut self, id: u64, trigger_ms: u64, reason: String) -> Result<(), JobError> {
-        self.history.push(CheckpointStats {
+    fn after_checkpoint_completed(&mut self, id: u64) -> Result<(), JobError> {
+        // Checkpoints older than this one that are still pending can never be needed.
+        let older: Vec<u64> = self
+            .pending
+            .range(..id)
+            .filter(|(_, p)| matches!(p.target, SnapshotTarget::Checkpoint { .. }))
+            .map(|(k, _)| *k)
+            .collect();
+        for o in older {
+            self.abort_with(o, format!("subsumed by checkpoint {id}"), false)?;
+        }
+        if let Some((dir, left)) = self.claimed.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                let dir = dir.clone();
+                self.claimed = None;
+                self.dispose_claimed(&dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// CLAIM mode: the restored snapshot is subsumed; delete it.
+    fn dispose_claimed(&self, dir: &Path) {
+        let has_metadata = self
+            .storage
+            .exists(&dir.join(cairn_snapshot::metadata::METADATA_FILE_NAME))
+            .unwrap_or(false);
+        if !has_metadata {
+            return;
+        }
+        match self.storage.delete_dir_all(dir) {
+            Ok(()) if self.log => eprintln!(
+                "Deleted the claimed snapshot {} (--claim-mode CLAIM): newer checkpoints subsume it",
+                dir.display()
+            ),
+            Ok(()) => {}
+            Err(e) => eprintln!("Could not delete the claimed snapshot {}: {e}", dir.display()),
+        }
+    }
+
+    fn fail_completion(
+        &mut self,
+        target: SnapshotTarget,
+        mut stats: CheckpointStats,
+        started: Instant,
+        reason: String,
+    ) -> Result<(), JobError> {
+        let id = stats.id;
+        stats.status = SnapshotStatus::Failed;
+        stats.duration_ms = started.elapsed().as_millis() as u64;
+        stats.end_timestamp_ms = Some(now_ms() as u64);
+        stats.failure_message = Some(reason.clone());
+        let is_savepoint = stats.is_savepoint;
+        self.record(stats);
+        self.outcomes.push(SnapshotOutcome::Failed {
             id,
-            trigger_timestamp_ms: trigger_ms,
-            duration: Duration::ZERO,
-            sync_max: Duration::ZERO,
-            alignment_max: Duration::ZERO,
-            size_bytes: 0,
-            status: CheckpointStatus::Failed(reason.clone()),
+            target,
+            reason: reason.clone(),
         });
+        if is_savepoint {
+            return Ok(());
+        }
         self.consecutive_failures += 1;
         if self.consecutive_failures > self.settings.tolerable_failures {
             return Err(JobError::Internal(format!(
@@ -489,123 +804,107 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Discard every pending checkpoint (the job is over).
+    /// Snapshots that ended since the last call.
+    pub fn take_outcomes(&mut self) -> Vec<SnapshotOutcome> {
+        std::mem::take(&mut self.outcomes)
+    }
+
+    /// Discard every pending snapshot (the attempt is over).
     pub fn abort_all(&mut self, reason: &str) {
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
             let _ = self.abort_with(id, reason.to_string(), false);
         }
+        // Acks still in flight belong to discarded snapshots.
+        while self.acks_rx.try_recv().is_ok() {}
     }
 
-    /// Whether a checkpoint is still pending.
+    /// Whether a snapshot is still pending.
     pub fn is_pending(&self, id: u64) -> bool {
         self.pending.contains_key(&id)
     }
 
     /// Apply the retention policy when the job is cancelled.
     pub fn on_cancel(&mut self) {
-        let plan = self.store.on_cancel(self.settings.retention);
-        execute_cleanup(&*self.storage, &self.layout.job_dir(), &plan);
+        if let Some(layout) = &self.layout {
+            let plan = self.store.on_cancel(self.settings.retention);
+            execute_cleanup(&*self.storage, &layout.job_dir(), &plan);
+            if self.settings.retention != ExternalizedRetention::RetainOnCancellation {
+                // Nothing is retained: leave no empty job directory behind.
+                let _ = self.storage.delete_dir_all(&layout.job_dir());
+            }
+        }
+    }
+
+    /// Retained checkpoints' directories, newest first (restart candidates).
+    pub fn retained_checkpoints(&self) -> Vec<(u64, PathBuf)> {
+        let Some(layout) = &self.layout else {
+            return Vec::new();
+        };
+        let mut v: Vec<(u64, PathBuf)> = self
+            .store
+            .retained()
+            .map(|c| (c.checkpoint_id(), layout.job_dir().join(&c.dir_in_job)))
+            .collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v
+    }
+
+    /// Counts, history and latest snapshots for the control plane.
+    pub fn overview(&self, history: usize) -> CheckpointsOverview {
+        let mut h: Vec<CheckpointStats> = self.history.iter().cloned().collect();
+        for p in self.pending.values() {
+            let mut s = p.stats.clone();
+            s.duration_ms = p.started.elapsed().as_millis() as u64;
+            h.push(s);
+        }
+        h.sort_by_key(|s| s.id);
+        let skip = h.len().saturating_sub(history);
+        CheckpointsOverview {
+            counts: self.counts.clone(),
+            history: h.split_off(skip),
+            latest_completed: self.latest_completed.clone(),
+            latest_savepoint: self.latest_savepoint.clone(),
+            latest_failed: self.latest_failed.clone(),
+            latest_restored: self.latest_restored.clone(),
+        }
+    }
+
+    /// Every recorded snapshot, oldest first (for the job result).
+    pub fn history(&self) -> Vec<CheckpointStats> {
+        self.history.iter().cloned().collect()
     }
 }
 
-/// How a run with checkpoints ended.
-pub struct RunOutcome {
-    pub source_records: u64,
-    pub checkpoints: Vec<CheckpointStats>,
-    pub job_dir: PathBuf,
+/// Send `barrier` to the tasks that start snapshots: the sources, or every
+/// task when `all` (the tasks are finished and nothing flows any more).
+pub fn inject(job: &RunningJob, barrier: Barrier, all: bool) {
+    let targets = if all { &job.tasks } else { &job.source_tasks };
+    for t in targets {
+        job.command(*t, TaskCommand::TriggerCheckpoint(barrier));
+    }
 }
 
-/// Run a job with periodic checkpoints to its end. `first_checkpoint_id`
-/// continues the numbering of a restored snapshot.
-pub fn run_with_checkpoints(
+/// Write one operator subtask's snapshot in `format`; returns its files.
+fn write_task_snapshot(
+    storage: &dyn Storage,
+    dir: &Path,
     spec: &JobSpec,
-    settings: RuntimeSettings,
-    checkpoints: CheckpointSettings,
-    first_checkpoint_id: u64,
-    restore: RestoreFn<'_>,
-    log: bool,
-    tick: &mut dyn FnMut(u64),
-) -> Result<RunOutcome, JobError> {
-    let mut coordinator = Coordinator::new(spec, checkpoints, first_checkpoint_id, log)?;
-    let mut job = start(spec, settings, 0, true, restore)?;
-    let mut live = job.tasks.len();
-    let mut finished: HashSet<TaskId> = HashSet::new();
-    let mut final_checkpoint: Option<u64> = None;
-    let mut released = false;
-    let mut failure: Option<JobError> = None;
-    let mut last_tick = Instant::now();
-    while live > 0 {
-        match job.events.recv_timeout(Duration::from_millis(10)) {
-            Ok(TaskEvent::Exited { .. }) => live -= 1,
-            Ok(TaskEvent::Failed { task, op, error }) => {
-                job.cancel.store(true, Ordering::Relaxed);
-                if failure.is_none() && !is_cancellation(&error) {
-                    failure = Some(task_failure(spec, task, op, &error));
-                }
-            }
-            Ok(TaskEvent::Finished { task }) => {
-                finished.insert(task);
-            }
-            Ok(e @ TaskEvent::Snapshot { .. }) => coordinator.on_snapshot(e),
-            Ok(TaskEvent::Decline {
-                checkpoint_id, reason, ..
-            }) => {
-                if let Err(e) = coordinator.on_decline(checkpoint_id, reason) {
-                    failure.get_or_insert(e);
-                    job.cancel.store(true, Ordering::Relaxed);
-                }
-            }
-            Err(_) => {}
+    node: usize,
+    subtask: u32,
+    snapshot: OperatorSnapshot,
+    format: SnapshotFormat,
+) -> Result<Vec<StateFileRef>, String> {
+    let op_id = &spec.graph.nodes[node].operator_id;
+    match format {
+        SnapshotFormat::Native => {
+            let name = format!("op-{op_id}-{subtask}.state");
+            crate::snapshot_io::write_snapshot_file(storage, dir, &name, snapshot)
+                .map(|f| f.into_iter().collect())
+                .map_err(|e| format!("writing {}: {e}", dir.join(&name).display()))
         }
-        if failure.is_some() {
-            continue;
-        }
-        let step = (|| -> Result<(), JobError> {
-            coordinator.expire()?;
-            let completed = coordinator.drain_acks(&job)?;
-            if released {
-                return Ok(());
-            }
-            if finished.len() == job.tasks.len() {
-                match final_checkpoint {
-                    None => final_checkpoint = Some(coordinator.trigger_final(&job)?),
-                    Some(id) if completed.contains(&id) => {
-                        released = true;
-                        for t in &job.tasks {
-                            job.command(*t, TaskCommand::Release);
-                        }
-                    }
-                    Some(id) if !coordinator.is_pending(id) => {
-                        // The final checkpoint failed: try again.
-                        final_checkpoint = Some(coordinator.trigger_final(&job)?);
-                    }
-                    Some(_) => {}
-                }
-            } else if !job.source_tasks.iter().any(|t| finished.contains(t)) {
-                // Once a source has finished it can inject no barrier; the
-                // final checkpoint covers the rest.
-                coordinator.maybe_trigger(&job)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = step {
-            failure = Some(e);
-            job.cancel.store(true, Ordering::Relaxed);
-        }
-        if last_tick.elapsed() >= Duration::from_secs(1) {
-            last_tick = Instant::now();
-            tick(job.source_records());
-        }
+        SnapshotFormat::Canonical => Err(format!(
+            "writing the canonical snapshot of operator {op_id} subtask {subtask}: the canonical format is not available yet"
+        )),
     }
-    job.cancel_and_join();
-    coordinator.abort_all("the job ended");
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    Ok(RunOutcome {
-        source_records: job.source_records(),
-        checkpoints: coordinator.history.clone(),
-        job_dir: coordinator.job_dir(),
-    })
 }

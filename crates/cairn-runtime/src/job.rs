@@ -273,6 +273,7 @@ pub fn start(
                     },
                     source_node,
                     finished: false,
+                    drained: true,
                 },
             ));
         }
@@ -337,43 +338,4 @@ pub fn task_failure(spec: &JobSpec, task: TaskId, op: Option<usize>, error: &cra
 /// Whether an error is only the echo of a cancellation.
 pub fn is_cancellation(error: &crate::error::BoxError) -> bool {
     error.downcast_ref::<Cancelled>().is_some()
-}
-
-/// Run a job without checkpoints to the end: the first real failure cancels
-/// every task and is returned. `tick` is called about once a second with the
-/// records emitted by sources so far.
-pub fn run_to_end(
-    spec: &JobSpec,
-    settings: RuntimeSettings,
-    restore: RestoreFn<'_>,
-    tick: &mut dyn FnMut(u64),
-) -> Result<u64, JobError> {
-    let mut running = start(spec, settings, 0, false, restore)?;
-    let mut live = running.tasks.len();
-    let mut failure: Option<JobError> = None;
-    let mut last_tick = std::time::Instant::now();
-    while live > 0 {
-        match running.events.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(TaskEvent::Exited { .. }) => live -= 1,
-            Ok(TaskEvent::Failed { task, op, error }) => {
-                running.cancel.store(true, Ordering::Relaxed);
-                if failure.is_none() && !is_cancellation(&error) {
-                    failure = Some(task_failure(spec, task, op, &error));
-                }
-            }
-            Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        }
-        if last_tick.elapsed() >= std::time::Duration::from_secs(1) {
-            last_tick = std::time::Instant::now();
-            tick(running.source_records());
-        }
-    }
-    let cancelled = running.cancel.load(Ordering::Relaxed);
-    running.cancel_and_join();
-    match failure {
-        Some(f) => Err(f),
-        None if cancelled => Err(JobError::Cancelled),
-        None => Ok(running.source_records()),
-    }
 }

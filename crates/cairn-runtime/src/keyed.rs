@@ -164,7 +164,7 @@ impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I,
         let run = self.run.as_mut().ok_or("operator not opened")?;
         run.state.set_processing_time(now_ms() as u64);
         while let Some(t) = run.timers.pop_due(&mut run.state, domain, time)? {
-            let key: K = codec::decode("timer key", &t.key)?;
+            let key: K = codec::decode_key("timer key", &t.key)?;
             run.state.set_current_key(&t.key, t.key_group);
             let mut ctx = KeyedContext {
                 key: &key,

@@ -30,5 +30,8 @@ pub use process::{ProcessContext, ProcessFunction};
 pub use sink::{Sink, SinkContext};
 pub use timers::TimeDomain;
 pub mod checkpoint;
+pub mod control;
+pub mod controller;
+pub mod restart;
 pub mod restore;
 pub mod snapshot_io;

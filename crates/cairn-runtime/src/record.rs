@@ -59,5 +59,8 @@ pub enum Message {
     /// The sender became idle (true) or active again (false).
     Idle(bool),
     Barrier(Barrier),
-    EndOfInput,
+    /// The sender's input ended. `drained: false` when the job stops with a
+    /// savepoint without draining: event time must not advance to the end
+    /// and operators must not flush (their state goes into the savepoint).
+    EndOfInput { drained: bool },
 }

@@ -32,8 +32,9 @@ pub enum TaskCommand {
     NotifyCheckpointAborted(u64),
     /// Stop a finished task that waited for its final checkpoint.
     Release,
-    /// Sources only: stop producing and end the input (stop-with-savepoint).
-    StopSource,
+    /// Sources only: stop producing and end the input (stop-with-savepoint);
+    /// `drain` first advances event time to the end so every timer fires.
+    StopSource { drain: bool },
 }
 
 /// Events from a task to the job coordinator.
@@ -125,6 +126,9 @@ pub struct Task {
     /// All input is processed; a checkpoint now snapshots final state and
     /// sends no barrier (nobody downstream reads any more).
     pub finished: bool,
+    /// False once the input was stopped without draining: operators keep
+    /// their state and timers for the savepoint instead of flushing.
+    pub drained: bool,
 }
 
 impl Task {
@@ -283,7 +287,7 @@ impl Task {
         &mut self,
         cmd: TaskCommand,
         source: Option<&mut Box<dyn SourceLogic>>,
-        stop_source: &mut bool,
+        stop_source: &mut Option<bool>,
     ) -> Result<(), Fail> {
         match cmd {
             TaskCommand::TriggerCheckpoint(b) => {
@@ -305,20 +309,24 @@ impl Task {
                     self.ops[level].1.notify_checkpoint_aborted(id).map_err(at(level))?;
                 }
             }
-            TaskCommand::StopSource => *stop_source = true,
+            TaskCommand::StopSource { drain } => *stop_source = Some(drain),
             TaskCommand::Release => {}
         }
         Ok(())
     }
 
     fn end_of_input(&mut self) -> Result<(), Fail> {
+        let drained = self.drained;
+        if !drained {
+            return self.control_all(&|| Message::EndOfInput { drained });
+        }
         for level in 0..self.ops.len() {
             let mut em = Emitter::default();
             let op = &mut self.ops[level].1;
             guarded(level, || op.end_input(&mut em))?;
             self.forward_emitted(level, em)?;
         }
-        self.control_all(&|| Message::EndOfInput)
+        self.control_all(&|| Message::EndOfInput { drained })
     }
 
     /// After the input ended: report, then (if asked) keep serving checkpoint
@@ -329,7 +337,7 @@ impl Task {
         if !self.settings.wait_for_release {
             return Ok(());
         }
-        let mut ignore = false;
+        let mut ignore = None;
         loop {
             match self.commands.recv_timeout(Duration::from_millis(100)) {
                 Ok(TaskCommand::Release) => return Ok(()),
@@ -346,7 +354,7 @@ impl Task {
 
     fn run_source(&mut self, mut source: Box<dyn SourceLogic>) -> Result<(), Fail> {
         let batch_size = self.settings.batch_size;
-        let mut stop = false;
+        let mut stop: Option<bool> = None;
         loop {
             while let Ok(cmd) = self.commands.try_recv() {
                 self.handle_command(cmd, Some(&mut source), &mut stop)?;
@@ -354,7 +362,7 @@ impl Task {
             if self.cancelled() {
                 return Err(runtime(Box::new(Cancelled)));
             }
-            if stop {
+            if stop.is_some() {
                 break;
             }
             let mut em = Emitter::default();
@@ -387,8 +395,10 @@ impl Task {
                 }
             }
         }
-        if !stop {
-            // Bounded input ended: event time ends too, so every timer fires.
+        // Bounded input ended, or the job stops draining: event time ends
+        // too, so every timer fires. Stopped without draining, it does not.
+        self.drained = stop.unwrap_or(true);
+        if self.drained {
             self.advance_watermark(MAX_WATERMARK)?;
         }
         self.end_of_input()?;
@@ -398,7 +408,7 @@ impl Task {
     fn run_inputs(&mut self, inputs: Vec<(usize, Receiver<Message>)>) -> Result<(), Fail> {
         let mut state = InputState::new(inputs.len(), self.settings.exactly_once);
         let mut align_start: Option<Instant> = None;
-        let mut ignore = false;
+        let mut ignore = None;
         let commands = self.commands.clone();
         while !state.all_ended() {
             if self.cancelled() {
@@ -482,13 +492,15 @@ impl Task {
                         self.checkpoint(b, None, alignment)?;
                     }
                 },
-                Message::EndOfInput => {
+                Message::EndOfInput { drained } => {
+                    self.drained &= drained;
                     let (action, wm) = state.on_end(ch);
                     if let Some(BarrierAction::Snapshot(b)) = action {
                         let alignment = align_start.take().map_or(Duration::ZERO, |s| s.elapsed());
                         self.checkpoint(b, None, alignment)?;
                     }
-                    if let Some(w) = wm {
+                    // A stopped (not drained) input holds event time where it was.
+                    if let Some(w) = wm.filter(|_| self.drained) {
                         self.advance_watermark(w)?;
                     }
                 }

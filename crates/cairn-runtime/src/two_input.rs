@@ -465,7 +465,7 @@ impl<O: Send + 'static> KeyedRun<O> {
     ) -> OpResult {
         self.state.set_processing_time(now_ms() as u64);
         while let Some(t) = self.timers.pop_due(&mut self.state, domain, time)? {
-            let key: K = codec::decode("timer key", &t.key)?;
+            let key: K = codec::decode_key("timer key", &t.key)?;
             self.state.set_current_key(&t.key, t.key_group);
             let ctx = KeyedCoContext {
                 key: &key,

@@ -4,6 +4,7 @@
 //! * [`checksum`]: CRC-32 helpers.
 //! * [`state_file`]: the checksummed, sectioned state-file container.
 //! * [`metadata`]: the `_metadata` model and format.
+//! * [`parquet`]: a minimal Parquet writer and reader (canonical savepoints).
 //! * [`layout`]: directory layout, job ids, savepoint names, latest-checkpoint discovery.
 //! * [`commit`]: the checkpoint commit protocol as pure logic, plus a small I/O driver.
 //! * [`retention`]: the completed-checkpoint store, reference counting and cleanup.
@@ -11,9 +12,11 @@
 
 pub mod checksum;
 pub mod commit;
+pub mod dispose;
 pub mod error;
 pub mod layout;
 pub mod metadata;
+pub mod parquet;
 pub mod restore;
 pub mod retention;
 pub mod state_file;

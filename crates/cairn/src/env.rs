@@ -5,18 +5,19 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_config::{options, parse_startup_args, startup_help, Configuration, StartupOptions};
 use cairn_graph::{Edge, GraphSettings, JobGraph, NodeId, NodeKind, NodeSpec, Partitioning};
 use cairn_runtime::collector::SidePorts;
-use cairn_runtime::job::{JobSpec, NodeCode, NodeLogic, RuntimeSettings};
+use cairn_runtime::job::{JobSpec, NodeCode, NodeLogic};
 use cairn_runtime::output::{port_factory, PortFactory};
 use cairn_runtime::source::{SourceAdapter, SourceLogic};
 use cairn_runtime::{Source, WatermarkStrategy};
 use cairn_snapshot::LoadedSnapshot;
 
 use crate::error::CairnError;
+use crate::execution::JobHandle;
 use crate::stream::DataStream;
 use crate::Data;
 
@@ -44,8 +45,14 @@ pub struct JobResult {
     pub elapsed: Duration,
     /// Records emitted by the sources.
     pub source_records: u64,
-    /// Statistics of every checkpoint attempted (empty without checkpointing).
-    pub checkpoints: Vec<cairn_runtime::checkpoint::CheckpointStats>,
+    /// Statistics of every checkpoint and savepoint attempted, oldest first.
+    pub checkpoints: Vec<cairn_runtime::control::CheckpointStats>,
+    /// The savepoint written by a stop with savepoint.
+    pub savepoint: Option<std::path::PathBuf>,
+    /// How many times the job restarted after failures.
+    pub restarts: u32,
+    /// The job's checkpoint directory (`<execution.checkpointing.dir>/<job id>`).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for StreamEnv {
@@ -265,13 +272,21 @@ impl StreamEnv {
         })
     }
 
-    /// Run the job to the end (bounded input) or until it fails or is cancelled.
+    /// Run the job to the end (bounded input), until it is stopped, or until
+    /// it fails for good or is cancelled.
     pub fn execute(&self, job_name: &str) -> Result<JobResult, CairnError> {
-        let (restore_path, allow_non_restored) = {
+        self.execute_async(job_name)?.wait()
+    }
+
+    /// Start the job in the background; the handle controls and awaits it.
+    pub fn execute_async(&self, job_name: &str) -> Result<JobHandle, CairnError> {
+        let (restore_path, allow_non_restored_state, claim_mode, progress) = {
             let inner = self.inner.borrow();
             (
                 inner.startup.restore_path.clone(),
                 inner.startup.allow_non_restored_state,
+                inner.startup.claim_mode,
+                inner.progress,
             )
         };
         let snapshot = match &restore_path {
@@ -279,32 +294,17 @@ impl StreamEnv {
             None => None,
         };
         let spec = self.build(job_name, snapshot.as_ref())?;
-        let settings = RuntimeSettings::from_config(&spec.config);
-        let progress = self.inner.borrow().progress;
-        let start = Instant::now();
-        if progress {
-            eprintln!("Job '{job_name}' started with JobID {}", spec.job_id);
-        }
-        let outcome = crate::execution::run(&spec, settings, snapshot.as_ref(), allow_non_restored, progress);
-        let elapsed = start.elapsed();
-        let outcome = outcome?;
-        let source_records = outcome.source_records;
-        if progress {
-            eprintln!(
-                "Job '{job_name}' ({}) finished in {:.2}s: {} source records ({:.0}/s)",
-                spec.job_id,
-                elapsed.as_secs_f64(),
-                source_records,
-                source_records as f64 / elapsed.as_secs_f64().max(1e-9)
-            );
-        }
-        Ok(JobResult {
-            job_id: spec.job_id,
+        let handle = crate::execution::start(crate::execution::Launch {
             job_name: job_name.to_string(),
-            elapsed,
-            source_records,
-            checkpoints: outcome.checkpoints,
-        })
+            spec,
+            snapshot,
+            restore_path,
+            allow_non_restored_state,
+            claim_mode,
+            progress,
+        })?;
+        crate::execution::wait_running(&handle.client(), Duration::from_secs(30));
+        Ok(handle)
     }
 }
 

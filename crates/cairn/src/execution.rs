@@ -1,22 +1,20 @@
-//! Runs a built job: restores it from a snapshot when asked, runs it with or
-//! without checkpoints, and reports progress.
+//! Runs a built job on its own thread: restores it from a snapshot when asked,
+//! drives it through the runtime's controller (checkpoints, savepoints,
+//! restarts), and hands back a [`JobHandle`] to control and await it.
 
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use cairn_runtime::checkpoint::{run_with_checkpoints, CheckpointSettings};
-use cairn_runtime::job::{run_to_end, JobSpec, RuntimeSettings, SubtaskRestore};
-use cairn_runtime::restore::RestorePlan;
+use cairn_config::ClaimMode;
+use cairn_runtime::control::{control_channel, JobClient, JobStatus};
+use cairn_runtime::controller::{initial_published, run_job, JobRun};
+use cairn_runtime::job::{JobSpec, RuntimeSettings};
 use cairn_runtime::JobError;
 use cairn_snapshot::{load_snapshot, LoadedSnapshot, LocalFileStorage};
 
+use crate::env::JobResult;
 use crate::error::CairnError;
-
-/// What a run reports.
-pub(crate) struct Outcome {
-    pub source_records: u64,
-    pub checkpoints: Vec<cairn_runtime::checkpoint::CheckpointStats>,
-}
 
 /// Load the snapshot to restore from (a directory or its `_metadata`).
 pub(crate) fn load(path: &Path) -> Result<LoadedSnapshot, CairnError> {
@@ -24,62 +22,140 @@ pub(crate) fn load(path: &Path) -> Result<LoadedSnapshot, CairnError> {
         .map_err(|e| CairnError::Job(JobError::Setup(format!("cannot restore from {}: {e}", path.display()))))
 }
 
-/// Run `spec` to its end.
-pub(crate) fn run(
-    spec: &JobSpec,
-    settings: RuntimeSettings,
-    snapshot: Option<&LoadedSnapshot>,
-    allow_non_restored_state: bool,
-    progress: bool,
-) -> Result<Outcome, CairnError> {
-    let start = Instant::now();
-    let mut last = 0u64;
-    let mut tick = |records: u64| {
-        if progress {
-            eprintln!(
-                "  {:>6.1}s  {:>12} records from sources  ({:.0}/s)",
-                start.elapsed().as_secs_f64(),
-                records,
-                (records - last.min(records)) as f64
-            );
-            last = records;
+/// A job running in the background.
+pub struct JobHandle {
+    job_id: String,
+    client: JobClient,
+    thread: Option<JoinHandle<Result<JobResult, CairnError>>>,
+}
+
+impl JobHandle {
+    /// The job's id.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// A client to read the job's status and to trigger savepoints,
+    /// checkpoints, stop and cancel.
+    pub fn client(&self) -> JobClient {
+        self.client.clone()
+    }
+
+    /// Wait for the job to end. A cancelled job gives
+    /// `Err(CairnError::Job(JobError::Cancelled))`.
+    pub fn wait(mut self) -> Result<JobResult, CairnError> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(CairnError::Job(JobError::Internal("the job's controller thread panicked".into()))),
+            None => Err(CairnError::Job(JobError::Internal("the job was already awaited".into()))),
         }
-    };
-    let storage = LocalFileStorage::new();
-    let plan = match snapshot {
-        Some(s) => {
-            let plan = RestorePlan::new(s, &storage, &spec.graph, allow_non_restored_state)?;
-            if !plan.dropped.is_empty() {
+    }
+}
+
+/// What [`start`] needs besides the spec.
+pub(crate) struct Launch {
+    pub job_name: String,
+    pub spec: JobSpec,
+    pub snapshot: Option<LoadedSnapshot>,
+    pub restore_path: Option<PathBuf>,
+    pub allow_non_restored_state: bool,
+    pub claim_mode: ClaimMode,
+    pub progress: bool,
+}
+
+/// Start `launch` on a thread of its own.
+pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
+    let published = initial_published(&launch.spec, &launch.job_name, launch.restore_path.as_deref());
+    let (client, port) = control_channel(published);
+    let job_id = launch.spec.job_id.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("cairn-job-{}", &job_id[..8]))
+        .spawn(move || {
+            let Launch {
+                job_name,
+                spec,
+                snapshot,
+                allow_non_restored_state,
+                claim_mode,
+                progress,
+                ..
+            } = launch;
+            let settings = RuntimeSettings::from_config(&spec.config);
+            let start = Instant::now();
+            if progress {
+                eprintln!("Job '{job_name}' started with JobID {}", spec.job_id);
+            }
+            let mut last = 0u64;
+            let mut tick = |records: u64| {
+                if progress {
+                    eprintln!(
+                        "  {:>6.1}s  {:>12} records from sources  ({:.0}/s)",
+                        start.elapsed().as_secs_f64(),
+                        records,
+                        (records - last.min(records)) as f64
+                    );
+                    last = records;
+                }
+            };
+            let run = JobRun {
+                spec: &spec,
+                settings,
+                snapshot: snapshot.as_ref(),
+                allow_non_restored_state,
+                claim: claim_mode == ClaimMode::Claim,
+                log: progress,
+            };
+            let outcome = run_job(run, &port, &mut tick)?;
+            let elapsed = start.elapsed();
+            if progress {
                 eprintln!(
-                    "Restoring from {} without the state of operator uid(s) {} (--allow-non-restored-state)",
-                    s.dir.display(),
-                    plan.dropped.join(", ")
+                    "Job '{job_name}' ({}) {} in {:.2}s: {} source records ({:.0}/s){}",
+                    spec.job_id,
+                    match outcome.status {
+                        JobStatus::Cancelled => "was cancelled",
+                        _ => "finished",
+                    },
+                    elapsed.as_secs_f64(),
+                    outcome.source_records,
+                    outcome.source_records as f64 / elapsed.as_secs_f64().max(1e-9),
+                    outcome
+                        .savepoint
+                        .as_ref()
+                        .map(|p| format!("; savepoint at {}", p.display()))
+                        .unwrap_or_default()
                 );
             }
-            Some(plan)
-        }
-        None => None,
-    };
-    let graph = &spec.graph;
-    let mut restore = |node: usize, subtask: u32, range| match &plan {
-        Some(p) => p.subtask(node, subtask, range, graph.nodes[node].keyed),
-        None => Ok(SubtaskRestore::default()),
-    };
-    match CheckpointSettings::from_config(&spec.config)? {
-        Some(cp) => {
-            let first = plan.as_ref().map_or(1, |p| p.checkpoint_id() + 1);
-            let out = run_with_checkpoints(spec, settings, cp, first, &mut restore, progress, &mut tick)?;
-            Ok(Outcome {
-                source_records: out.source_records,
-                checkpoints: out.checkpoints,
+            if outcome.status == JobStatus::Cancelled {
+                return Err(CairnError::Job(JobError::Cancelled));
+            }
+            Ok(JobResult {
+                job_id: spec.job_id.clone(),
+                job_name,
+                elapsed,
+                source_records: outcome.source_records,
+                checkpoints: outcome.checkpoints,
+                savepoint: outcome.savepoint,
+                restarts: outcome.restarts,
+                checkpoint_dir: outcome.checkpoint_dir,
             })
+        })
+        .map_err(|e| CairnError::Job(JobError::Internal(format!("cannot start the job's thread: {e}"))))?;
+    Ok(JobHandle {
+        job_id,
+        client,
+        thread: Some(thread),
+    })
+}
+
+/// Poll `client` until the job runs (or ended), for callers that trigger
+/// operations right after starting.
+pub(crate) fn wait_running(client: &JobClient, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let s = client.info().status;
+        if s != JobStatus::Initializing {
+            return;
         }
-        None => {
-            let source_records = run_to_end(spec, settings, &mut restore, &mut tick)?;
-            Ok(Outcome {
-                source_records,
-                checkpoints: Vec::new(),
-            })
-        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }

@@ -19,7 +19,7 @@ pub mod collection;
 pub mod connect;
 pub mod env;
 pub mod error;
-mod execution;
+pub mod execution;
 pub mod functions;
 pub mod stream;
 pub mod window;
@@ -42,6 +42,7 @@ pub mod prelude {
     };
     pub use crate::env::{JobResult, StreamEnv};
     pub use crate::error::CairnError;
+    pub use crate::execution::JobHandle;
     pub use crate::stream::{DataStream, KeyedStream};
     pub use crate::window::{
         EventTimeSessionWindows, ProcessWindowFunction, ProcessingTimeSessionWindows, SlidingEventTimeWindows,

@@ -898,7 +898,7 @@ fn two_input_state_survives_restore_with_new_parallelism() {
     let last = first
         .checkpoints
         .iter()
-        .rfind(|c| c.status == cairn::runtime::checkpoint::CheckpointStatus::Completed)
+        .rfind(|c| c.status == cairn::runtime::control::SnapshotStatus::Completed)
         .expect("a final checkpoint")
         .id;
     let chk = dir.join(&first.job_id).join(format!("chk-{last}"));

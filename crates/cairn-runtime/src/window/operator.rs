@@ -245,7 +245,7 @@ where
                 t.namespace.len()
             )
         })?;
-        let key: K = codec::decode("window timer key", &t.key)?;
+        let key: K = codec::decode_key("window timer key", &t.key)?;
         self.state.set_current_key(&t.key, t.key_group);
         let state_ns = match self.merging.clone() {
             Some(map) => {

@@ -1,0 +1,40 @@
+//! The short kill -9 run (CI): the chaos job is killed with SIGKILL at random
+//! moments, restarted from the latest retained checkpoint each time, and its
+//! committed output must equal the expected output exactly. The long run is
+//! `cargo run -p cairn-chaos --release --bin cairn-chaos -- --kills 300`
+//! (docs/failure-testing.md).
+
+use std::path::PathBuf;
+
+use cairn_chaos::{ChaosConfig, JobCommand, XorShift};
+
+fn work_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("cairn-chaos-test-{name}-{}", std::process::id()))
+}
+
+#[test]
+fn kill9_short_run_keeps_output_exactly_once() {
+    // A new kill schedule each run (the seed is printed on failure);
+    // CAIRN_CHAOS_SEED=<seed> replays one.
+    let seed = std::env::var("CAIRN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(XorShift::seed_from_entropy);
+    let job = JobCommand::new(env!("CARGO_BIN_EXE_cairn-chaos-job"));
+    let work = work_dir("short");
+    let cfg = ChaosConfig::short(job, work.clone(), seed);
+    let report = cairn_chaos::run(&cfg).expect("the harness runs");
+    eprintln!("{report}");
+    assert!(
+        report.failure.is_none(),
+        "kill -9 run failed (replay with CAIRN_CHAOS_SEED={seed}):\n{report}"
+    );
+    assert_eq!(report.reference_matched, Some(true), "failure-free run = oracle");
+    assert!(report.kills >= cfg.kills, "{report}");
+    assert!(report.rounds >= 1 && report.rounds == report.matching_rounds, "{report}");
+    assert!(
+        report.restarts_from_checkpoint >= 1,
+        "at least one restart must restore a checkpoint:\n{report}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -1,0 +1,230 @@
+//! A minimal HTTP/1.1 client for the REST API (used by the `cairn` CLI and
+//! tests): one request per connection, JSON bodies, optional bearer token.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Largest response body read.
+const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Lower-cased names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The body as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header by (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// For error responses: the first message of `errors` and the `code`.
+    pub fn error_message(&self) -> String {
+        let v = self.json();
+        let msg = v["errors"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| self.text().trim().to_string());
+        match v["code"].as_str() {
+            Some(code) => format!("{msg} [{code}, HTTP {}]", self.status),
+            None => format!("{msg} [HTTP {}]", self.status),
+        }
+    }
+}
+
+/// A client of one server.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    authority: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl HttpClient {
+    /// A client of `host:port`.
+    pub fn new(authority: impl Into<String>) -> HttpClient {
+        HttpClient {
+            authority: authority.into(),
+            token: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> HttpClient {
+        self.token = token;
+        self
+    }
+
+    /// Connect, read and write timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> HttpClient {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> io::Result<HttpResponse> {
+        self.request("GET", path, None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> io::Result<HttpResponse> {
+        self.request("POST", path, Some(body))
+    }
+
+    /// `PATCH path` without body.
+    pub fn patch(&self, path: &str) -> io::Result<HttpResponse> {
+        self.request("PATCH", path, None)
+    }
+
+    /// Sends one request. Errors are connection failures only; HTTP errors
+    /// are responses.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> io::Result<HttpResponse> {
+        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: cairn/{}\r\n",
+            self.authority,
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if let Some(b) = &body {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            ));
+        } else if method != "GET" && method != "HEAD" {
+            head.push_str("Content-Length: 0\r\n");
+        }
+        head.push_str("\r\n");
+        let mut raw = head.into_bytes();
+        if let Some(b) = body {
+            raw.extend(b);
+        }
+        self.exchange(&raw)
+    }
+
+    fn connect(&self) -> io::Result<TcpStream> {
+        let addrs: Vec<SocketAddr> = self.authority.to_socket_addrs()?.collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{} resolves to no address", self.authority));
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, self.timeout) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends raw request bytes and reads the response.
+    pub fn exchange(&self, raw: &[u8]) -> io::Result<HttpResponse> {
+        let mut stream = self.connect()?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        stream.write_all(raw)?;
+        stream.flush()?;
+        read_response(BufReader::new(stream))
+    }
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Reads a response (skipping `100 Continue`).
+pub fn read_response<R: BufRead>(mut reader: R) -> io::Result<HttpResponse> {
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(bad("the server closed the connection without answering"));
+        }
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let status: u16 = match (parts.next(), parts.next()) {
+            (Some(v), Some(code)) if v.starts_with("HTTP/1.") => {
+                code.parse().map_err(|_| bad(format!("bad status line '{}'", line.trim_end())))?
+            }
+            _ => return Err(bad(format!("bad status line '{}'", line.trim_end()))),
+        };
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Err(bad("the connection closed in the middle of the response headers"));
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = h.split_once(':') {
+                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        if status == 100 {
+            continue;
+        }
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse::<u64>().ok());
+        let mut body = Vec::new();
+        match length {
+            Some(n) if n > MAX_RESPONSE_BYTES => return Err(bad(format!("response of {n} bytes is too large"))),
+            Some(n) => {
+                body.resize(n as usize, 0);
+                reader.read_exact(&mut body)?;
+            }
+            None => {
+                reader.take(MAX_RESPONSE_BYTES).read_to_end(&mut body)?;
+            }
+        }
+        return Ok(HttpResponse { status, headers, body });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn parses_responses() {
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 44\r\n\r\n{\"errors\":[\"no such job\"],\"code\":\"JOB_NOT\"}\n";
+        let r = read_response(Cursor::new(raw.to_vec())).unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+        assert_eq!(r.error_message(), "no such job [JOB_NOT, HTTP 404]");
+        let r = read_response(Cursor::new(b"HTTP/1.0 200 OK\r\n\r\nhello".to_vec())).unwrap();
+        assert_eq!(r.text(), "hello");
+        assert_eq!(r.error_message(), "hello [HTTP 200]");
+        assert!(read_response(Cursor::new(b"".to_vec())).is_err());
+        assert!(read_response(Cursor::new(b"SSH-2.0\r\n".to_vec())).is_err());
+    }
+}

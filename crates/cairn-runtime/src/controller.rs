@@ -1,0 +1,650 @@
+//! The job controller: runs a job from start to its end across attempts. It
+//! drives the checkpoint coordinator, serves control requests (savepoints,
+//! manual checkpoints, stop, cancel), publishes status for the control plane,
+//! and after a task failure restarts the job in the same process from its
+//! latest completed checkpoint, as the restart strategy allows, falling back
+//! to an older retained checkpoint when the latest cannot be read.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use cairn_config::effective_restart_strategy;
+use cairn_snapshot::{load_snapshot, LoadedSnapshot, LocalFileStorage};
+
+use crate::checkpoint::{inject, CheckpointSettings, Coordinator, SnapshotOutcome, SnapshotTarget};
+use crate::control::{
+    AfterSavepoint, CheckpointStats, ControlPort, ControlRequest, JobInfo, JobMetrics, JobStatus, OperationStatus,
+    Published, VertexInfo,
+};
+use crate::error::JobError;
+use crate::job::{is_cancellation, start, task_failure, JobSpec, RunningJob, RuntimeSettings, SubtaskRestore};
+use crate::restart::{RestartDecision, RestartPolicy};
+use crate::restore::RestorePlan;
+use crate::task::{TaskCommand, TaskEvent, TaskId};
+use crate::time::now_ms;
+
+/// How often status is published and progress reported.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// How many times a failed final savepoint of a stop is retried.
+const STOP_SAVEPOINT_RETRIES: u32 = 2;
+/// Checkpoints shown in the published history (Flink's `web.checkpoints.history`).
+const PUBLISHED_HISTORY: usize = 10;
+
+/// How a job is to be run.
+pub struct JobRun<'a> {
+    pub spec: &'a JobSpec,
+    pub settings: RuntimeSettings,
+    /// The snapshot given at start (`-s`), already loaded.
+    pub snapshot: Option<&'a LoadedSnapshot>,
+    pub allow_non_restored_state: bool,
+    /// `--claim-mode CLAIM`: the job owns the restored snapshot.
+    pub claim: bool,
+    /// Log checkpoints, restarts and progress on stderr.
+    pub log: bool,
+}
+
+/// How a job that did not fail ended.
+#[derive(Debug)]
+pub struct JobOutcome {
+    pub status: JobStatus,
+    /// Records emitted by sources, over all attempts.
+    pub source_records: u64,
+    /// Every checkpoint and savepoint, oldest first.
+    pub checkpoints: Vec<CheckpointStats>,
+    /// The savepoint a stop (or cancel) with savepoint wrote.
+    pub savepoint: Option<PathBuf>,
+    pub restarts: u32,
+    /// The job's checkpoint directory, when checkpoints are configured.
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// A stop-with-savepoint in progress.
+struct StopPlan {
+    operation: String,
+    dir: PathBuf,
+    format: crate::control::SnapshotFormat,
+    drain: bool,
+    retries: u32,
+}
+
+/// How one attempt ended.
+enum AttemptEnd {
+    Finished { savepoint: Option<PathBuf> },
+    Cancelled { savepoint: Option<PathBuf> },
+    Failed(JobError),
+}
+
+/// Where an attempt restores from.
+#[derive(Clone)]
+enum RestoreSource {
+    Empty,
+    Initial,
+    Checkpoint(u64, PathBuf),
+}
+
+/// Run a job to its end: `Ok` when it finished or was cancelled, `Err` when
+/// it failed for good (or could not start).
+pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -> Result<JobOutcome, JobError> {
+    let spec = run.spec;
+    let cp = CheckpointSettings::from_config(&spec.config)?;
+    let first_id = run.snapshot.map_or(1, |s| s.metadata.checkpoint_id + 1);
+    let mut coord = Coordinator::new(spec, cp, first_id, run.log)?;
+    let mut policy = RestartPolicy::new(effective_restart_strategy(&spec.config));
+    {
+        let mut p = port.publish();
+        p.checkpoint_config = coord.settings.view();
+    }
+    let mut ctl = Controller {
+        run: &run,
+        port,
+        records_before: 0,
+        restarts: 0,
+        last_failure: None,
+        last_publish: Instant::now() - PUBLISH_EVERY,
+        last_records: (Instant::now(), 0),
+    };
+    let mut source = if run.snapshot.is_some() {
+        RestoreSource::Initial
+    } else {
+        RestoreSource::Empty
+    };
+    let mut attempt = 0u32;
+    loop {
+        let mut job = match ctl.start_attempt(&mut coord, attempt, &mut source) {
+            Ok(job) => job,
+            Err(e) => {
+                ctl.set_status(&mut coord, JobStatus::Failed, None);
+                return Err(e);
+            }
+        };
+        ctl.set_status(&mut coord, JobStatus::Running, Some(&job));
+        let end = ctl.run_attempt(&mut job, &mut coord, tick);
+        job.cancel_and_join();
+        ctl.records_before += job.source_records();
+        coord.abort_all("the job attempt ended");
+        match end {
+            AttemptEnd::Finished { savepoint } => {
+                ctl.set_status(&mut coord, JobStatus::Finished, None);
+                return Ok(ctl.outcome(&coord, JobStatus::Finished, savepoint));
+            }
+            AttemptEnd::Cancelled { savepoint } => {
+                coord.on_cancel();
+                ctl.set_status(&mut coord, JobStatus::Cancelled, None);
+                return Ok(ctl.outcome(&coord, JobStatus::Cancelled, savepoint));
+            }
+            AttemptEnd::Failed(error) => {
+                ctl.last_failure = Some(error.to_string());
+                match policy.on_failure(Instant::now()) {
+                    RestartDecision::Fail(why) => {
+                        if run.log {
+                            eprintln!("Job {} failed: {error} ({why})", spec.job_id);
+                        }
+                        ctl.set_status(&mut coord, JobStatus::Failed, None);
+                        return Err(error);
+                    }
+                    RestartDecision::RestartAfter(delay) => {
+                        ctl.restarts += 1;
+                        if run.log {
+                            eprintln!(
+                                "Job {} failed: {error}. Restarting in {} ms ({} restart strategy, restart {})",
+                                spec.job_id,
+                                delay.as_millis(),
+                                policy.name(),
+                                ctl.restarts
+                            );
+                        }
+                        ctl.set_status(&mut coord, JobStatus::Restarting, None);
+                        if ctl.wait_restart_delay(delay) {
+                            coord.on_cancel();
+                            ctl.set_status(&mut coord, JobStatus::Cancelled, None);
+                            return Ok(ctl.outcome(&coord, JobStatus::Cancelled, None));
+                        }
+                        source = match coord.retained_checkpoints().first() {
+                            Some((id, dir)) => RestoreSource::Checkpoint(*id, dir.clone()),
+                            None => source,
+                        };
+                        attempt += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Controller<'r, 'a> {
+    run: &'r JobRun<'a>,
+    port: &'r ControlPort,
+    /// Source records of earlier attempts.
+    records_before: u64,
+    restarts: u32,
+    last_failure: Option<String>,
+    last_publish: Instant,
+    last_records: (Instant, u64),
+}
+
+impl Controller<'_, '_> {
+    fn outcome(&self, coord: &Coordinator, status: JobStatus, savepoint: Option<PathBuf>) -> JobOutcome {
+        JobOutcome {
+            status,
+            source_records: self.records_before,
+            checkpoints: coord.history(),
+            savepoint,
+            restarts: self.restarts,
+            checkpoint_dir: coord.job_dir(),
+        }
+    }
+
+    /// Start attempt `attempt` from `source`; a retained checkpoint that
+    /// cannot be read is reported and the next older one is tried.
+    fn start_attempt(
+        &mut self,
+        coord: &mut Coordinator,
+        attempt: u32,
+        source: &mut RestoreSource,
+    ) -> Result<RunningJob, JobError> {
+        let spec = self.run.spec;
+        loop {
+            let result = match source.clone() {
+                RestoreSource::Empty => start(spec, self.run.settings, attempt, true, &mut |_, _, _| {
+                    Ok(SubtaskRestore::default())
+                }),
+                RestoreSource::Initial => {
+                    let snap = self.run.snapshot.expect("initial snapshot present");
+                    let r = self.start_from(snap, attempt);
+                    if r.is_ok() {
+                        coord.on_restored(
+                            snap.metadata.checkpoint_id,
+                            &snap.dir,
+                            snap.metadata.kind.is_savepoint(),
+                            self.run.claim && attempt == 0,
+                        );
+                    }
+                    r
+                }
+                RestoreSource::Checkpoint(id, dir) => {
+                    let r = load_snapshot(&LocalFileStorage::new(), &dir)
+                        .map_err(|e| JobError::Setup(format!("cannot restore from {}: {e}", dir.display())))
+                        .and_then(|snap| self.start_from(&snap, attempt));
+                    match r {
+                        Ok(job) => {
+                            coord.on_restored(id, &dir, false, false);
+                            if self.run.log {
+                                eprintln!("Restored the job from checkpoint {id} ({})", dir.display());
+                            }
+                            Ok(job)
+                        }
+                        Err(JobError::Setup(why)) => {
+                            // The checkpoint is unreadable: fall back to the one before.
+                            let older = coord
+                                .retained_checkpoints()
+                                .into_iter()
+                                .find(|(other, _)| *other < id);
+                            let next = match older {
+                                Some((o, d)) => RestoreSource::Checkpoint(o, d),
+                                None if self.run.snapshot.is_some() => RestoreSource::Initial,
+                                None => return Err(JobError::Setup(format!(
+                                    "{why}; no older retained checkpoint is left to fall back to"
+                                ))),
+                            };
+                            eprintln!(
+                                "Checkpoint {id} cannot be restored ({why}); falling back to {}",
+                                match &next {
+                                    RestoreSource::Checkpoint(o, d) => format!("checkpoint {o} ({})", d.display()),
+                                    _ => "the snapshot the job was started from".to_string(),
+                                }
+                            );
+                            *source = next;
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            return result;
+        }
+    }
+
+    fn start_from(&self, snap: &LoadedSnapshot, attempt: u32) -> Result<RunningJob, JobError> {
+        let spec = self.run.spec;
+        let storage = LocalFileStorage::new();
+        let plan = RestorePlan::new(snap, &storage, &spec.graph, self.run.allow_non_restored_state)?;
+        if attempt == 0 && !plan.dropped.is_empty() {
+            eprintln!(
+                "Restoring from {} without the state of operator uid(s) {} (--allow-non-restored-state)",
+                snap.dir.display(),
+                plan.dropped.join(", ")
+            );
+        }
+        let graph = &spec.graph;
+        start(spec, self.run.settings, attempt, true, &mut |node, subtask, range| {
+            plan.subtask(node, subtask, range, graph.nodes[node].keyed)
+        })
+    }
+
+    /// Wait out a restart delay, serving requests; true when cancelled meanwhile.
+    fn wait_restart_delay(&mut self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.port.requests.recv_timeout(left.min(PUBLISH_EVERY)) {
+                Ok(ControlRequest::Cancel) => return true,
+                Ok(ControlRequest::Savepoint { operation, .. } | ControlRequest::Checkpoint { operation, .. }) => {
+                    self.fail_operation(&operation, "the job is restarting after a failure; try again when it runs");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn fail_operation(&self, operation: &str, message: impl Into<String>) {
+        self.port.publish().operations.insert(
+            operation.to_string(),
+            OperationStatus::Failed {
+                message: message.into(),
+            },
+        );
+    }
+
+    fn complete_operation(&self, operation: &str, location: Option<PathBuf>, checkpoint_id: Option<u64>) {
+        self.port.publish().operations.insert(
+            operation.to_string(),
+            OperationStatus::Completed {
+                location,
+                checkpoint_id,
+            },
+        );
+    }
+
+    fn set_status(&mut self, coord: &mut Coordinator, status: JobStatus, job: Option<&RunningJob>) {
+        {
+            let mut p = self.port.publish();
+            p.info.status = status;
+            p.info.restarts = self.restarts;
+            p.info.last_failure = self.last_failure.clone();
+            if status.is_terminal() {
+                p.info.end_time_ms = Some(now_ms() as u64);
+                // Requests still waiting can no longer be served.
+                for op in p.operations.values_mut() {
+                    if *op == OperationStatus::InProgress {
+                        *op = OperationStatus::Failed {
+                            message: format!("the job ended ({status:?}) before the operation completed"),
+                        };
+                    }
+                }
+            }
+        }
+        self.publish(coord, job, true);
+    }
+
+    /// Refresh the published metrics and checkpoint statistics.
+    fn publish(&mut self, coord: &Coordinator, job: Option<&RunningJob>, force: bool) {
+        if !force && self.last_publish.elapsed() < PUBLISH_EVERY {
+            return;
+        }
+        self.last_publish = Instant::now();
+        let mut metrics = JobMetrics {
+            source_records: self.records_before,
+            ..Default::default()
+        };
+        if let Some(job) = job {
+            metrics.source_records += job.source_records();
+            for (id, m) in &job.metrics {
+                if !job.source_tasks.contains(id) {
+                    metrics.records_in += m.records_in.load(Ordering::Relaxed);
+                }
+                metrics.records_out += m.records_out.load(Ordering::Relaxed);
+                metrics.backpressure_ms += m.backpressure_ns.load(Ordering::Relaxed) / 1_000_000;
+            }
+        }
+        let (t, n) = self.last_records;
+        let secs = t.elapsed().as_secs_f64();
+        if secs >= 1.0 {
+            let rate = metrics.source_records.saturating_sub(n) as f64 / secs;
+            self.last_records = (Instant::now(), metrics.source_records);
+            self.port.publish().metrics.source_records_per_second = rate;
+        }
+        let overview = coord.overview(PUBLISHED_HISTORY);
+        let mut p = self.port.publish();
+        metrics.source_records_per_second = p.metrics.source_records_per_second;
+        p.metrics = metrics;
+        p.checkpoints = overview;
+    }
+
+    /// Run one attempt until it finishes, is cancelled or fails.
+    fn run_attempt(&mut self, job: &mut RunningJob, coord: &mut Coordinator, tick: &mut dyn FnMut(u64)) -> AttemptEnd {
+        let spec = self.run.spec;
+        let mut live = job.tasks.len();
+        let mut finished: HashSet<TaskId> = HashSet::new();
+        let mut final_snapshot: Option<u64> = None;
+        let mut final_done = false;
+        let mut released = false;
+        let mut failure: Option<JobError> = None;
+        let mut cancelled = false;
+        let mut cancel_after: Option<String> = None;
+        let mut stopping: Option<StopPlan> = None;
+        let mut savepoint: Option<PathBuf> = None;
+        let mut last_tick = Instant::now();
+        while live > 0 {
+            match job.events.recv_timeout(Duration::from_millis(10)) {
+                Ok(TaskEvent::Exited { .. }) => live -= 1,
+                Ok(TaskEvent::Failed { task, op, error }) => {
+                    job.cancel.store(true, Ordering::Relaxed);
+                    if failure.is_none() && !is_cancellation(&error) {
+                        failure = Some(task_failure(spec, task, op, &error));
+                    }
+                }
+                Ok(TaskEvent::Finished { task }) => {
+                    finished.insert(task);
+                }
+                Ok(e @ TaskEvent::Snapshot { .. }) => coord.on_snapshot(e),
+                Ok(TaskEvent::Decline {
+                    checkpoint_id, reason, ..
+                }) => {
+                    if let Err(e) = coord.on_decline(checkpoint_id, reason) {
+                        failure.get_or_insert(e);
+                        job.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                Err(_) => {}
+            }
+            if failure.is_some() || cancelled {
+                continue;
+            }
+            // Control requests.
+            while let Ok(req) = self.port.requests.try_recv() {
+                let any_source_finished = job.source_tasks.iter().any(|t| finished.contains(t));
+                match req {
+                    ControlRequest::Cancel => {
+                        cancelled = true;
+                        job.cancel.store(true, Ordering::Relaxed);
+                        self.set_status(coord, JobStatus::Cancelling, Some(job));
+                    }
+                    ControlRequest::Checkpoint { operation, .. } => {
+                        if stopping.is_some() || any_source_finished {
+                            self.fail_operation(&operation, "the job is finishing; no more checkpoints are taken");
+                            continue;
+                        }
+                        match coord.begin(
+                            SnapshotTarget::Checkpoint {
+                                operation: Some(operation.clone()),
+                            },
+                            job.tasks.len(),
+                        ) {
+                            Ok(barrier) => inject(job, barrier, false),
+                            Err(e) => self.fail_operation(&operation, e),
+                        }
+                    }
+                    ControlRequest::Savepoint { operation, request } => {
+                        if stopping.is_some() || any_source_finished || cancel_after.is_some() {
+                            self.fail_operation(
+                                &operation,
+                                "the job is already stopping or finishing; no more savepoints can be taken",
+                            );
+                            continue;
+                        }
+                        let dir = match coord.savepoint_dir_for(request.target_directory.as_deref()) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                self.fail_operation(&operation, e);
+                                continue;
+                            }
+                        };
+                        match request.then {
+                            AfterSavepoint::Stop { drain } => {
+                                if self.run.log {
+                                    eprintln!(
+                                        "Stopping job {} with a savepoint{}",
+                                        spec.job_id,
+                                        if drain { " (draining)" } else { "" }
+                                    );
+                                }
+                                for t in &job.source_tasks {
+                                    job.command(*t, TaskCommand::StopSource { drain });
+                                }
+                                stopping = Some(StopPlan {
+                                    operation,
+                                    dir,
+                                    format: request.format,
+                                    drain,
+                                    retries: 0,
+                                });
+                            }
+                            then => {
+                                let target = SnapshotTarget::Savepoint {
+                                    dir,
+                                    format: request.format,
+                                    operation: operation.clone(),
+                                    then,
+                                };
+                                match coord.begin(target, job.tasks.len()) {
+                                    Ok(barrier) => inject(job, barrier, false),
+                                    Err(e) => self.fail_operation(&operation, e),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if cancelled {
+                continue;
+            }
+            let step = (|| -> Result<(), JobError> {
+                coord.expire()?;
+                coord.drain_acks(job)?;
+                for outcome in coord.take_outcomes() {
+                    if let SnapshotOutcome::Completed { id, .. } = &outcome {
+                        final_done |= final_snapshot == Some(*id);
+                    }
+                    match outcome {
+                        SnapshotOutcome::Completed { id, target, location } => match target {
+                            SnapshotTarget::Checkpoint { operation } => {
+                                if let Some(op) = operation {
+                                    self.complete_operation(&op, Some(location), Some(id));
+                                }
+                            }
+                            SnapshotTarget::Savepoint { operation, then, .. } => {
+                                self.complete_operation(&operation, Some(location.clone()), Some(id));
+                                match then {
+                                    AfterSavepoint::KeepRunning => {}
+                                    AfterSavepoint::Cancel => cancel_after = Some(location.display().to_string()),
+                                    AfterSavepoint::Stop { .. } => savepoint = Some(location),
+                                }
+                            }
+                        },
+                        SnapshotOutcome::Failed { id, target, reason } => match target {
+                            SnapshotTarget::Checkpoint { operation } => {
+                                if let Some(op) = operation {
+                                    self.fail_operation(&op, format!("checkpoint {id} failed: {reason}"));
+                                }
+                            }
+                            SnapshotTarget::Savepoint { operation, then, .. } => {
+                                let is_stop = matches!(then, AfterSavepoint::Stop { .. });
+                                let retry = stopping.as_mut().filter(|s| is_stop && s.retries < STOP_SAVEPOINT_RETRIES);
+                                match retry {
+                                    Some(plan) => {
+                                        // The sources already stopped: try the final savepoint again.
+                                        plan.retries += 1;
+                                        final_snapshot = None;
+                                    }
+                                    None if is_stop => {
+                                        self.fail_operation(&operation, format!("savepoint {id} failed: {reason}"));
+                                        return Err(JobError::Internal(format!(
+                                            "stop with savepoint failed: savepoint {id} could not be written ({reason}); the job restarts from its latest checkpoint as its restart strategy allows"
+                                        )));
+                                    }
+                                    None => self.fail_operation(&operation, format!("savepoint {id} failed: {reason}")),
+                                }
+                            }
+                        },
+                    }
+                }
+                if cancel_after.is_some() || released {
+                    return Ok(());
+                }
+                if finished.len() == job.tasks.len() {
+                    // Everything is processed: take the final snapshot (the
+                    // stop's savepoint, or a final checkpoint that commits
+                    // the last output), then let the tasks go.
+                    let wants_final = stopping.is_some() || coord.periodic();
+                    if !wants_final {
+                        released = true;
+                        for t in &job.tasks {
+                            job.command(*t, TaskCommand::Release);
+                        }
+                        return Ok(());
+                    }
+                    if final_done {
+                        released = true;
+                        for t in &job.tasks {
+                            job.command(*t, TaskCommand::Release);
+                        }
+                    } else if final_snapshot.is_none_or(|id| !coord.is_pending(id)) {
+                        let target = match &stopping {
+                            Some(plan) => SnapshotTarget::Savepoint {
+                                dir: plan.dir.clone(),
+                                format: plan.format,
+                                operation: plan.operation.clone(),
+                                then: AfterSavepoint::Stop { drain: plan.drain },
+                            },
+                            None => SnapshotTarget::Checkpoint { operation: None },
+                        };
+                        let barrier = coord.begin(target, job.tasks.len()).map_err(JobError::Internal)?;
+                        final_snapshot = Some(barrier.checkpoint_id);
+                        inject(job, barrier, true);
+                    }
+                } else if stopping.is_none() && !job.source_tasks.iter().any(|t| finished.contains(t)) {
+                    // Once a source has finished it can inject no barrier; the
+                    // final checkpoint covers the rest.
+                    coord.maybe_trigger(job)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = step {
+                failure = Some(e);
+                job.cancel.store(true, Ordering::Relaxed);
+            }
+            if cancel_after.is_some() && !cancelled {
+                cancelled = true;
+                job.cancel.store(true, Ordering::Relaxed);
+                self.set_status(coord, JobStatus::Cancelling, Some(job));
+            }
+            self.publish(coord, Some(job), false);
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                last_tick = Instant::now();
+                tick(self.records_before + job.source_records());
+            }
+        }
+        if let Some(f) = failure {
+            return AttemptEnd::Failed(f);
+        }
+        if cancelled {
+            let savepoint = cancel_after.map(PathBuf::from);
+            return AttemptEnd::Cancelled { savepoint };
+        }
+        AttemptEnd::Finished { savepoint }
+    }
+}
+
+/// The initial published state of a job about to run.
+pub fn initial_published(spec: &JobSpec, job_name: &str, restored_from: Option<&Path>) -> Published {
+    Published {
+        info: JobInfo {
+            job_id: spec.job_id.clone(),
+            name: job_name.to_string(),
+            status: JobStatus::Initializing,
+            start_time_ms: now_ms() as u64,
+            end_time_ms: None,
+            restarts: 0,
+            last_failure: None,
+            restored_from: restored_from.map(Path::to_path_buf),
+            vertices: spec
+                .graph
+                .nodes
+                .iter()
+                .map(|n| VertexInfo {
+                    id: n.operator_id.clone(),
+                    uid: n.uid.clone(),
+                    name: n.name.clone(),
+                    parallelism: n.parallelism,
+                    max_parallelism: n.max_parallelism,
+                })
+                .collect(),
+        },
+        metrics: JobMetrics::default(),
+        checkpoints: Default::default(),
+        checkpoint_config: CheckpointSettings::from_config(&spec.config)
+            .map(|s| s.view())
+            .unwrap_or_default(),
+        config: spec
+            .config
+            .entries()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        operations: Default::default(),
+    }
+}
