@@ -216,7 +216,11 @@ impl fmt::Display for Report {
                 Some(_) => "FAIL".to_string(),
             }
         )?;
-        writeln!(f, "rounds compared:          {} ({} matching)", self.rounds, self.matching_rounds)?;
+        writeln!(
+            f,
+            "rounds compared:          {} ({} matching)",
+            self.rounds, self.matching_rounds
+        )?;
         if let Some(m) = self.reference_matched {
             writeln!(f, "failure-free run = oracle: {m}")?;
         }
@@ -752,7 +756,9 @@ impl Harness<'_> {
         }
         match mismatch {
             None => {
-                self.say(&format!("{name}: committed output equals the expected output ({kills_here} kills)"));
+                self.say(&format!(
+                    "{name}: committed output equals the expected output ({kills_here} kills)"
+                ));
                 if !self.cfg.keep_work {
                     let _ = std::fs::remove_dir_all(&root);
                 }

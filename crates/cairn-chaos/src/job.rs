@@ -19,8 +19,8 @@ use cairn::connectors::file::{FileSink, FileSource};
 use cairn::prelude::*;
 
 use crate::workload::{
-    file_running_line, file_total_line, gen_running_line, gen_total_line, window_line, Workload, FILE_SOURCE_PARALLELISM,
-    GEN_SPLITS, VALUE_MOD,
+    file_running_line, file_total_line, gen_running_line, gen_total_line, window_line, Workload,
+    FILE_SOURCE_PARALLELISM, GEN_SPLITS, VALUE_MOD,
 };
 
 /// Marker printed (stderr) when the first record is processed.
@@ -300,6 +300,7 @@ pub fn run() -> Result<(), CairnError> {
             seen: 0,
         })
         .set_parallelism(FILE_SOURCE_PARALLELISM)
+        .uid("chaos-throttle")
         .name("throttle")
         .map(|l: String| parse_line(&l))
         .set_parallelism(FILE_SOURCE_PARALLELISM)

@@ -158,7 +158,10 @@ fn files_containing(dir: &Path, line: &str) -> Result<Vec<String>, String> {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let n = text.lines().filter(|l| *l == line).count();
         if n > 0 {
-            let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
             found.push(if n > 1 { format!("{name} x{n}") } else { name });
         }
     }

@@ -31,7 +31,10 @@ fn kill9_short_run_keeps_output_exactly_once() {
     );
     assert_eq!(report.reference_matched, Some(true), "failure-free run = oracle");
     assert!(report.kills >= cfg.kills, "{report}");
-    assert!(report.rounds >= 1 && report.rounds == report.matching_rounds, "{report}");
+    assert!(
+        report.rounds >= 1 && report.rounds == report.matching_rounds,
+        "{report}"
+    );
     assert!(
         report.restarts_from_checkpoint >= 1,
         "at least one restart must restore a checkpoint:\n{report}"

@@ -116,9 +116,13 @@ impl Source<GeneratedEvent> for GeneratorSource {
             let n = self.splits.unwrap_or(ctx.info.parallelism) as u64;
             (0..n)
                 .filter(|s| s % ctx.info.parallelism as u64 == ctx.info.subtask as u64)
-                .map(|s| Split {
-                    next: s * self.count / n,
-                    end: (s + 1) * self.count / n,
+                .map(|s| {
+                    // In u128: `s * count` overflows u64 for very large counts.
+                    let at = |s: u64| (u128::from(s) * u128::from(self.count) / u128::from(n)) as u64;
+                    Split {
+                        next: at(s),
+                        end: at(s + 1),
+                    }
                 })
                 .collect()
         };

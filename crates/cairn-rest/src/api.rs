@@ -184,7 +184,11 @@ impl Api {
                 format!("no endpoint {} {}; GET / lists the endpoints", req.method, req.path()),
             ));
         };
-        let method = if req.method == "HEAD" { "GET" } else { req.method.as_str() };
+        let method = if req.method == "HEAD" {
+            "GET"
+        } else {
+            req.method.as_str()
+        };
         if !allowed.contains(&method) {
             let e = ApiError::new(
                 405,
@@ -318,9 +322,15 @@ impl Api {
     fn trigger_savepoint(&self, jid: &str, req: &Request, stop: bool) -> Result<Response, ApiError> {
         self.job(jid)?;
         let (dir_field, fields): (&str, &[&str]) = if stop {
-            ("targetDirectory", &["targetDirectory", "drain", "formatType", "triggerId"])
+            (
+                "targetDirectory",
+                &["targetDirectory", "drain", "formatType", "triggerId"],
+            )
         } else {
-            ("target-directory", &["target-directory", "cancel-job", "formatType", "triggerId"])
+            (
+                "target-directory",
+                &["target-directory", "cancel-job", "formatType", "triggerId"],
+            )
         };
         let body = body_object(req, fields)?;
         let target = match opt_str(&body, dir_field)? {
@@ -331,7 +341,12 @@ impl Api {
             None => SnapshotFormat::Canonical,
             Some(f) if f.eq_ignore_ascii_case("canonical") => SnapshotFormat::Canonical,
             Some(f) if f.eq_ignore_ascii_case("native") => SnapshotFormat::Native,
-            Some(f) => return Err(ApiError::invalid_field("formatType", format!("is '{f}'; use CANONICAL or NATIVE"))),
+            Some(f) => {
+                return Err(ApiError::invalid_field(
+                    "formatType",
+                    format!("is '{f}'; use CANONICAL or NATIVE"),
+                ))
+            }
         };
         let then = if stop {
             AfterSavepoint::Stop {
@@ -830,7 +845,10 @@ mod tests {
             route(&["jobs", j, "checkpoints", "abc"]).unwrap().0,
             Route::CheckpointStatus(j, "abc")
         );
-        assert_eq!(route(&["savepoint-disposal", "x"]).unwrap().0, Route::DisposalStatus("x"));
+        assert_eq!(
+            route(&["savepoint-disposal", "x"]).unwrap().0,
+            Route::DisposalStatus("x")
+        );
         assert_eq!(route(&["jobmanager", "config"]).unwrap().0, Route::Config);
         assert!(route(&["jobs", j, "nope"]).is_none());
         assert!(route(&["favicon.ico"]).is_none());

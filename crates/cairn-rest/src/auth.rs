@@ -86,7 +86,13 @@ mod tests {
     fn bearer_checks() {
         assert!(check_bearer("s3cret", Some("Bearer s3cret")).is_ok());
         assert!(check_bearer("s3cret", Some("bearer  s3cret ")).is_ok());
-        for bad in [None, Some("Bearer wrong"), Some("Basic czNjcmV0"), Some("s3cret"), Some("Bearer s3cre")] {
+        for bad in [
+            None,
+            Some("Bearer wrong"),
+            Some("Basic czNjcmV0"),
+            Some("s3cret"),
+            Some("Bearer s3cre"),
+        ] {
             let e = check_bearer("s3cret", bad).unwrap_err();
             assert_eq!((e.status, e.code), (401, "UNAUTHORIZED"), "{bad:?}");
         }

@@ -129,12 +129,20 @@ impl HttpClient {
         if let Some(b) = body {
             raw.extend(b);
         }
-        self.exchange(&raw)
+        let mut stream = self.send(&raw)?;
+        if method == "HEAD" {
+            read_response_head(&mut stream)
+        } else {
+            read_response(stream)
+        }
     }
 
     fn connect(&self) -> io::Result<TcpStream> {
         let addrs: Vec<SocketAddr> = self.authority.to_socket_addrs()?.collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{} resolves to no address", self.authority));
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} resolves to no address", self.authority),
+        );
         for a in addrs {
             match TcpStream::connect_timeout(&a, self.timeout) {
                 Ok(s) => return Ok(s),
@@ -144,14 +152,18 @@ impl HttpClient {
         Err(last)
     }
 
-    /// Sends raw request bytes and reads the response.
-    pub fn exchange(&self, raw: &[u8]) -> io::Result<HttpResponse> {
+    fn send(&self, raw: &[u8]) -> io::Result<BufReader<TcpStream>> {
         let mut stream = self.connect()?;
         stream.set_read_timeout(Some(self.timeout))?;
         stream.set_write_timeout(Some(self.timeout))?;
         stream.write_all(raw)?;
         stream.flush()?;
-        read_response(BufReader::new(stream))
+        Ok(BufReader::new(stream))
+    }
+
+    /// Sends raw request bytes and reads the response.
+    pub fn exchange(&self, raw: &[u8]) -> io::Result<HttpResponse> {
+        read_response(self.send(raw)?)
     }
 }
 
@@ -161,6 +173,24 @@ fn bad(msg: impl Into<String>) -> io::Error {
 
 /// Reads a response (skipping `100 Continue`).
 pub fn read_response<R: BufRead>(mut reader: R) -> io::Result<HttpResponse> {
+    let mut r = read_response_head(&mut reader)?;
+    let length = r.header("content-length").and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(n) if n > MAX_RESPONSE_BYTES => return Err(bad(format!("response of {n} bytes is too large"))),
+        Some(n) => {
+            r.body.resize(n as usize, 0);
+            reader.read_exact(&mut r.body)?;
+        }
+        None => {
+            reader.take(MAX_RESPONSE_BYTES).read_to_end(&mut r.body)?;
+        }
+    }
+    Ok(r)
+}
+
+/// Reads the status line and headers of a response (skipping `100 Continue`);
+/// the body is left unread (answers to `HEAD`).
+pub fn read_response_head<R: BufRead>(reader: &mut R) -> io::Result<HttpResponse> {
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
@@ -168,9 +198,9 @@ pub fn read_response<R: BufRead>(mut reader: R) -> io::Result<HttpResponse> {
         }
         let mut parts = line.trim_end().splitn(3, ' ');
         let status: u16 = match (parts.next(), parts.next()) {
-            (Some(v), Some(code)) if v.starts_with("HTTP/1.") => {
-                code.parse().map_err(|_| bad(format!("bad status line '{}'", line.trim_end())))?
-            }
+            (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code
+                .parse()
+                .map_err(|_| bad(format!("bad status line '{}'", line.trim_end())))?,
             _ => return Err(bad(format!("bad status line '{}'", line.trim_end()))),
         };
         let mut headers = Vec::new();
@@ -190,22 +220,11 @@ pub fn read_response<R: BufRead>(mut reader: R) -> io::Result<HttpResponse> {
         if status == 100 {
             continue;
         }
-        let length = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse::<u64>().ok());
-        let mut body = Vec::new();
-        match length {
-            Some(n) if n > MAX_RESPONSE_BYTES => return Err(bad(format!("response of {n} bytes is too large"))),
-            Some(n) => {
-                body.resize(n as usize, 0);
-                reader.read_exact(&mut body)?;
-            }
-            None => {
-                reader.take(MAX_RESPONSE_BYTES).read_to_end(&mut body)?;
-            }
-        }
-        return Ok(HttpResponse { status, headers, body });
+        return Ok(HttpResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        });
     }
 }
 

@@ -157,7 +157,10 @@ pub fn read_request<R: BufRead, W: Write>(reader: &mut R, continue_to: &mut W) -
         _ => {
             return Err(ApiError::bad_request(
                 "BAD_HTTP",
-                format!("malformed request line '{}'; expected 'METHOD /path HTTP/1.1'", truncate(&request_line, 200)),
+                format!(
+                    "malformed request line '{}'; expected 'METHOD /path HTTP/1.1'",
+                    truncate(&request_line, 200)
+                ),
             )
             .into())
         }
@@ -180,7 +183,10 @@ pub fn read_request<R: BufRead, W: Write>(reader: &mut R, continue_to: &mut W) -
     if !target.starts_with('/') {
         return Err(ApiError::bad_request(
             "BAD_HTTP",
-            format!("request target '{}' must be a path starting with '/'", truncate(target, 200)),
+            format!(
+                "request target '{}' must be a path starting with '/'",
+                truncate(target, 200)
+            ),
         )
         .into());
     }
@@ -208,7 +214,9 @@ pub fn read_request<R: BufRead, W: Write>(reader: &mut R, continue_to: &mut W) -
             );
         };
         if !is_token(name) {
-            return Err(ApiError::bad_request("BAD_HTTP", format!("malformed header name '{}'", truncate(name, 100))).into());
+            return Err(
+                ApiError::bad_request("BAD_HTTP", format!("malformed header name '{}'", truncate(name, 100))).into(),
+            );
         }
         if headers.len() >= MAX_HEADERS {
             return Err(ApiError::new(431, "HEADERS_TOO_LARGE", format!("more than {MAX_HEADERS} headers")).into());
@@ -229,7 +237,9 @@ pub fn read_request<R: BufRead, W: Write>(reader: &mut R, continue_to: &mut W) -
         let n: usize = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
             v.parse().unwrap_or(usize::MAX)
         } else {
-            return Err(ApiError::bad_request("BAD_HTTP", format!("invalid Content-Length '{}'", truncate(v, 30))).into());
+            return Err(
+                ApiError::bad_request("BAD_HTTP", format!("invalid Content-Length '{}'", truncate(v, 30))).into(),
+            );
         };
         if length.is_some_and(|l| l != n) {
             return Err(ApiError::bad_request("BAD_HTTP", "conflicting Content-Length headers").into());

@@ -80,7 +80,11 @@ pub fn render(info: &JobInfo, metrics: &JobMetrics, checkpoints: &CheckpointsOve
             escape_label(&info.name)
         ),
     };
-    w.family("job_status", "gauge", "1 for the job's current status, 0 for the others.");
+    w.family(
+        "job_status",
+        "gauge",
+        "1 for the job's current status, 0 for the others.",
+    );
     for (s, n) in STATUSES {
         w.sample("job_status", &[("status", n)], if s == info.status { 1.0 } else { 0.0 });
     }

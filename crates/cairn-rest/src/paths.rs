@@ -232,7 +232,10 @@ mod tests {
         c.set("execution.checkpointing.dir", "/data/chk").unwrap();
         c.set("rest.allowed-paths", "/x, /y/./z").unwrap();
         let r = AllowedRoots::from_config(&c);
-        let want: Vec<PathBuf> = ["/data/sp", "/data/chk", "/x", "/y/z"].iter().map(PathBuf::from).collect();
+        let want: Vec<PathBuf> = ["/data/sp", "/data/chk", "/x", "/y/z"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
         assert_eq!(r.roots(), &want[..]);
     }
 
@@ -247,7 +250,9 @@ mod tests {
             .unwrap();
         assert_eq!(ok, root.join("new/dir"));
         assert_eq!(
-            roots.check("f", &root.display().to_string(), Existence::MustExist).unwrap(),
+            roots
+                .check("f", &root.display().to_string(), Existence::MustExist)
+                .unwrap(),
             root
         );
         assert!(roots.is_root(&root));

@@ -177,7 +177,9 @@ pub fn resolve_prefix<T>(items: Vec<T>, prefix: &str, id: impl Fn(&T) -> &str) -
     match matching.len() {
         0 => Err(ResolveError::NotFound),
         1 => Ok(matching.remove(0)),
-        _ => Err(ResolveError::Ambiguous(matching.iter().map(|i| id(i).to_string()).collect())),
+        _ => Err(ResolveError::Ambiguous(
+            matching.iter().map(|i| id(i).to_string()).collect(),
+        )),
     }
 }
 
@@ -262,8 +264,14 @@ mod tests {
         std::fs::write(r.jobs_dir().join("garbage.json"), b"{").unwrap();
         std::fs::write(r.jobs_dir().join("eeee0000000000000000000000000000.json"), b"not json").unwrap();
         assert_eq!(r.list(), vec![b.clone(), a.clone()]);
-        assert!(!r.jobs_dir().join(format!("{}.json", dead.jid)).exists(), "dead entry pruned");
-        assert!(r.jobs_dir().join("garbage.json").exists(), "unknown files are left alone");
+        assert!(
+            !r.jobs_dir().join(format!("{}.json", dead.jid)).exists(),
+            "dead entry pruned"
+        );
+        assert!(
+            r.jobs_dir().join("garbage.json").exists(),
+            "unknown files are left alone"
+        );
 
         assert_eq!(r.resolve("aaaa").unwrap(), a);
         assert_eq!(r.resolve("AAAB").unwrap(), b);

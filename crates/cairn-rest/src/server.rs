@@ -224,7 +224,11 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             shared.active.fetch_sub(1, Ordering::SeqCst);
             let mut s = stream;
             let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
-            let e = ApiError::new(503, "TOO_MANY_CONNECTIONS", "too many concurrent requests; retry shortly");
+            let e = ApiError::new(
+                503,
+                "TOO_MANY_CONNECTIONS",
+                "too many concurrent requests; retry shortly",
+            );
             let _ = write_response(&mut s, &e.response(), false);
             continue;
         }
@@ -289,7 +293,10 @@ impl RestServer {
 
     /// `http://host:port` for local clients.
     pub fn url(&self) -> String {
-        format!("http://{}", SocketAddr::new(client_ip(self.addr.ip()), self.addr.port()))
+        format!(
+            "http://{}",
+            SocketAddr::new(client_ip(self.addr.ip()), self.addr.port())
+        )
     }
 
     /// The API behind the server.

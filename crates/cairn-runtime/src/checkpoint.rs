@@ -95,7 +95,12 @@ impl CheckpointSettings {
     /// The configuration as the control plane shows it.
     pub fn view(&self) -> CheckpointConfigView {
         CheckpointConfigView {
-            mode: if self.exactly_once { "exactly_once" } else { "at_least_once" }.into(),
+            mode: if self.exactly_once {
+                "exactly_once"
+            } else {
+                "at_least_once"
+            }
+            .into(),
             interval_ms: self.interval.map_or(0, |d| d.as_millis() as u64),
             timeout_ms: self.timeout.as_millis() as u64,
             min_pause_ms: self.min_pause.as_millis() as u64,
@@ -189,7 +194,10 @@ impl WriterPool {
                     .ok()
             })
             .collect();
-        WriterPool { jobs: Some(tx), threads }
+        WriterPool {
+            jobs: Some(tx),
+            threads,
+        }
     }
 
     fn submit(&self, job: WriteJob) {
@@ -380,7 +388,11 @@ impl Coordinator {
                     "checkpoints need a directory: set execution.checkpointing.dir (alias state.checkpoints.dir)"
                         .to_string()
                 })?;
-                (SnapshotKind::Checkpoint, layout.checkpoint_dir(id), SnapshotType::Checkpoint)
+                (
+                    SnapshotKind::Checkpoint,
+                    layout.checkpoint_dir(id),
+                    SnapshotType::Checkpoint,
+                )
             }
             SnapshotTarget::Savepoint { dir, format, then, .. } => (
                 SnapshotKind::Savepoint {

@@ -182,7 +182,9 @@ pub enum AfterSavepoint {
     Cancel,
     /// Stop atomically: sources stop, sinks commit, the job finishes.
     /// `drain` first advances event time to the end so all timers fire.
-    Stop { drain: bool },
+    Stop {
+        drain: bool,
+    },
 }
 
 /// A savepoint request.
@@ -264,8 +266,14 @@ impl ControlError {
 /// A request to the control loop.
 #[derive(Debug)]
 pub enum ControlRequest {
-    Savepoint { operation: String, request: SavepointRequest },
-    Checkpoint { operation: String, kind: CheckpointRequestKind },
+    Savepoint {
+        operation: String,
+        request: SavepointRequest,
+    },
+    Checkpoint {
+        operation: String,
+        kind: CheckpointRequestKind,
+    },
     Cancel,
 }
 
@@ -310,7 +318,10 @@ pub fn control_channel(initial: Published) -> (JobClient, ControlPort) {
             requests: tx,
             published: published.clone(),
         },
-        ControlPort { requests: rx, published },
+        ControlPort {
+            requests: rx,
+            published,
+        },
     )
 }
 
@@ -359,7 +370,11 @@ impl JobClient {
         self.read().operations.get(operation).cloned()
     }
 
-    fn submit(&self, operation: Option<String>, make: impl FnOnce(String) -> ControlRequest) -> Result<String, ControlError> {
+    fn submit(
+        &self,
+        operation: Option<String>,
+        make: impl FnOnce(String) -> ControlRequest,
+    ) -> Result<String, ControlError> {
         let mut p = self.read();
         if p.info.status != JobStatus::Running {
             return Err(ControlError::not_running(p.info.status));
@@ -383,7 +398,11 @@ impl JobClient {
 
     /// Ask for a savepoint; returns the operation (trigger) id to poll.
     /// `operation` lets a client choose the id (Flink's `triggerId`).
-    pub fn trigger_savepoint(&self, request: SavepointRequest, operation: Option<String>) -> Result<String, ControlError> {
+    pub fn trigger_savepoint(
+        &self,
+        request: SavepointRequest,
+        operation: Option<String>,
+    ) -> Result<String, ControlError> {
         if request.target_directory.is_none() && self.read().checkpoint_config.savepoint_dir.is_none() {
             return Err(ControlError::bad_request(
                 "no savepoint directory: give a target directory, or set execution.checkpointing.savepoint-dir (alias state.savepoints.dir)",
@@ -393,7 +412,11 @@ impl JobClient {
     }
 
     /// Ask for a checkpoint now; returns the operation id to poll.
-    pub fn trigger_checkpoint(&self, kind: CheckpointRequestKind, operation: Option<String>) -> Result<String, ControlError> {
+    pub fn trigger_checkpoint(
+        &self,
+        kind: CheckpointRequestKind,
+        operation: Option<String>,
+    ) -> Result<String, ControlError> {
         if self.read().checkpoint_config.checkpoint_storage.is_none() {
             return Err(ControlError::bad_request(
                 "checkpoints need a directory: set execution.checkpointing.dir (alias state.checkpoints.dir)",

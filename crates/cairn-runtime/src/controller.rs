@@ -204,6 +204,25 @@ impl Controller<'_, '_> {
         attempt: u32,
         source: &mut RestoreSource,
     ) -> Result<RunningJob, JobError> {
+        // Opening runs user code (sources' and functions' `open`): a panic
+        // there fails the start with its message instead of the controller.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.start_attempt_inner(coord, attempt, source)
+        }))
+        .unwrap_or_else(|payload| {
+            Err(JobError::Setup(format!(
+                "an operator failed while opening: {}",
+                crate::error::panic_message(&*payload)
+            )))
+        })
+    }
+
+    fn start_attempt_inner(
+        &mut self,
+        coord: &mut Coordinator,
+        attempt: u32,
+        source: &mut RestoreSource,
+    ) -> Result<RunningJob, JobError> {
         let spec = self.run.spec;
         loop {
             let result = match source.clone() {
@@ -237,19 +256,19 @@ impl Controller<'_, '_> {
                         }
                         Err(JobError::Setup(why)) => {
                             // The checkpoint is unreadable: fall back to the one before.
-                            let older = coord
-                                .retained_checkpoints()
-                                .into_iter()
-                                .find(|(other, _)| *other < id);
+                            let older = coord.retained_checkpoints().into_iter().find(|(other, _)| *other < id);
                             let next = match older {
                                 Some((o, d)) => RestoreSource::Checkpoint(o, d),
                                 None if self.run.snapshot.is_some() => RestoreSource::Initial,
-                                None => return Err(JobError::Setup(format!(
-                                    "{why}; no older retained checkpoint is left to fall back to"
-                                ))),
+                                None => {
+                                    return Err(JobError::Setup(format!(
+                                        "{why}; no older retained checkpoint is left to fall back to"
+                                    )))
+                                }
                             };
                             eprintln!(
-                                "Checkpoint {id} cannot be restored ({why}); falling back to {}",
+                                "Checkpoint {id} cannot be restored ({why}); falling back to {}. Output that \
+                                 two-phase-commit sinks committed after it may be written again.",
                                 match &next {
                                     RestoreSource::Checkpoint(o, d) => format!("checkpoint {o} ({})", d.display()),
                                     _ => "the snapshot the job was started from".to_string(),
@@ -294,7 +313,10 @@ impl Controller<'_, '_> {
             match self.port.requests.recv_timeout(left.min(PUBLISH_EVERY)) {
                 Ok(ControlRequest::Cancel) => return true,
                 Ok(ControlRequest::Savepoint { operation, .. } | ControlRequest::Checkpoint { operation, .. }) => {
-                    self.fail_operation(&operation, "the job is restarting after a failure; try again when it runs");
+                    self.fail_operation(
+                        &operation,
+                        "the job is restarting after a failure; try again when it runs",
+                    );
                 }
                 Err(_) => {}
             }
@@ -524,7 +546,9 @@ impl Controller<'_, '_> {
                             }
                             SnapshotTarget::Savepoint { operation, then, .. } => {
                                 let is_stop = matches!(then, AfterSavepoint::Stop { .. });
-                                let retry = stopping.as_mut().filter(|s| is_stop && s.retries < STOP_SAVEPOINT_RETRIES);
+                                let retry = stopping
+                                    .as_mut()
+                                    .filter(|s| is_stop && s.retries < STOP_SAVEPOINT_RETRIES);
                                 match retry {
                                     Some(plan) => {
                                         // The sources already stopped: try the final savepoint again.

@@ -41,6 +41,9 @@ pub enum NodeCode {
 pub struct NodeLogic {
     pub code: NodeCode,
     pub ports: Vec<PortFactory>,
+    /// Keyed nodes: renders the key type as JSON and splits backend keys into
+    /// key and namespace (canonical savepoints); `None` for other nodes.
+    pub key_codec: Option<cairn_state::canonical::KeyCodec>,
 }
 
 /// Everything needed to run a job.

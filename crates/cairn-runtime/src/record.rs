@@ -62,5 +62,7 @@ pub enum Message {
     /// The sender's input ended. `drained: false` when the job stops with a
     /// savepoint without draining: event time must not advance to the end
     /// and operators must not flush (their state goes into the savepoint).
-    EndOfInput { drained: bool },
+    EndOfInput {
+        drained: bool,
+    },
 }

@@ -2,11 +2,19 @@
 //! operators by operator id (the uid's hash); keyed state is read by key group
 //! for each new subtask's range (rescaling moves whole key groups); operator
 //! list state is redistributed (split evenly, union, broadcast).
+//!
+//! Both savepoint formats restore here: native/checkpoint state files
+//! (sections read by byte range) and canonical Parquet files (`ParquetV1` in
+//! `_metadata`: rows turned back into the backend encoding by
+//! `cairn_state::canonical`, only row groups of the subtask's key groups read).
 
 use std::collections::HashMap;
 
+use std::path::{Path, PathBuf};
+
 use cairn_graph::ResolvedGraph;
-use cairn_snapshot::{LoadedSnapshot, Storage};
+use cairn_snapshot::parquet::ParquetFooter;
+use cairn_snapshot::{FileFormat, LoadedSnapshot, OperatorSnapshot, StateFileRef, Storage};
 use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::operator_state::{redistribute, OperatorStateEntry};
 use cairn_state::{HeapKeyedStateBackend, KeyedStateBackend, OperatorStateStore};
@@ -14,7 +22,9 @@ use cairn_state::{HeapKeyedStateBackend, KeyedStateBackend, OperatorStateStore};
 use crate::error::JobError;
 use crate::job::SubtaskRestore;
 use crate::snapshot_io::{
-    decode_keyed_states, decode_operator_entries, keyed_section, KEYED_STATES_SECTION, OPERATOR_SECTION,
+    canonical_content, canonical_keyed_overlaps, decode_keyed_states, decode_operator_entries, keyed_section,
+    read_canonical_footer, read_canonical_operator_entries, restore_canonical_keyed, CanonicalContent,
+    KEYED_STATES_SECTION, OPERATOR_SECTION,
 };
 
 /// What a restore will do, checked before the job starts.
@@ -89,6 +99,10 @@ impl<'a> RestorePlan<'a> {
             for sub in &op.subtasks {
                 let mut entries = Vec::new();
                 for file in &sub.files {
+                    if file.format == FileFormat::ParquetV1 {
+                        entries.extend(self.canonical_operator_entries(op, file)?);
+                        continue;
+                    }
                     if let Some(section) = file.sections.iter().find(|s| s.name == OPERATOR_SECTION) {
                         let bytes = self
                             .snapshot
@@ -133,6 +147,10 @@ impl<'a> RestorePlan<'a> {
             let mut b = HeapKeyedStateBackend::new(range);
             for sub in &op.subtasks {
                 for file in &sub.files {
+                    if file.format == FileFormat::ParquetV1 {
+                        self.restore_canonical_keyed(op, file, range, &mut b)?;
+                        continue;
+                    }
                     let in_range: Vec<_> = file
                         .sections
                         .iter()
@@ -187,6 +205,86 @@ impl<'a> RestorePlan<'a> {
             keyed: backend,
             operator_state,
         })
+    }
+
+    /// Read, verify and parse the footer of a canonical file.
+    fn canonical_footer(
+        &self,
+        op: &OperatorSnapshot,
+        file: &StateFileRef,
+    ) -> Result<(PathBuf, ParquetFooter), JobError> {
+        let path = self
+            .snapshot
+            .resolve(file)
+            .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+        let footer = read_canonical_footer(self.storage, &path, file.size)
+            .map_err(|e| restore_err(self.snapshot, format!("operator uid '{}': {e}", op.uid)))?;
+        Ok((path, footer))
+    }
+
+    /// Read a whole canonical file and check it against `_metadata` (size, CRC-32).
+    fn canonical_bytes(&self, op: &OperatorSnapshot, file: &StateFileRef, path: &Path) -> Result<Vec<u8>, JobError> {
+        let bytes = self
+            .storage
+            .read(path)
+            .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+        let crc = cairn_snapshot::checksum::crc32(&bytes);
+        if bytes.len() as u64 != file.size || crc != file.crc32 {
+            return Err(restore_err(
+                self.snapshot,
+                format!(
+                    "file '{}' of operator uid '{}' changed since the snapshot was loaded ({} bytes, CRC-32 {crc:08x}; _metadata says {} bytes, {:08x})",
+                    file.path,
+                    op.uid,
+                    bytes.len(),
+                    file.size,
+                    file.crc32
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    fn canonical_operator_entries(
+        &self,
+        op: &OperatorSnapshot,
+        file: &StateFileRef,
+    ) -> Result<Vec<OperatorStateEntry>, JobError> {
+        let named = |e: String| {
+            restore_err(
+                self.snapshot,
+                format!("file '{}', operator uid '{}': {e}", file.path, op.uid),
+            )
+        };
+        let (path, footer) = self.canonical_footer(op, file)?;
+        if canonical_content(&footer).map_err(named)? != CanonicalContent::Operator {
+            return Ok(Vec::new());
+        }
+        let bytes = self.canonical_bytes(op, file, &path)?;
+        read_canonical_operator_entries(&bytes, &file.path).map_err(named)
+    }
+
+    fn restore_canonical_keyed(
+        &self,
+        op: &OperatorSnapshot,
+        file: &StateFileRef,
+        range: KeyGroupRange,
+        backend: &mut HeapKeyedStateBackend,
+    ) -> Result<(), JobError> {
+        let named = |e: String| {
+            restore_err(
+                self.snapshot,
+                format!("file '{}', operator uid '{}': {e}", file.path, op.uid),
+            )
+        };
+        let (path, footer) = self.canonical_footer(op, file)?;
+        if canonical_content(&footer).map_err(named)? != CanonicalContent::Keyed
+            || !canonical_keyed_overlaps(&footer, range).map_err(named)?
+        {
+            return Ok(());
+        }
+        let bytes = self.canonical_bytes(op, file, &path)?;
+        restore_canonical_keyed(&bytes, &file.path, range, backend).map_err(named)
     }
 
     /// The checkpoint id the snapshot was taken at.

@@ -4,15 +4,31 @@
 //! groups it owns.
 //!
 //! Sections: `keyed/<state name>` (key group set) hold
-//! [`cairn_state::snapshot_codec`] entries; `keyed-states` holds the states'
-//! metadata as JSON; `operator` holds the operator state entries (bincode).
+//! [`cairn_state::snapshot_codec`] entries (values are the value codec's
+//! MessagePack, keys bincode); `keyed-states` holds the states' metadata as
+//! JSON; `operator` holds the operator state entries (the entry list framed
+//! with bincode, each element in the value codec).
+//!
+//! Canonical savepoints ([`write_canonical_file`]) are Parquet files instead,
+//! readable without Cairn (spec: `docs/formats/savepoint-canonical.md`).
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use cairn_snapshot::{StateFileRef, StateFileWriter, Storage};
+use cairn_snapshot::checksum::ChecksummingWriter;
+use cairn_snapshot::parquet::{
+    BytesColumn, ColumnData, ColumnDef, ColumnType, ParquetError, ParquetFile, ParquetFooter, ParquetWriter,
+    RowGroupBuilder,
+};
+use cairn_snapshot::{FileFormat, StateFileRef, StateFileWriter, Storage, StorageWriter};
+use cairn_state::canonical::{
+    mode_from_name, mode_name, operator_entries_from_rows, operator_rows, states_from_json, states_to_json,
+    GroupFromRows, KeyCodec, KeyedRow, OperatorRow, RowIn, RowsFromGroups, CANONICAL_FORMAT_VERSION,
+};
+use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::operator_state::OperatorStateEntry;
-use cairn_state::{StateError, StateMeta};
+use cairn_state::{KeyedStateBackend, StateError, StateMeta};
 
 use crate::operator::OperatorSnapshot;
 
@@ -71,4 +87,522 @@ pub fn decode_operator_entries(bytes: &[u8]) -> Result<Vec<OperatorStateEntry>, 
 /// Decode the keyed states' metadata.
 pub fn decode_keyed_states(bytes: &[u8]) -> Result<Vec<StateMeta>, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("keyed state list is corrupt: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// Canonical (portable) savepoint files: Parquet, canonical format version 1.
+// Spec: docs/formats/savepoint-canonical.md
+// ---------------------------------------------------------------------------
+
+/// Suffix of the keyed-state file of an operator subtask.
+pub const KEYED_PARQUET_SUFFIX: &str = ".keyed.parquet";
+/// Suffix of the operator-state file of an operator subtask.
+pub const OPERATOR_PARQUET_SUFFIX: &str = ".operator.parquet";
+/// Key-value metadata: the canonical format version (`"1"`).
+pub const KV_VERSION: &str = "cairn.canonical.version";
+/// Key-value metadata: what the file holds (`"keyed-state"` or `"operator-state"`).
+pub const KV_CONTENT: &str = "cairn.canonical.content";
+/// Key-value metadata: the keyed states' metadata (JSON array).
+pub const KV_STATES: &str = "cairn.states";
+/// Key-value metadata: per row group `[state index, first key group, last key group]` (JSON).
+pub const KV_KEY_GROUP_INDEX: &str = "cairn.key_group_index";
+/// Key-value metadata: the Cairn version that wrote the file.
+pub const KV_WRITER: &str = "cairn.writer";
+/// [`KV_CONTENT`] of keyed-state files.
+pub const CONTENT_KEYED: &str = "keyed-state";
+/// [`KV_CONTENT`] of operator-state files.
+pub const CONTENT_OPERATOR: &str = "operator-state";
+/// A row group is closed once it holds this many rows...
+pub const ROW_GROUP_MAX_ROWS: usize = 64 * 1024;
+/// ... or this many buffered bytes.
+pub const ROW_GROUP_MAX_BYTES: usize = 64 << 20;
+
+/// Columns of keyed-state files.
+pub mod keyed_col {
+    pub const STATE: usize = 0;
+    pub const KEY_GROUP: usize = 1;
+    pub const KEY: usize = 2;
+    pub const KEY_BYTES: usize = 3;
+    pub const NAMESPACE: usize = 4;
+    pub const USER_KEY: usize = 5;
+    pub const POSITION: usize = 6;
+    pub const VALUE: usize = 7;
+    pub const TTL: usize = 8;
+}
+
+/// Columns of operator-state files.
+pub mod operator_col {
+    pub const STATE: usize = 0;
+    pub const MODE: usize = 1;
+    pub const POSITION: usize = 2;
+    pub const KEY: usize = 3;
+    pub const VALUE: usize = 4;
+}
+
+/// The schema of keyed-state files.
+pub fn keyed_schema() -> Vec<ColumnDef> {
+    vec![
+        ColumnDef::new("state", ColumnType::Utf8, false),
+        ColumnDef::new("key_group", ColumnType::Int32, false),
+        ColumnDef::new("key", ColumnType::Utf8, true),
+        ColumnDef::new("key_bytes", ColumnType::Binary, false),
+        ColumnDef::new("namespace", ColumnType::Binary, false),
+        ColumnDef::new("user_key", ColumnType::Utf8, true),
+        ColumnDef::new("position", ColumnType::Int32, true),
+        ColumnDef::new("value", ColumnType::Utf8, false),
+        ColumnDef::new("ttl_timestamp_ms", ColumnType::Int64, true),
+    ]
+}
+
+/// The schema of operator-state files.
+pub fn operator_schema() -> Vec<ColumnDef> {
+    vec![
+        ColumnDef::new("state", ColumnType::Utf8, false),
+        ColumnDef::new("mode", ColumnType::Utf8, false),
+        ColumnDef::new("position", ColumnType::Int32, true),
+        ColumnDef::new("key", ColumnType::Utf8, true),
+        ColumnDef::new("value", ColumnType::Utf8, true),
+    ]
+}
+
+fn base_kv(content: &str) -> Vec<(String, String)> {
+    vec![
+        (KV_VERSION.into(), CANONICAL_FORMAT_VERSION.to_string()),
+        (KV_CONTENT.into(), content.into()),
+        (KV_WRITER.into(), format!("cairn {}", env!("CARGO_PKG_VERSION"))),
+    ]
+}
+
+type DurableParquet = ParquetWriter<ChecksummingWriter<Box<dyn StorageWriter>>>;
+
+fn create_parquet(
+    storage: &dyn Storage,
+    path: &Path,
+    schema: Vec<ColumnDef>,
+    kv: Vec<(String, String)>,
+) -> Result<DurableParquet, String> {
+    let w = storage.create(path).map_err(|e| e.to_string())?;
+    ParquetWriter::new(ChecksummingWriter::new(w), schema, kv).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Finish a Parquet file, make it durable (fsync) and describe it for `_metadata`.
+fn finish_parquet(w: DurableParquet, path: &Path, rel: String) -> Result<StateFileRef, String> {
+    let (cw, _) = w.finish().map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let (inner, size, crc32) = cw.into_parts();
+    let durable = inner.finish().map_err(|e| e.to_string())?;
+    if durable != size {
+        return Err(format!(
+            "{}: {durable} bytes are on storage but {size} were written",
+            path.display()
+        ));
+    }
+    Ok(StateFileRef {
+        path: rel,
+        size,
+        crc32,
+        sections: Vec::new(),
+        format: FileFormat::ParquetV1,
+    })
+}
+
+/// One row group being filled with rows of one state: the index entry.
+struct OpenRowGroup {
+    state: usize,
+    first_kg: u32,
+    last_kg: u32,
+}
+
+struct KeyedParquet {
+    path: PathBuf,
+    rel: String,
+    w: DurableParquet,
+    rg: RowGroupBuilder,
+    open: Option<OpenRowGroup>,
+    index: Vec<[u32; 3]>,
+    metas: Vec<StateMeta>,
+}
+
+impl KeyedParquet {
+    fn flush(&mut self) -> Result<(), String> {
+        if let Some(o) = self.open.take() {
+            if self.rg.num_rows() > 0 {
+                self.w
+                    .write_row_group(&mut self.rg)
+                    .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
+                self.index.push([o.state as u32, o.first_kg, o.last_kg]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Make sure the open row group takes rows of `state` in key group `kg`.
+    fn prepare(&mut self, state: usize, kg: u32) -> Result<(), String> {
+        let full = self.rg.num_rows() >= ROW_GROUP_MAX_ROWS || self.rg.buffered_bytes() >= ROW_GROUP_MAX_BYTES;
+        if full || self.open.as_ref().is_some_and(|o| o.state != state) {
+            self.flush()?;
+        }
+        match &mut self.open {
+            Some(o) => o.last_kg = kg,
+            None => {
+                self.open = Some(OpenRowGroup {
+                    state,
+                    first_kg: kg,
+                    last_kg: kg,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, state: usize, row: &KeyedRow<'_>) -> Result<(), String> {
+        self.prepare(state, row.key_group)?;
+        let b = &mut self.rg;
+        b.push_bytes(keyed_col::STATE, Some(self.metas[state].name.as_bytes()));
+        b.push_i32(keyed_col::KEY_GROUP, Some(row.key_group as i32));
+        b.push_bytes(keyed_col::KEY, row.key_json);
+        b.push_bytes(keyed_col::KEY_BYTES, Some(row.key_bytes));
+        b.push_bytes(keyed_col::NAMESPACE, Some(row.namespace));
+        b.push_bytes(keyed_col::USER_KEY, row.user_key_json);
+        b.push_i32(keyed_col::POSITION, row.position);
+        b.push_bytes(keyed_col::VALUE, Some(row.value_json));
+        b.push_i64(keyed_col::TTL, row.ttl_timestamp_ms);
+        Ok(())
+    }
+}
+
+/// Write `snapshot` in the canonical format: `dir/<stem>.keyed.parquet` (all
+/// keyed states, when there are any) and `dir/<stem>.operator.parquet`
+/// (operator list, union, broadcast state and source positions, when there is
+/// any). Files are durable when this returns; their references (paths
+/// relative to `dir`, whole-file size and CRC-32, format `ParquetV1`) go into
+/// `_metadata`. `key_codec` renders keys as JSON and splits backend keys into
+/// key and namespace; without it the `key` column is null and `key_bytes`
+/// holds the whole backend key.
+pub fn write_canonical_file(
+    storage: &dyn Storage,
+    dir: &Path,
+    name_stem: &str,
+    snapshot: OperatorSnapshot,
+    key_codec: Option<&KeyCodec>,
+) -> Result<Vec<StateFileRef>, String> {
+    let mut files = Vec::new();
+    if let Some(keyed) = snapshot.keyed {
+        let rel = format!("{name_stem}{KEYED_PARQUET_SUFFIX}");
+        let path = dir.join(&rel);
+        let mut out: Option<KeyedParquet> = None;
+        let mut conv = RowsFromGroups::new();
+        let mut failure: Option<String> = None;
+        let visited = keyed.for_each_group(&mut |meta, kg, bytes| {
+            let step = (|| -> Result<(), String> {
+                if out.is_none() {
+                    let schema = keyed_schema();
+                    out = Some(KeyedParquet {
+                        w: create_parquet(storage, &path, schema.clone(), base_kv(CONTENT_KEYED))?,
+                        rg: RowGroupBuilder::new(&schema),
+                        path: path.clone(),
+                        rel: rel.clone(),
+                        open: None,
+                        index: Vec::new(),
+                        metas: Vec::new(),
+                    });
+                }
+                let f = out.as_mut().expect("created above");
+                let state = match f.metas.iter().position(|m| m.name == meta.name) {
+                    Some(i) => i,
+                    None => {
+                        f.metas.push(meta.clone());
+                        f.metas.len() - 1
+                    }
+                };
+                conv.rows(meta, kg, bytes, key_codec, &mut |row| f.push(state, row))
+            })();
+            step.map_err(|e| {
+                failure = Some(e);
+                StateError::Backend(String::new())
+            })
+        });
+        if let Some(e) = failure {
+            return Err(format!("writing {}: {e}", path.display()));
+        }
+        visited.map_err(|e| format!("writing {}: {e}", path.display()))?;
+        if let Some(mut f) = out {
+            f.flush()?;
+            f.w.push_key_value(KV_STATES, states_to_json(&f.metas));
+            let index = serde_json::to_string(&f.index).map_err(|e| e.to_string())?;
+            f.w.push_key_value(KV_KEY_GROUP_INDEX, index);
+            files.push(finish_parquet(f.w, &f.path, f.rel)?);
+        }
+    }
+    if !snapshot.operator_state.is_empty() {
+        let rel = format!("{name_stem}{OPERATOR_PARQUET_SUFFIX}");
+        let path = dir.join(&rel);
+        let schema = operator_schema();
+        let mut w = create_parquet(storage, &path, schema.clone(), base_kv(CONTENT_OPERATOR))?;
+        let mut rg = RowGroupBuilder::new(&schema);
+        operator_rows(&snapshot.operator_state, &mut |r| {
+            rg.push_bytes(operator_col::STATE, Some(r.state.as_bytes()));
+            rg.push_bytes(operator_col::MODE, Some(mode_name(r.mode).as_bytes()));
+            rg.push_i32(operator_col::POSITION, r.position);
+            rg.push_bytes(operator_col::KEY, r.key_json);
+            rg.push_bytes(operator_col::VALUE, r.value_json);
+            if rg.num_rows() >= ROW_GROUP_MAX_ROWS || rg.buffered_bytes() >= ROW_GROUP_MAX_BYTES {
+                w.write_row_group(&mut rg).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        w.write_row_group(&mut rg)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        files.push(finish_parquet(w, &path, rel)?);
+    }
+    Ok(files)
+}
+
+/// What a canonical file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanonicalContent {
+    Keyed,
+    Operator,
+}
+
+/// Read and check the footer of a canonical file of `size` bytes (two range
+/// reads: the tail, then the footer).
+pub fn read_canonical_footer(storage: &dyn Storage, path: &Path, size: u64) -> Result<ParquetFooter, String> {
+    let named = |e: ParquetError| e.in_file(path.display().to_string()).to_string();
+    if size < 12 {
+        return Err(named(ParquetError {
+            file: None,
+            row_group: None,
+            column: None,
+            message: format!("{size} bytes is too short to be a Parquet file"),
+        }));
+    }
+    let tail = storage.read_range(path, size - 8, 8).map_err(|e| e.to_string())?;
+    let (off, len) = ParquetFooter::locate(size, &tail).map_err(named)?;
+    let footer = storage.read_range(path, off, len).map_err(|e| e.to_string())?;
+    ParquetFooter::parse(&footer, off).map_err(named)
+}
+
+/// The content of a canonical file, from its key-value metadata; checks the
+/// canonical format version.
+pub fn canonical_content(footer: &ParquetFooter) -> Result<CanonicalContent, String> {
+    match footer.metadata_value(KV_VERSION) {
+        Some(v) if v == CANONICAL_FORMAT_VERSION.to_string() => {}
+        Some(v) => {
+            return Err(format!(
+                "canonical format version {v} is not supported: this build reads version {CANONICAL_FORMAT_VERSION} (use a newer Cairn)"
+            ))
+        }
+        None => return Err(format!("the key-value metadata has no '{KV_VERSION}': not a Cairn canonical savepoint file")),
+    }
+    match footer.metadata_value(KV_CONTENT) {
+        Some(CONTENT_KEYED) => Ok(CanonicalContent::Keyed),
+        Some(CONTENT_OPERATOR) => Ok(CanonicalContent::Operator),
+        other => Err(format!("unknown '{KV_CONTENT}' {other:?}")),
+    }
+}
+
+/// Whether a keyed canonical file may hold key groups of `range` (by its
+/// key-group index; without an index every file may).
+pub fn canonical_keyed_overlaps(footer: &ParquetFooter, range: KeyGroupRange) -> Result<bool, String> {
+    Ok(match keyed_row_groups(footer)? {
+        None => true,
+        Some(index) => index
+            .iter()
+            .any(|[_, a, b]| *a < range.end_exclusive && *b >= range.start),
+    })
+}
+
+fn keyed_row_groups(footer: &ParquetFooter) -> Result<Option<Vec<[u32; 3]>>, String> {
+    let Some(json) = footer.metadata_value(KV_KEY_GROUP_INDEX) else {
+        return Ok(None);
+    };
+    let index: Vec<[u32; 3]> =
+        serde_json::from_str(json).map_err(|e| format!("'{KV_KEY_GROUP_INDEX}' is not valid: {e}"))?;
+    if index.len() != footer.num_row_groups() {
+        return Err(format!(
+            "'{KV_KEY_GROUP_INDEX}' lists {} row groups but the file has {}",
+            index.len(),
+            footer.num_row_groups()
+        ));
+    }
+    Ok(Some(index))
+}
+
+fn column<'f>(f: &'f ParquetFile<'_>, name: &str, ty: &[ColumnType], required: bool) -> Result<Option<usize>, String> {
+    match f.column_index(name) {
+        Some(i) if ty.contains(&f.schema()[i].ty) => Ok(Some(i)),
+        Some(i) => Err(format!(
+            "column '{name}' has type {:?}, expected {:?}",
+            f.schema()[i].ty,
+            ty
+        )),
+        None if required => Err(format!("column '{name}' is missing")),
+        None => Ok(None),
+    }
+}
+
+fn read_bytes(f: &ParquetFile<'_>, rg: usize, col: Option<usize>) -> Result<Option<BytesColumn>, String> {
+    match col {
+        None => Ok(None),
+        Some(c) => match f.read_column(rg, c).map_err(|e| e.to_string())? {
+            ColumnData::Bytes(b) => Ok(Some(b)),
+            _ => Err("internal: a byte column read as numbers".into()),
+        },
+    }
+}
+
+fn read_i32(f: &ParquetFile<'_>, rg: usize, col: Option<usize>) -> Result<Option<Vec<Option<i32>>>, String> {
+    match col {
+        None => Ok(None),
+        Some(c) => match f.read_column(rg, c).map_err(|e| e.to_string())? {
+            ColumnData::Int32(v) => Ok(Some(v)),
+            _ => Err("internal: an INT32 column read as another type".into()),
+        },
+    }
+}
+
+fn utf8<'b>(b: Option<&'b [u8]>, what: &str, row: usize) -> Result<Option<&'b str>, String> {
+    b.map(|b| std::str::from_utf8(b).map_err(|_| format!("row {row}: '{what}' is not UTF-8")))
+        .transpose()
+}
+
+/// Restore the rows of a keyed canonical file (`bytes`, named `name` in
+/// errors) that fall into `range` into `backend`. Errors name the state and
+/// what did not decode.
+pub fn restore_canonical_keyed(
+    bytes: &[u8],
+    name: &str,
+    range: KeyGroupRange,
+    backend: &mut dyn KeyedStateBackend,
+) -> Result<(), String> {
+    let f = ParquetFile::parse_named(bytes, name).map_err(|e| e.to_string())?;
+    if canonical_content(f.footer())? != CanonicalContent::Keyed {
+        return Err("not a keyed-state file".into());
+    }
+    let states = f
+        .footer()
+        .metadata_value(KV_STATES)
+        .ok_or_else(|| format!("the key-value metadata has no '{KV_STATES}'"))?;
+    let metas = states_from_json(states)?;
+    let index = keyed_row_groups(f.footer())?;
+    let c_state = column(&f, "state", &[ColumnType::Utf8], true)?;
+    let c_kg = column(&f, "key_group", &[ColumnType::Int32], true)?;
+    let c_kb = column(&f, "key_bytes", &[ColumnType::Binary], true)?;
+    let c_ns = column(&f, "namespace", &[ColumnType::Binary], false)?;
+    let c_uk = column(&f, "user_key", &[ColumnType::Utf8], false)?;
+    let c_pos = column(&f, "position", &[ColumnType::Int32], false)?;
+    let c_val = column(&f, "value", &[ColumnType::Utf8], true)?;
+    let c_ttl = column(&f, "ttl_timestamp_ms", &[ColumnType::Int64], false)?;
+    let mut groups: BTreeMap<(usize, u32), GroupFromRows<'_>> = BTreeMap::new();
+    for rg in 0..f.num_row_groups() {
+        if let Some(ix) = &index {
+            let [_, a, b] = ix[rg];
+            if a >= range.end_exclusive || b < range.start {
+                continue;
+            }
+        }
+        let states = read_bytes(&f, rg, c_state)?.expect("required");
+        let kgs = read_i32(&f, rg, c_kg)?.expect("required");
+        let kbs = read_bytes(&f, rg, c_kb)?.expect("required");
+        let nss = read_bytes(&f, rg, c_ns)?;
+        let uks = read_bytes(&f, rg, c_uk)?;
+        let poss = read_i32(&f, rg, c_pos)?;
+        let vals = read_bytes(&f, rg, c_val)?.expect("required");
+        let ttls = match c_ttl {
+            None => None,
+            Some(c) => match f.read_column(rg, c).map_err(|e| e.to_string())? {
+                ColumnData::Int64(v) => Some(v),
+                _ => return Err("internal: an INT64 column read as another type".into()),
+            },
+        };
+        let mut last: Option<(&str, usize)> = None;
+        for row in 0..states.len() {
+            let at = |what: &str| format!("row group {rg}, row {row}: {what}");
+            let Some(kg) = kgs[row] else {
+                return Err(at("key_group is null"));
+            };
+            let kg = u32::try_from(kg).map_err(|_| at("key_group is negative"))?;
+            if !range.contains(kg) {
+                continue;
+            }
+            let state = utf8(states.get(row), "state", row)?.ok_or_else(|| at("state is null"))?;
+            let si = match last {
+                Some((n, i)) if n == state => i,
+                _ => {
+                    let i = metas
+                        .iter()
+                        .position(|m| m.name == state)
+                        .ok_or_else(|| at(&format!("state '{state}' is not listed in '{KV_STATES}'")))?;
+                    last = Some((state, i));
+                    i
+                }
+            };
+            let r = RowIn {
+                key_bytes: kbs.get(row).ok_or_else(|| at("key_bytes is null"))?,
+                namespace: nss.as_ref().and_then(|c| c.get(row)).unwrap_or(&[]),
+                user_key_json: uks.as_ref().and_then(|c| c.get(row)),
+                position: poss.as_ref().and_then(|c| c[row]),
+                value_json: vals.get(row),
+                ttl_timestamp_ms: ttls.as_ref().and_then(|c| c[row]),
+            };
+            groups
+                .entry((si, kg))
+                .or_insert_with(|| GroupFromRows::new(&metas[si]))
+                .push(&r)
+                .map_err(|e| at(&e))?;
+        }
+    }
+    for ((si, kg), g) in groups {
+        let meta = &metas[si];
+        let encoded = g.encode()?;
+        backend
+            .restore_group(meta, kg, &encoded)
+            .map_err(|e| format!("state '{}', key group {kg}: {e}", meta.name))?;
+    }
+    Ok(())
+}
+
+/// Read the operator state entries of an operator canonical file.
+pub fn read_canonical_operator_entries(bytes: &[u8], name: &str) -> Result<Vec<OperatorStateEntry>, String> {
+    let f = ParquetFile::parse_named(bytes, name).map_err(|e| e.to_string())?;
+    if canonical_content(f.footer())? != CanonicalContent::Operator {
+        return Err("not an operator-state file".into());
+    }
+    let c_state = column(&f, "state", &[ColumnType::Utf8], true)?;
+    let c_mode = column(&f, "mode", &[ColumnType::Utf8], true)?;
+    let c_pos = column(&f, "position", &[ColumnType::Int32], false)?;
+    let c_key = column(&f, "key", &[ColumnType::Utf8], false)?;
+    let c_val = column(&f, "value", &[ColumnType::Utf8], false)?;
+    let mut cols = Vec::new();
+    for rg in 0..f.num_row_groups() {
+        cols.push((
+            read_bytes(&f, rg, c_state)?.expect("required"),
+            read_bytes(&f, rg, c_mode)?.expect("required"),
+            read_i32(&f, rg, c_pos)?,
+            read_bytes(&f, rg, c_key)?,
+            read_bytes(&f, rg, c_val)?,
+        ));
+    }
+    let mut rows = Vec::new();
+    for (rg, (states, modes, poss, keys, vals)) in cols.iter().enumerate() {
+        for row in 0..states.len() {
+            let at = |what: &str| format!("row group {rg}, row {row}: {what}");
+            let state = utf8(states.get(row), "state", row)?.ok_or_else(|| at("state is null"))?;
+            let mode = utf8(modes.get(row), "mode", row)?.ok_or_else(|| at("mode is null"))?;
+            let mode = mode_from_name(mode).ok_or_else(|| {
+                at(&format!(
+                    "operator state '{state}': mode '{mode}' is not one of split_evenly, union, broadcast"
+                ))
+            })?;
+            rows.push(OperatorRow {
+                state,
+                mode,
+                position: poss.as_ref().and_then(|c| c[row]),
+                key_json: keys.as_ref().and_then(|c| c.get(row)),
+                value_json: vals.as_ref().and_then(|c| c.get(row)),
+            });
+        }
+    }
+    operator_entries_from_rows(rows)
 }

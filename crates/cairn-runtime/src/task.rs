@@ -34,7 +34,9 @@ pub enum TaskCommand {
     Release,
     /// Sources only: stop producing and end the input (stop-with-savepoint);
     /// `drain` first advances event time to the end so every timer fires.
-    StopSource { drain: bool },
+    StopSource {
+        drain: bool,
+    },
 }
 
 /// Events from a task to the job coordinator.

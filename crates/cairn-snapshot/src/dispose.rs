@@ -53,7 +53,9 @@ pub fn check_disposable(storage: &dyn Storage, dir: &Path) -> Result<DisposedSav
         });
     }
     if !storage.exists(dir)? {
-        return Err(SnapshotError::MissingFile { path: dir.to_path_buf() });
+        return Err(SnapshotError::MissingFile {
+            path: dir.to_path_buf(),
+        });
     }
     let entries = match storage.list(dir) {
         Ok(entries) => entries,
@@ -152,6 +154,7 @@ mod tests {
                         size: bytes.len() as u64,
                         crc32: crate::checksum::crc32(bytes),
                         sections: vec![],
+                        format: Default::default(),
                     }],
                 }],
             }],

@@ -25,8 +25,8 @@ pub mod storage;
 pub use error::{Result, SnapshotError};
 pub use layout::{CheckpointLayout, JobId};
 pub use metadata::{
-    read_metadata, verify_files, write_metadata, OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata,
-    StateFileRef, SubtaskSnapshot,
+    read_metadata, verify_files, write_metadata, FileFormat, OperatorSnapshot, SavepointFormat, SnapshotKind,
+    SnapshotMetadata, StateFileRef, SubtaskSnapshot,
 };
 pub use restore::{load_snapshot, LoadedSnapshot};
 pub use retention::{CompletedCheckpointStore, ExternalizedRetention};

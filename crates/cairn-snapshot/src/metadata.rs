@@ -98,6 +98,31 @@ pub struct StateFileRef {
     pub size: u64,
     pub crc32: u32,
     pub sections: Vec<SectionInfo>,
+    /// How the file is encoded. Absent in files written before the field
+    /// existed (and omitted when it is the default), so `_metadata` v1 files
+    /// keep their exact bytes.
+    #[serde(default, skip_serializing_if = "FileFormat::is_default")]
+    pub format: FileFormat,
+}
+
+/// The encoding of a referenced state file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// Cairn's sectioned state-file container (`docs/formats/state-file.md`),
+    /// used by checkpoints and native savepoints.
+    #[default]
+    CairnStateV1,
+    /// A Parquet file of the canonical savepoint format, version 1
+    /// (`docs/formats/savepoint-canonical.md`); `sections` is empty.
+    ParquetV1,
+}
+
+impl FileFormat {
+    /// True for [`FileFormat::CairnStateV1`] (not written to `_metadata`).
+    pub fn is_default(&self) -> bool {
+        *self == FileFormat::CairnStateV1
+    }
 }
 
 impl SnapshotMetadata {

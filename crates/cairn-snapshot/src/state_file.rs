@@ -64,6 +64,7 @@ impl StateFileInfo {
             size: self.size,
             crc32: self.crc32,
             sections: self.sections.clone(),
+            format: crate::metadata::FileFormat::CairnStateV1,
         }
     }
 }

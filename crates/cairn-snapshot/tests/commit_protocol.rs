@@ -23,6 +23,7 @@ fn fake_ref(path: &str) -> StateFileRef {
         size: 10,
         crc32: 0,
         sections: vec![],
+        format: Default::default(),
     }
 }
 

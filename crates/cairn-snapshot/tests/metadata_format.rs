@@ -93,6 +93,7 @@ fn invalid_models_are_refused() {
         size: 1,
         crc32: 1,
         sections: vec![],
+        format: Default::default(),
     };
     let sp = SnapshotKind::Savepoint {
         format: SavepointFormat::Native,

@@ -159,15 +159,26 @@ print("ok")
     let mut base = 0usize;
     for rg in 0..f.num_row_groups() {
         let n = f.row_group_num_rows(rg) as usize;
-        let ColumnData::Int32(ids) = f.read_column(rg, 0).unwrap() else { panic!() };
-        let ColumnData::Int64(big) = f.read_column(rg, 1).unwrap() else { panic!() };
-        let ColumnData::Bytes(name) = f.read_column(rg, 2).unwrap() else { panic!() };
-        let ColumnData::Bytes(raw) = f.read_column(rg, 3).unwrap() else { panic!() };
+        let ColumnData::Int32(ids) = f.read_column(rg, 0).unwrap() else {
+            panic!()
+        };
+        let ColumnData::Int64(big) = f.read_column(rg, 1).unwrap() else {
+            panic!()
+        };
+        let ColumnData::Bytes(name) = f.read_column(rg, 2).unwrap() else {
+            panic!()
+        };
+        let ColumnData::Bytes(raw) = f.read_column(rg, 3).unwrap() else {
+            panic!()
+        };
         for r in 0..n {
             let i = base + r;
             assert_eq!(ids[r], Some(i as i32));
             assert_eq!(big[r], (i % 4 != 0).then_some(i as i64 * 1000003));
-            assert_eq!(name.get(r), (i % 5 != 0).then(|| format!("x{i}")).as_deref().map(str::as_bytes));
+            assert_eq!(
+                name.get(r),
+                (i % 5 != 0).then(|| format!("x{i}")).as_deref().map(str::as_bytes)
+            );
             assert_eq!(raw.get(r), Some(&vec![(i % 256) as u8; i % 3][..]));
         }
         base += n;

@@ -39,6 +39,7 @@ fn meta(n: u64, paths: &[String]) -> SnapshotMetadata {
                         size: 0,
                         crc32: 0,
                         sections: vec![],
+                        format: Default::default(),
                     })
                     .collect(),
             }],

@@ -150,7 +150,11 @@ impl RowsFromGroups {
             None => composite.len(),
         };
         if self.key_len > composite.len() {
-            return Err(format!("the key codec used {} of {} bytes", self.key_len, composite.len()));
+            return Err(format!(
+                "the key codec used {} of {} bytes",
+                self.key_len,
+                composite.len()
+            ));
         }
         self.last_composite.clear();
         self.last_composite.extend_from_slice(composite);
@@ -353,18 +357,13 @@ impl<'m> GroupFromRows<'m> {
             }
             (true, None) => return Err(self.err("the state has a TTL but a row has no ttl_timestamp_ms")),
             (false, Some(_)) => {
-                return Err(self.err(
-                    "a row has a ttl_timestamp_ms but the state has no TTL (its metadata in the file says so)",
-                ))
+                return Err(self
+                    .err("a row has a ttl_timestamp_ms but the state has no TTL (its metadata in the file says so)"))
             }
             (false, None) => {}
         }
-        codec::json_to_msgpack(json, &mut out).map_err(|e| {
-            self.err(format!(
-                "the {what} JSON {} is not valid: {e}",
-                preview(json)
-            ))
-        })?;
+        codec::json_to_msgpack(json, &mut out)
+            .map_err(|e| self.err(format!("the {what} JSON {} is not valid: {e}", preview(json))))?;
         Ok(out)
     }
 
@@ -372,11 +371,18 @@ impl<'m> GroupFromRows<'m> {
     pub fn push(&mut self, row: &RowIn<'_>) -> Result<(), String> {
         let mut composite = Vec::with_capacity(row.key_bytes.len() + row.namespace.len() + 10);
         if self.timers {
-            let json = row.value_json.ok_or_else(|| self.err("a timer row has no timestamp value"))?;
+            let json = row
+                .value_json
+                .ok_or_else(|| self.err("a timer row has no timestamp value"))?;
             let ts: i64 = std::str::from_utf8(json)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| self.err(format!("a timer row's value {} is not an integer timestamp", preview(json))))?;
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "a timer row's value {} is not an integer timestamp",
+                        preview(json)
+                    ))
+                })?;
             composite.extend_from_slice(&((ts as u64) ^ (1 << 63)).to_be_bytes());
             put_bytes(&mut composite, row.key_bytes);
             composite.extend_from_slice(row.namespace);
@@ -673,7 +679,8 @@ pub fn operator_entries_from_rows<'a>(
         if r.mode == DistributionMode::Broadcast {
             let k = r.key_json.ok_or_else(|| err("a broadcast row has no key".into()))?;
             let mut kb = Vec::new();
-            codec::json_to_msgpack(k, &mut kb).map_err(|e| err(format!("key JSON {} is not valid: {e}", preview(k))))?;
+            codec::json_to_msgpack(k, &mut kb)
+                .map_err(|e| err(format!("key JSON {} is not valid: {e}", preview(k))))?;
             let mut vb = Vec::new();
             codec::json_to_msgpack(value, &mut vb)
                 .map_err(|e| err(format!("value JSON {} is not valid: {e}", preview(value))))?;

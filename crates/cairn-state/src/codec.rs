@@ -119,10 +119,7 @@ pub fn msgpack_to_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let mut r = MpReader { b: bytes, pos: 0 };
     r.value(out, 0)?;
     if r.pos != bytes.len() {
-        return Err(format!(
-            "{} bytes follow the MessagePack value",
-            bytes.len() - r.pos
-        ));
+        return Err(format!("{} bytes follow the MessagePack value", bytes.len() - r.pos));
     }
     Ok(())
 }
@@ -159,7 +156,9 @@ impl<'a> MpReader<'a> {
     fn count(&mut self, n: u64, per: u64) -> Result<usize, String> {
         let rest = (self.b.len() - self.pos) as u64;
         if n.saturating_mul(per) > rest {
-            return Err(format!("MessagePack container claims {n} elements but only {rest} bytes follow"));
+            return Err(format!(
+                "MessagePack container claims {n} elements but only {rest} bytes follow"
+            ));
         }
         Ok(n as usize)
     }
@@ -348,7 +347,8 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 /// Standard base64 with padding.
 pub fn base64_encode(b: &[u8], out: &mut Vec<u8>) {
     for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         out.push(B64[(n >> 18) as usize & 63]);
         out.push(B64[(n >> 12) as usize & 63]);
         out.push(if c.len() > 1 { B64[(n >> 6) as usize & 63] } else { b'=' });
@@ -437,7 +437,14 @@ fn put_f64(out: &mut Vec<u8>, v: f64) {
     out.extend_from_slice(&v.to_bits().to_be_bytes());
 }
 
-fn put_len(out: &mut Vec<u8>, n: usize, fix: Option<(u8, usize)>, m8: Option<u8>, m16: u8, m32: u8) -> Result<(), String> {
+fn put_len(
+    out: &mut Vec<u8>,
+    n: usize,
+    fix: Option<(u8, usize)>,
+    m8: Option<u8>,
+    m16: u8,
+    m32: u8,
+) -> Result<(), String> {
     match fix {
         Some((base, lim)) if n < lim => out.push(base | n as u8),
         _ => match m8 {
@@ -815,9 +822,20 @@ mod tests {
             b"1 2",
         ] {
             out.clear();
-            assert!(json_to_msgpack(bad, &mut out).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                json_to_msgpack(bad, &mut out).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        for bad in [&[0xc1][..], &[0x92, 0x01], &[0xa3, b'a'], &[0xdd, 0xff, 0xff, 0xff, 0xff], &[0x01, 0x02], &[0xa1, 0xff]] {
+        for bad in [
+            &[0xc1][..],
+            &[0x92, 0x01],
+            &[0xa3, b'a'],
+            &[0xdd, 0xff, 0xff, 0xff, 0xff],
+            &[0x01, 0x02],
+            &[0xa1, 0xff],
+        ] {
             out.clear();
             assert!(msgpack_to_json(bad, &mut out).is_err(), "{bad:?}");
         }

@@ -5,9 +5,12 @@
 //!
 //! Backends store bytes so that snapshots, restores and rescaling work the same
 //! way for every backend; the typed layer ([`handles`]) turns user values into
-//! bytes with the value codec ([`codec`]).
+//! bytes with the value codec ([`codec`]: self-describing MessagePack for
+//! values, bincode for keys). [`canonical`] turns snapshot groups into the
+//! rows of canonical (portable) savepoints and back.
 
 pub mod backend;
+pub mod canonical;
 pub mod codec;
 pub mod conformance;
 pub mod descriptor;

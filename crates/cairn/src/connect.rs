@@ -43,6 +43,7 @@ use cairn_runtime::two_input::{
     KeyedBroadcastProcessFunction, KeyedBroadcastProcessOperator, KeyedCoProcessFunction, KeyedCoProcessOperator,
 };
 use cairn_runtime::OperatorLogic;
+use cairn_state::canonical::{key_codec_for, KeyCodec};
 
 use crate::env::short_type_name;
 use crate::stream::{operator_spec, DataStream, KeyedStream, Prototype};
@@ -53,6 +54,8 @@ struct InputEdge<'a, T> {
     stream: &'a DataStream<T>,
     partitioning: Partitioning,
     key: Option<Arc<dyn Any + Send + Sync>>,
+    /// Keyed edges: the key type's codec (canonical savepoints).
+    key_codec: Option<KeyCodec>,
 }
 
 impl<'a, T: Data> InputEdge<'a, T> {
@@ -61,6 +64,7 @@ impl<'a, T: Data> InputEdge<'a, T> {
             stream,
             partitioning: stream.partitioning,
             key: None,
+            key_codec: None,
         }
     }
 
@@ -69,6 +73,7 @@ impl<'a, T: Data> InputEdge<'a, T> {
             stream: &keyed.stream,
             partitioning: Partitioning::KeyGroups,
             key: Some(keyed.key_bytes_fn()),
+            key_codec: Some(key_codec_for::<K>()),
         }
     }
 
@@ -77,6 +82,7 @@ impl<'a, T: Data> InputEdge<'a, T> {
             stream: &stream.stream,
             partitioning: Partitioning::Broadcast,
             key: None,
+            key_codec: None,
         }
     }
 }
@@ -99,6 +105,11 @@ fn two_input_node<A: Data, B: Data, O: Data>(
         port_factory::<O>(),
     );
     let _ = holder.set(env.side_ports(id));
+    if keyed {
+        if let Some(codec) = first.key_codec.clone().or_else(|| second.key_codec.clone()) {
+            env.set_key_codec(id, codec);
+        }
+    }
     env.add_edge(
         first.stream.node,
         first.stream.port,

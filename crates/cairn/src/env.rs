@@ -15,6 +15,7 @@ use cairn_runtime::output::{port_factory, PortFactory};
 use cairn_runtime::source::{SourceAdapter, SourceLogic};
 use cairn_runtime::{Source, WatermarkStrategy};
 use cairn_snapshot::LoadedSnapshot;
+use cairn_state::canonical::KeyCodec;
 
 use crate::error::CairnError;
 use crate::execution::JobHandle;
@@ -188,6 +189,7 @@ impl StreamEnv {
         inner.nodes.push(NodeLogic {
             code,
             ports: vec![main_port],
+            key_codec: None,
         });
         inner.side_ports.push(Arc::new(Mutex::new(Vec::new())));
         id
@@ -211,6 +213,11 @@ impl StreamEnv {
             partitioning,
         });
         inner.edge_keys.push(key);
+    }
+
+    /// Record the key codec of a keyed node (for canonical savepoints).
+    pub(crate) fn set_key_codec(&self, node: NodeId, codec: KeyCodec) {
+        self.inner.borrow_mut().nodes[node.0].key_codec = Some(codec);
     }
 
     pub(crate) fn side_ports(&self, node: NodeId) -> SidePorts {

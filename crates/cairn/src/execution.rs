@@ -46,8 +46,12 @@ impl JobHandle {
     pub fn wait(mut self) -> Result<JobResult, CairnError> {
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
-            Some(Err(_)) => Err(CairnError::Job(JobError::Internal("the job's controller thread panicked".into()))),
-            None => Err(CairnError::Job(JobError::Internal("the job was already awaited".into()))),
+            Some(Err(_)) => Err(CairnError::Job(JobError::Internal(
+                "the job's controller thread panicked".into(),
+            ))),
+            None => Err(CairnError::Job(JobError::Internal(
+                "the job was already awaited".into(),
+            ))),
         }
     }
 }

@@ -32,6 +32,7 @@ impl<T: Clone + Send + Sync + 'static> Data for T {}
 pub use cairn_config as config;
 pub use cairn_connectors as connectors;
 pub use cairn_runtime as runtime;
+pub use cairn_snapshot as snapshot;
 pub use cairn_state as state;
 
 /// Everything a job usually needs.

@@ -318,6 +318,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
             Partitioning::KeyGroups,
             Some(self.key_bytes_fn()),
         );
+        env.set_key_codec(id, cairn_state::canonical::key_codec_for::<K>());
         DataStream::new(env.clone(), id, 0)
     }
 

@@ -13,8 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_runtime::control::{
     control_channel, AfterSavepoint, CheckpointConfigView, CheckpointStats, CheckpointsOverview, ControlPort,
-    ControlRequest, JobClient, JobInfo, JobMetrics, JobStatus, OperationStatus, Published, SnapshotStatus,
-    VertexInfo,
+    ControlRequest, JobClient, JobInfo, JobMetrics, JobStatus, OperationStatus, Published, SnapshotStatus, VertexInfo,
 };
 use cairn_snapshot::metadata::{write_metadata, SavepointFormat, SnapshotKind, SnapshotMetadata, METADATA_VERSION};
 use cairn_snapshot::LocalFileStorage;
@@ -74,7 +73,13 @@ pub fn write_snapshot(dir: &Path, job_id: &str, id: u64, savepoint: bool) {
     write_metadata(&s, dir, &meta).unwrap();
 }
 
-fn stats(id: u64, savepoint: bool, status: SnapshotStatus, path: Option<PathBuf>, failure: Option<String>) -> CheckpointStats {
+fn stats(
+    id: u64,
+    savepoint: bool,
+    status: SnapshotStatus,
+    path: Option<PathBuf>,
+    failure: Option<String>,
+) -> CheckpointStats {
     let now = now_ms();
     CheckpointStats {
         id,
@@ -197,7 +202,12 @@ fn run(port: ControlPort, sc: ScriptConfig) {
             ControlRequest::Checkpoint { operation, .. } => {
                 let id = next_id;
                 next_id += 1;
-                let dir = sc.checkpoint_dir.as_ref().unwrap().join(JOB_ID).join(format!("chk-{id}"));
+                let dir = sc
+                    .checkpoint_dir
+                    .as_ref()
+                    .unwrap()
+                    .join(JOB_ID)
+                    .join(format!("chk-{id}"));
                 write_snapshot(&dir, JOB_ID, id, false);
                 let s = stats(id, false, SnapshotStatus::Completed, Some(dir), None);
                 let mut p = port.publish();

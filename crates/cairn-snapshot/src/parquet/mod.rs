@@ -503,7 +503,8 @@ fn write_page<W: Write>(
         levels[..4].copy_from_slice(&n.to_le_bytes());
     }
     let body_len = levels.len() + values.len();
-    let body_len = i32::try_from(body_len).map_err(|_| invalid(format!("a data page of {body_len} bytes is too big")))?;
+    let body_len =
+        i32::try_from(body_len).map_err(|_| invalid(format!("a data page of {body_len} bytes is too big")))?;
     let num_values = i32::try_from(num_values).map_err(|_| invalid("too many values in one data page"))?;
     let mut h = crc32fast::Hasher::new();
     h.update(levels);
@@ -929,11 +930,7 @@ fn parse_row_group(rg: &Struct<'_>, schema: &[ColumnDef], footer_offset: u64) ->
     let num_rows = usize_of(rg.req_int(3, "RowGroup.num_rows")?, "RowGroup.num_rows")?;
     let cols = rg.list(1, "RowGroup.columns")?.ok_or("RowGroup.columns is missing")?;
     if cols.len() != schema.len() {
-        return Err(format!(
-            "{} column chunks for {} columns",
-            cols.len(),
-            schema.len()
-        ));
+        return Err(format!("{} column chunks for {} columns", cols.len(), schema.len()));
     }
     let mut chunks = Vec::with_capacity(cols.len());
     for (v, def) in cols.iter().zip(schema) {
@@ -1107,11 +1104,12 @@ impl<'a> ParquetFile<'a> {
             column: self.footer.schema.get(col).map(|c| c.name.clone()),
             message: m,
         };
-        let group = self
-            .footer
-            .row_groups
-            .get(rg)
-            .ok_or_else(|| err(format!("row group {rg} does not exist ({} row groups)", self.num_row_groups())))?;
+        let group = self.footer.row_groups.get(rg).ok_or_else(|| {
+            err(format!(
+                "row group {rg} does not exist ({} row groups)",
+                self.num_row_groups()
+            ))
+        })?;
         let def = self
             .footer
             .schema
@@ -1155,7 +1153,9 @@ fn read_chunk(bytes: &[u8], def: &ColumnDef, chunk: &ChunkInfo) -> Result<Column
             return Err(format!("the column chunk ends after {got} of {n} values"));
         }
         let mut r = CompactReader::new(&bytes[pos..end]);
-        let h = r.read_struct().map_err(|e| format!("page header at byte {pos} is not valid: {e}"))?;
+        let h = r
+            .read_struct()
+            .map_err(|e| format!("page header at byte {pos} is not valid: {e}"))?;
         pos += r.position();
         let page_type = h.req_int(1, "PageHeader.type")?;
         let uncompressed = h.req_int(2, "PageHeader.uncompressed_page_size")?;
@@ -1224,7 +1224,10 @@ fn read_chunk(bytes: &[u8], def: &ColumnDef, chunk: &ChunkInfo) -> Result<Column
         got += pn;
     }
     if pos != end {
-        return Err(format!("the column chunk has {} unread bytes after its last page", end - pos));
+        return Err(format!(
+            "the column chunk has {} unread bytes after its last page",
+            end - pos
+        ));
     }
     Ok(match sink {
         Sink::I32(v) => ColumnData::Int32(v),
@@ -1349,7 +1352,10 @@ fn decode_plain(values: &[u8], levels: &[u8], sink: &mut Sink) -> Result<(), Str
                 out.offsets.push(out.data.len());
             }
             if pos != values.len() {
-                return Err(format!("{} unread value bytes at the end of a page", values.len() - pos));
+                return Err(format!(
+                    "{} unread value bytes at the end of a page",
+                    values.len() - pos
+                ));
             }
         }
     }

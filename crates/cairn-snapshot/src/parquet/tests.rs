@@ -97,7 +97,10 @@ fn empty_file_has_schema_and_no_row_groups() {
 
 #[test]
 fn large_columns_are_split_into_pages() {
-    let s = vec![ColumnDef::new("v", ColumnType::Binary, true), ColumnDef::new("n", ColumnType::Int64, false)];
+    let s = vec![
+        ColumnDef::new("v", ColumnType::Binary, true),
+        ColumnDef::new("n", ColumnType::Int64, false),
+    ];
     let mut w = ParquetWriter::new(Vec::new(), s.clone(), vec![]).unwrap();
     let mut b = RowGroupBuilder::new(&s);
     let big = vec![7u8; 10_000];
@@ -110,12 +113,16 @@ fn large_columns_are_split_into_pages() {
     let (bytes, _) = w.finish().unwrap();
     // More than one page header in the chunk.
     let f = ParquetFile::parse(&bytes).unwrap();
-    let ColumnData::Bytes(v) = f.read_column(0, 0).unwrap() else { panic!() };
+    let ColumnData::Bytes(v) = f.read_column(0, 0).unwrap() else {
+        panic!()
+    };
     assert_eq!(v.len(), 1000);
     for i in 0..1000 {
         assert_eq!(v.get(i), (i % 9 != 0).then_some(&big[..i % 100 * 100]));
     }
-    let ColumnData::Int64(n) = f.read_column(0, 1).unwrap() else { panic!() };
+    let ColumnData::Int64(n) = f.read_column(0, 1).unwrap() else {
+        panic!()
+    };
     assert_eq!(n, (0..1000).map(Some).collect::<Vec<_>>());
     let chunk = &f.footer.row_groups[0].chunks[0];
     assert!(chunk.size > 3 * PAGE_TARGET_BYTES as u64);
@@ -175,7 +182,10 @@ fn a_flipped_bit_in_a_page_is_found_and_named() {
     let e = f.read_column(1, 3).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("CRC"), "{msg}");
-    assert!(msg.contains("dir/x.parquet") && msg.contains("row group 1") && msg.contains("column 'd'"), "{msg}");
+    assert!(
+        msg.contains("dir/x.parquet") && msg.contains("row group 1") && msg.contains("column 'd'"),
+        "{msg}"
+    );
     assert!(f.read_column(0, 3).is_ok(), "other chunks still read");
 }
 
@@ -230,10 +240,7 @@ fn malformed_files_give_errors_never_panics() {
 
 #[test]
 fn unsupported_features_are_named() {
-    assert!(ParquetFile::parse(b"PAR1")
-        .unwrap_err()
-        .to_string()
-        .contains("PAR1"));
+    assert!(ParquetFile::parse(b"PAR1").unwrap_err().to_string().contains("PAR1"));
     assert!(ParquetFile::parse(b"hello world, not parquet")
         .unwrap_err()
         .to_string()

@@ -278,7 +278,9 @@ impl<'a> CompactReader<'a> {
     fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
         let rest = self.buf.len() - self.pos;
         if n > rest as u64 {
-            return Err(format!("thrift binary of {n} bytes runs past the end ({rest} bytes left)"));
+            return Err(format!(
+                "thrift binary of {n} bytes runs past the end ({rest} bytes left)"
+            ));
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -352,11 +354,17 @@ impl<'a> CompactReader<'a> {
                 }
                 let h = self.byte()?;
                 let et = h & 0x0f;
-                let n = if h >> 4 == 0x0f { self.uvarint()? } else { u64::from(h >> 4) };
+                let n = if h >> 4 == 0x0f {
+                    self.uvarint()?
+                } else {
+                    u64::from(h >> 4)
+                };
                 // Every element takes at least one byte.
                 let rest = (self.buf.len() - self.pos) as u64;
                 if n > rest {
-                    return Err(format!("thrift list claims {n} elements but only {rest} bytes are left"));
+                    return Err(format!(
+                        "thrift list claims {n} elements but only {rest} bytes are left"
+                    ));
                 }
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -446,7 +454,10 @@ mod tests {
         }
         w.struct_end();
         for n in 0..buf.len() {
-            assert!(CompactReader::new(&buf[..n]).read_struct().is_err(), "truncation at {n}");
+            assert!(
+                CompactReader::new(&buf[..n]).read_struct().is_err(),
+                "truncation at {n}"
+            );
         }
         for i in 0..buf.len() {
             for bit in 0..8 {
