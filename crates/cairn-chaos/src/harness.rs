@@ -17,8 +17,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cairn_snapshot::layout::{find_latest_checkpoint, parse_checkpoint_dir_name, JobId};
-use cairn_snapshot::LocalFileStorage;
+use cairn_snapshot::layout::{checkpoint_dir_name, find_latest_checkpoint, parse_checkpoint_dir_name, JobId};
+use cairn_snapshot::{load_snapshot, LocalFileStorage};
 
 use crate::job::{MARK_END_OF_INPUT, MARK_FIRST_RECORD};
 use crate::oracle::{expected_output, Output};
@@ -79,6 +79,14 @@ pub struct ChaosConfig {
     pub attempt_timeout: Duration,
     /// More engine flags for every start (e.g. `-D key=value`).
     pub extra_flags: Vec<String>,
+    /// Restart with a random parallelism (1 to 3) for the keyed operators
+    /// and sinks each time (the sources keep 2), to check exactly-once
+    /// across rescaling too.
+    pub rescale: bool,
+    /// Self-test of the harness: restore the second newest retained
+    /// checkpoint instead of the newest. Records committed after it are
+    /// replayed, so the harness must report duplicates.
+    pub restore_previous: bool,
 }
 
 impl ChaosConfig {
@@ -102,6 +110,8 @@ impl ChaosConfig {
             verbose: true,
             attempt_timeout: Duration::from_secs(300),
             extra_flags: Vec::new(),
+            rescale: false,
+            restore_previous: false,
         }
     }
 
@@ -176,6 +186,8 @@ pub struct Report {
     /// Kills that left a checkpoint directory without `_metadata` (killed
     /// while a checkpoint was in flight).
     pub kills_during_checkpoint: u32,
+    /// Kills that left a temporary `_metadata` (between its write and rename).
+    pub kills_while_writing_metadata: u32,
     /// Kills that left staged (pending) sink files of a completed checkpoint:
     /// killed after `_metadata` was written, before the sinks committed.
     pub kills_in_commit_window: u32,
@@ -229,6 +241,7 @@ impl fmt::Display for Report {
         let plans: Vec<String> = self.kills_by_plan.iter().map(|(k, v)| format!("{k} {v}")).collect();
         writeln!(f, "  chosen as:              {}", plans.join(", "))?;
         writeln!(f, "  during a checkpoint:    {}", self.kills_during_checkpoint)?;
+        writeln!(f, "  writing _metadata:      {}", self.kills_while_writing_metadata)?;
         writeln!(f, "  in the commit window:   {}", self.kills_in_commit_window)?;
         writeln!(f, "  after end of input:     {}", self.kills_after_end_of_input)?;
         writeln!(f, "  before the first record: {}", self.kills_before_first_record)?;
@@ -254,7 +267,7 @@ impl fmt::Display for Report {
 enum Plan {
     /// Let the job finish.
     Finish,
-    /// After a fixed delay from spawn (`early` or `random`).
+    /// After a fixed delay from spawn (`startup`, `early` or `random`).
     After(Duration, &'static str),
     /// As soon as a new checkpoint of this attempt completes (`_metadata`
     /// appears), once `after` has passed: lands in the commit window.
@@ -286,11 +299,13 @@ fn choose_plan(rng: &mut XorShift, cfg: &ChaosConfig, no_progress: u32) -> Plan 
     let lo = (50u64 << no_progress.min(6)).min(cfg.max_delay_ms);
     let hi = cfg.max_delay_ms.max(lo);
     let r = rng.below(100);
-    let early = rng.millis(0, 250);
+    let startup = rng.millis(0, 60);
+    let early = rng.millis(60, 250);
     let delay = rng.millis(lo, hi);
     let end_delay = rng.millis(0, 40);
     match r {
-        0..=11 if no_progress == 0 => Plan::After(early, "early"),
+        0..=5 if no_progress == 0 => Plan::After(startup, "startup"),
+        6..=13 if no_progress == 0 => Plan::After(early, "early"),
         0..=49 => Plan::After(delay, "random"),
         50..=71 => Plan::OnCommit(delay),
         72..=89 => Plan::OnStaged(delay),
@@ -311,8 +326,13 @@ pub struct Found {
 /// restores, so the highest id is the newest). A `_metadata` that exists but
 /// cannot be read is an error: after a kill there must be none.
 pub fn latest_checkpoint(root: &Path) -> Result<Option<Found>, String> {
+    Ok(complete_checkpoints(root)?.pop())
+}
+
+/// Every retained complete checkpoint under `root`, oldest (lowest id) first.
+pub fn complete_checkpoints(root: &Path) -> Result<Vec<Found>, String> {
     let storage = LocalFileStorage::new();
-    let mut best: Option<Found> = None;
+    let mut all = Vec::new();
     for job_dir in job_dirs(root)? {
         let scan = find_latest_checkpoint(&storage, &job_dir)
             .map_err(|e| format!("cannot scan {}: {e}", job_dir.display()))?;
@@ -325,20 +345,20 @@ pub fn latest_checkpoint(root: &Path) -> Result<Option<Found>, String> {
                 ));
             }
         }
-        if let Some(l) = scan.latest {
-            if best.as_ref().is_none_or(|b| l.checkpoint_id > b.id) {
-                best = Some(Found {
-                    id: l.checkpoint_id,
-                    dir: l.dir,
-                    job_id: job_dir
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                });
-            }
+        let job_id = job_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for id in scan.completed {
+            all.push(Found {
+                id,
+                dir: job_dir.join(checkpoint_dir_name(id)),
+                job_id: job_id.clone(),
+            });
         }
     }
-    Ok(best)
+    all.sort_by_key(|f| f.id);
+    Ok(all)
 }
 
 /// `<root>/<job-id>` directories.
@@ -381,6 +401,21 @@ fn highest_complete(job_dir: &Path) -> u64 {
         .map(|(id, _)| id)
         .max()
         .unwrap_or(0)
+}
+
+/// Whether a temporary `_metadata` (written, not yet renamed) is left in a
+/// checkpoint directory of `job_dir`.
+fn metadata_being_written(job_dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(job_dir) else {
+        return false;
+    };
+    entries.flatten().any(|chk| {
+        std::fs::read_dir(chk.path()).is_ok_and(|files| {
+            files
+                .flatten()
+                .any(|f| f.file_name().to_string_lossy().starts_with("._metadata.tmp"))
+        })
+    })
 }
 
 /// Whether any sink holds a staged file of a checkpoint after `after`.
@@ -461,6 +496,19 @@ struct Attempt {
     log: PathBuf,
 }
 
+/// How to start one attempt.
+struct Launch<'a> {
+    /// Attempt number in the round.
+    n: u32,
+    /// Checkpoint to restore (directory or `_metadata`), if any.
+    restore: Option<&'a Path>,
+    restored_id: u64,
+    plan: Plan,
+    parallelism: u32,
+    /// Generator and file rates per source subtask.
+    rates: (u64, u64),
+}
+
 /// One bounded job run's directories.
 struct RoundDirs {
     checkpoints: PathBuf,
@@ -482,14 +530,14 @@ impl Harness<'_> {
         }
     }
 
-    fn command(&self, dirs: &RoundDirs, restore: Option<&Path>, rate: u64, file_rate: u64) -> Command {
+    fn command(&self, dirs: &RoundDirs, restore: Option<&Path>, parallelism: u32, rates: (u64, u64)) -> Command {
         let cfg = self.cfg;
         let mut cmd = Command::new(&cfg.job.program);
         cmd.args(&cfg.job.args);
         for (k, v) in &cfg.job.env {
             cmd.env(k, v);
         }
-        cmd.arg("-p").arg(cfg.parallelism.to_string());
+        cmd.arg("-p").arg(parallelism.to_string());
         for d in [
             format!("execution.checkpointing.interval={}ms", cfg.checkpoint_interval_ms),
             format!("execution.checkpointing.dir={}", dirs.checkpoints.display()),
@@ -506,8 +554,8 @@ impl Harness<'_> {
         cmd.arg("--out").arg(&dirs.out);
         cmd.arg("--input").arg(&self.input);
         for (k, v) in [
-            ("--rate", rate),
-            ("--file-rate", file_rate),
+            ("--rate", rates.0),
+            ("--file-rate", rates.1),
             ("--part-bytes", cfg.part_bytes),
         ] {
             cmd.arg(k).arg(v.to_string());
@@ -517,19 +565,19 @@ impl Harness<'_> {
         cmd
     }
 
-    /// Start one attempt and supervise it according to `plan`.
-    fn attempt(
-        &mut self,
-        dirs: &RoundDirs,
-        n: u32,
-        restore: Option<&Path>,
-        restored_id: u64,
-        plan: Plan,
-        rates: (u64, u64),
-    ) -> Result<Attempt, String> {
+    /// Start one attempt and supervise it according to its plan.
+    fn attempt(&mut self, dirs: &RoundDirs, launch: Launch<'_>) -> Result<Attempt, String> {
+        let Launch {
+            n,
+            restore,
+            restored_id,
+            plan,
+            parallelism,
+            rates,
+        } = launch;
         let log_path = dirs.logs.join(format!("attempt-{n:04}.log"));
         let log = File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-        let mut cmd = self.command(dirs, restore, rates.0, rates.1);
+        let mut cmd = self.command(dirs, restore, parallelism, rates);
         let spawned = Instant::now();
         let mut child = cmd
             .spawn()
@@ -631,15 +679,20 @@ impl Harness<'_> {
                     "round {name}: no end after {n} attempts (the job never gets far enough between kills)"
                 ));
             }
-            let latest = latest_checkpoint(&dirs.checkpoints)?;
-            let restored_id = latest.as_ref().map_or(0, |f| f.id);
-            if restored_id < highest_seen {
+            let mut retained = complete_checkpoints(&dirs.checkpoints)?;
+            let newest_id = retained.last().map_or(0, |f| f.id);
+            if newest_id < highest_seen {
                 self.fail(format!(
-                    "round {name}: the latest complete checkpoint went back from {highest_seen} to {restored_id}"
+                    "round {name}: the latest complete checkpoint went back from {highest_seen} to {newest_id}"
                 ));
                 return Ok(false);
             }
-            highest_seen = restored_id;
+            highest_seen = newest_id;
+            if self.cfg.restore_previous && retained.len() >= 2 {
+                retained.pop();
+            }
+            let latest = retained.pop();
+            let restored_id = latest.as_ref().map_or(0, |f| f.id);
             let restore = latest.as_ref().map(|f| {
                 if self.rng.below(2) == 0 {
                     f.dir.clone()
@@ -659,7 +712,22 @@ impl Harness<'_> {
             } else {
                 Plan::Finish
             };
-            let a = self.attempt(&dirs, n, restore.as_deref(), restored_id, plan, rates)?;
+            let parallelism = if self.cfg.rescale && n > 0 {
+                self.rng.between(1, 3) as u32
+            } else {
+                self.cfg.parallelism
+            };
+            let a = self.attempt(
+                &dirs,
+                Launch {
+                    n,
+                    restore: restore.as_deref(),
+                    restored_id,
+                    plan,
+                    parallelism,
+                    rates,
+                },
+            )?;
             if let Some(k) = last_kill {
                 self.report.kill_to_spawn.0.push(a.spawned - k);
                 if let (Some(first), Some(_)) = (a.first_record, &latest) {
@@ -703,16 +771,35 @@ impl Harness<'_> {
                         format!("{} (event missed, timed kill)", plan.name())
                     };
                     *self.report.kills_by_plan.entry(plan_name.clone()).or_default() += 1;
-                    let after = latest_checkpoint(&dirs.checkpoints)?;
+                    let retained_now = complete_checkpoints(&dirs.checkpoints)?;
+                    // Every checkpoint that looks complete must load: _metadata
+                    // and every file it names, sizes and checksums verified.
+                    let storage = LocalFileStorage::new();
+                    for f in &retained_now {
+                        if let Err(e) = load_snapshot(&storage, &f.dir) {
+                            self.fail(format!(
+                                "round {name}: after kill {}, checkpoint {} has _metadata but does not load: {e}",
+                                self.report.kills,
+                                f.dir.display()
+                            ));
+                            return Ok(false);
+                        }
+                    }
+                    let after = retained_now.last().cloned();
                     let after_id = after.as_ref().map_or(0, |f| f.id);
                     let mut what = Vec::new();
                     if let Some(job) = &a.job_id {
-                        if checkpoint_dirs(&dirs.checkpoints.join(job))
+                        let job_dir = dirs.checkpoints.join(job);
+                        if checkpoint_dirs(&job_dir)
                             .iter()
                             .any(|(id, done)| !done && *id > after_id)
                         {
                             self.report.kills_during_checkpoint += 1;
                             what.push("during a checkpoint");
+                        }
+                        if metadata_being_written(&job_dir) {
+                            self.report.kills_while_writing_metadata += 1;
+                            what.push("while writing _metadata");
                         }
                     }
                     let staged_done = SINKS.iter().any(|s| {
@@ -738,7 +825,8 @@ impl Harness<'_> {
                         no_progress += 1;
                     }
                     self.say(&format!(
-                        "{name}: kill {} ({plan_name}) at {} ms of attempt {n} [{}]; restored from {}, latest now {}",
+                        "{name}: kill {} ({plan_name}) at {} ms of attempt {n} (-p {parallelism}) [{}]; \
+                         restored from {}, latest now {}",
                         self.report.kills,
                         (at - a.spawned).as_millis(),
                         what.join(", "),

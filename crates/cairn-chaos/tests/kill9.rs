@@ -41,3 +41,27 @@ fn kill9_short_run_keeps_output_exactly_once() {
     );
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// The harness is not vacuous: restoring the second newest checkpoint
+/// replays records whose output was already committed, and the comparison
+/// must catch the duplicates.
+#[test]
+fn harness_detects_duplicates_when_restoring_an_older_checkpoint() {
+    let seed = XorShift::seed_from_entropy();
+    let job = JobCommand::new(env!("CARGO_BIN_EXE_cairn-chaos-job"));
+    let work = work_dir("mutant");
+    let mut cfg = ChaosConfig::short(job, work.clone(), seed);
+    cfg.restore_previous = true;
+    cfg.reference_run = false;
+    // The harness stops at the first failing round; many kills make sure
+    // some restore has an older checkpoint to go back to.
+    cfg.kills = 40;
+    let report = cairn_chaos::run(&cfg).expect("the harness runs");
+    eprintln!("{report}");
+    let failure = report.failure.as_deref().unwrap_or("");
+    assert!(
+        failure.contains("extra or duplicated"),
+        "restoring an older checkpoint must show duplicates (seed {seed}):\n{report}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -584,6 +584,10 @@ fn opt_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiE
 fn trigger_id(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     match opt_str(body, "triggerId")? {
         None => Ok(None),
+        Some(t @ ("config" | "details")) => Err(ApiError::invalid_field(
+            "triggerId",
+            format!("'{t}' is reserved (it names an endpoint); choose another id"),
+        )),
         Some(t)
             if !t.is_empty()
                 && t.len() <= 64
@@ -892,5 +896,7 @@ mod tests {
         assert_eq!(opt_str(&m, "c").unwrap_err().code, "INVALID_FIELD");
         let m = body_object(&r("{\"triggerId\":\"../x\"}"), &["triggerId"]).unwrap();
         assert_eq!(trigger_id(&m).unwrap_err().code, "INVALID_FIELD");
+        let m = body_object(&r("{\"triggerId\":\"config\"}"), &["triggerId"]).unwrap();
+        assert!(trigger_id(&m).unwrap_err().message.contains("reserved"));
     }
 }

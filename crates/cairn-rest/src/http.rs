@@ -25,7 +25,7 @@ pub struct Request {
     /// (`/jobs//x/` gives `["jobs", "x"]`).
     pub segments: Vec<String>,
     /// Percent-decoded query parameters, in order.
-    pub query: Vec<(String, String)>,
+    pub query: QueryParams,
     /// Headers with lower-cased names, in order.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -287,8 +287,11 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
+/// Decoded query parameters, in order.
+pub type QueryParams = Vec<(String, String)>;
+
 /// Splits a target into decoded path segments and query parameters.
-pub fn parse_target(target: &str) -> Result<(Vec<String>, Vec<(String, String)>), ApiError> {
+pub fn parse_target(target: &str) -> Result<(Vec<String>, QueryParams), ApiError> {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, q),
         None => (target, ""),

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 struct Env {
     tmp: TempDir,
-    _job: Scripted,
+    job: Scripted,
     server: RestServer,
     http: HttpClient,
     savepoints: PathBuf,
@@ -65,7 +65,7 @@ fn start_with(token: Option<&str>, delay: Duration) -> Env {
     let http = HttpClient::new(server.address().to_string()).with_token(token.map(String::from));
     Env {
         tmp,
-        _job: job,
+        job,
         server,
         http,
         savepoints,
@@ -730,7 +730,7 @@ fn shutdown_lingers_until_the_stop_outcome_is_read() {
         .unwrap();
     let id = r.json()["request-id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while e._job.client.info().status.is_terminal() == false {
+    while !e.job.client.info().status.is_terminal() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(5));
     }

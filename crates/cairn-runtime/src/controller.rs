@@ -518,7 +518,13 @@ impl Controller<'_, '_> {
             let step = (|| -> Result<(), JobError> {
                 coord.expire()?;
                 coord.drain_acks(job)?;
-                for outcome in coord.take_outcomes() {
+                let outcomes = coord.take_outcomes();
+                if !outcomes.is_empty() {
+                    // Statistics first, so a client that sees an operation
+                    // complete also sees its checkpoint counted.
+                    self.publish(coord, Some(job), true);
+                }
+                for outcome in outcomes {
                     if let SnapshotOutcome::Completed { id, .. } = &outcome {
                         final_done |= final_snapshot == Some(*id);
                     }

@@ -54,6 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let env = StreamEnv::with_startup(opts);
     env.set_parallelism(p)?;
+    // Progress and checkpoint statistics on stderr.
+    env.show_progress(std::env::var_os("CAIRN_BENCH_LOG").is_some());
     env.source(GeneratorSource::new(n, k).splits(2))
         .uid("gen")
         .key_by(|e: &GeneratedEvent| e.key)

@@ -36,6 +36,9 @@ pub(crate) struct EnvInner {
     pub config: Configuration,
     pub startup: StartupOptions,
     pub progress: bool,
+    /// Serve the REST API: jobs started as binaries (`from_args`) do, so that
+    /// `cairn list` finds them; embedded jobs only when a `rest.*` key is set.
+    pub serve_rest: bool,
 }
 
 /// What a finished job reports.
@@ -87,7 +90,9 @@ impl StreamEnv {
             println!("{}", startup_help(&program));
             std::process::exit(0);
         }
-        Ok(Self::with_startup(startup))
+        let env = Self::with_startup(startup);
+        env.inner.borrow_mut().serve_rest = true;
+        Ok(env)
     }
 
     /// An environment from explicit startup options (what `from_args` parses).
@@ -101,6 +106,7 @@ impl StreamEnv {
                 config: startup.config.clone(),
                 startup,
                 progress: false,
+                serve_rest: false,
             })),
         }
     }
@@ -287,13 +293,14 @@ impl StreamEnv {
 
     /// Start the job in the background; the handle controls and awaits it.
     pub fn execute_async(&self, job_name: &str) -> Result<JobHandle, CairnError> {
-        let (restore_path, allow_non_restored_state, claim_mode, progress) = {
+        let (restore_path, allow_non_restored_state, claim_mode, progress, serve_rest) = {
             let inner = self.inner.borrow();
             (
                 inner.startup.restore_path.clone(),
                 inner.startup.allow_non_restored_state,
                 inner.startup.claim_mode,
                 inner.progress,
+                inner.serve_rest || cairn_rest::rest_requested(&inner.config),
             )
         };
         let snapshot = match &restore_path {
@@ -309,6 +316,7 @@ impl StreamEnv {
             allow_non_restored_state,
             claim_mode,
             progress,
+            serve_rest,
         })?;
         crate::execution::wait_running(&handle.client(), Duration::from_secs(30));
         Ok(handle)

@@ -27,12 +27,19 @@ pub struct JobHandle {
     job_id: String,
     client: JobClient,
     thread: Option<JoinHandle<Result<JobResult, CairnError>>>,
+    /// The job's REST endpoint, when it serves one.
+    rest: Option<cairn_rest::RestServer>,
 }
 
 impl JobHandle {
     /// The job's id.
     pub fn job_id(&self) -> &str {
         &self.job_id
+    }
+
+    /// The address of the job's REST API, when it serves one.
+    pub fn rest_address(&self) -> Option<std::net::SocketAddr> {
+        self.rest.as_ref().map(|r| r.address())
     }
 
     /// A client to read the job's status and to trigger savepoints,
@@ -44,7 +51,13 @@ impl JobHandle {
     /// Wait for the job to end. A cancelled job gives
     /// `Err(CairnError::Job(JobError::Cancelled))`.
     pub fn wait(mut self) -> Result<JobResult, CairnError> {
-        match self.thread.take().map(JoinHandle::join) {
+        let joined = self.thread.take().map(JoinHandle::join);
+        // After the job: the server lets clients read how it ended, then
+        // leaves the job registry.
+        if let Some(mut rest) = self.rest.take() {
+            rest.shutdown();
+        }
+        match joined {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(CairnError::Job(JobError::Internal(
                 "the job's controller thread panicked".into(),
@@ -65,6 +78,8 @@ pub(crate) struct Launch {
     pub allow_non_restored_state: bool,
     pub claim_mode: ClaimMode,
     pub progress: bool,
+    /// Serve the REST API (and register the job for `cairn list`).
+    pub serve_rest: bool,
 }
 
 /// Start `launch` on a thread of its own.
@@ -72,6 +87,16 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
     let published = initial_published(&launch.spec, &launch.job_name, launch.restore_path.as_deref());
     let (client, port) = control_channel(published);
     let job_id = launch.spec.job_id.clone();
+    let rest = if launch.serve_rest {
+        let server = cairn_rest::serve(client.clone(), &launch.spec.config)
+            .map_err(|e| CairnError::Job(JobError::Setup(format!("cannot serve the REST API: {e}"))))?;
+        if launch.progress {
+            eprintln!("REST API of job {job_id} at http://{}", server.address());
+        }
+        Some(server)
+    } else {
+        None
+    };
     let thread = std::thread::Builder::new()
         .name(format!("cairn-job-{}", &job_id[..8]))
         .spawn(move || {
@@ -148,6 +173,7 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
         job_id,
         client,
         thread: Some(thread),
+        rest,
     })
 }
 

@@ -36,6 +36,8 @@ usage: cairn-chaos [options]
   --events N --keys N --window-ms N --files N --lines N --file-keys N --data-seed N
                       the workload (see cairn_chaos::workload)
   -D key=value        an extra configuration key for every job start
+  --rescale           restart with a random parallelism (1-3) for the keyed operators and sinks
+  --restore-previous  self-test: restore the second newest checkpoint; must FAIL with duplicates
   --quiet             no line per kill
 ";
 
@@ -74,6 +76,8 @@ fn run() -> Result<bool, String> {
     let mut keep = false;
     let mut reference = true;
     let mut quiet = false;
+    let mut rescale = false;
+    let mut restore_previous = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -81,6 +85,8 @@ fn run() -> Result<bool, String> {
             "--keep" => keep = true,
             "--no-reference" => reference = false,
             "--quiet" => quiet = true,
+            "--rescale" => rescale = true,
+            "--restore-previous" => restore_previous = true,
             _ => {
                 let v = it.next().ok_or_else(|| format!("{a} needs a value (see --help)"))?;
                 match a.as_str() {
@@ -114,6 +120,8 @@ fn run() -> Result<bool, String> {
     cfg.keep_work = keep;
     cfg.reference_run = reference;
     cfg.verbose = !quiet;
+    cfg.rescale = rescale;
+    cfg.restore_previous = restore_previous;
     for (flag, v) in flags {
         match flag.as_str() {
             "--parallelism" => cfg.parallelism = parse(&flag, &v)? as u32,
