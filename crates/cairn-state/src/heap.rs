@@ -92,18 +92,15 @@ impl Group {
     fn encode(&self, buf: &mut Vec<u8>) {
         buf.clear();
         match self {
+            // Map order: a snapshot's byte layout is not canonical (sorting
+            // would cost more than writing); restores do not depend on order.
             Group::Values(m) => {
-                let mut keys: Vec<&Bytes> = m.keys().collect();
-                keys.sort_unstable();
-                for k in keys {
-                    snapshot_codec::put_entry(buf, k, &m[k]);
+                for (k, v) in m {
+                    snapshot_codec::put_entry(buf, k, v);
                 }
             }
             Group::Maps(m) => {
-                let mut keys: Vec<&Bytes> = m.keys().collect();
-                keys.sort_unstable();
-                for k in keys {
-                    let map = &m[k];
+                for (k, map) in m {
                     snapshot_codec::put_map(buf, k, map.iter().map(|(a, b)| (a.as_slice(), b.as_slice())));
                 }
             }

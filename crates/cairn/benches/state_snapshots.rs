@@ -1,0 +1,241 @@
+//! Checkpoint and savepoint cost for large keyed state. A job loads `K` keys
+//! (each with a `ValueState<u64>` count and a `ValueState<u64>` sum, as the
+//! counting job), then stays idle while this program takes a checkpoint, a
+//! native savepoint and a canonical savepoint, and restores a new job from
+//! each savepoint. It also measures the disk's sequential write bandwidth
+//! (1 GiB with fsync) and read bandwidth (the same file) in the same run.
+//!
+//!     cargo bench -p cairn --bench state_snapshots -- [K] [dir]
+//!
+//! Prints one line per measurement.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cairn::config::{Configuration, StartupOptions};
+use cairn::prelude::*;
+use cairn::runtime::control::{
+    AfterSavepoint, CheckpointRequestKind, JobClient, OperationStatus, SavepointRequest, SnapshotFormat,
+};
+use cairn::state::DistributionMode;
+
+/// Emits keys `0..keys` once, then idles (keeping the job alive) until cancelled.
+#[derive(Clone)]
+struct LoadThenIdle {
+    keys: u64,
+    next: u64,
+}
+
+const POSITION: &str = "position";
+
+impl Source<u64> for LoadThenIdle {
+    fn open(&mut self, ctx: &mut SourceContext<'_>) -> OpResult {
+        let share = |s: u32| self.keys * u64::from(s) / u64::from(ctx.info.parallelism);
+        self.next = share(ctx.info.subtask);
+        let end = share(ctx.info.subtask + 1);
+        if let Some(p) = ctx.state.list::<(u64, u64)>(POSITION)?.first() {
+            (self.next, self.keys) = *p;
+        } else {
+            self.keys = end;
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<StreamRecord<u64>>, max: usize) -> OpResult<SourceStatus> {
+        if self.next >= self.keys {
+            return Ok(SourceStatus::Pending(Duration::from_millis(20)));
+        }
+        let n = (max as u64).min(self.keys - self.next);
+        out.extend((self.next..self.next + n).map(|k| StreamRecord::new(k)));
+        self.next += n;
+        Ok(SourceStatus::More)
+    }
+
+    fn snapshot_state(&mut self, ctx: &mut SourceContext<'_>, _checkpoint_id: u64) -> OpResult {
+        ctx.state
+            .set_list(POSITION, DistributionMode::SplitEvenly, &[(self.next, self.keys)])?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Default)]
+struct CountAndSum {
+    count: Option<ValueState<u64>>,
+    sum: Option<ValueState<u64>>,
+}
+
+impl KeyedProcessFunction<u64, u64, ()> for CountAndSum {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
+        self.count = Some(ctx.value_state(ValueStateDescriptor::new("count"))?);
+        self.sum = Some(ctx.value_state(ValueStateDescriptor::new("sum"))?);
+        Ok(())
+    }
+
+    fn process_element(&mut self, k: u64, ctx: &mut KeyedContext<'_, u64, ()>) -> OpResult {
+        let (c, s) = (self.count.as_ref().ok_or("open")?, self.sum.as_ref().ok_or("open")?);
+        let n = c.value(ctx)?.unwrap_or(0) + 1;
+        c.update(ctx, &n)?;
+        let v = s.value(ctx)?.unwrap_or(0) + k;
+        s.update(ctx, &v)?;
+        Ok(())
+    }
+}
+
+fn env(dir: &Path, keys: u64, restore: Option<PathBuf>) -> StreamEnv {
+    let mut config = Configuration::new();
+    for (k, v) in [
+        ("parallelism.default", "2".to_string()),
+        ("execution.checkpointing.dir", dir.join("checkpoints").display().to_string()),
+        ("execution.checkpointing.timeout", "1h".to_string()),
+    ] {
+        config.set(k, &v).expect("valid config");
+    }
+    let env = StreamEnv::with_startup(StartupOptions {
+        config,
+        restore_path: restore,
+        ..Default::default()
+    });
+    env.source(LoadThenIdle { keys, next: 0 })
+        .uid("keys")
+        .key_by(|k: &u64| *k)
+        .process(CountAndSum::default())
+        .uid("counter");
+    env
+}
+
+fn wait(client: &JobClient, op: &str) -> Result<(Option<PathBuf>, Option<u64>), String> {
+    match client.wait_operation(op, Duration::from_secs(3600)) {
+        Some(OperationStatus::Completed { location, checkpoint_id }) => Ok((location, checkpoint_id)),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        dir_size(&p)
+                    } else {
+                        e.metadata().map_or(0, |m| m.len())
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Sequential write (with fsync) and read bandwidth of `dir`, in MiB/s.
+fn disk_bandwidth(dir: &Path) -> std::io::Result<(f64, f64)> {
+    let path = dir.join("bandwidth.bin");
+    let block = vec![0x5au8; 4 << 20];
+    let total: u64 = 1 << 30;
+    let start = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    let mut written = 0;
+    while written < total {
+        f.write_all(&block)?;
+        written += block.len() as u64;
+    }
+    f.sync_all()?;
+    let write = mib(total) / start.elapsed().as_secs_f64();
+    drop(f);
+    let start = Instant::now();
+    let mut f = std::fs::File::open(&path)?;
+    let mut buf = vec![0u8; 4 << 20];
+    while f.read(&mut buf)? > 0 {}
+    let read = mib(total) / start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok((write, read))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let keys: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let base = args
+        .get(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("cairn-state-snapshots-bench"));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_string();
+
+    let (write_bw, read_bw) = disk_bandwidth(&base)?;
+    println!("disk sequential_write_mib_s={write_bw:.0} sequential_read_mib_s={read_bw:.0} (1 GiB, fsync; read likely from page cache)");
+
+    // Load the state.
+    let started = Instant::now();
+    let job = env(&base, keys, None).execute_async("state snapshots")?;
+    let client = job.client();
+    while client.metrics().source_records < keys {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Records are emitted before they are counted; a checkpoint's barrier
+    // follows them, so the checkpoint includes every key.
+    println!("load keys={keys} seconds={:.2}", started.elapsed().as_secs_f64());
+
+    let op = client.trigger_checkpoint(CheckpointRequestKind::Full, None)?;
+    let (_, id) = wait(&client, &op)?;
+    let stats = client.checkpoint(id.ok_or("checkpoint id")?).ok_or("checkpoint stats")?;
+    println!(
+        "checkpoint keys={keys} duration_ms={} sync_ms={} async_ms={} size_mib={:.1} write_mib_s={:.0} load1={load}",
+        stats.duration_ms,
+        stats.sync_duration_ms,
+        stats.async_duration_ms,
+        mib(stats.state_size_bytes),
+        mib(stats.state_size_bytes) / (stats.duration_ms.max(1) as f64 / 1000.0),
+    );
+
+    let mut savepoints = Vec::new();
+    for format in [SnapshotFormat::Native, SnapshotFormat::Canonical] {
+        let started = Instant::now();
+        let op = client.trigger_savepoint(
+            SavepointRequest {
+                target_directory: Some(base.join("savepoints")),
+                format,
+                then: AfterSavepoint::KeepRunning,
+            },
+            None,
+        )?;
+        match wait(&client, &op) {
+            Ok((Some(location), _)) => {
+                let secs = started.elapsed().as_secs_f64();
+                let size = dir_size(&location);
+                println!(
+                    "savepoint format={format:?} keys={keys} seconds={secs:.2} size_mib={:.1} write_mib_s={:.0} ratio_to_disk_write={:.2}",
+                    mib(size),
+                    mib(size) / secs,
+                    mib(size) / secs / write_bw
+                );
+                savepoints.push((format, location, size));
+            }
+            other => println!("savepoint format={format:?} failed: {other:?}"),
+        }
+    }
+    client.cancel()?;
+    let _ = job.wait();
+
+    for (format, location, size) in savepoints {
+        let started = Instant::now();
+        let job = env(&base, keys, Some(location)).execute_async("restore")?;
+        // `execute_async` returns once the job runs: its state is restored.
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "restore format={format:?} keys={keys} seconds={secs:.2} read_mib_s={:.0} ratio_to_disk_read={:.2}",
+            mib(size) / secs,
+            mib(size) / secs / read_bw
+        );
+        job.client().cancel()?;
+        let _ = job.wait();
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
