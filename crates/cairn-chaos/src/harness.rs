@@ -202,6 +202,8 @@ pub struct Report {
     pub restores_by_metadata_path: u32,
     /// Kill until the restarted process processed its first record (restores only).
     pub kill_to_processing: Samples,
+    /// Size of each checkpoint restored (its directory's files), bytes.
+    pub restored_bytes: Vec<u64>,
     /// Kill until the new process was spawned (reaping + finding the checkpoint).
     pub kill_to_spawn: Samples,
     /// Lines each round compared.
@@ -251,6 +253,17 @@ impl fmt::Display for Report {
             self.restarts_from_checkpoint, self.restores_by_metadata_path, self.restarts_fresh
         )?;
         writeln!(f, "kill -> processing again: {}", self.kill_to_processing)?;
+        if !self.restored_bytes.is_empty() {
+            let mut b = self.restored_bytes.clone();
+            b.sort_unstable();
+            writeln!(
+                f,
+                "restored checkpoint size: min {} KiB, median {} KiB, max {} KiB",
+                b[0] / 1024,
+                b[b.len() / 2] / 1024,
+                b[b.len() - 1] / 1024
+            )?;
+        }
         writeln!(f, "kill -> new process:      {}", self.kill_to_spawn)?;
         writeln!(f, "leftover hidden files:    {}", self.leftover_hidden_files)?;
         writeln!(f, "elapsed:                  {:.1} s", self.elapsed.as_secs_f64())?;
@@ -578,6 +591,17 @@ impl Harness<'_> {
         let log_path = dirs.logs.join(format!("attempt-{n:04}.log"));
         let log = File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let mut cmd = self.command(dirs, restore, parallelism, rates);
+        // The new run's job directory is the one that is not there yet (also
+        // told by the job's "started with JobID" line).
+        let known_jobs = job_dirs(&dirs.checkpoints)?;
+        let new_job = |a: &mut Attempt| {
+            if a.job_id.is_none() {
+                let now = job_dirs(&dirs.checkpoints).unwrap_or_default();
+                if let Some(d) = now.iter().find(|d| !known_jobs.contains(d)) {
+                    a.job_id = d.file_name().map(|n| n.to_string_lossy().into_owned());
+                }
+            }
+        };
         let spawned = Instant::now();
         let mut child = cmd
             .spawn()
@@ -607,6 +631,9 @@ impl Harness<'_> {
                 a.ending = Ending::TimedOut;
                 break;
             }
+            if matches!(plan, Plan::OnCommit(after) if elapsed >= after) {
+                new_job(&mut a);
+            }
             let fire = match plan {
                 Plan::Finish => None,
                 Plan::After(d, _) => (elapsed >= d).then_some(true),
@@ -630,8 +657,11 @@ impl Harness<'_> {
             if let Some(triggered) = fire {
                 let at = Instant::now();
                 let _ = child.kill(); // SIGKILL on Unix
-                let _ = child.wait();
-                a.ending = Ending::Killed { at, triggered };
+                a.ending = match child.wait() {
+                    // It ended by itself just before the signal.
+                    Ok(status) if status.success() => Ending::Exited(status),
+                    _ => Ending::Killed { at, triggered },
+                };
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -641,9 +671,10 @@ impl Harness<'_> {
         } else {
             guard.0 = None;
         }
+        // Markers still in the pipe were printed before the process ended.
         let _ = reader.join();
         drain_marks(&rx, &mut a);
-        // A marker read after the kill was printed before it.
+        new_job(&mut a);
         Ok(a)
     }
 
@@ -717,6 +748,7 @@ impl Harness<'_> {
             } else {
                 self.cfg.parallelism
             };
+            let restored_size = latest.as_ref().map(|f| dir_size(&f.dir));
             let a = self.attempt(
                 &dirs,
                 Launch {
@@ -732,6 +764,9 @@ impl Harness<'_> {
                 self.report.kill_to_spawn.0.push(a.spawned - k);
                 if let (Some(first), Some(_)) = (a.first_record, &latest) {
                     self.report.kill_to_processing.0.push(first - k);
+                    if let Some(size) = restored_size {
+                        self.report.restored_bytes.push(size);
+                    }
                 }
             }
             self.check_numbering(&dirs, &a, restored_id, name)?;
@@ -902,6 +937,21 @@ fn describe(f: &Option<Found>) -> String {
         Some(f) => format!("chk-{} of job {}", f.id, &f.job_id[..8.min(f.job_id.len())]),
         None => "scratch".to_string(),
     }
+}
+
+/// Total size of the files in a directory (recursive).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn tail(path: &Path, n: usize) -> String {

@@ -167,6 +167,10 @@ struct Pending {
     started: Instant,
     stats: CheckpointStats,
     acked_tasks: HashSet<TaskId>,
+    /// The barrier, re-sent to tasks that finish before it reached them.
+    barrier: Barrier,
+    /// Tasks whose synchronous snapshot arrived.
+    snapshotted: HashSet<TaskId>,
 }
 
 type WriteJob = Box<dyn FnOnce() + Send>;
@@ -409,6 +413,11 @@ impl Coordinator {
         };
         self.next_id += 1;
         let trigger_ms = now_ms() as u64;
+        let barrier = Barrier {
+            checkpoint_id: id,
+            timestamp_ms: trigger_ms,
+            snapshot_type,
+        };
         let spec = CheckpointSpec {
             job_id: self.job_id.clone(),
             checkpoint_id: id,
@@ -450,24 +459,37 @@ impl Coordinator {
                     failure_message: None,
                 },
                 acked_tasks: HashSet::new(),
+                barrier,
+                snapshotted: HashSet::new(),
             },
         );
-        Ok(Barrier {
-            checkpoint_id: id,
-            timestamp_ms: trigger_ms,
-            snapshot_type,
-        })
+        Ok(barrier)
     }
 
-    /// Start a periodic checkpoint at the sources if one is due.
-    pub fn maybe_trigger(&mut self, job: &RunningJob) -> Result<(), JobError> {
+    /// An attempt started: the first periodic checkpoint comes one interval later.
+    pub fn on_attempt_started(&mut self) {
+        self.last_trigger = Some(Instant::now());
+    }
+
+    /// Start a periodic checkpoint if one is due.
+    pub fn maybe_trigger(&mut self, job: &RunningJob, finished: &HashSet<TaskId>) -> Result<(), JobError> {
         if self.layout.is_some() && self.due() {
             let barrier = self
                 .begin(SnapshotTarget::Checkpoint { operation: None }, job.tasks.len())
                 .map_err(JobError::Internal)?;
-            inject(job, barrier, false);
+            inject(job, barrier, finished);
         }
         Ok(())
+    }
+
+    /// `task` finished its input: pending snapshots whose barrier it never
+    /// got (its inputs ended first) are taken on it directly.
+    pub fn on_task_finished(&mut self, job: &RunningJob, task: TaskId) {
+        for p in self.pending.values() {
+            if !p.snapshotted.contains(&task) {
+                job.command(task, TaskCommand::TriggerCheckpoint(p.barrier));
+            }
+        }
     }
 
     /// Hand a task's synchronous snapshot to a writer thread.
@@ -483,9 +505,12 @@ impl Coordinator {
         else {
             return;
         };
-        let Some(p) = self.pending.get(&checkpoint_id) else {
+        let Some(p) = self.pending.get_mut(&checkpoint_id) else {
             return; // already expired or declined
         };
+        if !p.snapshotted.insert(task) {
+            return; // a second snapshot of the same task cannot belong to this checkpoint
+        }
         let storage = self.storage.clone();
         let dir = p.dir.clone();
         let format = match &p.target {
@@ -888,12 +913,14 @@ impl Coordinator {
     }
 }
 
-/// Send `barrier` to the tasks that start snapshots: the sources, or every
-/// task when `all` (the tasks are finished and nothing flows any more).
-pub fn inject(job: &RunningJob, barrier: Barrier, all: bool) {
-    let targets = if all { &job.tasks } else { &job.source_tasks };
-    for t in targets {
-        job.command(*t, TaskCommand::TriggerCheckpoint(barrier));
+/// Send `barrier` to the tasks that start snapshots: the running sources
+/// (the barrier then flows with the records) and every finished task (no
+/// barrier can reach it any more; it snapshots its final state directly).
+pub fn inject(job: &RunningJob, barrier: Barrier, finished: &HashSet<TaskId>) {
+    for t in &job.tasks {
+        if finished.contains(t) || job.source_tasks.contains(t) {
+            job.command(*t, TaskCommand::TriggerCheckpoint(barrier));
+        }
     }
 }
 

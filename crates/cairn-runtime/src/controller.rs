@@ -119,6 +119,7 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
                 return Err(e);
             }
         };
+        coord.on_attempt_started();
         ctl.set_status(&mut coord, JobStatus::Running, Some(&job));
         let end = ctl.run_attempt(&mut job, &mut coord, tick);
         job.cancel_and_join();
@@ -422,6 +423,7 @@ impl Controller<'_, '_> {
                 }
                 Ok(TaskEvent::Finished { task }) => {
                     finished.insert(task);
+                    coord.on_task_finished(job, task);
                 }
                 Ok(e @ TaskEvent::Snapshot { .. }) => coord.on_snapshot(e),
                 Ok(TaskEvent::Decline {
@@ -439,7 +441,7 @@ impl Controller<'_, '_> {
             }
             // Control requests.
             while let Ok(req) = self.port.requests.try_recv() {
-                let any_source_finished = job.source_tasks.iter().any(|t| finished.contains(t));
+                let all_finished = finished.len() == job.tasks.len();
                 match req {
                     ControlRequest::Cancel => {
                         cancelled = true;
@@ -447,7 +449,7 @@ impl Controller<'_, '_> {
                         self.set_status(coord, JobStatus::Cancelling, Some(job));
                     }
                     ControlRequest::Checkpoint { operation, .. } => {
-                        if stopping.is_some() || any_source_finished {
+                        if stopping.is_some() || all_finished {
                             self.fail_operation(&operation, "the job is finishing; no more checkpoints are taken");
                             continue;
                         }
@@ -457,12 +459,12 @@ impl Controller<'_, '_> {
                             },
                             job.tasks.len(),
                         ) {
-                            Ok(barrier) => inject(job, barrier, false),
+                            Ok(barrier) => inject(job, barrier, &finished),
                             Err(e) => self.fail_operation(&operation, e),
                         }
                     }
                     ControlRequest::Savepoint { operation, request } => {
-                        if stopping.is_some() || any_source_finished || cancel_after.is_some() {
+                        if stopping.is_some() || all_finished || cancel_after.is_some() {
                             self.fail_operation(
                                 &operation,
                                 "the job is already stopping or finishing; no more savepoints can be taken",
@@ -504,7 +506,7 @@ impl Controller<'_, '_> {
                                     then,
                                 };
                                 match coord.begin(target, job.tasks.len()) {
-                                    Ok(barrier) => inject(job, barrier, false),
+                                    Ok(barrier) => inject(job, barrier, &finished),
                                     Err(e) => self.fail_operation(&operation, e),
                                 }
                             }
@@ -605,12 +607,10 @@ impl Controller<'_, '_> {
                         };
                         let barrier = coord.begin(target, job.tasks.len()).map_err(JobError::Internal)?;
                         final_snapshot = Some(barrier.checkpoint_id);
-                        inject(job, barrier, true);
+                        inject(job, barrier, &finished);
                     }
-                } else if stopping.is_none() && !job.source_tasks.iter().any(|t| finished.contains(t)) {
-                    // Once a source has finished it can inject no barrier; the
-                    // final checkpoint covers the rest.
-                    coord.maybe_trigger(job)?;
+                } else if stopping.is_none() {
+                    coord.maybe_trigger(job, &finished)?;
                 }
                 Ok(())
             })();

@@ -16,6 +16,8 @@ pub enum JobError {
     /// User code returned an error or panicked.
     Task {
         operator: String,
+        /// The operator's uid (what snapshots match state by).
+        uid: String,
         subtask: u32,
         parallelism: u32,
         message: String,
@@ -33,13 +35,14 @@ impl fmt::Display for JobError {
         match self {
             JobError::Task {
                 operator,
+                uid,
                 subtask,
                 parallelism,
                 message,
             } => {
                 write!(
                     f,
-                    "operator '{operator}' (subtask {}/{parallelism}) failed: {message}",
+                    "operator '{operator}' (uid '{uid}', subtask {}/{parallelism}) failed: {message}",
                     subtask + 1
                 )
             }

@@ -200,6 +200,7 @@ pub fn start(
             };
             let task_err = |node: usize, e: crate::error::BoxError| JobError::Task {
                 operator: g.node(cairn_graph::NodeId(node)).name.clone(),
+                uid: g.node(cairn_graph::NodeId(node)).uid.clone(),
                 subtask: s,
                 parallelism: g.node(cairn_graph::NodeId(node)).parallelism,
                 message: format!("failed to open: {e}"),
@@ -332,6 +333,7 @@ pub fn task_failure(spec: &JobSpec, task: TaskId, op: Option<usize>, error: &cra
     let n = g.node(node);
     JobError::Task {
         operator: n.name.clone(),
+        uid: n.uid.clone(),
         subtask: task.subtask,
         parallelism: n.parallelism,
         message: error.to_string(),

@@ -212,30 +212,94 @@ struct OpenRowGroup {
     last_kg: u32,
 }
 
-struct KeyedParquet {
+/// The keyed-state file being written. Full row groups go to a writer thread
+/// (page encoding, CRCs, storage writes) while the next one is filled, so
+/// converting rows and writing bytes overlap.
+struct KeyedParquet<'scope> {
     path: PathBuf,
     rel: String,
-    w: DurableParquet,
+    schema: Vec<ColumnDef>,
+    to_writer: Option<crossbeam_channel::Sender<RowGroupBuilder>>,
+    recycled: crossbeam_channel::Receiver<RowGroupBuilder>,
+    writer: Option<std::thread::ScopedJoinHandle<'scope, Result<DurableParquet, String>>>,
     rg: RowGroupBuilder,
     open: Option<OpenRowGroup>,
     index: Vec<[u32; 3]>,
     metas: Vec<StateMeta>,
 }
 
-impl KeyedParquet {
-    fn flush(&mut self) -> Result<(), String> {
-        if let Some(o) = self.open.take() {
-            if self.rg.num_rows() > 0 {
-                self.w
-                    .write_row_group(&mut self.rg)
-                    .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
-                self.index.push([o.state as u32, o.first_kg, o.last_kg]);
-            }
+impl<'scope> KeyedParquet<'scope> {
+    fn start<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        storage: &dyn Storage,
+        path: PathBuf,
+        rel: String,
+    ) -> Result<Self, String> {
+        let schema = keyed_schema();
+        let mut w = create_parquet(storage, &path, schema.clone(), base_kv(CONTENT_KEYED))?;
+        // One row group in flight: memory stays at about three row groups.
+        let (tx, rx) = crossbeam_channel::bounded::<RowGroupBuilder>(1);
+        let (back_tx, back_rx) = crossbeam_channel::unbounded();
+        let writer = std::thread::Builder::new()
+            .name("cairn-canonical-writer".into())
+            .spawn_scoped(scope, move || {
+                for mut rg in rx {
+                    w.write_row_group(&mut rg).map_err(|e| e.to_string())?;
+                    let _ = back_tx.send(rg);
+                }
+                Ok(w)
+            })
+            .map_err(|e| format!("could not start a writer thread: {e}"))?;
+        Ok(KeyedParquet {
+            rg: RowGroupBuilder::new(&schema),
+            schema,
+            path,
+            rel,
+            to_writer: Some(tx),
+            recycled: back_rx,
+            writer: Some(writer),
+            open: None,
+            index: Vec::new(),
+            metas: Vec::new(),
+        })
+    }
+
+    /// Wait for the writer thread; its writer, or the error that stopped it.
+    fn join(&mut self) -> Result<DurableParquet, String> {
+        self.to_writer = None;
+        match self.writer.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err("the canonical writer thread panicked".into())),
+            None => Err("the canonical writer thread already stopped".into()),
         }
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        let Some(o) = self.open.take() else {
+            return Ok(());
+        };
+        if self.rg.num_rows() == 0 {
+            return Ok(());
+        }
+        let fresh = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| RowGroupBuilder::new(&self.schema));
+        let full = std::mem::replace(&mut self.rg, fresh);
+        let sent = self.to_writer.as_ref().is_some_and(|tx| tx.send(full).is_ok());
+        if !sent {
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| "the canonical writer stopped".into()));
+        }
+        self.index.push([o.state as u32, o.first_kg, o.last_kg]);
         Ok(())
     }
 
     /// Make sure the open row group takes rows of `state` in key group `kg`.
+    #[inline]
     fn prepare(&mut self, state: usize, kg: u32) -> Result<(), String> {
         let full = self.rg.num_rows() >= ROW_GROUP_MAX_ROWS || self.rg.buffered_bytes() >= ROW_GROUP_MAX_BYTES;
         if full || self.open.as_ref().is_some_and(|o| o.state != state) {
@@ -254,6 +318,7 @@ impl KeyedParquet {
         Ok(())
     }
 
+    #[inline]
     fn push(&mut self, state: usize, row: &KeyedRow<'_>) -> Result<(), String> {
         self.prepare(state, row.key_group)?;
         let b = &mut self.rg;
@@ -267,6 +332,16 @@ impl KeyedParquet {
         b.push_bytes(keyed_col::VALUE, Some(row.value_json));
         b.push_i64(keyed_col::TTL, row.ttl_timestamp_ms);
         Ok(())
+    }
+
+    /// Flush, wait for the writer, add the footer metadata and make the file durable.
+    fn finish(mut self) -> Result<StateFileRef, String> {
+        self.flush()?;
+        let mut w = self.join()?;
+        w.push_key_value(KV_STATES, states_to_json(&self.metas));
+        let index = serde_json::to_string(&self.index).map_err(|e| e.to_string())?;
+        w.push_key_value(KV_KEY_GROUP_INDEX, index);
+        finish_parquet(w, &self.path, std::mem::take(&mut self.rel))
     }
 }
 
@@ -289,49 +364,47 @@ pub fn write_canonical_file(
     if let Some(keyed) = snapshot.keyed {
         let rel = format!("{name_stem}{KEYED_PARQUET_SUFFIX}");
         let path = dir.join(&rel);
-        let mut out: Option<KeyedParquet> = None;
-        let mut conv = RowsFromGroups::new();
-        let mut failure: Option<String> = None;
-        let visited = keyed.for_each_group(&mut |meta, kg, bytes| {
-            let step = (|| -> Result<(), String> {
-                if out.is_none() {
-                    let schema = keyed_schema();
-                    out = Some(KeyedParquet {
-                        w: create_parquet(storage, &path, schema.clone(), base_kv(CONTENT_KEYED))?,
-                        rg: RowGroupBuilder::new(&schema),
-                        path: path.clone(),
-                        rel: rel.clone(),
-                        open: None,
-                        index: Vec::new(),
-                        metas: Vec::new(),
-                    });
-                }
-                let f = out.as_mut().expect("created above");
-                let state = match f.metas.iter().position(|m| m.name == meta.name) {
-                    Some(i) => i,
-                    None => {
-                        f.metas.push(meta.clone());
-                        f.metas.len() - 1
+        let keyed_ref = std::thread::scope(|scope| -> Result<Option<StateFileRef>, String> {
+            let mut out: Option<KeyedParquet<'_>> = None;
+            let mut conv = RowsFromGroups::new();
+            let mut failure: Option<String> = None;
+            let visited = keyed.for_each_group(&mut |meta, kg, bytes| {
+                let step = (|| -> Result<(), String> {
+                    if out.is_none() {
+                        out = Some(KeyedParquet::start(scope, storage, path.clone(), rel.clone())?);
                     }
-                };
-                conv.rows(meta, kg, bytes, key_codec, &mut |row| f.push(state, row))
-            })();
-            step.map_err(|e| {
-                failure = Some(e);
-                StateError::Backend(String::new())
-            })
-        });
-        if let Some(e) = failure {
-            return Err(format!("writing {}: {e}", path.display()));
-        }
-        visited.map_err(|e| format!("writing {}: {e}", path.display()))?;
-        if let Some(mut f) = out {
-            f.flush()?;
-            f.w.push_key_value(KV_STATES, states_to_json(&f.metas));
-            let index = serde_json::to_string(&f.index).map_err(|e| e.to_string())?;
-            f.w.push_key_value(KV_KEY_GROUP_INDEX, index);
-            files.push(finish_parquet(f.w, &f.path, f.rel)?);
-        }
+                    let f = out.as_mut().expect("created above");
+                    let state = match f.metas.iter().position(|m| m.name == meta.name) {
+                        Some(i) => i,
+                        None => {
+                            f.metas.push(meta.clone());
+                            f.metas.len() - 1
+                        }
+                    };
+                    conv.rows(meta, kg, bytes, key_codec, &mut |row| f.push(state, row))
+                })();
+                step.map_err(|e| {
+                    failure = Some(e);
+                    StateError::Backend(String::new())
+                })
+            });
+            let result = match (failure, visited) {
+                (Some(e), _) => Err(e),
+                (None, Err(e)) => Err(e.to_string()),
+                (None, Ok(())) => Ok(()),
+            };
+            match (result, out) {
+                (Ok(()), Some(f)) => f.finish().map(Some),
+                (Ok(()), None) => Ok(None),
+                (Err(e), Some(mut f)) => {
+                    let _ = f.join();
+                    Err(e)
+                }
+                (Err(e), None) => Err(e),
+            }
+        })
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        files.extend(keyed_ref);
     }
     if !snapshot.operator_state.is_empty() {
         let rel = format!("{name_stem}{OPERATOR_PARQUET_SUFFIX}");
@@ -429,7 +502,7 @@ fn keyed_row_groups(footer: &ParquetFooter) -> Result<Option<Vec<[u32; 3]>>, Str
     Ok(Some(index))
 }
 
-fn column<'f>(f: &'f ParquetFile<'_>, name: &str, ty: &[ColumnType], required: bool) -> Result<Option<usize>, String> {
+fn column(f: &ParquetFile<'_>, name: &str, ty: &[ColumnType], required: bool) -> Result<Option<usize>, String> {
     match f.column_index(name) {
         Some(i) if ty.contains(&f.schema()[i].ty) => Ok(Some(i)),
         Some(i) => Err(format!(

@@ -17,7 +17,6 @@
 //! rows into files.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -61,6 +60,10 @@ where
 
 struct BincodeKey<K>(PhantomData<fn() -> K>);
 
+thread_local! {
+    static KEY_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl<K: Serialize + DeserializeOwned + 'static> KeyJson for BincodeKey<K> {
     fn key_json(&self, composite: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
         let mut rest = composite;
@@ -72,9 +75,12 @@ impl<K: Serialize + DeserializeOwned + 'static> KeyJson for BincodeKey<K> {
             .map_err(|e| format!("key bytes do not decode as {}: {e}", std::any::type_name::<K>()))?;
         let used = composite.len() - rest.len();
         // Through the value codec, so keys follow the same JSON conventions as values.
-        let mut mp = Vec::new();
-        codec::append("key", &key, &mut mp).map_err(|e| e.to_string())?;
-        codec::msgpack_to_json(&mp, out)?;
+        KEY_SCRATCH.with(|s| {
+            let mut mp = s.borrow_mut();
+            mp.clear();
+            codec::append("key", &key, &mut mp).map_err(|e| e.to_string())?;
+            codec::msgpack_to_json(&mp, out)
+        })?;
         Ok(used)
     }
 }
@@ -211,7 +217,7 @@ impl RowsFromGroups {
                 }
                 self.key(user_key, codec).map_err(|e| state_err(meta, kg, e))?;
                 self.value.clear();
-                let _ = write!(self.value, "{ts}");
+                codec::write_json_i64(&mut self.value, ts);
                 visit(&KeyedRow {
                     key_group: kg,
                     key_json: codec.map(|_| &self.key_json[..]),

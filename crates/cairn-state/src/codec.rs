@@ -169,19 +169,19 @@ impl<'a> MpReader<'a> {
         }
         let m = self.u8()?;
         match m {
-            0x00..=0x7f => write_int(out, i128::from(m)),
-            0xe0..=0xff => write_int(out, i128::from(m as i8)),
+            0x00..=0x7f => write_int(out, false, u64::from(m)),
+            0xe0..=0xff => write_i64(out, i64::from(m as i8)),
             0xc0 => out.extend_from_slice(b"null"),
             0xc2 => out.extend_from_slice(b"false"),
             0xc3 => out.extend_from_slice(b"true"),
-            0xcc => write_int(out, i128::from(self.be(1)?)),
-            0xcd => write_int(out, i128::from(self.be(2)?)),
-            0xce => write_int(out, i128::from(self.be(4)?)),
-            0xcf => write_int(out, i128::from(self.be(8)?)),
-            0xd0 => write_int(out, i128::from(self.be(1)? as u8 as i8)),
-            0xd1 => write_int(out, i128::from(self.be(2)? as u16 as i16)),
-            0xd2 => write_int(out, i128::from(self.be(4)? as u32 as i32)),
-            0xd3 => write_int(out, i128::from(self.be(8)? as i64)),
+            0xcc => write_int(out, false, self.be(1)?),
+            0xcd => write_int(out, false, self.be(2)?),
+            0xce => write_int(out, false, self.be(4)?),
+            0xcf => write_int(out, false, self.be(8)?),
+            0xd0 => write_i64(out, i64::from(self.be(1)? as u8 as i8)),
+            0xd1 => write_i64(out, i64::from(self.be(2)? as u16 as i16)),
+            0xd2 => write_i64(out, i64::from(self.be(4)? as u32 as i32)),
+            0xd3 => write_i64(out, self.be(8)? as i64),
             0xca => {
                 let f = f32::from_bits(self.be(4)? as u32);
                 if f.is_finite() {
@@ -298,8 +298,32 @@ impl<'a> MpReader<'a> {
     }
 }
 
-fn write_int(out: &mut Vec<u8>, v: i128) {
-    let _ = write!(out, "{v}");
+/// Append the decimal digits of `v` (negative when `neg`).
+fn write_int(out: &mut Vec<u8>, neg: bool, mut u: u64) {
+    let mut buf = [0u8; 21];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (u % 10) as u8;
+        u /= 10;
+        if u == 0 {
+            break;
+        }
+    }
+    if neg {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn write_i64(out: &mut Vec<u8>, v: i64) {
+    write_int(out, v < 0, v.unsigned_abs());
+}
+
+/// Append `v` as a JSON number.
+pub fn write_json_i64(out: &mut Vec<u8>, v: i64) {
+    write_i64(out, v);
 }
 
 fn write_nonfinite(out: &mut Vec<u8>, f: f64) {
@@ -359,7 +383,7 @@ pub fn base64_encode(b: &[u8], out: &mut Vec<u8>) {
 /// Decode standard base64 with padding.
 pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
     let s = s.as_bytes();
-    if s.len() % 4 != 0 {
+    if s.len() & 3 != 0 {
         return Err("base64 text length is not a multiple of 4".into());
     }
     let val = |c: u8| -> Result<u32, String> {

@@ -86,7 +86,10 @@ fn env(dir: &Path, keys: u64, restore: Option<PathBuf>) -> StreamEnv {
     let mut config = Configuration::new();
     for (k, v) in [
         ("parallelism.default", "2".to_string()),
-        ("execution.checkpointing.dir", dir.join("checkpoints").display().to_string()),
+        (
+            "execution.checkpointing.dir",
+            dir.join("checkpoints").display().to_string(),
+        ),
         ("execution.checkpointing.timeout", "1h".to_string()),
     ] {
         config.set(k, &v).expect("valid config");
@@ -106,7 +109,10 @@ fn env(dir: &Path, keys: u64, restore: Option<PathBuf>) -> StreamEnv {
 
 fn wait(client: &JobClient, op: &str) -> Result<(Option<PathBuf>, Option<u64>), String> {
     match client.wait_operation(op, Duration::from_secs(3600)) {
-        Some(OperationStatus::Completed { location, checkpoint_id }) => Ok((location, checkpoint_id)),
+        Some(OperationStatus::Completed {
+            location,
+            checkpoint_id,
+        }) => Ok((location, checkpoint_id)),
         other => Err(format!("{other:?}")),
     }
 }
@@ -184,7 +190,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let op = client.trigger_checkpoint(CheckpointRequestKind::Full, None)?;
     let (_, id) = wait(&client, &op)?;
-    let stats = client.checkpoint(id.ok_or("checkpoint id")?).ok_or("checkpoint stats")?;
+    let stats = client
+        .checkpoint(id.ok_or("checkpoint id")?)
+        .ok_or("checkpoint stats")?;
     println!(
         "checkpoint keys={keys} duration_ms={} sync_ms={} async_ms={} size_mib={:.1} write_mib_s={:.0} load1={load}",
         stats.duration_ms,

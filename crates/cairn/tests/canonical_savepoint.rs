@@ -8,6 +8,8 @@
 //! The pyarrow part needs a Python with pyarrow: `$CAIRN_PYTHON` if set, else
 //! `python3`. Without one it prints a loud skip message, unless
 //! `CAIRN_REQUIRE_PYARROW=1`, which makes it fail.
+// `x % n != 0` keeps the workspace MSRV (1.85; `is_multiple_of` is newer).
+#![allow(clippy::manual_is_multiple_of)]
 
 mod common;
 
@@ -169,6 +171,8 @@ fn config(p: u32, chk_dir: &Path) -> cairn::config::Configuration {
     env.set_config("execution.checkpointing.interval", "1h").unwrap();
     env.set_config("execution.checkpointing.dir", chk_dir.to_str().unwrap())
         .unwrap();
+    // A failed restore must fail the job, not restart it.
+    env.set_config("restart-strategy.type", "none").unwrap();
     env.config()
 }
 
@@ -403,6 +407,7 @@ fn canonical_savepoint_is_portable_rescalable_and_evolvable() {
     let env = restore_env(1, &dir.join("chk3"), &savepoint);
     let _ = job::<ProfileBroken>(&env, records(per_key + 1));
     let err = env.execute("broken").unwrap_err().to_string();
+    eprintln!("incompatible type error: {err}");
     assert!(err.contains("'profile'") && err.contains("ProfileBroken"), "{err}");
 
     let _ = std::fs::remove_dir_all(&dir);
@@ -432,9 +437,72 @@ fn corrupt_canonical_files_are_refused_naming_the_file() {
     let env = restore_env(1, &dir.join("chk2"), &savepoint);
     let _ = job::<ProfileV1>(&env, records(3));
     let err = env.execute("corrupt").unwrap_err().to_string();
+    eprintln!("corrupt file error: {err}");
     let name = keyed.file_name().unwrap().to_string_lossy().into_owned();
     assert!(err.contains(&name), "{err}");
+
+    // A file whose bytes are intact but whose JSON no longer parses (edited
+    // offline): the error names the file, the operator uid, the state and the value.
+    std::fs::remove_dir_all(&savepoint).unwrap();
+    std::fs::create_dir_all(&savepoint).unwrap();
+    to_canonical(&env, &chk, &savepoint);
+    rewrite_first_value(&savepoint, &keyed, "profile", "{\"count\": oops}");
+    let env = restore_env(1, &dir.join("chk3"), &savepoint);
+    let _ = job::<ProfileV1>(&env, records(3));
+    let err = env.execute("bad json").unwrap_err().to_string();
+    eprintln!("bad JSON error: {err}");
+    for want in [name.as_str(), "uid 'tracker'", "state 'profile'", "oops"] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rewrite keyed file `path` with the first row of `state` holding `value`,
+/// and update `_metadata` (size, CRC) so only the content is wrong.
+fn rewrite_first_value(savepoint: &Path, path: &Path, state: &str, value: &str) {
+    use cairn::snapshot::parquet::{ColumnData, ParquetFile, ParquetWriter, RowGroupBuilder};
+    let bytes = std::fs::read(path).unwrap();
+    let f = ParquetFile::parse(&bytes).unwrap();
+    let schema = f.schema().to_vec();
+    let mut w = ParquetWriter::new(Vec::new(), schema.clone(), f.key_value_metadata().to_vec()).unwrap();
+    let mut done = false;
+    for rg in 0..f.num_row_groups() {
+        let cols: Vec<ColumnData> = (0..schema.len()).map(|c| f.read_column(rg, c).unwrap()).collect();
+        let mut b = RowGroupBuilder::new(&schema);
+        for row in 0..f.row_group_num_rows(rg) as usize {
+            let ColumnData::Bytes(states) = &cols[0] else { panic!() };
+            let replace = !done && states.get(row) == Some(state.as_bytes());
+            for (c, col) in cols.iter().enumerate() {
+                match col {
+                    ColumnData::Int32(v) => b.push_i32(c, v[row]),
+                    ColumnData::Int64(v) => b.push_i64(c, v[row]),
+                    ColumnData::Bytes(_) if replace && schema[c].name == "value" => {
+                        done = true;
+                        b.push_bytes(c, Some(value.as_bytes()))
+                    }
+                    ColumnData::Bytes(v) => b.push_bytes(c, v.get(row)),
+                }
+            }
+        }
+        w.write_row_group(&mut b).unwrap();
+    }
+    assert!(done);
+    let (out, _) = w.finish().unwrap();
+    std::fs::write(path, &out).unwrap();
+    let storage = LocalFileStorage::new();
+    let mut meta = cairn::snapshot::read_metadata(&storage, savepoint).unwrap();
+    let rel = path.file_name().unwrap().to_string_lossy().into_owned();
+    for op in &mut meta.operators {
+        for sub in &mut op.subtasks {
+            for file in &mut sub.files {
+                if file.path == rel {
+                    file.size = out.len() as u64;
+                    file.crc32 = cairn::snapshot::checksum::crc32(&out);
+                }
+            }
+        }
+    }
+    write_metadata(&storage, savepoint, &meta).unwrap();
 }
 
 #[test]

@@ -408,3 +408,63 @@ fn checkpoint_statistics_describe_each_checkpoint() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn checkpoints_go_on_after_a_bounded_source_finishes_and_restore_exactly_once() {
+    let dir = temp_dir("finished-source");
+    let n = 16_000;
+    let env = env(
+        &dir,
+        &[
+            ("restart-strategy.type", "fixed-delay"),
+            ("restart-strategy.fixed-delay.delay", "1ms"),
+        ],
+    );
+    // A short bounded source beside a long one: once the short one ended,
+    // checkpoints must still complete (its finished tasks snapshot directly).
+    let short = env
+        .source(GeneratorSource::new(100, KEYS).seed(11).splits(2))
+        .uid("short")
+        .map(|mut e: GeneratedEvent| {
+            e.index += 1 << 40;
+            e
+        });
+    let events = env
+        .source(GeneratorSource::new(n, KEYS).seed(3).splits(4).rate(4_000))
+        .uid("events")
+        .union(&[short]);
+    let finished_short = Arc::new(AtomicU32::new(0));
+    let seen = finished_short.clone();
+    events
+        .key_by(|e: &GeneratedEvent| e.key)
+        .process(Totals {
+            state: None,
+            fail: Arc::new(move |i, attempt| {
+                // Fail once, late, when only checkpoints taken after the short
+                // source ended can restore the job without replaying it all.
+                if i >= 1 << 40 {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+                i == 12_000 && attempt == 0
+            }),
+        })
+        .uid("totals")
+        .filter(|l: &Line| l.1 < 1 << 40)
+        .sink(FileSink::new(dir.join("out"), |t: &Line| {
+            format!("{} {} {} {}", t.0, t.1, t.2, t.3)
+        }))
+        .uid("files");
+    let result = env.execute("finished source").unwrap();
+    assert_eq!(result.restarts, 1);
+    // The short source's 100 events were processed once: the restart
+    // restored a checkpoint taken after it had finished.
+    assert_eq!(finished_short.load(Ordering::Relaxed), 100);
+    let failed: Vec<_> = result
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == SnapshotStatus::Failed)
+        .filter(|c| !c.failure_message.as_deref().unwrap_or("").contains("attempt ended"))
+        .collect();
+    assert!(failed.is_empty(), "checkpoints failed: {failed:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

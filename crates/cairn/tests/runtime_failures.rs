@@ -38,7 +38,8 @@ fn a_panic_in_an_unchained_operator_fails_the_job_naming_operator_and_subtask() 
     assert_contains_all(
         &err,
         &[
-            "operator 'exploding-map' (subtask ",
+            "operator 'exploding-map' (uid '",
+            "subtask ",
             "/2) failed",
             "panicked",
             "boom at index 1234",
@@ -61,7 +62,8 @@ fn a_panic_in_a_chained_operator_names_that_operator_not_the_chain_head() {
     assert_contains_all(
         &err,
         &[
-            "operator 'exploding-map' (subtask ",
+            "operator 'exploding-map' (uid '",
+            "subtask ",
             "/2) failed",
             "panicked",
             "boom at index 1234",
@@ -112,7 +114,10 @@ fn a_panic_while_a_slow_sink_backpressures_still_returns() {
             .map_err(|e| e.to_string())
     })
     .unwrap_err();
-    assert_contains_all(&err, &["operator 'late-panic' (subtask 1/1) failed", "late boom"]);
+    assert_contains_all(
+        &err,
+        &["operator 'late-panic' (uid '", "subtask 1/1) failed", "late boom"],
+    );
     assert!(seen.load(Ordering::SeqCst) < 20_000);
 }
 
@@ -143,7 +148,8 @@ fn a_user_error_fails_the_job_with_its_message() {
     assert_contains_all(
         &err,
         &[
-            "operator 'validator' (subtask 1/1) failed",
+            "operator 'validator' (uid '",
+            "subtask 1/1) failed",
             "record 42: amount must not be negative",
         ],
     );
@@ -183,7 +189,8 @@ fn a_source_error_fails_the_job_naming_the_source() {
     assert_contains_all(
         &err,
         &[
-            "operator 'flaky-source' (subtask 1/1) failed",
+            "operator 'flaky-source' (uid '",
+            "subtask 1/1) failed",
             "upstream connection reset",
         ],
     );

@@ -173,6 +173,14 @@ impl ColumnBuf {
     }
 }
 
+/// The kind of value a push brings.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    I32,
+    I64,
+    Bytes,
+}
+
 /// Buffers the rows of one row group, column by column.
 ///
 /// Push one value into every column per row (in any column order). Misuse (a
@@ -200,35 +208,43 @@ impl RowGroupBuilder {
         &self.schema
     }
 
-    fn col(&mut self, col: usize, want: &str, present: bool) -> Option<(&mut ColumnBuf, bool)> {
-        let Some(def) = self.schema.get(col) else {
-            self.misuse
-                .get_or_insert_with(|| format!("column index {col} is out of range"));
-            return None;
+    #[inline]
+    fn col(&mut self, col: usize, want: Want, present: bool) -> Option<(&mut ColumnBuf, bool)> {
+        let ok = match self.schema.get(col) {
+            Some(def) => {
+                let ok_type = match want {
+                    Want::I32 => def.ty == ColumnType::Int32,
+                    Want::I64 => def.ty == ColumnType::Int64,
+                    Want::Bytes => def.ty.is_bytes(),
+                };
+                ok_type && (present || def.nullable)
+            }
+            None => false,
         };
-        let ok_type = match want {
-            "i32" => def.ty == ColumnType::Int32,
-            "i64" => def.ty == ColumnType::Int64,
-            _ => def.ty.is_bytes(),
-        };
-        if !ok_type {
-            let msg = format!("column '{}' is {:?} but a {want} value was pushed", def.name, def.ty);
-            self.misuse.get_or_insert(msg);
+        if !ok {
+            self.misuse(col, want, present);
             return None;
         }
-        if !present && !def.nullable {
-            let msg = format!("column '{}' is REQUIRED but a null was pushed", def.name);
-            self.misuse.get_or_insert(msg);
-            return None;
-        }
-        let nullable = def.nullable;
+        let nullable = self.schema[col].nullable;
         Some((&mut self.cols[col], nullable))
+    }
+
+    #[cold]
+    fn misuse(&mut self, col: usize, want: Want, present: bool) {
+        let msg = match self.schema.get(col) {
+            None => format!("column index {col} is out of range"),
+            Some(def) if !present && !def.nullable => {
+                format!("column '{}' is REQUIRED but a null was pushed", def.name)
+            }
+            Some(def) => format!("column '{}' is {:?} but a {want:?} value was pushed", def.name, def.ty),
+        };
+        self.misuse.get_or_insert(msg);
     }
 
     /// Append an INT32 value (or null) to column `col`.
     #[inline]
     pub fn push_i32(&mut self, col: usize, v: Option<i32>) {
-        let Some((c, nullable)) = self.col(col, "i32", v.is_some()) else {
+        let Some((c, nullable)) = self.col(col, Want::I32, v.is_some()) else {
             return;
         };
         match v {
@@ -245,7 +261,7 @@ impl RowGroupBuilder {
     /// Append an INT64 value (or null) to column `col`.
     #[inline]
     pub fn push_i64(&mut self, col: usize, v: Option<i64>) {
-        let Some((c, nullable)) = self.col(col, "i64", v.is_some()) else {
+        let Some((c, nullable)) = self.col(col, Want::I64, v.is_some()) else {
             return;
         };
         match v {
@@ -262,7 +278,7 @@ impl RowGroupBuilder {
     /// Append a BYTE_ARRAY value (or null) to column `col`.
     #[inline]
     pub fn push_bytes(&mut self, col: usize, v: Option<&[u8]>) {
-        let Some((c, nullable)) = self.col(col, "bytes", v.is_some()) else {
+        let Some((c, nullable)) = self.col(col, Want::Bytes, v.is_some()) else {
             return;
         };
         match v {
@@ -291,7 +307,7 @@ impl RowGroupBuilder {
         col: usize,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let Some((c, nullable)) = self.col(col, "bytes", true) else {
+        let Some((c, nullable)) = self.col(col, Want::Bytes, true) else {
             return Ok(());
         };
         let at = c.values.len();

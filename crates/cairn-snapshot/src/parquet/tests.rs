@@ -1,3 +1,6 @@
+// `x % n != 0` keeps the workspace MSRV (1.85; `is_multiple_of` is newer).
+#![allow(clippy::manual_is_multiple_of)]
+
 use super::*;
 
 fn schema() -> Vec<ColumnDef> {
