@@ -533,3 +533,49 @@ fn canonical_files_of_a_storage_survive_a_round_trip_through_storage() {
     assert_eq!(entries, ops.to_entries());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A keyed co-process function that does nothing (only its node matters).
+#[derive(Clone)]
+struct Noop;
+
+impl KeyedCoProcessFunction<u32, (u32, u64), (u32, u64), u64> for Noop {
+    fn process_element1(&mut self, _v: (u32, u64), _ctx: &mut KeyedCoContext<'_, u32, u64>) -> OpResult {
+        Ok(())
+    }
+    fn process_element2(&mut self, _v: (u32, u64), _ctx: &mut KeyedCoContext<'_, u32, u64>) -> OpResult {
+        Ok(())
+    }
+}
+
+#[test]
+fn every_keyed_node_gets_a_key_codec_and_no_other_node_does() {
+    let env = StreamEnv::new();
+    let a = env.from_collection(vec![(1u32, 2u64)]).uid("a");
+    let b = env.from_collection(vec![(1u32, 3u64)]).uid("b");
+    a.key_by(|r: &(u32, u64)| r.0)
+        .window(TumblingEventTimeWindows::of(std::time::Duration::from_secs(1)))
+        .reduce(|x, y| (x.0, x.1 + y.1))
+        .uid("window")
+        .print();
+    a.key_by(|r: &(u32, u64)| r.0)
+        .connect(&b.key_by(|r: &(u32, u64)| r.0))
+        .process(Noop)
+        .uid("co")
+        .print();
+    a.map(|r: (u32, u64)| r.1).print();
+    let spec = env.build("codecs", None).unwrap();
+    let mut keyed = 0;
+    for (n, logic) in spec.graph.nodes.iter().zip(&spec.nodes) {
+        assert_eq!(logic.key_codec.is_some(), n.keyed, "node '{}'", n.name);
+        if let Some(c) = &logic.key_codec {
+            keyed += 1;
+            // The key (u32 7) followed by a 16-byte window namespace.
+            let mut composite = 7u32.to_le_bytes().to_vec();
+            composite.extend_from_slice(&[0; 16]);
+            let mut json = Vec::new();
+            assert_eq!(c.key_json(&composite, &mut json).unwrap(), 4);
+            assert_eq!(json, b"7");
+        }
+    }
+    assert_eq!(keyed, 2);
+}
