@@ -883,7 +883,7 @@ impl Coordinator {
             .retained()
             .map(|c| (c.checkpoint_id(), layout.job_dir().join(&c.dir_in_job)))
             .collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|c| std::cmp::Reverse(c.0));
         v
     }
 
@@ -942,8 +942,10 @@ fn write_task_snapshot(
                 .map(|f| f.into_iter().collect())
                 .map_err(|e| format!("writing {}: {e}", dir.join(&name).display()))
         }
-        SnapshotFormat::Canonical => Err(format!(
-            "writing the canonical snapshot of operator {op_id} subtask {subtask}: the canonical format is not available yet"
-        )),
+        SnapshotFormat::Canonical => {
+            let stem = format!("op-{op_id}-{subtask}");
+            crate::snapshot_io::write_canonical_file(storage, dir, &stem, snapshot, spec.nodes[node].key_codec.as_ref())
+                .map_err(|e| format!("writing {}: {e}", dir.join(&stem).display()))
+        }
     }
 }

@@ -47,7 +47,7 @@ impl Source<u64> for LoadThenIdle {
             return Ok(SourceStatus::Pending(Duration::from_millis(20)));
         }
         let n = (max as u64).min(self.keys - self.next);
-        out.extend((self.next..self.next + n).map(|k| StreamRecord::new(k)));
+        out.extend((self.next..self.next + n).map(StreamRecord::new));
         self.next += n;
         Ok(SourceStatus::More)
     }

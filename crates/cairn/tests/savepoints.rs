@@ -258,16 +258,22 @@ fn stop_with_savepoint_then_rescale_2_to_3_to_1_loses_and_duplicates_nothing() {
     let job = env.execute_async("count, p=2").unwrap();
     let client = job.client();
     wait_for_records(&client, 3_000);
+    // The first hop goes through the canonical (Parquet) format, the second native.
     let sp1 = savepoint(
         &client,
         &target,
-        SnapshotFormat::Native,
+        SnapshotFormat::Canonical,
         AfterSavepoint::Stop { drain: false },
     );
     let r1 = job.wait().unwrap();
     assert_eq!(client.info().status, JobStatus::Finished);
     assert_eq!(r1.savepoint.as_deref(), Some(sp1.as_path()));
     assert_savepoint_dir(&sp1, &target, &r1.job_id);
+    assert!(std::fs::read_dir(&sp1).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".keyed.parquet")));
     assert!(r1.source_records < n, "the job was stopped before its input ended");
 
     // Run 2: parallelism 3 from the savepoint, stopped again.
