@@ -547,11 +547,14 @@ impl Harness<'_> {
         let cfg = self.cfg;
         let mut cmd = Command::new(&cfg.job.program);
         cmd.args(&cfg.job.args);
+        // The job registers for `cairn list` under its own home, on a free port.
+        cmd.env("CAIRN_HOME", cfg.work_dir.join("cairn-home"));
         for (k, v) in &cfg.job.env {
             cmd.env(k, v);
         }
         cmd.arg("-p").arg(parallelism.to_string());
         for d in [
+            "rest.port=0".to_string(),
             format!("execution.checkpointing.interval={}ms", cfg.checkpoint_interval_ms),
             format!("execution.checkpointing.dir={}", dirs.checkpoints.display()),
             format!("execution.checkpointing.num-retained={}", cfg.num_retained),

@@ -16,6 +16,8 @@ use crate::error::StateError;
 use crate::keygroup::KeyGroupRange;
 use crate::snapshot_codec::{self, Decoded};
 
+use small_bytes::SmallBytes;
+
 /// A fast non-cryptographic hasher for state keys (keys come from the job, not
 /// from an adversary, and the map is per subtask).
 #[derive(Default, Clone, Copy)]
@@ -65,7 +67,389 @@ impl Hasher for FxHasher {
 }
 
 type FxBuild = BuildHasherDefault<FxHasher>;
-type Bytes = Vec<u8>;
+type Bytes = SmallBytes;
+
+/// Short byte strings stored inline (in the hash-table bucket itself), longer
+/// ones in one heap allocation.
+///
+/// The heap backend keeps one entry per key; with `Vec<u8>` keys and values
+/// every entry is two extra allocations, and after a copy-on-write clone of a
+/// group those allocations lie in bucket (hash) order, so every probe that
+/// compares key bytes misses the cache. Keys (an 8-byte bincode `u64`, often
+/// with a namespace) and small values (a few bytes of MessagePack) fit inline.
+mod small_bytes {
+    use std::borrow::Borrow;
+    use std::cmp::Ordering;
+    use std::fmt;
+    use std::hash::{Hash, Hasher};
+    use std::ops::Deref;
+
+    /// Longest byte string kept inline.
+    pub const INLINE_CAP: usize = 22;
+
+    /// A byte string that compares, orders and hashes exactly like `[u8]`, so a
+    /// `HashMap<SmallBytes, _>` or `BTreeMap<SmallBytes, _>` is searched with a
+    /// `&[u8]`.
+    pub struct SmallBytes(Repr);
+
+    // Invariant: `Heap` only when the length exceeds `INLINE_CAP`.
+    enum Repr {
+        Inline {
+            len: u8,
+            buf: [u8; INLINE_CAP],
+        },
+        /// `buf[..buf.len() - spare]` holds the bytes; the rest is room for
+        /// appends (list state), so repeated appends stay amortized O(1).
+        Heap {
+            buf: Box<[u8]>,
+            spare: u32,
+        },
+    }
+
+    // As small as a `Vec<u8>`: a (key, value) bucket stays 48 bytes.
+    const _: () = assert!(std::mem::size_of::<SmallBytes>() == 24);
+
+    impl SmallBytes {
+        /// The empty byte string.
+        #[inline]
+        pub const fn new() -> Self {
+            SmallBytes(Repr::Inline {
+                len: 0,
+                buf: [0; INLINE_CAP],
+            })
+        }
+
+        /// A copy of `bytes`.
+        #[inline]
+        pub fn from_slice(bytes: &[u8]) -> Self {
+            if bytes.len() <= INLINE_CAP {
+                let mut buf = [0; INLINE_CAP];
+                buf[..bytes.len()].copy_from_slice(bytes);
+                SmallBytes(Repr::Inline {
+                    len: bytes.len() as u8,
+                    buf,
+                })
+            } else {
+                SmallBytes(Repr::Heap {
+                    buf: bytes.into(),
+                    spare: 0,
+                })
+            }
+        }
+
+        #[inline]
+        pub fn as_slice(&self) -> &[u8] {
+            match &self.0 {
+                Repr::Inline { len, buf } => &buf[..*len as usize],
+                Repr::Heap { buf, spare } => &buf[..buf.len() - *spare as usize],
+            }
+        }
+
+        /// True when the bytes are stored inline (no heap allocation).
+        #[cfg(test)]
+        pub fn is_inline(&self) -> bool {
+            matches!(self.0, Repr::Inline { .. })
+        }
+
+        /// Replace the contents with `bytes`, reusing a heap buffer that is
+        /// large enough (as `Vec::clear` + `extend_from_slice` would).
+        #[inline]
+        pub fn set(&mut self, bytes: &[u8]) {
+            if let Repr::Heap { buf, spare } = &mut self.0 {
+                if bytes.len() > INLINE_CAP && bytes.len() <= buf.len() && buf.len() - bytes.len() <= u32::MAX as usize
+                {
+                    buf[..bytes.len()].copy_from_slice(bytes);
+                    *spare = (buf.len() - bytes.len()) as u32;
+                    return;
+                }
+            }
+            *self = SmallBytes::from_slice(bytes);
+        }
+
+        /// Append `more`; the bytes move to the heap once they no longer fit
+        /// inline, and the heap buffer grows geometrically.
+        pub fn extend_from_slice(&mut self, more: &[u8]) {
+            if more.is_empty() {
+                return;
+            }
+            match &mut self.0 {
+                Repr::Inline { len, buf } => {
+                    let old = *len as usize;
+                    let new = old + more.len();
+                    if new <= INLINE_CAP {
+                        buf[old..new].copy_from_slice(more);
+                        *len = new as u8;
+                    } else {
+                        let mut v = Vec::with_capacity(new.max(2 * INLINE_CAP));
+                        v.extend_from_slice(&buf[..old]);
+                        v.extend_from_slice(more);
+                        self.0 = Repr::heap_from_vec(v);
+                    }
+                }
+                Repr::Heap { buf, spare } => {
+                    let used = buf.len() - *spare as usize;
+                    if more.len() <= *spare as usize {
+                        buf[used..used + more.len()].copy_from_slice(more);
+                        *spare -= more.len() as u32;
+                    } else {
+                        // `Box<[u8]>` -> `Vec<u8>` keeps the allocation; the
+                        // `Vec` then grows geometrically.
+                        let mut v = std::mem::take(buf).into_vec();
+                        v.truncate(used);
+                        v.extend_from_slice(more);
+                        self.0 = Repr::heap_from_vec(v);
+                    }
+                }
+            }
+        }
+    }
+
+    impl Repr {
+        /// A heap representation using all of `v`'s capacity (at most
+        /// `u32::MAX` bytes of it spare).
+        fn heap_from_vec(mut v: Vec<u8>) -> Repr {
+            let len = v.len();
+            let cap = v.capacity().min(len.saturating_add(u32::MAX as usize));
+            v.resize(cap, 0);
+            Repr::Heap {
+                buf: v.into_boxed_slice(),
+                spare: (cap - len) as u32,
+            }
+        }
+    }
+
+    impl Default for SmallBytes {
+        #[inline]
+        fn default() -> Self {
+            SmallBytes::new()
+        }
+    }
+
+    impl Clone for SmallBytes {
+        #[inline]
+        fn clone(&self) -> Self {
+            match &self.0 {
+                Repr::Inline { len, buf } => SmallBytes(Repr::Inline { len: *len, buf: *buf }),
+                // A copy drops the spare room: copies are snapshots' groups.
+                Repr::Heap { .. } => SmallBytes::from_slice(self.as_slice()),
+            }
+        }
+    }
+
+    impl From<&[u8]> for SmallBytes {
+        #[inline]
+        fn from(bytes: &[u8]) -> Self {
+            SmallBytes::from_slice(bytes)
+        }
+    }
+
+    impl Deref for SmallBytes {
+        type Target = [u8];
+        #[inline]
+        fn deref(&self) -> &[u8] {
+            self.as_slice()
+        }
+    }
+
+    impl AsRef<[u8]> for SmallBytes {
+        #[inline]
+        fn as_ref(&self) -> &[u8] {
+            self.as_slice()
+        }
+    }
+
+    impl Borrow<[u8]> for SmallBytes {
+        #[inline]
+        fn borrow(&self) -> &[u8] {
+            self.as_slice()
+        }
+    }
+
+    impl Hash for SmallBytes {
+        /// Exactly `[u8]`'s hash, as `Borrow<[u8]>` requires.
+        #[inline]
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            self.as_slice().hash(state)
+        }
+    }
+
+    impl PartialEq for SmallBytes {
+        #[inline]
+        fn eq(&self, other: &Self) -> bool {
+            self.as_slice() == other.as_slice()
+        }
+    }
+
+    impl Eq for SmallBytes {}
+
+    impl PartialOrd for SmallBytes {
+        #[inline]
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+
+    impl Ord for SmallBytes {
+        #[inline]
+        fn cmp(&self, other: &Self) -> Ordering {
+            self.as_slice().cmp(other.as_slice())
+        }
+    }
+
+    impl fmt::Debug for SmallBytes {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fmt::Debug::fmt(self.as_slice(), f)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::collections::hash_map::DefaultHasher;
+        use std::collections::{BTreeMap, HashMap};
+
+        fn hash_of<T: Hash + ?Sized, H: Hasher + Default>(t: &T) -> u64 {
+            let mut h = H::default();
+            t.hash(&mut h);
+            h.finish()
+        }
+
+        fn bytes(n: usize) -> Vec<u8> {
+            (0..n).map(|i| (i * 7 + 1) as u8).collect()
+        }
+
+        #[test]
+        fn stays_inline_up_to_the_capacity() {
+            assert_eq!(std::mem::size_of::<SmallBytes>(), 24);
+            for n in 0..=INLINE_CAP + 2 {
+                let b = bytes(n);
+                let s = SmallBytes::from_slice(&b);
+                assert_eq!(s.is_inline(), n <= INLINE_CAP, "length {n}");
+                assert_eq!(s.as_slice(), &b[..]);
+                assert_eq!(&*s, &b[..]);
+                assert_eq!(s.len(), n);
+                assert_eq!(s.clone(), s);
+                assert_eq!(s.clone().as_slice(), &b[..]);
+                assert_eq!(format!("{s:?}"), format!("{b:?}"));
+            }
+            assert!(SmallBytes::new().is_empty());
+            assert_eq!(SmallBytes::default(), SmallBytes::from_slice(&[]));
+        }
+
+        #[test]
+        fn hashes_equal_the_slices() {
+            for n in [0, 1, 7, 8, 9, 16, 21, 22, 23, 24, 100] {
+                let b = bytes(n);
+                let s = SmallBytes::from_slice(&b);
+                assert_eq!(hash_of::<_, DefaultHasher>(&s), hash_of::<_, DefaultHasher>(&b[..]));
+                assert_eq!(
+                    hash_of::<_, crate::heap::FxHasher>(&s),
+                    hash_of::<_, crate::heap::FxHasher>(&b[..])
+                );
+                // A heap value reached by appends (with spare room) hashes the same.
+                let mut grown = SmallBytes::new();
+                for chunk in b.chunks(3) {
+                    grown.extend_from_slice(chunk);
+                }
+                assert_eq!(hash_of::<_, DefaultHasher>(&grown), hash_of::<_, DefaultHasher>(&b[..]));
+                assert_eq!(grown, s);
+            }
+        }
+
+        #[test]
+        fn maps_are_searched_with_slices() {
+            let mut h: HashMap<SmallBytes, SmallBytes, crate::heap::FxBuild> = HashMap::default();
+            let mut t = BTreeMap::new();
+            for n in 0..40 {
+                let b = bytes(n);
+                h.insert(SmallBytes::from_slice(&b), SmallBytes::from_slice(&b[..n / 2]));
+                t.insert(SmallBytes::from_slice(&b), n);
+            }
+            for n in 0..40 {
+                let b = bytes(n);
+                assert_eq!(h.get(&b[..]).map(|v| v.as_slice()), Some(&b[..n / 2]));
+                assert_eq!(t.get(&b[..]), Some(&n));
+            }
+            assert!(!h.contains_key(&[0xff][..]));
+        }
+
+        #[test]
+        fn orders_like_slices() {
+            let mut raw: Vec<Vec<u8>> = vec![
+                vec![],
+                vec![0],
+                vec![0, 0],
+                vec![1],
+                vec![0xff],
+                vec![1; 22],
+                vec![1; 23],
+                vec![1; 40],
+                [vec![1; 22], vec![0]].concat(),
+                [vec![1; 21], vec![2]].concat(),
+                vec![0xff; 30],
+                vec![2; 5],
+            ];
+            let mut small: Vec<SmallBytes> = raw.iter().map(|b| SmallBytes::from_slice(b)).collect();
+            raw.sort();
+            small.sort();
+            let back: Vec<Vec<u8>> = small.iter().map(|s| s.to_vec()).collect();
+            assert_eq!(back, raw);
+            for a in &raw {
+                for b in &raw {
+                    let (sa, sb) = (SmallBytes::from_slice(a), SmallBytes::from_slice(b));
+                    assert_eq!(sa.cmp(&sb), a.cmp(b));
+                    assert_eq!(sa == sb, a == b);
+                }
+            }
+        }
+
+        #[test]
+        fn appends_cross_the_inline_boundary() {
+            for step in [1, 2, 5, 9, 22, 23, 50] {
+                let mut s = SmallBytes::new();
+                let mut v = Vec::new();
+                for i in 0..60 {
+                    let chunk: Vec<u8> = (0..step).map(|j| (i * 31 + j) as u8).collect();
+                    s.extend_from_slice(&chunk);
+                    v.extend_from_slice(&chunk);
+                    assert_eq!(s.as_slice(), &v[..], "step {step} append {i}");
+                    assert_eq!(s.is_inline(), v.len() <= INLINE_CAP);
+                }
+                s.extend_from_slice(&[]);
+                assert_eq!(s.as_slice(), &v[..]);
+                let c = s.clone();
+                assert_eq!(c, s);
+                assert_eq!(c.as_slice(), &v[..]);
+            }
+            // Exactly filling the inline buffer, then one more byte.
+            let mut s = SmallBytes::from_slice(&bytes(20));
+            s.extend_from_slice(&[1, 2]);
+            assert!(s.is_inline());
+            s.extend_from_slice(&[3]);
+            assert!(!s.is_inline());
+            assert_eq!(s.as_slice(), &[&bytes(20)[..], &[1, 2, 3]].concat()[..]);
+        }
+
+        #[test]
+        fn set_replaces_the_contents() {
+            let mut s = SmallBytes::from_slice(&bytes(3));
+            s.set(&bytes(30));
+            assert_eq!(s.as_slice(), &bytes(30)[..]);
+            s.set(&bytes(25));
+            assert!(!s.is_inline());
+            assert_eq!(s.as_slice(), &bytes(25)[..]);
+            s.extend_from_slice(&bytes(4));
+            assert_eq!(s.as_slice(), &[&bytes(25)[..], &bytes(4)[..]].concat()[..]);
+            s.set(&bytes(40));
+            assert_eq!(s.as_slice(), &bytes(40)[..]);
+            s.set(&bytes(2));
+            assert!(s.is_inline());
+            assert_eq!(s.as_slice(), &bytes(2)[..]);
+            s.set(&[]);
+            assert!(s.is_empty());
+        }
+    }
+}
 
 /// The contents of one (state, key group).
 #[derive(Clone, Debug)]
@@ -255,12 +639,9 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     fn put(&mut self, state: StateId, kg: u32, key: &[u8], value: &[u8]) -> Result<(), StateError> {
         let m = self.values_mut(state, kg)?;
         match m.get_mut(key) {
-            Some(v) => {
-                v.clear();
-                v.extend_from_slice(value);
-            }
+            Some(v) => v.set(value),
             None => {
-                m.insert(key.to_vec(), value.to_vec());
+                m.insert(Bytes::from_slice(key), Bytes::from_slice(value));
             }
         }
         Ok(())
@@ -271,7 +652,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         match m.get_mut(key) {
             Some(v) => v.extend_from_slice(bytes),
             None => {
-                m.insert(key.to_vec(), bytes.to_vec());
+                m.insert(Bytes::from_slice(key), Bytes::from_slice(bytes));
             }
         }
         Ok(())
@@ -328,9 +709,14 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         let m = self.maps_mut(state, kg)?;
         let map = match m.get_mut(key) {
             Some(map) => map,
-            None => m.entry(key.to_vec()).or_default(),
+            None => m.entry(Bytes::from_slice(key)).or_default(),
         };
-        map.insert(user_key.to_vec(), value.to_vec());
+        match map.get_mut(user_key) {
+            Some(v) => v.set(value),
+            None => {
+                map.insert(Bytes::from_slice(user_key), Bytes::from_slice(value));
+            }
+        }
         Ok(())
     }
 
@@ -392,12 +778,12 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         snapshot_codec::decode_group(&meta.name, kind, encoded, &mut |d| {
             match (d, &mut *group) {
                 (Decoded::Entry { key, value }, Group::Values(m)) => {
-                    m.insert(key.to_vec(), value.to_vec());
+                    m.insert(Bytes::from_slice(key), Bytes::from_slice(value));
                 }
                 (Decoded::MapEntry { key, user_key, value }, Group::Maps(m)) => {
-                    m.entry(key.to_vec())
+                    m.entry(Bytes::from_slice(key))
                         .or_default()
-                        .insert(user_key.to_vec(), value.to_vec());
+                        .insert(Bytes::from_slice(user_key), Bytes::from_slice(value));
                 }
                 _ => {
                     return Err(StateError::Restore(format!(
