@@ -311,11 +311,6 @@ impl Coordinator {
         self.settings.interval.is_some()
     }
 
-    /// Whether checkpoints can be taken at all (a directory is configured).
-    pub fn can_checkpoint(&self) -> bool {
-        self.layout.is_some()
-    }
-
     /// Record a restore, for statistics; with `claim`, the restored
     /// snapshot's directory is deleted once newer checkpoints subsume it.
     pub fn on_restored(&mut self, id: u64, dir: &Path, is_savepoint: bool, claim: bool) {
@@ -588,32 +583,7 @@ impl Coordinator {
             let base = self.base_dir(&p);
             discard_attempt(&*self.storage, &base, &aborted, Some(&self.store));
         }
-        p.stats.status = SnapshotStatus::Failed;
-        p.stats.duration_ms = p.started.elapsed().as_millis() as u64;
-        p.stats.end_timestamp_ms = Some(now_ms() as u64);
-        p.stats.failure_message = Some(reason.clone());
-        self.record(p.stats);
-        let is_savepoint = matches!(p.target, SnapshotTarget::Savepoint { .. });
-        self.outcomes.push(SnapshotOutcome::Failed {
-            id: checkpoint_id,
-            target: p.target,
-            reason: reason.clone(),
-        });
-        if self.log {
-            let what = if is_savepoint { "Savepoint" } else { "Checkpoint" };
-            eprintln!("{what} {checkpoint_id} failed: {reason}");
-        }
-        if !failure || is_savepoint {
-            return Ok(());
-        }
-        self.consecutive_failures += 1;
-        if self.consecutive_failures > self.settings.tolerable_failures {
-            return Err(JobError::Internal(format!(
-                "{} consecutive checkpoint failures exceed execution.checkpointing.tolerable-failed-checkpoints ({}); last: {reason}",
-                self.consecutive_failures, self.settings.tolerable_failures
-            )));
-        }
-        Ok(())
+        self.record_failure(p.target, p.stats, p.started, reason, failure)
     }
 
     /// The directory the commit protocol works in: the job directory for
@@ -705,7 +675,7 @@ impl Coordinator {
         let id = pending.checkpoint_id();
         let completing = match pending.finalize(now_ms() as u64) {
             Ok(c) => c,
-            Err(e) => return self.fail_completion(target, stats, started, e.to_string()),
+            Err(e) => return self.record_failure(target, stats, started, e.to_string(), true),
         };
         // Checkpoints commit side effects (two-phase-commit sinks); of the
         // savepoints only a stopping one does, as in Flink: a savepoint taken
@@ -765,7 +735,9 @@ impl Coordinator {
                 }
                 Ok(())
             }
-            CommitReport::Discarded { error, .. } => self.fail_completion(target, stats, started, error.to_string()),
+            CommitReport::Discarded { error, .. } => {
+                self.record_failure(target, stats, started, error.to_string(), true)
+            }
         }
     }
 
@@ -810,12 +782,15 @@ impl Coordinator {
         }
     }
 
-    fn fail_completion(
+    /// Record a failed snapshot and tell the job loop; `counts` = whether it
+    /// counts toward `tolerable-failed-checkpoints` (savepoints never do).
+    fn record_failure(
         &mut self,
         target: SnapshotTarget,
         mut stats: CheckpointStats,
         started: Instant,
         reason: String,
+        counts: bool,
     ) -> Result<(), JobError> {
         let id = stats.id;
         stats.status = SnapshotStatus::Failed;
@@ -824,18 +799,23 @@ impl Coordinator {
         stats.failure_message = Some(reason.clone());
         let is_savepoint = stats.is_savepoint;
         self.record(stats);
+        if self.log {
+            let what = if is_savepoint { "Savepoint" } else { "Checkpoint" };
+            eprintln!("{what} {id} failed: {reason}");
+        }
         self.outcomes.push(SnapshotOutcome::Failed {
             id,
             target,
             reason: reason.clone(),
         });
-        if is_savepoint {
+        if !counts || is_savepoint {
             return Ok(());
         }
         self.consecutive_failures += 1;
         if self.consecutive_failures > self.settings.tolerable_failures {
             return Err(JobError::Internal(format!(
-                "checkpoint {id} could not be completed: {reason}"
+                "{} consecutive checkpoint failures exceed execution.checkpointing.tolerable-failed-checkpoints ({}); last, checkpoint {id}: {reason}",
+                self.consecutive_failures, self.settings.tolerable_failures
             )));
         }
         Ok(())
@@ -889,7 +869,8 @@ impl Coordinator {
 
     /// Counts, history and latest snapshots for the control plane.
     pub fn overview(&self, history: usize) -> CheckpointsOverview {
-        let mut h: Vec<CheckpointStats> = self.history.iter().cloned().collect();
+        // Only the newest `history` entries can be shown: clone no more.
+        let mut h: Vec<CheckpointStats> = self.history.iter().rev().take(history).cloned().collect();
         for p in self.pending.values() {
             let mut s = p.stats.clone();
             s.duration_ms = p.started.elapsed().as_millis() as u64;

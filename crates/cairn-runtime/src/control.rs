@@ -449,16 +449,4 @@ impl JobClient {
             }
         }
     }
-
-    /// Wait until the job reached a terminal status (or `timeout` passes).
-    pub fn wait_terminal(&self, timeout: Duration) -> JobStatus {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let s = self.info().status;
-            if s.is_terminal() || std::time::Instant::now() >= deadline {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
 }
