@@ -2,7 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use cairn_runtime::{OpResult, Sink, StreamRecord};
+use cairn_operators::Sink;
+use cairn_runtime::{OpResult, StreamRecord};
 
 /// Handle to the records a [`CollectSink`] gathered (from all subtasks).
 #[derive(Clone, Debug)]

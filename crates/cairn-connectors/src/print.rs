@@ -3,7 +3,8 @@
 use std::fmt::Debug;
 use std::io::Write;
 
-use cairn_runtime::{OpResult, Sink, SinkContext, StreamRecord};
+use cairn_operators::{Sink, SinkContext};
+use cairn_runtime::{OpResult, StreamRecord};
 
 /// Prints each record as `prefix> {record:?}` (prefix = subtask number when
 /// parallel, like Flink's print sink).

@@ -624,7 +624,7 @@ fn checkpointed_copy_job_restored_at_a_new_parallelism_writes_every_line_once() 
     let last = result
         .checkpoints
         .iter()
-        .rfind(|c| c.status == cairn::runtime::control::SnapshotStatus::Completed)
+        .rfind(|c| c.status == cairn::coordinator::control::SnapshotStatus::Completed)
         .expect("a completed final checkpoint")
         .id;
     let chk = checkpoints.join(&result.job_id).join(format!("chk-{last}"));

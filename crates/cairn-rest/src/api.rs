@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_config::Configuration;
-use cairn_runtime::control::{
+use cairn_coordinator::control::{
     AfterSavepoint, CheckpointConfigView, CheckpointRequestKind, CheckpointStats, CheckpointsOverview, JobClient,
     JobInfo, OperationStatus, SavepointRequest, SnapshotFormat, SnapshotStatus,
 };

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use cairn_runtime::control::{ControlError, ControlErrorCode};
+use cairn_coordinator::control::{ControlError, ControlErrorCode};
 use serde_json::json;
 
 use crate::http::Response;

@@ -3,7 +3,7 @@
 //! * [`serve`] starts a small HTTP/1.1 server (std only, no async runtime)
 //!   with Flink's REST shapes for jobs, checkpoints, savepoints, stop,
 //!   cancel, savepoint disposal, configuration and Prometheus metrics. It
-//!   drives the job through a [`cairn_runtime::control::JobClient`].
+//!   drives the job through a [`cairn_coordinator::control::JobClient`].
 //! * [`api`] routes and answers requests without sockets (testable).
 //! * [`paths`] validates paths named in requests against allowed roots;
 //!   [`auth`] checks bearer tokens.

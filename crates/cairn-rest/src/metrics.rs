@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use cairn_runtime::control::{CheckpointStats, CheckpointsOverview, JobInfo, JobMetrics, JobStatus};
+use cairn_coordinator::control::{CheckpointStats, CheckpointsOverview, JobInfo, JobMetrics, JobStatus};
 
 const STATUSES: [(JobStatus, &str); 7] = [
     (JobStatus::Initializing, "INITIALIZING"),
@@ -164,7 +164,7 @@ pub fn render(info: &JobInfo, metrics: &JobMetrics, checkpoints: &CheckpointsOve
     let completed: Vec<&CheckpointStats> = checkpoints
         .history
         .iter()
-        .filter(|s| s.status == cairn_runtime::control::SnapshotStatus::Completed)
+        .filter(|s| s.status == cairn_coordinator::control::SnapshotStatus::Completed)
         .collect();
     if !completed.is_empty() {
         w.family(
@@ -239,7 +239,7 @@ fn last_checkpoint(w: &mut Writer, last: &CheckpointStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_runtime::control::{CheckpointCounts, SnapshotStatus};
+    use cairn_coordinator::control::{CheckpointCounts, SnapshotStatus};
 
     fn info() -> JobInfo {
         JobInfo {

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_config::{options, Configuration};
-use cairn_runtime::control::JobClient;
+use cairn_coordinator::control::JobClient;
 
 use crate::api::Api;
 use crate::auth::{configured_token, is_loopback_host, is_mutating};

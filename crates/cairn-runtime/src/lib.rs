@@ -1,6 +1,12 @@
-//! The Cairn runtime: tasks (one thread per subtask of a chain of operators),
-//! bounded channels carrying record batches and in-band control events,
-//! watermarks, timers, barrier alignment, and the job runner.
+//! The Cairn engine core: tasks (one thread per subtask of a chain of
+//! operators), bounded channels carrying record batches and in-band control
+//! events, partitioners, watermarks, barrier alignment, the type-erased
+//! operator and source interfaces, job wiring, and the reading and writing of
+//! operator snapshots as state files.
+//!
+//! Typed operators (keyed process functions, windows, two-input operators,
+//! sinks) live in `cairn-operators`; checkpoint coordination, the job
+//! controller and restore live in `cairn-coordinator`.
 
 pub mod error;
 pub mod input;
@@ -8,6 +14,7 @@ pub mod job;
 pub mod operator;
 pub mod output;
 pub mod record;
+pub mod snapshot_io;
 pub mod source;
 pub mod task;
 pub mod time;
@@ -16,22 +23,3 @@ pub use error::{BoxError, JobError, OpResult};
 pub use operator::{Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 pub use record::{StreamRecord, MAX_WATERMARK, NO_TIMESTAMP};
 pub use source::{Source, SourceContext, SourceStatus, WatermarkStrategy};
-pub mod collector;
-pub mod keyed;
-pub mod process;
-pub mod sink;
-pub mod timers;
-pub mod two_input;
-pub mod window;
-
-pub use collector::OutputTag;
-pub use keyed::{Key, KeyedContext, KeyedOpenContext, KeyedProcessFunction};
-pub use process::{ProcessContext, ProcessFunction};
-pub use sink::{Sink, SinkContext};
-pub use timers::TimeDomain;
-pub mod checkpoint;
-pub mod control;
-pub mod controller;
-pub mod restart;
-pub mod restore;
-pub mod snapshot_io;

@@ -39,6 +39,11 @@ impl Emitter {
         self.records
     }
 
+    /// The emitted batches with their ports, in emission order.
+    pub fn into_batches(self) -> Vec<(usize, AnyBatch)> {
+        self.batches
+    }
+
     /// Emit one batch on `port`.
     pub fn emit(&mut self, port: usize, batch: AnyBatch) {
         self.batches.push((port, batch));

@@ -818,14 +818,3 @@ impl KeyedStateSnapshot for HeapSnapshot {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::conformance;
-
-    #[test]
-    fn heap_backend_passes_the_conformance_suite() {
-        conformance::run_all(&|range| Box::new(HeapKeyedStateBackend::new(range)));
-    }
-}

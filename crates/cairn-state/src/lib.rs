@@ -1,7 +1,8 @@
 //! Cairn's state layer: key groups and stable hashes, the byte-oriented
 //! [`KeyedStateBackend`] trait every state backend implements, the in-memory
 //! heap backend, operator (non-keyed) state, the typed state handles user
-//! functions use, and a conformance suite that every backend must pass.
+//! functions use.
+//! Every backend passes the suite in `cairn-state-conformance`.
 //!
 //! Backends store bytes so that snapshots, restores and rescaling work the same
 //! way for every backend; the typed layer ([`handles`]) turns user values into
@@ -12,7 +13,6 @@
 pub mod backend;
 pub mod canonical;
 pub mod codec;
-pub mod conformance;
 pub mod descriptor;
 pub mod error;
 pub mod handles;

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn::config::{Configuration, StartupOptions};
-use cairn::prelude::*;
-use cairn::runtime::control::{
+use cairn::coordinator::control::{
     AfterSavepoint, CheckpointRequestKind, JobClient, OperationStatus, SavepointRequest, SnapshotFormat,
 };
+use cairn::prelude::*;
 use cairn::state::DistributionMode;
 
 /// Emits keys `0..keys` once, then idles (keeping the job alive) until cancelled.

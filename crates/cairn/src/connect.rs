@@ -4,7 +4,7 @@
 //! ```no_run
 //! # use cairn::prelude::*;
 //! # use cairn::connect::*;
-//! # use cairn::runtime::two_input::*;
+//! # use cairn::operators::two_input::*;
 //! #[derive(Clone)]
 //! struct Allow;
 //! impl BroadcastProcessFunction<u32, u32, u32> for Allow {
@@ -34,14 +34,14 @@ use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
 use cairn_graph::{NodeKind, Partitioning};
-use cairn_runtime::collector::SidePorts;
-use cairn_runtime::job::NodeCode;
-use cairn_runtime::keyed::Key;
-use cairn_runtime::output::port_factory;
-use cairn_runtime::two_input::{
+use cairn_operators::collector::SidePorts;
+use cairn_operators::keyed::Key;
+use cairn_operators::two_input::{
     BroadcastProcessFunction, BroadcastProcessOperator, CoProcessFunction, CoProcessOperator,
     KeyedBroadcastProcessFunction, KeyedBroadcastProcessOperator, KeyedCoProcessFunction, KeyedCoProcessOperator,
 };
+use cairn_runtime::job::NodeCode;
+use cairn_runtime::output::port_factory;
 use cairn_runtime::OperatorLogic;
 use cairn_state::canonical::{key_codec_for, KeyCodec};
 

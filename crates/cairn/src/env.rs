@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cairn_config::{options, parse_startup_args, startup_help, Configuration, StartupOptions};
 use cairn_graph::{Edge, GraphSettings, JobGraph, NodeId, NodeKind, NodeSpec, Partitioning};
-use cairn_runtime::collector::SidePorts;
+use cairn_operators::collector::SidePorts;
 use cairn_runtime::job::{JobSpec, NodeCode, NodeLogic};
 use cairn_runtime::output::{port_factory, PortFactory};
 use cairn_runtime::source::{SourceAdapter, SourceLogic};
@@ -50,7 +50,7 @@ pub struct JobResult {
     /// Records emitted by the sources.
     pub source_records: u64,
     /// Statistics of every checkpoint and savepoint attempted, oldest first.
-    pub checkpoints: Vec<cairn_runtime::control::CheckpointStats>,
+    pub checkpoints: Vec<cairn_coordinator::control::CheckpointStats>,
     /// The savepoint written by a stop with savepoint.
     pub savepoint: Option<std::path::PathBuf>,
     /// How many times the job restarted after failures.

@@ -7,8 +7,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cairn_config::ClaimMode;
-use cairn_runtime::control::{control_channel, JobClient, JobStatus};
-use cairn_runtime::controller::{initial_published, run_job, JobRun};
+use cairn_coordinator::control::{control_channel, JobClient, JobStatus};
+use cairn_coordinator::controller::{initial_published, run_job, JobRun};
 use cairn_runtime::job::{JobSpec, RuntimeSettings};
 use cairn_runtime::JobError;
 use cairn_snapshot::{load_snapshot, LoadedSnapshot, LocalFileStorage};

@@ -1,6 +1,7 @@
 //! Keyed reduce and aggregate, as keyed process functions over one state.
 
-use cairn_runtime::{KeyedContext, KeyedOpenContext, KeyedProcessFunction, OpResult};
+use cairn_operators::{KeyedContext, KeyedOpenContext, KeyedProcessFunction};
+use cairn_runtime::OpResult;
 use cairn_state::{AggregateFunction, AggregatingState, AggregatingStateDescriptor, ValueState, ValueStateDescriptor};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

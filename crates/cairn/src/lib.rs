@@ -31,6 +31,8 @@ impl<T: Clone + Send + Sync + 'static> Data for T {}
 
 pub use cairn_config as config;
 pub use cairn_connectors as connectors;
+pub use cairn_coordinator as coordinator;
+pub use cairn_operators as operators;
 pub use cairn_runtime as runtime;
 pub use cairn_snapshot as snapshot;
 pub use cairn_state as state;
@@ -54,15 +56,16 @@ pub mod prelude {
     pub use cairn_connectors::{
         CollectSink, Collected, DiscardSink, FileSink, FileSource, GeneratedEvent, GeneratorSource, PrintSink,
     };
-    pub use cairn_runtime::two_input::{
+    pub use cairn_operators::two_input::{
         BroadcastContext, BroadcastProcessFunction, CoProcessContext, CoProcessFunction, KeyedBroadcastProcessFunction,
         KeyedCoContext, KeyedCoProcessFunction, KeyedReadOnlyBroadcastContext, ReadOnlyBroadcastContext,
     };
-    pub use cairn_runtime::SubtaskInfo;
-    pub use cairn_runtime::{
-        KeyedContext, KeyedOpenContext, KeyedProcessFunction, OpResult, OutputTag, ProcessContext, ProcessFunction,
-        Sink, SinkContext, Source, SourceContext, SourceStatus, StreamRecord, TimeDomain, WatermarkStrategy,
+    pub use cairn_operators::{
+        KeyedContext, KeyedOpenContext, KeyedProcessFunction, OutputTag, ProcessContext, ProcessFunction, Sink,
+        SinkContext, TimeDomain,
     };
+    pub use cairn_runtime::SubtaskInfo;
+    pub use cairn_runtime::{OpResult, Source, SourceContext, SourceStatus, StreamRecord, WatermarkStrategy};
     pub use cairn_state::{
         AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
         MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateTtlConfig, ValueState, ValueStateDescriptor,

@@ -4,12 +4,13 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cairn_graph::{NodeId, NodeKind, NodeSpec, Partitioning};
+use cairn_operators::keyed::{Key, KeyFn, KeyedProcessOperator};
+use cairn_operators::process::{ProcessOperator, TransformOperator};
+use cairn_operators::sink::SinkOperator;
+use cairn_operators::{KeyedProcessFunction, OutputTag, ProcessFunction, Sink};
 use cairn_runtime::job::NodeCode;
-use cairn_runtime::keyed::{Key, KeyFn, KeyedProcessOperator};
 use cairn_runtime::output::{port_factory, KeyBytesFn};
-use cairn_runtime::process::{ProcessOperator, TransformOperator};
-use cairn_runtime::sink::SinkOperator;
-use cairn_runtime::{KeyedProcessFunction, OperatorLogic, OutputTag, ProcessFunction, Sink, StreamRecord};
+use cairn_runtime::{OperatorLogic, StreamRecord};
 use cairn_state::keygroup::key_bytes;
 
 use crate::env::{short_type_name, StreamEnv};
@@ -325,7 +326,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     /// Apply a [`KeyedProcessFunction`]: keyed state, timers, side outputs.
     pub fn process<O: Data, F: KeyedProcessFunction<K, T, O>>(&self, function: F) -> DataStream<O> {
         let key = self.key.clone();
-        let holder: Arc<std::sync::OnceLock<cairn_runtime::collector::SidePorts>> =
+        let holder: Arc<std::sync::OnceLock<cairn_operators::collector::SidePorts>> =
             Arc::new(std::sync::OnceLock::new());
         let h = holder.clone();
         let proto = Prototype::new(function);

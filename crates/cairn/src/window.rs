@@ -19,10 +19,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use cairn_runtime::collector::SidePorts;
-use cairn_runtime::keyed::Key;
-use cairn_runtime::window::{AggregateContents, ProcessContents, ReduceContents, WindowOperator};
-use cairn_runtime::OutputTag;
+use cairn_operators::collector::SidePorts;
+use cairn_operators::keyed::Key;
+use cairn_operators::window::{AggregateContents, ProcessContents, ReduceContents, WindowOperator};
+use cairn_operators::OutputTag;
 use cairn_state::AggregateFunction;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -31,7 +31,7 @@ use crate::env::short_type_name;
 use crate::stream::{DataStream, KeyedStream, Prototype};
 use crate::Data;
 
-pub use cairn_runtime::window::{
+pub use cairn_operators::window::{
     EventTimeSessionWindows, ProcessWindowFunction, ProcessingTimeSessionWindows, SlidingEventTimeWindows,
     SlidingProcessingTimeWindows, TimeWindow, TumblingEventTimeWindows, TumblingProcessingTimeWindows, WindowAssigner,
     WindowCollector, WindowContents, WindowSettings,

@@ -370,7 +370,7 @@ fn canonical_savepoint_is_portable_rescalable_and_evolvable() {
     let last = first
         .checkpoints
         .iter()
-        .rfind(|c| c.status == cairn::runtime::control::SnapshotStatus::Completed)
+        .rfind(|c| c.status == cairn::coordinator::control::SnapshotStatus::Completed)
         .expect("a final checkpoint")
         .id;
     let chk = chk_dir.join(&first.job_id).join(format!("chk-{last}"));

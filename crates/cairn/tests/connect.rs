@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::collection::CollectionSource;
-use cairn::prelude::*;
-use cairn::runtime::two_input::{
+use cairn::operators::two_input::{
     BroadcastContext, BroadcastProcessFunction, CoProcessContext, CoProcessFunction, KeyedBroadcastProcessFunction,
     KeyedCoContext, KeyedCoProcessFunction, KeyedReadOnlyBroadcastContext, ReadOnlyBroadcastContext,
 };
+use cairn::prelude::*;
 use cairn::runtime::SubtaskInfo;
 use serde::{Deserialize, Serialize};
 
@@ -898,7 +898,7 @@ fn two_input_state_survives_restore_with_new_parallelism() {
     let last = first
         .checkpoints
         .iter()
-        .rfind(|c| c.status == cairn::runtime::control::SnapshotStatus::Completed)
+        .rfind(|c| c.status == cairn::coordinator::control::SnapshotStatus::Completed)
         .expect("a final checkpoint")
         .id;
     let chk = dir.join(&first.job_id).join(format!("chk-{last}"));

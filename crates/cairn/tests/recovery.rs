@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::config::Configuration;
+use cairn::coordinator::control::{JobClient, JobStatus, SnapshotStatus};
 use cairn::prelude::*;
-use cairn::runtime::control::{JobClient, JobStatus, SnapshotStatus};
 use cairn::runtime::JobError;
 use common::assert_contains_all;
 

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn::config::{ClaimMode, Configuration, StartupOptions};
-use cairn::prelude::*;
-use cairn::runtime::control::{
+use cairn::coordinator::control::{
     AfterSavepoint, ControlErrorCode, JobClient, JobStatus, OperationStatus, SavepointRequest, SnapshotFormat,
 };
+use cairn::prelude::*;
 use cairn::runtime::JobError;
 use cairn::state::keygroup::{key_group_for_key, subtask_for_key_group};
 use common::assert_contains_all;

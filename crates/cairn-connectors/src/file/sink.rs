@@ -13,7 +13,8 @@ use std::io::{BufWriter, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cairn_runtime::{OpResult, Sink, SinkContext, StreamRecord};
+use cairn_operators::{Sink, SinkContext};
+use cairn_runtime::{OpResult, StreamRecord};
 use cairn_state::DistributionMode;
 use serde::{Deserialize, Serialize};
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cairn_runtime::control::{
+use cairn_coordinator::control::{
     control_channel, AfterSavepoint, CheckpointConfigView, CheckpointStats, CheckpointsOverview, ControlPort,
     ControlRequest, JobClient, JobInfo, JobMetrics, JobStatus, OperationStatus, Published, SnapshotStatus, VertexInfo,
 };

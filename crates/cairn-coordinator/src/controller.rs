@@ -18,12 +18,12 @@ use crate::control::{
     AfterSavepoint, CheckpointStats, ControlPort, ControlRequest, JobInfo, JobMetrics, JobStatus, OperationStatus,
     Published, VertexInfo,
 };
-use crate::error::JobError;
-use crate::job::{is_cancellation, start, task_failure, JobSpec, RunningJob, RuntimeSettings, SubtaskRestore};
 use crate::restart::{RestartDecision, RestartPolicy};
 use crate::restore::RestorePlan;
-use crate::task::{TaskCommand, TaskEvent, TaskId};
-use crate::time::now_ms;
+use cairn_runtime::error::JobError;
+use cairn_runtime::job::{is_cancellation, start, task_failure, JobSpec, RunningJob, RuntimeSettings, SubtaskRestore};
+use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
+use cairn_runtime::time::now_ms;
 
 /// How often status is published and progress reported.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -213,7 +213,7 @@ impl Controller<'_, '_> {
         .unwrap_or_else(|payload| {
             Err(JobError::Setup(format!(
                 "an operator failed while opening: {}",
-                crate::error::panic_message(&*payload)
+                cairn_runtime::error::panic_message(&*payload)
             )))
         })
     }

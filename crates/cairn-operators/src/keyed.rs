@@ -3,17 +3,17 @@
 
 use std::sync::Arc;
 
-use cairn_state::keygroup::{key_bytes, key_group_for_bytes};
-use cairn_state::{codec, KeyedStateAccess, StateContext};
+use cairn_state::{KeyedStateAccess, StateContext};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::collector::{OutputTag, Outputs, SidePorts};
-use crate::error::OpResult;
-use crate::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
-use crate::record::{AnyBatch, NO_TIMESTAMP};
-use crate::time::now_ms;
+use crate::keyed_core::KeyedCore;
 use crate::timers::{TimeDomain, TimerService};
+use cairn_runtime::error::OpResult;
+use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
+use cairn_runtime::record::{AnyBatch, NO_TIMESTAMP};
+use cairn_runtime::time::now_ms;
 
 /// Extracts the key of a record.
 pub type KeyFn<K, I> = Arc<dyn Fn(&I) -> K + Send + Sync>;
@@ -135,16 +135,7 @@ pub struct KeyedProcessOperator<K, I, O, F> {
     function: F,
     key_fn: KeyFn<K, I>,
     side_ports: SidePorts,
-    run: Option<Running<O>>,
-    key_buf: Vec<u8>,
-}
-
-struct Running<O> {
-    info: SubtaskInfo,
-    state: KeyedStateAccess,
-    timers: TimerService,
-    out: Outputs<O>,
-    watermark: i64,
+    run: Option<KeyedCore<O>>,
 }
 
 impl<K, I, O, F> KeyedProcessOperator<K, I, O, F> {
@@ -154,30 +145,16 @@ impl<K, I, O, F> KeyedProcessOperator<K, I, O, F> {
             key_fn,
             side_ports,
             run: None,
-            key_buf: Vec::with_capacity(32),
         }
     }
 }
 
 impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I, O>> KeyedProcessOperator<K, I, O, F> {
-    fn fire(&mut self, domain: TimeDomain, time: i64) -> OpResult {
+    fn fire(&mut self, domain: TimeDomain, time: i64, out: &mut Emitter) -> OpResult {
         let run = self.run.as_mut().ok_or("operator not opened")?;
-        run.state.set_processing_time(now_ms() as u64);
-        while let Some(t) = run.timers.pop_due(&mut run.state, domain, time)? {
-            let key: K = codec::decode_key("timer key", &t.key)?;
-            run.state.set_current_key(&t.key, t.key_group);
-            let mut ctx = KeyedContext {
-                key: &key,
-                state: &mut run.state,
-                timers: &mut run.timers,
-                out: &mut run.out,
-                timestamp: t.timestamp,
-                watermark: run.watermark,
-                domain: Some(domain),
-                info: &run.info,
-            };
-            self.function.on_timer(t.timestamp, &mut ctx)?;
-        }
+        let function = &mut self.function;
+        run.fire::<K>(domain, time, |ts, mut ctx, _| function.on_timer(ts, &mut ctx))?;
+        run.flush(out);
         Ok(())
     }
 }
@@ -185,49 +162,26 @@ impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I,
 impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I, O>> OperatorLogic
     for KeyedProcessOperator<K, I, O, F>
 {
-    fn open(&mut self, mut ctx: OpenContext) -> OpResult {
-        let mut state = ctx
-            .keyed
-            .take()
-            .ok_or("keyed process function on a stream that is not keyed")?;
-        let timers = TimerService::open(&mut state)?;
-        self.function.open(&mut KeyedOpenContext {
-            info: &ctx.info,
-            state: &mut state,
+    fn open(&mut self, ctx: OpenContext) -> OpResult {
+        let mut run = KeyedCore::open(ctx, &self.side_ports, |name| {
+            format!("keyed process function '{name}' runs on a stream that is not keyed; use key_by before process")
         })?;
-        self.run = Some(Running {
-            info: ctx.info,
-            state,
-            timers,
-            out: Outputs::new(&self.side_ports),
-            watermark: i64::MIN,
-        });
+        self.function.open(&mut run.open_context())?;
+        self.run = Some(run);
         Ok(())
     }
 
     fn process_batch(&mut self, _input: usize, batch: AnyBatch, out: &mut Emitter) -> OpResult {
         let run = self.run.as_mut().ok_or("operator not opened")?;
         let batch = downcast_batch::<I>(batch, &run.info.operator_name)?;
-        let max_p = run.info.max_parallelism;
-        run.state.set_processing_time(now_ms() as u64);
+        run.begin_batch();
         for rec in *batch {
             let key = (self.key_fn)(&rec.value);
-            key_bytes(&key, &mut self.key_buf)?;
-            let kg = key_group_for_bytes(&self.key_buf, max_p);
-            run.state.set_current_key(&self.key_buf, kg);
-            let mut ctx = KeyedContext {
-                key: &key,
-                state: &mut run.state,
-                timers: &mut run.timers,
-                out: &mut run.out,
-                timestamp: rec.timestamp,
-                watermark: run.watermark,
-                domain: None,
-                info: &run.info,
-            };
-            self.function.process_element(rec.value, &mut ctx)?;
+            run.set_key(&key)?;
+            self.function
+                .process_element(rec.value, &mut run.context(&key, rec.timestamp))?;
         }
-        run.out.flush(out);
+        run.flush(out);
         Ok(())
     }
 
@@ -235,30 +189,18 @@ impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I,
         if let Some(run) = self.run.as_mut() {
             run.watermark = watermark;
         }
-        self.fire(TimeDomain::EventTime, watermark)?;
-        if let Some(run) = self.run.as_mut() {
-            run.out.flush(out);
-        }
-        Ok(())
+        self.fire(TimeDomain::EventTime, watermark, out)
     }
 
     fn on_processing_time(&mut self, now_ms: i64, out: &mut Emitter) -> OpResult {
-        self.fire(TimeDomain::ProcessingTime, now_ms)?;
-        if let Some(run) = self.run.as_mut() {
-            run.out.flush(out);
-        }
-        Ok(())
+        self.fire(TimeDomain::ProcessingTime, now_ms, out)
     }
 
     fn next_processing_timer(&self) -> Option<i64> {
-        self.run.as_ref().and_then(|r| r.timers.next_processing_time())
+        self.run.as_ref().and_then(|r| r.next_processing_timer())
     }
 
     fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
-        let run = self.run.as_mut().ok_or("operator not opened")?;
-        Ok(OperatorSnapshot {
-            keyed: Some(run.state.backend_mut().snapshot()?),
-            operator_state: Vec::new(),
-        })
+        self.run.as_mut().ok_or("operator not opened")?.snapshot()
     }
 }

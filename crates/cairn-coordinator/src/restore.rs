@@ -19,9 +19,9 @@ use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::operator_state::{redistribute, OperatorStateEntry};
 use cairn_state::{HeapKeyedStateBackend, KeyedStateBackend, OperatorStateStore};
 
-use crate::error::JobError;
-use crate::job::SubtaskRestore;
-use crate::snapshot_io::{
+use cairn_runtime::error::JobError;
+use cairn_runtime::job::SubtaskRestore;
+use cairn_runtime::snapshot_io::{
     canonical_content, canonical_keyed_overlaps, decode_keyed_states, decode_operator_entries, keyed_section,
     read_canonical_footer, read_canonical_operator_entries, restore_canonical_keyed, CanonicalContent,
     KEYED_STATES_SECTION, OPERATOR_SECTION,

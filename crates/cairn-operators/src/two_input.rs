@@ -18,18 +18,18 @@
 //!
 //! [`DistributionMode::Broadcast`]: cairn_state::DistributionMode::Broadcast
 
-use cairn_state::keygroup::{key_bytes, key_group_for_bytes};
-use cairn_state::{codec, KeyedStateAccess, OperatorStateStore, StateContext, StateError};
+use cairn_state::{KeyedStateAccess, OperatorStateStore, StateContext, StateError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::collector::{OutputTag, Outputs, SidePorts};
-use crate::error::OpResult;
 use crate::keyed::{Key, KeyFn, KeyedOpenContext};
-use crate::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
-use crate::record::{AnyBatch, NO_TIMESTAMP};
-use crate::time::now_ms;
-use crate::timers::{TimeDomain, TimerService};
+use crate::keyed_core::KeyedCore;
+use crate::timers::TimeDomain;
+use cairn_runtime::error::OpResult;
+use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
+use cairn_runtime::record::{AnyBatch, NO_TIMESTAMP};
+use cairn_runtime::time::now_ms;
 
 /// The accessors every context shares: timestamp, watermark, output.
 macro_rules! output_methods {
@@ -87,7 +87,7 @@ macro_rules! broadcast_read_methods {
     };
 }
 
-fn not_opened(what: &str) -> crate::error::BoxError {
+fn not_opened(what: &str) -> cairn_runtime::error::BoxError {
     format!("{what}: operator used before open; this is a Cairn bug").into()
 }
 
@@ -416,94 +416,14 @@ where
 // Keyed operators' shared machinery
 // ---------------------------------------------------------------------------
 
-/// Keyed state, timers and output of one keyed two-input subtask, plus its
-/// operator state (where broadcast state lives).
-struct KeyedRun<O> {
-    info: SubtaskInfo,
-    state: KeyedStateAccess,
-    timers: TimerService,
-    out: Outputs<O>,
-    watermark: i64,
-    broadcast: OperatorStateStore,
-    key_buf: Vec<u8>,
-}
+/// Keyed two-input operators run on the keyed core; their operator state
+/// holds broadcast state.
+type KeyedRun<O> = KeyedCore<O>;
 
-impl<O: Send + 'static> KeyedRun<O> {
-    fn open(mut ctx: OpenContext, side_ports: &SidePorts, what: &str) -> OpResult<Self> {
-        let mut state = ctx.keyed.take().ok_or_else(|| {
-            format!(
-                "{what} '{}' has no keyed state: both inputs must be keyed (key_by) with the same key type",
-                ctx.info.operator_name
-            )
-        })?;
-        let timers = TimerService::open(&mut state)?;
-        Ok(KeyedRun {
-            info: ctx.info,
-            state,
-            timers,
-            out: Outputs::new(side_ports),
-            watermark: i64::MIN,
-            broadcast: ctx.operator_state,
-            key_buf: Vec::with_capacity(32),
-        })
-    }
-
-    /// Make `key` the current key of keyed state and timers.
-    fn set_key<K: Key>(&mut self, key: &K) -> OpResult {
-        key_bytes(key, &mut self.key_buf)?;
-        let kg = key_group_for_bytes(&self.key_buf, self.info.max_parallelism);
-        self.state.set_current_key(&self.key_buf, kg);
-        Ok(())
-    }
-
-    /// Fire due timers of `domain`, calling `on_timer` with each one's key and context.
-    fn fire<K: Key>(
-        &mut self,
-        domain: TimeDomain,
-        time: i64,
-        mut on_timer: impl FnMut(i64, KeyedCoContext<'_, K, O>, &OperatorStateStore) -> OpResult,
-    ) -> OpResult {
-        self.state.set_processing_time(now_ms() as u64);
-        while let Some(t) = self.timers.pop_due(&mut self.state, domain, time)? {
-            let key: K = codec::decode_key("timer key", &t.key)?;
-            self.state.set_current_key(&t.key, t.key_group);
-            let ctx = KeyedCoContext {
-                key: &key,
-                state: &mut self.state,
-                timers: &mut self.timers,
-                out: &mut self.out,
-                timestamp: t.timestamp,
-                watermark: self.watermark,
-                domain: Some(domain),
-                info: &self.info,
-            };
-            on_timer(t.timestamp, ctx, &self.broadcast)?;
-        }
-        Ok(())
-    }
-
-    fn snapshot(&mut self) -> OpResult<OperatorSnapshot> {
-        Ok(OperatorSnapshot {
-            keyed: Some(self.state.backend_mut().snapshot()?),
-            operator_state: self.broadcast.to_entries(),
-        })
-    }
-}
-
-/// Build the keyed context for one record of the current key.
-macro_rules! keyed_ctx {
-    ($run:expr, $key:expr, $ts:expr) => {
-        KeyedCoContext {
-            key: $key,
-            state: &mut $run.state,
-            timers: &mut $run.timers,
-            out: &mut $run.out,
-            timestamp: $ts,
-            watermark: $run.watermark,
-            domain: None,
-            info: &$run.info,
-        }
-    };
+fn open_keyed<O: Send + 'static>(ctx: OpenContext, side_ports: &SidePorts, what: &str) -> OpResult<KeyedRun<O>> {
+    KeyedCore::open(ctx, side_ports, |name| {
+        format!("{what} '{name}' has no keyed state: both inputs must be keyed (key_by) with the same key type")
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -573,24 +493,21 @@ where
     F: KeyedCoProcessFunction<K, I1, I2, O>,
 {
     fn open(&mut self, ctx: OpenContext) -> OpResult {
-        let mut run = KeyedRun::open(ctx, &self.side_ports, "keyed co-process")?;
-        self.function.open(&mut KeyedOpenContext {
-            info: &run.info,
-            state: &mut run.state,
-        })?;
+        let mut run = open_keyed(ctx, &self.side_ports, "keyed co-process")?;
+        self.function.open(&mut run.open_context())?;
         self.run = Some(run);
         Ok(())
     }
 
     fn process_batch(&mut self, input: usize, batch: AnyBatch, out: &mut Emitter) -> OpResult {
         let run = self.run.as_mut().ok_or_else(|| not_opened("keyed co-process"))?;
-        run.state.set_processing_time(now_ms() as u64);
+        run.begin_batch();
         if input == 0 {
             let batch = downcast_batch::<I1>(batch, &run.info.operator_name)?;
             for rec in *batch {
                 let key = (self.key1)(&rec.value);
                 run.set_key(&key)?;
-                let mut ctx = keyed_ctx!(run, &key, rec.timestamp);
+                let mut ctx = run.context(&key, rec.timestamp);
                 self.function.process_element1(rec.value, &mut ctx)?;
             }
         } else {
@@ -598,7 +515,7 @@ where
             for rec in *batch {
                 let key = (self.key2)(&rec.value);
                 run.set_key(&key)?;
-                let mut ctx = keyed_ctx!(run, &key, rec.timestamp);
+                let mut ctx = run.context(&key, rec.timestamp);
                 self.function.process_element2(rec.value, &mut ctx)?;
             }
         }
@@ -618,7 +535,7 @@ where
     }
 
     fn next_processing_timer(&self) -> Option<i64> {
-        self.run.as_ref().and_then(|r| r.timers.next_processing_time())
+        self.run.as_ref().and_then(|r| r.next_processing_timer())
     }
 
     fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
@@ -699,27 +616,22 @@ where
     F: KeyedBroadcastProcessFunction<K, I, B, O>,
 {
     fn open(&mut self, ctx: OpenContext) -> OpResult {
-        let mut run = KeyedRun::open(ctx, &self.side_ports, "keyed broadcast process")?;
-        self.function.open(&mut KeyedOpenContext {
-            info: &run.info,
-            state: &mut run.state,
-        })?;
+        let mut run = open_keyed(ctx, &self.side_ports, "keyed broadcast process")?;
+        self.function.open(&mut run.open_context())?;
         self.run = Some(run);
         Ok(())
     }
 
     fn process_batch(&mut self, input: usize, batch: AnyBatch, out: &mut Emitter) -> OpResult {
         let run = self.run.as_mut().ok_or_else(|| not_opened("keyed broadcast process"))?;
-        run.state.set_processing_time(now_ms() as u64);
+        run.begin_batch();
         if input == 0 {
             let batch = downcast_batch::<I>(batch, &run.info.operator_name)?;
             for rec in *batch {
                 let key = (self.key)(&rec.value);
                 run.set_key(&key)?;
-                let mut ctx = KeyedReadOnlyBroadcastContext {
-                    inner: keyed_ctx!(run, &key, rec.timestamp),
-                    broadcast: &run.broadcast,
-                };
+                let (inner, broadcast) = run.context_and_operator_state(&key, rec.timestamp);
+                let mut ctx = KeyedReadOnlyBroadcastContext { inner, broadcast };
                 self.function.process_element(rec.value, &mut ctx)?;
             }
         } else {
@@ -730,7 +642,7 @@ where
                     timestamp: rec.timestamp,
                     watermark: run.watermark,
                     info: &run.info,
-                    broadcast: &mut run.broadcast,
+                    broadcast: &mut run.operator_state,
                 };
                 self.function.process_broadcast_element(rec.value, &mut ctx)?;
             }
@@ -751,7 +663,7 @@ where
     }
 
     fn next_processing_timer(&self) -> Option<i64> {
-        self.run.as_ref().and_then(|r| r.timers.next_processing_time())
+        self.run.as_ref().and_then(|r| r.next_processing_timer())
     }
 
     fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{OutputTag, Outputs};
-use crate::error::OpResult;
-use crate::record::NO_TIMESTAMP;
-use crate::time::now_ms;
+use cairn_runtime::error::OpResult;
+use cairn_runtime::record::NO_TIMESTAMP;
+use cairn_runtime::time::now_ms;
 
 pub use assigners::{
     EventTimeSessionWindows, ProcessingTimeSessionWindows, SlidingEventTimeWindows, SlidingProcessingTimeWindows,

@@ -5,7 +5,7 @@
 //! statistics the control plane shows. The job loop that drives it lives in
 //! [`crate::controller`].
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,18 +24,16 @@ use cairn_snapshot::{
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::control::{
-    AfterSavepoint, CheckpointConfigView, CheckpointCounts, CheckpointStats, CheckpointsOverview, RestoredInfo,
-    SnapshotFormat, SnapshotStatus,
+    AfterSavepoint, CheckpointConfigView, CheckpointStats, CheckpointsOverview, SnapshotFormat, SnapshotStatus,
 };
-use crate::error::JobError;
-use crate::job::{JobSpec, RunningJob};
-use crate::operator::OperatorSnapshot;
-use crate::record::{Barrier, SnapshotType};
-use crate::task::{TaskCommand, TaskEvent, TaskId};
-use crate::time::now_ms;
+use crate::statistics::CheckpointStatsTracker;
+use cairn_runtime::error::JobError;
+use cairn_runtime::job::{JobSpec, RunningJob};
+use cairn_runtime::operator::OperatorSnapshot;
+use cairn_runtime::record::{Barrier, SnapshotType};
+use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
+use cairn_runtime::time::now_ms;
 
-/// How many completed or failed snapshots the statistics keep.
-const HISTORY_LIMIT: usize = 1000;
 /// Snapshot writer threads per job (the machine's cores are shared with tasks).
 const WRITER_THREADS: usize = 2;
 
@@ -239,12 +237,7 @@ pub struct Coordinator {
     acks_tx: Sender<Ack>,
     acks_rx: Receiver<Ack>,
     writers: WriterPool,
-    history: VecDeque<CheckpointStats>,
-    counts: CheckpointCounts,
-    latest_completed: Option<CheckpointStats>,
-    latest_savepoint: Option<CheckpointStats>,
-    latest_failed: Option<CheckpointStats>,
-    latest_restored: Option<RestoredInfo>,
+    stats: CheckpointStatsTracker,
     outcomes: Vec<SnapshotOutcome>,
     /// CLAIM mode: the restored snapshot's directory, deleted once this
     /// many more checkpoints completed (it is then subsumed).
@@ -288,12 +281,7 @@ impl Coordinator {
             acks_tx,
             acks_rx,
             writers: WriterPool::new(WRITER_THREADS),
-            history: VecDeque::new(),
-            counts: CheckpointCounts::default(),
-            latest_completed: None,
-            latest_savepoint: None,
-            latest_failed: None,
-            latest_restored: None,
+            stats: CheckpointStatsTracker::default(),
             outcomes: Vec::new(),
             claimed: None,
             rng: IdGenerator::from_entropy(),
@@ -314,13 +302,7 @@ impl Coordinator {
     /// Record a restore, for statistics; with `claim`, the restored
     /// snapshot's directory is deleted once newer checkpoints subsume it.
     pub fn on_restored(&mut self, id: u64, dir: &Path, is_savepoint: bool, claim: bool) {
-        self.counts.restored += 1;
-        self.latest_restored = Some(RestoredInfo {
-            id,
-            restore_timestamp_ms: now_ms() as u64,
-            is_savepoint,
-            external_path: dir.to_path_buf(),
-        });
+        self.stats.on_restored(id, dir, is_savepoint, now_ms() as u64);
         if claim && self.claimed.is_none() {
             self.claimed = Some((dir.to_path_buf(), self.settings.num_retained));
         }
@@ -428,8 +410,7 @@ impl Coordinator {
         if !is_savepoint {
             self.last_trigger = Some(Instant::now());
         }
-        self.counts.total += 1;
-        self.counts.in_progress += 1;
+        self.stats.on_triggered();
         self.pending.insert(
             id,
             Pending {
@@ -551,26 +532,7 @@ impl Coordinator {
     }
 
     fn record(&mut self, stats: CheckpointStats) {
-        self.counts.in_progress = self.counts.in_progress.saturating_sub(1);
-        match stats.status {
-            SnapshotStatus::Completed => {
-                self.counts.completed += 1;
-                if stats.is_savepoint {
-                    self.latest_savepoint = Some(stats.clone());
-                } else {
-                    self.latest_completed = Some(stats.clone());
-                }
-            }
-            SnapshotStatus::Failed => {
-                self.counts.failed += 1;
-                self.latest_failed = Some(stats.clone());
-            }
-            SnapshotStatus::InProgress => {}
-        }
-        if self.history.len() >= HISTORY_LIMIT {
-            self.history.pop_front();
-        }
-        self.history.push_back(stats);
+        self.stats.on_ended(stats);
     }
 
     /// Abandon a pending snapshot; `failure` = whether it counts toward
@@ -869,28 +831,17 @@ impl Coordinator {
 
     /// Counts, history and latest snapshots for the control plane.
     pub fn overview(&self, history: usize) -> CheckpointsOverview {
-        // Only the newest `history` entries can be shown: clone no more.
-        let mut h: Vec<CheckpointStats> = self.history.iter().rev().take(history).cloned().collect();
-        for p in self.pending.values() {
+        let in_progress = self.pending.values().map(|p| {
             let mut s = p.stats.clone();
             s.duration_ms = p.started.elapsed().as_millis() as u64;
-            h.push(s);
-        }
-        h.sort_by_key(|s| s.id);
-        let skip = h.len().saturating_sub(history);
-        CheckpointsOverview {
-            counts: self.counts.clone(),
-            history: h.split_off(skip),
-            latest_completed: self.latest_completed.clone(),
-            latest_savepoint: self.latest_savepoint.clone(),
-            latest_failed: self.latest_failed.clone(),
-            latest_restored: self.latest_restored.clone(),
-        }
+            s
+        });
+        self.stats.overview(history, in_progress)
     }
 
     /// Every recorded snapshot, oldest first (for the job result).
     pub fn history(&self) -> Vec<CheckpointStats> {
-        self.history.iter().cloned().collect()
+        self.stats.history()
     }
 }
 
@@ -919,14 +870,20 @@ fn write_task_snapshot(
     match format {
         SnapshotFormat::Native => {
             let name = format!("op-{op_id}-{subtask}.state");
-            crate::snapshot_io::write_snapshot_file(storage, dir, &name, snapshot)
+            cairn_runtime::snapshot_io::write_snapshot_file(storage, dir, &name, snapshot)
                 .map(|f| f.into_iter().collect())
                 .map_err(|e| format!("writing {}: {e}", dir.join(&name).display()))
         }
         SnapshotFormat::Canonical => {
             let stem = format!("op-{op_id}-{subtask}");
-            crate::snapshot_io::write_canonical_file(storage, dir, &stem, snapshot, spec.nodes[node].key_codec.as_ref())
-                .map_err(|e| format!("writing {}: {e}", dir.join(&stem).display()))
+            cairn_runtime::snapshot_io::write_canonical_file(
+                storage,
+                dir,
+                &stem,
+                snapshot,
+                spec.nodes[node].key_codec.as_ref(),
+            )
+            .map_err(|e| format!("writing {}: {e}", dir.join(&stem).display()))
         }
     }
 }

@@ -4,9 +4,9 @@
 
 use cairn_state::OperatorStateStore;
 
-use crate::error::OpResult;
-use crate::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
-use crate::record::{AnyBatch, StreamRecord};
+use cairn_runtime::error::OpResult;
+use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
+use cairn_runtime::record::{AnyBatch, StreamRecord};
 
 /// Context of a sink subtask.
 pub struct SinkContext<'a> {

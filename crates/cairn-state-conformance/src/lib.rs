@@ -1,11 +1,16 @@
-//! The conformance suite every [`KeyedStateBackend`] must pass. A backend's
-//! tests call [`run_all`] with a factory that builds an empty backend for a
-//! key-group range; the suite panics (as tests do) on the first violation.
+//! The conformance suite every [`KeyedStateBackend`] must pass, one property
+//! per function. [`backend_conformance_tests!`] instantiates every property as
+//! its own `#[test]` for a backend factory, so one violated property does not
+//! hide the others (TiKV's `engine_traits_tests` is the model).
+//!
+//! ```ignore
+//! cairn_state_conformance::backend_conformance_tests!(|range| Box::new(HeapKeyedStateBackend::new(range)));
+//! ```
 
-use crate::backend::KeyedStateBackend;
-use crate::descriptor::{StateKind, StateMeta};
-use crate::keygroup::KeyGroupRange;
-use crate::snapshot_codec::{self, Decoded};
+use cairn_state::backend::{KeyedStateBackend, KeyedStateSnapshot};
+use cairn_state::keygroup::KeyGroupRange;
+use cairn_state::snapshot_codec::{self, Decoded};
+use cairn_state::{StateKind, StateMeta};
 
 /// Builds an empty backend holding the given key groups.
 pub type BackendFactory<'a> = &'a dyn Fn(KeyGroupRange) -> Box<dyn KeyedStateBackend>;
@@ -26,15 +31,31 @@ fn range(start: u32, end: u32) -> KeyGroupRange {
     }
 }
 
-/// Run every check.
-pub fn run_all(factory: BackendFactory<'_>) {
-    values_round_trip(factory);
-    lists_append(factory);
-    maps_round_trip_in_key_order(factory);
-    registration_rules(factory);
-    key_groups_outside_range_are_refused(factory);
-    snapshots_are_isolated_from_later_writes(factory);
-    restore_into_a_subset_of_key_groups(factory);
+/// Expands to one `#[test]` per conformance property for the backend built
+/// by `$factory` (an expression usable as `Fn(KeyGroupRange) -> Box<dyn
+/// KeyedStateBackend>`). Every property the suite gains is listed here.
+#[macro_export]
+macro_rules! backend_conformance_tests {
+    ($factory:expr) => {
+        $crate::backend_conformance_tests!(@each $factory;
+            values_round_trip,
+            lists_append,
+            maps_round_trip_in_key_order,
+            registration_rules,
+            key_groups_outside_range_are_refused,
+            snapshots_are_isolated_from_later_writes,
+            restore_into_a_subset_of_key_groups,
+        );
+    };
+    (@each $factory:expr; $($property:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $property() {
+                let factory = $factory;
+                $crate::$property(&factory);
+            }
+        )*
+    };
 }
 
 /// put/get/remove of values, with distinct states and key groups kept apart.
@@ -127,7 +148,7 @@ pub fn key_groups_outside_range_are_refused(factory: BackendFactory<'_>) {
     assert!(b.get(s, 9, b"k", &mut out).is_err());
 }
 
-fn collect(snapshot: &dyn crate::backend::KeyedStateSnapshot) -> Vec<(String, u32, Vec<u8>)> {
+fn collect(snapshot: &dyn KeyedStateSnapshot) -> Vec<(String, u32, Vec<u8>)> {
     let mut out = Vec::new();
     snapshot
         .for_each_group(&mut |m, kg, bytes| {

@@ -11,17 +11,17 @@
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 
-use cairn_state::keygroup::{key_bytes, key_group_for_bytes};
-use cairn_state::{codec, KeyedStateAccess, MapState, MapStateDescriptor};
+use cairn_state::{codec, MapState, MapStateDescriptor};
 
 use super::{TimeWindow, WindowAssigner, WindowCollector, WindowContents, WindowSettings, MERGING_WINDOWS_STATE};
-use crate::collector::{Outputs, SidePorts};
-use crate::error::OpResult;
+use crate::collector::SidePorts;
 use crate::keyed::{Key, KeyFn};
-use crate::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
-use crate::record::{AnyBatch, MAX_WATERMARK, NO_TIMESTAMP};
-use crate::time::now_ms;
-use crate::timers::{TimeDomain, Timer, TimerService};
+use crate::keyed_core::KeyedCore;
+use crate::timers::{TimeDomain, Timer};
+use cairn_runtime::error::OpResult;
+use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot};
+use cairn_runtime::record::{AnyBatch, MAX_WATERMARK, NO_TIMESTAMP};
+use cairn_runtime::time::now_ms;
 
 /// Runs windows of assigner `A` whose contents are kept by `C`.
 pub struct WindowOperator<K, T, O, A, C> {
@@ -31,20 +31,15 @@ pub struct WindowOperator<K, T, O, A, C> {
     side_ports: SidePorts,
     pending: Option<C>,
     run: Option<Running<K, T, O, C>>,
-    key_buf: Vec<u8>,
     windows: Vec<TimeWindow>,
 }
 
 /// Everything the operator holds once open.
 struct Running<K, T, O, C> {
-    info: SubtaskInfo,
-    state: KeyedStateAccess,
-    timers: TimerService,
-    out: Outputs<O>,
+    core: KeyedCore<O>,
     contents: C,
     /// Active session windows per key (only for merging assigners).
     merging: Option<MapState<TimeWindow, TimeWindow>>,
-    watermark: i64,
     event_time: bool,
     lateness: i64,
     _t: PhantomData<fn(K, T)>,
@@ -65,7 +60,6 @@ impl<K, T, O, A, C> WindowOperator<K, T, O, A, C> {
             side_ports,
             pending: Some(contents),
             run: None,
-            key_buf: Vec::with_capacity(32),
             windows: Vec::with_capacity(4),
         }
     }
@@ -89,17 +83,17 @@ where
 
     /// A window past its cleanup time takes no more records.
     fn is_late(&self, w: &TimeWindow) -> bool {
-        self.event_time && self.cleanup_time(w) <= self.watermark
+        self.event_time && self.cleanup_time(w) <= self.core.watermark
     }
 
     fn emit(&mut self, key: &K, w: &TimeWindow, state_ns: &[u8]) -> OpResult {
-        self.state.set_namespace(state_ns);
+        self.core.state.set_namespace(state_ns);
         let mut out = WindowCollector {
-            out: &mut self.out,
+            out: &mut self.core.out,
             timestamp: w.max_timestamp(),
-            watermark: self.watermark,
+            watermark: self.core.watermark,
         };
-        self.contents.emit(&mut self.state, key, w, &mut out)
+        self.contents.emit(&mut self.core.state, key, w, &mut out)
     }
 
     /// A record was added to `w`: fire at once if event time already passed
@@ -111,18 +105,21 @@ where
         if self.event_time {
             let cleanup = self.cleanup_time(w);
             if cleanup != max_ts {
-                self.timers
-                    .register(&mut self.state, TimeDomain::EventTime, cleanup, &ns)?;
+                self.core
+                    .timers
+                    .register(&mut self.core.state, TimeDomain::EventTime, cleanup, &ns)?;
             }
-            if max_ts <= self.watermark {
+            if max_ts <= self.core.watermark {
                 self.emit(key, w, state_ns)?;
             } else {
-                self.timers
-                    .register(&mut self.state, TimeDomain::EventTime, max_ts, &ns)?;
+                self.core
+                    .timers
+                    .register(&mut self.core.state, TimeDomain::EventTime, max_ts, &ns)?;
             }
         } else {
-            self.timers
-                .register(&mut self.state, TimeDomain::ProcessingTime, max_ts, &ns)?;
+            self.core
+                .timers
+                .register(&mut self.core.state, TimeDomain::ProcessingTime, max_ts, &ns)?;
         }
         Ok(())
     }
@@ -131,24 +128,27 @@ where
         let ns = w.to_namespace();
         if self.event_time {
             let cleanup = self.cleanup_time(w);
-            self.timers
-                .delete(&mut self.state, TimeDomain::EventTime, w.max_timestamp(), &ns)?;
-            self.timers
-                .delete(&mut self.state, TimeDomain::EventTime, cleanup, &ns)?;
+            self.core
+                .timers
+                .delete(&mut self.core.state, TimeDomain::EventTime, w.max_timestamp(), &ns)?;
+            self.core
+                .timers
+                .delete(&mut self.core.state, TimeDomain::EventTime, cleanup, &ns)?;
         } else {
-            self.timers
-                .delete(&mut self.state, TimeDomain::ProcessingTime, w.max_timestamp(), &ns)?;
+            self.core
+                .timers
+                .delete(&mut self.core.state, TimeDomain::ProcessingTime, w.max_timestamp(), &ns)?;
         }
         Ok(())
     }
 
     /// Drop a window: contents, session bookkeeping and pending timers.
     fn clear_window(&mut self, w: &TimeWindow, state_ns: &[u8]) -> OpResult {
-        self.state.set_namespace(state_ns);
-        self.contents.clear(&mut self.state)?;
+        self.core.state.set_namespace(state_ns);
+        self.contents.clear(&mut self.core.state)?;
         if let Some(map) = self.merging.clone() {
-            self.state.set_namespace(&[]);
-            map.remove(&mut self.state, w)?;
+            self.core.state.set_namespace(&[]);
+            map.remove(&mut self.core.state, w)?;
         }
         self.delete_timers(w)
     }
@@ -163,13 +163,13 @@ where
         };
         for w in rest {
             let ns = w.to_namespace();
-            self.state.set_namespace(&ns);
-            self.contents.add(&mut self.state, value.clone())?;
+            self.core.state.set_namespace(&ns);
+            self.contents.add(&mut self.core.state, value.clone())?;
             self.after_add(key, w, &ns)?;
         }
         let ns = last.to_namespace();
-        self.state.set_namespace(&ns);
-        self.contents.add(&mut self.state, value)?;
+        self.core.state.set_namespace(&ns);
+        self.contents.add(&mut self.core.state, value)?;
         self.after_add(key, last, &ns)
     }
 
@@ -181,8 +181,8 @@ where
             .merging
             .clone()
             .ok_or("session windows without their merging state; this is a Cairn bug")?;
-        self.state.set_namespace(&[]);
-        let mut rest = map.entries(&mut self.state)?;
+        self.core.state.set_namespace(&[]);
+        let mut rest = map.entries(&mut self.core.state)?;
         let mut merged: Vec<(TimeWindow, TimeWindow)> = Vec::new();
         let mut result = w;
         loop {
@@ -207,7 +207,7 @@ where
         merged.sort();
         let state_window = match merged.as_slice() {
             [] => {
-                map.put(&mut self.state, &result, &result)?;
+                map.put(&mut self.core.state, &result, &result)?;
                 result
             }
             [(active, stored)] if *active == result => *stored,
@@ -215,22 +215,22 @@ where
                 let target = merged[0].1;
                 let target_ns = target.to_namespace();
                 for (active, stored) in &merged {
-                    self.state.set_namespace(&[]);
-                    map.remove(&mut self.state, active)?;
+                    self.core.state.set_namespace(&[]);
+                    map.remove(&mut self.core.state, active)?;
                     self.delete_timers(active)?;
                     if *stored != target {
                         self.contents
-                            .merge(&mut self.state, &stored.to_namespace(), &target_ns)?;
+                            .merge(&mut self.core.state, &stored.to_namespace(), &target_ns)?;
                     }
                 }
-                self.state.set_namespace(&[]);
-                map.put(&mut self.state, &result, &target)?;
+                self.core.state.set_namespace(&[]);
+                map.put(&mut self.core.state, &result, &target)?;
                 target
             }
         };
         let state_ns = state_window.to_namespace();
-        self.state.set_namespace(&state_ns);
-        self.contents.add(&mut self.state, value)?;
+        self.core.state.set_namespace(&state_ns);
+        self.contents.add(&mut self.core.state, value)?;
         self.after_add(key, &result, &state_ns)?;
         Ok(None)
     }
@@ -241,16 +241,15 @@ where
         let w = TimeWindow::from_namespace(&t.namespace).ok_or_else(|| {
             format!(
                 "window operator '{}' found a timer whose namespace is not a window ({} bytes); the state is corrupt",
-                self.info.operator_name,
+                self.core.info.operator_name,
                 t.namespace.len()
             )
         })?;
         let key: K = codec::decode_key("window timer key", &t.key)?;
-        self.state.set_current_key(&t.key, t.key_group);
         let state_ns = match self.merging.clone() {
             Some(map) => {
-                self.state.set_namespace(&[]);
-                match map.get(&mut self.state, &w)? {
+                self.core.state.set_namespace(&[]);
+                match map.get(&mut self.core.state, &w)? {
                     Some(stored) => stored.to_namespace(),
                     // The window was merged into another; its timer is stale.
                     None => return Ok(()),
@@ -272,8 +271,8 @@ where
     }
 
     fn fire(&mut self, domain: TimeDomain, time: i64) -> OpResult {
-        self.state.set_processing_time(now_ms() as u64);
-        while let Some(t) = self.timers.pop_due(&mut self.state, domain, time)? {
+        self.core.begin_batch();
+        while let Some(t) = self.core.pop_due(domain, time)? {
             self.on_timer(domain, t)?;
         }
         Ok(())
@@ -288,7 +287,7 @@ where
     A: WindowAssigner,
     C: WindowContents<K, T, O>,
 {
-    fn open(&mut self, mut ctx: OpenContext) -> OpResult {
+    fn open(&mut self, ctx: OpenContext) -> OpResult {
         let name = ctx.info.operator_name.clone();
         self.assigner
             .validate()
@@ -300,15 +299,15 @@ where
             )
             .into());
         }
-        let mut state = ctx.keyed.take().ok_or_else(|| {
+        let mut core = KeyedCore::open(ctx, &self.side_ports, |name| {
             format!("window operator '{name}' runs on a stream that is not keyed; use key_by before window")
         })?;
-        let timers = TimerService::open(&mut state)?;
+        let state = &mut core.state;
         let mut contents = self
             .pending
             .take()
             .ok_or_else(|| format!("window operator '{name}' was opened twice"))?;
-        contents.open(&mut state)?;
+        contents.open(state)?;
         let merging = if self.assigner.is_merging() {
             Some(state.map_state(MapStateDescriptor::new(MERGING_WINDOWS_STATE))?)
         } else {
@@ -316,13 +315,9 @@ where
         };
         let event_time = self.assigner.is_event_time();
         self.run = Some(Running {
-            info: ctx.info,
-            state,
-            timers,
-            out: Outputs::new(&self.side_ports),
+            core,
             contents,
             merging,
-            watermark: i64::MIN,
             event_time,
             lateness: if event_time {
                 self.settings.allowed_lateness_ms
@@ -336,24 +331,21 @@ where
 
     fn process_batch(&mut self, _input: usize, batch: AnyBatch, out: &mut Emitter) -> OpResult {
         let run = self.run.as_mut().ok_or("window operator not opened")?;
-        let batch = downcast_batch::<T>(batch, &run.info.operator_name)?;
-        let max_p = run.info.max_parallelism;
+        let batch = downcast_batch::<T>(batch, &run.core.info.operator_name)?;
         let now = now_ms();
-        run.state.set_processing_time(now as u64);
+        run.core.state.set_processing_time(now as u64);
         for rec in *batch {
             if run.event_time && rec.timestamp == NO_TIMESTAMP {
                 return Err(format!(
                     "window operator '{}' got a record without an event timestamp; event-time windows need timestamps: \
                      read the source with env.source_with_watermarks(.., WatermarkStrategy::..with_timestamp_assigner(..)) \
                      or use a processing-time window assigner",
-                    run.info.operator_name
+                    run.core.info.operator_name
                 )
                 .into());
             }
             let key = (self.key_fn)(&rec.value);
-            key_bytes(&key, &mut self.key_buf)?;
-            let kg = key_group_for_bytes(&self.key_buf, max_p);
-            run.state.set_current_key(&self.key_buf, kg);
+            run.core.set_key(&key)?;
             self.windows.clear();
             self.assigner.assign_windows(rec.timestamp, now, &mut self.windows);
             let rejected = if run.merging.is_some() {
@@ -391,22 +383,22 @@ where
             };
             if let Some(late) = rejected {
                 match &self.settings.late_tag {
-                    Some(tag) => run.out.side(tag, late, rec.timestamp),
+                    Some(tag) => run.core.out.side(tag, late, rec.timestamp),
                     None => {
                         self.settings.late_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
         }
-        run.out.flush(out);
+        run.core.out.flush(out);
         Ok(())
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) -> OpResult {
         let run = self.run.as_mut().ok_or("window operator not opened")?;
-        run.watermark = run.watermark.max(watermark);
+        run.core.watermark = run.core.watermark.max(watermark);
         run.fire(TimeDomain::EventTime, watermark)?;
-        run.out.flush(out);
+        run.core.out.flush(out);
         Ok(())
     }
 
@@ -416,14 +408,14 @@ where
         // in that millisecond still belongs to the window, so firing at it
         // would split the window's result in two.
         run.fire(TimeDomain::ProcessingTime, now_ms.saturating_sub(1))?;
-        run.out.flush(out);
+        run.core.out.flush(out);
         Ok(())
     }
 
     fn next_processing_timer(&self) -> Option<i64> {
         self.run
             .as_ref()
-            .and_then(|r| r.timers.next_processing_time())
+            .and_then(|r| r.core.next_processing_timer())
             .map(|t| t.saturating_add(1))
     }
 
@@ -432,19 +424,16 @@ where
         // Bounded input ended (event time reached its end): processing-time
         // windows still open fire now, as in Flink's batch-style end of input.
         // A stop without drain never advances event time, so nothing fires.
-        if run.watermark == MAX_WATERMARK {
+        if run.core.watermark == MAX_WATERMARK {
             run.fire(TimeDomain::ProcessingTime, i64::MAX)?;
-            run.out.flush(out);
+            run.core.out.flush(out);
         }
         Ok(())
     }
 
     fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
         let run = self.run.as_mut().ok_or("window operator not opened")?;
-        Ok(OperatorSnapshot {
-            keyed: Some(run.state.backend_mut().snapshot()?),
-            operator_state: Vec::new(),
-        })
+        run.core.snapshot()
     }
 }
 
@@ -459,12 +448,13 @@ mod tests {
     use std::time::Duration;
 
     use cairn_config::Configuration;
+    use cairn_runtime::operator::SubtaskInfo;
     use cairn_state::keygroup::{key_group_for_key, subtask_for_key_group};
-    use cairn_state::{HeapKeyedStateBackend, KeyGroupRange, KeyedStateBackend, OperatorStateStore};
+    use cairn_state::{HeapKeyedStateBackend, KeyGroupRange, KeyedStateAccess, KeyedStateBackend, OperatorStateStore};
 
     use super::*;
-    use crate::record::StreamRecord;
     use crate::window::{EventTimeSessionWindows, ProcessContents, ProcessWindowFunction, SlidingEventTimeWindows};
+    use cairn_runtime::record::StreamRecord;
 
     const MAX_P: u32 = 8;
     type Ev = (u32, i64);
@@ -537,7 +527,7 @@ mod tests {
     }
 
     fn collect(em: Emitter, into: &mut Vec<Out>) {
-        for (port, b) in em.batches {
+        for (port, b) in em.into_batches() {
             assert_eq!(port, 0);
             let recs = b.downcast::<Vec<StreamRecord<Out>>>().unwrap();
             into.extend(recs.into_iter().map(|r| r.value));

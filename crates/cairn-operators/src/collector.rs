@@ -5,8 +5,8 @@ use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-use crate::operator::Emitter;
-use crate::record::StreamRecord;
+use cairn_runtime::operator::Emitter;
+use cairn_runtime::record::StreamRecord;
 
 /// Names a side output and its record type.
 pub struct OutputTag<T> {

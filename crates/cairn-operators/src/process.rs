@@ -4,10 +4,10 @@
 use cairn_state::OperatorStateStore;
 
 use crate::collector::{OutputTag, Outputs, SidePorts};
-use crate::error::OpResult;
-use crate::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
-use crate::record::{AnyBatch, StreamRecord, NO_TIMESTAMP};
-use crate::time::now_ms;
+use cairn_runtime::error::OpResult;
+use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
+use cairn_runtime::record::{AnyBatch, StreamRecord, NO_TIMESTAMP};
+use cairn_runtime::time::now_ms;
 
 /// Applies a batch transformation; map, filter and flat_map are built on it.
 pub struct TransformOperator<I, O, F> {

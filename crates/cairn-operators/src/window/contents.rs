@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{ProcessWindowFunction, TimeWindow, WindowCollector, WINDOW_CONTENTS_STATE};
-use crate::error::OpResult;
+use cairn_runtime::error::OpResult;
 
 /// The per-window state of a window operator. Every call works on the
 /// namespace currently set on `state` (the window's state namespace).
@@ -39,7 +39,7 @@ pub trait WindowContents<K, T, O>: Send + 'static {
     fn clear(&mut self, state: &mut KeyedStateAccess) -> OpResult;
 }
 
-fn not_open() -> crate::error::BoxError {
+fn not_open() -> cairn_runtime::error::BoxError {
     "window contents used before the operator was opened; this is a Cairn bug".into()
 }
 

@@ -1,0 +1,149 @@
+//! The one core every keyed operator runs on: the subtask's keyed state with
+//! its current key, the timers, the outputs, the operator's event time and
+//! operator state. Keyed process functions, keyed two-input operators and
+//! windows differ only in what they do with a record or a fired timer.
+
+use cairn_state::keygroup::{key_bytes, key_group_for_bytes};
+use cairn_state::{codec, KeyedStateAccess, OperatorStateStore};
+
+use crate::collector::{Outputs, SidePorts};
+use crate::keyed::{Key, KeyedContext, KeyedOpenContext};
+use crate::timers::{TimeDomain, Timer, TimerService};
+use cairn_runtime::error::OpResult;
+use cairn_runtime::operator::{Emitter, OpenContext, OperatorSnapshot, SubtaskInfo};
+use cairn_runtime::time::now_ms;
+
+/// What a keyed operator holds once open.
+pub(crate) struct KeyedCore<O> {
+    pub info: SubtaskInfo,
+    pub state: KeyedStateAccess,
+    pub timers: TimerService,
+    pub out: Outputs<O>,
+    /// The operator's event time (the minimum over its inputs).
+    pub watermark: i64,
+    /// Operator state (broadcast state of keyed broadcast operators).
+    pub operator_state: OperatorStateStore,
+    key_buf: Vec<u8>,
+}
+
+impl<O: Send + 'static> KeyedCore<O> {
+    /// Take the keyed state out of `ctx` and open the timers; `not_keyed`
+    /// says, for an operator that got no keyed state, what the user must do.
+    pub fn open(
+        mut ctx: OpenContext,
+        side_ports: &SidePorts,
+        not_keyed: impl FnOnce(&str) -> String,
+    ) -> OpResult<Self> {
+        let mut state = ctx.keyed.take().ok_or_else(|| not_keyed(&ctx.info.operator_name))?;
+        let timers = TimerService::open(&mut state)?;
+        Ok(KeyedCore {
+            info: ctx.info,
+            state,
+            timers,
+            out: Outputs::new(side_ports),
+            watermark: i64::MIN,
+            operator_state: ctx.operator_state,
+            key_buf: Vec::with_capacity(32),
+        })
+    }
+
+    /// The context a user function registers its keyed state in.
+    pub fn open_context(&mut self) -> KeyedOpenContext<'_> {
+        KeyedOpenContext {
+            info: &self.info,
+            state: &mut self.state,
+        }
+    }
+
+    /// A batch starts: TTL decisions use processing time now.
+    pub fn begin_batch(&mut self) {
+        self.state.set_processing_time(now_ms() as u64);
+    }
+
+    /// Make `key` the current key of keyed state and timers.
+    pub fn set_key<K: Key>(&mut self, key: &K) -> OpResult {
+        key_bytes(key, &mut self.key_buf)?;
+        let kg = key_group_for_bytes(&self.key_buf, self.info.max_parallelism);
+        self.state.set_current_key(&self.key_buf, kg);
+        Ok(())
+    }
+
+    /// The context of one record of the current key.
+    pub fn context<'a, K>(&'a mut self, key: &'a K, timestamp: i64) -> KeyedContext<'a, K, O> {
+        self.context_and_operator_state(key, timestamp).0
+    }
+
+    /// [`KeyedCore::context`] plus read access to the operator state
+    /// (keyed broadcast operators read broadcast state beside keyed state).
+    pub fn context_and_operator_state<'a, K>(
+        &'a mut self,
+        key: &'a K,
+        timestamp: i64,
+    ) -> (KeyedContext<'a, K, O>, &'a OperatorStateStore) {
+        let ctx = KeyedContext {
+            key,
+            state: &mut self.state,
+            timers: &mut self.timers,
+            out: &mut self.out,
+            timestamp,
+            watermark: self.watermark,
+            domain: None,
+            info: &self.info,
+        };
+        (ctx, &self.operator_state)
+    }
+
+    /// The next due timer of `domain` at `time`, made the current key.
+    pub fn pop_due(&mut self, domain: TimeDomain, time: i64) -> OpResult<Option<Timer>> {
+        let Some(t) = self.timers.pop_due(&mut self.state, domain, time)? else {
+            return Ok(None);
+        };
+        self.state.set_current_key(&t.key, t.key_group);
+        Ok(Some(t))
+    }
+
+    /// Fire every due timer of `domain`, calling `on_timer` with the timer's
+    /// timestamp, its key's context and the operator state.
+    pub fn fire<K: Key>(
+        &mut self,
+        domain: TimeDomain,
+        time: i64,
+        mut on_timer: impl FnMut(i64, KeyedContext<'_, K, O>, &OperatorStateStore) -> OpResult,
+    ) -> OpResult {
+        self.begin_batch();
+        while let Some(t) = self.pop_due(domain, time)? {
+            let key: K = codec::decode_key("timer key", &t.key)?;
+            let ctx = KeyedContext {
+                key: &key,
+                state: &mut self.state,
+                timers: &mut self.timers,
+                out: &mut self.out,
+                timestamp: t.timestamp,
+                watermark: self.watermark,
+                domain: Some(domain),
+                info: &self.info,
+            };
+            on_timer(t.timestamp, ctx, &self.operator_state)?;
+        }
+        Ok(())
+    }
+
+    /// Hand what the operator emitted to the task.
+    pub fn flush(&mut self, out: &mut Emitter) {
+        self.out.flush(out);
+    }
+
+    /// The earliest pending processing-time timer.
+    pub fn next_processing_timer(&self) -> Option<i64> {
+        self.timers.next_processing_time()
+    }
+
+    /// The synchronous part of a snapshot: keyed state (timers included) and
+    /// operator state.
+    pub fn snapshot(&mut self) -> OpResult<OperatorSnapshot> {
+        Ok(OperatorSnapshot {
+            keyed: Some(self.state.backend_mut().snapshot()?),
+            operator_state: self.operator_state.to_entries(),
+        })
+    }
+}
