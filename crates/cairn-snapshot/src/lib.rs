@@ -1,6 +1,8 @@
 //! cairn-snapshot: where checkpoints and savepoints meet storage.
 //!
 //! * [`storage`]: the one interface to durable storage, local files, fault injection.
+//! * [`location`]: storage chosen from a location's scheme (plain paths, `file://`, URIs).
+//! * [`memory`]: in-memory storage for fast protocol tests.
 //! * [`checksum`]: CRC-32 helpers.
 //! * [`state_file`]: the checksummed, sectioned state-file container.
 //! * [`metadata`]: the `_metadata` model and format.
@@ -15,6 +17,8 @@ pub mod commit;
 pub mod dispose;
 pub mod error;
 pub mod layout;
+pub mod location;
+pub mod memory;
 pub mod metadata;
 pub mod parquet;
 pub mod restore;
@@ -31,4 +35,6 @@ pub use metadata::{
 pub use restore::{load_snapshot, LoadedSnapshot};
 pub use retention::{CompletedCheckpointStore, ExternalizedRetention};
 pub use state_file::{SectionInfo, StateFileInfo, StateFileReader, StateFileWriter};
+pub use location::{normalize_location, StorageRouter};
+pub use memory::InMemoryStorage;
 pub use storage::{FaultInjectingStorage, LocalFileStorage, Storage, StorageWriter};

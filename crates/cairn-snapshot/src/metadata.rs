@@ -1,4 +1,7 @@
-//! The `_metadata` model and file format, version 1 (spec: `docs/formats/metadata.md`).
+//! The `_metadata` model and file format, versions 1 and 2 (spec:
+//! `docs/formats/metadata.md`). Version 2 adds files of a state backend's own
+//! snapshot ([`FileFormat::BackendFile`], e.g. RocksDB SST files, possibly
+//! shared between incremental checkpoints); everything else is unchanged.
 //!
 //! ```text
 //! CAIRN-METADATA 1\n
@@ -20,8 +23,10 @@ use crate::storage::Storage;
 
 /// File name of the metadata file in every snapshot directory.
 pub const METADATA_FILE_NAME: &str = "_metadata";
-/// The `_metadata` format version this build writes (and the only one it reads).
-pub const METADATA_VERSION: u32 = 1;
+/// The `_metadata` format version this build writes.
+pub const METADATA_VERSION: u32 = 2;
+/// The oldest `_metadata` format version this build reads.
+pub const OLDEST_METADATA_VERSION: u32 = 1;
 /// First line prefix of a `_metadata` file (followed by the version and `\n`).
 pub const METADATA_MAGIC: &str = "CAIRN-METADATA ";
 /// Prefix of the last line of a `_metadata` file.
@@ -116,6 +121,10 @@ pub enum FileFormat {
     /// A Parquet file of the canonical savepoint format, version 1
     /// (`docs/formats/savepoint-canonical.md`); `sections` is empty.
     ParquetV1,
+    /// A file of a state backend's own snapshot (a RocksDB SST, MANIFEST,
+    /// ...), opaque to Cairn but for its size and CRC-32; the subtask's state
+    /// file lists which backend files it consists of. `_metadata` v2 only.
+    BackendFile,
 }
 
 impl FileFormat {
@@ -145,11 +154,19 @@ impl SnapshotMetadata {
     /// outside their directory (they must be relocatable).
     pub fn validate(&self) -> Result<()> {
         let ctx = |what: String| SnapshotError::protocol("invalid snapshot metadata", what);
-        if self.format_version != METADATA_VERSION {
+        if !(OLDEST_METADATA_VERSION..=METADATA_VERSION).contains(&self.format_version) {
             return Err(ctx(format!(
-                "format_version is {} but this build writes version {METADATA_VERSION}",
+                "format_version is {} but this build reads versions {OLDEST_METADATA_VERSION} to {METADATA_VERSION}",
                 self.format_version
             )));
+        }
+        if self.format_version < 2 {
+            if let Some((_, _, f)) = self.files().find(|(_, _, f)| f.format == FileFormat::BackendFile) {
+                return Err(ctx(format!(
+                    "file '{}' is a backend file, which needs format version 2",
+                    f.path
+                )));
+            }
         }
         validate_hex32("job id", &self.job_id)?;
         let mut op_ids = BTreeSet::new();
@@ -212,7 +229,7 @@ pub fn encode_metadata(meta: &SnapshotMetadata) -> Result<Vec<u8>> {
     meta.validate()?;
     let json = serde_json::to_string_pretty(meta)
         .map_err(|e| SnapshotError::protocol("encoding _metadata", format!("serialization failed: {e}")))?;
-    let mut out = format!("{METADATA_MAGIC}{METADATA_VERSION}\n{json}\n").into_bytes();
+    let mut out = format!("{METADATA_MAGIC}{}\n{json}\n", meta.format_version).into_bytes();
     let crc = crc32(&out);
     out.extend_from_slice(format!("{METADATA_CRC_PREFIX}{crc:08x}\n").as_bytes());
     Ok(out)
@@ -230,7 +247,7 @@ pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
     let version: u32 = version_str
         .parse()
         .map_err(|_| SnapshotError::corrupt(path, format!("bad version '{version_str}' in header line")))?;
-    if version != METADATA_VERSION {
+    if !(OLDEST_METADATA_VERSION..=METADATA_VERSION).contains(&version) {
         return Err(SnapshotError::UnsupportedVersion {
             path: path.to_path_buf(),
             format: "_metadata",
@@ -281,12 +298,22 @@ pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
     Ok(meta)
 }
 
-/// Writes `dir/_metadata` atomically (temporary name, fsync, rename, fsync
-/// directory). Call only after every file it names is durable (invariant 1).
+/// Publishes `dir/_metadata` atomically and only if it does not exist yet (a
+/// conditional put: temporary name, fsync, link, fsync directory on local
+/// files), so two attempts can never both complete one snapshot. Call only
+/// after every file it names is durable (invariant 1).
 pub fn write_metadata(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) -> Result<PathBuf> {
     let bytes = encode_metadata(meta)?;
     let path = dir.join(METADATA_FILE_NAME);
-    storage.write_atomic(&path, &bytes)?;
+    if !storage.put_if_absent(&path, &bytes)? {
+        return Err(SnapshotError::protocol(
+            format!("snapshot {}", meta.checkpoint_id),
+            format!(
+                "{} already exists: another attempt completed this snapshot; this attempt must not overwrite it",
+                storage.display(&path)
+            ),
+        ));
+    }
     Ok(path)
 }
 

@@ -59,6 +59,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Local implementation: write a temporary name in the same directory,
     /// fsync it, rename over `path`, fsync the directory.
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()>;
+    /// Publishes `bytes` at `path` atomically only if nothing is there yet;
+    /// false (and nothing written) when `path` already exists. Two writers
+    /// racing for one path: exactly one gets true. This is what fences a
+    /// zombie attempt out of a checkpoint and publishes `_metadata` on
+    /// object stores (a conditional put).
+    fn put_if_absent(&self, path: &Path, bytes: &[u8]) -> Result<bool>;
+    /// How `path` is written for people (a URI for object stores).
+    fn display(&self, path: &Path) -> String {
+        path.display().to_string()
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for Arc<S> {
@@ -91,6 +101,12 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         (**self).write_atomic(path, bytes)
+    }
+    fn put_if_absent(&self, path: &Path, bytes: &[u8]) -> Result<bool> {
+        (**self).put_if_absent(path, bytes)
+    }
+    fn display(&self, path: &Path) -> String {
+        (**self).display(path)
     }
 }
 
@@ -261,30 +277,55 @@ impl Storage for LocalFileStorage {
     }
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let file_name = path.file_name().ok_or_else(|| SnapshotError::InvalidPath {
-            path: path.display().to_string(),
-            reason: "an atomic write needs a file name".into(),
-        })?;
-        let parent = path.parent().unwrap_or(Path::new(""));
-        let tmp_name = format!(
-            ".{}.tmp-{}-{}",
-            file_name.to_string_lossy(),
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let tmp = parent.join(tmp_name);
-        let result = (|| {
-            let mut f = fs::File::create(&tmp).map_err(|e| SnapshotError::io("create", &tmp, e))?;
-            f.write_all(bytes).map_err(|e| SnapshotError::io("write", &tmp, e))?;
-            f.sync_all().map_err(|e| SnapshotError::io("fsync", &tmp, e))?;
-            drop(f);
-            fs::rename(&tmp, path).map_err(|e| SnapshotError::io("rename", path, e))
-        })();
-        if let Err(e) = result {
+        let tmp = write_temp_beside(path, bytes)?;
+        if let Err(e) = fs::rename(&tmp, path) {
             let _ = fs::remove_file(&tmp);
-            return Err(e);
+            return Err(SnapshotError::io("rename", path, e));
         }
-        sync_dir(parent)
+        sync_dir(path.parent().unwrap_or(Path::new("")))
+    }
+
+    /// A hard link of a complete temporary file: `link` fails when the name
+    /// exists, so the check and the publication are one atomic step.
+    fn put_if_absent(&self, path: &Path, bytes: &[u8]) -> Result<bool> {
+        let tmp = write_temp_beside(path, bytes)?;
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                sync_dir(path.parent().unwrap_or(Path::new("")))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(SnapshotError::io("publish", path, e)),
+        }
+    }
+}
+
+/// Writes `bytes` durably to a fresh temporary name in `path`'s directory.
+fn write_temp_beside(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let file_name = path.file_name().ok_or_else(|| SnapshotError::InvalidPath {
+        path: path.display().to_string(),
+        reason: "an atomic write needs a file name".into(),
+    })?;
+    let parent = path.parent().unwrap_or(Path::new(""));
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp).map_err(|e| SnapshotError::io("create", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| SnapshotError::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| SnapshotError::io("fsync", &tmp, e))
+    })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
 }
 
@@ -307,6 +348,7 @@ pub enum OpKind {
     DeleteDirAll,
     CreateDirAll,
     WriteAtomic,
+    PutIfAbsent,
 }
 
 /// When an injected fault strikes relative to the real operation.
@@ -469,5 +511,11 @@ impl<S: Storage + Clone + 'static> Storage for FaultInjectingStorage<S> {
     }
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         self.run(OpKind::WriteAtomic, path, || self.inner.write_atomic(path, bytes))
+    }
+    fn put_if_absent(&self, path: &Path, bytes: &[u8]) -> Result<bool> {
+        self.run(OpKind::PutIfAbsent, path, || self.inner.put_if_absent(path, bytes))
+    }
+    fn display(&self, path: &Path) -> String {
+        self.inner.display(path)
     }
 }

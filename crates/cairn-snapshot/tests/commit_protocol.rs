@@ -416,7 +416,7 @@ fn every_single_fault_keeps_invariants() {
         OpKind::Create,
         OpKind::Finish,
         OpKind::Size,
-        OpKind::WriteAtomic,
+        OpKind::PutIfAbsent,
         OpKind::DeleteFile,
     ] {
         assert!(kinds_seen.contains(&k), "scenario never exercised {k:?}");
@@ -430,7 +430,7 @@ fn metadata_write_that_lands_but_reports_failure_is_rolled_back() {
     // disk while the coordinator sees an error. It must be removed again.
     let tmp = TempDir::new("commit-after");
     let storage = FaultInjectingStorage::new(LocalFileStorage::new());
-    storage.fail_nth(OpKind::WriteAtomic, 1, FaultTiming::After);
+    storage.fail_nth(OpKind::PutIfAbsent, 1, FaultTiming::After);
     let mut store = CompletedCheckpointStore::new(1).unwrap();
     let log = scenario(&storage, tmp.path(), &mut store);
     assert_eq!(log.discarded, vec![1]);
@@ -455,7 +455,7 @@ fn savepoint_commit_and_failed_savepoint_cleanup() {
             p.acknowledge(op, sub, vec![f]).unwrap();
         }
         if fail {
-            storage.fail_nth(OpKind::WriteAtomic, 1, FaultTiming::Before);
+            storage.fail_nth(OpKind::PutIfAbsent, 1, FaultTiming::Before);
         }
         let report = complete_checkpoint(&storage, &dir, p.finalize(5).unwrap(), None, &mut |_| Ok(()));
         match report {

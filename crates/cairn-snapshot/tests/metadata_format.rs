@@ -59,9 +59,9 @@ fn errors_name_the_file_and_version() {
     let p = Path::new("/snap/_metadata");
     let m = sample(vec![], SnapshotKind::Checkpoint);
     let mut bytes = encode_metadata(&m).unwrap();
-    bytes[15] = b'2';
+    bytes[15] = b'9';
     let e = decode_metadata(p, &bytes).unwrap_err();
-    assert!(matches!(e, SnapshotError::UnsupportedVersion { found: 2, .. }), "{e}");
+    assert!(matches!(e, SnapshotError::UnsupportedVersion { found: 9, .. }), "{e}");
     assert!(e.to_string().contains("/snap/_metadata") && e.to_string().contains("newer Cairn"));
 
     let e = decode_metadata(p, b"PK\x03\x04 zip file").unwrap_err();
@@ -85,8 +85,20 @@ fn invalid_models_are_refused() {
     m.operators[0].subtasks[0].subtask_index = 2;
     assert!(encode_metadata(&m).is_err());
     let mut m = sample(vec![], SnapshotKind::Checkpoint);
-    m.format_version = 2;
+    m.format_version = 3;
     assert!(encode_metadata(&m).is_err());
+    // backend files need version 2
+    let mut m = sample(vec![], SnapshotKind::Checkpoint);
+    m.operators[0].subtasks[0].files.push(cairn_snapshot::StateFileRef {
+        path: "../shared/000012.sst".into(),
+        size: 10,
+        crc32: 7,
+        sections: vec![],
+        format: cairn_snapshot::FileFormat::BackendFile,
+    });
+    assert!(encode_metadata(&m).is_err(), "a v1 file cannot hold backend files");
+    m.format_version = 2;
+    assert!(encode_metadata(&m).is_ok());
     // savepoints must be self-contained
     let r = cairn_snapshot::StateFileRef {
         path: "../shared/x".into(),

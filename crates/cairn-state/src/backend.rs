@@ -1,7 +1,15 @@
 //! The keyed state backend trait. Every backend (in-memory heap, on-disk LSM)
 //! stores opaque bytes addressed by (state, key group, key); the key already
-//! contains the namespace (a window, for example) when one is used. Snapshots
-//! are taken per key group so that rescaling can move whole key groups.
+//! contains the namespace (a window, for example) when one is used.
+//!
+//! A snapshot is either *logical key groups* (the heap backend; the runtime
+//! encodes them into a state file or canonical Parquet) or *a set of files*
+//! the backend produced itself (an LSM checkpoint: new files to upload,
+//! files of an earlier completed checkpoint to reference). Either way the
+//! task uploads it, and the backend is told when the checkpoint completed or
+//! was aborted, so an incremental backend knows which files it may reuse.
+
+use std::path::{Path, PathBuf};
 
 use crate::descriptor::StateMeta;
 use crate::error::StateError;
@@ -57,14 +65,118 @@ pub trait KeyedStateBackend: Send {
     /// Visit every key that has a value in `state`, with its key group.
     fn for_each_key(&mut self, state: StateId, visit: &mut dyn FnMut(u32, &[u8])) -> Result<(), StateError>;
 
-    /// The synchronous part of a snapshot: must be short (copy-on-write or a
-    /// consistent view), so that processing resumes at once; the returned
-    /// snapshot is written out on another thread.
-    fn snapshot(&mut self) -> Result<Box<dyn KeyedStateSnapshot>, StateError>;
+    /// The synchronous part of a snapshot: must be short (copy-on-write, a
+    /// consistent view, or hard links), so that processing resumes at once;
+    /// the returned snapshot is uploaded on another thread.
+    fn snapshot(&mut self, request: &SnapshotRequest) -> Result<BackendSnapshot, StateError>;
+
+    /// Checkpoint `checkpoint_id` completed: its uploaded files (reported
+    /// through [`FileSetSnapshot::uploaded`]) may now be referenced by later
+    /// incremental checkpoints.
+    fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint_id` was aborted: forget what it uploaded.
+    fn notify_checkpoint_aborted(&mut self, _checkpoint_id: u64) -> Result<(), StateError> {
+        Ok(())
+    }
 
     /// Load one key group of one state from its snapshot encoding
     /// ([`crate::snapshot_codec`]). Registers the state if needed.
     fn restore_group(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8]) -> Result<(), StateError>;
+
+    /// Restore from file sets this kind of backend snapshotted earlier (one
+    /// per old subtask whose key groups overlap this backend's range; keys
+    /// outside the range must be dropped). Backends whose snapshots are
+    /// logical key groups cannot read another backend's files.
+    fn restore_files(&mut self, parts: &[FileSetRestore], _fetch: &FileFetcher<'_>) -> Result<(), StateError> {
+        let backend = parts.first().map_or("another backend", |p| p.backend.as_str());
+        Err(StateError::Restore(format!(
+            "this snapshot holds the native files of the '{backend}' state backend, which the '{}' backend cannot read; \
+             restore it with state.backend.type: {backend}, or take a canonical savepoint (cairn savepoint --type canonical), \
+             which every backend restores",
+            self.kind()
+        )))
+    }
+
+    /// Whether keys of a state can be scanned in byte order within a key
+    /// group ([`KeyedStateBackend::scan_from`]); timers of such backends are
+    /// kept in the backend instead of in memory.
+    fn supports_ordered_scan(&self) -> bool {
+        false
+    }
+
+    /// Visit keys of `state` in key group `kg` in byte order, starting at the
+    /// first key `>= from`, until `visit` returns false.
+    fn scan_from(
+        &mut self,
+        _state: StateId,
+        _kg: u32,
+        _from: &[u8],
+        _visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        Err(StateError::Usage(format!(
+            "the '{}' state backend cannot scan keys in order",
+            self.kind()
+        )))
+    }
+}
+
+/// What a snapshot is for; backends with file snapshots answer differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    pub checkpoint_id: u64,
+    pub kind: SnapshotRequestKind,
+}
+
+/// The kinds of snapshot a backend is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotRequestKind {
+    /// A checkpoint; `incremental` lets a file backend reference files of
+    /// the last completed checkpoint instead of uploading them again.
+    Checkpoint { incremental: bool },
+    /// A native savepoint: self-contained, in the backend's own format.
+    NativeSavepoint,
+    /// A canonical savepoint: logical key groups every backend restores.
+    CanonicalSavepoint,
+}
+
+impl SnapshotRequest {
+    /// A full (non-incremental) checkpoint request, as tests and tools use.
+    pub fn checkpoint(checkpoint_id: u64) -> Self {
+        SnapshotRequest {
+            checkpoint_id,
+            kind: SnapshotRequestKind::Checkpoint { incremental: false },
+        }
+    }
+}
+
+/// The synchronous result of [`KeyedStateBackend::snapshot`].
+pub enum BackendSnapshot {
+    /// Logical key groups, encoded by the runtime.
+    KeyGroups(Box<dyn KeyedStateSnapshot>),
+    /// Files the backend wrote itself.
+    Files(Box<dyn FileSetSnapshot>),
+}
+
+impl BackendSnapshot {
+    /// The logical view, when the snapshot is one.
+    pub fn key_groups(&self) -> Option<&dyn KeyedStateSnapshot> {
+        match self {
+            BackendSnapshot::KeyGroups(k) => Some(&**k),
+            BackendSnapshot::Files(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendSnapshot::KeyGroups(_) => f.write_str("BackendSnapshot::KeyGroups"),
+            BackendSnapshot::Files(s) => write!(f, "BackendSnapshot::Files({} files)", s.files().len()),
+        }
+    }
 }
 
 /// Receives one (state, key group) of a snapshot with its encoded entries.
@@ -76,3 +188,59 @@ pub trait KeyedStateSnapshot: Send {
     /// state then key-group order.
     fn for_each_group(&self, visit: &mut GroupVisitor<'_>) -> Result<(), StateError>;
 }
+
+/// A snapshot made of files, uploaded by the runtime.
+pub trait FileSetSnapshot: Send {
+    /// The backend that wrote the files ("rocksdb"); restore checks it.
+    fn backend(&self) -> &str;
+    /// The registered states, recorded with the snapshot.
+    fn states(&self) -> &[StateMeta];
+    /// The files making up the snapshot.
+    fn files(&self) -> &[SnapshotFile];
+    /// The upload finished: `uploaded` holds where each new file went, in the
+    /// order of [`FileSetSnapshot::files`]' `Upload` entries. The backend may
+    /// reuse them once the checkpoint completed. Releases local resources.
+    fn uploaded(self: Box<Self>, uploaded: Vec<UploadedFile>);
+    /// The upload failed or was abandoned: release local resources.
+    fn discard(self: Box<Self>);
+}
+
+/// One file of a [`FileSetSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotFile {
+    /// A new local file to upload; `name` is its name when restored.
+    /// `shared` files may be referenced by later checkpoints (they go to
+    /// the job's `shared/` directory); the others belong to this snapshot.
+    Upload { local_path: PathBuf, name: String, shared: bool },
+    /// A file an earlier completed checkpoint uploaded: reference it.
+    Reuse(UploadedFile),
+}
+
+/// Where an uploaded file lives, as the snapshot's metadata references it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadedFile {
+    /// The file's name when restored (e.g. `000123.sst`).
+    pub name: String,
+    /// The reference path relative to the snapshot directory (for shared
+    /// files `../shared/...`).
+    pub path: String,
+    pub size: u64,
+    pub crc32: u32,
+}
+
+/// The files of one old subtask to restore from.
+#[derive(Clone, Debug)]
+pub struct FileSetRestore {
+    /// The backend that wrote them.
+    pub backend: String,
+    /// The states recorded with the snapshot.
+    pub states: Vec<StateMeta>,
+    /// The key groups the old subtask held.
+    pub key_groups: KeyGroupRange,
+    /// The files, with their reference paths.
+    pub files: Vec<UploadedFile>,
+}
+
+/// Copies a snapshot file (by its [`UploadedFile`] reference) to a local
+/// path, verifying its size and checksum; errors name the file.
+pub type FileFetcher<'a> = dyn Fn(&UploadedFile, &Path) -> Result<(), StateError> + Sync + 'a;

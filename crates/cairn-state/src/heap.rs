@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::backend::{GroupVisitor, KeyedStateBackend, KeyedStateSnapshot, StateId};
+use crate::backend::{BackendSnapshot, GroupVisitor, KeyedStateBackend, KeyedStateSnapshot, SnapshotRequest, StateId};
 use crate::descriptor::{StateKind, StateMeta};
 use crate::error::StateError;
 use crate::keygroup::KeyGroupRange;
@@ -763,12 +763,13 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         Ok(())
     }
 
-    fn snapshot(&mut self) -> Result<Box<dyn KeyedStateSnapshot>, StateError> {
+    /// Every kind of snapshot is the same copy-on-write view of the groups.
+    fn snapshot(&mut self, _request: &SnapshotRequest) -> Result<BackendSnapshot, StateError> {
         let tables = self.tables.iter().map(|t| (t.meta.clone(), t.groups.clone())).collect();
-        Ok(Box::new(HeapSnapshot {
+        Ok(BackendSnapshot::KeyGroups(Box::new(HeapSnapshot {
             start: self.range.start,
             tables,
-        }))
+        })))
     }
 
     fn restore_group(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8]) -> Result<(), StateError> {

@@ -22,7 +22,10 @@ pub mod keygroup;
 pub mod operator_state;
 pub mod snapshot_codec;
 
-pub use backend::{KeyedStateBackend, KeyedStateSnapshot, StateId};
+pub use backend::{
+    BackendSnapshot, FileSetRestore, FileSetSnapshot, KeyedStateBackend, KeyedStateSnapshot, SnapshotFile,
+    SnapshotRequest, SnapshotRequestKind, StateId, UploadedFile,
+};
 pub use descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, StateKind, StateMeta,
     StateTtlConfig, TtlUpdateType, ValueStateDescriptor,

@@ -1,12 +1,13 @@
-//! LocalFileStorage behaviour (a conformance list any Storage should pass)
-//! and FaultInjectingStorage semantics.
+//! The behaviour every Storage must have (local files, the in-memory store,
+//! the scheme router), put-if-absent under racing writers, and
+//! FaultInjectingStorage semantics.
 
 mod common;
 
 use std::io::Write;
 
 use cairn_snapshot::storage::{write_file, FaultInjectingStorage, FaultTiming, LocalFileStorage, OpKind, Storage};
-use cairn_snapshot::SnapshotError;
+use cairn_snapshot::{InMemoryStorage, SnapshotError, StorageRouter};
 use common::TempDir;
 
 fn conformance(s: &dyn Storage, root: &std::path::Path) {
@@ -42,6 +43,14 @@ fn conformance(s: &dyn Storage, root: &std::path::Path) {
     s.write_atomic(&d.join("m"), b"two").unwrap();
     assert_eq!(s.read(&d.join("m")).unwrap(), b"two");
     assert_eq!(s.list(&d).unwrap().len(), 3);
+    // put-if-absent publishes once and never overwrites
+    assert!(s.put_if_absent(&d.join("fence"), b"attempt-1").unwrap());
+    assert!(!s.put_if_absent(&d.join("fence"), b"attempt-2").unwrap());
+    assert_eq!(s.read(&d.join("fence")).unwrap(), b"attempt-1");
+    assert!(!s.put_if_absent(&d.join("m"), b"three").unwrap());
+    assert_eq!(s.read(&d.join("m")).unwrap(), b"two");
+    assert_eq!(s.list(&d).unwrap().len(), 4, "no temporary files are left behind");
+    s.delete_file(&d.join("fence")).unwrap();
     // deletes are idempotent
     s.delete_file(&f).unwrap();
     s.delete_file(&f).unwrap();
@@ -55,6 +64,53 @@ fn conformance(s: &dyn Storage, root: &std::path::Path) {
 fn local_storage_conformance() {
     let tmp = TempDir::new("storage");
     conformance(&LocalFileStorage::new(), tmp.path());
+}
+
+#[test]
+fn in_memory_storage_conformance() {
+    conformance(&InMemoryStorage::new(), std::path::Path::new("/mem"));
+}
+
+#[test]
+fn router_conformance_for_plain_paths_and_file_uris() {
+    let tmp = TempDir::new("storage-router");
+    let router = StorageRouter::local_only();
+    conformance(&router, tmp.path());
+    let uri = std::path::PathBuf::from(format!("file://{}", tmp.path().display()));
+    conformance(&router, &uri);
+}
+
+#[test]
+fn router_conformance_for_a_registered_scheme() {
+    let router = StorageRouter::local_only().with_scheme("mem", std::sync::Arc::new(InMemoryStorage::new()));
+    conformance(&router, std::path::Path::new("mem://bucket/prefix"));
+}
+
+/// Racing writers of one fence: exactly one wins, every time.
+fn put_if_absent_race(s: &(dyn Storage + Sync), dir: &std::path::Path) {
+    for round in 0..50 {
+        let path = dir.join(format!("fence-{round}"));
+        let winners: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let path = path.clone();
+                    scope.spawn(move || s.put_if_absent(&path, format!("writer {t}").as_bytes()).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(winners.iter().filter(|w| **w).count(), 1, "round {round}: {winners:?}");
+        let content = String::from_utf8(s.read(&path).unwrap()).unwrap();
+        let winner = winners.iter().position(|w| *w).unwrap();
+        assert_eq!(content, format!("writer {winner}"), "the winner's content is what was published");
+    }
+}
+
+#[test]
+fn put_if_absent_has_exactly_one_winner() {
+    let tmp = TempDir::new("storage-race");
+    put_if_absent_race(&LocalFileStorage::new(), tmp.path());
+    put_if_absent_race(&InMemoryStorage::new(), std::path::Path::new("/race"));
 }
 
 #[test]
