@@ -334,6 +334,7 @@ fn discard_for(spec: &CheckpointSpec, files: &[StateFileRef], reason: AbortReaso
         cleanup: CleanupPlan {
             metadata_files: vec![meta],
             files: resolved,
+            markers: Vec::new(),
             dirs_if_empty: Vec::new(),
             // The attempt's own directory belongs to nobody else (ids increase,
             // and tasks reuse only files of completed checkpoints).

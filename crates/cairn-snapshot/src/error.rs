@@ -45,6 +45,8 @@ pub enum SnapshotError {
     /// The caller used an API out of order or with inconsistent data
     /// (duplicate ack, unknown subtask, section written twice, ...).
     Protocol { context: String, reason: String },
+    /// A newer coordinator took over the job directory: this one must stop.
+    Fenced { job_dir: PathBuf, epoch: u64, what: String },
     /// The storage layer failed.
     Io {
         op: &'static str,
@@ -145,6 +147,11 @@ impl fmt::Display for SnapshotError {
             SnapshotError::Protocol { context, reason } => {
                 write!(f, "{context}: {reason}")
             }
+            SnapshotError::Fenced { job_dir, epoch, what } => write!(
+                f,
+                "{what}: a newer coordinator (epoch above {epoch}) took over the checkpoints in '{}', so this one stops; make sure only one coordinator runs per job",
+                job_dir.display()
+            ),
             SnapshotError::Io { op, path, source } => write!(
                 f,
                 "storage failure during {op} of '{}': {source}; check that the path is reachable and writable and retry",

@@ -8,6 +8,7 @@
 //! * [`metadata`]: the `_metadata` model and format.
 //! * [`parquet`]: a minimal Parquet writer and reader (canonical savepoints).
 //! * [`layout`]: directory layout, job ids, savepoint names, latest-checkpoint discovery.
+//! * [`fence`]: coordinator epochs and checkpoint claims (zombies cannot commit).
 //! * [`commit`]: the checkpoint commit protocol as pure logic, plus a small I/O driver.
 //! * [`retention`]: the completed-checkpoint store, reference counting and cleanup.
 //! * [`restore`]: loading a snapshot for restore.
@@ -16,6 +17,7 @@ pub mod checksum;
 pub mod commit;
 pub mod dispose;
 pub mod error;
+pub mod fence;
 pub mod layout;
 pub mod location;
 pub mod memory;

@@ -15,6 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SnapshotError};
+use crate::fence::CLAIM_FILE_NAME;
 use crate::layout::{checkpoint_dir_name, resolve_in_job, SHARED_DIR, TASKOWNED_DIR};
 use crate::metadata::{SnapshotKind, SnapshotMetadata, METADATA_FILE_NAME};
 use crate::storage::Storage;
@@ -115,6 +116,9 @@ pub struct CleanupPlan {
     pub metadata_files: Vec<String>,
     /// Data files, deleted only after every metadata file is gone.
     pub files: Vec<String>,
+    /// Bookkeeping files in snapshot directories (the coordinator's claim),
+    /// deleted with the data files so the directories end up empty.
+    pub markers: Vec<String>,
     /// Directories removed if (and only if) they are empty afterwards.
     pub dirs_if_empty: Vec<String>,
     /// Directories removed with everything in them (only directories that
@@ -127,6 +131,7 @@ impl CleanupPlan {
     pub fn is_empty(&self) -> bool {
         self.metadata_files.is_empty()
             && self.files.is_empty()
+            && self.markers.is_empty()
             && self.dirs_if_empty.is_empty()
             && self.dirs_recursive.is_empty()
     }
@@ -134,6 +139,7 @@ impl CleanupPlan {
     fn extend(&mut self, other: CleanupPlan) {
         self.metadata_files.extend(other.metadata_files);
         self.files.extend(other.files);
+        self.markers.extend(other.markers);
         self.dirs_if_empty.extend(other.dirs_if_empty);
         self.dirs_recursive.extend(other.dirs_recursive);
     }
@@ -237,6 +243,7 @@ impl CompletedCheckpointStore {
     fn release(&mut self, cp: &CompletedCheckpoint) -> CleanupPlan {
         let mut plan = CleanupPlan {
             metadata_files: vec![cp.metadata_file()],
+            markers: vec![format!("{}/{CLAIM_FILE_NAME}", cp.dir_in_job)],
             dirs_if_empty: vec![cp.dir_in_job.clone()],
             ..CleanupPlan::default()
         };
@@ -343,6 +350,13 @@ pub fn execute_cleanup(storage: &dyn Storage, base_dir: &Path, plan: &CleanupPla
                 report.failures.push(e);
                 report.remaining.files.push(f.clone());
             }
+        }
+    }
+    for m in &plan.markers {
+        let p = join_rel(base_dir, m);
+        if let Err(e) = storage.delete_file(&p) {
+            report.failures.push(e);
+            report.remaining.markers.push(m.clone());
         }
     }
     for d in &plan.dirs_recursive {
