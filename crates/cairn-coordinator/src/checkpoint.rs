@@ -8,20 +8,19 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cairn_config::{options, Configuration};
 use cairn_snapshot::commit::{
     complete_checkpoint, discard_attempt, CheckpointSpec, CommitReport, ExpectedOperator, PendingCheckpoint,
 };
+use cairn_snapshot::fence::Fence;
 use cairn_snapshot::layout::{savepoint_dir_name, CheckpointLayout, IdGenerator};
 use cairn_snapshot::retention::execute_cleanup;
 use cairn_snapshot::{
-    CompletedCheckpointStore, ExternalizedRetention, JobId, LocalFileStorage, SavepointFormat, SnapshotKind,
+    normalize_location, CompletedCheckpointStore, ExternalizedRetention, JobId, SavepointFormat, SnapshotKind,
     StateFileRef, Storage,
 };
-use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::control::{
     AfterSavepoint, CheckpointConfigView, CheckpointStats, CheckpointsOverview, SnapshotFormat, SnapshotStatus,
@@ -29,13 +28,10 @@ use crate::control::{
 use crate::statistics::CheckpointStatsTracker;
 use cairn_runtime::error::JobError;
 use cairn_runtime::job::{JobSpec, RunningJob};
-use cairn_runtime::operator::OperatorSnapshot;
 use cairn_runtime::record::{Barrier, SnapshotType};
 use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
 use cairn_runtime::time::now_ms;
-
-/// Snapshot writer threads per job (the machine's cores are shared with tasks).
-const WRITER_THREADS: usize = 2;
+use cairn_runtime::upload::{SnapshotDestination, SnapshotUploader};
 
 /// Checkpoint and savepoint settings from configuration.
 #[derive(Clone, Debug)]
@@ -53,13 +49,18 @@ pub struct CheckpointSettings {
     pub tolerable_failures: u32,
     pub num_retained: usize,
     pub retention: ExternalizedRetention,
+    /// `execution.checkpointing.incremental`: backends that snapshot into
+    /// files upload only what the last completed checkpoint lacks.
+    pub incremental: bool,
 }
 
 impl CheckpointSettings {
     /// Read from configuration.
     pub fn from_config(config: &Configuration) -> Result<Self, JobError> {
         let interval = config.checkpoint_interval();
-        let dir = config.get(&options::CHECKPOINTS_DIR);
+        // `file://` locations are plain paths; other URIs go to their storage.
+        let location = |p: PathBuf| normalize_location(&p.to_string_lossy());
+        let dir = config.get(&options::CHECKPOINTS_DIR).map(location);
         if let (Some(interval), None) = (interval, &dir) {
             return Err(JobError::Setup(format!(
                 "execution.checkpointing.interval is set ({interval:?}) but execution.checkpointing.dir is not: set it (alias state.checkpoints.dir) to a directory for checkpoints"
@@ -79,7 +80,7 @@ impl CheckpointSettings {
         Ok(CheckpointSettings {
             interval,
             dir,
-            savepoint_dir: config.get(&options::SAVEPOINT_DIR),
+            savepoint_dir: config.get(&options::SAVEPOINT_DIR).map(location),
             exactly_once: config.get(&options::CHECKPOINTING_MODE) == cairn_config::CheckpointingMode::ExactlyOnce,
             timeout: config.get(&options::CHECKPOINTING_TIMEOUT),
             min_pause: config.get(&options::CHECKPOINTING_MIN_PAUSE),
@@ -87,6 +88,7 @@ impl CheckpointSettings {
             tolerable_failures: config.get(&options::CHECKPOINTING_TOLERABLE_FAILURES),
             num_retained: config.get(&options::CHECKPOINTS_NUM_RETAINED).max(1) as usize,
             retention,
+            incremental: config.get(&options::CHECKPOINTING_INCREMENTAL),
         })
     }
 
@@ -147,16 +149,6 @@ pub enum SnapshotOutcome {
     },
 }
 
-/// An acknowledgement produced by a writer thread.
-struct Ack {
-    checkpoint_id: u64,
-    task: TaskId,
-    files: Result<Vec<(usize, Vec<StateFileRef>)>, String>,
-    sync: Duration,
-    alignment: Duration,
-    write: Duration,
-}
-
 struct Pending {
     pending: PendingCheckpoint,
     target: SnapshotTarget,
@@ -171,62 +163,17 @@ struct Pending {
     snapshotted: HashSet<TaskId>,
 }
 
-type WriteJob = Box<dyn FnOnce() + Send>;
-
-/// A few long-lived threads that write task snapshots (spawning a thread per
-/// task per checkpoint costs more than the writing of small states).
-struct WriterPool {
-    jobs: Option<Sender<WriteJob>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl WriterPool {
-    fn new(n: usize) -> Self {
-        let (tx, rx) = unbounded::<WriteJob>();
-        let threads = (0..n)
-            .filter_map(|i| {
-                let rx = rx.clone();
-                std::thread::Builder::new()
-                    .name(format!("cairn-snapshot-writer-{i}"))
-                    .spawn(move || {
-                        while let Ok(job) = rx.recv() {
-                            job();
-                        }
-                    })
-                    .ok()
-            })
-            .collect();
-        WriterPool {
-            jobs: Some(tx),
-            threads,
-        }
-    }
-
-    fn submit(&self, job: WriteJob) {
-        if self.threads.is_empty() {
-            job();
-        } else if let Some(tx) = &self.jobs {
-            let _ = tx.send(job);
-        }
-    }
-}
-
-impl Drop for WriterPool {
-    fn drop(&mut self) {
-        self.jobs = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Coordinates the checkpoints and savepoints of one job across its attempts.
 pub struct Coordinator {
     spec: JobSpec,
     pub settings: CheckpointSettings,
-    storage: Arc<LocalFileStorage>,
+    storage: Arc<dyn Storage>,
+    /// Where tasks upload their snapshots; destinations are registered here.
+    uploader: Arc<SnapshotUploader>,
     /// `None` when no checkpoint directory is configured.
     layout: Option<CheckpointLayout>,
+    /// This coordinator's epoch on the job's checkpoint directory.
+    fence: Option<Fence>,
     job_id: JobId,
     next_id: u64,
     pending: BTreeMap<u64, Pending>,
@@ -234,9 +181,6 @@ pub struct Coordinator {
     last_trigger: Option<Instant>,
     last_completion: Option<Instant>,
     consecutive_failures: u32,
-    acks_tx: Sender<Ack>,
-    acks_rx: Receiver<Ack>,
-    writers: WriterPool,
     stats: CheckpointStatsTracker,
     outcomes: Vec<SnapshotOutcome>,
     /// CLAIM mode: the restored snapshot's directory, deleted once this
@@ -247,46 +191,65 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator whose first snapshot is `first_id`.
-    pub fn new(spec: &JobSpec, settings: CheckpointSettings, first_id: u64, log: bool) -> Result<Self, JobError> {
+    /// A coordinator whose first snapshot is `first_id` (or the first id
+    /// above every checkpoint already in the job's directory), writing
+    /// through `storage`.
+    pub fn new(
+        spec: &JobSpec,
+        settings: CheckpointSettings,
+        first_id: u64,
+        log: bool,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Self, JobError> {
         let job_id = JobId::parse(&spec.job_id).map_err(|e| JobError::Internal(e.to_string()))?;
-        let storage = Arc::new(LocalFileStorage::new());
-        let layout = match &settings.dir {
+        let mut next_id = first_id.max(1);
+        let (layout, fence) = match &settings.dir {
             Some(dir) => {
                 let layout = CheckpointLayout::new(dir.clone(), job_id.clone());
-                layout.create_dirs(&*storage).map_err(|e| {
+                let setup = |e: cairn_snapshot::SnapshotError| {
                     JobError::Setup(format!(
                         "cannot create the checkpoint directory {} (execution.checkpointing.dir): {e}",
-                        layout.job_dir().display()
+                        storage.display(&layout.job_dir())
                     ))
-                })?;
-                Some(layout)
+                };
+                layout.create_dirs(&*storage).map_err(setup)?;
+                let fence = Fence::acquire(&*storage, &layout.job_dir()).map_err(setup)?;
+                next_id = fence.next_free_id(&*storage, next_id).map_err(setup)?;
+                (Some(layout), Some(fence))
             }
-            None => None,
+            None => (None, None),
         };
         let store = CompletedCheckpointStore::new(settings.num_retained).map_err(|e| JobError::Setup(e.to_string()))?;
-        let (acks_tx, acks_rx) = unbounded();
         Ok(Coordinator {
             spec: spec.clone(),
             settings,
+            uploader: SnapshotUploader::new(storage.clone()),
             storage,
             layout,
+            fence,
             job_id,
-            next_id: first_id.max(1),
+            next_id,
             pending: BTreeMap::new(),
             store,
             last_trigger: None,
             last_completion: None,
             consecutive_failures: 0,
-            acks_tx,
-            acks_rx,
-            writers: WriterPool::new(WRITER_THREADS),
             stats: CheckpointStatsTracker::default(),
             outcomes: Vec::new(),
             claimed: None,
             rng: IdGenerator::from_entropy(),
             log,
         })
+    }
+
+    /// Where the job's tasks upload their snapshots.
+    pub fn uploader(&self) -> &Arc<SnapshotUploader> {
+        &self.uploader
+    }
+
+    /// The storage snapshots are written to and read from.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     /// The job's checkpoint directory (`<dir>/<job-id>`), when configured.
@@ -354,9 +317,12 @@ impl Coordinator {
                     .to_string()
             })?;
         let dir = parent.join(savepoint_dir_name(&self.job_id, &mut self.rng));
-        self.storage
-            .create_dir_all(&dir)
-            .map_err(|e| format!("cannot create the savepoint directory {}: {e}", dir.display()))?;
+        self.storage.create_dir_all(&dir).map_err(|e| {
+            format!(
+                "cannot create the savepoint directory {}: {e}",
+                self.storage.display(&dir)
+            )
+        })?;
         Ok(dir)
     }
 
@@ -403,9 +369,23 @@ impl Coordinator {
             operators: self.expected_operators(),
         };
         let pending = PendingCheckpoint::new(spec).map_err(|e| e.to_string())?;
-        self.storage
-            .create_dir_all(&dir)
-            .map_err(|e| format!("cannot create snapshot {id}'s directory {}: {e}", dir.display()))?;
+        let destination = match (&target, &self.fence, &self.layout) {
+            (SnapshotTarget::Checkpoint { .. }, Some(fence), Some(layout)) => {
+                fence.claim(&*self.storage, &dir).map_err(|e| e.to_string())?;
+                SnapshotDestination::checkpoint(id, dir.clone(), layout.shared_dir(), self.settings.incremental)
+            }
+            (SnapshotTarget::Savepoint { format, .. }, _, _) => {
+                self.storage.create_dir_all(&dir).map_err(|e| {
+                    format!(
+                        "cannot create snapshot {id}'s directory {}: {e}",
+                        self.storage.display(&dir)
+                    )
+                })?;
+                SnapshotDestination::savepoint(id, dir.clone(), *format)
+            }
+            _ => return Err("checkpoints need a directory: set execution.checkpointing.dir".into()),
+        };
+        self.uploader.register(Arc::new(destination));
         let is_savepoint = matches!(target, SnapshotTarget::Savepoint { .. });
         if !is_savepoint {
             self.last_trigger = Some(Instant::now());
@@ -468,58 +448,12 @@ impl Coordinator {
         }
     }
 
-    /// Hand a task's synchronous snapshot to a writer thread.
-    pub fn on_snapshot(&mut self, event: TaskEvent) {
-        let TaskEvent::Snapshot {
-            task,
-            checkpoint_id,
-            states,
-            alignment,
-            sync,
-            ..
-        } = event
-        else {
-            return;
-        };
-        let Some(p) = self.pending.get_mut(&checkpoint_id) else {
-            return; // already expired or declined
-        };
-        if !p.snapshotted.insert(task) {
-            return; // a second snapshot of the same task cannot belong to this checkpoint
+    /// A task took the synchronous part of its snapshot (its upload is
+    /// under way); it must not be asked again for this snapshot.
+    pub fn on_snapshotted(&mut self, task: TaskId, checkpoint_id: u64) {
+        if let Some(p) = self.pending.get_mut(&checkpoint_id) {
+            p.snapshotted.insert(task);
         }
-        let storage = self.storage.clone();
-        let dir = p.dir.clone();
-        let format = match &p.target {
-            SnapshotTarget::Savepoint { format, .. } => *format,
-            SnapshotTarget::Checkpoint { .. } => SnapshotFormat::Native,
-        };
-        let spec = self.spec.clone();
-        let acks = self.acks_tx.clone();
-        self.writers.submit(Box::new(move || {
-            let started = Instant::now();
-            let mut files = Ok(Vec::new());
-            for (node, snap) in states {
-                match write_task_snapshot(&*storage, &dir, &spec, node, task.subtask, snap, format) {
-                    Ok(f) => {
-                        if let Ok(v) = files.as_mut() {
-                            v.push((node, f));
-                        }
-                    }
-                    Err(e) => {
-                        files = Err(e);
-                        break;
-                    }
-                }
-            }
-            let _ = acks.send(Ack {
-                checkpoint_id,
-                task,
-                files,
-                sync,
-                alignment,
-                write: started.elapsed(),
-            });
-        }));
     }
 
     /// A task declined a snapshot.
@@ -541,6 +475,8 @@ impl Coordinator {
         let Some(mut p) = self.pending.remove(&checkpoint_id) else {
             return Ok(());
         };
+        // Files still being written are deleted when their writes end.
+        self.uploader.abort(checkpoint_id);
         if let Ok(aborted) = p.pending.decline(reason.clone()) {
             let base = self.base_dir(&p);
             discard_attempt(&*self.storage, &base, &aborted, Some(&self.store));
@@ -575,51 +511,55 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Process finished writes; completes snapshots whose acks are all in.
-    pub fn drain_acks(&mut self, job: &RunningJob) -> Result<(), JobError> {
-        while let Ok(ack) = self.acks_rx.try_recv() {
-            let Some(p) = self.pending.get_mut(&ack.checkpoint_id) else {
-                continue;
-            };
-            let files = match ack.files {
-                Ok(f) => f,
-                Err(reason) => {
-                    self.abort(ack.checkpoint_id, reason)?;
-                    continue;
-                }
-            };
-            let s = &mut p.stats;
-            s.sync_duration_ms = s.sync_duration_ms.max(ack.sync.as_millis() as u64);
-            s.alignment_duration_ms = s.alignment_duration_ms.max(ack.alignment.as_millis() as u64);
-            s.async_duration_ms = s.async_duration_ms.max(ack.write.as_millis() as u64);
-            if p.acked_tasks.insert(ack.task) {
-                s.num_acknowledged_subtasks += 1;
+    /// A task's snapshot is durable; completes the snapshot when every
+    /// acknowledgement is in.
+    pub fn on_ack(&mut self, ack: TaskEvent, job: &RunningJob) -> Result<(), JobError> {
+        let TaskEvent::Acknowledge {
+            task,
+            checkpoint_id,
+            files,
+            alignment,
+            sync,
+            write,
+        } = ack
+        else {
+            return Ok(());
+        };
+        let Some(p) = self.pending.get_mut(&checkpoint_id) else {
+            return Ok(()); // aborted or expired: its files were deleted with it
+        };
+        if p.acked_tasks.contains(&task) {
+            return Ok(()); // a task snapshots a checkpoint once; a repeat adds nothing
+        }
+        let s = &mut p.stats;
+        s.sync_duration_ms = s.sync_duration_ms.max(sync.as_millis() as u64);
+        s.alignment_duration_ms = s.alignment_duration_ms.max(alignment.as_millis() as u64);
+        s.async_duration_ms = s.async_duration_ms.max(write.as_millis() as u64);
+        p.acked_tasks.insert(task);
+        s.num_acknowledged_subtasks += 1;
+        // Every operator of the task's chain acknowledges, with or without files.
+        let chain = &self.spec.graph.chains[task.chain];
+        let mut by_node: BTreeMap<usize, Vec<StateFileRef>> = chain.iter().map(|n| (n.0, Vec::new())).collect();
+        for (node, fs) in files {
+            for f in fs {
+                s.state_size_bytes += f.size;
+                by_node.entry(node).or_default().push(f);
             }
-            // Every operator of the task's chain acknowledges, with or without files.
-            let chain = &self.spec.graph.chains[ack.task.chain];
-            let mut by_node: BTreeMap<usize, Vec<StateFileRef>> = chain.iter().map(|n| (n.0, Vec::new())).collect();
-            for (node, fs) in files {
-                for f in fs {
-                    s.state_size_bytes += f.size;
-                    by_node.entry(node).or_default().push(f);
-                }
+        }
+        let mut failure = None;
+        for (node, files) in by_node {
+            let op_id = self.spec.graph.nodes[node].operator_id.clone();
+            if let Err(e) = p.pending.acknowledge(&op_id, task.subtask, files) {
+                failure = Some(e.to_string());
+                break;
             }
-            let mut failure = None;
-            for (node, files) in by_node {
-                let op_id = self.spec.graph.nodes[node].operator_id.clone();
-                if let Err(e) = p.pending.acknowledge(&op_id, ack.task.subtask, files) {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
-            if let Some(reason) = failure {
-                self.abort(ack.checkpoint_id, reason)?;
-                continue;
-            }
-            if p.pending.is_fully_acknowledged() {
-                let p = self.pending.remove(&ack.checkpoint_id).expect("pending present");
-                self.complete(p, job)?;
-            }
+        }
+        if let Some(reason) = failure {
+            return self.abort(checkpoint_id, reason);
+        }
+        if p.pending.is_fully_acknowledged() {
+            let p = self.pending.remove(&checkpoint_id).expect("pending present");
+            self.complete(p, job)?;
         }
         Ok(())
     }
@@ -635,6 +575,19 @@ impl Coordinator {
             ..
         } = p;
         let id = pending.checkpoint_id();
+        // The registered destination has done its work either way.
+        self.uploader.completed(id);
+        if let (SnapshotTarget::Checkpoint { .. }, Some(f)) = (&target, &self.fence) {
+            if let Err(e) = f.check(&*self.storage, &format!("completing checkpoint {id}")) {
+                // A newer coordinator owns the job: discard this checkpoint and stop.
+                let mut pending = pending;
+                if let Ok(aborted) = pending.decline(e.to_string()) {
+                    discard_attempt(&*self.storage, &base, &aborted, Some(&self.store));
+                }
+                self.record_failure(target, stats, started, e.to_string(), false)?;
+                return Err(JobError::Internal(e.to_string()));
+            }
+        }
         let completing = match pending.finalize(now_ms() as u64) {
             Ok(c) => c,
             Err(e) => return self.record_failure(target, stats, started, e.to_string(), true),
@@ -794,8 +747,6 @@ impl Coordinator {
         for id in ids {
             let _ = self.abort_with(id, reason.to_string(), false);
         }
-        // Acks still in flight belong to discarded snapshots.
-        while self.acks_rx.try_recv().is_ok() {}
     }
 
     /// Whether a snapshot is still pending.
@@ -805,6 +756,8 @@ impl Coordinator {
 
     /// Apply the retention policy when the job is cancelled.
     pub fn on_cancel(&mut self) {
+        // No write may outlive the cleanup (a late file would be left behind).
+        self.uploader.wait_idle();
         if let Some(layout) = &self.layout {
             let plan = self.store.on_cancel(self.settings.retention);
             execute_cleanup(&*self.storage, &layout.job_dir(), &plan);
@@ -852,38 +805,6 @@ pub fn inject(job: &RunningJob, barrier: Barrier, finished: &HashSet<TaskId>) {
     for t in &job.tasks {
         if finished.contains(t) || job.source_tasks.contains(t) {
             job.command(*t, TaskCommand::TriggerCheckpoint(barrier));
-        }
-    }
-}
-
-/// Write one operator subtask's snapshot in `format`; returns its files.
-fn write_task_snapshot(
-    storage: &dyn Storage,
-    dir: &Path,
-    spec: &JobSpec,
-    node: usize,
-    subtask: u32,
-    snapshot: OperatorSnapshot,
-    format: SnapshotFormat,
-) -> Result<Vec<StateFileRef>, String> {
-    let op_id = &spec.graph.nodes[node].operator_id;
-    match format {
-        SnapshotFormat::Native => {
-            let name = format!("op-{op_id}-{subtask}.state");
-            cairn_runtime::snapshot_io::write_snapshot_file(storage, dir, &name, snapshot)
-                .map(|f| f.into_iter().collect())
-                .map_err(|e| format!("writing {}: {e}", dir.join(&name).display()))
-        }
-        SnapshotFormat::Canonical => {
-            let stem = format!("op-{op_id}-{subtask}");
-            cairn_runtime::snapshot_io::write_canonical_file(
-                storage,
-                dir,
-                &stem,
-                snapshot,
-                spec.nodes[node].key_codec.as_ref(),
-            )
-            .map_err(|e| format!("writing {}: {e}", dir.join(&stem).display()))
         }
     }
 }

@@ -77,15 +77,7 @@ pub struct JobMetrics {
     pub source_records_per_second: f64,
 }
 
-/// What a snapshot is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum SnapshotFormat {
-    /// Portable across backends and Cairn versions (Parquet per operator).
-    Canonical,
-    /// The state backend's own, faster format.
-    Native,
-}
+pub use cairn_runtime::upload::SnapshotFormat;
 
 /// How a checkpoint or savepoint ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -8,10 +8,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_config::effective_restart_strategy;
-use cairn_snapshot::{load_snapshot, LoadedSnapshot, LocalFileStorage};
+use cairn_snapshot::{load_snapshot, LoadedSnapshot, Storage};
 
 use crate::checkpoint::{inject, CheckpointSettings, Coordinator, SnapshotOutcome, SnapshotTarget};
 use crate::control::{
@@ -24,6 +25,7 @@ use cairn_runtime::error::JobError;
 use cairn_runtime::job::{is_cancellation, start, task_failure, JobSpec, RunningJob, RuntimeSettings, SubtaskRestore};
 use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
 use cairn_runtime::time::now_ms;
+use cairn_runtime::upload::SnapshotUploader;
 
 /// How often status is published and progress reported.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -43,6 +45,9 @@ pub struct JobRun<'a> {
     pub claim: bool,
     /// Log checkpoints, restarts and progress on stderr.
     pub log: bool,
+    /// Where checkpoints and savepoints are written and read (chosen from
+    /// their locations' schemes).
+    pub storage: Arc<dyn Storage>,
 }
 
 /// How a job that did not fail ended.
@@ -90,7 +95,7 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
     let spec = run.spec;
     let cp = CheckpointSettings::from_config(&spec.config)?;
     let first_id = run.snapshot.map_or(1, |s| s.metadata.checkpoint_id + 1);
-    let mut coord = Coordinator::new(spec, cp, first_id, run.log)?;
+    let mut coord = Coordinator::new(spec, cp, first_id, run.log, run.storage.clone())?;
     let mut policy = RestartPolicy::new(effective_restart_strategy(&spec.config));
     {
         let mut p = port.publish();
@@ -225,14 +230,15 @@ impl Controller<'_, '_> {
         source: &mut RestoreSource,
     ) -> Result<RunningJob, JobError> {
         let spec = self.run.spec;
+        let uploader = coord.uploader().clone();
         loop {
             let result = match source.clone() {
-                RestoreSource::Empty => start(spec, self.run.settings, attempt, true, &mut |_, _, _| {
+                RestoreSource::Empty => start(spec, self.run.settings, attempt, true, &uploader, &mut |_, _, _| {
                     Ok(SubtaskRestore::default())
                 }),
                 RestoreSource::Initial => {
                     let snap = self.run.snapshot.expect("initial snapshot present");
-                    let r = self.start_from(snap, attempt);
+                    let r = self.start_from(snap, attempt, &uploader);
                     if r.is_ok() {
                         coord.on_restored(
                             snap.metadata.checkpoint_id,
@@ -244,9 +250,9 @@ impl Controller<'_, '_> {
                     r
                 }
                 RestoreSource::Checkpoint(id, dir) => {
-                    let r = load_snapshot(&LocalFileStorage::new(), &dir)
+                    let r = load_snapshot(&*self.run.storage, &dir)
                         .map_err(|e| JobError::Setup(format!("cannot restore from {}: {e}", dir.display())))
-                        .and_then(|snap| self.start_from(&snap, attempt));
+                        .and_then(|snap| self.start_from(&snap, attempt, &uploader));
                     match r {
                         Ok(job) => {
                             coord.on_restored(id, &dir, false, false);
@@ -286,10 +292,14 @@ impl Controller<'_, '_> {
         }
     }
 
-    fn start_from(&self, snap: &LoadedSnapshot, attempt: u32) -> Result<RunningJob, JobError> {
+    fn start_from(
+        &self,
+        snap: &LoadedSnapshot,
+        attempt: u32,
+        uploader: &Arc<SnapshotUploader>,
+    ) -> Result<RunningJob, JobError> {
         let spec = self.run.spec;
-        let storage = LocalFileStorage::new();
-        let plan = RestorePlan::new(snap, &storage, &spec.graph, self.run.allow_non_restored_state)?;
+        let plan = RestorePlan::new(snap, &*self.run.storage, spec, self.run.allow_non_restored_state)?;
         if attempt == 0 && !plan.dropped.is_empty() {
             eprintln!(
                 "Restoring from {} without the state of operator uid(s) {} (--allow-non-restored-state)",
@@ -298,9 +308,14 @@ impl Controller<'_, '_> {
             );
         }
         let graph = &spec.graph;
-        start(spec, self.run.settings, attempt, true, &mut |node, subtask, range| {
-            plan.subtask(node, subtask, range, graph.nodes[node].keyed)
-        })
+        start(
+            spec,
+            self.run.settings,
+            attempt,
+            true,
+            uploader,
+            &mut |node, subtask, range| plan.subtask(node, subtask, range, graph.nodes[node].keyed, attempt),
+        )
     }
 
     /// Wait out a restart delay, serving requests; true when cancelled meanwhile.
@@ -425,7 +440,13 @@ impl Controller<'_, '_> {
                     finished.insert(task);
                     coord.on_task_finished(job, task);
                 }
-                Ok(e @ TaskEvent::Snapshot { .. }) => coord.on_snapshot(e),
+                Ok(TaskEvent::Snapshotted { task, checkpoint_id }) => coord.on_snapshotted(task, checkpoint_id),
+                Ok(ack @ TaskEvent::Acknowledge { .. }) => {
+                    if let Err(e) = coord.on_ack(ack, job) {
+                        failure.get_or_insert(e);
+                        job.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
                 Ok(TaskEvent::Decline {
                     checkpoint_id, reason, ..
                 }) => {
@@ -519,7 +540,6 @@ impl Controller<'_, '_> {
             }
             let step = (|| -> Result<(), JobError> {
                 coord.expire()?;
-                coord.drain_acks(job)?;
                 let outcomes = coord.take_outcomes();
                 if !outcomes.is_empty() {
                     // Statistics first, so a client that sees an operation

@@ -13,24 +13,27 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use cairn_graph::ResolvedGraph;
+use cairn_snapshot::layout::resolve_ref;
 use cairn_snapshot::parquet::ParquetFooter;
-use cairn_snapshot::{FileFormat, LoadedSnapshot, OperatorSnapshot, StateFileRef, Storage};
+use cairn_snapshot::{FileFormat, LoadedSnapshot, OperatorSnapshot, StateFileRef, Storage, SubtaskSnapshot};
 use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::operator_state::{redistribute, OperatorStateEntry};
-use cairn_state::{HeapKeyedStateBackend, KeyedStateBackend, OperatorStateStore};
+use cairn_state::{FileSetRestore, KeyedStateBackend, OperatorStateStore, StateError, UploadedFile};
 
 use cairn_runtime::error::JobError;
-use cairn_runtime::job::SubtaskRestore;
+use cairn_runtime::job::{backend_context, JobSpec, SubtaskRestore};
 use cairn_runtime::snapshot_io::{
-    canonical_content, canonical_keyed_overlaps, decode_keyed_states, decode_operator_entries, keyed_section,
-    read_canonical_footer, read_canonical_operator_entries, restore_canonical_keyed, CanonicalContent,
-    KEYED_STATES_SECTION, OPERATOR_SECTION,
+    canonical_content, canonical_keyed_overlaps, decode_backend_files, decode_keyed_states, decode_operator_entries,
+    keyed_section, read_canonical_footer, read_canonical_operator_entries, restore_canonical_keyed, CanonicalContent,
+    BACKEND_FILES_SECTION, KEYED_STATES_SECTION, OPERATOR_SECTION,
 };
+use cairn_runtime::upload::download_file;
 
 /// What a restore will do, checked before the job starts.
 pub struct RestorePlan<'a> {
     snapshot: &'a LoadedSnapshot,
     storage: &'a dyn Storage,
+    spec: &'a JobSpec,
     /// graph node index -> index in the snapshot's operators
     matched: HashMap<usize, usize>,
     /// uids of snapshot operators that map to no operator (dropped with -n)
@@ -48,9 +51,10 @@ impl<'a> RestorePlan<'a> {
     pub fn new(
         snapshot: &'a LoadedSnapshot,
         storage: &'a dyn Storage,
-        graph: &ResolvedGraph,
+        spec: &'a JobSpec,
         allow_non_restored_state: bool,
     ) -> Result<Self, JobError> {
+        let graph = &spec.graph;
         let mut matched = HashMap::new();
         let mut dropped = Vec::new();
         for (i, op) in snapshot.metadata.operators.iter().enumerate() {
@@ -84,6 +88,7 @@ impl<'a> RestorePlan<'a> {
         let mut plan = RestorePlan {
             snapshot,
             storage,
+            spec,
             matched,
             dropped,
             operator_state: HashMap::new(),
@@ -129,6 +134,7 @@ impl<'a> RestorePlan<'a> {
         subtask: u32,
         range: KeyGroupRange,
         keyed: bool,
+        attempt: u32,
     ) -> Result<SubtaskRestore, JobError> {
         let Some(&op_idx) = self.matched.get(&node) else {
             return Ok(SubtaskRestore::default());
@@ -144,60 +150,46 @@ impl<'a> RestorePlan<'a> {
             OperatorStateStore::from_entries(entries).map_err(|e| restore_err(self.snapshot, e.to_string()))?;
         let mut backend = None;
         if keyed {
-            let mut b = HeapKeyedStateBackend::new(range);
+            let ctx = backend_context(self.spec, node, subtask, attempt);
+            let mut b = self.spec.backends.create(&ctx).map_err(|e| {
+                restore_err(
+                    self.snapshot,
+                    format!(
+                        "cannot create the {} state backend of uid '{}': {e}",
+                        self.spec.backends.name(),
+                        op.uid
+                    ),
+                )
+            })?;
+            let mut file_sets = Vec::new();
             for sub in &op.subtasks {
+                let old_range = KeyGroupRange::for_subtask(op.max_parallelism, op.parallelism, sub.subtask_index);
                 for file in &sub.files {
-                    if file.format == FileFormat::ParquetV1 {
-                        self.restore_canonical_keyed(op, file, range, &mut b)?;
-                        continue;
-                    }
-                    let in_range: Vec<_> = file
-                        .sections
-                        .iter()
-                        .filter(|s| s.key_group.is_some_and(|kg| range.contains(kg)))
-                        .collect();
-                    if in_range.is_empty() {
-                        continue;
-                    }
-                    let metas_section = file
-                        .sections
-                        .iter()
-                        .find(|s| s.name == KEYED_STATES_SECTION)
-                        .ok_or_else(|| {
-                            restore_err(
-                                self.snapshot,
-                                format!("{}: keyed sections without their state list", file.path),
-                            )
-                        })?;
-                    let bytes = self
-                        .snapshot
-                        .read_section(self.storage, file, metas_section)
-                        .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
-                    let metas = decode_keyed_states(&bytes)
-                        .map_err(|e| restore_err(self.snapshot, format!("{}: {e}", file.path)))?;
-                    for section in in_range {
-                        let meta = metas
-                            .iter()
-                            .find(|m| keyed_section(&m.name) == section.name)
-                            .ok_or_else(|| {
-                                restore_err(
-                                    self.snapshot,
-                                    format!("{}: section '{}' names no known state", file.path, section.name),
-                                )
-                            })?;
-                        let data = self
-                            .snapshot
-                            .read_section(self.storage, file, section)
-                            .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
-                        let kg = section.key_group.expect("filtered on key group");
-                        b.restore_group(meta, kg, &data).map_err(|e| {
-                            restore_err(
-                                self.snapshot,
-                                format!("operator uid '{}', state '{}': {e}", op.uid, meta.name),
-                            )
-                        })?;
+                    match file.format {
+                        FileFormat::ParquetV1 => self.restore_canonical_keyed(op, file, range, &mut *b)?,
+                        FileFormat::BackendFile => {} // listed by the subtask's state file
+                        FileFormat::CairnStateV1 => match self.file_set(op, sub, file, old_range, range)? {
+                            Some(Some(set)) => file_sets.push(set),
+                            Some(None) => {}
+                            None => self.restore_state_file(op, file, range, &mut *b)?,
+                        },
                     }
                 }
+            }
+            if !file_sets.is_empty() {
+                let snapshot = self.snapshot;
+                let storage = self.storage;
+                let fetch = |f: &UploadedFile, local: &Path| -> Result<(), StateError> {
+                    let remote = resolve_ref(&snapshot.dir, &f.path).map_err(|e| StateError::Restore(e.to_string()))?;
+                    download_file(storage, &remote, local, f.size, f.crc32)
+                        .map_err(|e| StateError::Restore(e.to_string()))
+                };
+                b.restore_files(&file_sets, &fetch).map_err(|e| {
+                    restore_err(
+                        self.snapshot,
+                        format!("operator uid '{}', subtask {}: {e}", op.uid, subtask + 1),
+                    )
+                })?;
             }
             backend = Some(b);
         }
@@ -205,6 +197,120 @@ impl<'a> RestorePlan<'a> {
             keyed: backend,
             operator_state,
         })
+    }
+
+    /// The backend files an old subtask's state file lists: `None` for a
+    /// state file of logical key groups, `Some(None)` for files whose key
+    /// groups do not overlap `range`.
+    fn file_set(
+        &self,
+        op: &OperatorSnapshot,
+        sub: &SubtaskSnapshot,
+        file: &StateFileRef,
+        old_range: KeyGroupRange,
+        range: KeyGroupRange,
+    ) -> Result<Option<Option<FileSetRestore>>, JobError> {
+        let Some(section) = file.sections.iter().find(|s| s.name == BACKEND_FILES_SECTION) else {
+            return Ok(None);
+        };
+        if old_range.intersect(&range).is_empty() {
+            return Ok(Some(None));
+        }
+        let read = |name: &str| -> Result<Vec<u8>, JobError> {
+            let s =
+                file.sections.iter().find(|s| s.name == name).ok_or_else(|| {
+                    restore_err(self.snapshot, format!("{}: the '{name}' section is missing", file.path))
+                })?;
+            self.snapshot
+                .read_section(self.storage, file, s)
+                .map_err(|e| restore_err(self.snapshot, e.to_string()))
+        };
+        let _ = section; // found above; read through `read`
+        let manifest = decode_backend_files(&read(BACKEND_FILES_SECTION)?)
+            .map_err(|e| restore_err(self.snapshot, format!("{}: {e}", file.path)))?;
+        let states = decode_keyed_states(&read(KEYED_STATES_SECTION)?)
+            .map_err(|e| restore_err(self.snapshot, format!("{}: {e}", file.path)))?;
+        let mut files = Vec::with_capacity(manifest.files.len());
+        for (name, path) in manifest.files {
+            let r = sub.files.iter().find(|f| f.path == path).ok_or_else(|| {
+                restore_err(
+                    self.snapshot,
+                    format!(
+                        "operator uid '{}': backend file '{path}' is listed in {} but not in _metadata",
+                        op.uid, file.path
+                    ),
+                )
+            })?;
+            files.push(UploadedFile {
+                name,
+                path,
+                size: r.size,
+                crc32: r.crc32,
+            });
+        }
+        Ok(Some(Some(FileSetRestore {
+            backend: manifest.backend,
+            states,
+            key_groups: old_range,
+            files,
+        })))
+    }
+
+    /// Restore the key groups of `range` from a state file of logical key groups.
+    fn restore_state_file(
+        &self,
+        op: &OperatorSnapshot,
+        file: &StateFileRef,
+        range: KeyGroupRange,
+        b: &mut dyn KeyedStateBackend,
+    ) -> Result<(), JobError> {
+        let in_range: Vec<_> = file
+            .sections
+            .iter()
+            .filter(|s| s.key_group.is_some_and(|kg| range.contains(kg)))
+            .collect();
+        if in_range.is_empty() {
+            return Ok(());
+        }
+        let metas_section = file
+            .sections
+            .iter()
+            .find(|s| s.name == KEYED_STATES_SECTION)
+            .ok_or_else(|| {
+                restore_err(
+                    self.snapshot,
+                    format!("{}: keyed sections without their state list", file.path),
+                )
+            })?;
+        let bytes = self
+            .snapshot
+            .read_section(self.storage, file, metas_section)
+            .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+        let metas =
+            decode_keyed_states(&bytes).map_err(|e| restore_err(self.snapshot, format!("{}: {e}", file.path)))?;
+        for section in in_range {
+            let meta = metas
+                .iter()
+                .find(|m| keyed_section(&m.name) == section.name)
+                .ok_or_else(|| {
+                    restore_err(
+                        self.snapshot,
+                        format!("{}: section '{}' names no known state", file.path, section.name),
+                    )
+                })?;
+            let data = self
+                .snapshot
+                .read_section(self.storage, file, section)
+                .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+            let kg = section.key_group.expect("filtered on key group");
+            b.restore_group(meta, kg, &data).map_err(|e| {
+                restore_err(
+                    self.snapshot,
+                    format!("operator uid '{}', state '{}': {e}", op.uid, meta.name),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Read, verify and parse the footer of a canonical file.
@@ -269,7 +375,7 @@ impl<'a> RestorePlan<'a> {
         op: &OperatorSnapshot,
         file: &StateFileRef,
         range: KeyGroupRange,
-        backend: &mut HeapKeyedStateBackend,
+        backend: &mut dyn KeyedStateBackend,
     ) -> Result<(), JobError> {
         let named = |e: String| {
             restore_err(

@@ -14,6 +14,7 @@ use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use cairn_runtime::record::{AnyBatch, NO_TIMESTAMP};
 use cairn_runtime::time::now_ms;
+use cairn_state::SnapshotRequest;
 
 /// Extracts the key of a record.
 pub type KeyFn<K, I> = Arc<dyn Fn(&I) -> K + Send + Sync>;
@@ -200,7 +201,21 @@ impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I,
         self.run.as_ref().and_then(|r| r.next_processing_timer())
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
-        self.run.as_mut().ok_or("operator not opened")?.snapshot()
+    fn snapshot(&mut self, request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
+        self.run.as_mut().ok_or("operator not opened")?.snapshot(request)
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> OpResult {
+        match self.run.as_mut() {
+            Some(run) => run.notify_checkpoint_complete(checkpoint_id),
+            None => Ok(()),
+        }
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> OpResult {
+        match self.run.as_mut() {
+            Some(run) => run.notify_checkpoint_aborted(checkpoint_id),
+            None => Ok(()),
+        }
     }
 }

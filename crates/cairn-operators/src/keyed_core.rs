@@ -4,7 +4,7 @@
 //! windows differ only in what they do with a record or a fired timer.
 
 use cairn_state::keygroup::{key_bytes, key_group_for_bytes};
-use cairn_state::{codec, KeyedStateAccess, OperatorStateStore};
+use cairn_state::{codec, KeyedStateAccess, OperatorStateStore, SnapshotRequest};
 
 use crate::collector::{Outputs, SidePorts};
 use crate::keyed::{Key, KeyedContext, KeyedOpenContext};
@@ -140,10 +140,20 @@ impl<O: Send + 'static> KeyedCore<O> {
 
     /// The synchronous part of a snapshot: keyed state (timers included) and
     /// operator state.
-    pub fn snapshot(&mut self) -> OpResult<OperatorSnapshot> {
+    pub fn snapshot(&mut self, request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
         Ok(OperatorSnapshot {
-            keyed: Some(self.state.backend_mut().snapshot()?),
+            keyed: Some(self.state.backend_mut().snapshot(request)?),
             operator_state: self.operator_state.to_entries(),
         })
+    }
+
+    /// Tell the backend a checkpoint completed (it may reuse its files).
+    pub fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> OpResult {
+        Ok(self.state.backend_mut().notify_checkpoint_complete(checkpoint_id)?)
+    }
+
+    /// Tell the backend a checkpoint was aborted.
+    pub fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> OpResult {
+        Ok(self.state.backend_mut().notify_checkpoint_aborted(checkpoint_id)?)
     }
 }

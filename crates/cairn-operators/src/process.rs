@@ -8,6 +8,7 @@ use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use cairn_runtime::record::{AnyBatch, StreamRecord, NO_TIMESTAMP};
 use cairn_runtime::time::now_ms;
+use cairn_state::SnapshotRequest;
 
 /// Applies a batch transformation; map, filter and flat_map are built on it.
 pub struct TransformOperator<I, O, F> {
@@ -152,7 +153,8 @@ impl<I: Send + 'static, O: Send + 'static, F: ProcessFunction<I, O>> OperatorLog
         Ok(())
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
+    fn snapshot(&mut self, request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
+        let checkpoint_id = request.checkpoint_id;
         let (_, state, _) = self.run.as_mut().ok_or("operator not opened")?;
         self.function.snapshot_state(state, checkpoint_id)?;
         Ok(OperatorSnapshot {

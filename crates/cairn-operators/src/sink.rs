@@ -7,6 +7,7 @@ use cairn_state::OperatorStateStore;
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use cairn_runtime::record::{AnyBatch, StreamRecord};
+use cairn_state::SnapshotRequest;
 
 /// Context of a sink subtask.
 pub struct SinkContext<'a> {
@@ -85,7 +86,8 @@ impl<T: Send + 'static, S: Sink<T>> OperatorLogic for SinkOperator<T, S> {
         self.sink.write_batch(*batch)
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
+    fn snapshot(&mut self, request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
+        let checkpoint_id = request.checkpoint_id;
         let (info, state, checkpointing) = self.run.as_mut().ok_or("sink not opened")?;
         self.sink.snapshot_state(
             &mut SinkContext {

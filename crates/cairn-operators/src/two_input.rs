@@ -30,6 +30,7 @@ use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use cairn_runtime::record::{AnyBatch, NO_TIMESTAMP};
 use cairn_runtime::time::now_ms;
+use cairn_state::SnapshotRequest;
 
 /// The accessors every context shares: timestamp, watermark, output.
 macro_rules! output_methods {
@@ -216,7 +217,8 @@ where
         Ok(())
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
+    fn snapshot(&mut self, request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
+        let checkpoint_id = request.checkpoint_id;
         let run = self.run.as_mut().ok_or_else(|| not_opened("co-process"))?;
         self.function.snapshot_state(&mut run.state, checkpoint_id)?;
         Ok(OperatorSnapshot {
@@ -403,7 +405,7 @@ where
         Ok(())
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
+    fn snapshot(&mut self, _request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
         let run = self.run.as_mut().ok_or_else(|| not_opened("broadcast process"))?;
         Ok(OperatorSnapshot {
             keyed: None,
@@ -538,11 +540,25 @@ where
         self.run.as_ref().and_then(|r| r.next_processing_timer())
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
+    fn snapshot(&mut self, request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
         self.run
             .as_mut()
             .ok_or_else(|| not_opened("keyed co-process"))?
-            .snapshot()
+            .snapshot(request)
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> OpResult {
+        match self.run.as_mut() {
+            Some(run) => run.notify_checkpoint_complete(checkpoint_id),
+            None => Ok(()),
+        }
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> OpResult {
+        match self.run.as_mut() {
+            Some(run) => run.notify_checkpoint_aborted(checkpoint_id),
+            None => Ok(()),
+        }
     }
 }
 
@@ -666,10 +682,24 @@ where
         self.run.as_ref().and_then(|r| r.next_processing_timer())
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
+    fn snapshot(&mut self, request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
         self.run
             .as_mut()
             .ok_or_else(|| not_opened("keyed broadcast process"))?
-            .snapshot()
+            .snapshot(request)
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> OpResult {
+        match self.run.as_mut() {
+            Some(run) => run.notify_checkpoint_complete(checkpoint_id),
+            None => Ok(()),
+        }
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> OpResult {
+        match self.run.as_mut() {
+            Some(run) => run.notify_checkpoint_aborted(checkpoint_id),
+            None => Ok(()),
+        }
     }
 }

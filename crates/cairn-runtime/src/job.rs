@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use cairn_config::Configuration;
 use cairn_graph::{NodeKind, Partitioning, ResolvedGraph};
 use cairn_state::keygroup::KeyGroupRange;
-use cairn_state::{HeapKeyedStateBackend, KeyedStateAccess, OperatorStateStore};
+use cairn_state::{BackendContext, KeyedStateAccess, KeyedStateBackend, OperatorStateStore, StateBackendFactory};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::error::{Cancelled, JobError};
@@ -20,6 +20,7 @@ use crate::output::{EdgeWiring, PortFactory, PortOutput, SendContext, TaskMetric
 use crate::record::Message;
 use crate::source::SourceLogic;
 use crate::task::{Head, Task, TaskCommand, TaskEvent, TaskId, TaskSettings};
+use crate::upload::SnapshotUploader;
 
 /// The receivers of one subtask, each with the logical input (0/1) it feeds.
 type InputChannels = Vec<(usize, Receiver<Message>)>;
@@ -56,6 +57,8 @@ pub struct JobSpec {
     pub edge_keys: Vec<Option<Arc<dyn Any + Send + Sync>>>,
     pub config: Arc<Configuration>,
     pub job_id: String,
+    /// Creates every keyed operator subtask's state backend.
+    pub backends: Arc<dyn StateBackendFactory>,
 }
 
 /// Runtime knobs read from configuration.
@@ -93,7 +96,8 @@ pub struct RunningJob {
 /// State to restore a subtask with.
 #[derive(Default)]
 pub struct SubtaskRestore {
-    pub keyed: Option<HeapKeyedStateBackend>,
+    /// A backend (made by the job's factory) holding the restored keyed state.
+    pub keyed: Option<Box<dyn KeyedStateBackend>>,
     pub operator_state: OperatorStateStore,
 }
 
@@ -109,12 +113,27 @@ pub fn chain_name(graph: &ResolvedGraph, chain: usize) -> String {
         .join(" -> ")
 }
 
-/// Wire and start every task of `spec`.
+/// The context a keyed node's backend is created with.
+pub fn backend_context(spec: &JobSpec, node: usize, subtask: u32, attempt: u32) -> BackendContext {
+    let n = spec.graph.node(cairn_graph::NodeId(node));
+    BackendContext {
+        job_id: spec.job_id.clone(),
+        operator_id: n.operator_id.clone(),
+        uid: n.uid.clone(),
+        subtask,
+        key_groups: KeyGroupRange::for_subtask(n.max_parallelism, n.parallelism, subtask),
+        attempt,
+    }
+}
+
+/// Wire and start every task of `spec`; tasks upload their snapshots
+/// through `uploader`.
 pub fn start(
     spec: &JobSpec,
     settings: RuntimeSettings,
     attempt: u32,
     wait_for_release: bool,
+    uploader: &Arc<SnapshotUploader>,
     restore: RestoreFn<'_>,
 ) -> Result<RunningJob, JobError> {
     let g = &spec.graph;
@@ -186,8 +205,22 @@ pub fn start(
                 let range = KeyGroupRange::for_subtask(n.max_parallelism, n.parallelism, s);
                 let restored = restore(node, s, range)?;
                 let keyed = if n.keyed {
-                    let backend = restored.keyed.unwrap_or_else(|| HeapKeyedStateBackend::new(range));
-                    Some(KeyedStateAccess::new(Box::new(backend)))
+                    let backend = match restored.keyed {
+                        Some(b) => b,
+                        None => spec
+                            .backends
+                            .create(&backend_context(spec, node, s, attempt))
+                            .map_err(|e| {
+                                JobError::Setup(format!(
+                                    "cannot create the {} state backend of operator '{}' (uid '{}'), subtask {}: {e}",
+                                    spec.backends.name(),
+                                    n.name,
+                                    n.uid,
+                                    s + 1
+                                ))
+                            })?,
+                    };
+                    Some(KeyedStateAccess::new(backend))
                 } else {
                     None
                 };
@@ -259,6 +292,13 @@ pub fn start(
             running.tasks.push(id);
             running.metrics.push((id, metrics.clone()));
             let source_node = matches!(head.kind, NodeKind::Source).then_some(head.id.0);
+            let snapshot_nodes = chain
+                .iter()
+                .map(|n| {
+                    let node = g.node(*n);
+                    (n.0, node.operator_id.clone(), spec.nodes[n.0].key_codec.clone())
+                })
+                .collect();
             tasks.push((
                 format!("{} ({}/{})", chain_name(g, ci), s + 1, head.parallelism),
                 Task {
@@ -276,6 +316,9 @@ pub fn start(
                         wait_for_release,
                     },
                     source_node,
+                    snapshot_nodes,
+                    uploader: uploader.clone(),
+                    last_snapshot: None,
                     finished: false,
                     drained: true,
                 },

@@ -18,6 +18,7 @@ pub mod snapshot_io;
 pub mod source;
 pub mod task;
 pub mod time;
+pub mod upload;
 
 pub use error::{BoxError, JobError, OpResult};
 pub use operator::{Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cairn_config::Configuration;
 use cairn_state::operator_state::OperatorStateEntry;
-use cairn_state::{KeyedStateAccess, KeyedStateSnapshot, OperatorStateStore, StateError};
+use cairn_state::{BackendSnapshot, KeyedStateAccess, OperatorStateStore, SnapshotRequest, StateError};
 
 use crate::error::OpResult;
 use crate::record::{AnyBatch, StreamRecord};
@@ -63,7 +63,7 @@ impl Emitter {
 /// The synchronous part of an operator's snapshot, written out asynchronously.
 #[derive(Default)]
 pub struct OperatorSnapshot {
-    pub keyed: Option<Box<dyn KeyedStateSnapshot>>,
+    pub keyed: Option<BackendSnapshot>,
     pub operator_state: Vec<OperatorStateEntry>,
 }
 
@@ -108,8 +108,9 @@ pub trait OperatorLogic: Send {
     fn next_processing_timer(&self) -> Option<i64> {
         None
     }
-    /// Take the synchronous part of a snapshot for checkpoint `checkpoint_id`.
-    fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
+    /// Take the synchronous part of a snapshot (`request` says which
+    /// checkpoint and what kind; keyed operators pass it to their backend).
+    fn snapshot(&mut self, _request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
         Ok(OperatorSnapshot::default())
     }
     /// Checkpoint `checkpoint_id` is complete (two-phase-commit sinks commit now).

@@ -7,7 +7,10 @@
 //! [`cairn_state::snapshot_codec`] entries (values are the value codec's
 //! MessagePack, keys bincode); `keyed-states` holds the states' metadata as
 //! JSON; `operator` holds the operator state entries (the entry list framed
-//! with bincode, each element in the value codec).
+//! with bincode, each element in the value codec). A backend that snapshots
+//! into files of its own (RocksDB) has no `keyed/` sections but a
+//! `backend-files` section listing those files, which `_metadata` references
+//! beside the state file.
 //!
 //! Canonical savepoints ([`write_canonical_file`]) are Parquet files instead,
 //! readable without Cairn (spec: `docs/formats/savepoint-canonical.md`).
@@ -17,6 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cairn_snapshot::checksum::ChecksummingWriter;
+use cairn_snapshot::layout::{IdGenerator, SHARED_DIR};
 use cairn_snapshot::parquet::{
     BytesColumn, ColumnData, ColumnDef, ColumnType, ParquetError, ParquetFile, ParquetFooter, ParquetWriter,
     RowGroupBuilder,
@@ -28,9 +32,12 @@ use cairn_state::canonical::{
 };
 use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::operator_state::OperatorStateEntry;
-use cairn_state::{KeyedStateBackend, StateError, StateMeta};
+use cairn_state::{
+    BackendSnapshot, KeyedStateBackend, KeyedStateSnapshot, SnapshotFile, StateError, StateMeta, UploadedFile,
+};
 
 use crate::operator::OperatorSnapshot;
+use crate::upload::{copy_local_file, WriteTicket};
 
 /// Section holding the keyed states' metadata.
 pub const KEYED_STATES_SECTION: &str = "keyed-states";
@@ -42,20 +49,55 @@ pub fn keyed_section(state: &str) -> String {
     format!("keyed/{state}")
 }
 
+/// Section listing a backend's own files: `{"backend": .., "files": [[name, path], ..]}`.
+pub const BACKEND_FILES_SECTION: &str = "backend-files";
+
+/// The content of the [`BACKEND_FILES_SECTION`]: which backend wrote the
+/// subtask's files, and each file's restore name and reference path.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackendFilesManifest {
+    pub backend: String,
+    /// `(name when restored, path relative to the snapshot directory)`.
+    pub files: Vec<(String, String)>,
+}
+
 /// Write `snapshot` to `dir/name`; `None` when there is nothing to write.
+/// Keyed state must be logical key groups (backend files go through
+/// [`write_native`]).
 pub fn write_snapshot_file(
     storage: &dyn Storage,
     dir: &Path,
     name: &str,
     snapshot: OperatorSnapshot,
 ) -> Result<Option<StateFileRef>, String> {
-    if snapshot.keyed.is_none() && snapshot.operator_state.is_empty() {
+    let keyed = match snapshot.keyed {
+        None => None,
+        Some(BackendSnapshot::KeyGroups(k)) => Some(k),
+        Some(BackendSnapshot::Files(set)) => {
+            set.discard();
+            return Err("a backend's file snapshot cannot be written as a state file".into());
+        }
+    };
+    write_state_file(storage, dir, name, keyed.as_deref(), None, &snapshot.operator_state)
+}
+
+/// The state file of one operator subtask: keyed key groups (or the states
+/// and the manifest of backend files) and operator state.
+fn write_state_file(
+    storage: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    keyed: Option<&dyn KeyedStateSnapshot>,
+    backend_files: Option<(&[StateMeta], &BackendFilesManifest)>,
+    operator_state: &[OperatorStateEntry],
+) -> Result<Option<StateFileRef>, String> {
+    if keyed.is_none() && backend_files.is_none() && operator_state.is_empty() {
         return Ok(None);
     }
     let path = dir.join(name);
     let mut w = StateFileWriter::create(storage, &path).map_err(|e| e.to_string())?;
-    if let Some(keyed) = snapshot.keyed {
-        let mut metas: Vec<StateMeta> = Vec::new();
+    let mut metas: Vec<StateMeta> = Vec::new();
+    if let Some(keyed) = keyed {
         keyed
             .for_each_group(&mut |meta, kg, bytes| {
                 if !metas.iter().any(|m| m.name == meta.name) {
@@ -66,17 +108,143 @@ pub fn write_snapshot_file(
                 w.write_all(bytes).map_err(|e| StateError::Backend(e.to_string()))
             })
             .map_err(|e| e.to_string())?;
+    }
+    if let Some((states, manifest)) = backend_files {
+        metas = states.to_vec();
+        let json = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
+        w.begin_section(BACKEND_FILES_SECTION, None)
+            .map_err(|e| e.to_string())?;
+        w.write_all(&json).map_err(|e| e.to_string())?;
+    }
+    if keyed.is_some() || backend_files.is_some() {
         let json = serde_json::to_vec(&metas).map_err(|e| e.to_string())?;
         w.begin_section(KEYED_STATES_SECTION, None).map_err(|e| e.to_string())?;
         w.write_all(&json).map_err(|e| e.to_string())?;
     }
-    if !snapshot.operator_state.is_empty() {
-        let bytes = bincode::serialize(&snapshot.operator_state).map_err(|e| e.to_string())?;
+    if !operator_state.is_empty() {
+        let bytes = bincode::serialize(operator_state).map_err(|e| e.to_string())?;
         w.begin_section(OPERATOR_SECTION, None).map_err(|e| e.to_string())?;
         w.write_all(&bytes).map_err(|e| e.to_string())?;
     }
     let info = w.finish_durable().map_err(|e| e.to_string())?;
     Ok(Some(info.to_file_ref(name)))
+}
+
+/// Write one operator subtask's native snapshot for the ticket's
+/// destination: a state file `<stem>.state`, plus, for backends that
+/// snapshot into files, those files (new shared ones into the job's
+/// `shared/` directory under unique names, private ones into `<stem>/`).
+/// Every file is recorded in the ticket before it is created.
+pub fn write_native(ticket: &WriteTicket, stem: &str, snapshot: OperatorSnapshot) -> Result<Vec<StateFileRef>, String> {
+    let dest = ticket.destination();
+    let storage = ticket.storage();
+    let state_name = format!("{stem}.state");
+    ticket.intend(&dest.dir.join(&state_name));
+    let set = match snapshot.keyed {
+        Some(BackendSnapshot::Files(set)) => set,
+        keyed => {
+            let keyed = match keyed {
+                Some(BackendSnapshot::KeyGroups(k)) => Some(k),
+                _ => None,
+            };
+            let file = write_state_file(
+                storage,
+                &dest.dir,
+                &state_name,
+                keyed.as_deref(),
+                None,
+                &snapshot.operator_state,
+            )?;
+            return Ok(file.into_iter().collect());
+        }
+    };
+    let mut refs = Vec::new();
+    let mut uploaded = Vec::new();
+    let mut manifest = BackendFilesManifest {
+        backend: set.backend().to_string(),
+        files: Vec::new(),
+    };
+    let result = (|| -> Result<(), String> {
+        let mut rng = IdGenerator::from_entropy();
+        let mut private_dir_made = false;
+        for file in set.files() {
+            let u = match file {
+                SnapshotFile::Upload {
+                    local_path,
+                    name,
+                    shared,
+                } => {
+                    let (target, rel) = match (&dest.shared_dir, *shared) {
+                        (Some(shared_dir), true) => {
+                            let unique = format!("{}-{name}", rng.hex(16));
+                            (shared_dir.join(&unique), format!("../{SHARED_DIR}/{unique}"))
+                        }
+                        _ => {
+                            let private = dest.dir.join(stem);
+                            if !private_dir_made {
+                                storage.create_dir_all(&private).map_err(|e| e.to_string())?;
+                                private_dir_made = true;
+                            }
+                            (private.join(name), format!("{stem}/{name}"))
+                        }
+                    };
+                    ticket.intend(&target);
+                    let (size, crc32) = copy_local_file(storage, local_path, &target)?;
+                    let u = UploadedFile {
+                        name: name.clone(),
+                        path: rel,
+                        size,
+                        crc32,
+                    };
+                    uploaded.push(u.clone());
+                    u
+                }
+                SnapshotFile::Reuse(u) => {
+                    if dest.shared_dir.is_none() {
+                        return Err(format!(
+                            "the '{}' backend referenced an earlier file ({}) in a savepoint, which must be self-contained; this is a Cairn bug",
+                            set.backend(),
+                            u.path
+                        ));
+                    }
+                    u.clone()
+                }
+            };
+            manifest.files.push((u.name.clone(), u.path.clone()));
+            refs.push(StateFileRef {
+                path: u.path,
+                size: u.size,
+                crc32: u.crc32,
+                sections: Vec::new(),
+                format: FileFormat::BackendFile,
+            });
+        }
+        let state = write_state_file(
+            storage,
+            &dest.dir,
+            &state_name,
+            None,
+            Some((set.states(), &manifest)),
+            &snapshot.operator_state,
+        )?;
+        refs.extend(state);
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            set.uploaded(uploaded);
+            Ok(refs)
+        }
+        Err(e) => {
+            set.discard();
+            Err(e)
+        }
+    }
+}
+
+/// Read the [`BACKEND_FILES_SECTION`].
+pub fn decode_backend_files(bytes: &[u8]) -> Result<BackendFilesManifest, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("backend file list is corrupt: {e}"))
 }
 
 /// Decode the operator state entries of a section.
@@ -361,7 +529,18 @@ pub fn write_canonical_file(
     key_codec: Option<&KeyCodec>,
 ) -> Result<Vec<StateFileRef>, String> {
     let mut files = Vec::new();
-    if let Some(keyed) = snapshot.keyed {
+    let keyed = match snapshot.keyed {
+        None => None,
+        Some(BackendSnapshot::KeyGroups(k)) => Some(k),
+        Some(BackendSnapshot::Files(set)) => {
+            let backend = set.backend().to_string();
+            set.discard();
+            return Err(format!(
+                "the '{backend}' state backend answered a canonical savepoint with its own files; it must give logical key groups"
+            ));
+        }
+    };
+    if let Some(keyed) = keyed {
         let rel = format!("{name_stem}{KEYED_PARQUET_SUFFIX}");
         let path = dir.join(&rel);
         let keyed_ref = std::thread::scope(|scope| -> Result<Option<StateFileRef>, String> {

@@ -10,11 +10,23 @@ use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::error::{BoxError, Cancelled};
 use crate::input::{BarrierAction, InputState};
+use cairn_snapshot::StateFileRef;
+use cairn_state::canonical::KeyCodec;
+use cairn_state::BackendSnapshot;
+
 use crate::operator::{Emitter, OperatorLogic, OperatorSnapshot};
 use crate::output::{PortOutput, TaskMetrics};
 use crate::record::{AnyBatch, Barrier, Message, MAX_WATERMARK};
 use crate::source::{SourceLogic, SourceStatus};
 use crate::time::now_ms;
+use crate::upload::{OperatorUpload, SnapshotUploader, UploadJob};
+
+/// Release what an unused snapshot holds (a file snapshot's local files).
+fn discard(snapshot: OperatorSnapshot) {
+    if let Some(BackendSnapshot::Files(set)) = snapshot.keyed {
+        set.discard();
+    }
+}
 
 /// Identifies a task: (chain index, subtask index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,16 +51,20 @@ pub enum TaskCommand {
     },
 }
 
-/// Events from a task to the job coordinator.
+/// Events from a task (or its snapshot upload) to the job coordinator.
 pub enum TaskEvent {
-    /// The synchronous snapshot parts of the task's operators for a checkpoint.
-    Snapshot {
+    /// The task took the synchronous part of its snapshot for a checkpoint;
+    /// its upload is under way.
+    Snapshotted { task: TaskId, checkpoint_id: u64 },
+    /// The task's snapshot for a checkpoint is durable: its files per node.
+    Acknowledge {
         task: TaskId,
         checkpoint_id: u64,
-        barrier: Barrier,
-        states: Vec<(usize, OperatorSnapshot)>,
+        files: Vec<(usize, Vec<StateFileRef>)>,
         alignment: Duration,
         sync: Duration,
+        /// Time the upload took.
+        write: Duration,
     },
     /// The task declined a checkpoint (its snapshot failed).
     Decline {
@@ -125,6 +141,13 @@ pub struct Task {
     pub settings: TaskSettings,
     /// Node index of the source (for source chains).
     pub source_node: Option<usize>,
+    /// Per node of the chain (source first): operator id and key codec, for
+    /// the snapshot files.
+    pub snapshot_nodes: Vec<(usize, String, Option<KeyCodec>)>,
+    /// Where snapshots are uploaded.
+    pub uploader: Arc<SnapshotUploader>,
+    /// The last snapshot taken (ids increase).
+    pub last_snapshot: Option<u64>,
     /// All input is processed; a checkpoint now snapshots final state and
     /// sends no barrier (nobody downstream reads any more).
     pub finished: bool,
@@ -238,7 +261,8 @@ impl Task {
         self.ops.iter().filter_map(|(_, op)| op.next_processing_timer()).min()
     }
 
-    /// Snapshot the chain (after the source, if any) and forward the barrier.
+    /// Snapshot the chain (after the source, if any), forward the barrier and
+    /// hand the snapshot to the uploader (processing never waits for it).
     fn checkpoint(
         &mut self,
         barrier: Barrier,
@@ -246,42 +270,86 @@ impl Task {
         alignment: Duration,
     ) -> Result<(), Fail> {
         let start = Instant::now();
+        let id = barrier.checkpoint_id;
+        // A finished task may be asked twice (at trigger and when it
+        // finished); ids increase, so a snapshot at or below the last is a repeat.
+        if self.last_snapshot.is_some_and(|last| id <= last) {
+            return Ok(());
+        }
+        self.last_snapshot = Some(id);
+        let destination = self.uploader.destination(id);
         let mut states = Vec::new();
         let mut failed: Option<String> = None;
-        if let (Some(src), Some(node)) = (source, self.source_node) {
-            match src.snapshot(barrier.checkpoint_id) {
-                Ok(s) => states.push((node, s)),
-                Err(e) => failed = Some(format!("source snapshot failed: {e}")),
+        match &destination {
+            None => {
+                failed = Some(format!(
+                    "snapshot {id} is no longer pending (it was aborted or expired)"
+                ))
             }
-        }
-        for (node, op) in &mut self.ops {
-            if failed.is_some() {
-                break;
-            }
-            match op.snapshot(barrier.checkpoint_id) {
-                Ok(s) => states.push((*node, s)),
-                Err(e) => failed = Some(format!("snapshot of node {node} failed: {e}")),
+            Some(dest) => {
+                if let (Some(src), Some(node)) = (source, self.source_node) {
+                    match src.snapshot(id) {
+                        Ok(s) => states.push((node, s)),
+                        Err(e) => failed = Some(format!("source snapshot failed: {e}")),
+                    }
+                }
+                for (node, op) in &mut self.ops {
+                    if failed.is_some() {
+                        break;
+                    }
+                    match op.snapshot(&dest.request) {
+                        Ok(s) => states.push((*node, s)),
+                        Err(e) => failed = Some(format!("snapshot of node {node} failed: {e}")),
+                    }
+                }
             }
         }
         if !self.finished {
             self.control_all(&|| Message::Barrier(barrier))?;
         }
-        let event = match failed {
-            Some(reason) => TaskEvent::Decline {
-                task: self.id,
-                checkpoint_id: barrier.checkpoint_id,
+        let task = self.id;
+        let Some(destination) = destination.filter(|_| failed.is_none()) else {
+            for (_, s) in states {
+                discard(s);
+            }
+            let reason = failed.unwrap_or_default();
+            let _ = self.events.send(TaskEvent::Decline {
+                task,
+                checkpoint_id: id,
                 reason,
-            },
-            None => TaskEvent::Snapshot {
-                task: self.id,
-                checkpoint_id: barrier.checkpoint_id,
-                barrier,
-                states,
-                alignment,
-                sync: start.elapsed(),
-            },
+            });
+            return Ok(());
         };
-        let _ = self.events.send(event);
+        let _ = self.events.send(TaskEvent::Snapshotted {
+            task,
+            checkpoint_id: id,
+        });
+        let operators = states
+            .into_iter()
+            .map(|(node, snapshot)| {
+                let (operator_id, key_codec) = self
+                    .snapshot_nodes
+                    .iter()
+                    .find(|(n, _, _)| *n == node)
+                    .map(|(_, id, codec)| (id.clone(), codec.clone()))
+                    .unwrap_or_default();
+                OperatorUpload {
+                    node,
+                    operator_id,
+                    key_codec,
+                    snapshot,
+                }
+            })
+            .collect();
+        self.uploader.submit(UploadJob {
+            task,
+            subtask: task.subtask,
+            destination,
+            operators,
+            alignment,
+            sync: start.elapsed(),
+            events: self.events.clone(),
+        });
         Ok(())
     }
 

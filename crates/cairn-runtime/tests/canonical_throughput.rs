@@ -61,7 +61,11 @@ fn canonical_write_throughput() {
     let codec = key_codec_for::<String>();
     // CPU only: rows into a row-group builder, no file.
     {
-        let snap = a.backend_mut().snapshot().unwrap();
+        let snap = a
+            .backend_mut()
+            .snapshot(&cairn_state::SnapshotRequest::checkpoint(1))
+            .unwrap();
+        let snap = snap.key_groups().expect("heap snapshots are key groups");
         let schema = cairn_runtime::snapshot_io::keyed_schema();
         let mut b = cairn_snapshot::parquet::RowGroupBuilder::new(&schema);
         let mut conv = cairn_state::canonical::RowsFromGroups::new();
@@ -98,7 +102,11 @@ fn canonical_write_throughput() {
     }
     for round in 0..2 {
         let snap = OperatorSnapshot {
-            keyed: Some(a.backend_mut().snapshot().unwrap()),
+            keyed: Some(
+                a.backend_mut()
+                    .snapshot(&cairn_state::SnapshotRequest::checkpoint(1))
+                    .unwrap(),
+            ),
             operator_state: Vec::new(),
         };
         let t = Instant::now();
@@ -114,7 +122,11 @@ fn canonical_write_throughput() {
             (n * 4) as f64 / 1e6 / el.as_secs_f64()
         );
         let snap = OperatorSnapshot {
-            keyed: Some(a.backend_mut().snapshot().unwrap()),
+            keyed: Some(
+                a.backend_mut()
+                    .snapshot(&cairn_state::SnapshotRequest::checkpoint(1))
+                    .unwrap(),
+            ),
             operator_state: Vec::new(),
         };
         let t = Instant::now();

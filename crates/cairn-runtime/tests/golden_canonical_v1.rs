@@ -138,7 +138,7 @@ fn fixture_snapshot() -> OperatorSnapshot {
     ops.set_list::<String>("pending", DistributionMode::Union, &[]).unwrap();
     ops.broadcast_put("rules", &"r1".to_string(), &vec![1u8, 2]).unwrap();
     OperatorSnapshot {
-        keyed: Some(Box::new(Fixed(groups))),
+        keyed: Some(cairn_state::BackendSnapshot::KeyGroups(Box::new(Fixed(groups)))),
         operator_state: ops.to_entries(),
     }
 }

@@ -152,7 +152,9 @@ mod tests {
         let s = InMemoryStorage::new();
         let job = Path::new("/ck/job");
         let epochs: Vec<u64> = std::thread::scope(|scope| {
-            let hs: Vec<_> = (0..6).map(|_| scope.spawn(|| Fence::acquire(&s, job).unwrap().epoch())).collect();
+            let hs: Vec<_> = (0..6)
+                .map(|_| scope.spawn(|| Fence::acquire(&s, job).unwrap().epoch()))
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let mut sorted = epochs.clone();

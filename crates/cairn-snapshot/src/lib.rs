@@ -30,6 +30,8 @@ pub mod storage;
 
 pub use error::{Result, SnapshotError};
 pub use layout::{CheckpointLayout, JobId};
+pub use location::{normalize_location, StorageRouter};
+pub use memory::InMemoryStorage;
 pub use metadata::{
     read_metadata, verify_files, write_metadata, FileFormat, OperatorSnapshot, SavepointFormat, SnapshotKind,
     SnapshotMetadata, StateFileRef, SubtaskSnapshot,
@@ -37,6 +39,4 @@ pub use metadata::{
 pub use restore::{load_snapshot, LoadedSnapshot};
 pub use retention::{CompletedCheckpointStore, ExternalizedRetention};
 pub use state_file::{SectionInfo, StateFileInfo, StateFileReader, StateFileWriter};
-pub use location::{normalize_location, StorageRouter};
-pub use memory::InMemoryStorage;
 pub use storage::{FaultInjectingStorage, LocalFileStorage, Storage, StorageWriter};

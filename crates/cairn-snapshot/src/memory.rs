@@ -89,12 +89,18 @@ impl Storage for InMemoryStorage {
     fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
         let files = self.lock();
         let bytes = files.files.get(path).ok_or_else(|| missing(path))?;
-        let end = offset.checked_add(len).filter(|e| *e <= bytes.len() as u64).ok_or_else(|| {
-            SnapshotError::corrupt(
-                path,
-                format!("range {offset}+{len} is beyond the end of the file ({} bytes)", bytes.len()),
-            )
-        })?;
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= bytes.len() as u64)
+            .ok_or_else(|| {
+                SnapshotError::corrupt(
+                    path,
+                    format!(
+                        "range {offset}+{len} is beyond the end of the file ({} bytes)",
+                        bytes.len()
+                    ),
+                )
+            })?;
         Ok(bytes[offset as usize..end as usize].to_vec())
     }
 

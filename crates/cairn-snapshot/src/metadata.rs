@@ -317,6 +317,16 @@ pub fn write_metadata(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata
     Ok(path)
 }
 
+/// Replaces `dir/_metadata` atomically (temporary name, fsync, rename). For
+/// offline tools rewriting a snapshot they own; the commit protocol never
+/// overwrites and uses [`write_metadata`].
+pub fn replace_metadata(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetadata) -> Result<PathBuf> {
+    let bytes = encode_metadata(meta)?;
+    let path = dir.join(METADATA_FILE_NAME);
+    storage.write_atomic(&path, &bytes)?;
+    Ok(path)
+}
+
 /// Where a user-supplied snapshot path points: (snapshot dir, `_metadata` path).
 pub fn locate_metadata(storage: &dyn Storage, path: &Path) -> Result<(PathBuf, PathBuf)> {
     if path.file_name().is_some_and(|n| n == METADATA_FILE_NAME) {

@@ -190,7 +190,15 @@ impl StateFileWriter<Box<dyn StorageWriter>> {
     pub fn finish_durable(self) -> Result<StateFileInfo> {
         let (w, info) = self.finish()?;
         let size = w.finish()?;
-        debug_assert_eq!(size, info.size);
+        if size != info.size {
+            return Err(SnapshotError::corrupt(
+                PathBuf::from("state file"),
+                format!(
+                    "{size} bytes are on storage after writing {}; the file changed while it was written",
+                    info.size
+                ),
+            ));
+        }
         Ok(info)
     }
 }

@@ -79,7 +79,11 @@ fn regenerate_if_asked() {
         std::fs::write(dir.join("job/chk-7/op-0-0.state"), bytes).unwrap();
         std::fs::write(dir.join("job/chk-7/MANIFEST-000005"), MANIFEST).unwrap();
         std::fs::write(dir.join("job/shared/9f8e7d6c-000009.sst"), SST).unwrap();
-        std::fs::write(dir.join("job/chk-7/_metadata"), encode_metadata(&golden_metadata(&info)).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("job/chk-7/_metadata"),
+            encode_metadata(&golden_metadata(&info)).unwrap(),
+        )
+        .unwrap();
         eprintln!("regenerated golden fixture in {}", dir.display());
     });
 }
@@ -90,7 +94,10 @@ fn golden_v2_loads_with_shared_backend_files() {
     let storage = LocalFileStorage::new();
     let snap = load_snapshot(&storage, &golden_dir().join("job/chk-7")).expect("golden v2 fixture must load");
     let m = &snap.metadata;
-    assert_eq!((m.format_version, m.kind, m.checkpoint_id), (2, SnapshotKind::Checkpoint, 7));
+    assert_eq!(
+        (m.format_version, m.kind, m.checkpoint_id),
+        (2, SnapshotKind::Checkpoint, 7)
+    );
     let files = &m.operators[0].subtasks[0].files;
     assert_eq!(files.len(), 3);
     assert_eq!(files[1].format, FileFormat::BackendFile);

@@ -102,7 +102,11 @@ fn put_if_absent_race(s: &(dyn Storage + Sync), dir: &std::path::Path) {
         assert_eq!(winners.iter().filter(|w| **w).count(), 1, "round {round}: {winners:?}");
         let content = String::from_utf8(s.read(&path).unwrap()).unwrap();
         let winner = winners.iter().position(|w| *w).unwrap();
-        assert_eq!(content, format!("writer {winner}"), "the winner's content is what was published");
+        assert_eq!(
+            content,
+            format!("writer {winner}"),
+            "the winner's content is what was published"
+        );
     }
 }
 

@@ -7,10 +7,15 @@
 //! cairn_state_conformance::backend_conformance_tests!(|range| Box::new(HeapKeyedStateBackend::new(range)));
 //! ```
 
-use cairn_state::backend::{KeyedStateBackend, KeyedStateSnapshot};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cairn_state::backend::KeyedStateBackend;
 use cairn_state::keygroup::KeyGroupRange;
-use cairn_state::snapshot_codec::{self, Decoded};
-use cairn_state::{StateKind, StateMeta};
+use cairn_state::{
+    BackendSnapshot, FileSetRestore, FileSetSnapshot, SnapshotFile, SnapshotRequest, SnapshotRequestKind, StateError,
+    StateKind, StateMeta, UploadedFile,
+};
 
 /// Builds an empty backend holding the given key groups.
 pub type BackendFactory<'a> = &'a dyn Fn(KeyGroupRange) -> Box<dyn KeyedStateBackend>;
@@ -45,6 +50,7 @@ macro_rules! backend_conformance_tests {
             key_groups_outside_range_are_refused,
             snapshots_are_isolated_from_later_writes,
             restore_into_a_subset_of_key_groups,
+            incremental_checkpoints_restore_each_state,
         );
     };
     (@each $factory:expr; $($property:ident),* $(,)?) => {
@@ -148,72 +154,241 @@ pub fn key_groups_outside_range_are_refused(factory: BackendFactory<'_>) {
     assert!(b.get(s, 9, b"k", &mut out).is_err());
 }
 
-fn collect(snapshot: &dyn KeyedStateSnapshot) -> Vec<(String, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    snapshot
-        .for_each_group(&mut |m, kg, bytes| {
-            out.push((m.name.clone(), kg, bytes.to_vec()));
-            Ok(())
-        })
-        .unwrap();
-    out
+static UPLOADS: AtomicU64 = AtomicU64::new(0);
+
+/// A directory standing in for checkpoint storage in file round trips.
+fn upload_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cairn-conformance-{}-{}",
+        std::process::id(),
+        UPLOADS.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create the upload directory");
+    dir
 }
 
-/// a snapshot shows the state as of the moment it was taken.
+/// "Upload" a file snapshot the way the runtime does: copy each new file,
+/// report where it went, and return the references to restore from.
+fn upload(set: Box<dyn FileSetSnapshot>, range: KeyGroupRange) -> FileSetRestore {
+    let dir = upload_dir();
+    let mut uploaded = Vec::new();
+    let mut files = Vec::new();
+    for (i, f) in set.files().iter().enumerate() {
+        let u = match f {
+            SnapshotFile::Upload { local_path, name, .. } => {
+                let target = dir.join(format!("{i}-{name}"));
+                std::fs::copy(local_path, &target).expect("copy a snapshot file");
+                let bytes = std::fs::read(&target).expect("read back");
+                let u = UploadedFile {
+                    name: name.clone(),
+                    path: target.to_string_lossy().into_owned(),
+                    size: bytes.len() as u64,
+                    crc32: crc(&bytes),
+                };
+                uploaded.push(u.clone());
+                u
+            }
+            SnapshotFile::Reuse(u) => u.clone(),
+        };
+        files.push(u);
+    }
+    let restore = FileSetRestore {
+        backend: set.backend().to_string(),
+        states: set.states().to_vec(),
+        key_groups: range,
+        files,
+    };
+    set.uploaded(uploaded);
+    restore
+}
+
+/// A small CRC-32 (IEEE) so the suite needs no checksum crate.
+fn crc(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for b in bytes {
+        c ^= *b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+fn fetch(f: &UploadedFile, local: &Path) -> Result<(), StateError> {
+    std::fs::copy(&f.path, local).map_err(|e| StateError::Restore(format!("{}: {e}", f.path)))?;
+    Ok(())
+}
+
+/// Snapshot `b` (running `between` after the synchronous part, as
+/// processing would), then restore the snapshot into a fresh backend for
+/// `target`, whatever kind of snapshot the backend gives.
+pub fn snapshot_round_trip(
+    factory: BackendFactory<'_>,
+    b: &mut dyn KeyedStateBackend,
+    request: SnapshotRequest,
+    target: KeyGroupRange,
+    between: &mut dyn FnMut(&mut dyn KeyedStateBackend),
+) -> Box<dyn KeyedStateBackend> {
+    let snap = b.snapshot(&request).expect("snapshot");
+    between(b);
+    let mut restored = factory(target);
+    match snap {
+        BackendSnapshot::KeyGroups(groups) => groups
+            .for_each_group(&mut |meta, kg, bytes| {
+                if target.contains(kg) {
+                    restored.restore_group(meta, kg, bytes)?;
+                }
+                Ok(())
+            })
+            .expect("restore groups"),
+        BackendSnapshot::Files(set) => {
+            let parts = vec![upload(set, b.key_group_range())];
+            restored.restore_files(&parts, &fetch).expect("restore files");
+        }
+    }
+    b.notify_checkpoint_complete(request.checkpoint_id)
+        .expect("notify complete");
+    restored
+}
+
+/// Every kind of snapshot a backend can be asked for.
+fn every_request(id: u64) -> [SnapshotRequest; 4] {
+    [
+        SnapshotRequest {
+            checkpoint_id: id,
+            kind: SnapshotRequestKind::Checkpoint { incremental: false },
+        },
+        SnapshotRequest {
+            checkpoint_id: id,
+            kind: SnapshotRequestKind::Checkpoint { incremental: true },
+        },
+        SnapshotRequest {
+            checkpoint_id: id,
+            kind: SnapshotRequestKind::NativeSavepoint,
+        },
+        SnapshotRequest {
+            checkpoint_id: id,
+            kind: SnapshotRequestKind::CanonicalSavepoint,
+        },
+    ]
+}
+
+fn value(b: &mut dyn KeyedStateBackend, s: u32, kg: u32, key: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    b.get(s, kg, key, &mut out).unwrap().then_some(out)
+}
+
+fn map_value(b: &mut dyn KeyedStateBackend, s: u32, kg: u32, key: &[u8], uk: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    b.map_get(s, kg, key, uk, &mut out).unwrap().then_some(out)
+}
+
+/// a snapshot shows the state as of the moment it was taken, for every kind
+/// of snapshot.
 pub fn snapshots_are_isolated_from_later_writes(factory: BackendFactory<'_>) {
+    for (i, request) in every_request(1).into_iter().enumerate() {
+        let mut b = factory(range(0, 4));
+        let s = b.register(&meta("s", StateKind::Value)).unwrap();
+        let m = b.register(&meta("m", StateKind::Map)).unwrap();
+        b.put(s, 0, b"k1", b"before").unwrap();
+        b.map_put(m, 3, b"k", b"u", b"before").unwrap();
+        let mut restored = snapshot_round_trip(factory, &mut *b, request, range(0, 4), &mut |b| {
+            b.put(s, 0, b"k1", b"after").unwrap();
+            b.put(s, 1, b"k2", b"new").unwrap();
+            b.map_put(m, 3, b"k", b"u", b"after").unwrap();
+        });
+        let s2 = restored.register(&meta("s", StateKind::Value)).unwrap();
+        let m2 = restored.register(&meta("m", StateKind::Map)).unwrap();
+        assert_eq!(
+            value(&mut *restored, s2, 0, b"k1").as_deref(),
+            Some(&b"before"[..]),
+            "request {i}"
+        );
+        assert_eq!(
+            value(&mut *restored, s2, 1, b"k2"),
+            None,
+            "request {i}: a later write is not in the snapshot"
+        );
+        assert_eq!(
+            map_value(&mut *restored, m2, 3, b"k", b"u").as_deref(),
+            Some(&b"before"[..]),
+            "request {i}"
+        );
+        assert_eq!(
+            value(&mut *b, s, 0, b"k1").as_deref(),
+            Some(&b"after"[..]),
+            "the live backend moved on"
+        );
+    }
+}
+
+/// a snapshot of key groups 0..8 restores into a backend owning 4..8 only,
+/// which holds exactly those key groups afterwards.
+pub fn restore_into_a_subset_of_key_groups(factory: BackendFactory<'_>) {
+    for (i, request) in every_request(1).into_iter().enumerate() {
+        let mut b = factory(range(0, 8));
+        let s = b.register(&meta("s", StateKind::Value)).unwrap();
+        let m = b.register(&meta("m", StateKind::Map)).unwrap();
+        for kg in 0..8u32 {
+            b.put(s, kg, format!("key{kg}").as_bytes(), &kg.to_le_bytes()).unwrap();
+            b.map_put(m, kg, b"k", b"u", &kg.to_le_bytes()).unwrap();
+        }
+        let mut target = snapshot_round_trip(factory, &mut *b, request, range(4, 8), &mut |_| {});
+        let s2 = target.register(&meta("s", StateKind::Value)).unwrap();
+        let m2 = target.register(&meta("m", StateKind::Map)).unwrap();
+        for kg in 4..8u32 {
+            let v = value(&mut *target, s2, kg, format!("key{kg}").as_bytes());
+            assert_eq!(v, Some(kg.to_le_bytes().to_vec()), "request {i}, key group {kg}");
+            let v = map_value(&mut *target, m2, kg, b"k", b"u");
+            assert_eq!(v, Some(kg.to_le_bytes().to_vec()), "request {i}, key group {kg}");
+        }
+        let mut count = 0;
+        target
+            .for_each_key(s2, &mut |kg, _| {
+                assert!((4..8).contains(&kg), "request {i}: key group {kg} is outside the range");
+                count += 1
+            })
+            .unwrap();
+        assert_eq!(count, 4, "request {i}");
+    }
+}
+
+/// consecutive incremental checkpoints each restore to exactly the state at
+/// their moment (a file backend may reuse files of completed checkpoints).
+pub fn incremental_checkpoints_restore_each_state(factory: BackendFactory<'_>) {
     let mut b = factory(range(0, 4));
     let s = b.register(&meta("s", StateKind::Value)).unwrap();
-    let m = b.register(&meta("m", StateKind::Map)).unwrap();
-    b.put(s, 0, b"k1", b"before").unwrap();
-    b.map_put(m, 3, b"k", b"u", b"before").unwrap();
-    let snap = b.snapshot().unwrap();
-    b.put(s, 0, b"k1", b"after").unwrap();
-    b.put(s, 1, b"k2", b"new").unwrap();
-    b.map_put(m, 3, b"k", b"u", b"after").unwrap();
-    let groups = collect(&*snap);
-    assert_eq!(groups.len(), 2, "only non-empty groups are visited: {groups:?}");
-    let mut values = Vec::new();
-    for (name, _, bytes) in &groups {
-        let kind = if name == "m" { StateKind::Map } else { StateKind::Value };
-        snapshot_codec::decode_group(name, kind, bytes, &mut |d| {
-            match d {
-                Decoded::Entry { value, .. } | Decoded::MapEntry { value, .. } => values.push(value.to_vec()),
+    for id in 1..=4u64 {
+        for k in 0..50u32 {
+            if k % 4 == id as u32 % 4 || id == 1 {
+                b.put(s, k % 4, &k.to_be_bytes(), format!("v{id}-{k}").as_bytes())
+                    .unwrap();
             }
-            Ok(())
-        })
-        .unwrap();
-    }
-    assert_eq!(values, vec![b"before".to_vec(), b"before".to_vec()]);
-}
-
-/// a snapshot of key groups 0..8 restores into a backend owning 4..8 only.
-pub fn restore_into_a_subset_of_key_groups(factory: BackendFactory<'_>) {
-    let mut b = factory(range(0, 8));
-    let s = b.register(&meta("s", StateKind::Value)).unwrap();
-    let m = b.register(&meta("m", StateKind::Map)).unwrap();
-    for kg in 0..8u32 {
-        b.put(s, kg, format!("key{kg}").as_bytes(), &kg.to_le_bytes()).unwrap();
-        b.map_put(m, kg, b"k", b"u", &kg.to_le_bytes()).unwrap();
-    }
-    let snap = b.snapshot().unwrap();
-    let mut target = factory(range(4, 8));
-    snap.for_each_group(&mut |meta, kg, bytes| {
-        if (4..8).contains(&kg) {
-            target.restore_group(meta, kg, bytes)?;
         }
-        Ok(())
-    })
-    .unwrap();
-    let s2 = target.register(&meta("s", StateKind::Value)).unwrap();
-    let m2 = target.register(&meta("m", StateKind::Map)).unwrap();
-    let mut out = Vec::new();
-    for kg in 4..8u32 {
-        assert!(target.get(s2, kg, format!("key{kg}").as_bytes(), &mut out).unwrap());
-        assert_eq!(out, kg.to_le_bytes());
-        assert!(target.map_get(m2, kg, b"k", b"u", &mut out).unwrap());
-        assert_eq!(out, kg.to_le_bytes());
+        if id == 3 {
+            b.remove(s, 1, &9u32.to_be_bytes()).unwrap();
+        }
+        let expected: Vec<(u32, Vec<u8>, Vec<u8>)> = {
+            let mut keys = Vec::new();
+            b.for_each_key(s, &mut |kg, k| keys.push((kg, k.to_vec()))).unwrap();
+            keys.into_iter()
+                .map(|(kg, k)| {
+                    let v = value(&mut *b, s, kg, &k).unwrap();
+                    (kg, k, v)
+                })
+                .collect()
+        };
+        let request = SnapshotRequest {
+            checkpoint_id: id,
+            kind: SnapshotRequestKind::Checkpoint { incremental: true },
+        };
+        let mut restored = snapshot_round_trip(factory, &mut *b, request, range(0, 4), &mut |_| {});
+        let s2 = restored.register(&meta("s", StateKind::Value)).unwrap();
+        let mut n = 0;
+        restored.for_each_key(s2, &mut |_, _| n += 1).unwrap();
+        assert_eq!(n, expected.len(), "checkpoint {id}: key count");
+        for (kg, k, v) in expected {
+            assert_eq!(value(&mut *restored, s2, kg, &k), Some(v), "checkpoint {id}");
+        }
     }
-    let mut count = 0;
-    target.for_each_key(s2, &mut |_, _| count += 1).unwrap();
-    assert_eq!(count, 4);
 }

@@ -123,6 +123,28 @@ pub trait KeyedStateBackend: Send {
     }
 }
 
+/// Who a keyed backend is created for.
+#[derive(Clone, Debug)]
+pub struct BackendContext {
+    pub job_id: String,
+    pub operator_id: String,
+    pub uid: String,
+    /// 0-based subtask index.
+    pub subtask: u32,
+    pub key_groups: KeyGroupRange,
+    /// How many times the job restarted (each attempt starts fresh backends).
+    pub attempt: u32,
+}
+
+/// Creates the keyed state backend of each keyed operator subtask; the job
+/// picks one from `state.backend.type`.
+pub trait StateBackendFactory: Send + Sync {
+    /// The backend's name ("hashmap", "rocksdb").
+    fn name(&self) -> &str;
+    /// An empty backend for one subtask.
+    fn create(&self, ctx: &BackendContext) -> Result<Box<dyn KeyedStateBackend>, StateError>;
+}
+
 /// What a snapshot is for; backends with file snapshots answer differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotRequest {
@@ -161,6 +183,18 @@ pub enum BackendSnapshot {
 }
 
 impl BackendSnapshot {
+    /// Visit the logical key groups ([`KeyedStateSnapshot::for_each_group`]);
+    /// a file snapshot has no logical view and gives an error.
+    pub fn for_each_group(&self, visit: &mut GroupVisitor<'_>) -> Result<(), StateError> {
+        match self {
+            BackendSnapshot::KeyGroups(k) => k.for_each_group(visit),
+            BackendSnapshot::Files(s) => Err(StateError::Usage(format!(
+                "the '{}' backend's snapshot is a set of files, not key groups",
+                s.backend()
+            ))),
+        }
+    }
+
     /// The logical view, when the snapshot is one.
     pub fn key_groups(&self) -> Option<&dyn KeyedStateSnapshot> {
         match self {
@@ -211,7 +245,11 @@ pub enum SnapshotFile {
     /// A new local file to upload; `name` is its name when restored.
     /// `shared` files may be referenced by later checkpoints (they go to
     /// the job's `shared/` directory); the others belong to this snapshot.
-    Upload { local_path: PathBuf, name: String, shared: bool },
+    Upload {
+        local_path: PathBuf,
+        name: String,
+        shared: bool,
+    },
     /// A file an earlier completed checkpoint uploaded: reference it.
     Reuse(UploadedFile),
 }

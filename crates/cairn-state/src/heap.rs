@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::backend::{BackendSnapshot, GroupVisitor, KeyedStateBackend, KeyedStateSnapshot, SnapshotRequest, StateId};
+use crate::backend::{
+    BackendContext, BackendSnapshot, GroupVisitor, KeyedStateBackend, KeyedStateSnapshot, SnapshotRequest,
+    StateBackendFactory, StateId,
+};
 use crate::descriptor::{StateKind, StateMeta};
 use crate::error::StateError;
 use crate::keygroup::KeyGroupRange;
@@ -795,6 +798,19 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
             }
             Ok(())
         })
+    }
+}
+
+/// Creates [`HeapKeyedStateBackend`]s (`state.backend.type: hashmap`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapBackendFactory;
+
+impl StateBackendFactory for HeapBackendFactory {
+    fn name(&self) -> &str {
+        "hashmap"
+    }
+    fn create(&self, ctx: &BackendContext) -> Result<Box<dyn KeyedStateBackend>, StateError> {
+        Ok(Box::new(HeapKeyedStateBackend::new(ctx.key_groups)))
     }
 }
 

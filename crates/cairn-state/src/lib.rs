@@ -23,8 +23,8 @@ pub mod operator_state;
 pub mod snapshot_codec;
 
 pub use backend::{
-    BackendSnapshot, FileSetRestore, FileSetSnapshot, KeyedStateBackend, KeyedStateSnapshot, SnapshotFile,
-    SnapshotRequest, SnapshotRequestKind, StateId, UploadedFile,
+    BackendContext, BackendSnapshot, FileSetRestore, FileSetSnapshot, KeyedStateBackend, KeyedStateSnapshot,
+    SnapshotFile, SnapshotRequest, SnapshotRequestKind, StateBackendFactory, StateId, UploadedFile,
 };
 pub use descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, StateKind, StateMeta,
@@ -34,6 +34,6 @@ pub use error::StateError;
 pub use handles::{
     AggregateFunction, AggregatingState, KeyedStateAccess, ListState, MapState, ReducingState, StateContext, ValueState,
 };
-pub use heap::HeapKeyedStateBackend;
+pub use heap::{HeapBackendFactory, HeapKeyedStateBackend};
 pub use keygroup::KeyGroupRange;
 pub use operator_state::{DistributionMode, OperatorStateStore};

@@ -282,6 +282,7 @@ impl StreamEnv {
             edge_keys: inner.edge_keys.clone(),
             config: Arc::new(config.clone()),
             job_id: cairn_snapshot::layout::JobId::generate().to_string(),
+            backends: crate::wiring::state_backends(config)?,
         })
     }
 
@@ -293,7 +294,7 @@ impl StreamEnv {
 
     /// Start the job in the background; the handle controls and awaits it.
     pub fn execute_async(&self, job_name: &str) -> Result<JobHandle, CairnError> {
-        let (restore_path, allow_non_restored_state, claim_mode, progress, serve_rest) = {
+        let (restore_path, allow_non_restored_state, claim_mode, progress, serve_rest, storage) = {
             let inner = self.inner.borrow();
             (
                 inner.startup.restore_path.clone(),
@@ -301,10 +302,11 @@ impl StreamEnv {
                 inner.startup.claim_mode,
                 inner.progress,
                 inner.serve_rest || cairn_rest::rest_requested(&inner.config),
+                crate::wiring::storage(&inner.config)?,
             )
         };
         let snapshot = match &restore_path {
-            Some(p) => Some(crate::execution::load(p)?),
+            Some(p) => Some(crate::execution::load(&*storage, p)?),
             None => None,
         };
         let spec = self.build(job_name, snapshot.as_ref())?;
@@ -317,6 +319,7 @@ impl StreamEnv {
             claim_mode,
             progress,
             serve_rest,
+            storage,
         })?;
         crate::execution::wait_running(&handle.client(), Duration::from_secs(30));
         Ok(handle)

@@ -3,6 +3,7 @@
 //! restarts), and hands back a [`JobHandle`] to control and await it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,14 +12,14 @@ use cairn_coordinator::control::{control_channel, JobClient, JobStatus};
 use cairn_coordinator::controller::{initial_published, run_job, JobRun};
 use cairn_runtime::job::{JobSpec, RuntimeSettings};
 use cairn_runtime::JobError;
-use cairn_snapshot::{load_snapshot, LoadedSnapshot, LocalFileStorage};
+use cairn_snapshot::{load_snapshot, LoadedSnapshot, Storage};
 
 use crate::env::JobResult;
 use crate::error::CairnError;
 
 /// Load the snapshot to restore from (a directory or its `_metadata`).
-pub(crate) fn load(path: &Path) -> Result<LoadedSnapshot, CairnError> {
-    load_snapshot(&LocalFileStorage::new(), path)
+pub(crate) fn load(storage: &dyn Storage, path: &Path) -> Result<LoadedSnapshot, CairnError> {
+    load_snapshot(storage, path)
         .map_err(|e| CairnError::Job(JobError::Setup(format!("cannot restore from {}: {e}", path.display()))))
 }
 
@@ -80,6 +81,8 @@ pub(crate) struct Launch {
     pub progress: bool,
     /// Serve the REST API (and register the job for `cairn list`).
     pub serve_rest: bool,
+    /// Where checkpoints and savepoints are written and read.
+    pub storage: Arc<dyn Storage>,
 }
 
 /// Start `launch` on a thread of its own.
@@ -107,6 +110,7 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
                 allow_non_restored_state,
                 claim_mode,
                 progress,
+                storage,
                 ..
             } = launch;
             let settings = RuntimeSettings::from_config(&spec.config);
@@ -133,6 +137,7 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
                 allow_non_restored_state,
                 claim: claim_mode == ClaimMode::Claim,
                 log: progress,
+                storage,
             };
             let outcome = run_job(run, &port, &mut tick)?;
             let elapsed = start.elapsed();

@@ -23,6 +23,7 @@ pub mod execution;
 pub mod functions;
 pub mod stream;
 pub mod window;
+pub mod wiring;
 
 /// Bounds of every record type: cloned when a stream feeds several
 /// operators, moved between threads.

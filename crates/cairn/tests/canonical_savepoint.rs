@@ -231,7 +231,7 @@ fn to_canonical(env: &StreamEnv, src: &Path, dst: &Path) {
                 }
             }
             let snapshot = TaskSnapshot {
-                keyed: keyed.then(|| backend.snapshot().unwrap()),
+                keyed: keyed.then(|| backend.snapshot(&cairn::state::SnapshotRequest::checkpoint(1)).unwrap()),
                 operator_state: entries,
             };
             let stem = format!("op-{}-{}", op.operator_id, sub.subtask_index);
@@ -502,7 +502,7 @@ fn rewrite_first_value(savepoint: &Path, path: &Path, state: &str, value: &str) 
             }
         }
     }
-    write_metadata(&storage, savepoint, &meta).unwrap();
+    cairn::snapshot::metadata::replace_metadata(&storage, savepoint, &meta).unwrap();
 }
 
 #[test]

@@ -22,6 +22,7 @@ use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot};
 use cairn_runtime::record::{AnyBatch, MAX_WATERMARK, NO_TIMESTAMP};
 use cairn_runtime::time::now_ms;
+use cairn_state::SnapshotRequest;
 
 /// Runs windows of assigner `A` whose contents are kept by `C`.
 pub struct WindowOperator<K, T, O, A, C> {
@@ -431,9 +432,23 @@ where
         Ok(())
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> OpResult<OperatorSnapshot> {
+    fn snapshot(&mut self, request: &SnapshotRequest) -> OpResult<OperatorSnapshot> {
         let run = self.run.as_mut().ok_or("window operator not opened")?;
-        run.core.snapshot()
+        run.core.snapshot(request)
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> OpResult {
+        match self.run.as_mut() {
+            Some(run) => run.core.notify_checkpoint_complete(checkpoint_id),
+            None => Ok(()),
+        }
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> OpResult {
+        match self.run.as_mut() {
+            Some(run) => run.core.notify_checkpoint_aborted(checkpoint_id),
+            None => Ok(()),
+        }
     }
 }
 
@@ -565,8 +580,9 @@ mod tests {
         let mut rescaled = Vec::new();
         let mut ops = vec![operator(&assigner, 0, 1, None)];
         feed(&mut ops, &first, 55, &mut rescaled);
-        let snap = ops[0].snapshot(1).unwrap().keyed.unwrap();
-        let mut ops: Vec<Op<A>> = (0..2).map(|s| operator(&assigner, s, 2, Some(&*snap))).collect();
+        let snap = ops[0].snapshot(&SnapshotRequest::checkpoint(1)).unwrap().keyed.unwrap();
+        let groups = snap.key_groups().expect("the heap backend snapshots key groups");
+        let mut ops: Vec<Op<A>> = (0..2).map(|s| operator(&assigner, s, 2, Some(groups))).collect();
         feed(&mut ops, &second, MAX_WATERMARK, &mut rescaled);
 
         straight.sort();

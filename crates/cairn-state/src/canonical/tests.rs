@@ -33,7 +33,7 @@ struct Row {
 }
 
 fn to_rows(backend: &mut dyn KeyedStateBackend, codec: Option<&KeyCodec>) -> (Vec<StateMeta>, Vec<Row>) {
-    let snap = backend.snapshot().unwrap();
+    let snap = backend.snapshot(&crate::SnapshotRequest::checkpoint(1)).unwrap();
     let mut metas: Vec<StateMeta> = Vec::new();
     let mut rows = Vec::new();
     let mut conv = RowsFromGroups::new();
@@ -89,7 +89,7 @@ fn from_rows(metas: &[StateMeta], rows: &[Row], range: KeyGroupRange) -> Result<
 type Entries = Vec<(String, u32, Vec<u8>, Option<Vec<u8>>, Vec<u8>)>;
 
 fn encoded(backend: &mut dyn KeyedStateBackend) -> Entries {
-    let snap = backend.snapshot().unwrap();
+    let snap = backend.snapshot(&crate::SnapshotRequest::checkpoint(1)).unwrap();
     let mut out = Vec::new();
     snap.for_each_group(&mut |m, kg, b| {
         snapshot_codec::decode_group(&m.name, m.kind, b, &mut |d| {
@@ -113,7 +113,7 @@ fn encoded(backend: &mut dyn KeyedStateBackend) -> Entries {
 
 /// The raw groups, for restoring them elsewhere.
 fn groups(backend: &mut dyn KeyedStateBackend) -> Vec<(String, u32, Vec<u8>)> {
-    let snap = backend.snapshot().unwrap();
+    let snap = backend.snapshot(&crate::SnapshotRequest::checkpoint(1)).unwrap();
     let mut out = Vec::new();
     snap.for_each_group(&mut |m, kg, b| {
         out.push((m.name.clone(), kg, b.to_vec()));
