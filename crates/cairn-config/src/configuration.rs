@@ -75,6 +75,7 @@ impl Configuration {
                 .with_origin(origin)
                 .with_line(line)
         })?;
+        crate::yaml_tags::reject_tags(text, origin)?;
         let mut leaves = Vec::new();
         match doc {
             yaml_serde::Value::Null => {}
