@@ -18,6 +18,7 @@ pub mod error;
 pub mod handles;
 pub mod hash;
 pub mod heap;
+pub mod key_encoding;
 pub mod keygroup;
 pub mod operator_state;
 pub mod snapshot_codec;
