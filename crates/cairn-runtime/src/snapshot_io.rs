@@ -5,9 +5,9 @@
 //!
 //! Sections: `keyed/<state name>` (key group set) hold
 //! [`cairn_state::snapshot_codec`] entries (values are the value codec's
-//! MessagePack, keys bincode); `keyed-states` holds the states' metadata as
-//! JSON; `operator` holds the operator state entries (the entry list framed
-//! with bincode, each element in the value codec).
+//! MessagePack, keys the key encoding); `keyed-states` holds the states'
+//! metadata as JSON; `operator` holds the operator state entries (the entry
+//! list framed with the key encoding, each element in the value codec).
 //!
 //! Canonical savepoints ([`write_canonical_file`]) are Parquet files instead,
 //! readable without Cairn (spec: `docs/formats/savepoint-canonical.md`).
@@ -71,7 +71,7 @@ pub fn write_snapshot_file(
         w.write_all(&json).map_err(|e| e.to_string())?;
     }
     if !snapshot.operator_state.is_empty() {
-        let bytes = bincode::serialize(&snapshot.operator_state).map_err(|e| e.to_string())?;
+        let bytes = cairn_state::key_encoding::to_vec(&snapshot.operator_state).map_err(|e| e.to_string())?;
         w.begin_section(OPERATOR_SECTION, None).map_err(|e| e.to_string())?;
         w.write_all(&bytes).map_err(|e| e.to_string())?;
     }
@@ -81,7 +81,7 @@ pub fn write_snapshot_file(
 
 /// Decode the operator state entries of a section.
 pub fn decode_operator_entries(bytes: &[u8]) -> Result<Vec<OperatorStateEntry>, String> {
-    bincode::deserialize(bytes).map_err(|e| format!("operator state section is corrupt: {e}"))
+    cairn_state::key_encoding::from_bytes(bytes).map_err(|e| format!("operator state section is corrupt: {e}"))
 }
 
 /// Decode the keyed states' metadata.
