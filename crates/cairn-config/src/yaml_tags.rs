@@ -193,7 +193,10 @@ mod tests {
     fn finds_the_first_tag_of_each_form() {
         assert_eq!(tag_of("a: 1\nb: !!int 2\nc: !!str x\n"), Some((2, "!!int")));
         assert_eq!(tag_of("a: ! 2\n"), Some((1, "!")));
-        assert_eq!(tag_of("a: !<tag:yaml.org,2002:str> 2\n"), Some((1, "!<tag:yaml.org,2002:str>")));
+        assert_eq!(
+            tag_of("a: !<tag:yaml.org,2002:str> 2\n"),
+            Some((1, "!<tag:yaml.org,2002:str>"))
+        );
         assert_eq!(tag_of("a: [x!, !!int 1]\n"), Some((1, "!!int")));
         assert_eq!(tag_of("a: {b: !!int,}\n"), Some((1, "!!int")));
     }

@@ -202,7 +202,12 @@ fn yaml_tags_are_errors_naming_key_tag_and_line() {
     let cases: &[(&str, usize, &str, &str)] = &[
         // (document, line, key named, tag named)
         ("parallelism.default: !!int 2\n", 1, "'parallelism.default'", "'!!int'"),
-        ("rest.port: 1\npipeline.name: !!str job\n", 2, "'pipeline.name'", "'!!str'"),
+        (
+            "rest.port: 1\npipeline.name: !!str job\n",
+            2,
+            "'pipeline.name'",
+            "'!!str'",
+        ),
         (
             "parallelism.default: !<tag:yaml.org,2002:int> 2\n",
             1,

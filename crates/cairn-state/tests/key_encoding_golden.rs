@@ -71,13 +71,22 @@ fn golden<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T, expect
     assert_eq!(hex(&bytes), expected, "encoding of {value:?}");
     let back: T = key_encoding::from_bytes(&bytes).unwrap();
     // Compared by encoding too, so a NaN equals itself.
-    assert!(back == *value || key_encoding::to_vec(&back).unwrap() == bytes, "decoded {back:?}, expected {value:?}");
+    assert!(
+        back == *value || key_encoding::to_vec(&back).unwrap() == bytes,
+        "decoded {back:?}, expected {value:?}"
+    );
     for n in 0..bytes.len() {
-        assert!(key_encoding::from_bytes::<T>(&bytes[..n]).is_err(), "{value:?}: a {n}-byte prefix decoded");
+        assert!(
+            key_encoding::from_bytes::<T>(&bytes[..n]).is_err(),
+            "{value:?}: a {n}-byte prefix decoded"
+        );
     }
     let mut longer = bytes.clone();
     longer.push(0);
-    assert!(key_encoding::from_bytes::<T>(&longer).is_err(), "{value:?} with a trailing byte");
+    assert!(
+        key_encoding::from_bytes::<T>(&longer).is_err(),
+        "{value:?} with a trailing byte"
+    );
     let (_, used) = key_encoding::from_prefix::<T>(&longer).unwrap();
     assert_eq!(used, bytes.len(), "{value:?}");
 }

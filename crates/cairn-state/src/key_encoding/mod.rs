@@ -51,10 +51,7 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
 pub fn from_bytes<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, Error> {
     let (value, used) = from_prefix(bytes)?;
     if used != bytes.len() {
-        return Err(Error::TrailingBytes {
-            used,
-            len: bytes.len(),
-        });
+        return Err(Error::TrailingBytes { used, len: bytes.len() });
     }
     Ok(value)
 }

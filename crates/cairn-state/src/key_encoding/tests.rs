@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,7 @@ enum Chain {
     Link(Box<Chain>),
 }
 
-fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(v: &T) -> Vec<u8> {
+fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + Debug>(v: &T) -> Vec<u8> {
     let bytes = to_vec(v).unwrap();
     assert_eq!(&from_bytes::<T>(&bytes).unwrap(), v, "{bytes:02x?}");
     bytes
@@ -67,7 +68,10 @@ fn every_data_model_case_has_its_layout() {
     assert_eq!(round_trip(&Shape::Empty), [0, 0, 0, 0]);
     assert_eq!(round_trip(&Shape::Circle(0.0)), [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(round_trip(&Shape::Pair(9, -1)), [2, 0, 0, 0, 9, 0xff, 0xff]);
-    assert_eq!(round_trip(&Shape::Rect { w: 1, h: 2 }), [3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0]);
+    assert_eq!(
+        round_trip(&Shape::Rect { w: 1, h: 2 }),
+        [3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0]
+    );
     assert_eq!(round_trip(&vec![1u16, 2]), [2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0]);
     assert_eq!(round_trip(&Vec::<u64>::new()), [0; 8]);
     assert_eq!(round_trip(&(1u8, 2u16, 'x')), [1, 2, 0, b'x']);
@@ -118,8 +122,10 @@ fn prefix_decoding_reports_the_bytes_used() {
     );
 }
 
+type Sample = (Shape, Vec<Option<String>>, BTreeMap<String, (char, i64)>, u128);
+
 /// A complex value whose every strict prefix must be refused.
-fn sample() -> (Shape, Vec<Option<String>>, BTreeMap<String, (char, i64)>, u128) {
+fn sample() -> Sample {
     (
         Shape::Rect { w: 3, h: 4 },
         vec![Some("äb".into()), None, Some(String::new())],
@@ -132,7 +138,7 @@ fn sample() -> (Shape, Vec<Option<String>>, BTreeMap<String, (char, i64)>, u128)
 fn every_truncation_is_an_error() {
     let bytes = to_vec(&sample()).unwrap();
     for n in 0..bytes.len() {
-        let r = from_bytes::<(Shape, Vec<Option<String>>, BTreeMap<String, (char, i64)>, u128)>(&bytes[..n]);
+        let r = from_bytes::<Sample>(&bytes[..n]);
         assert!(r.is_err(), "a prefix of {n} of {} bytes decoded: {r:?}", bytes.len());
     }
 }
@@ -140,13 +146,12 @@ fn every_truncation_is_an_error() {
 /// Flipping any byte either decodes to some value or fails with an error; it never panics.
 #[test]
 fn corrupted_bytes_never_panic() {
-    type T = (Shape, Vec<Option<String>>, BTreeMap<String, (char, i64)>, u128);
     let bytes = to_vec(&sample()).unwrap();
     for i in 0..bytes.len() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut b = bytes.clone();
             b[i] ^= flip;
-            let _ = from_bytes::<T>(&b);
+            let _ = from_bytes::<Sample>(&b);
         }
     }
 }
@@ -177,7 +182,13 @@ fn invalid_scalars_are_named() {
         from_bytes::<Option<u8>>(&[7, 1]),
         Err(Error::InvalidOptionTag { at: 0, byte: 7 })
     );
-    for bad in [&[0x80][..], &[0xc0, 0x80], &[0xed, 0xa0, 0x80], &[0xf5, 0x80, 0x80, 0x80], &[0xe2, 0x82]] {
+    for bad in [
+        &[0x80][..],
+        &[0xc0, 0x80],
+        &[0xed, 0xa0, 0x80],
+        &[0xf5, 0x80, 0x80, 0x80],
+        &[0xe2, 0x82],
+    ] {
         assert_eq!(from_bytes::<char>(bad), Err(Error::InvalidChar { at: 0 }), "{bad:02x?}");
     }
     let mut s = 2u64.to_le_bytes().to_vec();
@@ -186,7 +197,10 @@ fn invalid_scalars_are_named() {
     assert_eq!(from_bytes::<&str>(&s), Err(Error::InvalidUtf8 { at: 0 }));
     let unknown_variant = 9u32.to_le_bytes();
     let err = from_bytes::<Shape>(&unknown_variant).unwrap_err();
-    assert!(matches!(err, Error::Custom(ref m) if m.contains("`9`") && m.contains("variant index")), "{err}");
+    assert!(
+        matches!(err, Error::Custom(ref m) if m.contains("`9`") && m.contains("variant index")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -215,7 +229,10 @@ fn zero_byte_elements_are_bounded() {
         Err(Error::TooManyZeroSizedElements { .. })
     ));
     let fine = (MAX_ZERO_SIZED_ELEMENTS).to_le_bytes();
-    assert_eq!(from_bytes::<Vec<()>>(&fine).unwrap().len() as u64, MAX_ZERO_SIZED_ELEMENTS);
+    assert_eq!(
+        from_bytes::<Vec<()>>(&fine).unwrap().len() as u64,
+        MAX_ZERO_SIZED_ELEMENTS
+    );
     // Fields of tuples and structs do not count: their number is fixed by the type.
     let many: Vec<((), u8)> = vec![((), 1); (MAX_ZERO_SIZED_ELEMENTS + 10) as usize];
     assert_eq!(from_bytes::<Vec<((), u8)>>(&to_vec(&many).unwrap()).unwrap(), many);
