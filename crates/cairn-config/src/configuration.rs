@@ -69,16 +69,17 @@ impl Configuration {
 
     /// Parses YAML text; `origin` names it in errors (usually the file name).
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let doc: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
             let line = e.location().map(|l| l.line());
             ConfigError::new(ConfigErrorKind::Syntax, format!("invalid YAML: {e}"))
                 .with_origin(origin)
                 .with_line(line)
         })?;
+        crate::yaml_tags::reject_tags(text, origin)?;
         let mut leaves = Vec::new();
         match doc {
-            serde_yaml::Value::Null => {}
-            serde_yaml::Value::Mapping(map) => {
+            yaml_serde::Value::Null => {}
+            yaml_serde::Value::Mapping(map) => {
                 flatten(&map, &mut Vec::new(), &mut leaves).map_err(|e| e.with_origin(origin))?
             }
             _ => {
@@ -313,8 +314,8 @@ struct Leaf {
     value: String,
 }
 
-fn flatten(map: &serde_yaml::Mapping, prefix: &mut Vec<String>, out: &mut Vec<Leaf>) -> Result<(), ConfigError> {
-    use serde_yaml::Value;
+fn flatten(map: &yaml_serde::Mapping, prefix: &mut Vec<String>, out: &mut Vec<Leaf>) -> Result<(), ConfigError> {
+    use yaml_serde::Value;
     for (k, v) in map {
         let seg = match k {
             Value::String(s) => s.trim().to_string(),
@@ -378,7 +379,7 @@ fn display_prefix(prefix: &[String]) -> String {
 }
 
 /// Best-effort 1-based line of a leaf: finds each path segment as a `segment:` key after the
-/// previous one. serde_yaml's values carry no positions, so this scans the text.
+/// previous one. yaml_serde's values carry no positions, so this scans the text.
 fn locate(text: &str, path: &[String]) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
     let (mut line, mut col) = (0usize, 0usize);

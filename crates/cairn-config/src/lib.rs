@@ -39,6 +39,7 @@ pub mod options;
 mod restart;
 mod startup;
 mod value;
+mod yaml_tags;
 
 pub use configuration::{Configuration, ValueOrigin};
 pub use error::{ConfigError, ConfigErrorKind};

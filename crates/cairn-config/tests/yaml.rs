@@ -193,3 +193,86 @@ fn from_yaml_file_reads_and_names_the_file() {
     assert!(missing.to_string().contains("nope.yaml"), "{missing}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every way of writing a YAML tag is refused, naming the key, the tag and the line
+/// (docs/configuration.md: "YAML tags are errors"). The YAML library resolves core-schema
+/// tags such as `!!int` silently, so these once loaded as if untagged.
+#[test]
+fn yaml_tags_are_errors_naming_key_tag_and_line() {
+    let cases: &[(&str, usize, &str, &str)] = &[
+        // (document, line, key named, tag named)
+        ("parallelism.default: !!int 2\n", 1, "'parallelism.default'", "'!!int'"),
+        (
+            "rest.port: 1\npipeline.name: !!str job\n",
+            2,
+            "'pipeline.name'",
+            "'!!str'",
+        ),
+        (
+            "parallelism.default: !<tag:yaml.org,2002:int> 2\n",
+            1,
+            "'parallelism.default'",
+            "'!<tag:yaml.org,2002:int>'",
+        ),
+        ("parallelism.default: ! 2\n", 1, "'parallelism.default'", "'!'"),
+        ("rest.port: !port 8081\n", 1, "'rest.port'", "'!port'"),
+        (
+            "execution:\n  checkpointing:\n    interval: !!str 10 s\n",
+            3,
+            "'execution.checkpointing.interval'",
+            "'!!str'",
+        ),
+        (
+            "rest.port: 1\nexecution: !!map\n  checkpointing.interval: 10 s\n",
+            2,
+            "'execution'",
+            "'!!map'",
+        ),
+        ("rest: {port: !!int 8081}\n", 1, "'rest.port'", "'!!int'"),
+        ("!!str parallelism.default: 2\n", 1, "the top level", "'!!str'"),
+        (
+            "rest.port: 1\nparallelism:\n  !!str default: 2\n",
+            3,
+            "'parallelism'",
+            "'!!str'",
+        ),
+        (
+            "%TAG !e! tag:example.com,2000:\n---\nparallelism.default: !e!n 2\n",
+            1,
+            "%TAG",
+            "'!e!'",
+        ),
+    ];
+    for &(yaml, line, key, tag) in cases {
+        let e = Configuration::from_yaml_str(yaml, "config.yaml")
+            .expect_err(&format!("a YAML tag must be an error: {yaml:?}"));
+        assert_eq!(e.kind(), ConfigErrorKind::Syntax, "{yaml:?}: {e}");
+        assert_eq!(e.line(), Some(line), "{yaml:?}: {e}");
+        let msg = e.to_string();
+        assert!(msg.starts_with(&format!("config.yaml:{line}: ")), "{yaml:?}: {msg}");
+        assert!(msg.contains(key), "{yaml:?} should name {key}: {msg}");
+        assert!(msg.contains(tag), "{yaml:?} should name {tag}: {msg}");
+        assert!(msg.contains("tag"), "{yaml:?}: {msg}");
+        assert!(msg.contains("remove"), "{yaml:?} should say what to do: {msg}");
+    }
+}
+
+/// An exclamation mark that is not a tag (inside text, quotes, block scalars, comments, keys) is
+/// just a character.
+#[test]
+fn exclamation_marks_in_text_are_not_tags() {
+    let yaml = "pipeline.name: hello !world\n\
+                rest.address: 'it!s'\n\
+                # a comment with !!int in it\n\
+                execution.checkpointing.dir: \"/data/!!chk\"\n\
+                state.savepoints.dir: |\n  /data/!sp\n\
+                restart-strategy.type: none # !!str\n";
+    let c = Configuration::from_yaml_str(yaml, "c.yaml").unwrap();
+    assert_eq!(c.get(&options::PIPELINE_NAME).as_deref(), Some("hello !world"));
+    assert_eq!(c.get(&options::REST_ADDRESS), "it!s");
+    assert_eq!(c.get(&options::CHECKPOINTS_DIR), Some(PathBuf::from("/data/!!chk")));
+    assert_eq!(c.get(&options::SAVEPOINT_DIR), Some(PathBuf::from("/data/!sp")));
+    let multi = "pipeline.name: first\n  !second line\n";
+    let c = Configuration::from_yaml_str(multi, "c.yaml").unwrap();
+    assert_eq!(c.get(&options::PIPELINE_NAME).as_deref(), Some("first !second line"));
+}

@@ -7,7 +7,7 @@
 //! that [`crate::KeyedStateSnapshot::for_each_group`] hands out and
 //! [`crate::KeyedStateBackend::restore_group`] takes. Values become JSON text
 //! (through [`codec::msgpack_to_json`], without knowing their type); keys keep
-//! their bincode bytes (what restore uses, so key groups never move) plus a JSON
+//! their canonical bytes ([`crate::key_encoding`]) (what restore uses, so key groups never move) plus a JSON
 //! rendering for readers, made by a [`KeyCodec`] that also tells where the key
 //! ends and the namespace starts inside the backend key.
 //!
@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use bincode::Options as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -58,22 +57,16 @@ where
     }
 }
 
-struct BincodeKey<K>(PhantomData<fn() -> K>);
+struct EncodedKey<K>(PhantomData<fn() -> K>);
 
 thread_local! {
     static KEY_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl<K: Serialize + DeserializeOwned + 'static> KeyJson for BincodeKey<K> {
+impl<K: Serialize + DeserializeOwned + 'static> KeyJson for EncodedKey<K> {
     fn key_json(&self, composite: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
-        let mut rest = composite;
-        let key: K = bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .allow_trailing_bytes()
-            .with_limit(composite.len() as u64)
-            .deserialize_from(&mut rest)
+        let (key, used): (K, usize) = crate::key_encoding::from_prefix(composite)
             .map_err(|e| format!("key bytes do not decode as {}: {e}", std::any::type_name::<K>()))?;
-        let used = composite.len() - rest.len();
         // Through the value codec, so keys follow the same JSON conventions as values.
         KEY_SCRATCH.with(|s| {
             let mut mp = s.borrow_mut();
@@ -85,9 +78,9 @@ impl<K: Serialize + DeserializeOwned + 'static> KeyJson for BincodeKey<K> {
     }
 }
 
-/// The key codec of key type `K` (keys are bincode, see `docs/key-groups.md`).
+/// The key codec of key type `K` (keys use [`crate::key_encoding`], see `docs/key-groups.md`).
 pub fn key_codec_for<K: Serialize + DeserializeOwned + 'static>() -> KeyCodec {
-    Arc::new(BincodeKey::<K>(PhantomData))
+    Arc::new(EncodedKey::<K>(PhantomData))
 }
 
 /// One keyed-state row, borrowed from the converter's buffers.
@@ -96,7 +89,7 @@ pub struct KeyedRow<'a> {
     pub key_group: u32,
     /// The key as JSON text; `None` without a key codec.
     pub key_json: Option<&'a [u8]>,
-    /// The key's bincode bytes (without a key codec: the whole backend key).
+    /// The key's canonical bytes (without a key codec: the whole backend key).
     pub key_bytes: &'a [u8],
     /// Namespace bytes; empty when none.
     pub namespace: &'a [u8],

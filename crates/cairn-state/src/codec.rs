@@ -8,9 +8,10 @@
 //!   field or loses a field still decodes, in native snapshots and canonical
 //!   savepoints alike. Integers use the smallest MessagePack representation
 //!   whatever their Rust width, so equal values have equal bytes.
-//! * **Keys** (the key of a keyed stream) stay bincode 1.x, because their bytes
-//!   are hashed into key groups (see `docs/key-groups.md` and
-//!   [`crate::keygroup::key_bytes`]); [`decode_key`] reads them back.
+//! * **Keys** (the key of a keyed stream) use [`crate::key_encoding`] (bincode
+//!   1.x's layout), because their bytes are hashed into key groups (see
+//!   `docs/key-groups.md` and [`crate::keygroup::key_bytes`]); [`decode_key`]
+//!   reads them back.
 //!
 //! For the canonical savepoint format, [`msgpack_to_json`] and
 //! [`json_to_msgpack`] convert value bytes to JSON text and back without
@@ -50,10 +51,10 @@ pub fn decode<T: DeserializeOwned>(state: &str, bytes: &[u8]) -> Result<T, State
     })
 }
 
-/// Decode key bytes (bincode 1.x, as [`crate::keygroup::key_bytes`] writes
-/// them), naming `what` and the type when they do not fit.
+/// Decode key bytes (as [`crate::keygroup::key_bytes`] writes them), naming
+/// `what` and the type when they do not fit.
 pub fn decode_key<K: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<K, StateError> {
-    bincode::deserialize(bytes).map_err(|e| StateError::Codec {
+    crate::key_encoding::from_bytes(bytes).map_err(|e| StateError::Codec {
         state: what.to_string(),
         detail: format!("key bytes do not decode as {}: {e}", std::any::type_name::<K>()),
     })

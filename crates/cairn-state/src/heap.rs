@@ -78,7 +78,7 @@ type Bytes = SmallBytes;
 /// The heap backend keeps one entry per key; with `Vec<u8>` keys and values
 /// every entry is two extra allocations, and after a copy-on-write clone of a
 /// group those allocations lie in bucket (hash) order, so every probe that
-/// compares key bytes misses the cache. Keys (an 8-byte bincode `u64`, often
+/// compares key bytes misses the cache. Keys (an 8-byte encoded `u64`, often
 /// with a namespace) and small values (a few bytes of MessagePack) fit inline.
 mod small_bytes {
     use std::borrow::Borrow;

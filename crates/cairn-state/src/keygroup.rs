@@ -16,6 +16,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::murmur3_x86_32;
+use crate::key_encoding;
 
 /// The smallest default max parallelism.
 pub const MIN_DEFAULT_MAX_PARALLELISM: u32 = 128;
@@ -33,12 +34,12 @@ pub const KEY_GROUP_HASH_SEED: u32 = 0;
 /// A key could not be turned into its canonical byte encoding.
 #[derive(Debug)]
 pub struct KeyEncodingError {
-    source: bincode::Error,
+    source: key_encoding::Error,
 }
 
 impl KeyEncodingError {
-    /// The underlying bincode error.
-    pub fn bincode_error(&self) -> &bincode::Error {
+    /// Why the key encoding refused the key.
+    pub fn encoding_error(&self) -> &key_encoding::Error {
         &self.source
     }
 }
@@ -48,7 +49,7 @@ impl fmt::Display for KeyEncodingError {
         write!(
             f,
             "could not encode the key to compute its key group: {}. Keys must serialize with \
-             serde to the canonical bincode 1.x encoding (see docs/key-groups.md); use a key \
+             serde to Cairn's canonical key encoding (see docs/key-groups.md); use a key \
              type whose Serialize implementation does not fail (for example, no maps with \
              non-serializable entries or sequences of unknown length)",
             self.source
@@ -58,12 +59,12 @@ impl fmt::Display for KeyEncodingError {
 
 impl std::error::Error for KeyEncodingError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
+        Some(&self.source)
     }
 }
 
-impl From<bincode::Error> for KeyEncodingError {
-    fn from(source: bincode::Error) -> Self {
+impl From<key_encoding::Error> for KeyEncodingError {
+    fn from(source: key_encoding::Error) -> Self {
         KeyEncodingError { source }
     }
 }
@@ -183,13 +184,13 @@ pub fn check_max_parallelism_unchanged(restored: u32, configured: u32) -> Result
 
 /// Writes the canonical encoding of `key` into `buf` (cleared first).
 ///
-/// The canonical encoding is bincode 1.x's default encoding (`bincode::serialize_into`):
+/// The canonical encoding is [`key_encoding`] (the bytes of bincode 1.x's default encoding):
 /// fixed-width little-endian integers, `u64` little-endian length prefixes for strings,
 /// byte arrays and sequences, `u32` variant indices for enums, tuples and structs as the
 /// concatenation of their fields.
 pub fn key_bytes<K: Serialize + ?Sized>(key: &K, buf: &mut Vec<u8>) -> Result<(), KeyEncodingError> {
     buf.clear();
-    bincode::serialize_into(&mut *buf, key)?;
+    key_encoding::encode_into(key, buf)?;
     Ok(())
 }
 

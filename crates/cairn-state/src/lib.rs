@@ -7,7 +7,7 @@
 //! Backends store bytes so that snapshots, restores and rescaling work the same
 //! way for every backend; the typed layer ([`handles`]) turns user values into
 //! bytes with the value codec ([`codec`]: self-describing MessagePack for
-//! values, bincode for keys). [`canonical`] turns snapshot groups into the
+//! values, [`key_encoding`] for keys). [`canonical`] turns snapshot groups into the
 //! rows of canonical (portable) savepoints and back.
 
 pub mod backend;
@@ -18,6 +18,7 @@ pub mod error;
 pub mod handles;
 pub mod hash;
 pub mod heap;
+pub mod key_encoding;
 pub mod keygroup;
 pub mod operator_state;
 pub mod snapshot_codec;

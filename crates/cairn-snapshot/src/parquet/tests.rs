@@ -153,7 +153,7 @@ fn definition_levels_round_trip_for_every_pattern() {
     }
     // All present compresses to a couple of bytes.
     let mut enc = Vec::new();
-    encode_levels(&[1; 100_000], &mut enc);
+    encode_levels(&vec![1; 100_000], &mut enc);
     assert!(enc.len() <= 4, "{enc:?}");
 }
 

@@ -249,7 +249,7 @@ fn value_list_and_map_states_round_trip_with_and_without_ttl() {
                 &mut kb,
             )
             .unwrap();
-            assert_eq!(kb, r.key_bytes, "key bytes are the bincode key");
+            assert_eq!(kb, r.key_bytes, "key bytes are the canonical key bytes");
             assert_eq!(r.position.is_some(), r.state == "events");
             assert_eq!(r.user_key.is_some(), r.state == "names");
         }
@@ -280,8 +280,7 @@ fn without_a_key_codec_the_whole_backend_key_is_kept() {
 #[test]
 fn a_closure_is_a_key_codec_too() {
     let codec: KeyCodec = Arc::new(|b: &[u8]| -> Result<(serde_json::Value, usize), String> {
-        let s: String = bincode::deserialize(b).map_err(|e| e.to_string())?;
-        let used = 8 + s.len();
+        let (s, used): (String, usize) = crate::key_encoding::from_prefix(b).map_err(|e| e.to_string())?;
         Ok((serde_json::Value::String(s), used))
     });
     let mut a = access(HeapKeyedStateBackend::new(all()));
