@@ -5,18 +5,12 @@
 //!
 //! Sections: `keyed/<state name>` (key group set) hold
 //! [`cairn_state::snapshot_codec`] entries (values are the value codec's
-<<<<<<< HEAD
-//! MessagePack, keys bincode); `keyed-states` holds the states' metadata as
-//! JSON; `operator` holds the operator state entries (the entry list framed
-//! with bincode, each element in the value codec). A backend that snapshots
-//! into files of its own (RocksDB) has no `keyed/` sections but a
-//! `backend-files` section listing those files, which `_metadata` references
-//! beside the state file.
-=======
 //! MessagePack, keys the key encoding); `keyed-states` holds the states'
 //! metadata as JSON; `operator` holds the operator state entries (the entry
-//! list framed with the key encoding, each element in the value codec).
->>>>>>> main
+//! list framed with the key encoding, each element in the value codec). A
+//! backend that snapshots into files of its own (RocksDB) has no `keyed/`
+//! sections but a `backend-files` section listing those files, which
+//! `_metadata` references beside the state file.
 //!
 //! Canonical savepoints ([`write_canonical_file`]) are Parquet files instead,
 //! readable without Cairn (spec: `docs/formats/savepoint-canonical.md`).
@@ -127,13 +121,8 @@ fn write_state_file(
         w.begin_section(KEYED_STATES_SECTION, None).map_err(|e| e.to_string())?;
         w.write_all(&json).map_err(|e| e.to_string())?;
     }
-<<<<<<< HEAD
     if !operator_state.is_empty() {
-        let bytes = bincode::serialize(operator_state).map_err(|e| e.to_string())?;
-=======
-    if !snapshot.operator_state.is_empty() {
-        let bytes = cairn_state::key_encoding::to_vec(&snapshot.operator_state).map_err(|e| e.to_string())?;
->>>>>>> main
+        let bytes = cairn_state::key_encoding::to_vec(operator_state).map_err(|e| e.to_string())?;
         w.begin_section(OPERATOR_SECTION, None).map_err(|e| e.to_string())?;
         w.write_all(&bytes).map_err(|e| e.to_string())?;
     }
