@@ -54,6 +54,16 @@ fn max_parallelism_check(v: &Option<u32>) -> Result<(), String> {
     }
 }
 
+/// A directory on this machine (backends keep their working files there).
+fn local_dir_check(v: &Option<PathBuf>) -> Result<(), String> {
+    match v.as_ref().map(|p| p.to_string_lossy().into_owned()) {
+        Some(p) if p.contains("://") => Err(format!(
+            "'{p}' is not a local directory: remote schemes are not supported here; give a local path"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn multiplier_check(v: &f64) -> Result<(), String> {
     if *v >= 1.0 {
         Ok(())
@@ -203,7 +213,8 @@ pub static STATE_BACKEND_TYPE: ConfigOption<StateBackendType> = ConfigOption::ne
 pub static STATE_BACKEND_LSM_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
     "state.backend.lsm.dir",
     "Cairn-specific. Local working directory of the lsm backend; unset: chosen by the backend.",
-);
+)
+.with_check(local_dir_check);
 
 // ---- restart strategy -------------------------------------------------------------------------
 
@@ -298,6 +309,41 @@ pub static EXP_DELAY_ATTEMPTS_BEFORE_RESET: ConfigOption<u32> = ConfigOption::ne
     "2147483647",
     "exponential-delay: restarts allowed before the backoff is reset; the default \
      2147483647 means unlimited.",
+);
+
+// ---- object storage (s3:// locations) --------------------------------------------------------
+
+/// `s3.endpoint`.
+pub static S3_ENDPOINT: ConfigOption<Option<String>> = ConfigOption::optional(
+    "s3.endpoint",
+    "Endpoint of the S3 service for s3:// checkpoint and savepoint locations (e.g. \
+     http://127.0.0.1:9000 for an S3-compatible server); unset: AWS_ENDPOINT_URL, else AWS.",
+);
+
+/// `s3.access-key`.
+pub static S3_ACCESS_KEY: ConfigOption<Option<String>> = ConfigOption::optional(
+    "s3.access-key",
+    "Access key for s3:// locations; unset: AWS_ACCESS_KEY_ID and the usual AWS credential sources.",
+);
+
+/// `s3.secret-key`.
+pub static S3_SECRET_KEY: ConfigOption<Option<String>> = ConfigOption::optional(
+    "s3.secret-key",
+    "Secret key for s3:// locations; unset: AWS_SECRET_ACCESS_KEY and the usual AWS credential sources.",
+);
+
+/// `s3.region` (Cairn-specific; Flink takes it from the AWS environment).
+pub static S3_REGION: ConfigOption<Option<String>> = ConfigOption::optional(
+    "s3.region",
+    "Cairn-specific. Region of the S3 buckets; unset: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.",
+);
+
+/// `s3.path.style.access`.
+pub static S3_PATH_STYLE_ACCESS: ConfigOption<bool> = ConfigOption::new(
+    "s3.path.style.access",
+    "false",
+    "Address buckets as endpoint/bucket/key instead of bucket.endpoint/key (most S3-compatible \
+     servers need true).",
 );
 
 // ---- REST ---------------------------------------------------------------------------------
@@ -419,6 +465,11 @@ static ALL: &[&dyn AnyOption] = &[
     &EXP_DELAY_RESET_BACKOFF_THRESHOLD,
     &EXP_DELAY_JITTER_FACTOR,
     &EXP_DELAY_ATTEMPTS_BEFORE_RESET,
+    &S3_ENDPOINT,
+    &S3_ACCESS_KEY,
+    &S3_SECRET_KEY,
+    &S3_REGION,
+    &S3_PATH_STYLE_ACCESS,
     &REST_ADDRESS,
     &REST_PORT,
     &REST_BIND_ADDRESS,

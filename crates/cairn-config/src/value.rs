@@ -145,7 +145,9 @@ impl ToConfigString for String {
     }
 }
 
-/// Paths: a local path, optionally written as a `file://` URI (the prefix is stripped).
+/// Paths: a local path, optionally written as a `file://` URI (the prefix is
+/// stripped), or a URI of another scheme such as `s3://bucket/prefix`, which
+/// the job checks against the storages it was built with when it starts.
 impl FromConfigStr for PathBuf {
     fn from_config_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
@@ -153,11 +155,10 @@ impl FromConfigStr for PathBuf {
         if p.is_empty() {
             return Err("empty path; give a directory such as '/var/lib/cairn'".to_string());
         }
-        if let Some(idx) = p.find("://") {
-            let scheme = &p[..idx];
-            if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+        if let Some(rest) = p.split_once("://").map(|(_, rest)| rest) {
+            if rest.trim_matches('/').is_empty() {
                 return Err(format!(
-                    "scheme '{scheme}://' is not supported; use a local path or 'file://<path>'"
+                    "'{p}' names no location after the scheme; give e.g. 's3://bucket/prefix'"
                 ));
             }
         }
@@ -552,9 +553,13 @@ mod tests {
             Ok(PathBuf::from("/tmp/chk"))
         );
         assert_eq!(PathBuf::from_config_str("rel/dir"), Ok(PathBuf::from("rel/dir")));
-        assert!(PathBuf::from_config_str("s3://bucket/x")
+        assert_eq!(
+            PathBuf::from_config_str("s3://bucket/x"),
+            Ok(PathBuf::from("s3://bucket/x"))
+        );
+        assert!(PathBuf::from_config_str("s3://")
             .unwrap_err()
-            .contains("'s3://' is not supported"));
+            .contains("names no location"));
         assert!(PathBuf::from_config_str("").is_err());
         assert!(PathBuf::from_config_str("file://").is_err());
     }

@@ -47,8 +47,13 @@ impl Fence {
     pub fn acquire(storage: &dyn Storage, job_dir: &Path) -> Result<Fence> {
         let dir = job_dir.join(FENCE_DIR);
         storage.create_dir_all(&dir)?;
-        let mut next = storage
-            .list(&dir)?
+        // An object store has no empty directories: no markers yet.
+        let markers = match storage.list(&dir) {
+            Ok(m) => m,
+            Err(SnapshotError::MissingFile { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut next = markers
             .iter()
             .filter_map(|e| e.name.strip_prefix(EPOCH_PREFIX)?.parse::<u64>().ok())
             .max()
@@ -96,7 +101,12 @@ impl Fence {
                 ),
             ));
         }
-        self.check(storage, &format!("claiming {}", storage.display(chk_dir)))
+        if let Err(fenced) = self.check(storage, &format!("claiming {}", storage.display(chk_dir))) {
+            // Give the id back: leave no directory the newer coordinator skips for nothing.
+            let _ = storage.delete_dir_all(chk_dir);
+            return Err(fenced);
+        }
+        Ok(())
     }
 
     /// The first checkpoint id above every checkpoint directory (claimed or
@@ -133,8 +143,9 @@ mod tests {
         assert!(matches!(e, SnapshotError::Fenced { epoch: 1, .. }), "{e}");
         assert!(e.to_string().contains("newer coordinator"), "{e}");
         assert!(old.claim(&s, &job.join("chk-2")).is_err(), "the zombie cannot claim");
-        assert_eq!(new.next_free_id(&s, 1).unwrap(), 3, "numbered above every claim");
-        new.claim(&s, &job.join("chk-3")).unwrap();
+        assert!(!s.exists(&job.join("chk-2")).unwrap(), "a refused claim leaves no directory");
+        assert_eq!(new.next_free_id(&s, 1).unwrap(), 2, "numbered above every claim");
+        new.claim(&s, &job.join("chk-2")).unwrap();
     }
 
     #[test]

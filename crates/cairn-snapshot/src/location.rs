@@ -73,6 +73,12 @@ impl StorageRouter {
         Arc::new(self)
     }
 
+    /// Whether this router can serve `location`: an error naming the
+    /// scheme (and how to get it) when no storage is registered for it.
+    pub fn check_location(&self, location: &Path) -> Result<()> {
+        self.route(location).map(|_| ())
+    }
+
     fn route(&self, path: &Path) -> Result<(&dyn Storage, PathBuf)> {
         let text = path.to_string_lossy();
         if let Some(rest) = text.strip_prefix("file://") {
