@@ -1,6 +1,7 @@
 //! Sources: the user-facing [`Source`] trait, watermark strategies, and the
 //! adapter that turns a typed source into the task loop's [`SourceLogic`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,54 @@ pub trait Source<T>: Clone + Send + 'static {
     fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> OpResult {
         Ok(())
     }
+    /// For a source that reads several splits at once: which split each record
+    /// of the last `poll` came from (see [`SplitProgress`]), so that event time
+    /// is tracked per split. `None` (the default): the subtask is one stream.
+    fn split_progress(&mut self) -> Option<&mut SplitProgress> {
+        None
+    }
+}
+
+/// What a source reading several splits tells the runtime after each poll.
+///
+/// A subtask that interleaves splits (fairly, so none starves) mixes event
+/// times that each split produces in order, but that differ between splits.
+/// The watermark is therefore generated per split, and the subtask's
+/// watermark is the minimum over its live splits (Flink's per-split
+/// watermarks): a split that has not emitted yet holds it back, a finished
+/// split no longer does, and with [`WatermarkStrategy::with_idleness`] a split
+/// silent for that long is left out until it emits again.
+#[derive(Clone, Debug, Default)]
+pub struct SplitProgress {
+    added: Vec<u64>,
+    runs: Vec<(u64, usize)>,
+    finished: Vec<u64>,
+}
+
+impl SplitProgress {
+    /// The subtask now reads split `split` (a number unique within the subtask).
+    pub fn split_added(&mut self, split: u64) {
+        self.added.push(split);
+    }
+
+    /// The next `records` records appended by this poll came from `split`.
+    pub fn records_from(&mut self, split: u64, records: usize) {
+        match self.runs.last_mut() {
+            Some((s, n)) if *s == split => *n += records,
+            _ => self.runs.push((split, records)),
+        }
+    }
+
+    /// Split `split` is read to its end.
+    pub fn split_finished(&mut self, split: u64) {
+        self.finished.push(split);
+    }
+}
+
+/// Event-time progress of one split, as the adapter tracks it.
+struct SplitClock {
+    max_ts: i64,
+    last_data: Instant,
 }
 
 type TimestampFn<T> = Arc<dyn Fn(&T, i64) -> i64 + Send + Sync>;
@@ -126,6 +175,8 @@ pub struct SourceAdapter<T, S> {
     idle: bool,
     idle_change: Option<bool>,
     last_data: Instant,
+    /// Per-split event time, once the source reports splits.
+    splits: Option<BTreeMap<u64, SplitClock>>,
 }
 
 impl<T: Send + 'static, S: Source<T>> SourceAdapter<T, S> {
@@ -141,7 +192,57 @@ impl<T: Send + 'static, S: Source<T>> SourceAdapter<T, S> {
             idle: false,
             idle_change: None,
             last_data: Instant::now(),
+            splits: None,
         }
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> SourceAdapter<T, S> {
+    /// Fold the source's split report for the records in `buf` into the per-split clocks.
+    fn track_splits(&mut self) -> OpResult {
+        let Some(progress) = self.source.split_progress() else {
+            return Ok(());
+        };
+        let splits = self.splits.get_or_insert_with(BTreeMap::new);
+        let now = Instant::now();
+        for split in progress.added.drain(..) {
+            splits.entry(split).or_insert(SplitClock {
+                max_ts: NO_TIMESTAMP,
+                last_data: now,
+            });
+        }
+        let mut at = 0;
+        for (split, n) in progress.runs.drain(..) {
+            let records = self.buf.get(at..at + n).ok_or_else(|| {
+                format!(
+                    "source reported {} records from its splits but emitted {}",
+                    at + n,
+                    self.buf.len()
+                )
+            })?;
+            let clock = splits.entry(split).or_insert(SplitClock {
+                max_ts: NO_TIMESTAMP,
+                last_data: now,
+            });
+            for r in records {
+                clock.max_ts = clock.max_ts.max(r.timestamp);
+            }
+            if n > 0 {
+                clock.last_data = now;
+            }
+            at += n;
+        }
+        for split in progress.finished.drain(..) {
+            splits.remove(&split);
+        }
+        if at != self.buf.len() {
+            return Err(format!(
+                "source emitted {} records but reported the split of only {at}",
+                self.buf.len()
+            )
+            .into());
+        }
+        Ok(())
     }
 }
 
@@ -159,13 +260,14 @@ impl<T: Send + 'static, S: Source<T>> SourceLogic for SourceAdapter<T, S> {
 
     fn poll(&mut self, max: usize, out: &mut Emitter) -> OpResult<SourceStatus> {
         let status = self.source.poll(&mut self.buf, max)?;
+        if let Some(assign) = &self.strategy.timestamp {
+            for r in &mut self.buf {
+                r.timestamp = assign(&r.value, r.timestamp);
+            }
+        }
+        self.track_splits()?;
         if !self.buf.is_empty() {
-            if let Some(assign) = &self.strategy.timestamp {
-                for r in &mut self.buf {
-                    r.timestamp = assign(&r.value, r.timestamp);
-                    self.max_ts = self.max_ts.max(r.timestamp);
-                }
-            } else if self.strategy.out_of_orderness_ms.is_some() {
+            if self.splits.is_none() && self.strategy.out_of_orderness_ms.is_some() {
                 for r in &self.buf {
                     self.max_ts = self.max_ts.max(r.timestamp);
                 }
@@ -187,10 +289,24 @@ impl<T: Send + 'static, S: Source<T>> SourceLogic for SourceAdapter<T, S> {
 
     fn take_watermark(&mut self) -> Option<i64> {
         let delay = self.strategy.out_of_orderness_ms?;
-        if self.max_ts == NO_TIMESTAMP {
+        let max_ts = match &self.splits {
+            None => self.max_ts,
+            Some(splits) => {
+                // The slowest live split decides; idle splits (if configured) do not.
+                let mut min: Option<i64> = None;
+                for clock in splits.values() {
+                    if self.strategy.idleness.is_some_and(|t| clock.last_data.elapsed() >= t) {
+                        continue;
+                    }
+                    min = Some(min.map_or(clock.max_ts, |m| m.min(clock.max_ts)));
+                }
+                min?
+            }
+        };
+        if max_ts == NO_TIMESTAMP {
             return None;
         }
-        let wm = self.max_ts.saturating_sub(delay).saturating_sub(1);
+        let wm = max_ts.saturating_sub(delay).saturating_sub(1);
         if wm > self.emitted_wm {
             self.emitted_wm = wm;
             Some(wm)
