@@ -338,3 +338,143 @@ impl<T: Send + 'static, S: Source<T>> SourceLogic for SourceAdapter<T, S> {
         self.source.notify_checkpoint_complete(checkpoint_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_config::Configuration;
+
+    /// Emits the scripted batches: each record is (split, timestamp); splits
+    /// are added on the first poll and finished when listed.
+    #[derive(Clone)]
+    struct Scripted {
+        splits: Vec<u64>,
+        polls: Vec<(Vec<(u64, i64)>, Vec<u64>)>,
+        progress: SplitProgress,
+        per_split: bool,
+        /// Emit records without saying which split they came from (a broken source).
+        forget_runs: bool,
+    }
+
+    impl Source<u64> for Scripted {
+        fn open(&mut self, _ctx: &mut SourceContext<'_>) -> OpResult {
+            for s in &self.splits {
+                self.progress.split_added(*s);
+            }
+            Ok(())
+        }
+        fn poll(&mut self, out: &mut Vec<StreamRecord<u64>>, _max: usize) -> OpResult<SourceStatus> {
+            if self.polls.is_empty() {
+                return Ok(SourceStatus::Finished);
+            }
+            let (records, finished) = self.polls.remove(0);
+            for (split, ts) in records {
+                out.push(StreamRecord {
+                    value: split,
+                    timestamp: ts,
+                });
+                if !self.forget_runs {
+                    self.progress.records_from(split, 1);
+                }
+            }
+            for s in finished {
+                self.progress.split_finished(s);
+            }
+            Ok(SourceStatus::More)
+        }
+        fn snapshot_state(&mut self, _ctx: &mut SourceContext<'_>, _checkpoint_id: u64) -> OpResult {
+            Ok(())
+        }
+        fn split_progress(&mut self) -> Option<&mut SplitProgress> {
+            self.per_split.then_some(&mut self.progress)
+        }
+    }
+
+    fn adapter(source: Scripted, strategy: WatermarkStrategy<u64>) -> SourceAdapter<u64, Scripted> {
+        let mut a = SourceAdapter::new(source, strategy);
+        a.open(OpenContext {
+            info: SubtaskInfo {
+                job_id: "test".into(),
+                operator_name: "source".into(),
+                uid: "source".into(),
+                operator_id: "0".into(),
+                subtask: 0,
+                parallelism: 1,
+                max_parallelism: 128,
+                attempt: 0,
+            },
+            config: Arc::new(Configuration::new()),
+            keyed: None,
+            operator_state: OperatorStateStore::new(),
+        })
+        .unwrap();
+        a
+    }
+
+    /// Watermark after each poll.
+    fn watermarks(a: &mut SourceAdapter<u64, Scripted>, polls: usize) -> Vec<Option<i64>> {
+        (0..polls)
+            .map(|_| {
+                a.poll(100, &mut Emitter::default()).unwrap();
+                a.take_watermark()
+            })
+            .collect()
+    }
+
+    fn two_splits(per_split: bool) -> Scripted {
+        Scripted {
+            splits: vec![0, 1],
+            polls: vec![
+                // Split 0 is at event time 1000, split 1 only at 10.
+                (vec![(0, 1000)], vec![]),
+                (vec![(1, 10), (0, 1001)], vec![]),
+                (vec![(1, 20)], vec![]),
+                // Split 1 ends: split 0 alone decides.
+                (vec![], vec![1]),
+            ],
+            progress: SplitProgress::default(),
+            per_split,
+            forget_runs: false,
+        }
+    }
+
+    #[test]
+    fn the_watermark_is_the_slowest_live_split_and_a_finished_split_releases_it() {
+        let mut a = adapter(two_splits(true), WatermarkStrategy::for_monotonous_timestamps());
+        // Held back until split 1 emitted; then split 1 leads from below.
+        assert_eq!(watermarks(&mut a, 4), vec![None, Some(9), Some(19), Some(1000)]);
+    }
+
+    #[test]
+    fn without_split_reports_the_subtask_is_one_stream() {
+        let mut a = adapter(two_splits(false), WatermarkStrategy::for_monotonous_timestamps());
+        assert_eq!(watermarks(&mut a, 4), vec![Some(999), Some(1000), None, None]);
+    }
+
+    #[test]
+    fn with_idleness_a_silent_split_does_not_hold_the_watermark() {
+        let source = Scripted {
+            splits: vec![0, 1],
+            polls: vec![(vec![(0, 500)], vec![]), (vec![(0, 600)], vec![])],
+            progress: SplitProgress::default(),
+            per_split: true,
+            forget_runs: false,
+        };
+        let strategy = WatermarkStrategy::for_monotonous_timestamps().with_idleness(Duration::from_secs(5));
+        let mut a = adapter(source, strategy);
+        assert_eq!(watermarks(&mut a, 1), vec![None], "split 1 is not idle yet");
+        // Split 1 has been silent for longer than the idleness timeout.
+        let clock = a.splits.as_mut().unwrap().get_mut(&1).unwrap();
+        clock.last_data = Instant::now().checked_sub(Duration::from_secs(10)).unwrap();
+        assert_eq!(watermarks(&mut a, 1), vec![Some(599)]);
+    }
+
+    #[test]
+    fn records_without_a_reported_split_are_an_error() {
+        let mut source = two_splits(true);
+        source.forget_runs = true;
+        let mut a = adapter(source, WatermarkStrategy::for_monotonous_timestamps());
+        let err = a.poll(100, &mut Emitter::default()).unwrap_err().to_string();
+        assert!(err.contains("reported the split of only 0"), "{err}");
+    }
+}
