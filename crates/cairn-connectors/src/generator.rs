@@ -225,15 +225,37 @@ impl Source<GeneratedEvent> for GeneratorSource {
 /// Say once per run (subtask 0, first attempt) when the restored splits cannot
 /// be shared evenly, and what fixes it.
 fn warn_if_uneven(ctx: &SourceContext<'_>, unfinished: usize) {
-    let p = ctx.info.parallelism.max(1) as usize;
-    if ctx.info.subtask != 0 || ctx.info.attempt != 0 || unfinished == 0 || unfinished % p == 0 {
-        return;
+    if ctx.info.subtask == 0 && ctx.info.attempt == 0 {
+        if let Some(warning) = uneven_warning(&ctx.info.uid, unfinished, ctx.info.parallelism) {
+            eprintln!("{warning}");
+        }
+    }
+}
+
+fn uneven_warning(uid: &str, unfinished: usize, parallelism: u32) -> Option<String> {
+    let p = parallelism.max(1) as usize;
+    if unfinished == 0 || unfinished % p == 0 {
+        return None;
     }
     let (few, many) = (unfinished / p, unfinished.div_ceil(p));
-    eprintln!(
-        "GeneratorSource '{}': {unfinished} unfinished splits over {p} subtasks, so subtasks read {many} or {few} \
+    Some(format!(
+        "GeneratorSource '{uid}': {unfinished} unfinished splits over {p} subtasks, so subtasks read {many} or {few} \
          split(s) each. The split count is fixed when a job first starts (default: its parallelism then); \
-         start the job with .splits(n), n a multiple of every parallelism you plan to run at, to share the work evenly.",
-        ctx.info.uid
-    );
+         start the job with .splits(n), n a multiple of every parallelism you plan to run at, to share the work evenly."
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uneven_shares_are_named_with_the_fix_and_even_ones_are_quiet() {
+        let w = uneven_warning("events", 2, 3).unwrap();
+        assert!(w.contains("'events'") && w.contains("2 unfinished splits over 3 subtasks"), "{w}");
+        assert!(w.contains("1 or 0 split(s)") && w.contains(".splits(n)"), "{w}");
+        assert_eq!(uneven_warning("events", 4, 2), None);
+        assert_eq!(uneven_warning("events", 0, 3), None);
+        assert_eq!(uneven_warning("events", 6, 3), None);
+    }
 }
