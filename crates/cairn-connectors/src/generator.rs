@@ -252,7 +252,10 @@ mod tests {
     #[test]
     fn uneven_shares_are_named_with_the_fix_and_even_ones_are_quiet() {
         let w = uneven_warning("events", 2, 3).unwrap();
-        assert!(w.contains("'events'") && w.contains("2 unfinished splits over 3 subtasks"), "{w}");
+        assert!(
+            w.contains("'events'") && w.contains("2 unfinished splits over 3 subtasks"),
+            "{w}"
+        );
         assert!(w.contains("1 or 0 split(s)") && w.contains(".splits(n)"), "{w}");
         assert_eq!(uneven_warning("events", 4, 2), None);
         assert_eq!(uneven_warning("events", 0, 3), None);

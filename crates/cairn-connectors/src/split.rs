@@ -465,7 +465,10 @@ mod tests {
             let polled = set.poll(&mut out, budget, read_range).unwrap();
             assert_eq!(polled.records, budget);
             let c = &per_split(&out)[..3];
-            assert!(c.iter().max().unwrap() - c.iter().min().unwrap() <= 1, "{budget}: {c:?}");
+            assert!(
+                c.iter().max().unwrap() - c.iter().min().unwrap() <= 1,
+                "{budget}: {c:?}"
+            );
         }
     }
 
@@ -484,7 +487,10 @@ mod tests {
         let mut state = OperatorStateStore::new();
         set.snapshot(&mut state).unwrap();
         let table: Vec<Range> = state.list("t").unwrap();
-        assert!(table.contains(&Range { id: 0, next: 3, end: 3 }), "finished split recorded: {table:?}");
+        assert!(
+            table.contains(&Range { id: 0, next: 3, end: 3 }),
+            "finished split recorded: {table:?}"
+        );
     }
 
     #[test]
@@ -521,7 +527,10 @@ mod tests {
         let polled = set
             .poll(&mut out, 10, |_, _, _, _| Ok(SplitPoll::Idle(Duration::from_secs(30))))
             .unwrap();
-        assert!(matches!(polled.state, SplitsState::Idle(d) if d > Duration::from_secs(1)), "{polled:?}");
+        assert!(
+            matches!(polled.state, SplitsState::Idle(d) if d > Duration::from_secs(1)),
+            "{polled:?}"
+        );
     }
 
     #[test]

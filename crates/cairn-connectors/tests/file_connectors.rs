@@ -107,7 +107,11 @@ fn bounded_read_at_parallelism_1_emits_every_line_each_file_in_order() {
     let expected: Vec<String> = files.values().flatten().cloned().collect();
     assert_eq!(sorted(got.clone()), sorted(expected));
     for (name, lines) in &files {
-        assert_eq!(of_file(&got, name), lines.iter().collect::<Vec<_>>(), "order within {name}");
+        assert_eq!(
+            of_file(&got, name),
+            lines.iter().collect::<Vec<_>>(),
+            "order within {name}"
+        );
     }
 }
 
@@ -148,7 +152,11 @@ fn bounded_read_at_parallelism_3_emits_every_line_exactly_once() {
     // Each file is read by one subtask in order, and the collect sink is
     // chained to it, so lines of one file keep their relative order.
     for (name, lines) in &files {
-        assert_eq!(of_file(&got, name), lines.iter().collect::<Vec<_>>(), "order within {name}");
+        assert_eq!(
+            of_file(&got, name),
+            lines.iter().collect::<Vec<_>>(),
+            "order within {name}"
+        );
     }
 }
 
@@ -308,7 +316,11 @@ fn source_restore_mid_file_continues_at_the_next_line() {
     combined.extend(after);
     assert_eq!(sorted(combined.clone()), sorted(all), "no loss, no duplicate");
     for (name, lines) in &files {
-        assert_eq!(of_file(&combined, name), lines.iter().collect::<Vec<_>>(), "order within {name}");
+        assert_eq!(
+            of_file(&combined, name),
+            lines.iter().collect::<Vec<_>>(),
+            "order within {name}"
+        );
     }
 }
 
@@ -370,7 +382,10 @@ fn source_restore_after_rescaling_from_2_to_3_subtasks_is_exactly_once() {
     assert_eq!(sorted(emitted), sorted(all));
     // Every unfinished file went to exactly one subtask, and the shares are even.
     assert!(readers.values().all(|r| r.len() == 1), "{readers:?}");
-    assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1, "{shares:?}");
+    assert!(
+        shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1,
+        "{shares:?}"
+    );
 }
 
 #[test]

@@ -75,7 +75,12 @@ struct Stage<S, T> {
 }
 
 impl<T: Send + 'static, S: Source<T>> Stage<S, T> {
-    fn open(make: &dyn Fn() -> S, parallelism: u32, attempt: u32, entries: Option<Vec<Vec<OperatorStateEntry>>>) -> Self {
+    fn open(
+        make: &dyn Fn() -> S,
+        parallelism: u32,
+        attempt: u32,
+        entries: Option<Vec<Vec<OperatorStateEntry>>>,
+    ) -> Self {
         let mut subtasks = Vec::new();
         let mut entries = entries.map(|e| e.into_iter());
         for s in 0..parallelism {
@@ -157,14 +162,20 @@ where
 
 fn assert_balanced(case: &str, shares: &[usize]) {
     let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
-    assert!(max - min <= 1, "{case}: unfinished splits per subtask {shares:?} differ by more than one");
+    assert!(
+        max - min <= 1,
+        "{case}: unfinished splits per subtask {shares:?} differ by more than one"
+    );
 }
 
 /// Emitted values are unique; returns them as a set.
 fn unique<T: Ord + Clone + std::fmt::Debug>(case: &str, emitted: &[T]) -> BTreeSet<T> {
     let mut seen = BTreeSet::new();
     for v in emitted {
-        assert!(seen.insert(v.clone()), "{case}: {v:?} emitted twice (a split was restarted or read twice)");
+        assert!(
+            seen.insert(v.clone()),
+            "{case}: {v:?} emitted twice (a split was restarted or read twice)"
+        );
     }
     seen
 }
@@ -201,12 +212,19 @@ fn generator_case(seed: u64, legacy: bool) {
             .collect();
         let all: Vec<GenSplit> = unfinished.iter().flatten().copied().collect();
         let set: BTreeSet<GenSplit> = all.iter().copied().collect();
-        assert_eq!(set.len(), all.len(), "{case}, stage {stage_no}: a split is held twice: {parts:?}");
+        assert_eq!(
+            set.len(),
+            all.len(),
+            "{case}, stage {stage_no}: a split is held twice: {parts:?}"
+        );
         if let Some(before) = before {
             assert_eq!(set, before, "{case}, stage {stage_no}: splits lost, added or moved");
         }
         if stage_no >= balanced_from {
-            assert_balanced(&format!("{case}, stage {stage_no}"), &unfinished.iter().map(Vec::len).collect::<Vec<_>>());
+            assert_balanced(
+                &format!("{case}, stage {stage_no}"),
+                &unfinished.iter().map(Vec::len).collect::<Vec<_>>(),
+            );
         } else {
             // The first restore of legacy state keeps that release's shares;
             // the table written from then on is dealt evenly.
@@ -216,7 +234,10 @@ fn generator_case(seed: u64, legacy: bool) {
             stage.drain(&mut emitted);
         } else {
             stage.poll_randomly(&mut rng, &mut emitted);
-            entries = Some(redistribute(&stage.snapshot(stage_no as u64 + 1), ps[stage_no + 1] as usize));
+            entries = Some(redistribute(
+                &stage.snapshot(stage_no as u64 + 1),
+                ps[stage_no + 1] as usize,
+            ));
         }
     }
     let mut indices = read_before;
@@ -242,7 +263,13 @@ fn unfinished_generator_splits(entries: &[Vec<OperatorStateEntry>]) -> BTreeSet<
 /// parallelism `p`: each subtask its splits `{next, end}` as a split-evenly
 /// list, a subtask without splits the placeholder `{count, count}`. Records the
 /// events read into `emitted`; returns the state redistributed onto `p` subtasks.
-fn legacy_generator_state(rng: &mut Rng, count: u64, splits: u32, p: u32, emitted: &mut Vec<u64>) -> Vec<Vec<OperatorStateEntry>> {
+fn legacy_generator_state(
+    rng: &mut Rng,
+    count: u64,
+    splits: u32,
+    p: u32,
+    emitted: &mut Vec<u64>,
+) -> Vec<Vec<OperatorStateEntry>> {
     let old_p = rng.range(1, 7) as u32;
     let n = u64::from(splits);
     let at = |s: u64| (u128::from(s) * u128::from(count) / u128::from(n)) as u64;
@@ -250,7 +277,10 @@ fn legacy_generator_state(rng: &mut Rng, count: u64, splits: u32, p: u32, emitte
     for sub in 0..old_p {
         let mut mine: Vec<GenSplit> = (0..n)
             .filter(|s| s % u64::from(old_p) == u64::from(sub))
-            .map(|s| GenSplit { next: at(s), end: at(s + 1) })
+            .map(|s| GenSplit {
+                next: at(s),
+                end: at(s + 1),
+            })
             .filter(|s| s.next < s.end)
             .collect();
         for s in &mut mine {
@@ -259,10 +289,15 @@ fn legacy_generator_state(rng: &mut Rng, count: u64, splits: u32, p: u32, emitte
             s.next += read;
         }
         if mine.is_empty() {
-            mine.push(GenSplit { next: count, end: count });
+            mine.push(GenSplit {
+                next: count,
+                end: count,
+            });
         }
         let mut store = OperatorStateStore::new();
-        store.set_list("generator-splits", DistributionMode::SplitEvenly, &mine).unwrap();
+        store
+            .set_list("generator-splits", DistributionMode::SplitEvenly, &mine)
+            .unwrap();
         snapshots.push(store.to_entries());
     }
     redistribute(&snapshots, p as usize)
@@ -295,7 +330,11 @@ fn add_files(dir: &Path, rng: &mut Rng, first: u64, n: u64) -> Vec<String> {
     for f in first..first + n {
         let name = format!("f{f:03}");
         let lines: Vec<String> = (0..rng.range(0, 25)).map(|l| format!("{name}:{l}")).collect();
-        fs::write(dir.join(&name), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        fs::write(
+            dir.join(&name),
+            lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        )
+        .unwrap();
         all.extend(lines);
     }
     all
@@ -325,7 +364,11 @@ fn file_case(dir: &Path, seed: u64) {
         let parts: Vec<Vec<FilePos>> = tables(&mut stage, "file-source-files");
         let all: Vec<&FilePos> = parts.iter().flatten().collect();
         let names: BTreeSet<&String> = all.iter().map(|f| &f.path).collect();
-        assert_eq!(names.len(), all.len(), "{case}, stage {stage_no}: a file is held twice: {parts:?}");
+        assert_eq!(
+            names.len(),
+            all.len(),
+            "{case}, stage {stage_no}: a file is held twice: {parts:?}"
+        );
         if let Some(restored) = &restored {
             // Restored files keep their positions, wherever they went; the
             // unfinished ones are dealt evenly.
@@ -334,7 +377,10 @@ fn file_case(dir: &Path, seed: u64) {
                     assert_eq!(*f, r, "{case}, stage {stage_no}: position changed");
                 }
             }
-            assert!(restored.keys().all(|n| names.contains(n)), "{case}, stage {stage_no}: a file was lost");
+            assert!(
+                restored.keys().all(|n| names.contains(n)),
+                "{case}, stage {stage_no}: a file was lost"
+            );
             let shares: Vec<usize> = parts
                 .iter()
                 .map(|t| t.iter().filter(|f| !f.done && restored.contains_key(&f.path)).count())
@@ -345,7 +391,10 @@ fn file_case(dir: &Path, seed: u64) {
             stage.drain(&mut emitted);
         } else {
             stage.poll_randomly(&mut rng, &mut emitted);
-            entries = Some(redistribute(&stage.snapshot(stage_no as u64 + 1), ps[stage_no + 1] as usize));
+            entries = Some(redistribute(
+                &stage.snapshot(stage_no as u64 + 1),
+                ps[stage_no + 1] as usize,
+            ));
             // New files may arrive while the job is down.
             let n = rng.range(0, 3);
             lines.extend(add_files(dir, &mut rng, files, n));

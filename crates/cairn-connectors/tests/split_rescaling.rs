@@ -227,7 +227,11 @@ impl Scenario {
                 start + got.len() as u64
             };
             let dup = got.windows(2).find(|w| w[0] == w[1]);
-            assert!(dup.is_none(), "split {s}: event {:?} committed twice", dup.map(|w| w[0]));
+            assert!(
+                dup.is_none(),
+                "split {s}: event {:?} committed twice",
+                dup.map(|w| w[0])
+            );
             assert!(!got.is_empty(), "split {s}: nothing committed");
             let missing = (start..end).find(|i| got.binary_search(i).is_err());
             assert!(

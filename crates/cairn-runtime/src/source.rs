@@ -344,12 +344,15 @@ mod tests {
     use super::*;
     use cairn_config::Configuration;
 
+    /// One scripted poll: records as (split, timestamp), then the splits that finished.
+    type Poll = (Vec<(u64, i64)>, Vec<u64>);
+
     /// Emits the scripted batches: each record is (split, timestamp); splits
     /// are added on the first poll and finished when listed.
     #[derive(Clone)]
     struct Scripted {
         splits: Vec<u64>,
-        polls: Vec<(Vec<(u64, i64)>, Vec<u64>)>,
+        polls: Vec<Poll>,
         progress: SplitProgress,
         per_split: bool,
         /// Emit records without saying which split they came from (a broken source).
