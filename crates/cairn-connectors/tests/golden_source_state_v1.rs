@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use cairn::config::{Configuration, StartupOptions};
 use cairn::connectors::file::FileSource;
 use cairn::prelude::*;
-use cairn::runtime::control::{AfterSavepoint, JobClient, OperationStatus, SavepointRequest, SnapshotFormat};
+use cairn::coordinator::control::{AfterSavepoint, JobClient, OperationStatus, SavepointRequest, SnapshotFormat};
 
 /// Generator events of the fixture job (2 splits of 3000: the default split
 /// count at its first parallelism, 2).
@@ -168,7 +168,7 @@ fn create_fixture(dir: &Path) {
     let input = dir.join("input");
     fs::create_dir_all(&input).unwrap();
     for f in 0..FILES {
-        let text: String = (0..LINES).map(|l| file_line(f, l) + "\n").collect();
+        let text: String = (0..LINES).map(|l| format!("{}\n", file_line(f, l))).collect();
         fs::write(input.join(format!("file{f}.txt")), text).unwrap();
     }
     let (sp1, o1) = run_and_stop(2, None, &input, &work, 600, SnapshotFormat::Native);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use cairn::config::{Configuration, StartupOptions};
 use cairn::prelude::*;
-use cairn::runtime::control::{AfterSavepoint, JobClient, OperationStatus, SavepointRequest, SnapshotFormat};
+use cairn::coordinator::control::{AfterSavepoint, JobClient, OperationStatus, SavepointRequest, SnapshotFormat};
 use cairn::runtime::JobError;
 
 const SPLITS: u64 = 2;
