@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use cairn::config::{Configuration, StartupOptions};
 use cairn::connectors::file::FileSource;
-use cairn::prelude::*;
 use cairn::coordinator::control::{AfterSavepoint, JobClient, OperationStatus, SavepointRequest, SnapshotFormat};
+use cairn::prelude::*;
 
 /// Generator events of the fixture job (2 splits of 3000: the default split
 /// count at its first parallelism, 2).

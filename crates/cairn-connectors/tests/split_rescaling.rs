@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn::config::{Configuration, StartupOptions};
-use cairn::prelude::*;
 use cairn::coordinator::control::{AfterSavepoint, JobClient, OperationStatus, SavepointRequest, SnapshotFormat};
+use cairn::prelude::*;
 use cairn::runtime::JobError;
 
 const SPLITS: u64 = 2;

@@ -203,6 +203,13 @@ impl<T: Send + 'static, S: Source<T>> SourceAdapter<T, S> {
         let Some(progress) = self.source.split_progress() else {
             return Ok(());
         };
+        if self.strategy.out_of_orderness_ms.is_none() {
+            // No watermarks: nothing to track, but the report must not pile up.
+            progress.added.clear();
+            progress.runs.clear();
+            progress.finished.clear();
+            return Ok(());
+        }
         let splits = self.splits.get_or_insert_with(BTreeMap::new);
         let now = Instant::now();
         for split in progress.added.drain(..) {
