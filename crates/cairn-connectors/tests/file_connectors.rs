@@ -2,7 +2,7 @@
 //! `StreamEnv`, and the checkpoint protocol driven through the `Source` and
 //! `Sink` traits (the runtime has no way to crash a job on cue yet).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -88,8 +88,13 @@ fn run_read_job(dir: &Path, parallelism: u32) -> Vec<String> {
     got.values()
 }
 
+/// The lines of `got` that belong to file `name`, in emission order.
+fn of_file<'a>(got: &'a [String], name: &str) -> Vec<&'a String> {
+    got.iter().filter(|l| l.starts_with(&format!("{name}:"))).collect()
+}
+
 #[test]
-fn bounded_read_at_parallelism_1_emits_every_line_in_file_order() {
+fn bounded_read_at_parallelism_1_emits_every_line_each_file_in_order() {
     let dir = temp_dir("p1");
     let files = write_files(&dir, &[("b.log", 40), ("a.log", 25), ("c.log", 1)]);
     // Ignored: hidden files, `_` files and directories.
@@ -100,7 +105,34 @@ fn bounded_read_at_parallelism_1_emits_every_line_in_file_order() {
 
     let got = run_read_job(&dir, 1);
     let expected: Vec<String> = files.values().flatten().cloned().collect();
-    assert_eq!(got, expected, "name order, and line order within each file");
+    assert_eq!(sorted(got.clone()), sorted(expected));
+    for (name, lines) in &files {
+        assert_eq!(
+            of_file(&got, name),
+            lines.iter().collect::<Vec<_>>(),
+            "order within {name}"
+        );
+    }
+}
+
+#[test]
+fn one_subtask_reads_its_files_interleaved_so_none_waits_for_another_to_end() {
+    let dir = temp_dir("interleaved");
+    let files = write_files(&dir, &[("a", 1_000), ("b", 1_000), ("c", 1_000)]);
+    let i = info(0, 1, 0);
+    let mut store = OperatorStateStore::new();
+    let mut src = FileSource::new(&dir);
+    src.open(&mut SourceContext {
+        info: &i,
+        state: &mut store,
+    })
+    .unwrap();
+    let mut out = Vec::new();
+    src.poll(&mut out, 300).unwrap();
+    let got: Vec<String> = out.into_iter().map(|r| r.value).collect();
+    for name in files.keys() {
+        assert_eq!(of_file(&got, name).len(), 100, "{name} got its share of the first poll");
+    }
 }
 
 #[test]
@@ -110,7 +142,7 @@ fn bounded_read_at_parallelism_3_emits_every_line_exactly_once() {
     let specs: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 300)).collect();
     let files = write_files(&dir, &specs);
     // The files really are spread over the subtasks.
-    let owners: std::collections::BTreeSet<u32> = names.iter().map(|n| file_owner(n, 3)).collect();
+    let owners: BTreeSet<u32> = names.iter().map(|n| file_owner(n, 3)).collect();
     assert!(owners.len() > 1, "test files should hash to several subtasks");
 
     let got = run_read_job(&dir, 3);
@@ -120,8 +152,11 @@ fn bounded_read_at_parallelism_3_emits_every_line_exactly_once() {
     // Each file is read by one subtask in order, and the collect sink is
     // chained to it, so lines of one file keep their relative order.
     for (name, lines) in &files {
-        let of_file: Vec<&String> = got.iter().filter(|l| l.starts_with(&format!("{name}:"))).collect();
-        assert_eq!(of_file, lines.iter().collect::<Vec<_>>(), "order within {name}");
+        assert_eq!(
+            of_file(&got, name),
+            lines.iter().collect::<Vec<_>>(),
+            "order within {name}"
+        );
     }
 }
 
@@ -279,7 +314,14 @@ fn source_restore_mid_file_continues_at_the_next_line() {
     assert_eq!(status, SourceStatus::Finished);
     let mut combined: Vec<String> = before.into_iter().map(|r| r.value).collect();
     combined.extend(after);
-    assert_eq!(combined, all, "no loss, no duplicate, order kept");
+    assert_eq!(sorted(combined.clone()), sorted(all), "no loss, no duplicate");
+    for (name, lines) in &files {
+        assert_eq!(
+            of_file(&combined, name),
+            lines.iter().collect::<Vec<_>>(),
+            "order within {name}"
+        );
+    }
 }
 
 #[test]
@@ -317,6 +359,8 @@ fn source_restore_after_rescaling_from_2_to_3_subtasks_is_exactly_once() {
     }
     assert!(emitted.len() > 7 && emitted.len() < all.len(), "stopped mid-way");
 
+    let mut readers: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut shares = Vec::new();
     for (s, entries) in redistribute(&snapshots, 3).into_iter().enumerate() {
         let i = info(s as u32, 3, 1);
         let mut store = OperatorStateStore::from_entries(entries).unwrap();
@@ -328,14 +372,20 @@ fn source_restore_after_rescaling_from_2_to_3_subtasks_is_exactly_once() {
         .unwrap();
         let (out, status) = drain(&mut src, 4);
         assert_eq!(status, SourceStatus::Finished);
-        // Each subtask reads only files it owns at the new parallelism.
-        for line in &out {
-            let file = line.split(':').next().unwrap();
-            assert_eq!(file_owner(file, 3), s as u32, "{line}");
+        let mine: BTreeSet<&str> = out.iter().map(|l| l.split(':').next().unwrap()).collect();
+        for f in &mine {
+            readers.entry(f.to_string()).or_default().push(s as u32);
         }
+        shares.push(mine.len());
         emitted.extend(out);
     }
     assert_eq!(sorted(emitted), sorted(all));
+    // Every unfinished file went to exactly one subtask, and the shares are even.
+    assert!(readers.values().all(|r| r.len() == 1), "{readers:?}");
+    assert!(
+        shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1,
+        "{shares:?}"
+    );
 }
 
 #[test]

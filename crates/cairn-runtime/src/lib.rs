@@ -23,4 +23,4 @@ pub mod upload;
 pub use error::{BoxError, JobError, OpResult};
 pub use operator::{Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 pub use record::{StreamRecord, MAX_WATERMARK, NO_TIMESTAMP};
-pub use source::{Source, SourceContext, SourceStatus, WatermarkStrategy};
+pub use source::{Source, SourceContext, SourceStatus, SplitProgress, WatermarkStrategy};

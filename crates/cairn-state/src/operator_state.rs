@@ -132,6 +132,12 @@ impl OperatorStateStore {
         self.lists.contains_key(name)
     }
 
+    /// Drop list state `name` (absent from later snapshots), e.g. a state an
+    /// operator migrated to another name or encoding.
+    pub fn remove_list(&mut self, name: &str) {
+        self.lists.remove(name);
+    }
+
     /// Whether the store holds nothing.
     pub fn is_empty(&self) -> bool {
         self.lists.is_empty() && self.broadcast.is_empty()

@@ -279,15 +279,16 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_retained_one() {
             ("restart-strategy.fixed-delay.delay", "1ms"),
         ],
     );
-    // At event 6000 the first attempt corrupts its newest checkpoint's state
-    // files (flipping a byte in each) and fails.
+    // At event 5999 (the last of split 1 of 4, so read late: the source's
+    // splits are read interleaved) the first attempt corrupts its newest
+    // checkpoint's state files (flipping a byte in each) and fails.
     let corrupted = Arc::new(std::sync::Mutex::new(None::<PathBuf>));
     let record = corrupted.clone();
     job(&env, &dir.join("out"), n, 8_000, move |i, attempt| {
-        if i != 6_000 || attempt != 0 {
+        if i != 5_999 || attempt != 0 {
             return false;
         }
-        let chk = newest_checkpoint(&checkpoints).expect("a checkpoint before event 6000");
+        let chk = newest_checkpoint(&checkpoints).expect("a checkpoint before event 5999");
         for e in std::fs::read_dir(&chk).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "state") {
@@ -445,7 +446,8 @@ fn checkpoints_go_on_after_a_bounded_source_finishes_and_restore_exactly_once() 
                 if i >= 1 << 40 {
                     seen.fetch_add(1, Ordering::Relaxed);
                 }
-                i == 12_000 && attempt == 0
+                // Event 11999 ends split 2 of 4: read late however splits interleave.
+                i == 11_999 && attempt == 0
             }),
         })
         .uid("totals")

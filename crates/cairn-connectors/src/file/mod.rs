@@ -7,4 +7,4 @@ mod sink;
 mod source;
 
 pub use sink::FileSink;
-pub use source::{file_owner, FileSource};
+pub use source::{file_owner, FileSource, OPEN_FILES};
