@@ -143,7 +143,10 @@ mod tests {
         assert!(matches!(e, SnapshotError::Fenced { epoch: 1, .. }), "{e}");
         assert!(e.to_string().contains("newer coordinator"), "{e}");
         assert!(old.claim(&s, &job.join("chk-2")).is_err(), "the zombie cannot claim");
-        assert!(!s.exists(&job.join("chk-2")).unwrap(), "a refused claim leaves no directory");
+        assert!(
+            !s.exists(&job.join("chk-2")).unwrap(),
+            "a refused claim leaves no directory"
+        );
         assert_eq!(new.next_free_id(&s, 1).unwrap(), 2, "numbered above every claim");
         new.claim(&s, &job.join("chk-2")).unwrap();
     }
