@@ -281,20 +281,23 @@ impl SnapshotUploader {
             let (count, _) = &*self.busy;
             *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         }
-        let me = self.clone();
+        // The job holds only what it writes with: were it to hold the
+        // uploader, the last reference could drop on a writer thread, which
+        // would then have to join itself.
+        let (storage, busy) = (self.storage.clone(), self.busy.clone());
         let run: PoolJob = Box::new(move || {
             let events = job.events.clone();
             let (task, checkpoint_id) = (job.task, job.destination.checkpoint_id);
             // A panic while writing declines the snapshot; the count of busy
             // writes must go down either way, or `wait_idle` would hang.
-            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| me.write(job))) {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(&storage, job))) {
                 let _ = events.send(TaskEvent::Decline {
                     task,
                     checkpoint_id,
                     reason: format!("writing the snapshot {}", crate::error::panic_message(&*panic)),
                 });
             }
-            me.write_done();
+            write_done(&busy);
         });
         let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match sender {
@@ -316,48 +319,50 @@ impl SnapshotUploader {
             n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
         }
     }
+}
 
-    fn write(&self, job: UploadJob) {
-        let started = Instant::now();
-        let UploadJob {
+/// Write one task's snapshot and acknowledge (or decline) it.
+fn write(storage: &Arc<dyn Storage>, job: UploadJob) {
+    let started = Instant::now();
+    let UploadJob {
+        task,
+        subtask,
+        destination,
+        operators,
+        alignment,
+        sync,
+        events,
+    } = job;
+    let checkpoint_id = destination.checkpoint_id;
+    let result = match destination.begin_write(storage) {
+        None => Err("the snapshot was aborted before its files were written".to_string()),
+        Some(ticket) => write_operators(&ticket, subtask, operators),
+    };
+    let event = match result {
+        Ok(files) => TaskEvent::Acknowledge {
             task,
-            subtask,
-            destination,
-            operators,
+            checkpoint_id,
+            files,
             alignment,
             sync,
-            events,
-        } = job;
-        let checkpoint_id = destination.checkpoint_id;
-        let result = match destination.begin_write(&self.storage) {
-            None => Err("the snapshot was aborted before its files were written".to_string()),
-            Some(ticket) => write_operators(&ticket, subtask, operators),
-        };
-        let event = match result {
-            Ok(files) => TaskEvent::Acknowledge {
-                task,
-                checkpoint_id,
-                files,
-                alignment,
-                sync,
-                write: started.elapsed(),
-            },
-            Err(reason) => TaskEvent::Decline {
-                task,
-                checkpoint_id,
-                reason,
-            },
-        };
-        let _ = events.send(event);
-    }
+            write: started.elapsed(),
+        },
+        Err(reason) => TaskEvent::Decline {
+            task,
+            checkpoint_id,
+            reason,
+        },
+    };
+    let _ = events.send(event);
+}
 
-    fn write_done(&self) {
-        let (count, cv) = &*self.busy;
-        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
-        *n -= 1;
-        if *n == 0 {
-            cv.notify_all();
-        }
+/// One submitted write ended.
+fn write_done(busy: &(Mutex<usize>, Condvar)) {
+    let (count, cv) = busy;
+    let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+    *n -= 1;
+    if *n == 0 {
+        cv.notify_all();
     }
 }
 
