@@ -130,7 +130,7 @@ impl KeyedProcessFunction<u64, GeneratedEvent, String> for RunningGen {
 }
 
 /// A parsed input line.
-#[derive(Clone, Copy, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug)]
 struct FileRecord {
     file: u32,
     line: u64,

@@ -26,9 +26,15 @@ pub mod window;
 pub mod wiring;
 
 /// Bounds of every record type: cloned when a stream feeds several
-/// operators, moved between threads.
-pub trait Data: Clone + Send + Sync + 'static {}
-impl<T: Clone + Send + Sync + 'static> Data for T {}
+/// operators, moved between threads, and serialized (with serde) when records
+/// are stored with an unaligned checkpoint or cross to another host. As in
+/// Flink, every type that flows through a stream needs a serializer.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot flow through a Cairn stream",
+    note = "records are moved between threads and serialized when they are stored with an unaligned checkpoint or sent to another host: derive `Clone`, `serde::Serialize` and `serde::Deserialize` for `{Self}`"
+)]
+pub trait Data: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static {}
+impl<T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static> Data for T {}
 
 pub use cairn_config as config;
 pub use cairn_connectors as connectors;

@@ -450,7 +450,7 @@ struct WatermarkProbe {
 }
 
 /// ("timer", time, second-input records seen) or ("second", ts, watermark)
-type Probe = (&'static str, i64, i64);
+type Probe = (String, i64, i64);
 
 impl KeyedCoProcessFunction<u8, (u8, i64), (u8, i64), Probe> for WatermarkProbe {
     fn process_element1(&mut self, (_, ts): (u8, i64), ctx: &mut KeyedCoContext<'_, u8, Probe>) -> OpResult {
@@ -464,13 +464,13 @@ impl KeyedCoProcessFunction<u8, (u8, i64), (u8, i64), Probe> for WatermarkProbe 
     fn process_element2(&mut self, (_, ts): (u8, i64), ctx: &mut KeyedCoContext<'_, u8, Probe>) -> OpResult {
         self.second_seen += 1;
         let wm = ctx.current_watermark();
-        ctx.collect(("second", ts, wm));
+        ctx.collect(("second".into(), ts, wm));
         Ok(())
     }
 
     fn on_timer(&mut self, timestamp: i64, ctx: &mut KeyedCoContext<'_, u8, Probe>) -> OpResult {
         let seen = self.second_seen as i64;
-        ctx.collect(("timer", timestamp, seen));
+        ctx.collect(("timer".into(), timestamp, seen));
         Ok(())
     }
 }
@@ -536,7 +536,7 @@ enum Rule {
     Drop(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Event {
     id: u64,
     user: u64,

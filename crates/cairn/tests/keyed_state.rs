@@ -84,7 +84,7 @@ struct Lister {
     list: Option<ListState<u64>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum ListOut {
     Len(u64, usize),
     Final(u64, Vec<u64>),
@@ -163,7 +163,7 @@ struct WordCounts {
     words: Option<MapState<String, u64>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct MapReport {
     key: u64,
     entries: Vec<(String, u64)>,

@@ -21,7 +21,7 @@ use common::assert_contains_all;
 const KEYS: u64 = 40;
 
 /// One update of a key's running count and sum, with where it was computed.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Update {
     key: u64,
     count: u64,
