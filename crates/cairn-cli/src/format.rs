@@ -14,11 +14,6 @@ pub fn utc(ms: u64) -> String {
     )
 }
 
-/// `YYYYMMDD-HHMMSS` (UTC), for file names.
-pub fn utc_compact(ms: u64) -> String {
-    utc(ms).replace(['-', ':'], "").replace(' ', "-")
-}
-
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -71,7 +66,6 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
         assert_eq!(utc(1_777_464_245_123), "2026-04-29 12:04:05");
-        assert_eq!(utc_compact(1_777_464_245_123), "20260429-120405");
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! `cairn`: operate Cairn jobs, modelled on Flink's `bin/flink`.
 //!
 //! Jobs are found through the registry under `$CAIRN_HOME/jobs` (default
-//! `~/.cairn/jobs`) that every job serving REST writes, so no port is ever
-//! needed on one machine; `-m host:port` talks to a REST server directly.
+//! `~/.cairn/jobs`) that every job serving REST writes; the CLI talks to a
+//! job over its owner-only Unix socket there (trusted: any path may be
+//! named, as with Flink's CLI), else over TCP. `-m host:port` (or `-m` a
+//! socket path) talks to one server directly.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 job not found
 //! or not reachable.
 
-mod args;
 mod commands;
+#[cfg(feature = "dashboard")]
+mod dashboard;
 mod format;
+mod progress;
 
 use std::fmt;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// What went wrong, and so which exit code.
 #[derive(Debug)]
@@ -32,6 +38,14 @@ impl CliError {
             CliError::NotFound(_) => 3,
         }
     }
+
+    /// A usage error of `command`.
+    pub fn usage(command: &'static str, message: impl Into<String>) -> CliError {
+        CliError::Usage {
+            command,
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for CliError {
@@ -44,97 +58,287 @@ impl fmt::Display for CliError {
     }
 }
 
-const MAIN_HELP: &str = "\
-cairn: operate Cairn jobs (modelled on Flink's bin/flink)
-
-Usage: cairn <command> [options]
-
-Commands:
-  list                                  List the jobs running on this machine
-  info <jobId>                          Show a job's status, operators and checkpoints
-  run [options] -- <job binary> [args]  Start a job binary in the background
-  savepoint <jobId> [targetDirectory]   Trigger a savepoint
-  savepoint --dispose <path>            Delete a savepoint
-  checkpoint <jobId> [--full]           Trigger a checkpoint
-  stop <jobId> [--savepoint-path <dir>] Stop a job with a savepoint
-  cancel <jobId> [-s <dir>]             Cancel a job, optionally after a savepoint
-  help [command]                        Show help for a command
-
+const AFTER_HELP: &str = "\
 Job ids may be abbreviated to a unique prefix. Jobs are found through
 $CAIRN_HOME/jobs (default ~/.cairn/jobs), where every job serving its REST API
-registers; '-m <host:port>' talks to a REST server directly instead.
-Calls that change a job send $CAIRN_REST_TOKEN as a bearer token when it is set.
+registers and listens on an owner-only control socket; '-m <host:port>' talks
+to a REST server over TCP instead. Calls over TCP that change a job send
+$CAIRN_REST_TOKEN as a bearer token when it is set.
 
 Exit codes: 0 ok, 1 the operation failed, 2 usage error,
-            3 job not found or not reachable.
-";
+            3 job not found or not reachable.";
 
-fn help_of(command: &str) -> Option<&'static str> {
-    Some(match command {
-        "list" => commands::LIST_HELP,
-        "info" => commands::INFO_HELP,
-        "run" => commands::RUN_HELP,
-        "savepoint" => commands::SAVEPOINT_HELP,
-        "checkpoint" => commands::CHECKPOINT_HELP,
-        "stop" => commands::STOP_HELP,
-        "cancel" => commands::CANCEL_HELP,
-        _ => return None,
-    })
+/// cairn: operate Cairn jobs (modelled on Flink's bin/flink)
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, after_help = AFTER_HELP, arg_required_else_help = true, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn run(mut argv: Vec<String>) -> Result<(), CliError> {
-    if argv.is_empty() {
-        print!("{MAIN_HELP}");
-        return Err(CliError::Usage {
-            command: "",
-            message: "no command given".into(),
+/// The savepoint format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormatType {
+    /// Portable across backends and Cairn versions (Parquet per operator).
+    Canonical,
+    /// The state backend's own, faster format.
+    Native,
+}
+
+impl FormatType {
+    pub fn wire(self) -> &'static str {
+        match self {
+            FormatType::Canonical => "CANONICAL",
+            FormatType::Native => "NATIVE",
+        }
+    }
+}
+
+/// Where to find the job: the registry, or one server.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Address {
+    /// Talk to this REST server (host:port) or control socket (a path)
+    /// instead of looking the job up in the registry
+    #[arg(short = 'm', long = "address", value_name = "HOST:PORT|SOCKET")]
+    pub address: Option<String>,
+}
+
+/// A job id or a unique prefix of it.
+fn job_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "'{s}' is not a job id; give the job id (32 hex digits) or a unique prefix of it, as 'cairn list' shows"
+        ));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+fn positive_seconds(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("'{s}' is not a number of seconds greater than 0"))
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the jobs running on this machine
+    #[command(long_about = "Lists the jobs running on this machine (registered under $CAIRN_HOME/jobs, \
+                            default ~/.cairn/jobs) with their start time, id, name, state and REST address.")]
+    List {
+        #[command(flatten)]
+        address: Address,
+    },
+    /// Show a job's status, operators and checkpoints
+    Info {
+        #[arg(value_parser = job_id, value_name = "JOB_ID")]
+        job: String,
+        /// Print the REST API's job details as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        address: Address,
+    },
+    /// Start a job binary in the background
+    #[command(
+        long_about = "Starts a job binary in the background (its own process group, output to \
+                      $CAIRN_HOME/logs/), waits until it registers, and prints its job id. The options are \
+                      passed to the job binary, which understands them itself. Without -D rest.port=..., the \
+                      job's REST API takes port 8081 or the next free one."
+    )]
+    Run(RunArgs),
+    /// Trigger a savepoint, or dispose of one
+    #[command(
+        long_about = "Triggers a savepoint and waits for it, printing its path. Without a target directory \
+                      the job's execution.checkpointing.savepoint-dir is used. Over the job's control socket \
+                      (the default) any directory may be named; over TCP (-m host:port) only directories \
+                      inside the job's allowed roots.\n\nWith --dispose, deletes a savepoint directory: only a \
+                      directory holding the _metadata of a Cairn savepoint. Without -m this needs no running \
+                      job and no configuration; with -m the server's allowed roots apply."
+    )]
+    Savepoint(SavepointArgs),
+    /// Trigger a checkpoint and wait for it
+    Checkpoint {
+        #[arg(value_parser = job_id, value_name = "JOB_ID")]
+        job: String,
+        /// A full checkpoint, even if checkpoints are incremental
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        address: Address,
+    },
+    /// Stop a job atomically with a savepoint
+    #[command(long_about = "Stops a job atomically with a savepoint: no record is processed after the \
+                            savepoint, sinks commit, the job finishes. Without --savepoint-path the job's \
+                            execution.checkpointing.savepoint-dir is used.")]
+    Stop {
+        #[arg(value_parser = job_id, value_name = "JOB_ID")]
+        job: String,
+        /// Parent directory of the savepoint
+        #[arg(short = 'p', long = "savepoint-path", visible_alias = "savepointPath", value_name = "DIR")]
+        savepoint_path: Option<String>,
+        /// Advance event time to the end first, so all timers fire
+        #[arg(short = 'd', long)]
+        drain: bool,
+        /// Savepoint format
+        #[arg(short = 't', long = "type", value_enum, default_value = "canonical")]
+        format: FormatType,
+        #[command(flatten)]
+        address: Address,
+    },
+    /// Cancel a job, optionally after a savepoint
+    Cancel {
+        #[arg(value_parser = job_id, value_name = "JOB_ID")]
+        job: String,
+        /// Take a savepoint into DIR, then cancel
+        #[arg(short = 's', long = "with-savepoint", visible_alias = "withSavepoint", value_name = "DIR")]
+        with_savepoint: Option<String>,
+        /// With -s: savepoint format
+        #[arg(short = 't', long = "type", value_enum, requires = "with_savepoint")]
+        format: Option<FormatType>,
+        #[command(flatten)]
+        address: Address,
+    },
+    /// Serve the web UI over every job registered on this machine
+    #[cfg(feature = "dashboard")]
+    #[command(long_about = "Serves the web UI over every job registered on this machine: the job list, each \
+                            job's graph, metrics and checkpoints, the actions, and restoring a job binary it \
+                            has seen from a savepoint or retained checkpoint. Listens on 127.0.0.1 and prints \
+                            the address with its session token; calls that change a job need that token.")]
+    Dashboard {
+        /// Port (0: any free port)
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// Session token instead of a random one ($CAIRN_DASHBOARD_TOKEN)
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Restore from a savepoint or retained checkpoint
+    #[arg(short = 's', long = "fromSavepoint", visible_alias = "from-savepoint", value_name = "PATH")]
+    pub from_savepoint: Option<String>,
+    /// Allow state that maps to no operator to be dropped
+    #[arg(short = 'n', long = "allowNonRestoredState", visible_alias = "allow-non-restored-state")]
+    pub allow_non_restored_state: bool,
+    /// Who owns the restored snapshot (default NO_CLAIM)
+    #[arg(long = "claim-mode", visible_aliases = ["claimMode", "restoreMode"], value_name = "CLAIM|NO_CLAIM")]
+    pub claim_mode: Option<String>,
+    /// Default parallelism
+    #[arg(short = 'p', long, value_name = "N")]
+    pub parallelism: Option<String>,
+    /// Set a configuration option (repeatable)
+    #[arg(short = 'D', value_name = "KEY=VALUE")]
+    pub dynamic: Vec<String>,
+    /// Read this configuration file
+    #[arg(long, value_name = "FILE.yaml")]
+    pub config: Option<String>,
+    /// How long to wait for the job to register, in seconds
+    #[arg(long, default_value = "60", value_parser = positive_seconds)]
+    pub timeout: u64,
+    /// The job binary and its own arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "BINARY [ARGS]...")]
+    pub program: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SavepointArgs {
+    /// The job (not with --dispose)
+    #[arg(value_parser = job_id, value_name = "JOB_ID", required_unless_present = "dispose", conflicts_with = "dispose")]
+    pub job: Option<String>,
+    /// Parent directory of the savepoint
+    #[arg(value_name = "TARGET_DIRECTORY", conflicts_with = "dispose")]
+    pub target: Option<String>,
+    /// Savepoint format [default: canonical]
+    #[arg(short = 't', long = "type", value_enum, conflicts_with = "dispose")]
+    pub format: Option<FormatType>,
+    /// Print the trigger id and return without waiting
+    #[arg(long, conflicts_with = "dispose")]
+    pub detached: bool,
+    /// Dispose of the savepoint at PATH
+    #[arg(short = 'd', long, value_name = "PATH")]
+    pub dispose: Option<String>,
+    /// With --dispose: a configuration option (accepted for compatibility; not needed)
+    #[arg(short = 'D', value_name = "KEY=VALUE", requires = "dispose")]
+    pub dynamic: Vec<String>,
+    /// With --dispose: a configuration file (accepted for compatibility; not needed)
+    #[arg(long, value_name = "FILE.yaml", requires = "dispose")]
+    pub config: Option<String>,
+    #[command(flatten)]
+    pub address: Address,
+}
+
+/// Flink's single-dash long options, rewritten to the long forms.
+fn legacy_spellings(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after_separator = false;
+    for a in args {
+        if after_separator {
+            out.push(a);
+            continue;
+        }
+        if a == "--" {
+            after_separator = true;
+        }
+        out.push(match a.as_str() {
+            "-cm" | "-rm" => "--claim-mode".to_string(),
+            "-dcp" => "--detached".to_string(),
+            "-full" => "--full".to_string(),
+            _ => a,
         });
     }
-    let command = argv.remove(0);
-    match command.as_str() {
-        "-h" | "--help" => {
-            print!("{MAIN_HELP}");
+    out
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::List { address } => commands::list(address),
+        Command::Info { job, json, address } => commands::info(&job, json, address),
+        Command::Run(args) => commands::run(args),
+        Command::Savepoint(args) => commands::savepoint(args),
+        Command::Checkpoint { job, full, address } => commands::checkpoint(&job, full, address),
+        Command::Stop {
+            job,
+            savepoint_path,
+            drain,
+            format,
+            address,
+        } => commands::stop(&job, savepoint_path, drain, format, address),
+        Command::Cancel {
+            job,
+            with_savepoint,
+            format,
+            address,
+        } => commands::cancel(&job, with_savepoint, format, address),
+        #[cfg(feature = "dashboard")]
+        Command::Dashboard { port, bind, token } => {
+            dashboard::run(&bind, port, token.or_else(|| std::env::var("CAIRN_DASHBOARD_TOKEN").ok()))
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
             Ok(())
         }
-        "-v" | "--version" | "version" => {
-            println!("cairn {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        "help" => match argv.first() {
-            None => {
-                print!("{MAIN_HELP}");
-                Ok(())
-            }
-            Some(c) => match help_of(c) {
-                Some(h) => {
-                    print!("{h}");
-                    Ok(())
-                }
-                None => Err(CliError::Usage {
-                    command: "",
-                    message: format!("unknown command '{c}'"),
-                }),
-            },
-        },
-        "list" => commands::list(argv),
-        "info" => commands::info(argv),
-        "run" => commands::run(argv),
-        "savepoint" => commands::savepoint(argv),
-        "checkpoint" => commands::checkpoint(argv),
-        "stop" => commands::stop(argv),
-        "cancel" => commands::cancel(argv),
-        other => Err(CliError::Usage {
-            command: "",
-            message: format!(
-                "unknown command '{other}'; the commands are list, info, run, savepoint, checkpoint, stop, cancel"
-            ),
-        }),
     }
 }
 
 fn main() {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let code = match run(argv) {
+    let argv = legacy_spellings(std::env::args());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        // Help and version print and exit 0; usage errors exit 2.
+        Err(e) => e.exit(),
+    };
+    let code = match run(cli) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
@@ -149,4 +353,23 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn legacy_options_are_rewritten_before_the_separator_only() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            legacy_spellings(v(&["cairn", "run", "-cm", "CLAIM", "--", "job", "-cm"]).into_iter()),
+            v(&["cairn", "run", "--claim-mode", "CLAIM", "--", "job", "-cm"])
+        );
+    }
 }

@@ -301,7 +301,7 @@ impl StreamEnv {
                 inner.startup.allow_non_restored_state,
                 inner.startup.claim_mode,
                 inner.progress,
-                inner.serve_rest || cairn_rest::rest_requested(&inner.config),
+                inner.serve_rest || cairn_rest_server::rest_requested(&inner.config),
                 crate::wiring::storage(&inner.config)?,
             )
         };

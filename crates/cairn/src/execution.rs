@@ -29,7 +29,7 @@ pub struct JobHandle {
     client: JobClient,
     thread: Option<JoinHandle<Result<JobResult, CairnError>>>,
     /// The job's REST endpoint, when it serves one.
-    rest: Option<cairn_rest::RestServer>,
+    rest: Option<cairn_rest_server::RestServer>,
 }
 
 impl JobHandle {
@@ -91,7 +91,11 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
     let (client, port) = control_channel(published);
     let job_id = launch.spec.job_id.clone();
     let rest = if launch.serve_rest {
-        let server = cairn_rest::serve(client.clone(), &launch.spec.config)
+        let options = cairn_rest_server::ServeOptions {
+            topology: topology(&launch.spec),
+            ..Default::default()
+        };
+        let server = cairn_rest_server::serve_with(client.clone(), &launch.spec.config, options)
             .map_err(|e| CairnError::Job(JobError::Setup(format!("cannot serve the REST API: {e}"))))?;
         if launch.progress {
             eprintln!("REST API of job {job_id} at http://{}", server.address());
@@ -180,6 +184,36 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
         thread: Some(thread),
         rest,
     })
+}
+
+/// The job graph as the REST plan shows it.
+fn topology(spec: &JobSpec) -> cairn_rest_server::Topology {
+    use cairn_graph::Partitioning;
+    let graph = &spec.graph;
+    let op = |id: cairn_graph::NodeId| graph.nodes.iter().find(|n| n.id == id).map(|n| n.operator_id.clone());
+    let edges = graph
+        .edges
+        .iter()
+        .filter_map(|e| {
+            Some(cairn_rest_server::PlanEdge {
+                source: op(e.source)?,
+                target: op(e.target)?,
+                ship_strategy: match e.partitioning {
+                    Partitioning::Auto | Partitioning::Forward => "FORWARD",
+                    Partitioning::KeyGroups => "HASH",
+                    Partitioning::Rebalance => "REBALANCE",
+                    Partitioning::Broadcast => "BROADCAST",
+                }
+                .to_string(),
+            })
+        })
+        .collect();
+    let chains = graph
+        .chains
+        .iter()
+        .map(|c| c.iter().filter_map(|id| op(*id)).collect())
+        .collect();
+    cairn_rest_server::Topology { edges, chains }
 }
 
 /// Poll `client` until the job runs (or ended), for callers that trigger

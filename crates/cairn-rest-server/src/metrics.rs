@@ -175,7 +175,7 @@ pub fn render(info: &JobInfo, metrics: &JobMetrics, checkpoints: &CheckpointsOve
         let mut durations: Vec<f64> = completed.iter().map(|s| s.duration_ms as f64 / 1000.0).collect();
         durations.sort_by(f64::total_cmp);
         for q in ["0.5", "0.9", "0.99"] {
-            let v = crate::api::quantile(&durations, q.parse().unwrap_or(0.5));
+            let v = crate::flink::quantile(&durations, q.parse().unwrap_or(0.5));
             w.sample("checkpoint_duration_seconds", &[("quantile", q)], v);
         }
         w.sample("checkpoint_duration_seconds_sum", &[], durations.iter().sum());

@@ -1,42 +1,64 @@
-//! The server: one thread accepts connections, each connection is answered
-//! on its own short-lived thread (at most [`MAX_CONNECTIONS`] at once, with
-//! read and write timeouts), one request per connection. Handlers only read
-//! published job state or send a request to the job's control loop, so a
-//! slow or malicious client can never block or crash the job.
+//! Starting a job's REST server: binding (with the port fallback), the
+//! owner-only control socket next to the job's registry entry, registration
+//! for `cairn list`, and the lingering shutdown that lets `cairn stop` read
+//! how the job ended.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_config::{options, Configuration};
+use cairn_http::server::Options;
+use cairn_http::HttpServer;
+use cairn_rest_client::auth::{configured_token, is_loopback_host};
+use cairn_rest_client::{Registry, RegistryEntry};
 use cairn_coordinator::control::JobClient;
 
-use crate::api::Api;
-use crate::auth::{configured_token, is_loopback_host, is_mutating};
-use crate::error::{ApiError, RestError};
-use crate::http::{read_request, write_response, ReadError};
-use crate::registry::{Registry, RegistryEntry};
+use crate::api::{Api, Topology};
 
-/// Most connections answered at once; more get a 503 right away.
-pub const MAX_CONNECTIONS: usize = 32;
-/// How long a client may take to send its request or read the answer.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The highest port tried when the configured one is busy.
 pub const LAST_FALLBACK_PORT: u16 = 8180;
+
+/// Why [`serve`] could not start a server.
+#[derive(Debug)]
+pub enum RestError {
+    /// The REST configuration is unusable (names the key and what to do).
+    Config(String),
+    /// No port could be bound.
+    Bind(String),
+    /// Another I/O failure (registry, threads).
+    Io(String),
+}
+
+impl std::fmt::Display for RestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestError::Config(m) => write!(f, "REST configuration error: {m}"),
+            RestError::Bind(m) => write!(f, "cannot start the REST server: {m}"),
+            RestError::Io(m) => write!(f, "REST server failure: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RestError {}
 
 /// How [`serve_with`] runs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Where to register the job for discovery; `None`: not registered.
+    /// Where to register the job (and put its control socket); `None`: not
+    /// registered, no socket.
     pub registry: Option<Registry>,
     /// On shutdown, how long to keep answering while the final status of a
     /// stop- or cancel-with-savepoint has not been read by any client.
     pub linger: Duration,
     /// Print the listening address and mutating calls on stderr.
     pub log: bool,
+    /// The job graph for the plan.
+    pub topology: Topology,
+    /// The connection guards (timeouts, limits).
+    pub http: Options,
 }
 
 impl Default for ServeOptions {
@@ -46,30 +68,30 @@ impl Default for ServeOptions {
             registry: Registry::from_env().ok(),
             linger: Duration::from_secs(5),
             log: true,
+            topology: Topology::default(),
+            http: Options::default(),
         }
     }
-}
-
-struct Shared {
-    api: Api,
-    stop: AtomicBool,
-    active: AtomicUsize,
-    log: bool,
 }
 
 /// A running REST server; stops on [`RestServer::shutdown`] or drop.
 pub struct RestServer {
     addr: SocketAddr,
-    shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    api: Arc<Api>,
+    http: Option<HttpServer>,
     registered: Option<(Registry, String)>,
     linger: Duration,
 }
 
-/// Whether the configuration asks for a REST server: some `rest.*` key is set
-/// explicitly (`-Drest.port=0`, `rest.address`, ...).
+impl std::fmt::Debug for RestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestServer").field("addr", &self.addr).finish()
+    }
+}
+
+/// Whether the configuration asks for a REST server (some `rest.*` key set).
 pub fn rest_requested(config: &Configuration) -> bool {
-    config.entries().any(|(k, _)| k.starts_with("rest."))
+    cairn_rest_client::launch::rest_requested(config)
 }
 
 /// Starts the REST server of the job behind `client`, registered for
@@ -80,15 +102,17 @@ pub fn serve(client: JobClient, config: &Configuration) -> Result<RestServer, Re
 
 /// Starts the REST server: binds `rest.bind-address` (else `rest.address`,
 /// default 127.0.0.1) on `rest.port` (default 8081; if busy, the next free
-/// port up to 8180; 0: any free port). A non-loopback address needs a token
-/// (`rest.auth-token` or `CAIRN_REST_TOKEN`).
+/// port up to 8180; 0: any free port), and, with a registry, the owner-only
+/// control socket `<home>/jobs/<job-id>.sock`. A non-loopback address needs
+/// a token (`rest.auth-token` or `CAIRN_REST_TOKEN`).
 pub fn serve_with(client: JobClient, config: &Configuration, options: ServeOptions) -> Result<RestServer, RestError> {
     let host = config
         .get(&options::REST_BIND_ADDRESS)
         .unwrap_or_else(|| config.get(&options::REST_ADDRESS));
     let host = host.trim().to_string();
     let token = configured_token(config);
-    if !is_loopback_host(&host) && token.is_none() {
+    let loopback = is_loopback_host(&host);
+    if !loopback && token.is_none() {
         return Err(RestError::Config(format!(
             "the REST server would listen on '{host}', which is not a loopback address, without a token; \
              set rest.auth-token (or the CAIRN_REST_TOKEN environment variable) so that calls that change \
@@ -103,30 +127,40 @@ pub fn serve_with(client: JobClient, config: &Configuration, options: ServeOptio
     if options.log && port != 0 && bound_port != port {
         eprintln!("rest.port {port} is busy; the REST server takes port {bound_port} instead");
     }
-    let shared = Arc::new(Shared {
-        api: Api::new(client.clone(), config),
-        stop: AtomicBool::new(false),
-        active: AtomicUsize::new(0),
-        log: options.log,
-    });
-    let accept = {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("cairn-rest-accept".into())
-            .spawn(move || accept_loop(listener, shared))
-            .map_err(|e| RestError::Io(format!("cannot start the REST accept thread: {e}")))?
-    };
     let info = client.info();
+    let api = Arc::new(Api::new(client.clone(), config, options.topology.clone()).with_log(options.log));
+    let mut socket: Option<(std::os::unix::net::UnixListener, PathBuf)> = None;
+    if let Some(registry) = &options.registry {
+        let path = registry.socket_path(&info.job_id);
+        match registry
+            .ensure_jobs_dir()
+            .and_then(|_| cairn_http::server::bind_unix(&path))
+        {
+            Ok(l) => socket = Some((l, path)),
+            Err(e) => eprintln!(
+                "warning: job {} gets no trusted control socket at {}: {e}; the CLI uses the REST port instead",
+                info.job_id,
+                path.display()
+            ),
+        }
+    }
+    let socket_path = socket.as_ref().map(|(_, p)| p.clone());
+    let http_options = Options {
+        local_hosts_only: loopback,
+        ..options.http.clone()
+    };
+    let http = HttpServer::start(api.clone(), Some(listener), socket, http_options)
+        .map_err(|e| RestError::Io(e.to_string()))?;
     let mut server = RestServer {
         addr,
-        shared,
-        accept: Some(accept),
+        api,
+        http: Some(http),
         registered: None,
         linger: options.linger,
     };
     if options.log {
         eprintln!(
-            "REST API of job '{}' ({}) listening on {}",
+            "REST API and web UI of job '{}' ({}) at {}/",
             info.name,
             info.job_id,
             server.url()
@@ -148,6 +182,10 @@ pub fn serve_with(client: JobClient, config: &Configuration, options: ServeOptio
             address: client_ip(addr.ip()).to_string(),
             port: addr.port(),
             start_time_ms: start,
+            socket: socket_path,
+            program: std::env::current_exe().ok(),
+            args: std::env::args().skip(1).collect(),
+            cwd: std::env::current_dir().ok(),
         };
         match registry.register(&entry) {
             Ok(_) => server.registered = Some((registry, info.job_id)),
@@ -203,88 +241,6 @@ fn bind(host: &str, port: u16) -> Result<(TcpListener, u16), RestError> {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let accepted = listener.accept();
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(_) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-        };
-        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-        let _ = stream.set_nodelay(true);
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            let mut s = stream;
-            let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
-            let e = ApiError::new(
-                503,
-                "TOO_MANY_CONNECTIONS",
-                "too many concurrent requests; retry shortly",
-            );
-            let _ = write_response(&mut s, &e.response(), false);
-            continue;
-        }
-        let conn_shared = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("cairn-rest-conn".into())
-            .spawn(move || {
-                answer(&conn_shared, stream);
-                conn_shared.active.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// Reads one request from the connection and answers it.
-fn answer(shared: &Shared, stream: TcpStream) {
-    let Ok(read_half) = stream.try_clone() else { return };
-    let mut reader = BufReader::new(read_half);
-    let mut writer = stream;
-    let (response, head_only) = match read_request(&mut reader, &mut writer) {
-        Ok(req) => {
-            let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.api.handle(&req)))
-                .unwrap_or_else(|_| {
-                    ApiError::new(
-                        500,
-                        "INTERNAL_ERROR",
-                        "the server failed while answering this request; this is a bug in Cairn, please report it",
-                    )
-                    .response()
-                });
-            if shared.log && is_mutating(&req.method) {
-                eprintln!("REST {} {} -> {}", req.method, req.path(), response.status);
-            }
-            (response, req.method == "HEAD")
-        }
-        Err(ReadError::Closed) | Err(ReadError::Io(_)) => return,
-        Err(ReadError::Bad(e)) => (e.response(), false),
-    };
-    let _ = write_response(&mut writer, &response, head_only);
-    // Close gracefully: without reading what the client still sends (say the
-    // body of a refused oversized request), closing would reset the
-    // connection and the client might never see the answer.
-    let _ = writer.shutdown(Shutdown::Write);
-    let _ = writer.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut sink = [0u8; 8192];
-    let mut drained = 0usize;
-    while drained < 4 * 1024 * 1024 {
-        match reader.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-}
-
 impl RestServer {
     /// The bound address.
     pub fn address(&self) -> SocketAddr {
@@ -299,28 +255,60 @@ impl RestServer {
         )
     }
 
-    /// The API behind the server.
-    pub fn api(&self) -> &Api {
-        &self.shared.api
+    /// The trusted control socket, if the job has one.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.http
+            .as_ref()
+            .and_then(|h| h.socket_path().map(|p| p.to_path_buf()))
     }
 
-    /// Unregisters the job, waits (up to the linger time) until clients have
-    /// read the final status of stop- or cancel-with-savepoint operations,
-    /// then stops accepting. Idempotent.
+    /// The API behind the server.
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// Writes how the job ended into the registry's history (for the
+    /// dashboard).
+    fn record_ended(&self, registry: &Registry) {
+        let client = self.api.client();
+        let info = client.info();
+        let cps = client.checkpoints();
+        let Some(entry) = registry.list().into_iter().find(|e| e.jid == info.job_id) else {
+            return;
+        };
+        let ended = cairn_rest_client::registry::EndedJob {
+            entry,
+            state: crate::metrics::status_name(info.status).to_string(),
+            end_time_ms: info.end_time_ms.unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0)
+            }),
+            last_savepoint: cps.latest_savepoint.and_then(|s| s.external_path),
+            last_checkpoint: cps.latest_completed.and_then(|s| s.external_path),
+        };
+        let _ = registry.record_ended(&ended);
+    }
+
+    /// Leaves `cairn list` at once, keeps answering (up to the linger time)
+    /// until clients have read the final status of stop- or
+    /// cancel-with-savepoint operations, then shuts the server down
+    /// gracefully and removes the socket. Idempotent.
     pub fn shutdown(&mut self) {
-        let Some(accept) = self.accept.take() else { return };
+        let Some(mut http) = self.http.take() else { return };
+        if let Some((registry, jid)) = &self.registered {
+            self.record_ended(registry);
+            registry.remove_entry(jid);
+        }
+        let deadline = Instant::now() + self.linger;
+        while self.api.has_unread_final_status() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        http.shutdown();
         if let Some((registry, jid)) = self.registered.take() {
             registry.unregister(&jid);
         }
-        let deadline = Instant::now() + self.linger;
-        while self.shared.api.has_unread_final_status() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept thread.
-        let wake = SocketAddr::new(client_ip(self.addr.ip()), self.addr.port());
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
-        let _ = accept.join();
     }
 }
 
@@ -330,13 +318,8 @@ impl Drop for RestServer {
     }
 }
 
-impl std::fmt::Debug for RestServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RestServer").field("addr", &self.addr).finish()
-    }
-}
-
-/// Writes `body` to a stream as one request (for tests of raw protocol errors).
+/// Writes `raw` to a server as one request and reads until it closes (for
+/// tests of raw protocol errors).
 pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;

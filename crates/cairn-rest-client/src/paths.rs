@@ -8,6 +8,9 @@
 //! `rest.allowed-path-roots` (alias `rest.allowed-paths`). With no root
 //! configured, no path is accepted. The validated path returned is the
 //! resolved one, so what was checked is what is used.
+//!
+//! Requests over a job's trusted Unix socket come from the job's own user,
+//! who may name any absolute path, as with Flink's CLI: [`check_trusted`].
 
 use std::path::{Component, Path, PathBuf};
 
@@ -114,6 +117,76 @@ impl AllowedRoots {
             .iter()
             .any(|r| resolve_existing_prefix(r).unwrap_or_else(|_| r.clone()) == path)
     }
+}
+
+/// Validates a path from a trusted (same-user, Unix socket) request: any
+/// absolute local path. Symbolic links and `..` in the part that exists are
+/// resolved by the file system; `..` in a part that does not exist yet is
+/// refused (it cannot be resolved safely). Returns the resolved path.
+pub fn check_trusted(field: &str, raw: &str, existence: Existence) -> Result<PathBuf, ApiError> {
+    let invalid = |why: String| ApiError::bad_request("INVALID_PATH", format!("field '{field}': {why}"));
+    if raw.trim().is_empty() {
+        return Err(invalid("the path is empty".into()));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(invalid("the path contains control characters".into()));
+    }
+    let local = match raw.strip_prefix("file://") {
+        Some(rest) => rest,
+        None if raw.contains("://") => {
+            return Err(invalid(format!(
+                "'{raw}' uses a scheme other than file://; only local paths are supported"
+            )))
+        }
+        None => raw,
+    };
+    let p = Path::new(local);
+    if !p.is_absolute() {
+        return Err(invalid(format!("'{raw}' is not an absolute path")));
+    }
+    // The longest existing ancestor, canonicalised; the rest appended.
+    let mut existing = p.to_path_buf();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    while std::fs::symlink_metadata(&existing).is_err() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            // A trailing `..` or `.` of a missing path.
+            _ => {
+                return Err(ApiError::bad_request(
+                    "PATH_TRAVERSAL",
+                    format!("field '{field}': '{raw}' has '..' in a part that does not exist; give a normalised path"),
+                ))
+            }
+        }
+    }
+    let mut resolved = std::fs::canonicalize(&existing).map_err(|e| {
+        ApiError::bad_request(
+            "INVALID_PATH",
+            format!("field '{field}': cannot resolve '{}': {e}", existing.display()),
+        )
+    })?;
+    for name in rest.into_iter().rev() {
+        if name == ".." {
+            return Err(ApiError::bad_request(
+                "PATH_TRAVERSAL",
+                format!("field '{field}': '{raw}' has '..' in a part that does not exist; give a normalised path"),
+            ));
+        }
+        if name != "." {
+            resolved.push(name);
+        }
+    }
+    if existence == Existence::MustExist && !resolved.exists() {
+        return Err(ApiError::new(
+            404,
+            "PATH_NOT_FOUND",
+            format!("field '{field}': '{}' does not exist", p.display()),
+        ));
+    }
+    Ok(resolved)
 }
 
 /// Checks the form of a path: a local absolute path (an optional `file://`
@@ -271,6 +344,32 @@ mod tests {
         let none = AllowedRoots::default();
         let e = none.check("f", "/tmp/x", Existence::MayBeMissing).unwrap_err();
         assert!(e.message.contains("none is configured"), "{}", e.message);
+    }
+
+    #[test]
+    fn trusted_paths_may_be_anywhere() {
+        let t = Tmp::new("trusted");
+        let a = t.0.join("a");
+        std::fs::create_dir_all(&a).unwrap();
+        assert_eq!(
+            check_trusted("f", &format!("{}/new/x", a.display()), Existence::MayBeMissing).unwrap(),
+            a.join("new/x")
+        );
+        // `..` through existing directories is resolved by the file system.
+        assert_eq!(
+            check_trusted("f", &format!("{}/a/../a/y", t.0.display()), Existence::MayBeMissing).unwrap(),
+            a.join("y")
+        );
+        let e = check_trusted("f", &format!("{}/missing/../x", t.0.display()), Existence::MayBeMissing).unwrap_err();
+        assert_eq!(e.code, "PATH_TRAVERSAL");
+        assert_eq!(check_trusted("f", "rel", Existence::MayBeMissing).unwrap_err().code, "INVALID_PATH");
+        assert_eq!(check_trusted("f", "s3://b/x", Existence::MayBeMissing).unwrap_err().code, "INVALID_PATH");
+        let e = check_trusted("f", &format!("{}/nope", t.0.display()), Existence::MustExist).unwrap_err();
+        assert_eq!((e.status, e.code), (404, "PATH_NOT_FOUND"));
+        assert_eq!(
+            check_trusted("f", &format!("file://{}", a.display()), Existence::MustExist).unwrap(),
+            a
+        );
     }
 
     #[cfg(unix)]

@@ -1,8 +1,11 @@
 //! Job discovery on one machine: every job process that serves REST writes
 //! `<home>/jobs/<job-id>.json` (job id, name, pid, address, port, start
-//! time) and removes it when the job ends. `<home>` is `$CAIRN_HOME`, else
-//! `~/.cairn`. Readers skip entries they cannot parse and delete entries whose
-//! process is gone, so a crashed job leaves nothing behind for long.
+//! time, its control socket, the binary and arguments it was started with)
+//! and removes it when the job ends. `<home>` is `$CAIRN_HOME`, else
+//! `~/.cairn`. The jobs directory is owner-only (mode 0700): it also holds
+//! each job's trusted control socket `<job-id>.sock`. Readers skip entries
+//! they cannot parse and delete entries whose process is gone, so a crashed
+//! job leaves nothing behind for long.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +28,19 @@ pub struct RegistryEntry {
     /// Milliseconds since the Unix epoch.
     #[serde(rename = "start-time")]
     pub start_time_ms: u64,
+    /// The job's trusted control socket (owner-only), if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// The job binary (absolute), for restarting it from a savepoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<PathBuf>,
+    /// The arguments the binary was started with (startup flags and the
+    /// job's own arguments), as given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// The working directory the job was started in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
 }
 
 impl RegistryEntry {
@@ -42,6 +58,27 @@ impl RegistryEntry {
         format!("http://{}", self.authority())
     }
 }
+
+/// A job that ended: its registry entry and how it ended, kept under
+/// `<home>/history/<job-id>.json` for the dashboard (restoring it later).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedJob {
+    #[serde(flatten)]
+    pub entry: RegistryEntry,
+    /// Flink's name of the final status (`FINISHED`, `CANCELED`, `FAILED`).
+    pub state: String,
+    #[serde(rename = "end-time")]
+    pub end_time_ms: u64,
+    /// The last savepoint the job wrote (a stop's), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_savepoint: Option<PathBuf>,
+    /// Its latest retained checkpoint, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// How many ended jobs the history keeps.
+pub const HISTORY_LIMIT: usize = 50;
 
 /// Why a job id (prefix) did not resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +133,27 @@ impl Registry {
         self.jobs_dir().join(format!("{jid}.json"))
     }
 
+    /// Where job `jid` listens for trusted local control.
+    pub fn socket_path(&self, jid: &str) -> PathBuf {
+        self.jobs_dir().join(format!("{jid}.sock"))
+    }
+
+    /// Creates the jobs directory, owner-only (0700), so that only this user
+    /// can reach the control sockets in it.
+    pub fn ensure_jobs_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.jobs_dir();
+        std::fs::create_dir_all(&dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
+            if mode != 0o700 {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+        }
+        Ok(dir)
+    }
+
     /// Writes (atomically) the entry of a job; returns its file.
     pub fn register(&self, entry: &RegistryEntry) -> std::io::Result<PathBuf> {
         if !is_job_id(&entry.jid) {
@@ -104,8 +162,7 @@ impl Registry {
                 format!("'{}' is not a job id (32 lowercase hex digits)", entry.jid),
             ));
         }
-        let dir = self.jobs_dir();
-        std::fs::create_dir_all(&dir)?;
+        let dir = self.ensure_jobs_dir()?;
         let path = self.entry_path(&entry.jid);
         let tmp = dir.join(format!(".{}.{}.tmp", entry.jid, std::process::id()));
         let mut bytes = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
@@ -115,10 +172,59 @@ impl Registry {
         Ok(path)
     }
 
-    /// Removes a job's entry (missing is fine).
+    /// `<home>/history`, where ended jobs are recorded.
+    pub fn history_dir(&self) -> PathBuf {
+        self.home.join("history")
+    }
+
+    /// Records how a job ended (atomically), keeping the newest
+    /// [`HISTORY_LIMIT`] records.
+    pub fn record_ended(&self, ended: &EndedJob) -> std::io::Result<()> {
+        if !is_job_id(&ended.entry.jid) {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a job id"));
+        }
+        let dir = self.history_dir();
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{}.{}.tmp", ended.entry.jid, std::process::id()));
+        let bytes = serde_json::to_vec_pretty(ended).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, dir.join(format!("{}.json", ended.entry.jid)))?;
+        let all = self.history();
+        for old in all.iter().skip(HISTORY_LIMIT) {
+            let _ = std::fs::remove_file(dir.join(format!("{}.json", old.entry.jid)));
+        }
+        Ok(())
+    }
+
+    /// The ended jobs, newest first.
+    pub fn history(&self) -> Vec<EndedJob> {
+        let Ok(dir) = std::fs::read_dir(self.history_dir()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<EndedJob> = dir
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<EndedJob>(&b).ok())
+            .filter(|e| is_job_id(&e.entry.jid))
+            .collect();
+        out.sort_by(|a, b| (b.end_time_ms, &b.entry.jid).cmp(&(a.end_time_ms, &a.entry.jid)));
+        out
+    }
+
+    /// Removes a job's entry but not its socket (a server that still
+    /// answers its last clients; missing is fine).
+    pub fn remove_entry(&self, jid: &str) {
+        if is_job_id(jid) {
+            let _ = std::fs::remove_file(self.entry_path(jid));
+        }
+    }
+
+    /// Removes a job's entry and its socket (missing is fine).
     pub fn unregister(&self, jid: &str) {
         if is_job_id(jid) {
             let _ = std::fs::remove_file(self.entry_path(jid));
+            let _ = std::fs::remove_file(self.socket_path(jid));
         }
     }
 
@@ -150,6 +256,7 @@ impl Registry {
             }
             if !pid_alive(entry.pid) {
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(self.socket_path(stem));
                 continue;
             }
             out.push(entry);
@@ -246,7 +353,59 @@ mod tests {
             address: "127.0.0.1".into(),
             port: 8081,
             start_time_ms: start,
+            socket: None,
+            program: None,
+            args: Vec::new(),
+            cwd: None,
         }
+    }
+
+    #[test]
+    fn history_keeps_the_newest() {
+        let home = std::env::temp_dir().join(format!("cairn-registry-hist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        let r = Registry::new(&home);
+        for i in 0..(HISTORY_LIMIT as u64 + 3) {
+            let mut e = entry(&format!("{i:032x}"), 1, i);
+            e.program = Some("/bin/job".into());
+            r.record_ended(&EndedJob {
+                entry: e,
+                state: "FINISHED".into(),
+                end_time_ms: 1000 + i,
+                last_savepoint: Some("/sp/x".into()),
+                last_checkpoint: None,
+            })
+            .unwrap();
+        }
+        let h = r.history();
+        assert_eq!(h.len(), HISTORY_LIMIT);
+        assert_eq!(h[0].end_time_ms, 1000 + HISTORY_LIMIT as u64 + 2);
+        assert_eq!(h[0].entry.program.as_deref(), Some(Path::new("/bin/job")));
+        let _ = std::fs::remove_dir_all(&home);
+    }
+
+    #[test]
+    fn old_entries_without_socket_still_parse_and_the_dir_is_private() {
+        let old = r#"{"jid":"aaaa0000000000000000000000000000","name":"n","pid":1,"address":"127.0.0.1","port":1,"start-time":0}"#;
+        let e: RegistryEntry = serde_json::from_str(old).unwrap();
+        assert_eq!((e.socket, e.program, e.args.len()), (None, None, 0));
+        let home = std::env::temp_dir().join(format!("cairn-registry-perm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        let r = Registry::new(&home);
+        std::fs::create_dir_all(r.jobs_dir()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(r.jobs_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            r.ensure_jobs_dir().unwrap();
+            let mode = std::fs::metadata(r.jobs_dir()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+        }
+        assert_eq!(
+            r.socket_path("aaaa0000000000000000000000000000"),
+            home.join("jobs/aaaa0000000000000000000000000000.sock")
+        );
+        let _ = std::fs::remove_dir_all(&home);
     }
 
     #[test]
