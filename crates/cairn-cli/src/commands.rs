@@ -377,6 +377,12 @@ pub fn savepoint(args: SavepointArgs) -> Result<(), CliError> {
     if let Some(path) = &args.dispose {
         return dispose_savepoint(&args, path);
     }
+    if !args.dynamic.is_empty() || args.config.is_some() {
+        return Err(CliError::usage(
+            "savepoint",
+            "-D and --config apply only to --dispose; a savepoint uses the job's own configuration",
+        ));
+    }
     let Some(prefix) = &args.job else {
         return Err(CliError::usage("savepoint", "missing the job id: cairn savepoint <JOB_ID> [TARGET_DIRECTORY]"));
     };

@@ -70,8 +70,12 @@ Exit codes: 0 ok, 1 the operation failed, 2 usage error,
 
 /// cairn: operate Cairn jobs (modelled on Flink's bin/flink)
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, after_help = AFTER_HELP, arg_required_else_help = true, propagate_version = true)]
+#[command(name = "cairn", version, after_help = AFTER_HELP, arg_required_else_help = true, disable_version_flag = true)]
 struct Cli {
+    /// Print the version
+    #[arg(short = 'v', long, visible_short_alias = 'V', action = clap::ArgAction::Version)]
+    version: Option<bool>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -247,7 +251,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "60", value_parser = positive_seconds)]
     pub timeout: u64,
     /// The job binary and its own arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "BINARY [ARGS]...")]
+    #[arg(trailing_var_arg = true, required = true, value_name = "BINARY [ARGS]...")]
     pub program: Vec<String>,
 }
 

@@ -142,11 +142,39 @@ fn operate_a_job_end_to_end() {
     let authority = format!("{}:{}", entry["address"].as_str().unwrap(), entry["port"]);
     let o = h.expect(0, &["savepoint", &jid, "--type", "native", "-m", &authority]);
     assert!(savepoint_path(&o).join("_metadata").is_file());
-    // A directory outside the allowed ones is refused, and nothing is written.
-    let (code, _, err) = h.cairn(&["savepoint", short, "/tmp/cairn-not-allowed", "--type", "native"]);
+    // Over the trusted socket (the default) any directory may be named, as
+    // with Flink's CLI; over TCP a directory outside the allowed ones is
+    // refused, and nothing is written.
+    assert!(entry["socket"].as_str().is_some_and(|p| Path::new(p).exists()), "{entry}");
+    let anywhere = h.path("anywhere/else");
+    let o = h.expect(0, &["savepoint", short, &s(&anywhere), "--type", "native"]);
+    let p_any = savepoint_path(&o);
+    assert!(p_any.starts_with(&anywhere) && p_any.join("_metadata").is_file(), "{o}");
+    let refused = h.path("not-allowed");
+    let (code, _, err) = h.cairn(&["savepoint", short, &s(&refused), "--type", "native", "-m", &authority]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("PATH_NOT_ALLOWED"), "{err}");
-    assert!(!Path::new("/tmp/cairn-not-allowed").exists());
+    assert!(!refused.exists());
+    // Disposal: over TCP only inside the allowed roots; over the socket,
+    // and locally without any configuration, any Cairn savepoint.
+    let (code, _, err) = h.cairn(&["savepoint", "--dispose", &s(&p_any), "-m", &authority]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("PATH_NOT_ALLOWED"), "{err}");
+    assert!(p_any.join("_metadata").is_file());
+    let socket = entry["socket"].as_str().unwrap().to_string();
+    let o = h.expect(0, &["savepoint", "--dispose", &s(&p_any), "-m", &socket]);
+    assert!(o.contains("disposed."), "{o}");
+    assert!(!p_any.exists());
+    let o = h.expect(0, &["savepoint", short, &s(&anywhere), "--type", "native"]);
+    let p_any = savepoint_path(&o);
+    let o = h.expect(0, &["savepoint", "--dispose", &s(&p_any)]);
+    assert!(o.contains("disposed."), "{o}");
+    assert!(!p_any.exists() && anywhere.is_dir(), "only the savepoint goes");
+    // What is not a Cairn savepoint is refused everywhere.
+    let (code, _, err) = h.cairn(&["savepoint", "--dispose", &s(&anywhere), "-m", &socket]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NOT_A_SAVEPOINT"), "{err}");
+    assert!(anywhere.is_dir());
 
     // stop with a savepoint
     let stopped = sp.join("stopped");
@@ -207,16 +235,12 @@ fn operate_a_job_end_to_end() {
         assert!(second[k].len() > c.len(), "key {k} did not continue");
     }
 
-    // dispose: refused outside the allowed directories or for non-savepoints,
-    // then done for real.
-    let (code, _, err) = h.cairn(&["savepoint", "--dispose", &s(&p4)]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("none is configured"), "{err}");
-    let allow = format!("execution.checkpointing.savepoint-dir={}", s(&sp));
-    let (code, _, err) = h.cairn(&["savepoint", "--dispose", &s(&cancelled), "-D", &allow]);
+    // dispose (locally, no configuration needed): refused for what is not a
+    // savepoint, then done for real.
+    let (code, _, err) = h.cairn(&["savepoint", "--dispose", &s(&cancelled)]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no '_metadata'"), "{err}");
-    let o = h.expect(0, &["savepoint", "--dispose", &s(&p4), "-D", &allow]);
+    let o = h.expect(0, &["savepoint", "--dispose", &s(&p4)]);
     assert!(o.contains("disposed."), "{o}");
     assert!(!p4.exists() && cancelled.is_dir());
     assert!(p1.join("_metadata").is_file(), "other savepoints are untouched");

@@ -1,4 +1,5 @@
-//! Help, usage errors and exit codes, without a running job.
+//! Help, usage errors, suggestions, completions and exit codes, without a
+//! running job.
 
 mod common;
 
@@ -8,52 +9,59 @@ use common::Home;
 fn help_everywhere() {
     let h = Home::new("help");
     let main = h.expect(0, &["--help"]);
-    assert!(main.contains("Exit codes"), "{main}");
+    assert!(main.contains("Exit codes") && main.contains("savepoint") && main.contains("dashboard"), "{main}");
     assert_eq!(h.expect(0, &["help"]), main);
-    for cmd in ["list", "info", "run", "savepoint", "checkpoint", "stop", "cancel"] {
+    for cmd in ["list", "info", "run", "savepoint", "checkpoint", "stop", "cancel", "dashboard"] {
         let out = h.expect(0, &[cmd, "--help"]);
-        assert!(out.starts_with(&format!("Usage: cairn {cmd}")), "{out}");
+        assert!(out.contains(&format!("Usage: cairn {cmd}")), "{out}");
         assert_eq!(h.expect(0, &["help", cmd]), out);
-        assert_eq!(h.expect(0, &[cmd, "-h"]), out);
+        let short = h.expect(0, &[cmd, "-h"]);
+        assert!(short.contains(&format!("Usage: cairn {cmd}")), "{short}");
     }
-    assert!(h.expect(0, &["--version"]).starts_with("cairn "));
+    // The flags Flink users know are all documented.
+    let run = h.expect(0, &["run", "--help"]);
+    for flag in ["--fromSavepoint", "--allowNonRestoredState", "--claim-mode", "--parallelism", "-D", "--config"] {
+        assert!(run.contains(flag), "run --help lacks {flag}:\n{run}");
+    }
+    let sp = h.expect(0, &["savepoint", "--help"]);
+    for flag in ["--dispose", "--type", "--detached", "--address"] {
+        assert!(sp.contains(flag), "savepoint --help lacks {flag}:\n{sp}");
+    }
+    for v in ["--version", "-v", "-V"] {
+        assert!(h.expect(0, &[v]).starts_with("cairn "), "{v}");
+    }
 }
 
 #[test]
-fn usage_errors_exit_2() {
+fn usage_errors_exit_2_with_a_pointer_to_help() {
     let h = Home::new("usage");
     let cases: &[(&[&str], &str)] = &[
-        (&[], "no command given"),
-        (&["frobnicate"], "unknown command 'frobnicate'"),
-        (&["help", "frobnicate"], "unknown command"),
-        (&["info"], "missing the job id"),
+        (&["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+        (&["info"], "<JOB_ID>"),
         (&["info", "a1", "b2"], "unexpected argument 'b2'"),
         (&["info", "not-hex"], "is not a job id"),
-        (&["info", "a1", "--bogus"], "unknown option '--bogus' for 'cairn info'"),
+        (&["info", "a1", "--bogus"], "unexpected argument '--bogus'"),
         (&["list", "extra"], "unexpected argument"),
-        (&["savepoint", "a1", "--type", "xml"], "use canonical or native"),
-        (&["savepoint", "a1", "--type"], "--type needs a value"),
-        (&["savepoint", "a1", "--detached=yes"], "takes no value"),
-        (&["savepoint", "a1", "-D", "x=y"], "only to --dispose"),
-        (&["savepoint", "--dispose", "/x", "a1"], "unexpected argument"),
-        (&["savepoint", "--dispose", "/x", "--type", "native"], "do not apply"),
+        (&["savepoint", "a1", "--type", "xml"], "possible values: canonical, native"),
+        (&["savepoint", "a1", "--type"], "a value is required for '--type"),
+        (&["savepoint", "a1", "--detached=yes"], "unexpected value 'yes'"),
+        (&["savepoint", "a1", "-D", "x=y"], "--dispose"),
+        (&["savepoint", "--dispose", "/x", "a1"], "cannot be used with"),
+        (&["savepoint", "--dispose", "/x", "--type", "native"], "cannot be used with"),
         (
             &["savepoint", "--dispose", "/x", "-D", "nope.key=1"],
             "unknown configuration key",
         ),
-        (&["checkpoint", "a1", "--incremental"], "unknown option"),
-        (&["stop", "a1", "--savepoint-path"], "needs a value"),
-        (&["stop", "a1", "-p", "--drain"], "followed by '--drain'"),
-        (&["cancel", "a1", "--type", "native"], "only with -s"),
-        (&["run"], "missing the job binary"),
+        (&["checkpoint", "a1", "--incremental"], "unexpected argument '--incremental'"),
+        (&["stop", "a1", "--savepoint-path"], "a value is required"),
+        (&["cancel", "a1", "--type", "native"], "--with-savepoint"),
+        (&["run"], "BINARY"),
         (&["run", "-p", "0", "--", "job"], "must be at least 1"),
         (&["run", "--claim-mode", "LEGACY", "--", "job"], "LEGACY"),
         (&["run", "-D", "novalue", "--", "job"], "-D <key>=<value>"),
         (&["run", "--timeout", "soon", "--", "job"], "seconds"),
-        (
-            &["run", "--bogus", "--", "job"],
-            "unknown option '--bogus' for 'cairn run'",
-        ),
+        (&["run", "--bogus", "--", "job"], "unexpected argument '--bogus'"),
+        (&["completions", "tcsh"], "possible values"),
     ];
     for (args, needle) in cases {
         let (code, _, err) = h.cairn(args);
@@ -61,6 +69,60 @@ fn usage_errors_exit_2() {
         assert!(err.contains(needle), "cairn {args:?}: {err:?} lacks {needle:?}");
         assert!(err.contains("--help"), "cairn {args:?}: {err}");
     }
+    // No command at all: the help, as a usage error.
+    let (code, out, err) = h.cairn(&[]);
+    assert_eq!(code, 2);
+    assert!(format!("{out}{err}").contains("Usage: cairn <COMMAND>"));
+}
+
+#[test]
+fn typos_get_suggestions() {
+    let h = Home::new("typo");
+    for (args, want) in [
+        (&["savepiont", "a1"][..], "savepoint"),
+        (&["lst"], "list"),
+        (&["stop", "a1", "--drian"], "--drain"),
+        (&["cancel", "a1", "--with-savepiont", "/x"], "--with-savepoint"),
+    ] {
+        let (code, _, err) = h.cairn(args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("similar") && err.contains(want), "cairn {args:?}: {err}");
+    }
+}
+
+#[test]
+fn shell_completions() {
+    let h = Home::new("complete");
+    let bash = h.expect(0, &["completions", "bash"]);
+    assert!(bash.contains("_cairn()") && bash.contains("savepoint") && bash.contains("--drain"), "{bash}");
+    let zsh = h.expect(0, &["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef cairn"), "{zsh}");
+    let fish = h.expect(0, &["completions", "fish"]);
+    assert!(fish.contains("complete -c cairn"), "{fish}");
+    // The bash script is valid bash.
+    let path = h.path("cairn.bash");
+    std::fs::write(&path, &bash).unwrap();
+    let st = std::process::Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn legacy_flink_spellings_still_parse() {
+    let h = Home::new("legacy");
+    // -cm, -dcp and -full are rewritten to the long options, so these get as
+    // far as looking up the job (exit 3), not a usage error.
+    for args in [
+        &["checkpoint", "abc", "-full"][..],
+        &["savepoint", "abc", "-dcp"],
+        &["stop", "abc", "--savepointPath", "/x"],
+        &["cancel", "abc", "--withSavepoint", "/x"],
+    ] {
+        let (code, _, err) = h.cairn(args);
+        assert_eq!(code, 3, "cairn {args:?}: {err}");
+    }
+    let (code, _, err) = h.cairn(&["run", "-cm", "LEGACY", "--", "job"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("LEGACY"), "{err}");
 }
 
 #[test]
@@ -82,6 +144,8 @@ fn unknown_jobs_exit_3() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("cannot reach"), "{err}");
     let (code, _, err) = h.cairn(&["list", "-m", "127.0.0.1:1"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = h.cairn(&["list", "-m", "/no/such/socket"]);
     assert_eq!(code, 3, "{err}");
     // A registry entry whose process is gone is cleaned up, not used.
     let jobs = h.path("home/jobs");
@@ -116,19 +180,18 @@ fn failed_operations_exit_1() {
     let logs: Vec<_> = std::fs::read_dir(h.path("home/logs")).unwrap().collect();
     assert_eq!(logs.len(), 2);
 
-    // Disposal refuses what it must not delete.
+    // Disposal refuses what it must not delete, with no configuration at all.
     let sp = h.path("sp");
     std::fs::create_dir_all(sp.join("not-a-savepoint")).unwrap();
-    let allow = format!("rest.allowed-paths={}", sp.display());
     let s = |p: &std::path::Path| p.display().to_string();
     for (path, needle) in [
         (s(&sp.join("not-a-savepoint")), "no '_metadata'"),
-        (s(&sp), "configured directory"),
+        (s(&sp), "no '_metadata'"),
         (s(&sp.join("missing")), "does not exist"),
-        (format!("{}/../sp", s(&sp)), "'..'"),
-        ("/etc".to_string(), "outside"),
+        (format!("{}/missing/../sp", s(&sp)), "'..'"),
+        ("/etc".to_string(), "no '_metadata'"),
     ] {
-        let (code, _, err) = h.cairn(&["savepoint", "--dispose", &path, "-D", &allow]);
+        let (code, _, err) = h.cairn(&["savepoint", "--dispose", &path]);
         assert_eq!(code, 1, "{path}: {err}");
         assert!(err.contains(needle), "{path}: {err:?} lacks {needle:?}");
     }

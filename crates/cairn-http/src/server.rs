@@ -356,7 +356,8 @@ where
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(options.max_head_bytes.max(8192))
-        .pipeline_flush(true)
+        // No `pipeline_flush`: with it hyper never flushes its automatic
+        // 400/431 answers to malformed heads (the wire test shows it).
         .serve_connection(io, service);
     let watched = graceful.watch(conn);
     tokio::spawn(async move {
@@ -616,5 +617,85 @@ mod tests {
         assert!(is_local_host_name("127.0.0.1") && is_local_host_name("::1") && is_local_host_name("localhost"));
         assert!(is_local_host_name("app.localhost") && is_local_host_name("10.1.2.3"));
         assert!(!is_local_host_name("evil.example.com"));
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    struct Echo;
+    impl Handler for Echo {
+        fn handle(&self, r: &Request) -> Response {
+            Response::json(200, &serde_json::json!({ "path": r.path() }))
+        }
+    }
+
+    fn start() -> (HttpServer, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = HttpServer::start(Arc::new(Echo), Some(l), None, Options::default()).unwrap();
+        let a = s.tcp_address().unwrap();
+        (s, a)
+    }
+
+    fn raw(addr: SocketAddr, req: &[u8]) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(req).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn malformed_requests_get_a_status() {
+        let (_s, a) = start();
+        let r = raw(a, b"GARBAGE\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let r = raw(a, b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let big = format!("GET /x HTTP/1.1\r\nHost: localhost\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        let r = raw(a, big.as_bytes());
+        assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+        let many: String = (0..120).map(|i| format!("X-{i}: y\r\n")).collect();
+        let r = raw(a, format!("GET /x HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes());
+        assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+        // Pipelined requests are all answered, in order.
+        let r = raw(
+            a,
+            b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\nGET /b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
+        let (first, second) = (r.find("\"/a\"").unwrap(), r.find("\"/b\"").unwrap());
+        assert!(first < second, "{r}");
+        // Another machine's name is refused on a loopback server.
+        let r = raw(a, b"GET /x HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 403") && r.contains("HOST_NOT_ALLOWED"), "{r}");
+        // A cross-site POST is refused; a same-origin one is served.
+        let r = raw(
+            a,
+            b"POST /x HTTP/1.1\r\nHost: localhost:1\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        assert!(r.starts_with("HTTP/1.1 403") && r.contains("CROSS_ORIGIN"), "{r}");
+        let r = raw(
+            a,
+            b"POST /x HTTP/1.1\r\nHost: localhost:1\r\nOrigin: http://localhost:1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        // Chunked bodies are read; oversized ones refused.
+        let r = raw(
+            a,
+            b"POST /c HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        );
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let mut huge = b"POST /c HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for _ in 0..20 {
+            huge.extend(format!("{:x}\r\n", 65536).as_bytes());
+            huge.extend(std::iter::repeat_n(b'x', 65536));
+            huge.extend(b"\r\n");
+        }
+        huge.extend(b"0\r\n\r\n");
+        let r = raw(a, &huge);
+        assert!(r.starts_with("HTTP/1.1 413"), "{r}");
     }
 }

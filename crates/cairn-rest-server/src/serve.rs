@@ -4,7 +4,7 @@
 //! how the job ended.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -318,13 +318,13 @@ impl Drop for RestServer {
     }
 }
 
-/// Writes `raw` to a server as one request and reads until it closes (for
-/// tests of raw protocol errors).
+/// Writes `raw` to a server and reads until it closes the connection (for
+/// tests of raw protocol errors; well-formed requests should say
+/// `Connection: close`).
 pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     s.write_all(raw)?;
-    let _ = s.shutdown(Shutdown::Write);
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
     Ok(out)

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cairn::prelude::*;
-use cairn_rest::{serve_with, HttpClient, Registry, RestServer, ServeOptions};
+use cairn_rest_client::{HttpClient, Registry};
+use cairn_rest_server::{serve_with, RestServer, ServeOptions};
 use common::TempDir;
 use serde_json::{json, Value};
 
@@ -45,6 +46,7 @@ fn start_job(tmp: &TempDir, with_savepoint_dir: bool) -> (JobHandle, RestServer,
             registry: Some(Registry::new(tmp.path().join("home"))),
             linger: Duration::from_secs(2),
             log: false,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -86,7 +88,8 @@ fn checkpoints_savepoints_and_stop_on_a_real_job() {
 
     let d = http.get(&j("")).unwrap().json();
     assert_eq!(d["name"], "rest real job");
-    let uids: Vec<&str> = d["vertices"]
+    let c = http.get(&j("/cairn")).unwrap().json();
+    let uids: Vec<&str> = c["operators"]
         .as_array()
         .unwrap()
         .iter()
@@ -123,7 +126,7 @@ fn checkpoints_savepoints_and_stop_on_a_real_job() {
     assert_eq!(details.json()["status"], "COMPLETED");
     let cfg = http.get(&j("/checkpoints/config")).unwrap().json();
     assert_eq!(cfg["interval"], 100);
-    assert_eq!(cfg["mode"], "exactly_once");
+    assert_eq!(cfg["mode"], "EXACTLY_ONCE");
 
     // Metrics move.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -183,7 +186,7 @@ fn checkpoints_savepoints_and_stop_on_a_real_job() {
             &json!({"savepoint-path": sp.display().to_string()}),
         )
         .unwrap();
-    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.status, 200, "{}", r.text());
     assert!(!sp.exists());
 
     // Stop with a savepoint: the job finishes, the handle reports the savepoint.
@@ -200,7 +203,7 @@ fn checkpoints_savepoints_and_stop_on_a_real_job() {
     wait_state(&http, &jid, "FINISHED");
     let r = http.post(&j("/checkpoints"), &json!({})).unwrap();
     assert_eq!(r.status, 409, "{}", r.text());
-    assert_eq!(r.json()["code"], "JOB_NOT_RUNNING");
+    assert_eq!(r.error_code(), Some("JOB_NOT_RUNNING"));
     server.shutdown();
     assert!(Registry::new(tmp.path().join("home")).list().is_empty());
 }
@@ -214,7 +217,7 @@ fn cancel_and_refusals_on_a_real_job() {
     // No savepoint directory configured and none given.
     let r = http.post(&j("/savepoints"), &json!({})).unwrap();
     assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(r.json()["code"], "BAD_REQUEST");
+    assert_eq!(r.error_code(), Some("BAD_REQUEST"));
     assert!(r.json()["errors"][0].as_str().unwrap().contains("savepoint-dir"));
     let r = http.post(&j("/stop"), &json!({})).unwrap();
     assert_eq!(r.status, 400, "{}", r.text());
