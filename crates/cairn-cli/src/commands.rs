@@ -192,7 +192,11 @@ fn wait_operation(t: &Target, path: &str, what: &str) -> Result<Value, CliError>
     };
     bar.finish();
     let op = result?;
-    if let Some(cause) = op.get("failure-cause").or_else(|| op.get("failureCause")).filter(|c| !c.is_null()) {
+    if let Some(cause) = op
+        .get("failure-cause")
+        .or_else(|| op.get("failureCause"))
+        .filter(|c| !c.is_null())
+    {
         let msg = cause["stack-trace"].as_str().unwrap_or("unknown cause");
         return Err(CliError::Failed(format!("the {what} failed: {msg}")));
     }
@@ -384,7 +388,10 @@ pub fn savepoint(args: SavepointArgs) -> Result<(), CliError> {
         ));
     }
     let Some(prefix) = &args.job else {
-        return Err(CliError::usage("savepoint", "missing the job id: cairn savepoint <JOB_ID> [TARGET_DIRECTORY]"));
+        return Err(CliError::usage(
+            "savepoint",
+            "missing the job id: cairn savepoint <JOB_ID> [TARGET_DIRECTORY]",
+        ));
     };
     let t = target("savepoint", prefix, &args.address)?;
     let kind = args.format.unwrap_or(FormatType::Canonical).wire();
@@ -442,8 +449,8 @@ fn dispose_savepoint(args: &SavepointArgs, path: &str) -> Result<(), CliError> {
         None => {
             // The CLI runs as the user: like the trusted socket, any Cairn
             // savepoint may be disposed of; nothing else is touched.
-            let checked = check_trusted("savepoint path", &abs, Existence::MustExist)
-                .map_err(|e| CliError::Failed(e.message))?;
+            let checked =
+                check_trusted("savepoint path", &abs, Existence::MustExist).map_err(|e| CliError::Failed(e.message))?;
             let (files, bytes) = dir_size(&checked);
             let mut bar = Progress::new("dispose");
             bar.update(0, files, bytes);

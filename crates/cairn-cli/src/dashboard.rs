@@ -132,7 +132,12 @@ impl Dashboard {
             .filter_map(|l| l.entry.clone())
             .map(|e| (e.start_time_ms, e))
             .collect();
-        entries.extend(self.registry.history().into_iter().map(|e| (e.entry.start_time_ms, e.entry)));
+        entries.extend(
+            self.registry
+                .history()
+                .into_iter()
+                .map(|e| (e.entry.start_time_ms, e.entry)),
+        );
         entries.sort_by(|a, b| b.0.cmp(&a.0));
         let mut out: Vec<Program> = Vec::new();
         for (_, e) in entries {
@@ -189,10 +194,17 @@ impl Dashboard {
         if segs.first() == Some(&"v1") {
             segs.remove(0);
         }
-        let method = if req.method == "HEAD" { "GET" } else { req.method.as_str() };
+        let method = if req.method == "HEAD" {
+            "GET"
+        } else {
+            req.method.as_str()
+        };
         if is_mutating(method) {
             check_bearer(&self.token, req.header("authorization")).map_err(|mut e| {
-                e.message = format!("{}; the dashboard's token is in the address it printed at start", e.message);
+                e.message = format!(
+                    "{}; the dashboard's token is in the address it printed at start",
+                    e.message
+                );
                 e
             })?;
         }
@@ -200,7 +212,11 @@ impl Dashboard {
             if method == "GET" {
                 ok
             } else {
-                Err(ApiError::new(405, "METHOD_NOT_ALLOWED", format!("{} is not allowed on {}; use GET", req.method, req.path())))
+                Err(ApiError::new(
+                    405,
+                    "METHOD_NOT_ALLOWED",
+                    format!("{} is not allowed on {}; use GET", req.method, req.path()),
+                ))
             }
         };
         match segs.as_slice() {
@@ -229,7 +245,11 @@ impl Dashboard {
                     .values()
                     .map(|l| json!({ "id": l.overview["jid"], "status": l.overview["state"] }))
                     .collect();
-                jobs.extend(self.ended().iter().map(|e| json!({ "id": e.entry.jid, "status": e.state })));
+                jobs.extend(
+                    self.ended()
+                        .iter()
+                        .map(|e| json!({ "id": e.entry.jid, "status": e.state })),
+                );
                 get_only(Ok(Response::json(200, &json!({ "jobs": jobs }))))
             }
             ["cairn", "dashboard"] => get_only(Ok(Response::json(200, &self.overview_of_programs()))),
@@ -240,7 +260,11 @@ impl Dashboard {
                 self.restore(req)
             }
             ["jobs", jid, rest @ ..] => self.job_request(req, jid, rest, method),
-            _ => Err(ApiError::new(404, "NOT_FOUND", format!("no endpoint {} {}", req.method, req.path()))),
+            _ => Err(ApiError::new(
+                404,
+                "NOT_FOUND",
+                format!("no endpoint {} {}", req.method, req.path()),
+            )),
         }
     }
 
@@ -303,7 +327,11 @@ impl Dashboard {
             return Err(ApiError::new(404, "JOB_NOT_FOUND", format!("Job {jid} not found")));
         };
         let target = req.target.strip_prefix("/v1").unwrap_or(&req.target);
-        let body = if req.body.is_empty() { None } else { Some(req.body.clone()) };
+        let body = if req.body.is_empty() {
+            None
+        } else {
+            Some(req.body.clone())
+        };
         let r = client_of(&entry, Duration::from_secs(10))
             .request_bytes(&req.method, target, body)
             .map_err(|e| ApiError::new(502, "JOB_UNREACHABLE", format!("cannot reach job {jid}: {e}")))?;
@@ -330,7 +358,13 @@ impl Dashboard {
                 ))
             }
         };
-        let accepted = ["program", "savepointPath", "parallelism", "allowNonRestoredState", "claimMode"];
+        let accepted = [
+            "program",
+            "savepointPath",
+            "parallelism",
+            "allowNonRestoredState",
+            "claimMode",
+        ];
         if let Some(k) = body.keys().find(|k| !accepted.contains(&k.as_str())) {
             return Err(ApiError::bad_request(
                 "UNKNOWN_FIELD",
@@ -339,17 +373,27 @@ impl Dashboard {
         }
         let programs = self.programs();
         let index = body.get("program").and_then(Value::as_u64).ok_or_else(|| {
-            ApiError::invalid_field("program", "must be the index of a program listed by GET /cairn/dashboard")
+            ApiError::invalid_field(
+                "program",
+                "must be the index of a program listed by GET /cairn/dashboard",
+            )
         })?;
         let program = programs.get(index as usize).cloned().ok_or_else(|| {
-            ApiError::invalid_field("program", format!("is {index}, but {} programs are known", programs.len()))
+            ApiError::invalid_field(
+                "program",
+                format!("is {index}, but {} programs are known", programs.len()),
+            )
         })?;
         let mut flags = program.flags.clone();
         match body.get("savepointPath") {
             None | Some(Value::Null) => {}
             Some(Value::String(p)) if p.trim().is_empty() => {}
             Some(Value::String(p)) => {
-                let checked = cairn_rest_client::paths::check_trusted("savepointPath", p.trim(), cairn_rest_client::paths::Existence::MustExist)?;
+                let checked = cairn_rest_client::paths::check_trusted(
+                    "savepointPath",
+                    p.trim(),
+                    cairn_rest_client::paths::Existence::MustExist,
+                )?;
                 flags.extend(["-s".to_string(), checked.display().to_string()]);
             }
             Some(_) => return Err(ApiError::invalid_field("savepointPath", "must be a string")),
@@ -364,7 +408,11 @@ impl Dashboard {
                 flags.extend(["-p".to_string(), n.to_string()]);
             }
         }
-        if body.get("allowNonRestoredState").and_then(Value::as_bool).unwrap_or(false) {
+        if body
+            .get("allowNonRestoredState")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
             flags.push("-n".into());
         }
         if let Some(m) = body.get("claimMode").and_then(Value::as_str) {
@@ -410,8 +458,12 @@ pub fn run(bind: &str, port: u16, token: Option<String>) -> Result<(), CliError>
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| cairn_rest_client::random_hex(32));
     let loopback = is_loopback_host(bind);
-    let listener = std::net::TcpListener::bind((bind.trim_start_matches('[').trim_end_matches(']'), port))
-        .map_err(|e| CliError::Failed(format!("cannot listen on {bind}:{port}: {e}; choose another --port (0: any free port)")))?;
+    let listener =
+        std::net::TcpListener::bind((bind.trim_start_matches('[').trim_end_matches(']'), port)).map_err(|e| {
+            CliError::Failed(format!(
+                "cannot listen on {bind}:{port}: {e}; choose another --port (0: any free port)"
+            ))
+        })?;
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::Failed(format!("cannot read the bound address: {e}")))?;
@@ -432,7 +484,10 @@ pub fn run(bind: &str, port: u16, token: Option<String>) -> Result<(), CliError>
     } else {
         addr.to_string()
     };
-    println!("Cairn dashboard for the jobs under {}", dashboard.registry.home().display());
+    println!(
+        "Cairn dashboard for the jobs under {}",
+        dashboard.registry.home().display()
+    );
     println!("  open http://{shown}/#token={token}");
     println!("  (the token is needed for actions; Ctrl-C stops the dashboard)");
     use std::io::Write;

@@ -127,8 +127,10 @@ fn positive_seconds(s: &str) -> Result<u64, String> {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// List the jobs running on this machine
-    #[command(long_about = "Lists the jobs running on this machine (registered under $CAIRN_HOME/jobs, \
-                            default ~/.cairn/jobs) with their start time, id, name, state and REST address.")]
+    #[command(
+        long_about = "Lists the jobs running on this machine (registered under $CAIRN_HOME/jobs, \
+                            default ~/.cairn/jobs) with their start time, id, name, state and REST address."
+    )]
     List {
         #[command(flatten)]
         address: Address,
@@ -172,14 +174,21 @@ enum Command {
         address: Address,
     },
     /// Stop a job atomically with a savepoint
-    #[command(long_about = "Stops a job atomically with a savepoint: no record is processed after the \
+    #[command(
+        long_about = "Stops a job atomically with a savepoint: no record is processed after the \
                             savepoint, sinks commit, the job finishes. Without --savepoint-path the job's \
-                            execution.checkpointing.savepoint-dir is used.")]
+                            execution.checkpointing.savepoint-dir is used."
+    )]
     Stop {
         #[arg(value_parser = job_id, value_name = "JOB_ID")]
         job: String,
         /// Parent directory of the savepoint
-        #[arg(short = 'p', long = "savepoint-path", visible_alias = "savepointPath", value_name = "DIR")]
+        #[arg(
+            short = 'p',
+            long = "savepoint-path",
+            visible_alias = "savepointPath",
+            value_name = "DIR"
+        )]
         savepoint_path: Option<String>,
         /// Advance event time to the end first, so all timers fire
         #[arg(short = 'd', long)]
@@ -195,7 +204,12 @@ enum Command {
         #[arg(value_parser = job_id, value_name = "JOB_ID")]
         job: String,
         /// Take a savepoint into DIR, then cancel
-        #[arg(short = 's', long = "with-savepoint", visible_alias = "withSavepoint", value_name = "DIR")]
+        #[arg(
+            short = 's',
+            long = "with-savepoint",
+            visible_alias = "withSavepoint",
+            value_name = "DIR"
+        )]
         with_savepoint: Option<String>,
         /// With -s: savepoint format
         #[arg(short = 't', long = "type", value_enum, requires = "with_savepoint")]
@@ -205,10 +219,12 @@ enum Command {
     },
     /// Serve the web UI over every job registered on this machine
     #[cfg(feature = "dashboard")]
-    #[command(long_about = "Serves the web UI over every job registered on this machine: the job list, each \
+    #[command(
+        long_about = "Serves the web UI over every job registered on this machine: the job list, each \
                             job's graph, metrics and checkpoints, the actions, and restoring a job binary it \
                             has seen from a savepoint or retained checkpoint. Listens on 127.0.0.1 and prints \
-                            the address with its session token; calls that change a job need that token.")]
+                            the address with its session token; calls that change a job need that token."
+    )]
     Dashboard {
         /// Port (0: any free port)
         #[arg(long, default_value_t = 8090)]
@@ -230,10 +246,19 @@ enum Command {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Restore from a savepoint or retained checkpoint
-    #[arg(short = 's', long = "fromSavepoint", visible_alias = "from-savepoint", value_name = "PATH")]
+    #[arg(
+        short = 's',
+        long = "fromSavepoint",
+        visible_alias = "from-savepoint",
+        value_name = "PATH"
+    )]
     pub from_savepoint: Option<String>,
     /// Allow state that maps to no operator to be dropped
-    #[arg(short = 'n', long = "allowNonRestoredState", visible_alias = "allow-non-restored-state")]
+    #[arg(
+        short = 'n',
+        long = "allowNonRestoredState",
+        visible_alias = "allow-non-restored-state"
+    )]
     pub allow_non_restored_state: bool,
     /// Who owns the restored snapshot (default NO_CLAIM)
     #[arg(long = "claim-mode", visible_aliases = ["claimMode", "restoreMode"], value_name = "CLAIM|NO_CLAIM")]
@@ -325,9 +350,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
             address,
         } => commands::cancel(&job, with_savepoint, format, address),
         #[cfg(feature = "dashboard")]
-        Command::Dashboard { port, bind, token } => {
-            dashboard::run(&bind, port, token.or_else(|| std::env::var("CAIRN_DASHBOARD_TOKEN").ok()))
-        }
+        Command::Dashboard { port, bind, token } => dashboard::run(
+            &bind,
+            port,
+            token.or_else(|| std::env::var("CAIRN_DASHBOARD_TOKEN").ok()),
+        ),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
             Ok(())

@@ -145,7 +145,10 @@ fn operate_a_job_end_to_end() {
     // Over the trusted socket (the default) any directory may be named, as
     // with Flink's CLI; over TCP a directory outside the allowed ones is
     // refused, and nothing is written.
-    assert!(entry["socket"].as_str().is_some_and(|p| Path::new(p).exists()), "{entry}");
+    assert!(
+        entry["socket"].as_str().is_some_and(|p| Path::new(p).exists()),
+        "{entry}"
+    );
     let anywhere = h.path("anywhere/else");
     let o = h.expect(0, &["savepoint", short, &s(&anywhere), "--type", "native"]);
     let p_any = savepoint_path(&o);

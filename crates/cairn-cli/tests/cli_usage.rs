@@ -9,9 +9,21 @@ use common::Home;
 fn help_everywhere() {
     let h = Home::new("help");
     let main = h.expect(0, &["--help"]);
-    assert!(main.contains("Exit codes") && main.contains("savepoint") && main.contains("dashboard"), "{main}");
+    assert!(
+        main.contains("Exit codes") && main.contains("savepoint") && main.contains("dashboard"),
+        "{main}"
+    );
     assert_eq!(h.expect(0, &["help"]), main);
-    for cmd in ["list", "info", "run", "savepoint", "checkpoint", "stop", "cancel", "dashboard"] {
+    for cmd in [
+        "list",
+        "info",
+        "run",
+        "savepoint",
+        "checkpoint",
+        "stop",
+        "cancel",
+        "dashboard",
+    ] {
         let out = h.expect(0, &[cmd, "--help"]);
         assert!(out.contains(&format!("Usage: cairn {cmd}")), "{out}");
         assert_eq!(h.expect(0, &["help", cmd]), out);
@@ -20,7 +32,14 @@ fn help_everywhere() {
     }
     // The flags Flink users know are all documented.
     let run = h.expect(0, &["run", "--help"]);
-    for flag in ["--fromSavepoint", "--allowNonRestoredState", "--claim-mode", "--parallelism", "-D", "--config"] {
+    for flag in [
+        "--fromSavepoint",
+        "--allowNonRestoredState",
+        "--claim-mode",
+        "--parallelism",
+        "-D",
+        "--config",
+    ] {
         assert!(run.contains(flag), "run --help lacks {flag}:\n{run}");
     }
     let sp = h.expect(0, &["savepoint", "--help"]);
@@ -42,17 +61,26 @@ fn usage_errors_exit_2_with_a_pointer_to_help() {
         (&["info", "not-hex"], "is not a job id"),
         (&["info", "a1", "--bogus"], "unexpected argument '--bogus'"),
         (&["list", "extra"], "unexpected argument"),
-        (&["savepoint", "a1", "--type", "xml"], "possible values: canonical, native"),
+        (
+            &["savepoint", "a1", "--type", "xml"],
+            "possible values: canonical, native",
+        ),
         (&["savepoint", "a1", "--type"], "a value is required for '--type"),
         (&["savepoint", "a1", "--detached=yes"], "unexpected value 'yes'"),
         (&["savepoint", "a1", "-D", "x=y"], "--dispose"),
         (&["savepoint", "--dispose", "/x", "a1"], "cannot be used with"),
-        (&["savepoint", "--dispose", "/x", "--type", "native"], "cannot be used with"),
+        (
+            &["savepoint", "--dispose", "/x", "--type", "native"],
+            "cannot be used with",
+        ),
         (
             &["savepoint", "--dispose", "/x", "-D", "nope.key=1"],
             "unknown configuration key",
         ),
-        (&["checkpoint", "a1", "--incremental"], "unexpected argument '--incremental'"),
+        (
+            &["checkpoint", "a1", "--incremental"],
+            "unexpected argument '--incremental'",
+        ),
         (&["stop", "a1", "--savepoint-path"], "a value is required"),
         (&["cancel", "a1", "--type", "native"], "--with-savepoint"),
         (&["run"], "BINARY"),
@@ -94,7 +122,10 @@ fn typos_get_suggestions() {
 fn shell_completions() {
     let h = Home::new("complete");
     let bash = h.expect(0, &["completions", "bash"]);
-    assert!(bash.contains("_cairn()") && bash.contains("savepoint") && bash.contains("--drain"), "{bash}");
+    assert!(
+        bash.contains("_cairn()") && bash.contains("savepoint") && bash.contains("--drain"),
+        "{bash}"
+    );
     let zsh = h.expect(0, &["completions", "zsh"]);
     assert!(zsh.starts_with("#compdef cairn"), "{zsh}");
     let fish = h.expect(0, &["completions", "fish"]);
@@ -102,7 +133,11 @@ fn shell_completions() {
     // The bash script is valid bash.
     let path = h.path("cairn.bash");
     std::fs::write(&path, &bash).unwrap();
-    let st = std::process::Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    let st = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 

@@ -42,6 +42,9 @@ pub struct VertexInfo {
     pub name: String,
     pub parallelism: u32,
     pub max_parallelism: u32,
+    /// The chain (one task per subtask) the operator runs in, counted in
+    /// topological order.
+    pub chain: usize,
 }
 
 /// Status of the job, refreshed by the control loop.
@@ -75,6 +78,33 @@ pub struct JobMetrics {
     pub backpressure_ms: u64,
     /// Source records per second over the last second or so.
     pub source_records_per_second: f64,
+    /// Per operator and subtask (current attempt), in graph order.
+    pub subtasks: Vec<SubtaskMetrics>,
+}
+
+/// Metrics of one operator in one subtask. Busy, idle and backpressured
+/// time belong to the task (the chain) the operator runs in, as in Flink.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SubtaskMetrics {
+    /// The operator id (hash of the uid).
+    pub operator_id: String,
+    pub subtask: u32,
+    pub records_in: u64,
+    pub records_out: u64,
+    /// Over the last second or so.
+    pub records_in_per_second: f64,
+    pub records_out_per_second: f64,
+    /// Milliseconds since the task started: processing, waiting for input,
+    /// waiting for room downstream.
+    pub busy_ms: u64,
+    pub idle_ms: u64,
+    pub backpressured_ms: u64,
+    /// Each per second of wall time, over the last second or so (0-1000).
+    pub busy_ms_per_second: f64,
+    pub idle_ms_per_second: f64,
+    pub backpressured_ms_per_second: f64,
+    /// The task's current input watermark, once it has one.
+    pub watermark: Option<i64>,
 }
 
 pub use cairn_runtime::upload::SnapshotFormat;

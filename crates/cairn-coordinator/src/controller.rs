@@ -5,7 +5,7 @@
 //! latest completed checkpoint, as the restart strategy allows, falling back
 //! to an older retained checkpoint when the latest cannot be read.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use cairn_snapshot::{load_snapshot, LoadedSnapshot, Storage};
 use crate::checkpoint::{inject, CheckpointSettings, Coordinator, SnapshotOutcome, SnapshotTarget};
 use crate::control::{
     AfterSavepoint, CheckpointStats, ControlPort, ControlRequest, JobInfo, JobMetrics, JobStatus, OperationStatus,
-    Published, VertexInfo,
+    Published, SubtaskMetrics, VertexInfo,
 };
 use crate::restart::{RestartDecision, RestartPolicy};
 use crate::restore::RestorePlan;
@@ -109,6 +109,7 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
         last_failure: None,
         last_publish: Instant::now() - PUBLISH_EVERY,
         last_records: (Instant::now(), 0),
+        rates: HashMap::new(),
     };
     let mut source = if run.snapshot.is_some() {
         RestoreSource::Initial
@@ -188,6 +189,17 @@ struct Controller<'r, 'a> {
     last_failure: Option<String>,
     last_publish: Instant,
     last_records: (Instant, u64),
+    /// Previous counter samples per (node, subtask), for rates.
+    rates: HashMap<(usize, u32), RateSample>,
+}
+
+/// One operator subtask's counters at a moment, and the rates derived last.
+#[derive(Clone, Copy)]
+struct RateSample {
+    at: Instant,
+    counters: [u64; 5],
+    /// in, out, busy, idle, backpressured per second.
+    rates: [f64; 5],
 }
 
 impl Controller<'_, '_> {
@@ -398,6 +410,7 @@ impl Controller<'_, '_> {
                 metrics.records_out += m.records_out.load(Ordering::Relaxed);
                 metrics.backpressure_ms += m.backpressure_ns.load(Ordering::Relaxed) / 1_000_000;
             }
+            metrics.subtasks = self.subtask_metrics(job);
         }
         let (t, n) = self.last_records;
         let secs = t.elapsed().as_secs_f64();
@@ -411,6 +424,82 @@ impl Controller<'_, '_> {
         metrics.source_records_per_second = p.metrics.source_records_per_second;
         p.metrics = metrics;
         p.checkpoints = overview;
+    }
+
+    /// Per operator subtask: counters of the task's per-batch atomics, and
+    /// rates over the last second or so.
+    fn subtask_metrics(&mut self, job: &RunningJob) -> Vec<SubtaskMetrics> {
+        let now_wall = now_ms().max(0) as u64;
+        let mut out = Vec::new();
+        for (id, m) in &job.metrics {
+            let started = m.started_ms.load(Ordering::Relaxed);
+            let elapsed_ms = if started == 0 {
+                0
+            } else {
+                now_wall.saturating_sub(started)
+            };
+            let idle = m.idle_ns.load(Ordering::Relaxed) / 1_000_000;
+            let bp = m.backpressure_ns.load(Ordering::Relaxed) / 1_000_000;
+            let busy = elapsed_ms.saturating_sub(idle + bp);
+            let wm = m.watermark.load(Ordering::Relaxed);
+            for op in &m.operators {
+                let counters = [
+                    op.records_in.load(Ordering::Relaxed),
+                    op.records_out.load(Ordering::Relaxed),
+                    busy,
+                    idle,
+                    bp,
+                ];
+                let key = (op.node, id.subtask);
+                let now = Instant::now();
+                let sample = match self.rates.get(&key) {
+                    Some(prev) if now.duration_since(prev.at) >= Duration::from_secs(1) => {
+                        let secs = now.duration_since(prev.at).as_secs_f64();
+                        let mut rates = [0.0; 5];
+                        for i in 0..5 {
+                            rates[i] = counters[i].saturating_sub(prev.counters[i]) as f64 / secs;
+                        }
+                        RateSample {
+                            at: now,
+                            counters,
+                            rates,
+                        }
+                    }
+                    Some(prev) => *prev,
+                    None => RateSample {
+                        at: now,
+                        counters,
+                        rates: [0.0; 5],
+                    },
+                };
+                self.rates.insert(key, sample);
+                let operator_id = self
+                    .run
+                    .spec
+                    .graph
+                    .nodes
+                    .get(op.node)
+                    .map(|n| n.operator_id.clone())
+                    .unwrap_or_default();
+                out.push(SubtaskMetrics {
+                    operator_id,
+                    subtask: id.subtask,
+                    records_in: counters[0],
+                    records_out: counters[1],
+                    records_in_per_second: sample.rates[0],
+                    records_out_per_second: sample.rates[1],
+                    busy_ms: busy,
+                    idle_ms: idle,
+                    backpressured_ms: bp,
+                    busy_ms_per_second: sample.rates[2].min(1000.0),
+                    idle_ms_per_second: sample.rates[3].min(1000.0),
+                    backpressured_ms_per_second: sample.rates[4].min(1000.0),
+                    watermark: (wm != i64::MIN).then_some(wm),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.operator_id, a.subtask).cmp(&(&b.operator_id, b.subtask)));
+        out
     }
 
     /// Run one attempt until it finishes, is cancelled or fails.
@@ -682,6 +771,7 @@ pub fn initial_published(spec: &JobSpec, job_name: &str, restored_from: Option<&
                     name: n.name.clone(),
                     parallelism: n.parallelism,
                     max_parallelism: n.max_parallelism,
+                    chain: spec.graph.chains.iter().position(|c| c.contains(&n.id)).unwrap_or(0),
                 })
                 .collect(),
         },

@@ -194,7 +194,12 @@ impl HttpServer {
                     let mut tasks = Vec::new();
                     if let Some(l) = tcp {
                         match tokio::net::TcpListener::from_std(l) {
-                            Ok(l) => tasks.push(tokio::spawn(accept_tcp(l, shared.clone(), graceful.clone(), stop_rx.clone()))),
+                            Ok(l) => tasks.push(tokio::spawn(accept_tcp(
+                                l,
+                                shared.clone(),
+                                graceful.clone(),
+                                stop_rx.clone(),
+                            ))),
                             Err(e) => eprintln!("cairn-http: cannot use the TCP listener: {e}"),
                         }
                     }
@@ -328,7 +333,11 @@ where
 {
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         // Over the cap: answer at once and close, never queue.
-        let e = ApiError::new(503, "TOO_MANY_CONNECTIONS", "too many concurrent connections; retry shortly");
+        let e = ApiError::new(
+            503,
+            "TOO_MANY_CONNECTIONS",
+            "too many concurrent connections; retry shortly",
+        );
         let r = error_response(&e);
         let head = format!(
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}: {}\r\nConnection: close\r\n\r\n",
@@ -348,7 +357,11 @@ where
         return;
     };
     let options = &shared.options;
-    let io = TokioIo::new(StallGuard::new(stream, options.idle_timeout, options.write_stall_timeout));
+    let io = TokioIo::new(StallGuard::new(
+        stream,
+        options.idle_timeout,
+        options.write_stall_timeout,
+    ));
     let conn_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| answer(conn_shared.clone(), peer, req));
     let conn = http1::Builder::new()
@@ -406,7 +419,11 @@ fn is_local_host_name(host: &str) -> bool {
     h.parse::<std::net::IpAddr>().is_ok() || h == "localhost" || h.ends_with(".localhost")
 }
 
-async fn answer(shared: Arc<Shared>, peer: Peer, req: hyper::Request<Incoming>) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    shared: Arc<Shared>,
+    peer: Peer,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let options = &shared.options;
     let (parts, body) = req.into_parts();
     let max = options.max_body_bytes;
@@ -419,7 +436,10 @@ async fn answer(shared: Arc<Shared>, peer: Peer, req: hyper::Request<Incoming>) 
         return Ok(refuse(
             413,
             "PAYLOAD_TOO_LARGE",
-            format!("the request body has {} bytes; at most {max} are accepted", declared.unwrap_or(0)),
+            format!(
+                "the request body has {} bytes; at most {max} are accepted",
+                declared.unwrap_or(0)
+            ),
             true,
         ));
     }
@@ -444,7 +464,14 @@ async fn answer(shared: Arc<Shared>, peer: Peer, req: hyper::Request<Incoming>) 
                 true,
             ))
         }
-        Ok(Err(e)) => return Ok(refuse(400, "BAD_HTTP", format!("cannot read the request body: {e}"), true)),
+        Ok(Err(e)) => {
+            return Ok(refuse(
+                400,
+                "BAD_HTTP",
+                format!("cannot read the request body: {e}"),
+                true,
+            ))
+        }
         Ok(Ok(c)) => c.to_bytes().to_vec(),
     };
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -455,7 +482,12 @@ async fn answer(shared: Arc<Shared>, peer: Peer, req: hyper::Request<Incoming>) 
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let request = Request {
         method: parts.method.as_str().to_string(),
@@ -506,7 +538,10 @@ fn check_origin(options: &Options, request: &Request) -> Option<hyper::Response<
     let mutating = !matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS");
     if mutating {
         if let Some(origin) = request.header("origin") {
-            let authority = origin.split_once("://").map_or(origin, |(_, r)| r).trim_end_matches('/');
+            let authority = origin
+                .split_once("://")
+                .map_or(origin, |(_, r)| r)
+                .trim_end_matches('/');
             let same = request
                 .header("host")
                 .is_some_and(|h| h.eq_ignore_ascii_case(authority));
@@ -655,11 +690,17 @@ mod wire_tests {
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
         let r = raw(a, b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-        let big = format!("GET /x HTTP/1.1\r\nHost: localhost\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        let big = format!(
+            "GET /x HTTP/1.1\r\nHost: localhost\r\nX: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
         let r = raw(a, big.as_bytes());
         assert!(r.starts_with("HTTP/1.1 431"), "{r}");
         let many: String = (0..120).map(|i| format!("X-{i}: y\r\n")).collect();
-        let r = raw(a, format!("GET /x HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes());
+        let r = raw(
+            a,
+            format!("GET /x HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes(),
+        );
         assert!(r.starts_with("HTTP/1.1 431"), "{r}");
         // Pipelined requests are all answered, in order.
         let r = raw(
@@ -669,7 +710,10 @@ mod wire_tests {
         let (first, second) = (r.find("\"/a\"").unwrap(), r.find("\"/b\"").unwrap());
         assert!(first < second, "{r}");
         // Another machine's name is refused on a loopback server.
-        let r = raw(a, b"GET /x HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n");
+        let r = raw(
+            a,
+            b"GET /x HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n",
+        );
         assert!(r.starts_with("HTTP/1.1 403") && r.contains("HOST_NOT_ALLOWED"), "{r}");
         // A cross-site POST is refused; a same-origin one is served.
         let r = raw(
@@ -688,7 +732,8 @@ mod wire_tests {
             b"POST /c HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         );
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-        let mut huge = b"POST /c HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        let mut huge =
+            b"POST /c HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
         for _ in 0..20 {
             huge.extend(format!("{:x}\r\n", 65536).as_bytes());
             huge.extend(std::iter::repeat_n(b'x', 65536));

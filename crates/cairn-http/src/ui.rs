@@ -5,8 +5,16 @@
 
 /// The UI's files: (path, content type, bytes).
 pub const ASSETS: &[(&str, &str, &[u8])] = &[
-    ("index.html", "text/html; charset=utf-8", include_bytes!("../ui/index.html")),
-    ("app.js", "text/javascript; charset=utf-8", include_bytes!("../ui/app.js")),
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../ui/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../ui/app.js"),
+    ),
     ("app.css", "text/css; charset=utf-8", include_bytes!("../ui/app.css")),
     ("favicon.svg", "image/svg+xml", include_bytes!("../ui/favicon.svg")),
 ];
@@ -19,10 +27,7 @@ pub const CSP: &str =
 /// The asset at `path` (`""` is `index.html`).
 pub fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
     let path = if path.is_empty() { "index.html" } else { path };
-    ASSETS
-        .iter()
-        .find(|(p, _, _)| *p == path)
-        .map(|(_, t, b)| (*t, *b))
+    ASSETS.iter().find(|(p, _, _)| *p == path).map(|(_, t, b)| (*t, *b))
 }
 
 /// The response for a UI path, if it is one.
@@ -46,7 +51,10 @@ mod tests {
         let r = super::response("").unwrap();
         assert!(r.content_type.starts_with("text/html"));
         assert!(String::from_utf8_lossy(&r.body).contains("app.js"));
-        assert!(r.header("content-security-policy").unwrap().contains("default-src 'none'"));
+        assert!(r
+            .header("content-security-policy")
+            .unwrap()
+            .contains("default-src 'none'"));
         assert!(super::response("app.js").is_some());
         assert!(super::response("../Cargo.toml").is_none());
     }

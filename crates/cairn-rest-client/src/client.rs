@@ -237,10 +237,7 @@ impl HttpClient {
         match &self.endpoint {
             Endpoint::Tcp(authority) => {
                 let addrs: Vec<SocketAddr> = authority.to_socket_addrs()?.collect();
-                let mut last = io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{authority} resolves to no address"),
-                );
+                let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{authority} resolves to no address"));
                 for a in addrs {
                     match TcpStream::connect_timeout(&a, self.timeout) {
                         Ok(s) => {
@@ -289,8 +286,7 @@ fn bad(msg: impl Into<String>) -> io::Error {
 /// Reads a response (skipping `100 Continue`).
 pub fn read_response<R: BufRead>(mut reader: R) -> io::Result<HttpResponse> {
     let mut r = read_response_head(&mut reader)?;
-    if r
-        .header("transfer-encoding")
+    if r.header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
     {
         r.body = read_chunked(&mut reader)?;
@@ -396,11 +392,21 @@ mod tests {
         assert_eq!(r.error_message(), "hello [HTTP 200]");
         assert!(read_response(Cursor::new(b"".to_vec())).is_err());
         assert!(read_response(Cursor::new(b"SSH-2.0\r\n".to_vec())).is_err());
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n";
-        assert_eq!(read_response(Cursor::new(chunked.to_vec())).unwrap().text(), "hello world");
-        assert!(read_response(Cursor::new(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec())).is_err());
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n";
+        assert_eq!(
+            read_response(Cursor::new(chunked.to_vec())).unwrap().text(),
+            "hello world"
+        );
+        assert!(read_response(Cursor::new(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec()
+        ))
+        .is_err());
         assert_eq!(Endpoint::parse("unix:/a/b"), Endpoint::Unix("/a/b".into()));
         assert_eq!(Endpoint::parse("/a/b.sock"), Endpoint::Unix("/a/b.sock".into()));
-        assert_eq!(Endpoint::parse("127.0.0.1:8081"), Endpoint::Tcp("127.0.0.1:8081".into()));
+        assert_eq!(
+            Endpoint::parse("127.0.0.1:8081"),
+            Endpoint::Tcp("127.0.0.1:8081".into())
+        );
     }
 }

@@ -122,11 +122,7 @@ pub fn launch(registry: &Registry, spec: &LaunchSpec) -> Result<Launched, Launch
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "job".into());
-    let log_path = logs.join(format!(
-        "{stem}-{}-{}.log",
-        utc_compact(now_ms()),
-        crate::random_hex(6)
-    ));
+    let log_path = logs.join(format!("{stem}-{}-{}.log", utc_compact(now_ms()), crate::random_hex(6)));
     let log = std::fs::File::create(&log_path)
         .map_err(|e| LaunchError::Failed(format!("cannot create the log file {}: {e}", log_path.display())))?;
     let log_err = log
@@ -210,7 +206,9 @@ pub fn without_restore_flags(args: &[String]) -> (Vec<String>, Vec<String>) {
     let mut flags = Vec::new();
     let mut job = Vec::new();
     let mut it = args.iter().cloned();
-    let recovery = |kv: &str| kv.trim_start().starts_with("execution.state-recovery.") || kv.trim_start().starts_with("execution.savepoint.");
+    let recovery = |kv: &str| {
+        kv.trim_start().starts_with("execution.state-recovery.") || kv.trim_start().starts_with("execution.savepoint.")
+    };
     while let Some(arg) = it.next() {
         if arg == "--" {
             job.extend(it.by_ref());
@@ -282,7 +280,13 @@ mod tests {
         ]));
         assert_eq!(
             flags,
-            v(&["-D", "rest.port=0", "-Dstate.backend.type=hashmap", "--config", "/c.yaml"])
+            v(&[
+                "-D",
+                "rest.port=0",
+                "-Dstate.backend.type=hashmap",
+                "--config",
+                "/c.yaml"
+            ])
         );
         assert_eq!(job, v(&["out-dir", "-s", "user"]));
     }

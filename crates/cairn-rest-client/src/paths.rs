@@ -362,8 +362,16 @@ mod tests {
         );
         let e = check_trusted("f", &format!("{}/missing/../x", t.0.display()), Existence::MayBeMissing).unwrap_err();
         assert_eq!(e.code, "PATH_TRAVERSAL");
-        assert_eq!(check_trusted("f", "rel", Existence::MayBeMissing).unwrap_err().code, "INVALID_PATH");
-        assert_eq!(check_trusted("f", "s3://b/x", Existence::MayBeMissing).unwrap_err().code, "INVALID_PATH");
+        assert_eq!(
+            check_trusted("f", "rel", Existence::MayBeMissing).unwrap_err().code,
+            "INVALID_PATH"
+        );
+        assert_eq!(
+            check_trusted("f", "s3://b/x", Existence::MayBeMissing)
+                .unwrap_err()
+                .code,
+            "INVALID_PATH"
+        );
         let e = check_trusted("f", &format!("{}/nope", t.0.display()), Existence::MustExist).unwrap_err();
         assert_eq!((e.status, e.code), (404, "PATH_NOT_FOUND"));
         assert_eq!(

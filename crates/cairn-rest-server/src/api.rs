@@ -17,19 +17,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_config::Configuration;
+use cairn_coordinator::control::{
+    AfterSavepoint, CheckpointRequestKind, ControlError, ControlErrorCode, JobClient, JobInfo, OperationStatus,
+    SavepointRequest, SnapshotFormat, SnapshotStatus,
+};
 use cairn_http::{error_response, Handler, Request, Response};
 use cairn_rest_client::auth::{check_bearer, configured_token, is_mutating};
 use cairn_rest_client::paths::{check_trusted, AllowedRoots, Existence};
 use cairn_rest_client::registry::is_job_id;
 use cairn_rest_client::ApiError;
-use cairn_coordinator::control::{
-    AfterSavepoint, CheckpointRequestKind, ControlError, ControlErrorCode, JobClient, JobInfo, OperationStatus,
-    SavepointRequest, SnapshotFormat, SnapshotStatus, VertexInfo,
-};
 use cairn_snapshot::{LocalFileStorage, SnapshotError, Storage};
 use serde_json::{json, Map, Value};
 
-use crate::flink::{self, OpKind, PlanEdge, VertexIo};
+use crate::flink::{self, OpKind, PlanEdge, Vertex};
 use crate::metrics::{self, status_name};
 
 #[derive(Default)]
@@ -202,7 +202,11 @@ impl Handler for Api {
                 "REST {} {}{} -> {}",
                 request.method,
                 request.path(),
-                if request.peer.is_trusted() { " (local socket)" } else { "" },
+                if request.peer.is_trusted() {
+                    " (local socket)"
+                } else {
+                    ""
+                },
                 response.status
             );
         }
@@ -300,24 +304,28 @@ impl Api {
         let ok = |v: Value| Ok(Response::json(200, &v));
         match (route, method) {
             (Route::Ui(path), _) => {
-                let wants_json = req.header("accept").is_some_and(|a| {
-                    a.contains("application/json") && !a.contains("text/html")
-                });
+                let wants_json = req
+                    .header("accept")
+                    .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
                 if path.is_empty() && wants_json {
                     return ok(json!({ "cairn-version": env!("CARGO_PKG_VERSION"), "endpoints": ENDPOINTS }));
                 }
-                cairn_http::ui::response(path)
-                    .ok_or_else(|| ApiError::new(404, "NOT_FOUND", format!("no file {path}")))
+                cairn_http::ui::response(path).ok_or_else(|| ApiError::new(404, "NOT_FOUND", format!("no file {path}")))
             }
             (Route::DashboardConfig, _) => ok(dashboard_config()),
             (Route::ClusterConfig, _) => ok(self.config_list()),
             (Route::Overview, _) => ok(self.cluster_overview()),
-            (Route::Prometheus, _) => Ok(Response::prometheus(metrics::render(
-                &self.client.info(),
-                &self.client.metrics(),
-                &self.client.checkpoints(),
-                now,
-            ))),
+            (Route::Prometheus, _) => Ok(Response::bytes(
+                200,
+                metrics::CONTENT_TYPE,
+                metrics::render(
+                    &self.client.info(),
+                    &self.client.metrics(),
+                    &self.client.checkpoints(),
+                    now,
+                )
+                .into_bytes(),
+            )),
             (Route::Jobs, _) => {
                 let info = self.client.info();
                 ok(json!({ "jobs": [{ "id": info.job_id, "status": status_name(info.status) }] }))
@@ -327,8 +335,12 @@ impl Api {
             (Route::Job(j), "GET") => {
                 let info = self.job(j)?;
                 let metrics = self.client.metrics();
-                let io = |v: &VertexInfo| vertex_io(&info, &metrics, v);
-                ok(flink::job_details(&info, now, &io, flink::plan(&info, &self.topology.edges)))
+                ok(flink::job_details(
+                    &info,
+                    &metrics,
+                    now,
+                    flink::plan(&info, &self.topology.edges),
+                ))
             }
             (Route::Job(j), _) => self.cancel(j, req),
             (Route::JobCairn(j), _) => ok(self.cairn_info(&self.job(j)?)),
@@ -352,13 +364,13 @@ impl Api {
             (Route::VertexMetrics(j, v), _) => {
                 let info = self.job(j)?;
                 let vertex = find_vertex(&info, v)?;
-                ok(select_metrics(req, &self.vertex_metric_values(&info, &vertex)))
+                ok(select_metrics(req, &self.vertex_metric_values(&vertex)))
             }
             (Route::VertexSubtasksMetrics(j, v), _) => {
                 let info = self.job(j)?;
                 let vertex = find_vertex(&info, v)?;
                 let per: Vec<Vec<(String, f64)>> = (0..vertex.parallelism)
-                    .map(|s| self.subtask_metric_values(&info, &vertex, s))
+                    .map(|s| self.subtask_metric_values(&vertex, s))
                     .collect();
                 aggregate(req, &per)
             }
@@ -376,7 +388,7 @@ impl Api {
                         ),
                     )
                 })?;
-                ok(select_metrics(req, &self.subtask_metric_values(&info, &vertex, index)))
+                ok(select_metrics(req, &self.subtask_metric_values(&vertex, index)))
             }
             (Route::VertexWatermarks(j, v), _) => {
                 let info = self.job(j)?;
@@ -394,7 +406,7 @@ impl Api {
             (Route::VertexBackpressure(j, v), _) => {
                 let info = self.job(j)?;
                 let vertex = find_vertex(&info, v)?;
-                ok(self.backpressure(&info, &vertex, now))
+                ok(self.backpressure(&vertex, now))
             }
             (Route::Savepoints(j), _) => self.trigger_savepoint(j, req, false),
             (Route::Stop(j), _) => self.trigger_savepoint(j, req, true),
@@ -478,7 +490,13 @@ impl Api {
 
     /// A path from a request: anywhere for the trusted socket, inside the
     /// allowed roots over TCP.
-    fn check_path(&self, req: &Request, field: &str, raw: &str, existence: Existence) -> Result<std::path::PathBuf, ApiError> {
+    fn check_path(
+        &self,
+        req: &Request,
+        field: &str,
+        raw: &str,
+        existence: Existence,
+    ) -> Result<std::path::PathBuf, ApiError> {
         if req.peer.is_trusted() {
             check_trusted(field, raw, existence)
         } else {
@@ -654,7 +672,7 @@ impl Api {
 
     fn cluster_overview(&self) -> Value {
         let info = self.client.info();
-        let slots: u32 = info.vertices.iter().map(|v| v.parallelism).max().unwrap_or(0);
+        let slots: u32 = flink::vertices(&info).iter().map(|v| v.parallelism).max().unwrap_or(0);
         let count = |s: cairn_coordinator::control::JobStatus| u32::from(info.status == s);
         json!({
             "taskmanagers": 1,
@@ -701,6 +719,8 @@ impl Api {
     /// `GET /jobs/:jobid/cairn`: what Flink's shapes have no room for.
     fn cairn_info(&self, info: &JobInfo) -> Value {
         let cps = self.client.checkpoints();
+        let metrics = self.client.metrics();
+        let vertices = flink::vertices(info);
         let cc = self.client.checkpoint_config();
         let phases: Vec<Value> = cps
             .history
@@ -726,13 +746,39 @@ impl Api {
             "restarts": info.restarts,
             "failure-cause": info.last_failure,
             "restored-from": info.restored_from.as_ref().map(|p| p.display().to_string()),
-            "operators": info.vertices.iter().map(|v| json!({
-                "id": v.id,
-                "uid": v.uid,
-                "name": v.name,
-                "parallelism": v.parallelism,
-                "maxParallelism": v.max_parallelism,
-            })).collect::<Vec<_>>(),
+            "operators": info.vertices.iter().map(|v| {
+                let subtasks: Vec<&cairn_coordinator::control::SubtaskMetrics> =
+                    metrics.subtasks.iter().filter(|s| s.operator_id == v.id).collect();
+                let sum = |f: &dyn Fn(&cairn_coordinator::control::SubtaskMetrics) -> f64| subtasks.iter().map(|s| f(s)).sum::<f64>();
+                let n = subtasks.len().max(1) as f64;
+                json!({
+                    "id": v.id,
+                    "uid": v.uid,
+                    "name": v.name,
+                    "parallelism": v.parallelism,
+                    "maxParallelism": v.max_parallelism,
+                    "vertex": vertices.iter().find(|x| x.operators.iter().any(|o| o.id == v.id)).map(|x| x.id.clone()),
+                    "records-in": sum(&|s| s.records_in as f64),
+                    "records-out": sum(&|s| s.records_out as f64),
+                    "records-in-per-second": sum(&|s| s.records_in_per_second),
+                    "records-out-per-second": sum(&|s| s.records_out_per_second),
+                    "busy-ms-per-second": sum(&|s| s.busy_ms_per_second) / n,
+                    "backpressured-ms-per-second": sum(&|s| s.backpressured_ms_per_second) / n,
+                    "idle-ms-per-second": sum(&|s| s.idle_ms_per_second) / n,
+                    "watermark": subtasks.iter().filter_map(|s| s.watermark).min(),
+                    "subtasks": subtasks.iter().map(|s| json!({
+                        "subtask": s.subtask,
+                        "records-in": s.records_in,
+                        "records-out": s.records_out,
+                        "records-in-per-second": s.records_in_per_second,
+                        "records-out-per-second": s.records_out_per_second,
+                        "busy-ms-per-second": s.busy_ms_per_second,
+                        "backpressured-ms-per-second": s.backpressured_ms_per_second,
+                        "idle-ms-per-second": s.idle_ms_per_second,
+                        "watermark": s.watermark,
+                    })).collect::<Vec<_>>(),
+                })
+            }).collect::<Vec<_>>(),
             "edges": self.topology.edges.iter().map(|e| json!({
                 "source": e.source, "target": e.target, "partitioning": e.ship_strategy,
             })).collect::<Vec<_>>(),
@@ -788,42 +834,82 @@ impl Api {
         v
     }
 
-    fn vertex_metric_values(&self, info: &JobInfo, vertex: &VertexInfo) -> Vec<(String, f64)> {
-        let io = vertex_io(info, &self.client.metrics(), vertex);
-        vec![
-            ("numRecordsIn".into(), io.records_in as f64),
-            ("numRecordsOut".into(), io.records_out as f64),
-            ("accumulatedBackPressuredTimeMs".into(), io.backpressured_ms as f64),
-            ("accumulatedBusyTimeMs".into(), io.busy_ms as f64),
-            ("accumulatedIdleTimeMs".into(), io.idle_ms as f64),
-        ]
+    /// Flink's per-subtask metrics of a vertex, named as Flink names them
+    /// (`numRecordsIn`, `busyTimeMsPerSecond`, ...), plus each operator's
+    /// own (`<operator name>.numRecordsIn`).
+    fn subtask_metric_values(&self, vertex: &Vertex, subtask: u32) -> Vec<(String, f64)> {
+        let m = self.client.metrics();
+        let find = |id: &str| {
+            m.subtasks
+                .iter()
+                .find(|s| s.operator_id == id && s.subtask == subtask)
+                .cloned()
+        };
+        let head = vertex.operators.first().and_then(|o| find(&o.id)).unwrap_or_default();
+        let tail = vertex.operators.last().and_then(|o| find(&o.id)).unwrap_or_default();
+        let mut v = vec![
+            ("numRecordsIn".to_string(), head.records_in as f64),
+            ("numRecordsOut".to_string(), tail.records_out as f64),
+            ("numRecordsInPerSecond".to_string(), head.records_in_per_second),
+            ("numRecordsOutPerSecond".to_string(), tail.records_out_per_second),
+            ("busyTimeMsPerSecond".to_string(), head.busy_ms_per_second),
+            ("idleTimeMsPerSecond".to_string(), head.idle_ms_per_second),
+            (
+                "backPressuredTimeMsPerSecond".to_string(),
+                head.backpressured_ms_per_second,
+            ),
+            ("accumulatedBusyTime".to_string(), head.busy_ms as f64),
+            ("accumulatedIdleTime".to_string(), head.idle_ms as f64),
+            ("accumulatedBackPressuredTime".to_string(), head.backpressured_ms as f64),
+            (
+                "currentInputWatermark".to_string(),
+                head.watermark.unwrap_or(i64::MIN) as f64,
+            ),
+        ];
+        for op in &vertex.operators {
+            let s = find(&op.id).unwrap_or_default();
+            v.push((format!("{}.numRecordsIn", op.name), s.records_in as f64));
+            v.push((format!("{}.numRecordsOut", op.name), s.records_out as f64));
+            v.push((format!("{}.numRecordsInPerSecond", op.name), s.records_in_per_second));
+            v.push((format!("{}.numRecordsOutPerSecond", op.name), s.records_out_per_second));
+            v.push((
+                format!("{}.currentInputWatermark", op.name),
+                s.watermark.unwrap_or(i64::MIN) as f64,
+            ));
+        }
+        v
     }
 
-    fn subtask_metric_values(&self, info: &JobInfo, vertex: &VertexInfo, _subtask: u32) -> Vec<(String, f64)> {
-        let p = f64::from(vertex.parallelism.max(1));
-        self.vertex_metric_values(info, vertex)
-            .into_iter()
-            .map(|(n, v)| (n, v / p))
+    /// A vertex's metrics: every subtask's, prefixed `<subtask>.` as in Flink.
+    fn vertex_metric_values(&self, vertex: &Vertex) -> Vec<(String, f64)> {
+        (0..vertex.parallelism)
+            .flat_map(|s| {
+                self.subtask_metric_values(vertex, s)
+                    .into_iter()
+                    .map(move |(n, v)| (format!("{s}.{n}"), v))
+            })
             .collect()
     }
 
-    fn subtask_watermark(&self, _vertex: &VertexInfo, _subtask: u32) -> i64 {
-        i64::MIN
+    fn subtask_watermark(&self, vertex: &Vertex, subtask: u32) -> i64 {
+        let m = self.client.metrics();
+        vertex
+            .operators
+            .first()
+            .and_then(|o| {
+                m.subtasks
+                    .iter()
+                    .find(|s| s.operator_id == o.id && s.subtask == subtask)
+            })
+            .and_then(|s| s.watermark)
+            .unwrap_or(i64::MIN)
     }
 
-    fn vertex_details(&self, info: &JobInfo, vertex: &VertexInfo, now: u64) -> Value {
+    fn vertex_details(&self, info: &JobInfo, vertex: &Vertex, now: u64) -> Value {
         let state = flink::execution_state(info.status);
         let end = info.end_time_ms.map_or(-1, |e| e as i64);
         let duration = info.end_time_ms.unwrap_or(now).saturating_sub(info.start_time_ms);
-        let io = vertex_io(info, &self.client.metrics(), vertex);
-        let p = u64::from(vertex.parallelism.max(1));
-        let per = VertexIo {
-            records_in: io.records_in / p,
-            records_out: io.records_out / p,
-            backpressured_ms: io.backpressured_ms / p,
-            idle_ms: io.idle_ms / p,
-            busy_ms: io.busy_ms / p,
-        };
+        let metrics = self.client.metrics();
         let subtasks: Vec<Value> = (0..vertex.parallelism)
             .map(|s| {
                 json!({
@@ -834,7 +920,7 @@ impl Api {
                     "start-time": info.start_time_ms,
                     "end-time": end,
                     "duration": duration,
-                    "metrics": flink::io_metrics(&per),
+                    "metrics": flink::io_metrics(&flink::subtask_io(vertex, &metrics, s)),
                     "taskmanager-id": "cairn",
                     "status-duration": {},
                 })
@@ -850,32 +936,46 @@ impl Api {
         })
     }
 
-    fn backpressure(&self, info: &JobInfo, vertex: &VertexInfo, now: u64) -> Value {
-        let io = vertex_io(info, &self.client.metrics(), vertex);
-        let elapsed = info.end_time_ms.unwrap_or(now).saturating_sub(info.start_time_ms).max(1) as f64;
-        let ratio = (io.backpressured_ms as f64 / elapsed / f64::from(vertex.parallelism.max(1))).clamp(0.0, 1.0);
-        let level = if ratio > 0.5 {
-            "high"
-        } else if ratio > 0.1 {
-            "low"
-        } else {
-            "ok"
+    fn backpressure(&self, vertex: &Vertex, now: u64) -> Value {
+        let metrics = self.client.metrics();
+        let level_of = |ratio: f64| {
+            if ratio > 0.5 {
+                "high"
+            } else if ratio > 0.1 {
+                "low"
+            } else {
+                "ok"
+            }
         };
+        let mut worst = 0.0f64;
         let subtasks: Vec<Value> = (0..vertex.parallelism)
             .map(|s| {
+                let head = vertex
+                    .operators
+                    .first()
+                    .and_then(|o| {
+                        metrics
+                            .subtasks
+                            .iter()
+                            .find(|x| x.operator_id == o.id && x.subtask == s)
+                    })
+                    .cloned()
+                    .unwrap_or_default();
+                let ratio = (head.backpressured_ms_per_second / 1000.0).clamp(0.0, 1.0);
+                worst = worst.max(ratio);
                 json!({
                     "subtask": s,
-                    "attempt-number": info.restarts,
-                    "backpressureLevel": level,
+                    "attempt-number": 0,
+                    "backpressureLevel": level_of(ratio),
                     "ratio": ratio,
-                    "idleRatio": 0.0,
-                    "busyRatio": 1.0 - ratio,
+                    "idleRatio": (head.idle_ms_per_second / 1000.0).clamp(0.0, 1.0),
+                    "busyRatio": (head.busy_ms_per_second / 1000.0).clamp(0.0, 1.0),
                 })
             })
             .collect();
         json!({
             "status": "ok",
-            "backpressureLevel": level,
+            "backpressureLevel": level_of(worst),
             "end-timestamp": now,
             "subtasks": subtasks,
         })
@@ -901,46 +1001,24 @@ impl Api {
     }
 }
 
-/// The published counters attributed to one vertex. The runtime publishes
-/// job totals; until it publishes per-operator counters, sources get the
-/// source records and the other vertices share the job's totals.
-fn vertex_io(info: &JobInfo, m: &cairn_coordinator::control::JobMetrics, v: &VertexInfo) -> VertexIo {
-    let first = info.vertices.first().map(|f| f.id.as_str()) == Some(v.id.as_str());
-    if first {
-        VertexIo {
-            records_in: 0,
-            records_out: m.source_records,
-            backpressured_ms: m.backpressure_ms,
-            idle_ms: 0,
-            busy_ms: 0,
-        }
-    } else {
-        VertexIo {
-            records_in: m.records_in,
-            records_out: m.records_out,
-            backpressured_ms: 0,
-            idle_ms: 0,
-            busy_ms: 0,
-        }
-    }
-}
-
-fn find_vertex(info: &JobInfo, id: &str) -> Result<VertexInfo, ApiError> {
+fn find_vertex(info: &JobInfo, id: &str) -> Result<Vertex, ApiError> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request(
             "INVALID_VERTEX_ID",
             format!("'{id}' is not a vertex id; vertex ids are 32 hexadecimal digits (see GET /jobs/:jobid)"),
         ));
     }
-    info.vertices
-        .iter()
+    flink::vertices(info)
+        .into_iter()
         .find(|v| v.id.eq_ignore_ascii_case(id))
-        .cloned()
         .ok_or_else(|| {
             ApiError::new(
                 404,
                 "VERTEX_NOT_FOUND",
-                format!("job {} has no vertex {id}; GET /jobs/{} lists them", info.job_id, info.job_id),
+                format!(
+                    "job {} has no vertex {id}; GET /jobs/{} lists them",
+                    info.job_id, info.job_id
+                ),
             )
         })
 }
@@ -975,7 +1053,10 @@ fn select_metrics(req: &Request, values: &[(String, f64)]) -> Value {
 /// Flink's aggregated metrics (`[{"id", "min", "max", "avg", "sum"}]`) over
 /// several sources of the same metrics; `agg` picks the aggregations.
 fn aggregate(req: &Request, per: &[Vec<(String, f64)>]) -> Result<Response, ApiError> {
-    let names: Vec<String> = per.first().map(|v| v.iter().map(|(n, _)| n.clone()).collect()).unwrap_or_default();
+    let names: Vec<String> = per
+        .first()
+        .map(|v| v.iter().map(|(n, _)| n.clone()).collect())
+        .unwrap_or_default();
     let Some(get) = req.query_param("get") else {
         return Ok(Response::json(
             200,
@@ -1168,12 +1249,17 @@ mod tests {
             route(&["jobs", j, "checkpoints", "abc"]).unwrap().0,
             Route::CheckpointStatus(j, "abc")
         );
-        assert_eq!(route(&["savepoint-disposal", "x"]).unwrap().0, Route::DisposalStatus("x"));
+        assert_eq!(
+            route(&["savepoint-disposal", "x"]).unwrap().0,
+            Route::DisposalStatus("x")
+        );
         assert_eq!(route(&["jobmanager", "config"]).unwrap().0, Route::ClusterConfig);
         assert_eq!(route(&["config"]).unwrap().0, Route::DashboardConfig);
         assert_eq!(route(&["app.js"]).unwrap().0, Route::Ui("app.js"));
         assert_eq!(
-            route(&["jobs", j, "vertices", "v", "subtasks", "2", "metrics"]).unwrap().0,
+            route(&["jobs", j, "vertices", "v", "subtasks", "2", "metrics"])
+                .unwrap()
+                .0,
             Route::SubtaskMetrics(j, "v", "2")
         );
         assert!(route(&["jobs", j, "nope"]).is_none());

@@ -6,8 +6,8 @@
 //! `GET /jobs/:jobid/cairn` (see `api`).
 
 use cairn_coordinator::control::{
-    CheckpointConfigView, CheckpointStats, CheckpointsOverview, JobInfo, JobStatus, OperationStatus, SnapshotStatus,
-    VertexInfo,
+    CheckpointConfigView, CheckpointStats, CheckpointsOverview, JobInfo, JobMetrics, JobStatus, OperationStatus,
+    SnapshotStatus, SubtaskMetrics, VertexInfo,
 };
 use serde_json::{json, Map, Value};
 
@@ -15,6 +15,72 @@ use crate::metrics::status_name;
 
 /// The Flink REST API version Cairn's shapes follow.
 pub const FLINK_API_VERSION: &str = "2.3";
+
+/// A job vertex as Flink shows it: one chain of operators (one task per
+/// subtask). Its id is the chain head's operator id.
+#[derive(Debug, Clone)]
+pub struct Vertex {
+    pub id: String,
+    /// Flink's style: the operators' names joined by ` -> `.
+    pub name: String,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    /// In chain order.
+    pub operators: Vec<VertexInfo>,
+}
+
+/// The job's vertices (chains), in topological order.
+pub fn vertices(info: &JobInfo) -> Vec<Vertex> {
+    let mut chains: Vec<usize> = info.vertices.iter().map(|v| v.chain).collect();
+    chains.sort_unstable();
+    chains.dedup();
+    chains
+        .into_iter()
+        .map(|c| {
+            let ops: Vec<VertexInfo> = info.vertices.iter().filter(|v| v.chain == c).cloned().collect();
+            Vertex {
+                id: ops[0].id.clone(),
+                name: ops.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(" -> "),
+                parallelism: ops[0].parallelism,
+                max_parallelism: ops.iter().map(|o| o.max_parallelism).max().unwrap_or(0),
+                operators: ops,
+            }
+        })
+        .collect()
+}
+
+/// One subtask of a vertex: records into its head, out of its tail, and
+/// the task's busy, idle and backpressured time.
+pub fn subtask_io(v: &Vertex, m: &JobMetrics, subtask: u32) -> VertexIo {
+    let find = |op: &VertexInfo| -> Option<&SubtaskMetrics> {
+        m.subtasks
+            .iter()
+            .find(|s| s.operator_id == op.id && s.subtask == subtask)
+    };
+    let head = v.operators.first().and_then(find);
+    let tail = v.operators.last().and_then(find);
+    VertexIo {
+        records_in: head.map_or(0, |h| h.records_in),
+        records_out: tail.map_or(0, |t| t.records_out),
+        backpressured_ms: head.map_or(0, |h| h.backpressured_ms),
+        idle_ms: head.map_or(0, |h| h.idle_ms),
+        busy_ms: head.map_or(0, |h| h.busy_ms),
+    }
+}
+
+/// A vertex summed over its subtasks.
+pub fn vertex_io(v: &Vertex, m: &JobMetrics) -> VertexIo {
+    let mut total = VertexIo::default();
+    for s in 0..v.parallelism {
+        let io = subtask_io(v, m, s);
+        total.records_in += io.records_in;
+        total.records_out += io.records_out;
+        total.backpressured_ms += io.backpressured_ms;
+        total.idle_ms += io.idle_ms;
+        total.busy_ms += io.busy_ms;
+    }
+    total
+}
 
 /// Flink's `ExecutionState` of a job's tasks in a given job status.
 pub fn execution_state(s: JobStatus) -> &'static str {
@@ -70,7 +136,7 @@ fn end_and_duration(info: &JobInfo, now: u64) -> (i64, u64) {
 }
 
 fn total_tasks(info: &JobInfo) -> u32 {
-    info.vertices.iter().map(|v| v.parallelism).sum()
+    vertices(info).iter().map(|v| v.parallelism).sum()
 }
 
 /// One job of `/jobs/overview` (`JobDetails`).
@@ -116,7 +182,7 @@ pub struct VertexIo {
 }
 
 /// `GET /jobs/:jobid` (`JobDetailsInfo`).
-pub fn job_details(info: &JobInfo, now: u64, io: &dyn Fn(&VertexInfo) -> VertexIo, plan: Value) -> Value {
+pub fn job_details(info: &JobInfo, metrics: &JobMetrics, now: u64, plan: Value) -> Value {
     let (end, duration) = end_and_duration(info, now);
     let state = execution_state(info.status);
     let mut timestamps = Map::new();
@@ -146,8 +212,8 @@ pub fn job_details(info: &JobInfo, now: u64, io: &dyn Fn(&VertexInfo) -> VertexI
         };
         timestamps.insert(s.to_string(), json!(t));
     }
-    let vertices: Vec<Value> = info
-        .vertices
+    let all = vertices(info);
+    let vertex_list: Vec<Value> = all
         .iter()
         .map(|v| {
             json!({
@@ -161,7 +227,7 @@ pub fn job_details(info: &JobInfo, now: u64, io: &dyn Fn(&VertexInfo) -> VertexI
                 "end-time": end,
                 "duration": duration,
                 "tasks": task_counts(state, v.parallelism),
-                "metrics": io_metrics(&io(v)),
+                "metrics": io_metrics(&vertex_io(v, metrics)),
             })
         })
         .collect();
@@ -177,8 +243,8 @@ pub fn job_details(info: &JobInfo, now: u64, io: &dyn Fn(&VertexInfo) -> VertexI
         "maxParallelism": info.vertices.iter().map(|v| v.max_parallelism).max().unwrap_or(0),
         "now": now,
         "timestamps": timestamps,
-        "vertices": vertices,
-        "status-counts": task_counts(state, info.vertices.len() as u32),
+        "vertices": vertex_list,
+        "status-counts": task_counts(state, all.len() as u32),
         "plan": plan,
     })
 }
@@ -420,18 +486,27 @@ pub fn checkpoint_config(c: &CheckpointConfigView, state_backend: &str) -> Value
     })
 }
 
-/// Flink's job plan (`JobPlanInfo`'s `plan`): one node per vertex, with its
-/// inputs.
+/// Flink's job plan (`JobPlanInfo`'s `plan`): one node per vertex (chain),
+/// with its inputs and their partitioning.
 pub fn plan(info: &JobInfo, edges: &[PlanEdge]) -> Value {
-    let nodes: Vec<Value> = info
-        .vertices
+    let all = vertices(info);
+    let chain_of = |op: &str| {
+        all.iter()
+            .find(|v| v.operators.iter().any(|o| o.id == op))
+            .map(|v| v.id.clone())
+    };
+    let nodes: Vec<Value> = all
         .iter()
         .map(|v| {
             let inputs: Vec<Value> = edges
                 .iter()
-                .filter(|e| e.target == v.id)
+                .filter(|e| chain_of(&e.target).as_deref() == Some(v.id.as_str()))
+                .filter_map(|e| {
+                    let from = chain_of(&e.source)?;
+                    (from != v.id).then_some((from, e))
+                })
                 .enumerate()
-                .map(|(n, e)| json!({ "num": n, "id": e.source, "ship_strategy": e.ship_strategy, "exchange": "pipelined_bounded" }))
+                .map(|(n, (from, e))| json!({ "num": n, "id": from, "ship_strategy": e.ship_strategy, "exchange": "pipelined_bounded" }))
                 .collect();
             let mut node = json!({
                 "id": v.id,

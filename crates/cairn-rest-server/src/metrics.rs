@@ -1,10 +1,27 @@
-//! `GET /metrics`: the job's metrics in Prometheus' text exposition format
-//! (version 0.0.4). Every metric is prefixed `cairn_`, has `# HELP` and
-//! `# TYPE` lines, and carries the labels `job_id` and `job_name`.
+//! `GET /metrics`: the job's metrics for Prometheus, encoded by
+//! `prometheus-client` (OpenMetrics text). Every metric is prefixed
+//! `cairn_` and carries `job_id` and `job_name`; per-operator metrics add
+//! `operator_uid`, `operator_id`, `operator_name` and `subtask`.
+//!
+//! The registry is built fresh from the job's published state on every
+//! scrape: the engine publishes plain counters, so nothing here is shared
+//! with the task threads.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::sync::atomic::AtomicU64;
 
-use cairn_coordinator::control::{CheckpointStats, CheckpointsOverview, JobInfo, JobMetrics, JobStatus};
+use cairn_coordinator::control::{
+    CheckpointStats, CheckpointsOverview, JobInfo, JobMetrics, JobStatus, SnapshotStatus,
+};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The content type of the encoding.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 const STATUSES: [(JobStatus, &str); 7] = [
     (JobStatus::Initializing, "INITIALIZING"),
@@ -21,225 +38,320 @@ pub fn status_name(s: JobStatus) -> &'static str {
     STATUSES.iter().find(|(x, _)| *x == s).map_or("UNKNOWN", |(_, n)| n)
 }
 
-/// Escapes a label value (`\`, `"` and newlines).
-pub fn escape_label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
+type Labels = Vec<(String, String)>;
+type FGauge = Gauge<f64, AtomicU64>;
+type FCounter = Counter<f64, AtomicU64>;
+
+fn gauge(v: f64) -> FGauge {
+    let g = FGauge::default();
+    g.set(v);
+    g
 }
 
-fn fmt_f64(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
+fn counter(v: f64) -> FCounter {
+    let c = FCounter::default();
+    c.inc_by(v.max(0.0));
+    c
+}
+
+fn gauge_family(r: &mut Registry, name: &str, help: &str, unit: Option<Unit>, samples: Vec<(Labels, f64)>) {
+    let f = Family::<Labels, FGauge>::default();
+    for (l, v) in samples {
+        f.get_or_create(&l).set(v);
+    }
+    match unit {
+        Some(u) => r.register_with_unit(name, help, u, f),
+        None => r.register(name, help, f),
     }
 }
 
-struct Writer {
-    out: String,
-    labels: String,
-}
-
-impl Writer {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP cairn_{name} {help}");
-        let _ = writeln!(self.out, "# TYPE cairn_{name} {kind}");
+fn counter_family(r: &mut Registry, name: &str, help: &str, unit: Option<Unit>, samples: Vec<(Labels, f64)>) {
+    let f = Family::<Labels, FCounter>::default();
+    for (l, v) in samples {
+        f.get_or_create(&l).inc_by(v.max(0.0));
     }
-
-    fn sample(&mut self, name: &str, extra: &[(&str, &str)], value: f64) {
-        let mut labels = self.labels.clone();
-        for (k, v) in extra {
-            let _ = write!(labels, ",{k}=\"{}\"", escape_label(v));
-        }
-        let _ = writeln!(self.out, "cairn_{name}{{{labels}}} {}", fmt_f64(value));
-    }
-
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
+    match unit {
+        Some(u) => r.register_with_unit(name, help, u, f),
+        None => r.register(name, help, f),
     }
 }
 
 /// Renders the metrics page. `now_ms` is the current time (for uptime).
 pub fn render(info: &JobInfo, metrics: &JobMetrics, checkpoints: &CheckpointsOverview, now_ms: u64) -> String {
-    let mut w = Writer {
-        out: String::new(),
-        labels: format!(
-            "job_id=\"{}\",job_name=\"{}\"",
-            escape_label(&info.job_id),
-            escape_label(&info.name)
-        ),
-    };
-    w.family(
+    let mut r = Registry::with_prefix_and_labels(
+        "cairn",
+        [
+            (Cow::Borrowed("job_id"), Cow::Owned(info.job_id.clone())),
+            (Cow::Borrowed("job_name"), Cow::Owned(info.name.clone())),
+        ]
+        .into_iter(),
+    );
+    gauge_family(
+        &mut r,
         "job_status",
-        "gauge",
-        "1 for the job's current status, 0 for the others.",
+        "1 for the job's current status, 0 for the others",
+        None,
+        STATUSES
+            .iter()
+            .map(|(s, n)| {
+                (
+                    vec![("status".to_string(), n.to_string())],
+                    f64::from(u8::from(*s == info.status)),
+                )
+            })
+            .collect(),
     );
-    for (s, n) in STATUSES {
-        w.sample("job_status", &[("status", n)], if s == info.status { 1.0 } else { 0.0 });
-    }
     let end = info.end_time_ms.unwrap_or(now_ms);
-    w.one(
-        "job_uptime_seconds",
-        "gauge",
-        "Seconds since the job started (until it ended).",
-        end.saturating_sub(info.start_time_ms) as f64 / 1000.0,
+    r.register_with_unit(
+        "job_uptime",
+        "Time since the job started (until it ended)",
+        Unit::Seconds,
+        gauge(end.saturating_sub(info.start_time_ms) as f64 / 1000.0),
     );
-    w.one(
-        "job_restarts_total",
-        "counter",
-        "Restarts after failures.",
-        info.restarts as f64,
+    r.register("job_restarts", "Restarts after failures", counter(info.restarts as f64));
+    r.register(
+        "source_records",
+        "Records emitted by the sources since the job started",
+        counter(metrics.source_records as f64),
     );
-    w.one(
-        "source_records_total",
-        "counter",
-        "Records emitted by the sources since the job started.",
-        metrics.source_records as f64,
-    );
-    w.one(
+    r.register(
         "source_records_per_second",
-        "gauge",
-        "Records emitted by the sources per second, recently.",
-        metrics.source_records_per_second,
+        "Records emitted by the sources per second, recently",
+        gauge(metrics.source_records_per_second),
     );
-    w.one(
-        "records_in_total",
-        "counter",
-        "Records received by non-source tasks in the current attempt.",
-        metrics.records_in as f64,
+    r.register(
+        "records_in",
+        "Records received over channels by the tasks, current attempt",
+        counter(metrics.records_in as f64),
     );
-    w.one(
-        "records_out_total",
-        "counter",
-        "Records sent by all tasks in the current attempt.",
-        metrics.records_out as f64,
+    r.register(
+        "records_out",
+        "Records sent over channels by the tasks, current attempt",
+        counter(metrics.records_out as f64),
     );
-    w.one(
-        "backpressure_seconds_total",
-        "counter",
-        "Time tasks waited for room in full output channels (backpressure), current attempt.",
-        metrics.backpressure_ms as f64 / 1000.0,
+    r.register_with_unit(
+        "backpressure",
+        "Time tasks waited for room in full output channels (backpressure), current attempt",
+        Unit::Seconds,
+        counter(metrics.backpressure_ms as f64 / 1000.0),
     );
 
+    // Per operator and subtask.
+    let op_labels = |operator_id: &str, subtask: u32| -> Labels {
+        let v = info.vertices.iter().find(|v| v.id == operator_id);
+        vec![
+            ("operator_uid".to_string(), v.map(|v| v.uid.clone()).unwrap_or_default()),
+            ("operator_id".to_string(), operator_id.to_string()),
+            (
+                "operator_name".to_string(),
+                v.map(|v| v.name.clone()).unwrap_or_default(),
+            ),
+            ("subtask".to_string(), subtask.to_string()),
+        ]
+    };
+    let per = |f: &dyn Fn(&cairn_coordinator::control::SubtaskMetrics) -> Option<f64>| -> Vec<(Labels, f64)> {
+        metrics
+            .subtasks
+            .iter()
+            .filter_map(|s| f(s).map(|v| (op_labels(&s.operator_id, s.subtask), v)))
+            .collect()
+    };
+    counter_family(
+        &mut r,
+        "operator_records_in",
+        "Records into the operator (Flink's numRecordsIn), current attempt",
+        None,
+        per(&|s| Some(s.records_in as f64)),
+    );
+    counter_family(
+        &mut r,
+        "operator_records_out",
+        "Records out of the operator (Flink's numRecordsOut), current attempt",
+        None,
+        per(&|s| Some(s.records_out as f64)),
+    );
+    gauge_family(
+        &mut r,
+        "operator_records_in_per_second",
+        "Records into the operator per second, recently (numRecordsInPerSecond)",
+        None,
+        per(&|s| Some(s.records_in_per_second)),
+    );
+    gauge_family(
+        &mut r,
+        "operator_records_out_per_second",
+        "Records out of the operator per second, recently (numRecordsOutPerSecond)",
+        None,
+        per(&|s| Some(s.records_out_per_second)),
+    );
+    counter_family(
+        &mut r,
+        "task_busy",
+        "Time the operator's task spent processing, current attempt",
+        Some(Unit::Seconds),
+        per(&|s| Some(s.busy_ms as f64 / 1000.0)),
+    );
+    counter_family(
+        &mut r,
+        "task_idle",
+        "Time the operator's task waited for input, current attempt",
+        Some(Unit::Seconds),
+        per(&|s| Some(s.idle_ms as f64 / 1000.0)),
+    );
+    counter_family(
+        &mut r,
+        "task_backpressured",
+        "Time the operator's task waited for room downstream, current attempt",
+        Some(Unit::Seconds),
+        per(&|s| Some(s.backpressured_ms as f64 / 1000.0)),
+    );
+    gauge_family(
+        &mut r,
+        "task_busy_ratio",
+        "Share of recent wall time the task was busy (busyTimeMsPerSecond / 1000)",
+        None,
+        per(&|s| Some(s.busy_ms_per_second / 1000.0)),
+    );
+    gauge_family(
+        &mut r,
+        "task_backpressured_ratio",
+        "Share of recent wall time the task was backpressured (backPressuredTimeMsPerSecond / 1000)",
+        None,
+        per(&|s| Some(s.backpressured_ms_per_second / 1000.0)),
+    );
+    gauge_family(
+        &mut r,
+        "operator_watermark_milliseconds",
+        "The task's current input watermark (event time, ms since the epoch), once it has one",
+        None,
+        per(&|s| s.watermark.map(|w| w as f64)),
+    );
+
+    // Checkpoints.
     let c = &checkpoints.counts;
-    w.family(
-        "checkpoints_total",
-        "counter",
-        "Checkpoints and savepoints triggered, by outcome.",
+    counter_family(
+        &mut r,
+        "checkpoints",
+        "Checkpoints and savepoints, by outcome",
+        None,
+        vec![
+            (
+                vec![("status".to_string(), "completed".to_string())],
+                c.completed as f64,
+            ),
+            (vec![("status".to_string(), "failed".to_string())], c.failed as f64),
+        ],
     );
-    w.sample("checkpoints_total", &[("status", "completed")], c.completed as f64);
-    w.sample("checkpoints_total", &[("status", "failed")], c.failed as f64);
-    w.one(
-        "checkpoints_triggered_total",
-        "counter",
-        "Checkpoints and savepoints triggered.",
-        c.total as f64,
+    r.register(
+        "checkpoints_triggered",
+        "Checkpoints and savepoints triggered",
+        counter(c.total as f64),
     );
-    w.one(
+    r.register(
         "checkpoints_in_progress",
-        "gauge",
-        "Checkpoints and savepoints in progress.",
-        c.in_progress as f64,
+        "Checkpoints and savepoints in progress",
+        gauge(c.in_progress as f64),
     );
-    w.one(
-        "checkpoints_restored_total",
-        "counter",
-        "Restores from a checkpoint or savepoint.",
-        c.restored as f64,
+    r.register(
+        "checkpoints_restored",
+        "Restores from a checkpoint or savepoint",
+        counter(c.restored as f64),
     );
+    if let Some(restored) = &checkpoints.latest_restored {
+        r.register(
+            "restored_checkpoint_id",
+            "The id of the checkpoint or savepoint the job restored from last",
+            gauge(restored.id as f64),
+        );
+        r.register_with_unit(
+            "restored_checkpoint_timestamp",
+            "When the job restored from it (Unix time)",
+            Unit::Seconds,
+            gauge(restored.restore_timestamp_ms as f64 / 1000.0),
+        );
+    }
     if let Some(last) = &checkpoints.latest_completed {
-        last_checkpoint(&mut w, last);
+        last_checkpoint(&mut r, last);
     }
     let completed: Vec<&CheckpointStats> = checkpoints
         .history
         .iter()
-        .filter(|s| s.status == cairn_coordinator::control::SnapshotStatus::Completed)
+        .filter(|s| s.status == SnapshotStatus::Completed)
         .collect();
     if !completed.is_empty() {
-        w.family(
-            "checkpoint_duration_seconds",
-            "summary",
-            "End-to-end duration of the completed checkpoints in the history.",
-        );
-        let mut durations: Vec<f64> = completed.iter().map(|s| s.duration_ms as f64 / 1000.0).collect();
-        durations.sort_by(f64::total_cmp);
-        for q in ["0.5", "0.9", "0.99"] {
-            let v = crate::flink::quantile(&durations, q.parse().unwrap_or(0.5));
-            w.sample("checkpoint_duration_seconds", &[("quantile", q)], v);
+        let h = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        for s in &completed {
+            h.observe(s.duration_ms as f64 / 1000.0);
         }
-        w.sample("checkpoint_duration_seconds_sum", &[], durations.iter().sum());
-        w.sample("checkpoint_duration_seconds_count", &[], durations.len() as f64);
-        w.family(
-            "checkpoint_size_bytes_max",
-            "gauge",
-            "Largest state size among the completed checkpoints in the history.",
+        r.register_with_unit(
+            "checkpoint_duration",
+            "End-to-end duration of the completed checkpoints in the history",
+            Unit::Seconds,
+            h,
         );
         let max = completed.iter().map(|s| s.state_size_bytes).max().unwrap_or(0);
-        w.sample("checkpoint_size_bytes_max", &[], max as f64);
+        r.register_with_unit(
+            "checkpoint_size_max",
+            "Largest state size among the completed checkpoints in the history",
+            Unit::Bytes,
+            gauge(max as f64),
+        );
     }
-    w.out
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
 }
 
-fn last_checkpoint(w: &mut Writer, last: &CheckpointStats) {
-    w.one(
+fn last_checkpoint(r: &mut Registry, last: &CheckpointStats) {
+    r.register(
         "last_checkpoint_id",
-        "gauge",
-        "Number of the latest completed checkpoint.",
-        last.id as f64,
+        "Number of the latest completed checkpoint",
+        gauge(last.id as f64),
     );
-    w.one(
-        "last_checkpoint_duration_seconds",
-        "gauge",
-        "End-to-end duration of the latest completed checkpoint.",
-        last.duration_ms as f64 / 1000.0,
+    let secs = |ms: u64| gauge(ms as f64 / 1000.0);
+    r.register_with_unit(
+        "last_checkpoint_duration",
+        "End-to-end duration of the latest completed checkpoint",
+        Unit::Seconds,
+        secs(last.duration_ms),
     );
-    w.one(
-        "last_checkpoint_size_bytes",
-        "gauge",
-        "State size of the latest completed checkpoint.",
-        last.state_size_bytes as f64,
+    r.register_with_unit(
+        "last_checkpoint_size",
+        "State size of the latest completed checkpoint",
+        Unit::Bytes,
+        gauge(last.state_size_bytes as f64),
     );
-    w.one(
-        "last_checkpoint_sync_duration_seconds",
-        "gauge",
-        "Longest synchronous snapshot part of any task in the latest completed checkpoint.",
-        last.sync_duration_ms as f64 / 1000.0,
+    r.register_with_unit(
+        "last_checkpoint_sync_duration",
+        "Longest synchronous snapshot part of any task in the latest completed checkpoint",
+        Unit::Seconds,
+        secs(last.sync_duration_ms),
     );
-    w.one(
-        "last_checkpoint_async_duration_seconds",
-        "gauge",
-        "Longest asynchronous (writing) part of any task in the latest completed checkpoint.",
-        last.async_duration_ms as f64 / 1000.0,
+    r.register_with_unit(
+        "last_checkpoint_async_duration",
+        "Longest asynchronous (writing) part of any task in the latest completed checkpoint",
+        Unit::Seconds,
+        secs(last.async_duration_ms),
     );
-    w.one(
-        "last_checkpoint_alignment_duration_seconds",
-        "gauge",
-        "Longest barrier alignment of any task in the latest completed checkpoint.",
-        last.alignment_duration_ms as f64 / 1000.0,
+    r.register_with_unit(
+        "last_checkpoint_alignment_duration",
+        "Longest barrier alignment of any task in the latest completed checkpoint",
+        Unit::Seconds,
+        secs(last.alignment_duration_ms),
     );
-    w.one(
-        "last_checkpoint_completion_timestamp_seconds",
-        "gauge",
-        "When the latest completed checkpoint completed (Unix time).",
-        last.end_timestamp_ms.unwrap_or(0) as f64 / 1000.0,
+    r.register_with_unit(
+        "last_checkpoint_completion_timestamp",
+        "When the latest completed checkpoint completed (Unix time)",
+        Unit::Seconds,
+        secs(last.end_timestamp_ms.unwrap_or(0)),
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_coordinator::control::{CheckpointCounts, SnapshotStatus};
+    use cairn_coordinator::control::{CheckpointCounts, RestoredInfo, SubtaskMetrics, VertexInfo};
 
     fn info() -> JobInfo {
         JobInfo {
@@ -251,7 +363,14 @@ mod tests {
             restarts: 2,
             last_failure: None,
             restored_from: None,
-            vertices: vec![],
+            vertices: vec![VertexInfo {
+                id: "aa".repeat(16),
+                uid: "counter".into(),
+                name: "count".into(),
+                parallelism: 2,
+                max_parallelism: 128,
+                chain: 0,
+            }],
         }
     }
 
@@ -274,40 +393,59 @@ mod tests {
         }
     }
 
-    /// Every sample line belongs to a family announced by HELP and TYPE before it.
+    /// Every sample line belongs to a family announced by HELP and TYPE
+    /// before it, and the page ends with `# EOF` (OpenMetrics).
     fn check_format(text: &str) {
-        let mut families: Vec<String> = Vec::new();
+        let mut family: Option<String> = None;
         for line in text.lines() {
+            if line == "# EOF" {
+                continue;
+            }
             if let Some(rest) = line.strip_prefix("# HELP ") {
-                families.push(rest.split(' ').next().unwrap().to_string());
+                family = Some(rest.split(' ').next().unwrap().to_string());
                 continue;
             }
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let mut it = rest.split(' ');
-                assert_eq!(Some(it.next().unwrap()), families.last().map(String::as_str), "{line}");
-                assert!(matches!(it.next(), Some("gauge" | "counter" | "summary")), "{line}");
+            if line.starts_with("# TYPE ") || line.starts_with("# UNIT ") {
+                assert!(line.split(' ').nth(2) == family.as_deref(), "{line}");
                 continue;
             }
-            let name = line.split('{').next().unwrap();
-            assert!(name.starts_with("cairn_"), "{line}");
-            let fam = families.last().expect("a sample before any family");
+            let name = line.split(['{', ' ']).next().unwrap();
+            let fam = family.as_deref().expect("a sample before any family");
             assert!(
-                name == fam || name == format!("{fam}_sum") || name == format!("{fam}_count"),
+                name.starts_with("cairn_") && name.starts_with(fam),
                 "{line} not in {fam}"
             );
+            assert!(line.contains("job_id=\"0123456789abcdef0123456789abcdef\""), "{line}");
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+        assert!(text.trim_end().ends_with("# EOF"));
     }
 
     #[test]
     fn renders_all_families() {
+        let sub = |s: u32, n: u64| SubtaskMetrics {
+            operator_id: "aa".repeat(16),
+            subtask: s,
+            records_in: n,
+            records_out: 2 * n,
+            records_in_per_second: 5.0,
+            records_out_per_second: 10.0,
+            busy_ms: 1500,
+            idle_ms: 100,
+            backpressured_ms: 250,
+            busy_ms_per_second: 800.0,
+            idle_ms_per_second: 100.0,
+            backpressured_ms_per_second: 100.0,
+            watermark: Some(42),
+        };
         let metrics = JobMetrics {
             source_records: 1234,
             records_in: 1000,
             records_out: 2000,
             backpressure_ms: 1500,
             source_records_per_second: 99.5,
+            subtasks: vec![sub(0, 300), sub(1, 700)],
         };
         let cps = CheckpointsOverview {
             counts: CheckpointCounts {
@@ -319,35 +457,43 @@ mod tests {
             },
             history: vec![stats(1, 100, 10), stats(2, 300, 30)],
             latest_completed: Some(stats(2, 300, 30)),
+            latest_restored: Some(RestoredInfo {
+                id: 860,
+                restore_timestamp_ms: 5_000,
+                is_savepoint: true,
+                external_path: "/sp".into(),
+            }),
             ..Default::default()
         };
         let text = render(&info(), &metrics, &cps, 4_000);
         check_format(&text);
-        let labels = r#"job_id="0123456789abcdef0123456789abcdef",job_name="my \"job\"\nx\\y""#;
+        let job = r#"job_id="0123456789abcdef0123456789abcdef",job_name="my \"job\"\nx\\y""#;
+        let op = format!(
+            r#"operator_uid="counter",operator_id="{}",operator_name="count",subtask="1""#,
+            "aa".repeat(16)
+        );
         for want in [
-            format!("cairn_job_status{{{labels},status=\"RUNNING\"}} 1"),
-            format!("cairn_job_status{{{labels},status=\"FAILED\"}} 0"),
-            format!("cairn_job_uptime_seconds{{{labels}}} 3"),
-            format!("cairn_job_restarts_total{{{labels}}} 2"),
-            format!("cairn_source_records_total{{{labels}}} 1234"),
-            format!("cairn_source_records_per_second{{{labels}}} 99.5"),
-            format!("cairn_records_in_total{{{labels}}} 1000"),
-            format!("cairn_records_out_total{{{labels}}} 2000"),
-            format!("cairn_backpressure_seconds_total{{{labels}}} 1.5"),
-            format!("cairn_checkpoints_total{{{labels},status=\"completed\"}} 2"),
-            format!("cairn_checkpoints_total{{{labels},status=\"failed\"}} 1"),
-            format!("cairn_checkpoints_triggered_total{{{labels}}} 4"),
-            format!("cairn_checkpoints_in_progress{{{labels}}} 1"),
-            format!("cairn_checkpoints_restored_total{{{labels}}} 1"),
-            format!("cairn_last_checkpoint_id{{{labels}}} 2"),
-            format!("cairn_last_checkpoint_duration_seconds{{{labels}}} 0.3"),
-            format!("cairn_last_checkpoint_size_bytes{{{labels}}} 30"),
-            format!("cairn_checkpoint_duration_seconds{{{labels},quantile=\"0.5\"}} 0.1"),
-            format!("cairn_checkpoint_duration_seconds_sum{{{labels}}} 0.4"),
-            format!("cairn_checkpoint_duration_seconds_count{{{labels}}} 2"),
-            format!("cairn_checkpoint_size_bytes_max{{{labels}}} 30"),
-            "# TYPE cairn_source_records_total counter".to_string(),
-            "# HELP cairn_backpressure_seconds_total".to_string(),
+            format!("cairn_job_status{{{job},status=\"RUNNING\"}} 1.0"),
+            format!("cairn_job_status{{{job},status=\"FAILED\"}} 0.0"),
+            format!("cairn_job_uptime_seconds{{{job}}} 3.0"),
+            format!("cairn_job_restarts_total{{{job}}} 2.0"),
+            format!("cairn_source_records_total{{{job}}} 1234.0"),
+            format!("cairn_records_in_total{{{job}}} 1000.0"),
+            format!("cairn_backpressure_seconds_total{{{job}}} 1.5"),
+            format!("cairn_operator_records_in_total{{{job},{op}}} 700.0"),
+            format!("cairn_operator_records_out_total{{{job},{op}}} 1400.0"),
+            format!("cairn_operator_records_in_per_second{{{job},{op}}} 5.0"),
+            format!("cairn_task_busy_seconds_total{{{job},{op}}} 1.5"),
+            format!("cairn_task_busy_ratio{{{job},{op}}} 0.8"),
+            format!("cairn_operator_watermark_milliseconds{{{job},{op}}} 42.0"),
+            format!("cairn_checkpoints_total{{{job},status=\"completed\"}} 2.0"),
+            format!("cairn_restored_checkpoint_id{{{job}}} 860.0"),
+            format!("cairn_last_checkpoint_id{{{job}}} 2.0"),
+            format!("cairn_last_checkpoint_duration_seconds{{{job}}} 0.3"),
+            format!("cairn_checkpoint_duration_seconds_count{{{job}}} 2"),
+            format!("cairn_checkpoint_size_max_bytes{{{job}}} 30.0"),
+            "# TYPE cairn_source_records counter".to_string(),
+            "# HELP cairn_job_restarts Restarts after failures.\n".to_string(),
         ] {
             assert!(text.contains(&want), "missing {want} in\n{text}");
         }

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_config::{options, Configuration};
+use cairn_coordinator::control::JobClient;
 use cairn_http::server::Options;
 use cairn_http::HttpServer;
 use cairn_rest_client::auth::{configured_token, is_loopback_host};
 use cairn_rest_client::{Registry, RegistryEntry};
-use cairn_coordinator::control::JobClient;
 
 use crate::api::{Api, Topology};
 

@@ -88,7 +88,12 @@ fn assert_error(r: &HttpResponse, status: u16, code: &str, needle: &str) {
     let v = r.json();
     assert_eq!(r.status, status, "{}", r.text());
     assert_eq!(r.error_code(), Some(code), "{}", r.text());
-    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "Flink's error shape: {}", r.text());
+    assert_eq!(
+        v.as_object().map(|o| o.len()),
+        Some(1),
+        "Flink's error shape: {}",
+        r.text()
+    );
     let msg = v["errors"][0].as_str().unwrap_or_default();
     assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
     assert!(
@@ -143,7 +148,10 @@ fn jobs_details_and_routing() {
     assert!(d["timestamps"]["RUNNING"].as_u64().unwrap() > 0);
     assert_eq!(d["plan"]["nodes"][0]["id"], d["vertices"][0]["id"]);
     assert!(d["start-time"].as_u64().unwrap() > 0);
-    assert!(d.get("restarts").is_none(), "Cairn's additions stay out of Flink's shape");
+    assert!(
+        d.get("restarts").is_none(),
+        "Cairn's additions stay out of Flink's shape"
+    );
     // Cairn's additions.
     let c = e.http.get(&jp("/cairn")).unwrap().json();
     assert_eq!(c["operators"][0]["uid"], "counter");
@@ -158,17 +166,36 @@ fn jobs_details_and_routing() {
     let vd = e.http.get(&jp(&format!("/vertices/{v}"))).unwrap().json();
     assert_eq!(vd["subtasks"].as_array().unwrap().len(), 3);
     let m = e.http.get(&jp(&format!("/vertices/{v}/metrics"))).unwrap().json();
-    assert!(m.as_array().unwrap().iter().any(|x| x["id"] == "numRecordsIn"), "{m}");
-    let m = e.http.get(&jp(&format!("/vertices/{v}/metrics?get=numRecordsIn"))).unwrap().json();
-    assert_eq!(m[0]["id"], "numRecordsIn");
-    assert!(m[0]["value"].is_string());
+    assert!(m.as_array().unwrap().iter().any(|x| x["id"] == "2.numRecordsIn"), "{m}");
     let m = e
         .http
-        .get(&jp(&format!("/vertices/{v}/subtasks/metrics?get=numRecordsOut&agg=sum")))
+        .get(&jp(&format!("/vertices/{v}/metrics?get=1.numRecordsIn")))
+        .unwrap()
+        .json();
+    assert_eq!(m, json!([{"id": "1.numRecordsIn", "value": "11"}]));
+    let m = e
+        .http
+        .get(&jp(&format!(
+            "/vertices/{v}/subtasks/metrics?get=numRecordsIn&agg=sum,max"
+        )))
+        .unwrap()
+        .json();
+    assert_eq!(m, json!([{"id": "numRecordsIn", "sum": 33.0, "max": 12.0}]));
+    let m = e
+        .http
+        .get(&jp(&format!(
+            "/vertices/{v}/subtasks/metrics?get=numRecordsOut&agg=sum"
+        )))
         .unwrap()
         .json();
     assert!(m[0]["sum"].is_number(), "{m}");
-    assert!(e.http.get(&jp(&format!("/vertices/{v}/subtasks/2/metrics"))).unwrap().status == 200);
+    assert!(
+        e.http
+            .get(&jp(&format!("/vertices/{v}/subtasks/2/metrics")))
+            .unwrap()
+            .status
+            == 200
+    );
     assert_error(
         &e.http.get(&jp(&format!("/vertices/{v}/subtasks/3/metrics"))).unwrap(),
         404,
@@ -181,12 +208,19 @@ fn jobs_details_and_routing() {
         "VERTEX_NOT_FOUND",
         "no vertex",
     );
-    assert_eq!(e.http.get(&jp(&format!("/vertices/{v}/watermarks"))).unwrap().json()[2]["id"], "2.currentInputWatermark");
-    assert_eq!(e.http.get(&jp(&format!("/vertices/{v}/backpressure"))).unwrap().json()["status"], "ok");
+    let w = e.http.get(&jp(&format!("/vertices/{v}/watermarks"))).unwrap().json();
+    assert_eq!(w[2], json!({"id": "2.currentInputWatermark", "value": "1000"}));
+    assert_eq!(
+        e.http.get(&jp(&format!("/vertices/{v}/backpressure"))).unwrap().json()["status"],
+        "ok"
+    );
     let jm = e.http.get("/jobs/metrics?get=numRestarts").unwrap().json();
     assert_eq!(jm[0]["id"], "numRestarts");
     assert!(jm[0]["max"].is_number());
-    assert_eq!(e.http.get(&jp("/exceptions")).unwrap().json()["exceptionHistory"]["entries"], json!([]));
+    assert_eq!(
+        e.http.get(&jp("/exceptions")).unwrap().json()["exceptionHistory"]["entries"],
+        json!([])
+    );
     let ov = e.http.get("/overview").unwrap().json();
     assert_eq!(ov["jobs-running"], 1);
 
@@ -234,7 +268,10 @@ fn configuration() {
     let e = start();
     let d = e.http.get("/config").unwrap().json();
     assert_eq!(d["refresh-interval"], 3000);
-    assert!(d["flink-version"].is_string() && d["features"]["web-cancel"] == true, "{d}");
+    assert!(
+        d["flink-version"].is_string() && d["features"]["web-cancel"] == true,
+        "{d}"
+    );
     let c = e.http.get("/jobmanager/config").unwrap().json();
     let entries = c.as_array().unwrap();
     let get = |k: &str| entries.iter().find(|x| x["key"] == k).map(|x| x["value"].clone());
@@ -257,11 +294,12 @@ fn prometheus_metrics() {
     assert!(r
         .header("content-type")
         .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
+        .starts_with("application/openmetrics-text"));
     let text = r.text();
     for want in [
-        "# TYPE cairn_source_records_total counter",
-        &format!("cairn_source_records_total{{job_id=\"{JOB_ID}\",job_name=\"scripted job\"}} 42"),
+        "# TYPE cairn_source_records counter",
+        &format!("cairn_source_records_total{{job_id=\"{JOB_ID}\",job_name=\"scripted job\"}} 42.0"),
+        &format!("cairn_operator_records_in_total{{job_id=\"{JOB_ID}\",job_name=\"scripted job\",operator_uid=\"counter\",operator_id=\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\",operator_name=\"count per user\",subtask=\"2\"}} 12.0"),
         "cairn_backpressure_seconds_total{",
         "cairn_checkpoints_total{",
         "cairn_job_status{",
@@ -441,9 +479,15 @@ fn checkpoints_statistics_and_errors() {
         c["externalization"],
         json!({"enabled": true, "delete_on_cancellation": false})
     );
-    assert!(c["checkpoint_storage"].as_str().unwrap().contains(&e.checkpoints.display().to_string()));
+    assert!(c["checkpoint_storage"]
+        .as_str()
+        .unwrap()
+        .contains(&e.checkpoints.display().to_string()));
     let extra = e.http.get(&jp("/cairn")).unwrap().json();
-    assert_eq!(extra["checkpoint-config"]["checkpoint-dir"], e.checkpoints.display().to_string());
+    assert_eq!(
+        extra["checkpoint-config"]["checkpoint-dir"],
+        e.checkpoints.display().to_string()
+    );
     assert_eq!(extra["checkpoint-phases"][0]["id"], 2);
 
     let d = e.http.get(&jp("/checkpoints/details/1")).unwrap().json();
@@ -766,7 +810,9 @@ fn raw_protocol_errors_never_hurt_the_server() {
     let (s, _) = status_of(b"GET /jobs/%zz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!(s, 400);
     // A big body that is refused is still answered.
-    let mut big = b"POST /savepoint-disposal HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 2000000\r\n\r\n".to_vec();
+    let mut big =
+        b"POST /savepoint-disposal HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 2000000\r\n\r\n"
+            .to_vec();
     big.extend(std::iter::repeat_n(b'x', 2_000_000));
     let (s, _) = status_of(&big);
     assert_eq!(s, 413);

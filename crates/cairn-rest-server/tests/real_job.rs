@@ -100,6 +100,42 @@ fn checkpoints_savepoints_and_stop_on_a_real_job() {
     let reg = Registry::new(tmp.path().join("home")).list();
     assert_eq!(reg[0].jid, jid);
 
+    // Records flow and are counted per operator and subtask (the job-wide
+    // records-in counter used to stay at 0).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http.get("/metrics").unwrap().text();
+        let value = |prefix: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let job_in = value("cairn_records_in_total{");
+        let keyed_in: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("cairn_operator_records_in_total{") && l.contains("operator_uid=\"max-per-key\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if job_in > 0.0 && keyed_in > 0.0 {
+            assert!(text.contains("operator_uid=\"max-per-key\",operator_id="), "{text}");
+            assert!(text.contains("subtask=\"1\""), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "records are not counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = http.get(&j("/cairn")).unwrap().json();
+    let keyed = c["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["uid"] == "max-per-key")
+        .unwrap()
+        .clone();
+    assert!(keyed["records-in"].as_f64().unwrap() > 0.0, "{keyed}");
+    assert_eq!(keyed["subtasks"].as_array().unwrap().len(), 2);
+
     // A manual checkpoint.
     let r = http
         .post(&j("/checkpoints"), &json!({"checkpointType": "FULL"}))

@@ -186,7 +186,7 @@ pub fn start(
         let tail = g.node(*chain.last().expect("non-empty chain"));
         for s in 0..head.parallelism {
             let id = TaskId { chain: ci, subtask: s };
-            let metrics = Arc::new(TaskMetrics::default());
+            let metrics = Arc::new(TaskMetrics::for_chain(chain.iter().map(|n| n.0)));
             let info_for = |node: usize| {
                 let n = g.node(cairn_graph::NodeId(node));
                 SubtaskInfo {

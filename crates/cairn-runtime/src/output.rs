@@ -3,7 +3,7 @@
 //! up when the job is cancelled instead of blocking forever on a full channel.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ pub struct KeyBytesFn<T>(pub Box<WriteKeyBytes<T>>);
 /// Writes the key bytes of a record into a buffer.
 pub type WriteKeyBytes<T> = dyn Fn(&T, &mut Vec<u8>) -> OpResult + Send + Sync;
 
-/// Shared per-task counters, read by progress reporting and metrics.
+/// Shared per-task counters, read by progress reporting and metrics. The
+/// task updates them once per batch (relaxed atomics), never per record.
 #[derive(Default, Debug)]
 pub struct TaskMetrics {
     pub records_in: AtomicU64,
@@ -30,6 +31,55 @@ pub struct TaskMetrics {
     pub source_records: AtomicU64,
     /// Nanoseconds spent waiting for room in full output channels.
     pub backpressure_ns: AtomicU64,
+    /// Nanoseconds spent waiting for input (or, for a source, for data).
+    pub idle_ns: AtomicU64,
+    /// When the task started (ms since the epoch); busy time is the rest.
+    pub started_ms: AtomicU64,
+    /// The task's current input watermark (`i64::MIN` before the first).
+    pub watermark: AtomicI64,
+    /// Per operator of the chain, in chain order (a source head first).
+    pub operators: Vec<OperatorMetrics>,
+}
+
+/// Counters of one operator of a chain in one subtask.
+#[derive(Debug)]
+pub struct OperatorMetrics {
+    /// The operator's node index in the job graph.
+    pub node: usize,
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+}
+
+impl TaskMetrics {
+    /// Counters for a task running `nodes` (in chain order).
+    pub fn for_chain(nodes: impl IntoIterator<Item = usize>) -> TaskMetrics {
+        TaskMetrics {
+            watermark: AtomicI64::new(i64::MIN),
+            operators: nodes
+                .into_iter()
+                .map(|node| OperatorMetrics {
+                    node,
+                    records_in: AtomicU64::new(0),
+                    records_out: AtomicU64::new(0),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds to chain position `i`'s records in (no-op past the chain).
+    pub fn add_in(&self, i: usize, n: u64) {
+        if let Some(o) = self.operators.get(i) {
+            o.records_in.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds to chain position `i`'s records out (no-op past the chain).
+    pub fn add_out(&self, i: usize, n: u64) {
+        if let Some(o) = self.operators.get(i) {
+            o.records_out.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Everything a port needs to write to one edge's targets.
@@ -54,13 +104,18 @@ pub struct SendContext {
 }
 
 /// Send `msg`, waiting while the channel is full unless the job is cancelled.
-pub fn send(tx: &Sender<Message>, mut msg: Message, ctx: &SendContext) -> OpResult {
-    let mut waited: Option<Instant> = None;
+pub fn send(tx: &Sender<Message>, msg: Message, ctx: &SendContext) -> OpResult {
+    // Most sends find room at once; only a full channel starts the clock.
+    let mut msg = match tx.try_send(msg) {
+        Ok(()) => return Ok(()),
+        Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(Box::new(Cancelled)),
+        Err(crossbeam_channel::TrySendError::Full(m)) => m,
+    };
+    let waited = Some(Instant::now());
     loop {
         match tx.send_timeout(msg, Duration::from_millis(50)) {
             Ok(()) => break,
             Err(SendTimeoutError::Timeout(m)) => {
-                waited.get_or_insert_with(Instant::now);
                 if ctx.cancel.load(Ordering::Relaxed) {
                     return Err(Box::new(Cancelled));
                 }
@@ -151,7 +206,10 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
                     self.buffers[t].push(rec);
                     if self.buffers[t].len() >= ctx.batch_size {
                         let full = std::mem::replace(&mut self.buffers[t], Vec::with_capacity(ctx.batch_size));
-                        send(&self.targets[t], Message::Records(Box::new(full)), ctx)?;
+                        {
+                            let n = full.len() as u64;
+                            send(&self.targets[t], Message::Records(Box::new(full), n), ctx)?;
+                        }
                     }
                 }
                 Ok(())
@@ -164,17 +222,22 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
                     } else {
                         records.clone()
                     };
-                    send(tx, Message::Records(Box::new(batch)), ctx)?;
+                    let n = batch.len() as u64;
+                    send(tx, Message::Records(Box::new(batch), n), ctx)?;
                 }
                 Ok(())
             }
             Partitioning::Rebalance => {
                 let t = self.next;
                 self.next = (self.next + 1) % self.targets.len();
-                send(&self.targets[t], Message::Records(Box::new(records)), ctx)
+                {
+                    let n = records.len() as u64;
+                    send(&self.targets[t], Message::Records(Box::new(records), n), ctx)
+                }
             }
             Partitioning::Forward | Partitioning::Auto => {
-                send(&self.targets[0], Message::Records(Box::new(records)), ctx)
+                let n = records.len() as u64;
+                send(&self.targets[0], Message::Records(Box::new(records), n), ctx)
             }
         }
     }
@@ -183,7 +246,10 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
         for (t, buf) in self.buffers.iter_mut().enumerate() {
             if !buf.is_empty() {
                 let full = std::mem::take(buf);
-                send(&self.targets[t], Message::Records(Box::new(full)), ctx)?;
+                {
+                    let n = full.len() as u64;
+                    send(&self.targets[t], Message::Records(Box::new(full), n), ctx)?;
+                }
             }
         }
         Ok(())

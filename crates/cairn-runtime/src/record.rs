@@ -54,7 +54,9 @@ pub struct Barrier {
 
 /// One message on a channel between two subtasks.
 pub enum Message {
-    Records(AnyBatch),
+    /// A batch of records and how many it holds (the receiver cannot see
+    /// into the type-erased batch, and counts its input with it).
+    Records(AnyBatch, u64),
     Watermark(i64),
     /// The sender became idle (true) or active again (false).
     Idle(bool),

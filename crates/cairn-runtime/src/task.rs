@@ -184,10 +184,16 @@ impl Task {
     }
 
     fn run_inner(&mut self) -> Result<(), Fail> {
+        self.metrics.started_ms.store(now_ms().max(0) as u64, Ordering::Relaxed);
         match std::mem::replace(&mut self.head, Head::Inputs(Vec::new())) {
             Head::Source(source) => self.run_source(source),
             Head::Inputs(inputs) => self.run_inputs(inputs),
         }
+    }
+
+    /// The metrics position of chain level `level` (a source head is 0).
+    fn metric_index(&self, level: usize) -> usize {
+        level + usize::from(self.source_node.is_some())
     }
 
     fn cancelled(&self) -> bool {
@@ -209,6 +215,13 @@ impl Task {
     }
 
     fn forward_emitted(&mut self, level: usize, em: Emitter) -> Result<(), Fail> {
+        let n = em.records();
+        if n > 0 {
+            self.metrics.add_out(self.metric_index(level), n);
+            if level + 1 < self.ops.len() {
+                self.metrics.add_in(self.metric_index(level + 1), n);
+            }
+        }
         let last = level + 1 == self.ops.len();
         for (port, b) in em.batches {
             if last || port == 0 {
@@ -235,6 +248,7 @@ impl Task {
     /// Event time advanced: each operator fires its timers (their output flows
     /// down the chain) before the watermark moves on.
     fn advance_watermark(&mut self, wm: i64) -> Result<(), Fail> {
+        self.metrics.watermark.store(wm, Ordering::Relaxed);
         for level in 0..self.ops.len() {
             let mut em = Emitter::default();
             let op = &mut self.ops[level].1;
@@ -437,9 +451,12 @@ impl Task {
             }
             let mut em = Emitter::default();
             let status = source.poll(batch_size, &mut em).map_err(runtime)?;
-            self.metrics
-                .source_records
-                .fetch_add(em.records(), std::sync::atomic::Ordering::Relaxed);
+            let n = em.records();
+            if n > 0 {
+                self.metrics.source_records.fetch_add(n, Ordering::Relaxed);
+                self.metrics.add_out(0, n);
+                self.metrics.add_in(1, n);
+            }
             for (port, b) in em.batches {
                 self.deliver(0, 0, port, b)?;
             }
@@ -459,7 +476,12 @@ impl Task {
                         Some(t) => d.min(Duration::from_millis((t - now_ms()).max(0) as u64)),
                         None => d,
                     };
-                    if let Ok(cmd) = self.commands.recv_timeout(d) {
+                    let waiting = Instant::now();
+                    let cmd = self.commands.recv_timeout(d);
+                    self.metrics
+                        .idle_ns
+                        .fetch_add(waiting.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    if let Ok(cmd) = cmd {
                         self.handle_command(cmd, Some(&mut source), &mut stop)?;
                     }
                 }
@@ -496,7 +518,12 @@ impl Task {
                 Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 100) as u64),
                 None => Duration::from_millis(100),
             };
-            let oper = match sel.select_timeout(timeout) {
+            let waiting = Instant::now();
+            let selected = sel.select_timeout(timeout);
+            self.metrics
+                .idle_ns
+                .fetch_add(waiting.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let oper = match selected {
                 Ok(o) => o,
                 Err(_) => {
                     self.fire_processing_timers()?;
@@ -524,7 +551,9 @@ impl Task {
                 Err(_) => return Err(runtime(Box::new(Cancelled))),
             };
             match msg {
-                Message::Records(batch) => {
+                Message::Records(batch, n) => {
+                    self.metrics.records_in.fetch_add(n, Ordering::Relaxed);
+                    self.metrics.add_in(0, n);
                     self.deliver(0, *input, 0, batch)?;
                 }
                 Message::Watermark(wm) => {

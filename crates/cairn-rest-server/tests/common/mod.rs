@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_coordinator::control::{
     control_channel, AfterSavepoint, CheckpointConfigView, CheckpointStats, CheckpointsOverview, ControlPort,
-    ControlRequest, JobClient, JobInfo, JobMetrics, JobStatus, OperationStatus, Published, SnapshotStatus, VertexInfo,
+    ControlRequest, JobClient, JobInfo, JobMetrics, JobStatus, OperationStatus, Published, SnapshotStatus,
+    SubtaskMetrics, VertexInfo,
 };
 use cairn_snapshot::metadata::{write_metadata, SavepointFormat, SnapshotKind, SnapshotMetadata, METADATA_VERSION};
 use cairn_snapshot::LocalFileStorage;
@@ -137,6 +138,7 @@ impl Scripted {
                     name: "count per user".into(),
                     parallelism: 3,
                     max_parallelism: 128,
+                    chain: 0,
                 }],
             },
             metrics: JobMetrics {
@@ -145,6 +147,17 @@ impl Scripted {
                 records_out: 80,
                 backpressure_ms: 250,
                 source_records_per_second: 10.0,
+                subtasks: (0..3)
+                    .map(|s| SubtaskMetrics {
+                        operator_id: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
+                        subtask: s,
+                        records_in: 10 + u64::from(s),
+                        records_out: 20,
+                        records_in_per_second: 1.0,
+                        watermark: Some(1000),
+                        ..Default::default()
+                    })
+                    .collect(),
             },
             checkpoints: CheckpointsOverview::default(),
             checkpoint_config: CheckpointConfigView {
