@@ -379,6 +379,30 @@ pub static REST_AUTH_TOKEN: ConfigOption<Option<String>> = ConfigOption::optiona
 )
 .with_aliases(&["rest.auth.token"]);
 
+/// `rest.idleness-timeout`: how long an idle keep-alive connection stays open.
+pub static REST_IDLENESS_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+    "rest.idleness-timeout",
+    "60 s",
+    "An idle keep-alive connection to the REST server is closed after this time.",
+)
+.with_check(positive_duration);
+
+/// `rest.server.request-timeout` (Cairn-specific): the request-read deadline.
+pub static REST_REQUEST_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+    "rest.server.request-timeout",
+    "10 s",
+    "Cairn-specific. A request's head must arrive within this time, and its body within this \
+     time after the head; slower requests are dropped, so slow clients never hold the server.",
+)
+.with_check(positive_duration);
+
+/// `rest.server.max-content-length`: the largest request body.
+pub static REST_MAX_CONTENT_LENGTH: ConfigOption<crate::MemorySize> = ConfigOption::new(
+    "rest.server.max-content-length",
+    "1 mb",
+    "Largest request body the REST server reads (larger ones get 413).",
+);
+
 /// `rest.allowed-path-roots` (Cairn-specific), a comma-separated list of directories; see
 /// [`crate::Configuration::allowed_path_roots`].
 pub static REST_ALLOWED_PATH_ROOTS: ConfigOption<Option<String>> = ConfigOption::optional(
@@ -475,6 +499,9 @@ static ALL: &[&dyn AnyOption] = &[
     &REST_BIND_ADDRESS,
     &REST_AUTH_TOKEN,
     &REST_ALLOWED_PATH_ROOTS,
+    &REST_IDLENESS_TIMEOUT,
+    &REST_REQUEST_TIMEOUT,
+    &REST_MAX_CONTENT_LENGTH,
     &SAVEPOINT_PATH,
     &SAVEPOINT_IGNORE_UNCLAIMED_STATE,
     &RESTORE_CLAIM_MODE,

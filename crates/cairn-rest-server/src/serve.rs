@@ -145,8 +145,13 @@ pub fn serve_with(client: JobClient, config: &Configuration, options: ServeOptio
         }
     }
     let socket_path = socket.as_ref().map(|(_, p)| p.clone());
+    let request_timeout = config.get(&options::REST_REQUEST_TIMEOUT);
     let http_options = Options {
         local_hosts_only: loopback,
+        header_read_timeout: request_timeout,
+        body_timeout: request_timeout,
+        idle_timeout: config.get(&options::REST_IDLENESS_TIMEOUT),
+        max_body_bytes: usize::try_from(config.get(&options::REST_MAX_CONTENT_LENGTH).bytes()).unwrap_or(usize::MAX),
         ..options.http.clone()
     };
     let http = HttpServer::start(api.clone(), Some(listener), socket, http_options)
