@@ -53,6 +53,8 @@ struct Program {
 #[derive(Default)]
 struct State {
     live: BTreeMap<String, Live>,
+    /// What was last seen of jobs that have ended (their pages stay).
+    gone: BTreeMap<String, Live>,
 }
 
 struct Dashboard {
@@ -97,7 +99,19 @@ impl Dashboard {
             };
             fresh.insert(entry.jid.clone(), live);
         }
-        self.state().live = fresh;
+        let mut st = self.state();
+        let old = std::mem::replace(&mut st.live, fresh);
+        for (jid, l) in old {
+            if !st.live.contains_key(&jid) {
+                st.gone.insert(jid, l);
+            }
+        }
+        while st.gone.len() > cairn_rest_client::registry::HISTORY_LIMIT {
+            let first = st.gone.keys().next().cloned();
+            if let Some(k) = first {
+                st.gone.remove(&k);
+            }
+        }
     }
 
     fn ended(&self) -> Vec<EndedJob> {
@@ -298,19 +312,40 @@ impl Dashboard {
         }
         let live = self.state().live.get(jid).cloned();
         let Some(live) = live else {
-            // An ended job: what it recorded.
+            // An ended job: its server may still linger (a stop's outcome is
+            // read there), else what the dashboard last saw and the record
+            // the job left.
             let Some(e) = self.ended().into_iter().find(|e| e.entry.jid == jid) else {
                 return Err(ApiError::new(404, "JOB_NOT_FOUND", format!("Job {jid} not found")));
             };
-            return match (rest, method) {
-                ([], "GET") => Ok(Response::json(200, &Self::ended_overview(&e))),
-                (["status"], "GET") => Ok(Response::json(200, &json!({ "status": e.state }))),
-                _ => Err(ApiError::new(
+            // Only over its socket: a TCP port may already serve another job.
+            if e.entry.socket.as_ref().is_some_and(|p| p.exists()) {
+                if let Ok(r) = self.forward(&e.entry, req) {
+                    return Ok(r);
+                }
+            }
+            let seen = self.state().gone.get(jid).cloned().unwrap_or_default();
+            let cached = match (rest, method) {
+                ([], "GET") => Some(if seen.details.is_null() {
+                    Self::ended_overview(&e)
+                } else {
+                    let mut d = seen.details.clone();
+                    d["state"] = json!(e.state);
+                    d["end-time"] = json!(e.end_time_ms);
+                    d
+                }),
+                (["status"], "GET") => Some(json!({ "status": e.state })),
+                (["checkpoints"], "GET") if !seen.checkpoints.is_null() => Some(seen.checkpoints.clone()),
+                (["cairn"], "GET") if !seen.cairn.is_null() => Some(seen.cairn.clone()),
+                _ => None,
+            };
+            return cached.map(|v| Response::json(200, &v)).ok_or_else(|| {
+                ApiError::new(
                     409,
                     "JOB_NOT_RUNNING",
-                    format!("job {jid} ended ({}); only its overview is kept", e.state),
-                )),
-            };
+                    format!("job {jid} ended ({}); only its last view is kept", e.state),
+                )
+            });
         };
         if method == "GET" && req.query.is_empty() {
             let cached = match rest {
@@ -326,17 +361,17 @@ impl Dashboard {
         let Some(entry) = live.entry else {
             return Err(ApiError::new(404, "JOB_NOT_FOUND", format!("Job {jid} not found")));
         };
+        self.forward(&entry, req)
+            .map_err(|e| ApiError::new(502, "JOB_UNREACHABLE", format!("cannot reach job {jid}: {e}")))
+    }
+
+    /// Passes a request to the job's own server (over its socket).
+    fn forward(&self, entry: &RegistryEntry, req: &Request) -> std::io::Result<Response> {
         let target = req.target.strip_prefix("/v1").unwrap_or(&req.target);
-        let body = if req.body.is_empty() {
-            None
-        } else {
-            Some(req.body.clone())
-        };
-        let r = client_of(&entry, Duration::from_secs(10))
-            .request_bytes(&req.method, target, body)
-            .map_err(|e| ApiError::new(502, "JOB_UNREACHABLE", format!("cannot reach job {jid}: {e}")))?;
-        let content_type = if r.header("content-type").is_some_and(|t| t.starts_with("text/plain")) {
-            "text/plain; charset=utf-8"
+        let body = if req.body.is_empty() { None } else { Some(req.body.clone()) };
+        let r = client_of(entry, Duration::from_secs(10)).request_bytes(&req.method, target, body)?;
+        let content_type = if r.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics")) {
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
         } else {
             "application/json; charset=utf-8"
         };
