@@ -368,9 +368,16 @@ impl Dashboard {
     /// Passes a request to the job's own server (over its socket).
     fn forward(&self, entry: &RegistryEntry, req: &Request) -> std::io::Result<Response> {
         let target = req.target.strip_prefix("/v1").unwrap_or(&req.target);
-        let body = if req.body.is_empty() { None } else { Some(req.body.clone()) };
+        let body = if req.body.is_empty() {
+            None
+        } else {
+            Some(req.body.clone())
+        };
         let r = client_of(entry, Duration::from_secs(10)).request_bytes(&req.method, target, body)?;
-        let content_type = if r.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics")) {
+        let content_type = if r
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/openmetrics"))
+        {
             "application/openmetrics-text; version=1.0.0; charset=utf-8"
         } else {
             "application/json; charset=utf-8"

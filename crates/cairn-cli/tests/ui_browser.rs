@@ -42,7 +42,9 @@ fn selenium_python() -> Result<String, String> {
     if ok {
         Ok(py)
     } else {
-        Err(format!("{py} cannot import selenium (pip install selenium, or set CAIRN_SELENIUM_PYTHON)"))
+        Err(format!(
+            "{py} cannot import selenium (pip install selenium, or set CAIRN_SELENIUM_PYTHON)"
+        ))
     }
 }
 
@@ -154,7 +156,12 @@ fn operate_jobs_in_the_browser() {
     let grew = seen["checkpoints_grew"].as_array().unwrap();
     assert!(grew[1].as_u64() > grew[0].as_u64(), "{seen}");
     assert!(seen["edges"].as_array().unwrap().iter().any(|e| e == "HASH"), "{seen}");
-    let ops: Vec<&str> = seen["operators"].as_array().unwrap().iter().filter_map(|o| o.as_str()).collect();
+    let ops: Vec<&str> = seen["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.as_str())
+        .collect();
     assert_eq!(ops, ["events", "running-count", "output"], "{seen}");
     let sp = PathBuf::from(seen["savepoint"].as_str().unwrap());
     assert!(sp.starts_with(&chosen) && sp.join("_metadata").is_file(), "{seen}");
@@ -173,14 +180,23 @@ fn operate_jobs_in_the_browser() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = committed(&out);
-        if before.iter().all(|(k, c)| now.get(k).is_some_and(|n| n.len() > c.len() + 2)) {
+        if before
+            .iter()
+            .all(|(k, c)| now.get(k).is_some_and(|n| n.len() > c.len() + 2))
+        {
             for (k, counts) in &now {
                 let want: Vec<u64> = (1..=counts.len() as u64).collect();
-                assert_eq!(counts, &want, "key {k}: counts are not exactly 1..=n across the restore");
+                assert_eq!(
+                    counts, &want,
+                    "key {k}: counts are not exactly 1..=n across the restore"
+                );
             }
             break;
         }
-        assert!(Instant::now() < deadline, "the restored job did not continue the counts");
+        assert!(
+            Instant::now() < deadline,
+            "the restored job did not continue the counts"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let o = h.expect(0, &["cancel", &jid2]);

@@ -40,6 +40,9 @@ struct Book {
     /// Stop/cancel-with-savepoint operations whose final status no client
     /// has read yet (the server lingers for them when the job ends).
     unread_final: HashSet<String>,
+    /// A client cancelled the job and has not read how it ended yet (the
+    /// server lingers for it, as for `unread_final`).
+    cancel_unread: bool,
 }
 
 /// The REST API of one job.
@@ -253,6 +256,9 @@ impl Api {
     /// Whether a stop/cancel-with-savepoint reached its final status and no
     /// client has read it yet.
     pub fn has_unread_final_status(&self) -> bool {
+        if self.book().cancel_unread {
+            return true;
+        }
         let ids: Vec<String> = self.book().unread_final.iter().cloned().collect();
         ids.iter().any(|id| {
             self.client
@@ -456,6 +462,10 @@ impl Api {
             ));
         }
         let info = self.client.info();
+        if info.status.is_terminal() {
+            // Whoever cancelled now can learn how the job ended.
+            self.book().cancel_unread = false;
+        }
         if info.job_id != jid {
             return Err(ApiError::new(
                 404,
@@ -485,6 +495,7 @@ impl Api {
             }
         }
         self.client.cancel().map_err(control_error)?;
+        self.book().cancel_unread = true;
         Ok(Response::json(202, &json!({})))
     }
 

@@ -151,6 +151,7 @@ pub fn job_overview(info: &JobInfo, now: u64) -> Value {
         "duration": duration,
         "last-modification": info.end_time_ms.unwrap_or(info.start_time_ms),
         "tasks": overview_tasks(execution_state(info.status), total_tasks(info)),
+        "pending-operators": 0,
     })
 }
 
@@ -246,6 +247,7 @@ pub fn job_details(info: &JobInfo, metrics: &JobMetrics, now: u64, plan: Value) 
         "vertices": vertex_list,
         "status-counts": task_counts(state, all.len() as u32),
         "plan": plan,
+        "pending-operators": 0,
     })
 }
 
@@ -271,6 +273,9 @@ pub fn execution_result(info: &JobInfo, now: u64) -> Value {
         "status": { "id": "COMPLETED" },
         "job-execution-result": {
             "id": info.job_id,
+            "name": info.name,
+            "start-time": info.start_time_ms,
+            "end-time": info.end_time_ms.unwrap_or(now),
             "application-status": application,
             "accumulator-results": {},
             "net-runtime": duration,
