@@ -12,8 +12,8 @@
 //!
 //! Part 2 needs `javac`/`java` and the client's classpath in
 //! `$CAIRN_FLINK_CLASSPATH` (a file holding it, as `mvn
-//! dependency:build-classpath` writes it; `.ci/run` fetches it into its
-//! cache). `CAIRN_REQUIRE_FLINK_CLIENT=1` (set by `.ci/run`) makes a missing
+//! dependency:build-classpath` writes it; `.ci/services/flink-client.sh` fetches it into its
+//! cache). `CAIRN_REQUIRE_FLINK_CLIENT=1` (set by `.ci/test`) makes a missing
 //! piece a failure; elsewhere it is skipped with a message.
 
 mod common;
@@ -370,7 +370,7 @@ fn responses_validate_against_flinks_openapi_spec() {
 /// The Flink client's classpath, or why there is none.
 fn flink_classpath() -> Result<String, String> {
     let file = std::env::var("CAIRN_FLINK_CLASSPATH")
-        .map_err(|_| "CAIRN_FLINK_CLASSPATH is not set (.ci/run fetches flink-clients 2.3.0 with Maven)".to_string())?;
+        .map_err(|_| "CAIRN_FLINK_CLASSPATH is not set (.ci/services/flink-client.sh fetches flink-clients 2.3.0 with Maven)".to_string())?;
     let cp = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
     for tool in ["javac", "java"] {
         if Command::new(tool).arg("-version").output().is_err() {

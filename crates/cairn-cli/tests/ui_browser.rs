@@ -4,7 +4,7 @@
 //! and checks the outcome on disk and in the registry.
 //!
 //! Needs `chromium`, `chromedriver` and a Python with `selenium`
-//! (`$CAIRN_SELENIUM_PYTHON`, else `python3`). `.ci/run` installs them and
+//! (`$CAIRN_SELENIUM_PYTHON`, else `python3`). `.ci/test` (`.ci/services/browser.sh`) installs them and
 //! sets `CAIRN_REQUIRE_BROWSER=1`, which turns a missing piece into a
 //! failure; elsewhere the test says it is skipped. Screenshots go to
 //! `$CAIRN_UI_SCREENSHOTS` (docs/ui/ holds the ones in docs/ui.md).
