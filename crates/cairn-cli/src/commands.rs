@@ -190,6 +190,16 @@ fn wait_operation(t: &Target, path: &str, what: &str) -> Result<Value, CliError>
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    if show {
+        // The completed savepoint's totals, so even a fast one reports them.
+        if let Ok(r) = t.http.get(&t.path("/checkpoints")) {
+            let sp = &r.json()["latest"]["savepoint"];
+            if sp.is_object() {
+                let n = |k: &str| sp[k].as_u64().unwrap_or(0);
+                bar.update(n("num_acknowledged_subtasks"), n("num_subtasks"), n("state_size"));
+            }
+        }
+    }
     bar.finish();
     let op = result?;
     if let Some(cause) = op

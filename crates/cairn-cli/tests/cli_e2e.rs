@@ -109,7 +109,12 @@ fn operate_a_job_end_to_end() {
     let o = h.expect(0, &["info", short, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&o).unwrap();
     assert_eq!(v["jid"], jid.as_str());
-    assert_eq!(v["vertices"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        v["vertices"].as_array().unwrap().len(),
+        2,
+        "two tasks: the source, and the count chained with the sink"
+    );
+    assert_eq!(v["cairn"]["operators"].as_array().unwrap().len(), 3);
 
     // checkpoint
     let o = h.expect(0, &["checkpoint", short]);
@@ -142,6 +147,22 @@ fn operate_a_job_end_to_end() {
     let authority = format!("{}:{}", entry["address"].as_str().unwrap(), entry["port"]);
     let o = h.expect(0, &["savepoint", &jid, "--type", "native", "-m", &authority]);
     assert!(savepoint_path(&o).join("_metadata").is_file());
+    // On a terminal (forced here) a progress bar shows files, bytes and time;
+    // piped (every other call in this test) nothing but the result lines.
+    let (code, out_sp, err) = h.cairn_env(
+        &["savepoint", short, "--type", "native"],
+        &[("CAIRN_PROGRESS", "always")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(savepoint_path(&out_sp).join("_metadata").is_file());
+    assert!(
+        err.contains("savepoint [") && err.contains(" files ") && err.contains('s'),
+        "{err:?}"
+    );
+    let (code, _, err) = h.cairn_env(&["savepoint", short, "--type", "native"], &[]);
+    assert_eq!(code, 0);
+    assert!(err.is_empty(), "piped output stays quiet: {err:?}");
+
     // Over the trusted socket (the default) any directory may be named, as
     // with Flink's CLI; over TCP a directory outside the allowed ones is
     // refused, and nothing is written.

@@ -35,8 +35,28 @@ impl Home {
             .env("CAIRN_HOME", self.dir.join("home"))
             .env_remove("CAIRN_REST_TOKEN")
             .env_remove("CAIRN_CONF_DIR")
+            .env_remove("CAIRN_PROGRESS")
             .output()
             .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `cairn args...` with extra environment; returns (exit code, stdout, stderr).
+    pub fn cairn_env(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(args)
+            .env("CAIRN_HOME", self.dir.join("home"))
+            .env_remove("CAIRN_REST_TOKEN")
+            .env_remove("CAIRN_CONF_DIR")
+            .env_remove("CAIRN_PROGRESS");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
