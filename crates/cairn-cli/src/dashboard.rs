@@ -152,7 +152,7 @@ impl Dashboard {
                 .into_iter()
                 .map(|e| (e.entry.start_time_ms, e.entry)),
         );
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
         let mut out: Vec<Program> = Vec::new();
         for (_, e) in entries {
             let Some(program) = e.program.clone() else { continue };
@@ -492,7 +492,11 @@ impl Handler for Dashboard {
     }
 }
 
-/// Runs the dashboard until the process is interrupted.
+/// Runs the dashboard until the process is interrupted (Ctrl-C, a signal).
+#[allow(
+    clippy::infinite_loop,
+    reason = "the dashboard serves until the process is interrupted"
+)]
 pub fn run(bind: &str, port: u16, token: Option<String>) -> Result<(), CliError> {
     let registry = crate::commands::registry()?;
     let token = token

@@ -34,7 +34,8 @@ pub fn render(what: &str, done: u64, total: u64, bytes: u64, elapsed_ms: u64) ->
     } else {
         ((done.min(total) as usize) * WIDTH) / total as usize
     };
-    let bar: String = "#".repeat(filled) + &"-".repeat(WIDTH - filled);
+    let mut bar = "#".repeat(filled);
+    bar.push_str(&"-".repeat(WIDTH - filled));
     let count = if total == 0 {
         "waiting for the tasks".to_string()
     } else {

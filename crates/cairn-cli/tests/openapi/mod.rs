@@ -182,16 +182,8 @@ impl Spec {
                 }
                 _ => errors.push(format!("{at}: expected an integer, got {v}")),
             },
-            Some("number") => {
-                if !v.is_number() {
-                    errors.push(format!("{at}: expected a number, got {v}"));
-                }
-            }
-            Some("boolean") => {
-                if !v.is_boolean() {
-                    errors.push(format!("{at}: expected true or false, got {v}"));
-                }
-            }
+            Some("number") if !v.is_number() => errors.push(format!("{at}: expected a number, got {v}")),
+            Some("boolean") if !v.is_boolean() => errors.push(format!("{at}: expected true or false, got {v}")),
             _ => {}
         }
     }
