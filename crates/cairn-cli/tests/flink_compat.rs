@@ -369,8 +369,10 @@ fn responses_validate_against_flinks_openapi_spec() {
 
 /// The Flink client's classpath, or why there is none.
 fn flink_classpath() -> Result<String, String> {
-    let file = std::env::var("CAIRN_FLINK_CLASSPATH")
-        .map_err(|_| "CAIRN_FLINK_CLASSPATH is not set (.ci/services/flink-client.sh fetches flink-clients 2.3.0 with Maven)".to_string())?;
+    let file = std::env::var("CAIRN_FLINK_CLASSPATH").map_err(|_| {
+        "CAIRN_FLINK_CLASSPATH is not set (.ci/services/flink-client.sh fetches flink-clients 2.3.0 with Maven)"
+            .to_string()
+    })?;
     let cp = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
     for tool in ["javac", "java"] {
         if Command::new(tool).arg("-version").output().is_err() {
