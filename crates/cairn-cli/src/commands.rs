@@ -240,11 +240,12 @@ fn wait_terminal(t: &Target, timeout: Duration) -> Result<Option<String>, CliErr
     }
 }
 
-/// An absolute form of a user-given path (relative to the working directory).
+/// An absolute form of a user-given path (relative to the working
+/// directory); object-store URIs (`s3://...`) are passed on as they are.
 fn absolute(p: &str) -> String {
     let local = p.strip_prefix("file://").unwrap_or(p);
     let path = Path::new(local);
-    if path.is_absolute() {
+    if path.is_absolute() || local.contains("://") {
         return local.to_string();
     }
     std::env::current_dir()
@@ -456,6 +457,15 @@ fn dispose_savepoint(args: &SavepointArgs, path: &str) -> Result<(), CliError> {
                 return Err(CliError::Failed(format!("the disposal failed: {m}")));
             }
         }
+        None if abs.contains("://") => {
+            return Err(CliError::usage(
+                "savepoint",
+                format!(
+                    "'{abs}' is on object storage, which the CLI does not reach itself; dispose of it \
+                     through a running job that has the storage configured: add -m <its REST address>"
+                ),
+            ))
+        }
         None => {
             // The CLI runs as the user: like the trusted socket, any Cairn
             // savepoint may be disposed of; nothing else is touched.
@@ -657,6 +667,7 @@ mod tests {
     fn absolute_paths() {
         assert_eq!(absolute("/a/b"), "/a/b");
         assert_eq!(absolute("file:///a/b"), "/a/b");
+        assert_eq!(absolute("s3://bucket/sp"), "s3://bucket/sp");
         assert!(Path::new(&absolute("rel")).is_absolute());
     }
 }

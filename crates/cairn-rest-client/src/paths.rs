@@ -11,6 +11,11 @@
 //!
 //! Requests over a job's trusted Unix socket come from the job's own user,
 //! who may name any absolute path, as with Flink's CLI: [`check_trusted`].
+//!
+//! Object-store URIs (`s3://bucket/prefix`) are accepted in the same places:
+//! their form is checked here (a bucket, no `..`, `.` or empty segments), a
+//! root that is a URI allows the URIs below it, and whether the object exists
+//! is for the job's storage to say.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -49,8 +54,13 @@ impl AllowedRoots {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let mut configured: Vec<PathBuf> = Vec::new();
         for r in roots {
-            let abs = if r.is_absolute() { r } else { cwd.join(r) };
-            let Some(norm) = lexical_normalise(&abs) else { continue };
+            let norm = if is_uri(&r) {
+                PathBuf::from(r.to_string_lossy().trim_end_matches('/'))
+            } else {
+                let abs = if r.is_absolute() { r } else { cwd.join(r) };
+                let Some(norm) = lexical_normalise(&abs) else { continue };
+                norm
+            };
             if !configured.contains(&norm) {
                 configured.push(norm);
             }
@@ -81,6 +91,18 @@ impl AllowedRoots {
     /// resolved path (symbolic links in its existing part resolved).
     pub fn check(&self, field: &str, raw: &str, existence: Existence) -> Result<PathBuf, ApiError> {
         let path = syntax_check(field, raw)?;
+        if is_uri(&path) {
+            let uri = path.to_string_lossy();
+            let inside = |root: &PathBuf| {
+                let root = root.to_string_lossy();
+                is_uri(Path::new(root.as_ref()))
+                    && (uri == root || uri.strip_prefix(root.as_ref()).is_some_and(|r| r.starts_with('/')))
+            };
+            if self.configured.iter().any(inside) {
+                return Ok(path);
+            }
+            return Err(self.not_allowed(field, &path));
+        }
         let resolved = resolve_existing_prefix(&path).map_err(|e| {
             ApiError::bad_request(
                 "INVALID_PATH",
@@ -94,13 +116,17 @@ impl AllowedRoots {
                 format!("field '{field}': '{}' does not exist", path.display()),
             ));
         }
-        for root in &self.configured {
+        for root in self.configured.iter().filter(|r| !is_uri(r)) {
             let root_resolved = resolve_existing_prefix(root).unwrap_or_else(|_| root.clone());
             if resolved.starts_with(&root_resolved) {
                 return Ok(resolved);
             }
         }
-        Err(ApiError::new(
+        Err(self.not_allowed(field, &path))
+    }
+
+    fn not_allowed(&self, field: &str, path: &Path) -> ApiError {
+        ApiError::new(
             403,
             "PATH_NOT_ALLOWED",
             format!(
@@ -108,14 +134,18 @@ impl AllowedRoots {
                 path.display(),
                 self.describe()
             ),
-        ))
+        )
     }
 
     /// Whether `path` (already resolved) is one of the roots themselves.
     pub fn is_root(&self, path: &Path) -> bool {
-        self.configured
-            .iter()
-            .any(|r| resolve_existing_prefix(r).unwrap_or_else(|_| r.clone()) == path)
+        self.configured.iter().any(|r| {
+            if is_uri(r) {
+                r == path
+            } else {
+                resolve_existing_prefix(r).unwrap_or_else(|_| r.clone()) == path
+            }
+        })
     }
 }
 
@@ -124,26 +154,10 @@ impl AllowedRoots {
 /// resolved by the file system; `..` in a part that does not exist yet is
 /// refused (it cannot be resolved safely). Returns the resolved path.
 pub fn check_trusted(field: &str, raw: &str, existence: Existence) -> Result<PathBuf, ApiError> {
-    let invalid = |why: String| ApiError::bad_request("INVALID_PATH", format!("field '{field}': {why}"));
-    if raw.trim().is_empty() {
-        return Err(invalid("the path is empty".into()));
-    }
-    if raw.chars().any(char::is_control) {
-        return Err(invalid("the path contains control characters".into()));
-    }
-    let local = match raw.strip_prefix("file://") {
-        Some(rest) => rest,
-        None if raw.contains("://") => {
-            return Err(invalid(format!(
-                "'{raw}' uses a scheme other than file://; only local paths are supported"
-            )))
-        }
-        None => raw,
+    let p = match named(field, raw)? {
+        Named::Remote(uri) => return Ok(uri),
+        Named::Local(p) => p,
     };
-    let p = Path::new(local);
-    if !p.is_absolute() {
-        return Err(invalid(format!("'{raw}' is not an absolute path")));
-    }
     // The longest existing ancestor, canonicalised; the rest appended.
     let mut existing = p.to_path_buf();
     let mut rest: Vec<std::ffi::OsString> = Vec::new();
@@ -191,35 +205,96 @@ pub fn check_trusted(field: &str, raw: &str, existence: Existence) -> Result<Pat
 
 /// Checks the form of a path: a local absolute path (an optional `file://`
 /// prefix is stripped), no `..`, no control characters; returns it normalised
-/// (`.` and repeated separators removed).
+/// (`.` and repeated separators removed). An object-store URI is returned in
+/// its checked form.
 pub fn syntax_check(field: &str, raw: &str) -> Result<PathBuf, ApiError> {
-    let invalid = |why: String| ApiError::bad_request("INVALID_PATH", format!("field '{field}': {why}"));
-    if raw.trim().is_empty() {
-        return Err(invalid("the path is empty".into()));
-    }
-    if raw.chars().any(char::is_control) {
-        return Err(invalid("the path contains control characters".into()));
-    }
-    let local = match raw.strip_prefix("file://") {
-        Some(rest) => rest,
-        None if raw.contains("://") => {
-            return Err(invalid(format!(
-                "'{raw}' uses a scheme other than file://; only local paths are supported"
-            )))
-        }
-        None => raw,
+    let p = match named(field, raw)? {
+        Named::Remote(uri) => return Ok(uri),
+        Named::Local(p) => p,
     };
-    let p = Path::new(local);
-    if !p.is_absolute() {
-        return Err(invalid(format!("'{raw}' is not an absolute path")));
-    }
     if p.components().any(|c| c == Component::ParentDir) {
         return Err(ApiError::bad_request(
             "PATH_TRAVERSAL",
             format!("field '{field}': '{raw}' contains '..'; give a normalised absolute path"),
         ));
     }
-    lexical_normalise(p).ok_or_else(|| invalid(format!("'{raw}' is not a valid path")))
+    lexical_normalise(p).ok_or_else(|| invalid_path(field, format!("'{raw}' is not a valid path")))
+}
+
+/// What a request's path names.
+enum Named<'a> {
+    /// An absolute local path (`file://` stripped).
+    Local(&'a Path),
+    /// An object-store URI in checked form (lower-case scheme, no trailing `/`).
+    Remote(PathBuf),
+}
+
+fn invalid_path(field: &str, why: String) -> ApiError {
+    ApiError::bad_request("INVALID_PATH", format!("field '{field}': {why}"))
+}
+
+/// Whether `path` is a URI of a scheme other than `file`.
+fn is_uri(path: &Path) -> bool {
+    path.to_string_lossy().contains("://")
+}
+
+/// The checks every request path gets: not empty, no control characters,
+/// absolute if local, a well-formed URI otherwise.
+fn named<'a>(field: &str, raw: &'a str) -> Result<Named<'a>, ApiError> {
+    if raw.trim().is_empty() {
+        return Err(invalid_path(field, "the path is empty".into()));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(invalid_path(field, "the path contains control characters".into()));
+    }
+    let local = match raw.strip_prefix("file://") {
+        Some(rest) => rest,
+        None if raw.contains("://") => return remote_uri(field, raw).map(Named::Remote),
+        None => raw,
+    };
+    let p = Path::new(local);
+    if !p.is_absolute() {
+        return Err(invalid_path(field, format!("'{raw}' is not an absolute path")));
+    }
+    Ok(Named::Local(p))
+}
+
+/// `scheme://bucket/key...` with a valid scheme, a bucket, and no `..`, `.`
+/// or empty segments (object stores do not resolve them, so they would name
+/// a different object than the user meant).
+fn remote_uri(field: &str, raw: &str) -> Result<PathBuf, ApiError> {
+    let (scheme, rest) = raw.split_once("://").unwrap_or((raw, ""));
+    let mut chars = scheme.chars();
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(invalid_path(
+            field,
+            format!("'{raw}' is not a valid URI; give a local absolute path or e.g. s3://bucket/prefix"),
+        ));
+    }
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(invalid_path(
+            field,
+            format!("'{raw}' names no bucket; give e.g. s3://bucket/prefix"),
+        ));
+    }
+    for segment in rest.split('/') {
+        if segment == ".." {
+            return Err(ApiError::bad_request(
+                "PATH_TRAVERSAL",
+                format!("field '{field}': '{raw}' contains '..'; object stores do not resolve it"),
+            ));
+        }
+        if segment.is_empty() || segment == "." {
+            return Err(invalid_path(
+                field,
+                format!("'{raw}' has an empty or '.' segment; give a normalised URI"),
+            ));
+        }
+    }
+    Ok(PathBuf::from(format!("{}://{rest}", scheme.to_ascii_lowercase())))
 }
 
 /// Removes `.` components and repeated separators; `None` if the path has `..`.
@@ -291,11 +366,38 @@ mod tests {
         assert_eq!(syntax_check("f", "relative/x").unwrap_err().code, "INVALID_PATH");
         assert_eq!(syntax_check("f", "").unwrap_err().code, "INVALID_PATH");
         assert_eq!(syntax_check("f", "/a\n/b").unwrap_err().code, "INVALID_PATH");
-        assert_eq!(syntax_check("f", "s3://bucket/x").unwrap_err().code, "INVALID_PATH");
+        assert_eq!(
+            syntax_check("f", "S3://bucket/x/").unwrap(),
+            PathBuf::from("s3://bucket/x")
+        );
+        assert_eq!(syntax_check("f", "s3://").unwrap_err().code, "INVALID_PATH");
+        assert_eq!(syntax_check("f", "s3://b//x").unwrap_err().code, "INVALID_PATH");
+        assert_eq!(syntax_check("f", "s3://b/./x").unwrap_err().code, "INVALID_PATH");
+        assert_eq!(syntax_check("f", "s3://b/../x").unwrap_err().code, "PATH_TRAVERSAL");
+        assert_eq!(syntax_check("f", "1x://b/x").unwrap_err().code, "INVALID_PATH");
         let e = syntax_check("target-directory", "/a/../etc").unwrap_err();
         assert_eq!((e.status, e.code), (400, "PATH_TRAVERSAL"));
         assert!(e.message.contains("target-directory"), "{}", e.message);
         assert_eq!(syntax_check("f", "/a/b/..").unwrap_err().code, "PATH_TRAVERSAL");
+    }
+
+    #[test]
+    fn uri_roots_allow_the_uris_below_them() {
+        let mut c = Configuration::new();
+        c.set("execution.checkpointing.savepoint-dir", "s3://bucket/sp/")
+            .unwrap();
+        let r = AllowedRoots::from_config(&c);
+        assert_eq!(r.roots(), &[PathBuf::from("s3://bucket/sp")][..]);
+        let ok = r.check("target-directory", "s3://bucket/sp/manual", Existence::MayBeMissing);
+        assert_eq!(ok.unwrap(), PathBuf::from("s3://bucket/sp/manual"));
+        for outside in ["s3://bucket/spx/y", "s3://other/sp/y", "gs://bucket/sp/y", "/bucket/sp"] {
+            let e = r
+                .check("target-directory", outside, Existence::MayBeMissing)
+                .unwrap_err();
+            assert_eq!((e.status, e.code), (403, "PATH_NOT_ALLOWED"), "{outside}");
+        }
+        assert!(r.is_root(Path::new("s3://bucket/sp")));
+        assert!(!r.is_root(Path::new("s3://bucket/sp/manual")));
     }
 
     #[test]
@@ -367,10 +469,14 @@ mod tests {
             "INVALID_PATH"
         );
         assert_eq!(
-            check_trusted("f", "s3://b/x", Existence::MayBeMissing)
+            check_trusted("f", "s3://b/x", Existence::MustExist).unwrap(),
+            PathBuf::from("s3://b/x")
+        );
+        assert_eq!(
+            check_trusted("f", "s3://b/../x", Existence::MayBeMissing)
                 .unwrap_err()
                 .code,
-            "INVALID_PATH"
+            "PATH_TRAVERSAL"
         );
         let e = check_trusted("f", &format!("{}/nope", t.0.display()), Existence::MustExist).unwrap_err();
         assert_eq!((e.status, e.code), (404, "PATH_NOT_FOUND"));

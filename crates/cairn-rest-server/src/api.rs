@@ -233,6 +233,13 @@ impl Api {
         }
     }
 
+    /// Dispose of savepoints through `storage` (the job's, so savepoints on
+    /// object storage can be disposed of too) instead of local files.
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Api {
+        self.storage = storage;
+        self
+    }
+
     /// Log mutating calls on stderr.
     pub fn with_log(mut self, log: bool) -> Api {
         self.log = log;

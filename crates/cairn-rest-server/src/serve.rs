@@ -15,6 +15,7 @@ use cairn_http::server::Options;
 use cairn_http::HttpServer;
 use cairn_rest_client::auth::{configured_token, is_loopback_host};
 use cairn_rest_client::{Registry, RegistryEntry};
+use cairn_snapshot::Storage;
 
 use crate::api::{Api, Topology};
 
@@ -59,6 +60,8 @@ pub struct ServeOptions {
     pub topology: Topology,
     /// The connection guards (timeouts, limits).
     pub http: Options,
+    /// The job's storage, which disposals go through; `None`: local files.
+    pub storage: Option<Arc<dyn Storage>>,
 }
 
 impl Default for ServeOptions {
@@ -70,6 +73,7 @@ impl Default for ServeOptions {
             log: true,
             topology: Topology::default(),
             http: Options::default(),
+            storage: None,
         }
     }
 }
@@ -128,7 +132,11 @@ pub fn serve_with(client: JobClient, config: &Configuration, options: ServeOptio
         eprintln!("rest.port {port} is busy; the REST server takes port {bound_port} instead");
     }
     let info = client.info();
-    let api = Arc::new(Api::new(client.clone(), config, options.topology.clone()).with_log(options.log));
+    let mut api = Api::new(client.clone(), config, options.topology.clone()).with_log(options.log);
+    if let Some(storage) = &options.storage {
+        api = api.with_storage(storage.clone());
+    }
+    let api = Arc::new(api);
     let mut socket: Option<(std::os::unix::net::UnixListener, PathBuf)> = None;
     if let Some(registry) = &options.registry {
         let path = registry.socket_path(&info.job_id);

@@ -93,6 +93,7 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
     let rest = if launch.serve_rest {
         let options = cairn_rest_server::ServeOptions {
             topology: topology(&launch.spec),
+            storage: Some(launch.storage.clone()),
             ..Default::default()
         };
         let server = cairn_rest_server::serve_with(client.clone(), &launch.spec.config, options)

@@ -1,7 +1,8 @@
 //! Checkpoints and savepoints on S3-compatible object storage (a real moto
 //! server): checkpoints and retention, restore from a retained checkpoint and
 //! from a savepoint at another parallelism against a per-key oracle, savepoint
-//! relocation, disposal, claim mode, and fencing of a zombie coordinator.
+//! relocation, disposal (also through the REST API, as the CLI does), claim
+//! mode, and fencing of a zombie coordinator.
 //! Needs the `s3` feature; skipped with a message when no moto server is
 //! installed (CI installs one and requires it).
 #![cfg(feature = "s3")]
@@ -18,8 +19,10 @@ use cairn::prelude::*;
 use cairn::snapshot::fence::Fence;
 use cairn::snapshot::layout::find_latest_checkpoint;
 use cairn::snapshot::{load_snapshot, Storage};
+use cairn_rest_client::{HttpClient, Registry};
 use cairn_storage_s3::test_server::MotoServer;
 use cairn_storage_s3::S3Storage;
+use serde_json::json;
 
 const KEYS: u64 = 64;
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -262,6 +265,81 @@ fn savepoints_on_s3_rescale_relocate_and_dispose() {
     cairn::snapshot::dispose::dispose_savepoint(&storage, &sp).unwrap();
     assert!(!storage.exists(&sp).unwrap(), "disposed savepoint objects remain");
     assert!(storage.exists(&moved.join("_metadata")).unwrap());
+}
+
+/// What the `cairn` CLI does, over a job's REST API: savepoints to S3 over
+/// TCP inside the configured savepoint directory (and refused outside it),
+/// to any S3 location over the job's trusted socket, and disposal of an S3
+/// savepoint through the job's own storage.
+#[test]
+fn savepoints_on_s3_through_the_rest_api() {
+    let Some((server, storage, root)) = bucket() else {
+        return;
+    };
+    let home = std::env::temp_dir().join(format!("cairn-s3-rest-home-{}", std::process::id()));
+    std::env::set_var("CAIRN_HOME", &home);
+    let sp_root = format!("{root}/savepoints");
+    let extra = [
+        ("execution.checkpointing.savepoint-dir", sp_root.as_str()),
+        ("rest.port", "0"),
+    ];
+    let env1 = env(config(server.endpoint(), 2, &extra), None, ClaimMode::NoClaim);
+    let _out = counting_job(&env1, generator(1 << 40, Some(4_000)));
+    let job = env1.execute_async("s3 rest savepoints").unwrap();
+    let jid = job.job_id().to_string();
+    let tcp = HttpClient::new(job.rest_address().expect("REST served").to_string());
+    let socket = HttpClient::unix(Registry::new(home.clone()).socket_path(&jid));
+    let client = job.client();
+    wait_until("records flowed", || client.metrics().source_records >= 1_000);
+
+    let trigger = |http: &HttpClient, target: &str| {
+        http.post(
+            &format!("/jobs/{jid}/savepoints"),
+            &json!({ "target-directory": target, "formatType": "NATIVE" }),
+        )
+        .unwrap()
+    };
+    let outside = format!("{root}/elsewhere");
+    let refused = trigger(&tcp, &outside);
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused.error_message().contains(&outside),
+        "{}",
+        refused.error_message()
+    );
+
+    let completed = |http: &HttpClient, target: &str| -> PathBuf {
+        let r = trigger(http, target);
+        assert_eq!(r.status, 202, "{}", r.text());
+        let tid = r.json()["request-id"].as_str().unwrap().to_string();
+        let mut location = None;
+        wait_until("the savepoint completed", || {
+            let v = http.get(&format!("/jobs/{jid}/savepoints/{tid}")).unwrap().json();
+            assert_ne!(v["status"]["id"], "FAILED", "{v}");
+            location = v["operation"]["location"].as_str().map(PathBuf::from);
+            v["status"]["id"] == "COMPLETED"
+        });
+        location.expect("a completed savepoint has a location")
+    };
+    let over_tcp = completed(&tcp, &format!("{sp_root}/manual"));
+    let text = over_tcp.to_string_lossy().into_owned();
+    assert!(text.starts_with(&format!("{sp_root}/manual/savepoint-")), "{text}");
+    assert!(storage.exists(&over_tcp.join("_metadata")).unwrap());
+    let over_socket = completed(&socket, &outside);
+    assert!(over_socket.starts_with(&outside), "{}", over_socket.display());
+    assert!(storage.exists(&over_socket.join("_metadata")).unwrap());
+
+    // Disposal goes through the job's storage: the objects are gone.
+    let r = tcp
+        .post("/savepoint-disposal", &json!({ "savepoint-path": text }))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!storage.exists(&over_tcp).unwrap(), "disposed savepoint objects remain");
+    assert!(storage.exists(&over_socket.join("_metadata")).unwrap());
+
+    client.cancel().unwrap();
+    let _ = job.wait();
+    let _ = std::fs::remove_dir_all(&home);
 }
 
 fn copy_tree(storage: &S3Storage, from: &Path, to: &Path) {
