@@ -396,9 +396,15 @@ fn savepoints_and_their_errors() {
         ),
         (
             json!({"target-directory": "s3://bucket/x"}),
+            403,
+            "PATH_NOT_ALLOWED",
+            "outside",
+        ),
+        (
+            json!({"target-directory": "s3://bucket/../x"}),
             400,
-            "INVALID_PATH",
-            "scheme",
+            "PATH_TRAVERSAL",
+            "..",
         ),
         (json!({"target-directory": 5}), 400, "INVALID_FIELD", "must be a string"),
         (json!({"cancel-job": "yes"}), 400, "INVALID_FIELD", "cancel-job"),
