@@ -84,7 +84,7 @@ fn usage_errors_exit_2_with_a_pointer_to_help() {
         (&["stop", "a1", "--savepoint-path"], "a value is required"),
         (&["cancel", "a1", "--type", "native"], "--with-savepoint"),
         (&["run"], "BINARY"),
-        (&["run", "-p", "0", "--", "job"], "must be at least 1"),
+        (&["run", "-p", "0", "--", "job"], "must be between 1 and 32768"),
         (&["run", "--claim-mode", "LEGACY", "--", "job"], "LEGACY"),
         (&["run", "-D", "novalue", "--", "job"], "-D <key>=<value>"),
         (&["run", "--timeout", "soon", "--", "job"], "seconds"),

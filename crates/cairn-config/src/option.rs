@@ -1,6 +1,59 @@
 //! Typed option declarations.
 
+use std::time::Duration;
+
 use crate::value::FromConfigStr;
+
+/// The documented valid range of a numeric option, inclusive at both ends, written in the
+/// same text syntax users write (`"1"`, `"4096"`, `"365 d"`). Checked on every set, so a
+/// value out of range fails at startup with the key, the range and the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueRange {
+    /// Smallest accepted value.
+    pub min: &'static str,
+    /// Largest accepted value.
+    pub max: &'static str,
+    /// Other accepted spellings outside the range, e.g. `"or -1 for the default"`.
+    pub note: Option<&'static str>,
+}
+
+impl std::fmt::Display for ValueRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..={}", self.min, self.max)?;
+        if let Some(note) = self.note {
+            write!(f, " ({note})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Types whose values can be checked against a [`ValueRange`]. `None` (an unset optional
+/// option) is always in range.
+pub trait RangeValue: FromConfigStr + PartialOrd {
+    /// Whether `self` lies within `min..=max` (bounds given as text).
+    fn within(&self, range: &ValueRange) -> bool {
+        match (Self::from_config_str(range.min), Self::from_config_str(range.max)) {
+            (Ok(min), Ok(max)) => *self >= min && *self <= max,
+            // A bound that does not parse is a declaration bug; the registry test catches it.
+            _ => false,
+        }
+    }
+}
+
+impl RangeValue for u16 {}
+impl RangeValue for u32 {}
+impl RangeValue for u64 {}
+impl RangeValue for i64 {}
+impl RangeValue for f64 {}
+impl RangeValue for Duration {}
+
+fn option_within<T: RangeValue>(v: &Option<T>, range: &ValueRange) -> bool {
+    v.as_ref().is_none_or(|v| v.within(range))
+}
+
+fn plain_within<T: RangeValue>(v: &T, range: &ValueRange) -> bool {
+    v.within(range)
+}
 
 /// The default of an option: a text value parsed like user input, or "unset" for options
 /// whose type is `Option<_>`.
@@ -22,6 +75,7 @@ pub struct ConfigOption<T: 'static> {
     description: &'static str,
     parser: fn(&str) -> Result<T, String>,
     check: fn(&T) -> Result<(), String>,
+    range: Option<(ValueRange, fn(&T, &ValueRange) -> bool)>,
     type_name: fn() -> &'static str,
 }
 
@@ -47,8 +101,17 @@ impl<T: FromConfigStr> ConfigOption<T> {
             description,
             parser: T::from_config_str,
             check: no_check::<T>,
+            range: None,
             type_name: T::type_name,
         }
+    }
+}
+
+impl<T: RangeValue> ConfigOption<T> {
+    /// Declares the valid range `min..=max` (inclusive; bounds in the option's text syntax).
+    pub const fn with_range(mut self, min: &'static str, max: &'static str) -> Self {
+        self.range = Some((ValueRange { min, max, note: None }, plain_within::<T>));
+        self
     }
 }
 
@@ -62,8 +125,17 @@ impl<T: FromConfigStr> ConfigOption<Option<T>> {
             description,
             parser: parse_some::<T>,
             check: no_check::<Option<T>>,
+            range: None,
             type_name: T::type_name,
         }
+    }
+}
+
+impl<T: RangeValue> ConfigOption<Option<T>> {
+    /// Declares the valid range `min..=max` of a set value (unset is always valid).
+    pub const fn with_optional_range(mut self, min: &'static str, max: &'static str) -> Self {
+        self.range = Some((ValueRange { min, max, note: None }, option_within::<T>));
+        self
     }
 }
 
@@ -79,6 +151,28 @@ impl<T> ConfigOption<T> {
     pub const fn with_check(mut self, check: fn(&T) -> Result<(), String>) -> Self {
         self.check = check;
         self
+    }
+
+    /// Adds a note to the declared range naming other accepted values (e.g. `-1`).
+    pub const fn with_range_note(mut self, note: &'static str) -> Self {
+        if let Some((range, within)) = self.range {
+            self.range = Some((
+                ValueRange {
+                    note: Some(note),
+                    ..range
+                },
+                within,
+            ));
+        }
+        self
+    }
+
+    /// The documented valid range, for numeric options.
+    pub const fn range(&self) -> Option<ValueRange> {
+        match self.range {
+            Some((r, _)) => Some(r),
+            None => None,
+        }
     }
 
     /// Replaces the parser (for syntaxes beyond the type's own, e.g. `-1` meaning unset).
@@ -126,14 +220,30 @@ impl<T> ConfigOption<T> {
 
     /// Parses and checks a value written for this option.
     pub fn parse(&self, text: &str) -> Result<T, String> {
-        let v = (self.parser)(text.trim())?;
-        (self.check)(&v)?;
+        let v = (self.parser)(text.trim()).map_err(|why| match self.range() {
+            // A number the type cannot even hold: say what is accepted.
+            Some(r) if why.contains("too large") || why.contains("negative") => {
+                let note = r.note.map(|n| format!(" ({n})")).unwrap_or_default();
+                format!("{why}; accepted are values between {} and {}{note}", r.min, r.max)
+            }
+            _ => why,
+        })?;
+        self.check(&v)?;
         Ok(v)
     }
 
-    /// Runs the range check on a typed value.
+    /// Runs the range check and the option's own check on a typed value.
     pub fn check(&self, value: &T) -> Result<(), String> {
-        (self.check)(value)
+        // The option's own check first: its message can be more specific (e.g. how to
+        // disable a feature instead of setting 0).
+        (self.check)(value)?;
+        if let Some((range, within)) = &self.range {
+            if !within(value, range) {
+                let note = range.note.map(|n| format!(" ({n})")).unwrap_or_default();
+                return Err(format!("must be between {} and {}{note}", range.min, range.max));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -151,6 +261,8 @@ pub trait AnyOption: Sync {
     fn type_name(&self) -> &'static str;
     /// Parses and checks `text`; the error says what is accepted.
     fn validate(&self, text: &str) -> Result<(), String>;
+    /// The documented valid range; every numeric option (integer, float, duration) has one.
+    fn range(&self) -> Option<ValueRange>;
 }
 
 impl<T: 'static> AnyOption for ConfigOption<T> {
@@ -171,6 +283,9 @@ impl<T: 'static> AnyOption for ConfigOption<T> {
     }
     fn validate(&self, text: &str) -> Result<(), String> {
         self.parse(text).map(|_| ())
+    }
+    fn range(&self) -> Option<ValueRange> {
+        ConfigOption::range(self)
     }
 }
 

@@ -13,21 +13,7 @@ use crate::value::{
 /// Upper bound for `pipeline.max-parallelism` (the number of key groups), as in Flink.
 pub const MAX_PARALLELISM_UPPER_BOUND: u32 = 32_768;
 
-fn at_least_one(v: &u32) -> Result<(), String> {
-    if *v >= 1 {
-        Ok(())
-    } else {
-        Err("must be at least 1".to_string())
-    }
-}
 
-fn positive_duration(v: &Duration) -> Result<(), String> {
-    if v.is_zero() {
-        Err("must be longer than 0 ms".to_string())
-    } else {
-        Ok(())
-    }
-}
 
 fn checkpoint_interval_check(v: &Option<Duration>) -> Result<(), String> {
     match v {
@@ -38,6 +24,13 @@ fn checkpoint_interval_check(v: &Option<Duration>) -> Result<(), String> {
     }
 }
 
+/// Largest accepted duration of every duration option: a year. Longer waits are not useful
+/// and would overflow time arithmetic (an `Instant` plus a duration).
+pub const MAX_DURATION: &str = "365 d";
+
+/// Largest accepted count for options Flink declares as a Java `int`.
+pub const MAX_INT: &str = "2147483647";
+
 fn parse_max_parallelism(s: &str) -> Result<Option<u32>, String> {
     if s.trim() == "-1" {
         return Ok(None);
@@ -45,14 +38,6 @@ fn parse_max_parallelism(s: &str) -> Result<Option<u32>, String> {
     u32::from_config_str(s).map(Some)
 }
 
-fn max_parallelism_check(v: &Option<u32>) -> Result<(), String> {
-    match v {
-        Some(n) if *n == 0 || *n > MAX_PARALLELISM_UPPER_BOUND => Err(format!(
-            "must be between 1 and {MAX_PARALLELISM_UPPER_BOUND} (or -1 for the default)"
-        )),
-        _ => Ok(()),
-    }
-}
 
 /// A directory on this machine (backends keep their working files there).
 fn local_dir_check(v: &Option<PathBuf>) -> Result<(), String> {
@@ -64,21 +49,7 @@ fn local_dir_check(v: &Option<PathBuf>) -> Result<(), String> {
     }
 }
 
-fn multiplier_check(v: &f64) -> Result<(), String> {
-    if *v >= 1.0 {
-        Ok(())
-    } else {
-        Err("must be at least 1.0".to_string())
-    }
-}
 
-fn jitter_check(v: &f64) -> Result<(), String> {
-    if (0.0..=1.0).contains(v) {
-        Ok(())
-    } else {
-        Err("must be between 0.0 and 1.0".to_string())
-    }
-}
 
 // ---- pipeline ---------------------------------------------------------------------------------
 
@@ -86,9 +57,9 @@ fn jitter_check(v: &f64) -> Result<(), String> {
 pub static PARALLELISM_DEFAULT: ConfigOption<u32> = ConfigOption::new(
     "parallelism.default",
     "1",
-    "Parallelism of operators that do not set one. At least 1.",
+    "Parallelism of operators that do not set one.",
 )
-.with_check(at_least_one);
+.with_range("1", "32768");
 
 /// `pipeline.max-parallelism`: number of key groups; `None` (or `-1`) means derived from the
 /// parallelism as `min(max(next_power_of_two(1.5 * parallelism), 128), 32768)`.
@@ -98,7 +69,8 @@ pub static MAX_PARALLELISM: ConfigOption<Option<u32>> = ConfigOption::optional(
      parallelism. Cannot change across a restore.",
 )
 .with_parser(parse_max_parallelism)
-.with_check(max_parallelism_check);
+.with_optional_range("1", "32768")
+.with_range_note("or -1 for the default");
 
 /// `pipeline.auto-generate-uids`.
 pub static AUTO_GENERATE_UIDS: ConfigOption<bool> = ConfigOption::new(
@@ -120,7 +92,8 @@ pub static CHECKPOINTING_INTERVAL: ConfigOption<Option<Duration>> = ConfigOption
     "execution.checkpointing.interval",
     "Time between the starts of two periodic checkpoints. Unset: checkpointing is disabled.",
 )
-.with_check(checkpoint_interval_check);
+.with_check(checkpoint_interval_check)
+.with_optional_range("1 ms", MAX_DURATION);
 
 /// `execution.checkpointing.mode`.
 pub static CHECKPOINTING_MODE: ConfigOption<CheckpointingMode> = ConfigOption::new(
@@ -135,29 +108,31 @@ pub static CHECKPOINTING_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
     "10 min",
     "A checkpoint not complete after this time is aborted.",
 )
-.with_check(positive_duration);
+.with_range("1 ms", MAX_DURATION);
 
 /// `execution.checkpointing.min-pause`.
 pub static CHECKPOINTING_MIN_PAUSE: ConfigOption<Duration> = ConfigOption::new(
     "execution.checkpointing.min-pause",
     "0 ms",
     "Minimum time between the end of one checkpoint and the start of the next.",
-);
+)
+.with_range("0 ms", MAX_DURATION);
 
 /// `execution.checkpointing.max-concurrent-checkpoints`.
 pub static CHECKPOINTING_MAX_CONCURRENT: ConfigOption<u32> = ConfigOption::new(
     "execution.checkpointing.max-concurrent-checkpoints",
     "1",
-    "How many checkpoints may be in progress at once. At least 1.",
+    "How many checkpoints may be in progress at once.",
 )
-.with_check(at_least_one);
+.with_range("1", MAX_INT);
 
 /// `execution.checkpointing.tolerable-failed-checkpoints`.
 pub static CHECKPOINTING_TOLERABLE_FAILURES: ConfigOption<u32> = ConfigOption::new(
     "execution.checkpointing.tolerable-failed-checkpoints",
     "0",
     "Consecutive checkpoint failures tolerated before the job fails over.",
-);
+)
+.with_range("0", MAX_INT);
 
 /// `execution.checkpointing.dir` (alias `state.checkpoints.dir`).
 pub static CHECKPOINTS_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
@@ -177,10 +152,10 @@ pub static SAVEPOINT_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional
 pub static CHECKPOINTS_NUM_RETAINED: ConfigOption<u32> = ConfigOption::new(
     "execution.checkpointing.num-retained",
     "1",
-    "Number of latest completed checkpoints kept. At least 1.",
+    "Number of latest completed checkpoints kept.",
 )
 .with_aliases(&["state.checkpoints.num-retained"])
-.with_check(at_least_one);
+.with_range("1", MAX_INT);
 
 /// `execution.checkpointing.externalized-checkpoint-retention`.
 pub static EXTERNALIZED_CHECKPOINT_RETENTION: ConfigOption<ExternalizedCheckpointRetention> = ConfigOption::new(
@@ -233,21 +208,24 @@ pub static FIXED_DELAY_ATTEMPTS: ConfigOption<u32> = ConfigOption::new(
     "restart-strategy.fixed-delay.attempts",
     "1",
     "fixed-delay: restarts before the job is declared failed.",
-);
+)
+.with_range("0", MAX_INT);
 
 /// `restart-strategy.fixed-delay.delay`.
 pub static FIXED_DELAY_DELAY: ConfigOption<Duration> = ConfigOption::new(
     "restart-strategy.fixed-delay.delay",
     "1 s",
     "fixed-delay: time between two restart attempts.",
-);
+)
+.with_range("0 ms", MAX_DURATION);
 
 /// `restart-strategy.failure-rate.max-failures-per-interval`.
 pub static FAILURE_RATE_MAX_FAILURES: ConfigOption<u32> = ConfigOption::new(
     "restart-strategy.failure-rate.max-failures-per-interval",
     "1",
     "failure-rate: restarts allowed within one interval before the job fails.",
-);
+)
+.with_range("1", MAX_INT);
 
 /// `restart-strategy.failure-rate.failure-rate-interval`.
 pub static FAILURE_RATE_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
@@ -255,36 +233,39 @@ pub static FAILURE_RATE_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
     "1 min",
     "failure-rate: the interval over which failures are counted.",
 )
-.with_check(positive_duration);
+.with_range("1 ms", MAX_DURATION);
 
 /// `restart-strategy.failure-rate.delay`.
 pub static FAILURE_RATE_DELAY: ConfigOption<Duration> = ConfigOption::new(
     "restart-strategy.failure-rate.delay",
     "1 s",
     "failure-rate: time between two restart attempts.",
-);
+)
+.with_range("0 ms", MAX_DURATION);
 
 /// `restart-strategy.exponential-delay.initial-backoff`.
 pub static EXP_DELAY_INITIAL_BACKOFF: ConfigOption<Duration> = ConfigOption::new(
     "restart-strategy.exponential-delay.initial-backoff",
     "1 s",
     "exponential-delay: delay before the first restart.",
-);
+)
+.with_range("1 ms", MAX_DURATION);
 
 /// `restart-strategy.exponential-delay.max-backoff`.
 pub static EXP_DELAY_MAX_BACKOFF: ConfigOption<Duration> = ConfigOption::new(
     "restart-strategy.exponential-delay.max-backoff",
     "1 min",
     "exponential-delay: upper bound of the delay.",
-);
+)
+.with_range("1 ms", MAX_DURATION);
 
 /// `restart-strategy.exponential-delay.backoff-multiplier`.
 pub static EXP_DELAY_BACKOFF_MULTIPLIER: ConfigOption<f64> = ConfigOption::new(
     "restart-strategy.exponential-delay.backoff-multiplier",
     "1.5",
-    "exponential-delay: factor applied to the delay after each failure. At least 1.0.",
+    "exponential-delay: factor applied to the delay after each failure.",
 )
-.with_check(multiplier_check);
+.with_range("1.0", "1000.0");
 
 /// `restart-strategy.exponential-delay.reset-backoff-threshold`.
 pub static EXP_DELAY_RESET_BACKOFF_THRESHOLD: ConfigOption<Duration> = ConfigOption::new(
@@ -292,15 +273,16 @@ pub static EXP_DELAY_RESET_BACKOFF_THRESHOLD: ConfigOption<Duration> = ConfigOpt
     "1 h",
     "exponential-delay: after running this long without failure the delay and the attempt \
      count are reset.",
-);
+)
+.with_range("1 ms", MAX_DURATION);
 
 /// `restart-strategy.exponential-delay.jitter-factor`.
 pub static EXP_DELAY_JITTER_FACTOR: ConfigOption<f64> = ConfigOption::new(
     "restart-strategy.exponential-delay.jitter-factor",
     "0.1",
-    "exponential-delay: random +/- fraction applied to each delay, 0.0..=1.0.",
+    "exponential-delay: random +/- fraction applied to each delay.",
 )
-.with_check(jitter_check);
+.with_range("0.0", "1.0");
 
 /// `restart-strategy.exponential-delay.attempts-before-reset-backoff`; Flink's default is
 /// `Integer.MAX_VALUE` (documented as "infinite").
@@ -309,7 +291,8 @@ pub static EXP_DELAY_ATTEMPTS_BEFORE_RESET: ConfigOption<u32> = ConfigOption::ne
     "2147483647",
     "exponential-delay: restarts allowed before the backoff is reset; the default \
      2147483647 means unlimited.",
-);
+)
+.with_range("1", MAX_INT);
 
 // ---- object storage (s3:// locations) --------------------------------------------------------
 
@@ -361,7 +344,8 @@ pub static REST_PORT: ConfigOption<u16> = ConfigOption::new(
     "8081",
     "Port of the REST server. If it is busy, the next free port up to 8180 is taken (and \
      logged). 0: any free port.",
-);
+)
+.with_range("0", "65535");
 
 /// `rest.bind-address`.
 pub static REST_BIND_ADDRESS: ConfigOption<Option<String>> = ConfigOption::optional(
@@ -447,17 +431,17 @@ pub static RESTORE_CLAIM_MODE: ConfigOption<ClaimMode> = ConfigOption::new(
 pub static RUNTIME_BATCH_SIZE: ConfigOption<u32> = ConfigOption::new(
     "cairn.runtime.batch-size",
     "1024",
-    "Cairn-specific. Records per batch sent between tasks. At least 1.",
+    "Cairn-specific. Records per batch sent between tasks.",
 )
-.with_check(at_least_one);
+.with_range("1", "65536");
 
 /// `cairn.runtime.channel-capacity` (Cairn-specific).
 pub static RUNTIME_CHANNEL_CAPACITY: ConfigOption<u32> = ConfigOption::new(
     "cairn.runtime.channel-capacity",
     "16",
-    "Cairn-specific. Batches buffered per channel between two tasks. At least 1.",
+    "Cairn-specific. Batches buffered per channel between two tasks; each slot is allocated when the channel is created.",
 )
-.with_check(at_least_one);
+.with_range("1", "4096");
 
 static ALL: &[&dyn AnyOption] = &[
     &PARALLELISM_DEFAULT,

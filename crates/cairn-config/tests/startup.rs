@@ -101,7 +101,7 @@ fn parallelism_forms_and_errors() {
     let e = parse(&["-p", "0"]).unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::InvalidFlag);
     assert!(e.to_string().starts_with("-p: "), "{e}");
-    assert!(e.to_string().contains("at least 1"), "{e}");
+    assert!(e.to_string().contains("between 1 and 32768"), "{e}");
     let e = parse(&["-p", "many"]).unwrap_err();
     assert!(e.to_string().contains("-p") && e.to_string().contains("'many'"), "{e}");
     let e = parse(&["-p", "-1"]).unwrap_err();

@@ -119,7 +119,7 @@ fn bad_value_via_alias_mentions_both_names() {
         msg.contains("'state.checkpoints.num-retained' (alias of 'execution.checkpointing.num-retained')"),
         "{msg}"
     );
-    assert!(msg.contains("must be at least 1"), "{msg}");
+    assert!(msg.contains("must be between 1 and 2147483647"), "{msg}");
 }
 
 #[test]
