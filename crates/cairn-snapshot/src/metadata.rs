@@ -236,12 +236,53 @@ pub fn encode_metadata(meta: &SnapshotMetadata) -> Result<Vec<u8>> {
 }
 
 /// Parses and verifies a framed `_metadata` file; `path` names it in errors.
+///
+/// Integrity comes before interpretation: the checksum line is verified before the header's
+/// version is read, so a damaged version digit is reported as corruption, never as a
+/// version from the future. The framing (header line, body, checksum line over every byte
+/// before it) is fixed for every format version, which makes that order possible.
 pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
     let not_ours = || SnapshotError::NotASnapshot {
         path: path.to_path_buf(),
         reason: "the file does not start with 'CAIRN-METADATA'".into(),
     };
-    let header_end = bytes.iter().position(|b| *b == b'\n').ok_or_else(not_ours)?;
+    let has_magic = bytes.starts_with(METADATA_MAGIC.as_bytes());
+    let crc_line_start = bytes
+        .strip_suffix(b"\n")
+        .and_then(|b| b.iter().rposition(|c| *c == b'\n'))
+        .map(|i| i + 1);
+    let crc_line = crc_line_start.map(|s| &bytes[s..bytes.len() - 1]);
+    let recorded = crc_line
+        .and_then(|l| l.strip_prefix(METADATA_CRC_PREFIX.as_bytes()))
+        .filter(|h| h.len() == 8 && h.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| u32::from_str_radix(h, 16).ok());
+    let (Some(crc_line_start), Some(expected)) = (crc_line_start, recorded) else {
+        if !has_magic {
+            return Err(not_ours());
+        }
+        return Err(if bytes.last() != Some(&b'\n') {
+            SnapshotError::corrupt(path, "file does not end with a newline (truncated?)")
+        } else {
+            SnapshotError::corrupt(path, "last line is not 'CRC32 <8 hex digits>' (truncated?)")
+        });
+    };
+    let actual = crc32(&bytes[..crc_line_start]);
+    if expected != actual {
+        return Err(SnapshotError::ChecksumMismatch {
+            path: path.to_path_buf(),
+            expected,
+            actual,
+        });
+    }
+    if !has_magic {
+        return Err(not_ours());
+    }
+    let header_end = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .filter(|i| *i < crc_line_start)
+        .ok_or_else(|| SnapshotError::corrupt(path, "header line missing"))?;
     let header = std::str::from_utf8(&bytes[..header_end]).map_err(|_| not_ours())?;
     let version_str = header.strip_prefix(METADATA_MAGIC).ok_or_else(not_ours)?;
     let version: u32 = version_str
@@ -253,33 +294,6 @@ pub fn decode_metadata(path: &Path, bytes: &[u8]) -> Result<SnapshotMetadata> {
             format: "_metadata",
             found: version,
             supported: METADATA_VERSION,
-        });
-    }
-    if bytes.last() != Some(&b'\n') {
-        return Err(SnapshotError::corrupt(
-            path,
-            "file does not end with a newline (truncated?)",
-        ));
-    }
-    let crc_line_start = bytes[..bytes.len() - 1]
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map(|i| i + 1)
-        .filter(|i| *i > header_end)
-        .ok_or_else(|| SnapshotError::corrupt(path, "checksum line missing (truncated?)"))?;
-    let crc_line = std::str::from_utf8(&bytes[crc_line_start..bytes.len() - 1])
-        .map_err(|_| SnapshotError::corrupt(path, "checksum line is not text"))?;
-    let hex = crc_line
-        .strip_prefix(METADATA_CRC_PREFIX)
-        .filter(|h| h.len() == 8 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .ok_or_else(|| SnapshotError::corrupt(path, "last line is not 'CRC32 <8 hex digits>' (truncated?)"))?;
-    let expected = u32::from_str_radix(hex, 16).map_err(|_| SnapshotError::corrupt(path, "bad checksum digits"))?;
-    let actual = crc32(&bytes[..crc_line_start]);
-    if expected != actual {
-        return Err(SnapshotError::ChecksumMismatch {
-            path: path.to_path_buf(),
-            expected,
-            actual,
         });
     }
     let body = &bytes[header_end + 1..crc_line_start];

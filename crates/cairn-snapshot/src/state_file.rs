@@ -289,7 +289,33 @@ impl StateFileReader {
                 format!("{len} bytes is too short to be a Cairn state file"),
             ));
         }
-        if bytes[..8] != STATE_FILE_MAGIC {
+        // Integrity before interpretation: a damaged version field must read as
+        // damage, not as a version from the future.
+        let n = bytes.len();
+        let has_magic = bytes[..8] == STATE_FILE_MAGIC;
+        let has_end = bytes[n - 4..] == STATE_FILE_END_MAGIC;
+        if !has_magic && !has_end {
+            return Err(SnapshotError::corrupt(
+                path,
+                "not a Cairn state file (magic bytes 'CAIRN-SF' missing)",
+            ));
+        }
+        if !has_end {
+            return Err(SnapshotError::corrupt(
+                path,
+                "end marker 'SFND' missing (file truncated?)",
+            ));
+        }
+        let recorded = le_u32(&bytes[n - 8..n - 4]);
+        let actual = crc32(&bytes[..n - 8]);
+        if recorded != actual {
+            return Err(SnapshotError::ChecksumMismatch {
+                path: path.to_path_buf(),
+                expected: recorded,
+                actual,
+            });
+        }
+        if !has_magic {
             return Err(SnapshotError::corrupt(
                 path,
                 "not a Cairn state file (magic bytes 'CAIRN-SF' missing)",
@@ -306,22 +332,6 @@ impl StateFileReader {
         }
         if bytes[10..16].iter().any(|b| *b != 0) {
             return Err(SnapshotError::corrupt(path, "reserved header bytes are not zero"));
-        }
-        let n = bytes.len();
-        if bytes[n - 4..] != STATE_FILE_END_MAGIC {
-            return Err(SnapshotError::corrupt(
-                path,
-                "end marker 'SFND' missing (file truncated?)",
-            ));
-        }
-        let recorded = le_u32(&bytes[n - 8..n - 4]);
-        let actual = crc32(&bytes[..n - 8]);
-        if recorded != actual {
-            return Err(SnapshotError::ChecksumMismatch {
-                path: path.to_path_buf(),
-                expected: recorded,
-                actual,
-            });
         }
         let index_offset = le_u64(&bytes[n - 16..n - 8]);
         let index_end = (n - 16) as u64;
@@ -494,8 +504,12 @@ mod tests {
 
     #[test]
     fn newer_version_is_refused_by_name() {
+        // A file from a future release: intact checksum, version 2.
         let (mut bytes, _) = sample();
         bytes[8] = 2;
+        let n = bytes.len();
+        let crc = crc32(&bytes[..n - 8]);
+        bytes[n - 8..n - 4].copy_from_slice(&crc.to_le_bytes());
         let e = StateFileReader::from_bytes(Path::new("dir/x.state"), bytes).unwrap_err();
         assert!(matches!(e, SnapshotError::UnsupportedVersion { found: 2, .. }));
         assert!(e.to_string().contains("dir/x.state"));

@@ -144,3 +144,56 @@ fn writer_still_produces_v1_bytes() {
         encode_metadata(&golden_metadata(&info)).unwrap()
     );
 }
+
+/// Every single-bit flip in the fixture's header line (magic, version digit, newline) reads
+/// as corruption of that file: integrity is checked before the version is interpreted, so a
+/// damaged digit never reads as "format version 0 ... use a newer Cairn release".
+#[test]
+fn golden_metadata_header_flips_read_as_corruption_not_as_another_version() {
+    use cairn_snapshot::metadata::decode_metadata;
+    use cairn_snapshot::SnapshotError;
+    let path = golden_dir().join("_metadata");
+    let bytes = std::fs::read(&path).unwrap();
+    let header_len = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+    assert_eq!(&bytes[..header_len], b"CAIRN-METADATA 1\n");
+    for i in 0..header_len {
+        for bit in 0..8 {
+            let mut b = bytes.clone();
+            b[i] ^= 1 << bit;
+            let e = decode_metadata(&path, &b).expect_err("a flipped header byte must be noticed");
+            assert!(
+                matches!(e, SnapshotError::ChecksumMismatch { .. }),
+                "byte {i} bit {bit}: {e}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("corrupt") && msg.contains("_metadata"), "{msg}");
+            assert!(!msg.contains("newer Cairn"), "byte {i} bit {bit}: {msg}");
+        }
+    }
+    // Anywhere else in the file, a flip is never mistaken for a version either.
+    for i in header_len..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        let e = decode_metadata(&path, &b).expect_err("a flipped byte must be noticed");
+        assert!(!matches!(e, SnapshotError::UnsupportedVersion { .. }), "byte {i}: {e}");
+    }
+}
+
+/// The same for the fixture's state file: a flipped version byte is damage.
+#[test]
+fn golden_state_file_header_flips_read_as_corruption_not_as_another_version() {
+    use cairn_snapshot::SnapshotError;
+    let path = golden_dir().join("state/op-0.state");
+    let bytes = std::fs::read(&path).unwrap();
+    for i in 0..16 {
+        for bit in 0..8 {
+            let mut b = bytes.clone();
+            b[i] ^= 1 << bit;
+            let e = StateFileReader::from_bytes(&path, b).expect_err("a flipped header byte must be noticed");
+            assert!(
+                matches!(e, SnapshotError::ChecksumMismatch { .. }),
+                "byte {i} bit {bit}: {e}"
+            );
+        }
+    }
+}
