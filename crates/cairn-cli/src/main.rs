@@ -148,9 +148,11 @@ enum Command {
     /// Start a job binary in the background
     #[command(
         long_about = "Starts a job binary in the background (its own process group, output to \
-                      $CAIRN_HOME/logs/), waits until it registers, and prints its job id. The options are \
-                      passed to the job binary, which understands them itself. Without -D rest.port=..., the \
-                      job's REST API takes port 8081 or the next free one."
+                      $CAIRN_HOME/logs/), waits until the job runs, and prints its job id. A job that cannot \
+                      start (bad configuration, unusable checkpoint directory, failed restore) makes the \
+                      command print why and exit 1, at once. The options are passed to the job binary, which \
+                      understands them itself. Without -D rest.port=..., the job's REST API takes port 8081 or \
+                      the next free one."
     )]
     Run(RunArgs),
     /// Trigger a savepoint, or dispose of one
@@ -272,7 +274,7 @@ pub struct RunArgs {
     /// Read this configuration file
     #[arg(long, value_name = "FILE.yaml")]
     pub config: Option<String>,
-    /// How long to wait for the job to register, in seconds
+    /// How long to wait for the job to run, in seconds
     #[arg(long, default_value = "60", value_parser = positive_seconds)]
     pub timeout: u64,
     /// The job binary and its own arguments

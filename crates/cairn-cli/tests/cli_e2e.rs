@@ -302,3 +302,107 @@ fn cancel_without_savepoint_and_a_failing_start() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("exited") && err.contains("_metadata"), "{err}");
 }
+
+/// Runs `cairn args...` inside a private mount namespace where `dir` is a
+/// read-only bind mount of itself (a real read-only file system, which even
+/// root cannot write). `None` when this machine allows no user namespaces.
+fn cairn_with_read_only(h: &Home, dir: &Path, args: &[&str]) -> Option<(i32, String, String)> {
+    let probe = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    let d = dir.display().to_string();
+    let script = format!("mount --bind '{d}' '{d}' && mount -o remount,bind,ro '{d}' && exec \"$@\"");
+    let out = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script, "sh"])
+        .arg(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("CAIRN_HOME", h.dir.join("home"))
+        .env_remove("CAIRN_REST_TOKEN")
+        .env_remove("CAIRN_CONF_DIR")
+        .output()
+        .unwrap();
+    Some((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Setup errors surface at once: `cairn run` waits for the outcome of the
+/// start, prints the cause and exits 1 (it printed "submitted" and exited 0
+/// while the job sat in INITIALIZING for 30 s before).
+#[test]
+fn run_fails_at_once_with_the_cause_when_the_job_cannot_start() {
+    let job = example("cli_demo_job");
+    let h = Home::new("setup");
+    let job_s = job.display().to_string();
+    let out_s = h.path("out").display().to_string();
+
+    // Checkpointing interval without a directory.
+    let (code, stdout, err) = h.cairn(&[
+        "run",
+        "-Drest.port=0",
+        "-D",
+        "execution.checkpointing.interval=1s",
+        "--",
+        &job_s,
+        &out_s,
+    ]);
+    assert_eq!(code, 1, "--- stdout\n{stdout}--- stderr\n{err}");
+    assert!(!stdout.contains("submitted"), "{stdout}");
+    assert!(
+        err.contains("execution.checkpointing.interval") && err.contains("execution.checkpointing.dir"),
+        "{err}"
+    );
+
+    // A checkpoint directory that is a file.
+    let file = h.path("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let dir_flag = format!("execution.checkpointing.dir={}", file.display());
+    let (code, stdout, err) = h.cairn(&[
+        "run",
+        "-Drest.port=0",
+        "-D",
+        "execution.checkpointing.interval=1s",
+        "-D",
+        &dir_flag,
+        "--",
+        &job_s,
+        &out_s,
+    ]);
+    assert_eq!(code, 1, "--- stdout\n{stdout}--- stderr\n{err}");
+    assert!(!stdout.contains("submitted"), "{stdout}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("cannot create the checkpoint directory"), "{err}");
+
+    // A read-only checkpoint directory.
+    let ro = h.path("read-only");
+    std::fs::create_dir_all(&ro).unwrap();
+    let dir_flag = format!("execution.checkpointing.dir={}", ro.display());
+    let args = [
+        "run",
+        "-Drest.port=0",
+        "-D",
+        "execution.checkpointing.interval=1s",
+        "-D",
+        &dir_flag,
+        "--",
+        &job_s,
+        &out_s,
+    ];
+    match cairn_with_read_only(&h, &ro, &args) {
+        Some((code, stdout, err)) => {
+            assert_eq!(code, 1, "--- stdout\n{stdout}--- stderr\n{err}");
+            assert!(!stdout.contains("submitted"), "{stdout}");
+            assert!(
+                err.contains(&ro.display().to_string()) && err.contains("Read-only"),
+                "{err}"
+            );
+        }
+        None => eprintln!("skipped the read-only case: no user namespaces on this machine (unshare -r -m)"),
+    }
+    assert!(h.registered_pids().is_empty(), "failed jobs leave the registry");
+}

@@ -46,6 +46,7 @@ impl RangeValue for u64 {}
 impl RangeValue for i64 {}
 impl RangeValue for f64 {}
 impl RangeValue for Duration {}
+impl RangeValue for crate::MemorySize {}
 
 fn option_within<T: RangeValue>(v: &Option<T>, range: &ValueRange) -> bool {
     v.as_ref().is_none_or(|v| v.within(range))

@@ -13,8 +13,6 @@ use crate::value::{
 /// Upper bound for `pipeline.max-parallelism` (the number of key groups), as in Flink.
 pub const MAX_PARALLELISM_UPPER_BOUND: u32 = 32_768;
 
-
-
 fn checkpoint_interval_check(v: &Option<Duration>) -> Result<(), String> {
     match v {
         Some(d) if d.is_zero() => {
@@ -38,7 +36,6 @@ fn parse_max_parallelism(s: &str) -> Result<Option<u32>, String> {
     u32::from_config_str(s).map(Some)
 }
 
-
 /// A directory on this machine (backends keep their working files there).
 fn local_dir_check(v: &Option<PathBuf>) -> Result<(), String> {
     match v.as_ref().map(|p| p.to_string_lossy().into_owned()) {
@@ -48,8 +45,6 @@ fn local_dir_check(v: &Option<PathBuf>) -> Result<(), String> {
         _ => Ok(()),
     }
 }
-
-
 
 // ---- pipeline ---------------------------------------------------------------------------------
 
@@ -369,7 +364,7 @@ pub static REST_IDLENESS_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
     "60 s",
     "An idle keep-alive connection to the REST server is closed after this time.",
 )
-.with_check(positive_duration);
+.with_range("1 ms", MAX_DURATION);
 
 /// `rest.server.request-timeout` (Cairn-specific): the request-read deadline.
 pub static REST_REQUEST_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
@@ -378,14 +373,15 @@ pub static REST_REQUEST_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
     "Cairn-specific. A request's head must arrive within this time, and its body within this \
      time after the head; slower requests are dropped, so slow clients never hold the server.",
 )
-.with_check(positive_duration);
+.with_range("1 ms", MAX_DURATION);
 
 /// `rest.server.max-content-length`: the largest request body.
 pub static REST_MAX_CONTENT_LENGTH: ConfigOption<crate::MemorySize> = ConfigOption::new(
     "rest.server.max-content-length",
     "1 mb",
     "Largest request body the REST server reads (larger ones get 413).",
-);
+)
+.with_range("1 kb", "1 gb");
 
 /// `rest.allowed-path-roots` (Cairn-specific), a comma-separated list of directories; see
 /// [`crate::Configuration::allowed_path_roots`].

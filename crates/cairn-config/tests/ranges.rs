@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use cairn_config::{options, parse_startup_args, AnyOption, ConfigErrorKind, Configuration, FromConfigStr};
+use cairn_config::{
+    options, parse_startup_args, AnyOption, ConfigErrorKind, Configuration, FromConfigStr, MemorySize,
+};
 
 fn is_numeric(opt: &dyn AnyOption) -> bool {
-    matches!(opt.type_name(), "integer" | "float" | "duration")
+    matches!(opt.type_name(), "integer" | "float" | "duration" | "memory size")
 }
 
 /// Values just below `min` and just above `max`, where the type can spell them.
@@ -37,6 +39,14 @@ fn outside(opt: &dyn AnyOption, min: &str, max: &str) -> Vec<String> {
                 v.push(format!("{} us", lo.as_micros() - 1));
             }
             v.push(format!("{} ms", hi.as_millis() + 1));
+        }
+        "memory size" => {
+            let lo = MemorySize::from_config_str(min).unwrap().bytes();
+            let hi = MemorySize::from_config_str(max).unwrap().bytes();
+            if lo > 0 {
+                v.push(format!("{} bytes", lo - 1));
+            }
+            v.push(format!("{} bytes", hi + 1));
         }
         other => panic!("{} has a range but type {other}", opt.key()),
     }
@@ -79,7 +89,11 @@ fn values_outside_every_numeric_range_fail_naming_key_range_and_value() {
             assert_eq!(err.kind(), ConfigErrorKind::InvalidValue, "{err}");
             let msg = err.to_string();
             for needle in [opt.key(), &bad, range.min, range.max] {
-                assert!(msg.contains(needle), "{}={bad}: message lacks '{needle}': {msg}", opt.key());
+                assert!(
+                    msg.contains(needle),
+                    "{}={bad}: message lacks '{needle}': {msg}",
+                    opt.key()
+                );
             }
             assert!(conf.is_empty(), "{}={bad} was stored", opt.key());
         }
@@ -105,7 +119,10 @@ fn ranges_are_checked_in_configuration_files_with_their_line() {
     .unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("config.yaml:4:"), "{msg}");
-    assert!(msg.contains("'cairn.runtime.batch-size'") && msg.contains("between 1 and 65536"), "{msg}");
+    assert!(
+        msg.contains("'cairn.runtime.batch-size'") && msg.contains("between 1 and 65536"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -132,6 +149,10 @@ fn every_range_is_listed_in_the_configuration_docs() {
             .find(|l| l.starts_with(&format!("| `{}` |", opt.key())))
             .unwrap_or_else(|| panic!("no table row for {}", opt.key()));
         let text = format!("{}..={}", range.min, range.max);
-        assert!(row.contains(&text), "row of {} lacks its range {text}: {row}", opt.key());
+        assert!(
+            row.contains(&text),
+            "row of {} lacks its range {text}: {row}",
+            opt.key()
+        );
     }
 }

@@ -93,9 +93,21 @@ enum RestoreSource {
 /// it failed for good (or could not start).
 pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -> Result<JobOutcome, JobError> {
     let spec = run.spec;
-    let cp = CheckpointSettings::from_config(&spec.config)?;
     let first_id = run.snapshot.map_or(1, |s| s.metadata.checkpoint_id + 1);
-    let mut coord = Coordinator::new(spec, cp, first_id, run.log, run.storage.clone())?;
+    let setup = CheckpointSettings::from_config(&spec.config)
+        .and_then(|cp| Coordinator::new(spec, cp, first_id, run.log, run.storage.clone()));
+    let mut coord = match setup {
+        Ok(c) => c,
+        Err(e) => {
+            // The job never started: say so at once, with the cause, to whoever
+            // waits for the start (execute_async, the REST API, `cairn run`).
+            let mut p = port.publish();
+            p.info.status = JobStatus::Failed;
+            p.info.last_failure = Some(e.to_string());
+            p.info.end_time_ms = Some(now_ms() as u64);
+            return Err(e);
+        }
+    };
     let mut policy = RestartPolicy::new(effective_restart_strategy(&spec.config));
     {
         let mut p = port.publish();
@@ -121,6 +133,7 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
         let mut job = match ctl.start_attempt(&mut coord, attempt, &mut source) {
             Ok(job) => job,
             Err(e) => {
+                ctl.last_failure = Some(e.to_string());
                 ctl.set_status(&mut coord, JobStatus::Failed, None);
                 return Err(e);
             }

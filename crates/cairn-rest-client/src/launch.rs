@@ -1,6 +1,7 @@
 //! Starting a job binary in the background, as `cairn run` and the
 //! dashboard's "restore" do: its own process group, output to
-//! `<home>/logs/<binary>-<time>-<random>.log`, then wait until it registers.
+//! `<home>/logs/<binary>-<time>-<random>.log`, then wait for the outcome of
+//! its start (it runs, or why it could not start).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_config::Configuration;
 
+use crate::auth::TOKEN_ENV;
+use crate::client::HttpClient;
 use crate::registry::{Registry, RegistryEntry, HOME_ENV};
 
 /// What to start.
@@ -21,7 +24,7 @@ pub struct LaunchSpec {
     pub job_args: Vec<String>,
     /// Working directory; `None`: the caller's.
     pub cwd: Option<PathBuf>,
-    /// How long to wait for the job to register.
+    /// How long to wait for the job to run.
     pub timeout: Duration,
 }
 
@@ -111,7 +114,8 @@ pub fn prepare_flags(mut flags: Vec<String>) -> Result<Vec<String>, LaunchError>
     Ok(flags)
 }
 
-/// Starts `spec` and waits until it registered in `registry`.
+/// Starts `spec`, waits until it registered in `registry` and then until it
+/// runs; a job that could not start is an error with its cause.
 pub fn launch(registry: &Registry, spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     let flags = prepare_flags(spec.flags.clone())?;
     let logs = registry.logs_dir();
@@ -150,17 +154,50 @@ pub fn launch(registry: &Registry, spec: &LaunchSpec) -> Result<Launched, Launch
         .map_err(|e| LaunchError::Failed(format!("cannot start '{}': {e}", spec.program.display())))?;
     let pid = child.id();
     let deadline = Instant::now() + spec.timeout;
+    // The job registers as soon as its REST API listens, before it has set up
+    // checkpoint storage or restored state. Wait for the outcome of the start,
+    // as `flink run` does: it runs, it could not start, or it exited.
+    let mut registered: Option<RegistryEntry> = None;
     loop {
-        if let Some(entry) = registry.list().into_iter().find(|e| e.pid == pid) {
-            // Reap the child when it ends, so it never lingers as a zombie.
-            std::thread::spawn(move || {
-                let _ = child.wait();
-            });
-            return Ok(Launched { entry, log: log_path });
+        if registered.is_none() {
+            registered = registry.list().into_iter().find(|e| e.pid == pid);
+        }
+        if let Some(entry) = &registered {
+            match start_outcome(entry) {
+                StartOutcome::Pending => {}
+                StartOutcome::Started => {
+                    // Reap the child when it ends, so it never lingers as a zombie.
+                    std::thread::spawn(move || {
+                        let _ = child.wait();
+                    });
+                    let entry = entry.clone();
+                    return Ok(Launched { entry, log: log_path });
+                }
+                StartOutcome::Failed(cause) => {
+                    std::thread::spawn(move || {
+                        let _ = child.wait();
+                    });
+                    return Err(LaunchError::Failed(format!(
+                        "job {} could not start: {cause}\nIts log: {}",
+                        entry.jid,
+                        log_path.display()
+                    )));
+                }
+            }
         }
         if let Ok(Some(status)) = child.try_wait() {
+            if let (true, Some(entry)) = (status.success(), &registered) {
+                // It ran and finished before its state could be read.
+                let entry = entry.clone();
+                return Ok(Launched { entry, log: log_path });
+            }
+            let when = if registered.is_some() {
+                "before it ran"
+            } else {
+                "before it registered"
+            };
             return Err(LaunchError::Failed(format!(
-                "the job exited ({status}) before it registered; the end of its log {}:\n{}",
+                "the job exited ({status}) {when}; the end of its log {}:\n{}",
                 log_path.display(),
                 tail(&log_path, 20)
             )));
@@ -169,13 +206,61 @@ pub fn launch(registry: &Registry, spec: &LaunchSpec) -> Result<Launched, Launch
             std::thread::spawn(move || {
                 let _ = child.wait();
             });
+            let what = if registered.is_some() {
+                "start running"
+            } else {
+                "register"
+            };
             return Err(LaunchError::Failed(format!(
-                "the job (pid {pid}) did not register within {}s; it is still running, see its log {}",
+                "the job (pid {pid}) did not {what} within {}s; it is still running, see its log {}",
                 spec.timeout.as_secs(),
                 log_path.display()
             )));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where a registered job's start stands, as its REST API says.
+enum StartOutcome {
+    /// Still initializing (or not answering yet).
+    Pending,
+    /// It runs, or already ran and ended.
+    Started,
+    /// It could not start; the cause.
+    Failed(String),
+}
+
+/// Asks the job how its start went: over its trusted control socket when it
+/// has one, else over TCP (with `$CAIRN_REST_TOKEN`, if set).
+fn start_outcome(entry: &RegistryEntry) -> StartOutcome {
+    let client = match &entry.socket {
+        Some(s) if s.exists() => HttpClient::unix(s),
+        _ => HttpClient::new(entry.authority()).with_token(
+            std::env::var(TOKEN_ENV)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        ),
+    }
+    .with_timeout(Duration::from_secs(5));
+    let Ok(r) = client.get(&format!("/jobs/{}", entry.jid)) else {
+        return StartOutcome::Pending;
+    };
+    if r.status != 200 {
+        return StartOutcome::Pending;
+    }
+    let j = r.json();
+    match j["state"].as_str().unwrap_or_default() {
+        "" | "INITIALIZING" => StartOutcome::Pending,
+        // Failed without ever restarting: it never ran.
+        "FAILED" if j["restarts"].as_u64().unwrap_or(0) == 0 => StartOutcome::Failed(
+            j["failure-cause"]
+                .as_str()
+                .unwrap_or("no cause was reported; see the job's log")
+                .to_string(),
+        ),
+        _ => StartOutcome::Started,
     }
 }
 

@@ -61,7 +61,11 @@ fn errors_name_the_file_and_version() {
     // A file from a future release: intact framing, version 9.
     let v1 = encode_metadata(&m).unwrap();
     let text = String::from_utf8(v1).unwrap();
-    let framed = text.rsplit_once("CRC32 ").unwrap().0.replacen("CAIRN-METADATA 1", "CAIRN-METADATA 9", 1);
+    let framed = text
+        .rsplit_once("CRC32 ")
+        .unwrap()
+        .0
+        .replacen("CAIRN-METADATA 1", "CAIRN-METADATA 9", 1);
     let bytes = format!("{framed}CRC32 {:08x}\n", crc32fast::hash(framed.as_bytes())).into_bytes();
     let e = decode_metadata(p, &bytes).unwrap_err();
     assert!(matches!(e, SnapshotError::UnsupportedVersion { found: 9, .. }), "{e}");

@@ -293,6 +293,8 @@ impl StreamEnv {
     }
 
     /// Start the job in the background; the handle controls and awaits it.
+    /// Returns once the job runs: a job that cannot start (configuration,
+    /// checkpoint directory, restore) returns that error at once.
     pub fn execute_async(&self, job_name: &str) -> Result<JobHandle, CairnError> {
         let (restore_path, allow_non_restored_state, claim_mode, progress, serve_rest, storage) = {
             let inner = self.inner.borrow();
@@ -321,7 +323,6 @@ impl StreamEnv {
             serve_rest,
             storage,
         })?;
-        crate::execution::wait_running(&handle.client(), Duration::from_secs(30));
         Ok(handle)
     }
 }

@@ -28,6 +28,8 @@ pub struct JobHandle {
     job_id: String,
     client: JobClient,
     thread: Option<JoinHandle<Result<JobResult, CairnError>>>,
+    /// How the job ended, when that was already known while it started.
+    ended: Option<Result<JobResult, CairnError>>,
     /// The job's REST endpoint, when it serves one.
     rest: Option<cairn_rest_server::RestServer>,
 }
@@ -52,13 +54,20 @@ impl JobHandle {
     /// Wait for the job to end. A cancelled job gives
     /// `Err(CairnError::Job(JobError::Cancelled))`.
     pub fn wait(mut self) -> Result<JobResult, CairnError> {
-        let joined = self.thread.take().map(JoinHandle::join);
+        let result = self.join();
         // After the job: the server lets clients read how it ended, then
         // leaves the job registry.
         if let Some(mut rest) = self.rest.take() {
             rest.shutdown();
         }
-        match joined {
+        result
+    }
+
+    fn join(&mut self) -> Result<JobResult, CairnError> {
+        if let Some(ended) = self.ended.take() {
+            return ended;
+        }
+        match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(CairnError::Job(JobError::Internal(
                 "the job's controller thread panicked".into(),
@@ -68,6 +77,39 @@ impl JobHandle {
             ))),
         }
     }
+
+    /// Wait for the outcome of the start: the job runs (or already ended
+    /// after running), or it could not start, which is returned as the error
+    /// at once. No timeout is needed: the controller either publishes that
+    /// the job runs or ends its thread.
+    pub(crate) fn await_start(mut self) -> Result<JobHandle, CairnError> {
+        loop {
+            let status = self.client.info().status;
+            let thread_done = self.thread.as_ref().is_none_or(JoinHandle::is_finished);
+            if status != JobStatus::Initializing && status != JobStatus::Failed {
+                return Ok(self);
+            }
+            if status == JobStatus::Failed || thread_done {
+                return match self.join() {
+                    Err(e) if is_start_failure(&e) => Err(e),
+                    // Failed after it ran: `wait` reports it.
+                    other => {
+                        self.ended = Some(other);
+                        Ok(self)
+                    }
+                };
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Errors that mean the job never ran (bad configuration, graph or restore).
+fn is_start_failure(e: &CairnError) -> bool {
+    matches!(
+        e,
+        CairnError::Config(_) | CairnError::Graph(_) | CairnError::Job(JobError::Setup(_))
+    )
 }
 
 /// What [`start`] needs besides the spec.
@@ -85,7 +127,8 @@ pub(crate) struct Launch {
     pub storage: Arc<dyn Storage>,
 }
 
-/// Start `launch` on a thread of its own.
+/// Start `launch` on a thread of its own; returns once the job runs, or with
+/// the error that kept it from starting.
 pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
     let published = initial_published(&launch.spec, &launch.job_name, launch.restore_path.as_deref());
     let (client, port) = control_channel(published);
@@ -179,12 +222,14 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
             })
         })
         .map_err(|e| CairnError::Job(JobError::Internal(format!("cannot start the job's thread: {e}"))))?;
-    Ok(JobHandle {
+    JobHandle {
         job_id,
         client,
         thread: Some(thread),
+        ended: None,
         rest,
-    })
+    }
+    .await_start()
 }
 
 /// The job graph as the REST plan shows it.
@@ -215,17 +260,4 @@ fn topology(spec: &JobSpec) -> cairn_rest_server::Topology {
         .map(|c| c.iter().filter_map(|id| op(*id)).collect())
         .collect();
     cairn_rest_server::Topology { edges, chains }
-}
-
-/// Poll `client` until the job runs (or ended), for callers that trigger
-/// operations right after starting.
-pub(crate) fn wait_running(client: &JobClient, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let s = client.info().status;
-        if s != JobStatus::Initializing {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
