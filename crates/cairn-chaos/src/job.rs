@@ -242,8 +242,12 @@ impl ProcessFunction<String, String> for Throttle {
 /// Build and run the job (the `cairn-chaos-job` binary's main).
 pub fn run() -> Result<(), CairnError> {
     let env = StreamEnv::from_args()?;
-    let args = JobArgs::parse(&env.user_args())
-        .map_err(|e| CairnError::from(cairn::runtime::JobError::Setup(format!("cairn-chaos-job: {e}"))))?;
+    let args = JobArgs::parse(&env.user_args()).map_err(|e| {
+        CairnError::from(cairn::runtime::JobError::setup(
+            cairn::runtime::SetupErrorKind::Config,
+            format!("cairn-chaos-job: {e}"),
+        ))
+    })?;
     env.show_progress(true);
     let w = args.workload.clone();
 

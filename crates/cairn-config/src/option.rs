@@ -48,6 +48,9 @@ impl RangeValue for f64 {}
 impl RangeValue for Duration {}
 impl RangeValue for crate::MemorySize {}
 
+/// Whether a typed value lies within a range.
+type WithinFn<T> = fn(&T, &ValueRange) -> bool;
+
 fn option_within<T: RangeValue>(v: &Option<T>, range: &ValueRange) -> bool {
     v.as_ref().is_none_or(|v| v.within(range))
 }
@@ -76,7 +79,7 @@ pub struct ConfigOption<T: 'static> {
     description: &'static str,
     parser: fn(&str) -> Result<T, String>,
     check: fn(&T) -> Result<(), String>,
-    range: Option<(ValueRange, fn(&T, &ValueRange) -> bool)>,
+    range: Option<(ValueRange, WithinFn<T>)>,
     type_name: fn() -> &'static str,
 }
 

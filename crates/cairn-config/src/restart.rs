@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::configuration::Configuration;
+use crate::error::{ConfigError, ConfigErrorKind};
 use crate::options;
+use crate::value::format_duration;
 use crate::value::RestartStrategyType;
 
 /// A restart strategy with all its parameters resolved.
@@ -45,6 +47,33 @@ pub enum RestartStrategyConfig {
         /// `restart-strategy.exponential-delay.attempts-before-reset-backoff`
         attempts_before_reset_backoff: u32,
     },
+}
+
+impl RestartStrategyConfig {
+    /// Checks what single options cannot: exponential-delay's initial backoff must not
+    /// exceed its maximum (Flink refuses that too).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let RestartStrategyConfig::ExponentialDelay {
+            initial_backoff,
+            max_backoff,
+            ..
+        } = self
+        {
+            if initial_backoff > max_backoff {
+                return Err(ConfigError::new(
+                    ConfigErrorKind::InvalidValue,
+                    format!(
+                        "'{}' ({}) is larger than '{}' ({}); the first restart delay cannot exceed the largest one",
+                        options::EXP_DELAY_INITIAL_BACKOFF.key(),
+                        format_duration(*initial_backoff),
+                        options::EXP_DELAY_MAX_BACKOFF.key(),
+                        format_duration(*max_backoff)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The restart strategy a job runs with: `restart-strategy.type` if set, otherwise

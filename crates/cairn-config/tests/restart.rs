@@ -126,3 +126,23 @@ fn exponential_delay_overrides() {
         }
     );
 }
+
+#[test]
+fn an_initial_backoff_above_the_maximum_is_refused_naming_both_keys() {
+    let c = conf(&[
+        ("restart-strategy.type", "exponential-delay"),
+        ("restart-strategy.exponential-delay.initial-backoff", "2 min"),
+        ("restart-strategy.exponential-delay.max-backoff", "1 min"),
+    ]);
+    let e = effective_restart_strategy(&c).check().unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("restart-strategy.exponential-delay.initial-backoff") && m.contains("2 min"),
+        "{m}"
+    );
+    assert!(
+        m.contains("restart-strategy.exponential-delay.max-backoff") && m.contains("1 min"),
+        "{m}"
+    );
+    assert!(default_exponential().check().is_ok());
+}

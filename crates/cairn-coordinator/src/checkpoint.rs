@@ -26,7 +26,7 @@ use crate::control::{
     AfterSavepoint, CheckpointConfigView, CheckpointStats, CheckpointsOverview, SnapshotFormat, SnapshotStatus,
 };
 use crate::statistics::CheckpointStatsTracker;
-use cairn_runtime::error::JobError;
+use cairn_runtime::error::{CheckpointFailure, CheckpointingError, JobError, SetupError, SetupErrorKind};
 use cairn_runtime::job::{JobSpec, RunningJob};
 use cairn_runtime::record::{Barrier, SnapshotType};
 use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
@@ -62,9 +62,13 @@ impl CheckpointSettings {
         let location = |p: PathBuf| normalize_location(&p.to_string_lossy());
         let dir = config.get(&options::CHECKPOINTS_DIR).map(location);
         if let (Some(interval), None) = (interval, &dir) {
-            return Err(JobError::Setup(format!(
-                "execution.checkpointing.interval is set ({interval:?}) but execution.checkpointing.dir is not: set it (alias state.checkpoints.dir) to a directory for checkpoints"
-            )));
+            return Err(JobError::setup(
+                SetupErrorKind::Config,
+                format!(
+                    "execution.checkpointing.interval is set ({}) but execution.checkpointing.dir is not: set it (alias state.checkpoints.dir) to a directory for checkpoints",
+                    cairn_config::format_duration(interval)
+                ),
+            ));
         }
         let retention = match config.get(&options::EXTERNALIZED_CHECKPOINT_RETENTION) {
             cairn_config::ExternalizedCheckpointRetention::RetainOnCancellation => {
@@ -145,7 +149,7 @@ pub enum SnapshotOutcome {
     Failed {
         id: u64,
         target: SnapshotTarget,
-        reason: String,
+        reason: CheckpointFailure,
     },
 }
 
@@ -180,7 +184,11 @@ pub struct Coordinator {
     pub store: CompletedCheckpointStore,
     last_trigger: Option<Instant>,
     last_completion: Option<Instant>,
+    /// Consecutive checkpoint failures that count toward
+    /// `tolerable-failed-checkpoints` (Flink's continuous failure counter).
     consecutive_failures: u32,
+    /// The newest completed checkpoint; failures of older ones do not count.
+    last_completed: u64,
     stats: CheckpointStatsTracker,
     outcomes: Vec<SnapshotOutcome>,
     /// CLAIM mode: the restored snapshot's directory, deleted once this
@@ -207,10 +215,16 @@ impl Coordinator {
             Some(dir) => {
                 let layout = CheckpointLayout::new(dir.clone(), job_id.clone());
                 let setup = |e: cairn_snapshot::SnapshotError| {
-                    JobError::Setup(format!(
-                        "cannot create the checkpoint directory {} (execution.checkpointing.dir): {e}",
-                        storage.display(&layout.job_dir())
-                    ))
+                    JobError::Setup(
+                        SetupError::new(
+                            SetupErrorKind::CheckpointStorage,
+                            format!(
+                                "cannot create the checkpoint directory {} (execution.checkpointing.dir): {e}",
+                                storage.display(&layout.job_dir())
+                            ),
+                        )
+                        .with_source(e),
+                    )
                 };
                 layout.create_dirs(&*storage).map_err(setup)?;
                 let fence = Fence::acquire(&*storage, &layout.job_dir()).map_err(setup)?;
@@ -219,7 +233,8 @@ impl Coordinator {
             }
             None => (None, None),
         };
-        let store = CompletedCheckpointStore::new(settings.num_retained).map_err(|e| JobError::Setup(e.to_string()))?;
+        let store = CompletedCheckpointStore::new(settings.num_retained)
+            .map_err(|e| JobError::Setup(SetupError::new(SetupErrorKind::Config, e.to_string()).with_source(e)))?;
         Ok(Coordinator {
             spec: spec.clone(),
             settings,
@@ -234,6 +249,7 @@ impl Coordinator {
             last_trigger: None,
             last_completion: None,
             consecutive_failures: 0,
+            last_completed: 0,
             stats: CheckpointStatsTracker::default(),
             outcomes: Vec::new(),
             claimed: None,
@@ -458,11 +474,11 @@ impl Coordinator {
 
     /// A task declined a snapshot.
     pub fn on_decline(&mut self, checkpoint_id: u64, reason: String) -> Result<(), JobError> {
-        self.abort(checkpoint_id, reason)
+        self.abort(checkpoint_id, CheckpointFailure::Declined(reason))
     }
 
-    fn abort(&mut self, checkpoint_id: u64, reason: String) -> Result<(), JobError> {
-        self.abort_with(checkpoint_id, reason, true)
+    fn abort(&mut self, checkpoint_id: u64, reason: impl Into<CheckpointFailure>) -> Result<(), JobError> {
+        self.abort_with(checkpoint_id, reason.into(), true)
     }
 
     fn record(&mut self, stats: CheckpointStats) {
@@ -471,13 +487,13 @@ impl Coordinator {
 
     /// Abandon a pending snapshot; `failure` = whether it counts toward
     /// `tolerable-failed-checkpoints` (a subsumed one or a savepoint does not).
-    fn abort_with(&mut self, checkpoint_id: u64, reason: String, failure: bool) -> Result<(), JobError> {
+    fn abort_with(&mut self, checkpoint_id: u64, reason: CheckpointFailure, failure: bool) -> Result<(), JobError> {
         let Some(mut p) = self.pending.remove(&checkpoint_id) else {
             return Ok(());
         };
         // Files still being written are deleted when their writes end.
         self.uploader.abort(checkpoint_id);
-        if let Ok(aborted) = p.pending.decline(reason.clone()) {
+        if let Ok(aborted) = p.pending.decline(reason.to_string()) {
             let base = self.base_dir(&p);
             discard_attempt(&*self.storage, &base, &aborted, Some(&self.store));
         }
@@ -503,10 +519,7 @@ impl Coordinator {
             .map(|(id, _)| *id)
             .collect();
         for id in late {
-            self.abort(
-                id,
-                format!("checkpoint expired after execution.checkpointing.timeout ({timeout:?})"),
-            )?;
+            self.abort(id, CheckpointFailure::Expired(timeout))?;
         }
         Ok(())
     }
@@ -584,13 +597,14 @@ impl Coordinator {
                 if let Ok(aborted) = pending.decline(e.to_string()) {
                     discard_attempt(&*self.storage, &base, &aborted, Some(&self.store));
                 }
-                self.record_failure(target, stats, started, e.to_string(), false)?;
-                return Err(JobError::Internal(e.to_string()));
+                let cause = CheckpointFailure::from(e);
+                self.record_failure(target, stats, started, cause.clone(), false)?;
+                return Err(JobError::Fenced(cause));
             }
         }
         let completing = match pending.finalize(now_ms() as u64) {
             Ok(c) => c,
-            Err(e) => return self.record_failure(target, stats, started, e.to_string(), true),
+            Err(e) => return self.record_failure(target, stats, started, e.into(), true),
         };
         // Checkpoints commit side effects (two-phase-commit sinks); of the
         // savepoints only a stopping one does, as in Flink: a savepoint taken
@@ -616,6 +630,7 @@ impl Coordinator {
                 let is_savepoint = stats.is_savepoint;
                 if !is_savepoint {
                     self.consecutive_failures = 0;
+                    self.last_completed = self.last_completed.max(id);
                     self.last_completion = Some(Instant::now());
                 }
                 stats.status = SnapshotStatus::Completed;
@@ -650,9 +665,7 @@ impl Coordinator {
                 }
                 Ok(())
             }
-            CommitReport::Discarded { error, .. } => {
-                self.record_failure(target, stats, started, error.to_string(), true)
-            }
+            CommitReport::Discarded { error, .. } => self.record_failure(target, stats, started, error.into(), true),
         }
     }
 
@@ -665,7 +678,7 @@ impl Coordinator {
             .map(|(k, _)| *k)
             .collect();
         for o in older {
-            self.abort_with(o, format!("subsumed by checkpoint {id}"), false)?;
+            self.abort_with(o, format!("subsumed by checkpoint {id}").into(), false)?;
         }
         if let Some((dir, left)) = self.claimed.as_mut() {
             *left -= 1;
@@ -699,19 +712,25 @@ impl Coordinator {
 
     /// Record a failed snapshot and tell the job loop; `counts` = whether it
     /// counts toward `tolerable-failed-checkpoints` (savepoints never do).
+    ///
+    /// Counting follows Flink's checkpoint failure manager: only real
+    /// failures count (not a checkpoint subsumed by a newer one or discarded
+    /// because the attempt ended), only checkpoints newer than the last
+    /// completed one, and the count starts over when it fails the job, so
+    /// every attempt after a restart again tolerates as many failures.
     fn record_failure(
         &mut self,
         target: SnapshotTarget,
         mut stats: CheckpointStats,
         started: Instant,
-        reason: String,
+        reason: CheckpointFailure,
         counts: bool,
     ) -> Result<(), JobError> {
         let id = stats.id;
         stats.status = SnapshotStatus::Failed;
         stats.duration_ms = started.elapsed().as_millis() as u64;
         stats.end_timestamp_ms = Some(now_ms() as u64);
-        stats.failure_message = Some(reason.clone());
+        stats.failure_message = Some(reason.to_string());
         let is_savepoint = stats.is_savepoint;
         self.record(stats);
         if self.log {
@@ -723,15 +742,18 @@ impl Coordinator {
             target,
             reason: reason.clone(),
         });
-        if !counts || is_savepoint {
+        if !counts || is_savepoint || id <= self.last_completed {
             return Ok(());
         }
         self.consecutive_failures += 1;
         if self.consecutive_failures > self.settings.tolerable_failures {
-            return Err(JobError::Internal(format!(
-                "{} consecutive checkpoint failures exceed execution.checkpointing.tolerable-failed-checkpoints ({}); last, checkpoint {id}: {reason}",
-                self.consecutive_failures, self.settings.tolerable_failures
-            )));
+            let consecutive = std::mem::take(&mut self.consecutive_failures);
+            return Err(JobError::Checkpointing(CheckpointingError {
+                checkpoint_id: id,
+                consecutive,
+                tolerable: self.settings.tolerable_failures,
+                cause: reason,
+            }));
         }
         Ok(())
     }
@@ -745,7 +767,7 @@ impl Coordinator {
     pub fn abort_all(&mut self, reason: &str) {
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
-            let _ = self.abort_with(id, reason.to_string(), false);
+            let _ = self.abort_with(id, reason.into(), false);
         }
     }
 

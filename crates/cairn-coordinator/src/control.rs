@@ -60,6 +60,8 @@ pub struct JobInfo {
     pub restarts: u32,
     /// The last failure (the job may have restarted since).
     pub last_failure: Option<String>,
+    /// The stable code of the last failure (`docs/errors.md`).
+    pub last_failure_code: Option<&'static str>,
     /// The snapshot the job was started from, if any.
     pub restored_from: Option<PathBuf>,
     pub vertices: Vec<VertexInfo>,

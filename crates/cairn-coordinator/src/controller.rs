@@ -21,7 +21,7 @@ use crate::control::{
 };
 use crate::restart::{RestartDecision, RestartPolicy};
 use crate::restore::RestorePlan;
-use cairn_runtime::error::JobError;
+use cairn_runtime::error::{JobError, SetupError, SetupErrorKind};
 use cairn_runtime::job::{is_cancellation, start, task_failure, JobSpec, RunningJob, RuntimeSettings, SubtaskRestore};
 use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
 use cairn_runtime::time::now_ms;
@@ -94,7 +94,11 @@ enum RestoreSource {
 pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -> Result<JobOutcome, JobError> {
     let spec = run.spec;
     let first_id = run.snapshot.map_or(1, |s| s.metadata.checkpoint_id + 1);
-    let setup = CheckpointSettings::from_config(&spec.config)
+    let restart_strategy = effective_restart_strategy(&spec.config);
+    let setup = restart_strategy
+        .check()
+        .map_err(|e| JobError::Setup(SetupError::new(SetupErrorKind::Config, e.to_string()).with_source(e)))
+        .and_then(|()| CheckpointSettings::from_config(&spec.config))
         .and_then(|cp| Coordinator::new(spec, cp, first_id, run.log, run.storage.clone()));
     let mut coord = match setup {
         Ok(c) => c,
@@ -104,11 +108,12 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
             let mut p = port.publish();
             p.info.status = JobStatus::Failed;
             p.info.last_failure = Some(e.to_string());
+            p.info.last_failure_code = Some(e.code());
             p.info.end_time_ms = Some(now_ms() as u64);
             return Err(e);
         }
     };
-    let mut policy = RestartPolicy::new(effective_restart_strategy(&spec.config));
+    let mut policy = RestartPolicy::new(restart_strategy);
     {
         let mut p = port.publish();
         p.checkpoint_config = coord.settings.view();
@@ -119,6 +124,7 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
         records_before: 0,
         restarts: 0,
         last_failure: None,
+        last_failure_code: None,
         last_publish: Instant::now() - PUBLISH_EVERY,
         last_records: (Instant::now(), 0),
         rates: HashMap::new(),
@@ -134,6 +140,7 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
             Ok(job) => job,
             Err(e) => {
                 ctl.last_failure = Some(e.to_string());
+                ctl.last_failure_code = Some(e.code());
                 ctl.set_status(&mut coord, JobStatus::Failed, None);
                 return Err(e);
             }
@@ -156,6 +163,7 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
             }
             AttemptEnd::Failed(error) => {
                 ctl.last_failure = Some(error.to_string());
+                ctl.last_failure_code = Some(error.code());
                 match policy.on_failure(Instant::now()) {
                     RestartDecision::Fail(why) => {
                         if run.log {
@@ -200,6 +208,7 @@ struct Controller<'r, 'a> {
     records_before: u64,
     restarts: u32,
     last_failure: Option<String>,
+    last_failure_code: Option<&'static str>,
     last_publish: Instant,
     last_records: (Instant, u64),
     /// Previous counter samples per (node, subtask), for rates.
@@ -241,10 +250,13 @@ impl Controller<'_, '_> {
             self.start_attempt_inner(coord, attempt, source)
         }))
         .unwrap_or_else(|payload| {
-            Err(JobError::Setup(format!(
-                "an operator failed while opening: {}",
-                cairn_runtime::error::panic_message(&*payload)
-            )))
+            Err(JobError::setup(
+                SetupErrorKind::OperatorOpen,
+                format!(
+                    "an operator failed while opening: {}",
+                    cairn_runtime::error::panic_message(&*payload)
+                ),
+            ))
         })
     }
 
@@ -276,7 +288,15 @@ impl Controller<'_, '_> {
                 }
                 RestoreSource::Checkpoint(id, dir) => {
                     let r = load_snapshot(&*self.run.storage, &dir)
-                        .map_err(|e| JobError::Setup(format!("cannot restore from {}: {e}", dir.display())))
+                        .map_err(|e| {
+                            JobError::Setup(
+                                SetupError::new(
+                                    SetupErrorKind::Restore,
+                                    format!("cannot restore from {}: {e}", dir.display()),
+                                )
+                                .with_source(e),
+                            )
+                        })
                         .and_then(|snap| self.start_from(&snap, attempt, &uploader));
                     match r {
                         Ok(job) => {
@@ -286,16 +306,16 @@ impl Controller<'_, '_> {
                             }
                             Ok(job)
                         }
-                        Err(JobError::Setup(why)) => {
+                        Err(JobError::Setup(why)) if why.kind() == SetupErrorKind::Restore => {
                             // The checkpoint is unreadable: fall back to the one before.
                             let older = coord.retained_checkpoints().into_iter().find(|(other, _)| *other < id);
                             let next = match older {
                                 Some((o, d)) => RestoreSource::Checkpoint(o, d),
                                 None if self.run.snapshot.is_some() => RestoreSource::Initial,
                                 None => {
-                                    return Err(JobError::Setup(format!(
-                                        "{why}; no older retained checkpoint is left to fall back to"
-                                    )))
+                                    let message =
+                                        format!("{why}; no older retained checkpoint is left to fall back to");
+                                    return Err(JobError::Setup(SetupError::new(why.kind(), message).with_source(why)));
                                 }
                             };
                             eprintln!(
@@ -389,6 +409,7 @@ impl Controller<'_, '_> {
             p.info.status = status;
             p.info.restarts = self.restarts;
             p.info.last_failure = self.last_failure.clone();
+            p.info.last_failure_code = self.last_failure_code;
             if status.is_terminal() {
                 p.info.end_time_ms = Some(now_ms() as u64);
                 // Requests still waiting can no longer be served.
@@ -535,7 +556,7 @@ impl Controller<'_, '_> {
                 Ok(TaskEvent::Failed { task, op, error }) => {
                     job.cancel.store(true, Ordering::Relaxed);
                     if failure.is_none() && !is_cancellation(&error) {
-                        failure = Some(task_failure(spec, task, op, &error));
+                        failure = Some(task_failure(spec, task, op, error));
                     }
                 }
                 Ok(TaskEvent::Finished { task }) => {
@@ -687,9 +708,10 @@ impl Controller<'_, '_> {
                                     }
                                     None if is_stop => {
                                         self.fail_operation(&operation, format!("savepoint {id} failed: {reason}"));
-                                        return Err(JobError::Internal(format!(
-                                            "stop with savepoint failed: savepoint {id} could not be written ({reason}); the job restarts from its latest checkpoint as its restart strategy allows"
-                                        )));
+                                        return Err(JobError::StopWithSavepoint {
+                                            savepoint_id: id,
+                                            cause: reason,
+                                        });
                                     }
                                     None => self.fail_operation(&operation, format!("savepoint {id} failed: {reason}")),
                                 }
@@ -773,6 +795,7 @@ pub fn initial_published(spec: &JobSpec, job_name: &str, restored_from: Option<&
             end_time_ms: None,
             restarts: 0,
             last_failure: None,
+            last_failure_code: None,
             restored_from: restored_from.map(Path::to_path_buf),
             vertices: spec
                 .graph

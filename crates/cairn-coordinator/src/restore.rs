@@ -20,7 +20,7 @@ use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::operator_state::{redistribute, OperatorStateEntry};
 use cairn_state::{FileSetRestore, KeyedStateBackend, OperatorStateStore, StateError, UploadedFile};
 
-use cairn_runtime::error::JobError;
+use cairn_runtime::error::{BoxError, JobError, SetupError, SetupErrorKind};
 use cairn_runtime::job::{backend_context, JobSpec, SubtaskRestore};
 use cairn_runtime::snapshot_io::{
     canonical_content, canonical_keyed_overlaps, decode_backend_files, decode_keyed_states, decode_operator_entries,
@@ -43,7 +43,25 @@ pub struct RestorePlan<'a> {
 }
 
 fn restore_err(snapshot: &LoadedSnapshot, what: String) -> JobError {
-    JobError::Setup(format!("cannot restore from {}: {what}", snapshot.dir.display()))
+    restore_err_kind(snapshot, SetupErrorKind::Restore, what)
+}
+
+fn restore_err_kind(snapshot: &LoadedSnapshot, kind: SetupErrorKind, what: String) -> JobError {
+    JobError::Setup(SetupError::new(
+        kind,
+        format!("cannot restore from {}: {what}", snapshot.dir.display()),
+    ))
+}
+
+/// A restore failure that keeps its cause (a `SnapshotError`, a `StateError`).
+fn restore_failed(snapshot: &LoadedSnapshot, what: String, cause: impl Into<BoxError>) -> JobError {
+    JobError::Setup(
+        SetupError::new(
+            SetupErrorKind::Restore,
+            format!("cannot restore from {}: {what}", snapshot.dir.display()),
+        )
+        .with_source(cause),
+    )
 }
 
 impl<'a> RestorePlan<'a> {
@@ -62,8 +80,9 @@ impl<'a> RestorePlan<'a> {
             match graph.nodes.iter().find(|n| n.operator_id == op.operator_id) {
                 Some(n) => {
                     if n.keyed && op.max_parallelism != n.max_parallelism && has_state {
-                        return Err(restore_err(
+                        return Err(restore_err_kind(
                             snapshot,
+                            SetupErrorKind::IncompatibleState,
                             format!(
                                 "operator '{}' (uid '{}') was snapshotted with max parallelism {} but the job now has {}. Keyed state is split into max-parallelism key groups, so this number can never change for a job's state: remove the explicit max parallelism (it is then taken from the snapshot) or set it back to {}",
                                 n.name, n.uid, op.max_parallelism, n.max_parallelism, op.max_parallelism
@@ -77,8 +96,9 @@ impl<'a> RestorePlan<'a> {
             }
         }
         if !dropped.is_empty() && !allow_non_restored_state {
-            return Err(restore_err(
+            return Err(restore_err_kind(
                 snapshot,
+                SetupErrorKind::UnclaimedState,
                 format!(
                     "state of operator(s) with uid {} maps to no operator in this job. If the operator was removed on purpose, start with --allow-non-restored-state (-n) to drop that state; otherwise give the operator its old uid back",
                     dropped.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(", ")
@@ -112,7 +132,7 @@ impl<'a> RestorePlan<'a> {
                         let bytes = self
                             .snapshot
                             .read_section(self.storage, file, section)
-                            .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+                            .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
                         entries.extend(
                             decode_operator_entries(&bytes)
                                 .map_err(|e| restore_err(self.snapshot, format!("{}: {e}", file.path)))?,
@@ -147,7 +167,7 @@ impl<'a> RestorePlan<'a> {
             .cloned()
             .unwrap_or_default();
         let operator_state =
-            OperatorStateStore::from_entries(entries).map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+            OperatorStateStore::from_entries(entries).map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
         let mut backend = None;
         if keyed {
             let ctx = backend_context(self.spec, node, subtask, attempt);
@@ -322,7 +342,7 @@ impl<'a> RestorePlan<'a> {
         let path = self
             .snapshot
             .resolve(file)
-            .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+            .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
         let footer = read_canonical_footer(self.storage, &path, file.size)
             .map_err(|e| restore_err(self.snapshot, format!("operator uid '{}': {e}", op.uid)))?;
         Ok((path, footer))
@@ -333,7 +353,7 @@ impl<'a> RestorePlan<'a> {
         let bytes = self
             .storage
             .read(path)
-            .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+            .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
         let crc = cairn_snapshot::checksum::crc32(&bytes);
         if bytes.len() as u64 != file.size || crc != file.crc32 {
             return Err(restore_err(

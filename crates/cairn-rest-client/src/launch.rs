@@ -178,7 +178,7 @@ pub fn launch(registry: &Registry, spec: &LaunchSpec) -> Result<Launched, Launch
                         let _ = child.wait();
                     });
                     return Err(LaunchError::Failed(format!(
-                        "job {} could not start: {cause}\nIts log: {}",
+                        "job {} failed: {cause}\nIts log: {}",
                         entry.jid,
                         log_path.display()
                     )));
@@ -244,22 +244,33 @@ fn start_outcome(entry: &RegistryEntry) -> StartOutcome {
         ),
     }
     .with_timeout(Duration::from_secs(5));
-    let Ok(r) = client.get(&format!("/jobs/{}", entry.jid)) else {
+    let get = |path: String| match client.get(&path) {
+        Ok(r) if r.status == 200 => Some(r.json()),
+        _ => None,
+    };
+    // Flink's job details say the state; Cairn's additions say the restarts
+    // and the cause.
+    let Some(details) = get(format!("/jobs/{}", entry.jid)) else {
         return StartOutcome::Pending;
     };
-    if r.status != 200 {
-        return StartOutcome::Pending;
-    }
-    let j = r.json();
-    match j["state"].as_str().unwrap_or_default() {
-        "" | "INITIALIZING" => StartOutcome::Pending,
-        // Failed without ever restarting: it never ran.
-        "FAILED" if j["restarts"].as_u64().unwrap_or(0) == 0 => StartOutcome::Failed(
-            j["failure-cause"]
+    match details["state"].as_str().unwrap_or_default() {
+        "" | "INITIALIZING" | "CREATED" => StartOutcome::Pending,
+        "FAILED" => {
+            let Some(cairn) = get(format!("/jobs/{}/cairn", entry.jid)) else {
+                return StartOutcome::Pending;
+            };
+            // Failed without ever restarting: it never ran.
+            if cairn["restarts"].as_u64().unwrap_or(0) > 0 {
+                return StartOutcome::Started;
+            }
+            let cause = cairn["failure-cause"]
                 .as_str()
-                .unwrap_or("no cause was reported; see the job's log")
-                .to_string(),
-        ),
+                .unwrap_or("no cause was reported; see the job's log");
+            StartOutcome::Failed(match cairn["failure-code"].as_str() {
+                Some(code) => format!("{cause} (error code {code})"),
+                None => cause.to_string(),
+            })
+        }
         _ => StartOutcome::Started,
     }
 }

@@ -763,6 +763,7 @@ impl Api {
             "cairn-version": env!("CARGO_PKG_VERSION"),
             "restarts": info.restarts,
             "failure-cause": info.last_failure,
+            "failure-code": info.last_failure_code,
             "restored-from": info.restored_from.as_ref().map(|p| p.display().to_string()),
             "operators": info.vertices.iter().map(|v| {
                 let subtasks: Vec<&cairn_coordinator::control::SubtaskMetrics> =

@@ -362,6 +362,7 @@ mod tests {
             end_time_ms: None,
             restarts: 2,
             last_failure: None,
+            last_failure_code: None,
             restored_from: None,
             vertices: vec![VertexInfo {
                 id: "aa".repeat(16),

@@ -211,13 +211,17 @@ pub fn start(
                             .backends
                             .create(&backend_context(spec, node, s, attempt))
                             .map_err(|e| {
-                                JobError::Setup(format!(
+                                let message = format!(
                                     "cannot create the {} state backend of operator '{}' (uid '{}'), subtask {}: {e}",
                                     spec.backends.name(),
                                     n.name,
                                     n.uid,
                                     s + 1
-                                ))
+                                );
+                                JobError::Setup(
+                                    crate::error::SetupError::new(crate::error::SetupErrorKind::StateBackend, message)
+                                        .with_source(e),
+                                )
                             })?,
                     };
                     Some(KeyedStateAccess::new(backend))
@@ -237,6 +241,7 @@ pub fn start(
                 subtask: s,
                 parallelism: g.node(cairn_graph::NodeId(node)).parallelism,
                 message: format!("failed to open: {e}"),
+                source: Some(e),
             };
             let (head_part, op_nodes): (Head, &[cairn_graph::NodeId]) = match &spec.nodes[head.id.0].code {
                 NodeCode::Source(factory) => {
@@ -361,8 +366,9 @@ impl RunningJob {
     }
 }
 
-/// Describe a task failure as a job error naming the operator and subtask.
-pub fn task_failure(spec: &JobSpec, task: TaskId, op: Option<usize>, error: &crate::error::BoxError) -> JobError {
+/// Describe a task failure as a job error naming the operator and subtask;
+/// the error user code returned stays its source.
+pub fn task_failure(spec: &JobSpec, task: TaskId, op: Option<usize>, error: crate::error::BoxError) -> JobError {
     let g = &spec.graph;
     let chain = &g.chains[task.chain];
     // `op` indexes the chain's operators after a source head.
@@ -380,6 +386,7 @@ pub fn task_failure(spec: &JobSpec, task: TaskId, op: Option<usize>, error: &cra
         subtask: task.subtask,
         parallelism: n.parallelism,
         message: error.to_string(),
+        source: Some(error),
     }
 }
 

@@ -20,7 +20,7 @@ pub mod task;
 pub mod time;
 pub mod upload;
 
-pub use error::{BoxError, JobError, OpResult};
+pub use error::{BoxError, CheckpointFailure, JobError, OpResult, SetupError, SetupErrorKind};
 pub use operator::{Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 pub use record::{StreamRecord, MAX_WATERMARK, NO_TIMESTAMP};
 pub use source::{Source, SourceContext, SourceStatus, SplitProgress, WatermarkStrategy};

@@ -62,6 +62,15 @@ impl SnapshotError {
         !matches!(self, SnapshotError::Io { .. })
     }
 
+    /// True when the storage underneath is full (no space left on the device, or a disk
+    /// quota is exhausted): retrying does not help until space is freed.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            SnapshotError::Io { source, .. } => is_storage_full(source),
+            _ => false,
+        }
+    }
+
     /// Builds an [`SnapshotError::Io`].
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         SnapshotError::Io {
@@ -152,6 +161,16 @@ impl fmt::Display for SnapshotError {
                 "{what}: a newer coordinator (epoch above {epoch}) took over the checkpoints in '{}', so this one stops; make sure only one coordinator runs per job",
                 job_dir.display()
             ),
+            SnapshotError::Io { op, path, source } if is_storage_full(source) => write!(
+                f,
+                "storage is full: {op} of '{}' failed: {source}; free space on that file system (or point the directory at a larger one)",
+                path.display()
+            ),
+            SnapshotError::Io { op, path, source } if source.kind() == io::ErrorKind::ReadOnlyFilesystem => write!(
+                f,
+                "storage is read-only: {op} of '{}' failed: {source}; use a writable directory",
+                path.display()
+            ),
             SnapshotError::Io { op, path, source } => write!(
                 f,
                 "storage failure during {op} of '{}': {source}; check that the path is reachable and writable and retry",
@@ -168,4 +187,10 @@ impl std::error::Error for SnapshotError {
             _ => None,
         }
     }
+}
+
+/// `ENOSPC` (no space left on the device) or `EDQUOT` (disk quota exceeded).
+pub fn is_storage_full(e: &io::Error) -> bool {
+    const EDQUOT: i32 = 122;
+    e.kind() == io::ErrorKind::StorageFull || (cfg!(target_os = "linux") && e.raw_os_error() == Some(EDQUOT))
 }

@@ -79,30 +79,42 @@ struct OpenSection {
 /// Writes a state file. Call [`StateFileWriter::begin_section`], write the
 /// section's bytes through [`Write`], repeat, then [`StateFileWriter::finish`].
 pub struct StateFileWriter<W: Write> {
+    /// Where the file goes, for error messages (unknown for plain writers).
+    path: PathBuf,
     out: ChecksummingWriter<W>,
     sections: Vec<SectionInfo>,
     seen: BTreeSet<(String, Option<u32>)>,
     current: Option<OpenSection>,
 }
 
-fn io_err(e: io::Error) -> SnapshotError {
-    SnapshotError::io("write state file", PathBuf::from("<state file>"), e)
-}
-
 impl<W: Write> StateFileWriter<W> {
-    /// Starts a state file on `writer` (writes the header).
+    /// Starts a state file on `writer` (writes the header). Errors name the
+    /// file only as "a state file"; [`StateFileWriter::create`] knows its path.
     pub fn new(writer: W) -> Result<Self> {
+        Self::with_path(writer, PathBuf::from("a state file being written"))
+    }
+
+    /// Starts a state file on `writer` that goes to `path` (named in errors).
+    pub fn with_path(writer: W, path: PathBuf) -> Result<Self> {
         let mut out = ChecksummingWriter::new(writer);
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(&STATE_FILE_MAGIC);
         header[8..10].copy_from_slice(&STATE_FILE_VERSION.to_le_bytes());
-        out.write_all(&header).map_err(io_err)?;
+        out.write_all(&header)
+            .map_err(|e| SnapshotError::io("write", path.clone(), e))?;
         Ok(StateFileWriter {
+            path,
             out,
             sections: Vec::new(),
             seen: BTreeSet::new(),
             current: None,
         })
+    }
+
+    /// Writes bytes of the open section; a failure names the file.
+    pub fn write_section_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write_all(bytes)
+            .map_err(|e| SnapshotError::io("write", self.path.clone(), e))
     }
 
     /// Closes the current section (if any) and opens a new one. A (name,
@@ -162,6 +174,8 @@ impl<W: Write> StateFileWriter<W> {
             index.extend_from_slice(&s.crc32.to_le_bytes());
         }
         index.extend_from_slice(&index_offset.to_le_bytes());
+        let path = &self.path;
+        let io_err = |e| SnapshotError::io("write", path.clone(), e);
         self.out.write_all(&index).map_err(io_err)?;
         let body_crc = self.out.crc32();
         self.out.write_all(&body_crc.to_le_bytes()).map_err(io_err)?;
@@ -182,7 +196,7 @@ impl<W: Write> StateFileWriter<W> {
 impl StateFileWriter<Box<dyn StorageWriter>> {
     /// Creates `path` through `storage` and starts a state file in it.
     pub fn create(storage: &dyn Storage, path: &Path) -> Result<Self> {
-        StateFileWriter::new(storage.create(path)?)
+        StateFileWriter::with_path(storage.create(path)?, path.to_path_buf())
     }
 
     /// Finishes the file and makes it durable (fsync). Tasks must call this

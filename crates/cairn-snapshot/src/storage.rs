@@ -364,8 +364,8 @@ pub enum FaultTiming {
 #[derive(Debug, Default)]
 struct FaultState {
     counts: HashMap<OpKind, u64>,
-    /// (kind, nth 1-based occurrence, timing)
-    planned: Vec<(OpKind, u64, FaultTiming)>,
+    /// (kind, nth 1-based occurrence, timing, the error's kind)
+    planned: Vec<(OpKind, u64, FaultTiming, io::ErrorKind)>,
     /// Every operation performed, in order, with the path.
     log: Vec<(OpKind, PathBuf)>,
 }
@@ -375,7 +375,8 @@ struct FaultState {
 /// Counting is per kind and starts at 1 with the first operation of that kind
 /// after construction (or after [`FaultInjectingStorage::reset_counts`]).
 /// Injected errors are [`SnapshotError::Io`] with an `io::ErrorKind::Other`
-/// source whose message contains "injected fault".
+/// source whose message contains "injected fault", or a chosen kind (e.g.
+/// `StorageFull`, to model a full disk) with [`FaultInjectingStorage::fail_nth_with`].
 #[derive(Debug, Clone)]
 pub struct FaultInjectingStorage<S> {
     inner: S,
@@ -393,9 +394,16 @@ impl<S: Storage> FaultInjectingStorage<S> {
 
     /// Plans a failure of the `nth` (1-based) operation of `kind` from now on.
     pub fn fail_nth(&self, kind: OpKind, nth: u64, timing: FaultTiming) {
+        self.fail_nth_with(kind, nth, timing, io::ErrorKind::Other);
+    }
+
+    /// Like [`FaultInjectingStorage::fail_nth`], with an error of `error_kind`
+    /// (`StorageFull` behaves as a full disk, `ReadOnlyFilesystem` as a
+    /// read-only mount).
+    pub fn fail_nth_with(&self, kind: OpKind, nth: u64, timing: FaultTiming, error_kind: io::ErrorKind) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let base = st.counts.get(&kind).copied().unwrap_or(0);
-        st.planned.push((kind, base + nth, timing));
+        st.planned.push((kind, base + nth, timing, error_kind));
     }
 
     /// Removes all planned faults.
@@ -424,33 +432,34 @@ impl<S: Storage> FaultInjectingStorage<S> {
         &self.inner
     }
 
-    fn check(&self, kind: OpKind, path: &Path) -> Option<FaultTiming> {
+    fn check(&self, kind: OpKind, path: &Path) -> Option<(FaultTiming, io::ErrorKind)> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let c = st.counts.entry(kind).or_insert(0);
         *c += 1;
         let n = *c;
         st.log.push((kind, path.to_path_buf()));
-        let idx = st.planned.iter().position(|(k, nth, _)| *k == kind && *nth == n)?;
-        Some(st.planned.remove(idx).2)
+        let idx = st.planned.iter().position(|(k, nth, _, _)| *k == kind && *nth == n)?;
+        let (_, _, timing, error_kind) = st.planned.remove(idx);
+        Some((timing, error_kind))
     }
 
     fn run<T>(&self, kind: OpKind, path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
         match self.check(kind, path) {
             None => f(),
-            Some(FaultTiming::Before) => Err(injected(kind, path)),
-            Some(FaultTiming::After) => {
+            Some((FaultTiming::Before, e)) => Err(injected(kind, path, e)),
+            Some((FaultTiming::After, e)) => {
                 f()?;
-                Err(injected(kind, path))
+                Err(injected(kind, path, e))
             }
         }
     }
 }
 
-fn injected(kind: OpKind, path: &Path) -> SnapshotError {
+fn injected(kind: OpKind, path: &Path, error_kind: io::ErrorKind) -> SnapshotError {
     SnapshotError::io(
         "injected",
         path,
-        io::Error::other(format!("injected fault in {kind:?}")),
+        io::Error::new(error_kind, format!("injected fault in {kind:?}")),
     )
 }
 

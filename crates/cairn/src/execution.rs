@@ -11,7 +11,7 @@ use cairn_config::ClaimMode;
 use cairn_coordinator::control::{control_channel, JobClient, JobStatus};
 use cairn_coordinator::controller::{initial_published, run_job, JobRun};
 use cairn_runtime::job::{JobSpec, RuntimeSettings};
-use cairn_runtime::JobError;
+use cairn_runtime::{JobError, SetupError, SetupErrorKind};
 use cairn_snapshot::{load_snapshot, LoadedSnapshot, Storage};
 
 use crate::env::JobResult;
@@ -19,8 +19,15 @@ use crate::error::CairnError;
 
 /// Load the snapshot to restore from (a directory or its `_metadata`).
 pub(crate) fn load(storage: &dyn Storage, path: &Path) -> Result<LoadedSnapshot, CairnError> {
-    load_snapshot(storage, path)
-        .map_err(|e| CairnError::Job(JobError::Setup(format!("cannot restore from {}: {e}", path.display()))))
+    load_snapshot(storage, path).map_err(|e| {
+        CairnError::Job(JobError::Setup(
+            SetupError::new(
+                SetupErrorKind::Restore,
+                format!("cannot restore from {}: {e}", path.display()),
+            )
+            .with_source(e),
+        ))
+    })
 }
 
 /// A job running in the background.
@@ -139,8 +146,11 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
             storage: Some(launch.storage.clone()),
             ..Default::default()
         };
-        let server = cairn_rest_server::serve_with(client.clone(), &launch.spec.config, options)
-            .map_err(|e| CairnError::Job(JobError::Setup(format!("cannot serve the REST API: {e}"))))?;
+        let server = cairn_rest_server::serve_with(client.clone(), &launch.spec.config, options).map_err(|e| {
+            CairnError::Job(JobError::Setup(
+                SetupError::new(SetupErrorKind::Rest, format!("cannot serve the REST API: {e}")).with_source(e),
+            ))
+        })?;
         if launch.progress {
             eprintln!("REST API of job {job_id} at http://{}", server.address());
         }

@@ -17,11 +17,14 @@ use crate::error::CairnError;
 pub fn state_backends(config: &Configuration) -> Result<Arc<dyn StateBackendFactory>, CairnError> {
     match config.get(&options::STATE_BACKEND_TYPE) {
         StateBackendType::HashMap => Ok(Arc::new(HeapBackendFactory)),
-        other => Err(CairnError::Job(JobError::Setup(format!(
-            "state.backend.type is {other:?}, but this job binary was built without that backend: build it with \
+        other => Err(CairnError::Job(JobError::setup(
+            cairn_runtime::SetupErrorKind::Config,
+            format!(
+                "state.backend.type is {other:?}, but this job binary was built without that backend: build it with \
              Cairn's `rocksdb` feature (cairn = {{ features = [\"rocksdb\"] }}, which links Debian's librocksdb-dev), \
              or set state.backend.type: hashmap"
-        )))),
+            ),
+        ))),
     }
 }
 

@@ -131,6 +131,7 @@ impl Scripted {
                 end_time_ms: None,
                 restarts: 0,
                 last_failure: None,
+                last_failure_code: None,
                 restored_from: None,
                 vertices: vec![VertexInfo {
                     id: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
