@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn::connectors::file::{file_owner, FileSink, FileSource};
 use cairn::prelude::*;
@@ -37,6 +37,7 @@ fn info(subtask: u32, parallelism: u32, attempt: u32) -> SubtaskInfo {
         parallelism,
         max_parallelism: 128,
         attempt,
+        clock: cairn::runtime::time::system_clock(),
     }
 }
 
@@ -212,7 +213,14 @@ fn invalid_utf8_fails_naming_file_and_offset_or_is_skipped() {
         })
         .unwrap();
     let mut out = Vec::new();
-    while lenient.poll(&mut out, 100).unwrap() != SourceStatus::Finished {}
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lenient.poll(&mut out, 100).unwrap() != SourceStatus::Finished {
+        assert!(
+            Instant::now() < deadline,
+            "the source never finished: {} records",
+            out.len()
+        );
+    }
     let values: Vec<String> = out.into_iter().map(|r| r.value).collect();
     assert_eq!(values, vec!["ok", "after"]);
     assert_eq!(lenient.skipped_lines(), 1);
@@ -221,11 +229,17 @@ fn invalid_utf8_fails_naming_file_and_offset_or_is_skipped() {
 /// Polls until the source reports `Finished` or `Pending`.
 fn drain(src: &mut FileSource, max: usize) -> (Vec<String>, SourceStatus) {
     let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = src.poll(&mut out, max).unwrap();
         if status != SourceStatus::More {
             return (out.into_iter().map(|r| r.value).collect(), status);
         }
+        assert!(
+            Instant::now() < deadline,
+            "the source keeps reporting More: {} records",
+            out.len()
+        );
     }
 }
 

@@ -13,7 +13,6 @@ use crate::timers::{TimeDomain, TimerService};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use cairn_runtime::record::{AnyBatch, NO_TIMESTAMP};
-use cairn_runtime::time::now_ms;
 use cairn_state::SnapshotRequest;
 
 /// Extracts the key of a record.
@@ -81,9 +80,9 @@ impl<K, O: Send + 'static> KeyedContext<'_, K, O> {
     pub fn current_watermark(&self) -> i64 {
         self.watermark
     }
-    /// Processing time now (epoch ms).
+    /// Processing time now (epoch ms), from the job's clock.
     pub fn current_processing_time(&self) -> i64 {
-        now_ms()
+        self.info.processing_time()
     }
     /// In `on_timer`: which kind of timer fired.
     pub fn time_domain(&self) -> Option<TimeDomain> {

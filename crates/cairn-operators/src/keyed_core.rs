@@ -11,7 +11,6 @@ use crate::keyed::{Key, KeyedContext, KeyedOpenContext};
 use crate::timers::{TimeDomain, Timer, TimerService};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{Emitter, OpenContext, OperatorSnapshot, SubtaskInfo};
-use cairn_runtime::time::now_ms;
 
 /// What a keyed operator holds once open.
 pub(crate) struct KeyedCore<O> {
@@ -57,7 +56,8 @@ impl<O: Send + 'static> KeyedCore<O> {
 
     /// A batch starts: TTL decisions use processing time now.
     pub fn begin_batch(&mut self) {
-        self.state.set_processing_time(now_ms() as u64);
+        self.state
+            .set_processing_time(self.info.processing_time().max(0) as u64);
     }
 
     /// Make `key` the current key of keyed state and timers.

@@ -7,7 +7,6 @@ use crate::collector::{OutputTag, Outputs, SidePorts};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use cairn_runtime::record::{AnyBatch, StreamRecord, NO_TIMESTAMP};
-use cairn_runtime::time::now_ms;
 use cairn_state::SnapshotRequest;
 
 /// Applies a batch transformation; map, filter and flat_map are built on it.
@@ -84,9 +83,9 @@ impl<O: Send + 'static> ProcessContext<'_, O> {
     pub fn current_watermark(&self) -> i64 {
         self.watermark
     }
-    /// Processing time now (epoch ms).
+    /// Processing time now (epoch ms), from the job's clock.
     pub fn current_processing_time(&self) -> i64 {
-        now_ms()
+        self.info.processing_time()
     }
     /// Emit a record with the current timestamp.
     pub fn collect(&mut self, value: O) {

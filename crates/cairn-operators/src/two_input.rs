@@ -29,7 +29,6 @@ use crate::timers::TimeDomain;
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
 use cairn_runtime::record::{AnyBatch, NO_TIMESTAMP};
-use cairn_runtime::time::now_ms;
 use cairn_state::SnapshotRequest;
 
 /// The accessors every context shares: timestamp, watermark, output.
@@ -43,9 +42,9 @@ macro_rules! output_methods {
         pub fn current_watermark(&self) -> i64 {
             self.watermark
         }
-        /// Processing time now (epoch ms).
+        /// Processing time now (epoch ms), from the job's clock.
         pub fn current_processing_time(&self) -> i64 {
-            now_ms()
+            self.info.processing_time()
         }
         /// The subtask running this function.
         pub fn info(&self) -> &SubtaskInfo {

@@ -59,6 +59,8 @@ pub struct JobSpec {
     pub job_id: String,
     /// Creates every keyed operator subtask's state backend.
     pub backends: Arc<dyn StateBackendFactory>,
+    /// Processing time of every task (the system clock unless a test injects one).
+    pub clock: crate::time::SharedClock,
 }
 
 /// Runtime knobs read from configuration.
@@ -198,6 +200,7 @@ pub fn start(
                     parallelism: n.parallelism,
                     max_parallelism: n.max_parallelism,
                     attempt,
+                    clock: spec.clock.clone(),
                 }
             };
             let open_ctx = |node: usize, restore: RestoreFn<'_>| -> Result<OpenContext, JobError> {
@@ -315,6 +318,7 @@ pub fn start(
                     events: ev_tx.clone(),
                     cancel: cancel.clone(),
                     metrics,
+                    clock: spec.clock.clone(),
                     settings: TaskSettings {
                         batch_size: settings.batch_size,
                         exactly_once: settings.exactly_once,

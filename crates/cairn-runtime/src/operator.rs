@@ -23,6 +23,15 @@ pub struct SubtaskInfo {
     pub max_parallelism: u32,
     /// How many times the job has restarted after a failure (0 on first run).
     pub attempt: u32,
+    /// The job's processing-time clock (TTL, processing-time timers and windows).
+    pub clock: crate::time::SharedClock,
+}
+
+impl SubtaskInfo {
+    /// Processing time now, from the job's clock (epoch ms).
+    pub fn processing_time(&self) -> i64 {
+        self.clock.now_ms()
+    }
 }
 
 /// Collects the batches an operator emits, per output port (0 = main).

@@ -18,7 +18,7 @@ use crate::operator::{Emitter, OperatorLogic, OperatorSnapshot};
 use crate::output::{PortOutput, TaskMetrics};
 use crate::record::{AnyBatch, Barrier, Message, MAX_WATERMARK};
 use crate::source::{SourceLogic, SourceStatus};
-use crate::time::now_ms;
+use crate::time::SharedClock;
 use crate::upload::{OperatorUpload, SnapshotUploader, UploadJob};
 
 /// Release what an unused snapshot holds (a file snapshot's local files).
@@ -138,6 +138,8 @@ pub struct Task {
     pub events: Sender<TaskEvent>,
     pub cancel: Arc<AtomicBool>,
     pub metrics: Arc<TaskMetrics>,
+    /// Processing time, for processing-time timers.
+    pub clock: SharedClock,
     pub settings: TaskSettings,
     /// Node index of the source (for source chains).
     pub source_node: Option<usize>,
@@ -259,7 +261,7 @@ impl Task {
     }
 
     fn fire_processing_timers(&mut self) -> Result<(), Fail> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for level in 0..self.ops.len() {
             if self.ops[level].1.next_processing_timer().is_some_and(|t| t <= now) {
                 let mut em = Emitter::default();
@@ -473,7 +475,7 @@ impl Task {
                 SourceStatus::Finished => break,
                 SourceStatus::Pending(d) => {
                     let d = match self.next_processing_timer() {
-                        Some(t) => d.min(Duration::from_millis((t - now_ms()).max(0) as u64)),
+                        Some(t) => d.min(Duration::from_millis((t - self.clock.now_ms()).max(0) as u64)),
                         None => d,
                     };
                     let waiting = Instant::now();
@@ -515,7 +517,7 @@ impl Task {
                 }
             }
             let timeout = match self.next_processing_timer() {
-                Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 100) as u64),
+                Some(t) => Duration::from_millis((t - self.clock.now_ms()).clamp(0, 100) as u64),
                 None => Duration::from_millis(100),
             };
             let waiting = Instant::now();

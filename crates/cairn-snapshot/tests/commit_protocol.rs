@@ -136,7 +136,10 @@ fn failure_at_every_step_pure() {
             let mut c = fully_acked(7, kind).finalize(99).unwrap();
             assert_eq!(c.metadata().operators[0].subtasks.len(), 2);
             let mut visited = Vec::new();
+            let mut steps_left = 4 * CommitStep::ALL.len();
             let failure = loop {
+                steps_left -= 1;
+                assert!(steps_left > 0, "the commit protocol does not reach Done: {visited:?}");
                 let step = c.next_step();
                 if step == CommitStep::Done {
                     break None;

@@ -13,6 +13,7 @@ use cairn_operators::collector::SidePorts;
 use cairn_runtime::job::{JobSpec, NodeCode, NodeLogic};
 use cairn_runtime::output::{port_factory, PortFactory};
 use cairn_runtime::source::{SourceAdapter, SourceLogic};
+use cairn_runtime::time::{system_clock, SharedClock};
 use cairn_runtime::{Source, WatermarkStrategy};
 use cairn_snapshot::LoadedSnapshot;
 use cairn_state::canonical::KeyCodec;
@@ -36,6 +37,8 @@ pub(crate) struct EnvInner {
     pub config: Configuration,
     pub startup: StartupOptions,
     pub progress: bool,
+    /// Processing time of the job's tasks.
+    pub clock: SharedClock,
     /// Serve the REST API: jobs started as binaries (`from_args`) do, so that
     /// `cairn list` finds them; embedded jobs only when a `rest.*` key is set.
     pub serve_rest: bool,
@@ -106,6 +109,7 @@ impl StreamEnv {
                 config: startup.config.clone(),
                 startup,
                 progress: false,
+                clock: system_clock(),
                 serve_rest: false,
             })),
         }
@@ -143,6 +147,14 @@ impl StreamEnv {
             .config
             .set_option(&options::MAX_PARALLELISM, Some(max_parallelism))?;
         Ok(())
+    }
+
+    /// Replace the processing-time clock (TTL, processing-time timers and
+    /// windows, `current_processing_time`). The system clock is the default;
+    /// tests inject a [`cairn_runtime::time::ManualClock`] to decide the time
+    /// instead of waiting for it (Flink's `TtlTimeProvider` idea).
+    pub fn set_clock(&self, clock: SharedClock) {
+        self.inner.borrow_mut().clock = clock;
     }
 
     /// Print progress (records/s) to stderr while the job runs.
@@ -283,6 +295,7 @@ impl StreamEnv {
             config: Arc::new(config.clone()),
             job_id: cairn_snapshot::layout::JobId::generate().to_string(),
             backends: crate::wiring::state_backends(config)?,
+            clock: inner.clock.clone(),
         })
     }
 

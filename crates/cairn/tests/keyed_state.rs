@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn::prelude::*;
+use cairn::runtime::time::Clock;
 use cairn::state::keygroup::{key_group_for_key, subtask_for_key_group};
 use cairn::state::TtlUpdateType;
-use common::{assert_contains_all, env_with_parallelism, sorted, Ack, PacedSource};
+use common::{assert_contains_all, env_with_parallelism, sorted, Ack, ManualClock, PacedSource};
 
 const KEYS: u64 = 7;
 
@@ -375,71 +376,98 @@ impl KeyedProcessFunction<u64, u64, (u64, bool)> for TtlProbe {
     }
 }
 
-/// Runs `n` records of one key spaced at least `gap` apart in processing time
-/// (each emitted only after the previous one was processed); returns, per
-/// record, whether its read found a value.
-fn run_ttl(ttl: StateTtlConfig, write_every_record: bool, n: u64, gap: Duration) -> Vec<bool> {
+/// Processing time at which the TTL tests' clock starts.
+const T0: i64 = 1_000_000;
+
+/// Runs `n` records of one key, record `i` processed at exactly
+/// `T0 + i * step_ms` of processing time (a manual clock the source moves
+/// forward, each record emitted only after the previous one was processed);
+/// returns, per record, whether its read found a value.
+fn run_ttl(ttl: StateTtlConfig, write_every_record: bool, n: u64, step_ms: i64) -> Vec<bool> {
     let env = env_with_parallelism(1);
+    let clock = ManualClock::new(T0);
+    env.set_clock(clock.shared());
     let ack: Ack = Arc::default();
     let (sink, out) = CollectSink::new();
-    env.source(PacedSource::new((0..n).collect()).gap(gap).ack(ack.clone()))
-        .uid("paced")
-        .key_by(|_: &u64| 1u64)
-        .process(TtlProbe {
-            ttl,
-            write_every_record,
-            ack,
-            state: None,
-        })
-        .uid("ttl")
-        .sink(sink);
+    env.source(
+        PacedSource::new((0..n).collect())
+            .clock_step(clock.clone(), step_ms)
+            .ack(ack.clone()),
+    )
+    .uid("paced")
+    .key_by(|_: &u64| 1u64)
+    .process(TtlProbe {
+        ttl,
+        write_every_record,
+        ack,
+        state: None,
+    })
+    .uid("ttl")
+    .sink(sink);
     env.execute("ttl").unwrap();
+    assert_eq!(
+        clock.now_ms(),
+        T0 + (n as i64 - 1) * step_ms,
+        "the job moved only the manual clock"
+    );
     let got = out.values();
     assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
     got.into_iter().map(|r| r.1).collect()
 }
 
+/// `true` for records `1..first_miss`, `false` for record 0 and from
+/// `first_miss` on.
+fn visible_until(n: usize, first_miss: usize) -> Vec<bool> {
+    (0..n).map(|i| i >= 1 && i < first_miss).collect()
+}
+
 #[test]
 fn ttl_expires_values_between_records() {
-    // TTL 1 ms, records at least 20 ms apart: nothing written survives to the
-    // next record.
+    // TTL 1 ms, records 20 ms apart: nothing written survives to the next record.
     let ttl = StateTtlConfig::new(Duration::from_millis(1));
-    let found = run_ttl(ttl, true, 6, Duration::from_millis(20));
-    assert_eq!(found, vec![false; 6]);
+    assert_eq!(run_ttl(ttl, true, 6, 20), vec![false; 6]);
 }
 
 #[test]
 fn ttl_longer_than_the_job_keeps_values() {
-    // The control for the test above: the same job with a TTL of an hour
-    // sees every value written by the previous record.
+    // The control for the test above: a TTL of an hour keeps every value
+    // written by the previous record.
     let ttl = StateTtlConfig::new(Duration::from_secs(3600));
-    let found = run_ttl(ttl, true, 6, Duration::from_millis(20));
-    assert_eq!(found, vec![false, true, true, true, true, true]);
+    assert_eq!(run_ttl(ttl, true, 6, 20), vec![false, true, true, true, true, true]);
 }
 
 #[test]
 fn ttl_on_create_and_write_expires_despite_reads() {
-    // Written once (record 0), then only read every >= 40 ms. With
-    // OnCreateAndWrite reads do not restart the clock, and the last read
-    // comes >= 19 * 40 ms = 760 ms > 300 ms after the write: it must miss.
+    // Written once at T0 (record 0), then only read every 40 ms. Reads do
+    // not restart the clock: records 1..=7 (up to T0 + 280) see the value,
+    // record 8 (T0 + 320 >= T0 + 300) and every later one do not.
     let ttl = StateTtlConfig::new(Duration::from_millis(300)).with_update_type(TtlUpdateType::OnCreateAndWrite);
-    let found = run_ttl(ttl, false, 20, Duration::from_millis(40));
-    assert!(!found[0]);
-    assert!(!found[19], "value still visible 760 ms after its only write: {found:?}");
-    // Once expired it stays gone (nothing writes it again).
-    let first_miss = 1 + found[1..].iter().position(|f| !f).expect("a miss");
-    assert!(found[first_miss..].iter().all(|f| !f), "{found:?}");
+    assert_eq!(run_ttl(ttl, false, 20, 40), visible_until(20, 8));
+}
+
+#[test]
+fn ttl_expires_exactly_when_the_ttl_has_passed() {
+    // Written at T0, read every 50 ms: at T0 + 250 still visible, at
+    // T0 + 300 (write time + TTL) expired.
+    let ttl = StateTtlConfig::new(Duration::from_millis(300)).with_update_type(TtlUpdateType::OnCreateAndWrite);
+    assert_eq!(run_ttl(ttl, false, 10, 50), visible_until(10, 6));
 }
 
 #[test]
 fn ttl_on_read_and_write_is_refreshed_by_reads() {
-    // Same job with OnReadAndWrite: every read (about 40 ms apart, far below
-    // the 300 ms TTL) restarts the clock, so the value never expires.
+    // Same job with OnReadAndWrite: every read, 40 ms after the previous
+    // one, restarts the 300 ms clock, so the value never expires.
     let ttl = StateTtlConfig::new(Duration::from_millis(300)).with_update_type(TtlUpdateType::OnReadAndWrite);
-    let found = run_ttl(ttl, false, 20, Duration::from_millis(40));
-    let mut expected = vec![true; 20];
-    expected[0] = false;
-    assert_eq!(found, expected);
+    assert_eq!(run_ttl(ttl, false, 20, 40), visible_until(20, 20));
+}
+
+#[test]
+fn ttl_on_read_and_write_does_not_revive_an_expired_value() {
+    // Reads 299 ms apart keep refreshing a 300 ms TTL; reads 300 ms apart
+    // come too late: the first read misses, and so does every later one.
+    let ttl = StateTtlConfig::new(Duration::from_millis(300)).with_update_type(TtlUpdateType::OnReadAndWrite);
+    assert_eq!(run_ttl(ttl, false, 8, 299), visible_until(8, 8));
+    assert_eq!(run_ttl(ttl, false, 8, 300), vec![false; 8]);
 }
 
 /// Like [`TtlProbe`] for map and list state: writes once (record 0), then only
@@ -478,14 +506,17 @@ impl KeyedProcessFunction<u64, u64, (u64, bool)> for TtlCollectionProbe {
     }
 }
 
+/// 20 records 40 ms of processing time apart (manual clock); TTL 300 ms.
 fn run_collection_ttl(use_map: bool, update: TtlUpdateType) -> Vec<bool> {
     let env = env_with_parallelism(1);
+    let clock = ManualClock::new(T0);
+    env.set_clock(clock.shared());
     let ack: Ack = Arc::default();
     let (sink, out) = CollectSink::new();
     let ttl = StateTtlConfig::new(Duration::from_millis(300)).with_update_type(update);
     env.source(
         PacedSource::new((0..20u64).collect())
-            .gap(Duration::from_millis(40))
+            .clock_step(clock, 40)
             .ack(ack.clone()),
     )
     .uid("paced")
@@ -505,22 +536,25 @@ fn run_collection_ttl(use_map: bool, update: TtlUpdateType) -> Vec<bool> {
 
 #[test]
 fn ttl_on_create_and_write_expires_map_and_list_entries() {
-    // Only record 0 writes; record 19 reads >= 760 ms later with a 300 ms TTL.
+    // Only record 0 writes; reads up to T0 + 280 see it, from T0 + 320 not.
     for use_map in [true, false] {
         let found = run_collection_ttl(use_map, TtlUpdateType::OnCreateAndWrite);
-        assert!(!found[0] && !found[19], "map={use_map}: {found:?}");
+        assert_eq!(found, visible_until(20, 8), "map={use_map}");
     }
 }
 
 #[test]
 fn ttl_on_read_and_write_refreshes_map_and_list_entries_on_read() {
-    // Reads about 40 ms apart, far below the 300 ms TTL, each restarting the
-    // clock: the entry written by record 0 stays visible, as for ValueState.
+    // Reads 40 ms apart, each restarting the 300 ms clock: the entry written
+    // by record 0 stays visible, as for ValueState.
     for use_map in [true, false] {
         let found = run_collection_ttl(use_map, TtlUpdateType::OnReadAndWrite);
-        let mut expected = vec![true; 20];
-        expected[0] = false;
-        assert_eq!(found, expected, "{}", if use_map { "map state" } else { "list state" });
+        assert_eq!(
+            found,
+            visible_until(20, 20),
+            "{}",
+            if use_map { "map state" } else { "list state" }
+        );
     }
 }
 

@@ -658,7 +658,13 @@ fn claim_mode_decides_who_owns_the_restored_checkpoint() {
     let job = env.execute_async("first").unwrap();
     let client = job.client();
     wait_for_records(&client, 2_000);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while client.checkpoints().latest_completed.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint completed: {:?}",
+            client.checkpoints().latest_failed
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let first_id = job.job_id().to_string();

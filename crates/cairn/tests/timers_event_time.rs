@@ -111,13 +111,15 @@ fn event_time_timers_fire_in_order_once_and_not_when_deleted() {
 }
 
 /// Registers one processing-time timer per key (50 ms ahead) on the first
-/// record; on firing emits (key, timer time) and opens the gate that keeps
-/// the source alive.
+/// record of the key and counts records in `seen_records`; on firing emits
+/// (key, timer time, processing time at firing) and, once every key's timer
+/// fired, opens the gate that keeps the source alive.
 #[derive(Clone)]
 struct ProcTimer {
     fired: Arc<AtomicBool>,
     keys: usize,
     seen: Option<ValueState<bool>>,
+    seen_records: common::Ack,
     fired_keys: Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
 }
 
@@ -134,6 +136,7 @@ impl KeyedProcessFunction<u64, u64, (u64, i64, i64)> for ProcTimer {
             let at = ctx.current_processing_time() + 50;
             ctx.register_processing_time_timer(at)?;
         }
+        self.seen_records.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -153,10 +156,17 @@ impl KeyedProcessFunction<u64, u64, (u64, i64, i64)> for ProcTimer {
     }
 }
 
+/// On a manual clock: every timer is registered at exactly `T0 + 50`, none
+/// fires while the clock stands before that, all fire once it gets there,
+/// seeing exactly that processing time.
 #[test]
-fn processing_time_timers_fire_while_the_job_runs() {
+fn processing_time_timers_fire_when_the_clock_reaches_them() {
+    const T0: i64 = 5_000_000;
     let env = env_with_parallelism(2);
+    let clock = common::ManualClock::new(T0);
+    env.set_clock(clock.shared());
     let fired = Arc::new(AtomicBool::new(false));
+    let seen_records = common::Ack::default();
     let (sink, out) = CollectSink::new();
     // The source stays alive until every key's timer fired (or a deadline far
     // away, which only a broken timer service reaches).
@@ -167,19 +177,32 @@ fn processing_time_timers_fire_while_the_job_runs() {
             fired: fired.clone(),
             keys: 4,
             seen: None,
+            seen_records: seen_records.clone(),
             fired_keys: Arc::default(),
         })
         .uid("proc-timers")
         .sink(sink);
-    env.execute("processing-time timers").unwrap();
+    let job = env.execute_async("processing-time timers").unwrap();
+    common::wait_until("all records processed", common::GATE_DEADLINE, || {
+        seen_records.load(Ordering::SeqCst) == 40
+    });
+    clock.advance_to(T0 + 49);
+    // One ms before the timers: the job may look at the clock as often as it
+    // likes, nothing is due. (Timers read from the wall clock would have fired.)
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(
+        out.values().is_empty(),
+        "a timer fired before its time: {:?}",
+        out.values()
+    );
+    clock.advance_to(T0 + 50);
+    job.wait().unwrap();
 
     assert!(fired.load(Ordering::SeqCst), "not every processing-time timer fired");
-    let got = out.values();
-    let keys: Vec<u64> = common::sorted(got.iter().map(|r| r.0).collect());
-    assert_eq!(keys, vec![0, 1, 2, 3], "each key's timer fires exactly once");
-    for (k, ts, now) in got {
-        assert!(now >= ts, "key {k}: timer {ts} fired early, at {now}");
-    }
+    let mut got = out.values();
+    got.sort();
+    let expected: Vec<(u64, i64, i64)> = (0..4).map(|k| (k, T0 + 50, T0 + 50)).collect();
+    assert_eq!(got, expected, "each key's timer fires exactly once, at its time");
 }
 
 /// Emits (index, timestamp, watermark seen) per record.

@@ -1,6 +1,8 @@
 //! Windows end to end: real jobs through `StreamEnv::execute`, results gathered
 //! by a `CollectSink` and checked against oracles computed here.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -294,37 +296,72 @@ fn late_data_goes_to_the_side_output() {
     assert_eq!(dropped.load(Ordering::Relaxed), 0);
 }
 
+/// Counts (key, index) records per key; bumps `ack` per record so the paced
+/// source emits the next one only after this one was assigned.
+#[derive(Clone)]
+struct CountAcked {
+    ack: common::Ack,
+}
+
+impl AggregateFunction<(u64, u64)> for CountAcked {
+    type Acc = (u64, u64);
+    type Out = (u64, u64);
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn add(&self, value: &(u64, u64), acc: &mut (u64, u64)) {
+        acc.0 = value.0;
+        acc.1 += 1;
+        self.ack.fetch_add(1, Ordering::SeqCst);
+    }
+    fn get_result(&self, acc: &(u64, u64)) -> (u64, u64) {
+        *acc
+    }
+    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+        (a.0.max(b.0), a.1 + b.1)
+    }
+}
+
+/// On a manual clock: record `i` arrives at exactly `T0 + 10 i` ms of
+/// processing time, so every 50 ms window holds records `5j..5j+5` and each
+/// fires once with exactly their per-key counts.
 #[test]
-fn processing_time_tumbling_windows_count_every_record() {
-    let (n, keys) = (600u64, 3u64);
+fn processing_time_tumbling_windows_assign_by_the_job_clock() {
+    const T0: i64 = 1_000_000; // a multiple of the window size
+    let (n, keys) = (30u64, 3u64);
     let env = StreamEnv::new();
+    let clock = common::ManualClock::new(T0);
+    env.set_clock(clock.shared());
+    let ack = common::Ack::default();
     let (sink, got) = CollectSink::new();
-    env.source(GeneratorSource::new(n, keys).rate(3_000))
-        .set_parallelism(1)
-        .uid("gen")
-        .key_by(|e: &GeneratedEvent| e.key)
-        .window(TumblingProcessingTimeWindows::of(Duration::from_millis(50)))
-        .aggregate(CountGenerated)
-        .uid("pt-counts")
-        .sink(sink);
+    env.source(
+        common::PacedSource::new((0..n).map(|i| (i % keys, i)).collect())
+            .clock_step(clock, 10)
+            .ack(ack.clone()),
+    )
+    .uid("paced")
+    .key_by(|r: &(u64, u64)| r.0)
+    .window(TumblingProcessingTimeWindows::of(Duration::from_millis(50)))
+    .aggregate(CountAcked { ack })
+    .uid("pt-counts")
+    .sink(sink);
     env.execute("processing time").unwrap();
 
-    let mut totals: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut windows: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    let mut actual: BTreeMap<(i64, u64), u64> = BTreeMap::new();
     for r in got.records() {
-        assert!(r.value.1 > 0);
-        *totals.entry(r.value.0).or_default() += r.value.1;
-        windows.entry(r.value.0).or_default().push(r.timestamp);
+        assert!(
+            actual.insert((r.timestamp, r.value.0), r.value.1).is_none(),
+            "window {} of key {} fired twice",
+            r.timestamp,
+            r.value.0
+        );
     }
-    let expected: BTreeMap<u64, u64> = (0..keys).map(|k| (k, n / keys)).collect();
-    assert_eq!(totals, expected);
-    for (k, ts) in windows {
-        let mut sorted = ts.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), ts.len(), "key {k}: a window fired twice");
-        assert!(ts.iter().all(|t| (t + 1) % 50 == 0), "key {k}: {ts:?}");
+    let mut expected: BTreeMap<(i64, u64), u64> = BTreeMap::new();
+    for i in 0..n {
+        let window_end = T0 + (i as i64 / 5) * 50 + 49;
+        *expected.entry((window_end, i % keys)).or_default() += 1;
     }
+    assert_eq!(actual, expected);
 }
 
 #[derive(Clone)]

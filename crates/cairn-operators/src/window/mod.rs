@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use crate::collector::{OutputTag, Outputs};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::record::NO_TIMESTAMP;
-use cairn_runtime::time::now_ms;
 
 pub use assigners::{
     EventTimeSessionWindows, ProcessingTimeSessionWindows, SlidingEventTimeWindows, SlidingProcessingTimeWindows,
@@ -121,6 +120,7 @@ pub struct WindowCollector<'a, O> {
     pub(crate) out: &'a mut Outputs<O>,
     pub(crate) timestamp: i64,
     pub(crate) watermark: i64,
+    pub(crate) processing_time: i64,
 }
 
 impl<O: Send + 'static> WindowCollector<'_, O> {
@@ -140,9 +140,9 @@ impl<O: Send + 'static> WindowCollector<'_, O> {
     pub fn current_watermark(&self) -> i64 {
         self.watermark
     }
-    /// Processing time now (epoch ms).
+    /// Processing time when the window fired (epoch ms), from the job's clock.
     pub fn current_processing_time(&self) -> i64 {
-        now_ms()
+        self.processing_time
     }
 }
 

@@ -21,7 +21,6 @@ use crate::timers::{TimeDomain, Timer};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot};
 use cairn_runtime::record::{AnyBatch, MAX_WATERMARK, NO_TIMESTAMP};
-use cairn_runtime::time::now_ms;
 use cairn_state::SnapshotRequest;
 
 /// Runs windows of assigner `A` whose contents are kept by `C`.
@@ -93,6 +92,7 @@ where
             out: &mut self.core.out,
             timestamp: w.max_timestamp(),
             watermark: self.core.watermark,
+            processing_time: self.core.info.processing_time(),
         };
         self.contents.emit(&mut self.core.state, key, w, &mut out)
     }
@@ -333,8 +333,8 @@ where
     fn process_batch(&mut self, _input: usize, batch: AnyBatch, out: &mut Emitter) -> OpResult {
         let run = self.run.as_mut().ok_or("window operator not opened")?;
         let batch = downcast_batch::<T>(batch, &run.core.info.operator_name)?;
-        let now = now_ms();
-        run.core.state.set_processing_time(now as u64);
+        let now = run.core.info.processing_time();
+        run.core.state.set_processing_time(now.max(0) as u64);
         for rec in *batch {
             if run.event_time && rec.timestamp == NO_TIMESTAMP {
                 return Err(format!(
@@ -532,6 +532,7 @@ mod tests {
                 parallelism,
                 max_parallelism: MAX_P,
                 attempt: 0,
+                clock: cairn_runtime::time::system_clock(),
             },
             config: Arc::new(Configuration::new()),
             keyed: Some(KeyedStateAccess::new(Box::new(backend))),

@@ -204,8 +204,11 @@ fn run(port: ControlPort, sc: ScriptConfig) {
     let mut next_id = 1u64;
     let mut n = 0u32;
     loop {
-        let Ok(req) = port.requests.recv_timeout(Duration::from_millis(50)) else {
-            continue;
+        let req = match port.requests.recv_timeout(Duration::from_millis(50)) {
+            Ok(req) => req,
+            Err(e) if e.is_timeout() => continue,
+            // Every client is gone: the test is over.
+            Err(_) => return,
         };
         std::thread::sleep(sc.delay);
         match req {

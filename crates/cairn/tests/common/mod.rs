@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::prelude::*;
+pub use cairn::runtime::time::ManualClock;
 
 /// How long a gated source waits for its gate before giving up; only reached
 /// when the behaviour under test is broken (the test then fails on its
@@ -41,9 +42,11 @@ pub type Ack = Arc<AtomicUsize>;
 /// Emits `items` from subtask 0 only, one record per poll, in order.
 ///
 /// - `gap`: after the previous record was acknowledged (see `ack`), wait at
-///   least this long before emitting the next one. The gap is a lower bound
-///   on the processing-time distance between two records, which is what TTL
-///   tests need.
+///   least this long (wall clock) before emitting the next one.
+/// - `clock_step`: before emitting each record after the first, move the
+///   job's [`ManualClock`] forward by this many ms. With `ack`, record `i` is
+///   then processed at exactly `start + i * step` of processing time, which
+///   is what TTL and processing-time tests need (no wall-clock dependence).
 /// - `ack`: when set, record `i + 1` is emitted only once the job has bumped
 ///   the counter past `i` (so two records never share a batch or a clock read).
 /// - `hold`: when set, after the last item the source stays alive (no data)
@@ -58,6 +61,7 @@ pub struct PacedSource<T> {
     ack: Option<Ack>,
     hold: Option<Arc<AtomicBool>>,
     other_subtasks_wait_for: Option<Arc<AtomicBool>>,
+    clock_step: Option<(ManualClock, i64)>,
     /// Set by subtask 0 when it finished emitting and holding.
     done: Arc<AtomicBool>,
     next: usize,
@@ -80,6 +84,7 @@ impl<T: Clone + Send + Sync + 'static> PacedSource<T> {
             ack: None,
             hold: None,
             other_subtasks_wait_for: None,
+            clock_step: None,
             done: Arc::new(AtomicBool::new(false)),
             next: 0,
             mine: false,
@@ -90,6 +95,12 @@ impl<T: Clone + Send + Sync + 'static> PacedSource<T> {
 
     pub fn gap(mut self, gap: Duration) -> Self {
         self.gap = gap;
+        self
+    }
+
+    /// Advance `clock` by `step_ms` before each record after the first.
+    pub fn clock_step(mut self, clock: ManualClock, step_ms: i64) -> Self {
+        self.clock_step = Some((clock, step_ms));
         self
     }
 
@@ -154,6 +165,9 @@ impl<T: Clone + Send + Sync + 'static> Source<T> for PacedSource<T> {
             if since.elapsed() < self.gap {
                 return Ok(SourceStatus::Pending(self.gap - since.elapsed()));
             }
+            if let Some((clock, step)) = &self.clock_step {
+                clock.advance(*step);
+            }
         }
         let (value, ts) = self.items[self.next].clone();
         out.push(StreamRecord { value, timestamp: ts });
@@ -176,4 +190,15 @@ pub fn execute_with_hang_detector<R: Send + 'static>(limit: Duration, job: impl 
     });
     rx.recv_timeout(limit)
         .unwrap_or_else(|_| panic!("the job did not return within {limit:?}: it hangs"))
+}
+
+/// Polls `f` until it holds; panics naming `what` after `deadline` (a hang
+/// detector far above the expected wait, never a timing assertion).
+#[track_caller]
+pub fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !f() {
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
