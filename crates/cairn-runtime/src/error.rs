@@ -135,7 +135,7 @@ impl fmt::Display for JobError {
 impl std::error::Error for JobError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            JobError::Task { source, .. } => source.as_deref().map(|e| e as _),
+            JobError::Task { source, .. } => source.as_deref().map(|e| e as &(dyn std::error::Error + 'static)),
             JobError::Setup(e) => Some(e),
             JobError::Checkpointing(e) => Some(e),
             JobError::StopWithSavepoint { cause, .. } | JobError::Fenced(cause) => Some(cause),
@@ -240,7 +240,7 @@ impl fmt::Display for SetupError {
 
 impl std::error::Error for SetupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as _)
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
