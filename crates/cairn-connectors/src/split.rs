@@ -390,6 +390,7 @@ mod tests {
             parallelism,
             max_parallelism: 128,
             attempt: 0,
+            clock: cairn_runtime::time::system_clock(),
         }
     }
 

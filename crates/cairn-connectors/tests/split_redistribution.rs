@@ -50,6 +50,7 @@ fn info(subtask: u32, parallelism: u32, attempt: u32) -> SubtaskInfo {
         parallelism,
         max_parallelism: 128,
         attempt,
+        clock: cairn_runtime::time::system_clock(),
     }
 }
 

@@ -123,6 +123,22 @@ impl CheckpointSettings {
     }
 }
 
+/// A snapshot that could not start: its id (when one was taken) and why.
+#[derive(Debug, Clone)]
+pub struct TriggerFailure {
+    pub checkpoint_id: Option<u64>,
+    pub cause: CheckpointFailure,
+}
+
+impl std::fmt::Display for TriggerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.checkpoint_id {
+            Some(id) => write!(f, "snapshot {id} could not start: {}", self.cause),
+            None => write!(f, "{}", self.cause),
+        }
+    }
+}
+
 /// What a snapshot in progress is for.
 #[derive(Clone, Debug)]
 pub enum SnapshotTarget {
@@ -343,13 +359,17 @@ impl Coordinator {
     }
 
     /// Start snapshot `next_id` for `target`; returns the barrier to inject.
-    pub fn begin(&mut self, target: SnapshotTarget, num_tasks: usize) -> Result<Barrier, String> {
+    /// A snapshot that could not even start (its claim or directory could not
+    /// be written) is recorded as failed; the caller decides what that means.
+    pub fn begin(&mut self, target: SnapshotTarget, num_tasks: usize) -> Result<Barrier, TriggerFailure> {
         let id = self.next_id;
         let (kind, dir, snapshot_type) = match &target {
             SnapshotTarget::Checkpoint { .. } => {
-                let layout = self.layout.as_ref().ok_or_else(|| {
-                    "checkpoints need a directory: set execution.checkpointing.dir (alias state.checkpoints.dir)"
-                        .to_string()
+                let layout = self.layout.as_ref().ok_or_else(|| TriggerFailure {
+                    checkpoint_id: None,
+                    cause:
+                        "checkpoints need a directory: set execution.checkpointing.dir (alias state.checkpoints.dir)"
+                            .into(),
                 })?;
                 (
                     SnapshotKind::Checkpoint,
@@ -384,58 +404,83 @@ impl Coordinator {
             trigger_timestamp_ms: trigger_ms,
             operators: self.expected_operators(),
         };
-        let pending = PendingCheckpoint::new(spec).map_err(|e| e.to_string())?;
-        let destination = match (&target, &self.fence, &self.layout) {
-            (SnapshotTarget::Checkpoint { .. }, Some(fence), Some(layout)) => {
-                fence.claim(&*self.storage, &dir).map_err(|e| e.to_string())?;
-                SnapshotDestination::checkpoint(id, dir.clone(), layout.shared_dir(), self.settings.incremental)
-            }
-            (SnapshotTarget::Savepoint { format, .. }, _, _) => {
-                self.storage.create_dir_all(&dir).map_err(|e| {
-                    format!(
-                        "cannot create snapshot {id}'s directory {}: {e}",
-                        self.storage.display(&dir)
-                    )
-                })?;
-                SnapshotDestination::savepoint(id, dir.clone(), *format)
-            }
-            _ => return Err("checkpoints need a directory: set execution.checkpointing.dir".into()),
-        };
-        self.uploader.register(Arc::new(destination));
         let is_savepoint = matches!(target, SnapshotTarget::Savepoint { .. });
+        let stats = CheckpointStats {
+            id,
+            is_savepoint,
+            status: SnapshotStatus::InProgress,
+            trigger_timestamp_ms: trigger_ms,
+            end_timestamp_ms: None,
+            duration_ms: 0,
+            sync_duration_ms: 0,
+            async_duration_ms: 0,
+            alignment_duration_ms: 0,
+            state_size_bytes: 0,
+            num_acknowledged_subtasks: 0,
+            num_subtasks: num_tasks as u32,
+            external_path: None,
+            failure_message: None,
+        };
+        let started = Instant::now();
+        let prepared = PendingCheckpoint::new(spec)
+            .map_err(CheckpointFailure::from)
+            .and_then(|pending| {
+                let destination = match (&target, &self.fence, &self.layout) {
+                    (SnapshotTarget::Checkpoint { .. }, Some(fence), Some(layout)) => {
+                        fence.claim(&*self.storage, &dir)?;
+                        SnapshotDestination::checkpoint(id, dir.clone(), layout.shared_dir(), self.settings.incremental)
+                    }
+                    (SnapshotTarget::Savepoint { format, .. }, _, _) => {
+                        self.storage.create_dir_all(&dir)?;
+                        SnapshotDestination::savepoint(id, dir.clone(), *format)
+                    }
+                    _ => return Err("checkpoints need a directory: set execution.checkpointing.dir".into()),
+                };
+                Ok((pending, destination))
+            });
         if !is_savepoint {
             self.last_trigger = Some(Instant::now());
         }
         self.stats.on_triggered();
+        let (pending, destination) = match prepared {
+            Ok(p) => p,
+            Err(cause) => {
+                // Not counted here: the caller applies the tolerance rule.
+                self.record_failure(target, stats, started, cause.clone(), false)
+                    .map_err(|e| TriggerFailure {
+                        checkpoint_id: Some(id),
+                        cause: CheckpointFailure::Other(e.to_string()),
+                    })?;
+                return Err(TriggerFailure {
+                    checkpoint_id: Some(id),
+                    cause,
+                });
+            }
+        };
+        self.uploader.register(Arc::new(destination));
         self.pending.insert(
             id,
             Pending {
                 pending,
                 target,
                 dir,
-                started: Instant::now(),
-                stats: CheckpointStats {
-                    id,
-                    is_savepoint,
-                    status: SnapshotStatus::InProgress,
-                    trigger_timestamp_ms: trigger_ms,
-                    end_timestamp_ms: None,
-                    duration_ms: 0,
-                    sync_duration_ms: 0,
-                    async_duration_ms: 0,
-                    alignment_duration_ms: 0,
-                    state_size_bytes: 0,
-                    num_acknowledged_subtasks: 0,
-                    num_subtasks: num_tasks as u32,
-                    external_path: None,
-                    failure_message: None,
-                },
+                started,
+                stats,
                 acked_tasks: HashSet::new(),
                 barrier,
                 snapshotted: HashSet::new(),
             },
         );
         Ok(barrier)
+    }
+
+    /// A checkpoint that failed to start counts toward
+    /// `tolerable-failed-checkpoints` like one that failed later.
+    pub fn on_trigger_failed(&mut self, failure: TriggerFailure) -> Result<(), JobError> {
+        match failure.checkpoint_id {
+            Some(id) => self.count_failure(id, failure.cause),
+            None => Err(JobError::Internal(failure.cause.to_string())),
+        }
     }
 
     /// An attempt started: the first periodic checkpoint comes one interval later.
@@ -446,10 +491,10 @@ impl Coordinator {
     /// Start a periodic checkpoint if one is due.
     pub fn maybe_trigger(&mut self, job: &RunningJob, finished: &HashSet<TaskId>) -> Result<(), JobError> {
         if self.layout.is_some() && self.due() {
-            let barrier = self
-                .begin(SnapshotTarget::Checkpoint { operation: None }, job.tasks.len())
-                .map_err(JobError::Internal)?;
-            inject(job, barrier, finished);
+            match self.begin(SnapshotTarget::Checkpoint { operation: None }, job.tasks.len()) {
+                Ok(barrier) => inject(job, barrier, finished),
+                Err(failure) => self.on_trigger_failed(failure)?,
+            }
         }
         Ok(())
     }
@@ -473,8 +518,8 @@ impl Coordinator {
     }
 
     /// A task declined a snapshot.
-    pub fn on_decline(&mut self, checkpoint_id: u64, reason: String) -> Result<(), JobError> {
-        self.abort(checkpoint_id, CheckpointFailure::Declined(reason))
+    pub fn on_decline(&mut self, checkpoint_id: u64, reason: CheckpointFailure) -> Result<(), JobError> {
+        self.abort(checkpoint_id, reason)
     }
 
     fn abort(&mut self, checkpoint_id: u64, reason: impl Into<CheckpointFailure>) -> Result<(), JobError> {
@@ -742,7 +787,15 @@ impl Coordinator {
             target,
             reason: reason.clone(),
         });
-        if !counts || is_savepoint || id <= self.last_completed {
+        if !counts || is_savepoint {
+            return Ok(());
+        }
+        self.count_failure(id, reason)
+    }
+
+    /// Flink's continuous failure counter (see [`Coordinator::record_failure`]).
+    fn count_failure(&mut self, id: u64, reason: CheckpointFailure) -> Result<(), JobError> {
+        if id <= self.last_completed {
             return Ok(());
         }
         self.consecutive_failures += 1;

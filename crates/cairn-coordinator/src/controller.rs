@@ -604,7 +604,7 @@ impl Controller<'_, '_> {
                             job.tasks.len(),
                         ) {
                             Ok(barrier) => inject(job, barrier, &finished),
-                            Err(e) => self.fail_operation(&operation, e),
+                            Err(e) => self.fail_operation(&operation, e.to_string()),
                         }
                     }
                     ControlRequest::Savepoint { operation, request } => {
@@ -651,7 +651,7 @@ impl Controller<'_, '_> {
                                 };
                                 match coord.begin(target, job.tasks.len()) {
                                     Ok(barrier) => inject(job, barrier, &finished),
-                                    Err(e) => self.fail_operation(&operation, e),
+                                    Err(e) => self.fail_operation(&operation, e.to_string()),
                                 }
                             }
                         }
@@ -749,9 +749,17 @@ impl Controller<'_, '_> {
                             },
                             None => SnapshotTarget::Checkpoint { operation: None },
                         };
-                        let barrier = coord.begin(target, job.tasks.len()).map_err(JobError::Internal)?;
-                        final_snapshot = Some(barrier.checkpoint_id);
-                        inject(job, barrier, &finished);
+                        match coord.begin(target, job.tasks.len()) {
+                            Ok(barrier) => {
+                                final_snapshot = Some(barrier.checkpoint_id);
+                                inject(job, barrier, &finished);
+                            }
+                            // A final checkpoint that cannot start counts as a failed one.
+                            Err(failure) if stopping.is_none() => coord.on_trigger_failed(failure)?,
+                            // A stop's savepoint that cannot start is a failed outcome:
+                            // retried, then the stop fails.
+                            Err(_) => {}
+                        }
                     }
                 } else if stopping.is_none() {
                     coord.maybe_trigger(job, &finished)?;

@@ -134,8 +134,8 @@ impl<'a> RestorePlan<'a> {
                             .read_section(self.storage, file, section)
                             .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
                         entries.extend(
-                            decode_operator_entries(&bytes)
-                                .map_err(|e| restore_err(self.snapshot, format!("{}: {e}", file.path)))?,
+                            decode_operator_entries(&file.path, &bytes)
+                                .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?,
                         );
                     }
                 }
@@ -172,14 +172,12 @@ impl<'a> RestorePlan<'a> {
         if keyed {
             let ctx = backend_context(self.spec, node, subtask, attempt);
             let mut b = self.spec.backends.create(&ctx).map_err(|e| {
-                restore_err(
-                    self.snapshot,
-                    format!(
-                        "cannot create the {} state backend of uid '{}': {e}",
-                        self.spec.backends.name(),
-                        op.uid
-                    ),
-                )
+                let message = format!(
+                    "cannot create the {} state backend of uid '{}': {e}",
+                    self.spec.backends.name(),
+                    op.uid
+                );
+                JobError::Setup(SetupError::new(SetupErrorKind::StateBackend, message).with_source(e))
             })?;
             let mut file_sets = Vec::new();
             for sub in &op.subtasks {
@@ -205,9 +203,10 @@ impl<'a> RestorePlan<'a> {
                         .map_err(|e| StateError::Restore(e.to_string()))
                 };
                 b.restore_files(&file_sets, &fetch).map_err(|e| {
-                    restore_err(
+                    restore_failed(
                         self.snapshot,
                         format!("operator uid '{}', subtask {}: {e}", op.uid, subtask + 1),
+                        e,
                     )
                 })?;
             }
@@ -243,13 +242,13 @@ impl<'a> RestorePlan<'a> {
                 })?;
             self.snapshot
                 .read_section(self.storage, file, s)
-                .map_err(|e| restore_err(self.snapshot, e.to_string()))
+                .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))
         };
         let _ = section; // found above; read through `read`
-        let manifest = decode_backend_files(&read(BACKEND_FILES_SECTION)?)
-            .map_err(|e| restore_err(self.snapshot, format!("{}: {e}", file.path)))?;
-        let states = decode_keyed_states(&read(KEYED_STATES_SECTION)?)
-            .map_err(|e| restore_err(self.snapshot, format!("{}: {e}", file.path)))?;
+        let manifest = decode_backend_files(&file.path, &read(BACKEND_FILES_SECTION)?)
+            .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
+        let states = decode_keyed_states(&file.path, &read(KEYED_STATES_SECTION)?)
+            .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
         let mut files = Vec::with_capacity(manifest.files.len());
         for (name, path) in manifest.files {
             let r = sub.files.iter().find(|f| f.path == path).ok_or_else(|| {
@@ -305,9 +304,9 @@ impl<'a> RestorePlan<'a> {
         let bytes = self
             .snapshot
             .read_section(self.storage, file, metas_section)
-            .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+            .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
         let metas =
-            decode_keyed_states(&bytes).map_err(|e| restore_err(self.snapshot, format!("{}: {e}", file.path)))?;
+            decode_keyed_states(&file.path, &bytes).map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
         for section in in_range {
             let meta = metas
                 .iter()
@@ -321,12 +320,13 @@ impl<'a> RestorePlan<'a> {
             let data = self
                 .snapshot
                 .read_section(self.storage, file, section)
-                .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+                .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
             let kg = section.key_group.expect("filtered on key group");
             b.restore_group(meta, kg, &data).map_err(|e| {
-                restore_err(
+                restore_failed(
                     self.snapshot,
                     format!("operator uid '{}', state '{}': {e}", op.uid, meta.name),
+                    e,
                 )
             })?;
         }

@@ -16,7 +16,7 @@
 //! readable without Cairn (spec: `docs/formats/savepoint-canonical.md`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use cairn_snapshot::checksum::ChecksummingWriter;
@@ -25,7 +25,7 @@ use cairn_snapshot::parquet::{
     BytesColumn, ColumnData, ColumnDef, ColumnType, ParquetError, ParquetFile, ParquetFooter, ParquetWriter,
     RowGroupBuilder,
 };
-use cairn_snapshot::{FileFormat, StateFileRef, StateFileWriter, Storage, StorageWriter};
+use cairn_snapshot::{FileFormat, SnapshotError, StateFileRef, StateFileWriter, Storage, StorageWriter};
 use cairn_state::canonical::{
     mode_from_name, mode_name, operator_entries_from_rows, operator_rows, states_from_json, states_to_json,
     GroupFromRows, KeyCodec, KeyedRow, OperatorRow, RowIn, RowsFromGroups, CANONICAL_FORMAT_VERSION,
@@ -38,6 +38,78 @@ use cairn_state::{
 
 use crate::operator::OperatorSnapshot;
 use crate::upload::{copy_local_file, WriteTicket};
+
+/// Why a subtask's snapshot files could not be written or read. Storage
+/// failures keep their [`SnapshotError`] (which names the path and tells a
+/// full or read-only disk from other trouble); content that does not decode
+/// names the file and what is wrong with it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SnapshotIoError {
+    /// The storage underneath failed.
+    Storage(SnapshotError),
+    /// The state backend failed while its state was read or written.
+    State(StateError),
+    /// A file's content does not decode (corrupt, or not what its format says).
+    Corrupt { file: String, detail: String },
+    /// Cairn's own mistake (encoding its metadata, a writer thread that died).
+    Internal(String),
+}
+
+impl SnapshotIoError {
+    /// A decoding failure of `file`.
+    pub fn corrupt(file: impl Into<String>, detail: impl fmt::Display) -> Self {
+        SnapshotIoError::Corrupt {
+            file: file.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The storage error underneath, if that is what failed.
+    pub fn storage_error(&self) -> Option<&SnapshotError> {
+        match self {
+            SnapshotIoError::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SnapshotIoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotIoError::Storage(e) => write!(f, "{e}"),
+            SnapshotIoError::State(e) => write!(f, "{e}"),
+            SnapshotIoError::Corrupt { file, detail } => write!(f, "'{file}' cannot be read: {detail}"),
+            SnapshotIoError::Internal(m) => write!(f, "internal error while writing a snapshot: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotIoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SnapshotIoError::Storage(e) => Some(e),
+            SnapshotIoError::State(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<SnapshotError> for SnapshotIoError {
+    fn from(e: SnapshotError) -> Self {
+        SnapshotIoError::Storage(e)
+    }
+}
+
+impl From<StateError> for SnapshotIoError {
+    fn from(e: StateError) -> Self {
+        SnapshotIoError::State(e)
+    }
+}
+
+fn internal(e: impl fmt::Display) -> SnapshotIoError {
+    SnapshotIoError::Internal(e.to_string())
+}
 
 /// Section holding the keyed states' metadata.
 pub const KEYED_STATES_SECTION: &str = "keyed-states";
@@ -69,13 +141,13 @@ pub fn write_snapshot_file(
     dir: &Path,
     name: &str,
     snapshot: OperatorSnapshot,
-) -> Result<Option<StateFileRef>, String> {
+) -> Result<Option<StateFileRef>, SnapshotIoError> {
     let keyed = match snapshot.keyed {
         None => None,
         Some(BackendSnapshot::KeyGroups(k)) => Some(k),
         Some(BackendSnapshot::Files(set)) => {
             set.discard();
-            return Err("a backend's file snapshot cannot be written as a state file".into());
+            return Err(internal("a backend's file snapshot cannot be written as a state file"));
         }
     };
     write_state_file(storage, dir, name, keyed.as_deref(), None, &snapshot.operator_state)
@@ -90,43 +162,52 @@ fn write_state_file(
     keyed: Option<&dyn KeyedStateSnapshot>,
     backend_files: Option<(&[StateMeta], &BackendFilesManifest)>,
     operator_state: &[OperatorStateEntry],
-) -> Result<Option<StateFileRef>, String> {
+) -> Result<Option<StateFileRef>, SnapshotIoError> {
     if keyed.is_none() && backend_files.is_none() && operator_state.is_empty() {
         return Ok(None);
     }
     let path = dir.join(name);
-    let mut w = StateFileWriter::create(storage, &path).map_err(|e| e.to_string())?;
+    let mut w = StateFileWriter::create(storage, &path)?;
     let mut metas: Vec<StateMeta> = Vec::new();
     if let Some(keyed) = keyed {
-        keyed
-            .for_each_group(&mut |meta, kg, bytes| {
-                if !metas.iter().any(|m| m.name == meta.name) {
-                    metas.push(meta.clone());
-                }
-                w.begin_section(&keyed_section(&meta.name), Some(kg))
-                    .map_err(|e| StateError::Backend(e.to_string()))?;
-                w.write_all(bytes).map_err(|e| StateError::Backend(e.to_string()))
+        // The backend's callback speaks StateError; a storage failure inside
+        // it is kept aside so it reaches the caller typed (a full disk).
+        let mut storage_failure: Option<SnapshotError> = None;
+        let visited = keyed.for_each_group(&mut |meta, kg, bytes| {
+            if !metas.iter().any(|m| m.name == meta.name) {
+                metas.push(meta.clone());
+            }
+            let written = w
+                .begin_section(&keyed_section(&meta.name), Some(kg))
+                .and_then(|()| w.write_section_bytes(bytes));
+            written.map_err(|e| {
+                let message = e.to_string();
+                storage_failure = Some(e);
+                StateError::Backend(message)
             })
-            .map_err(|e| e.to_string())?;
+        });
+        if let Some(e) = storage_failure {
+            return Err(SnapshotIoError::Storage(e));
+        }
+        visited?;
     }
     if let Some((states, manifest)) = backend_files {
         metas = states.to_vec();
-        let json = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
-        w.begin_section(BACKEND_FILES_SECTION, None)
-            .map_err(|e| e.to_string())?;
-        w.write_all(&json).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(manifest).map_err(internal)?;
+        w.begin_section(BACKEND_FILES_SECTION, None)?;
+        w.write_section_bytes(&json)?;
     }
     if keyed.is_some() || backend_files.is_some() {
-        let json = serde_json::to_vec(&metas).map_err(|e| e.to_string())?;
-        w.begin_section(KEYED_STATES_SECTION, None).map_err(|e| e.to_string())?;
-        w.write_all(&json).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(&metas).map_err(internal)?;
+        w.begin_section(KEYED_STATES_SECTION, None)?;
+        w.write_section_bytes(&json)?;
     }
     if !operator_state.is_empty() {
-        let bytes = cairn_state::key_encoding::to_vec(operator_state).map_err(|e| e.to_string())?;
-        w.begin_section(OPERATOR_SECTION, None).map_err(|e| e.to_string())?;
-        w.write_all(&bytes).map_err(|e| e.to_string())?;
+        let bytes = cairn_state::key_encoding::to_vec(operator_state).map_err(internal)?;
+        w.begin_section(OPERATOR_SECTION, None)?;
+        w.write_section_bytes(&bytes)?;
     }
-    let info = w.finish_durable().map_err(|e| e.to_string())?;
+    let info = w.finish_durable()?;
     Ok(Some(info.to_file_ref(name)))
 }
 
@@ -135,7 +216,11 @@ fn write_state_file(
 /// snapshot into files, those files (new shared ones into the job's
 /// `shared/` directory under unique names, private ones into `<stem>/`).
 /// Every file is recorded in the ticket before it is created.
-pub fn write_native(ticket: &WriteTicket, stem: &str, snapshot: OperatorSnapshot) -> Result<Vec<StateFileRef>, String> {
+pub fn write_native(
+    ticket: &WriteTicket,
+    stem: &str,
+    snapshot: OperatorSnapshot,
+) -> Result<Vec<StateFileRef>, SnapshotIoError> {
     let dest = ticket.destination();
     let storage = ticket.storage();
     let state_name = format!("{stem}.state");
@@ -164,7 +249,7 @@ pub fn write_native(ticket: &WriteTicket, stem: &str, snapshot: OperatorSnapshot
         backend: set.backend().to_string(),
         files: Vec::new(),
     };
-    let result = (|| -> Result<(), String> {
+    let result = (|| -> Result<(), SnapshotIoError> {
         let mut rng = IdGenerator::from_entropy();
         let mut private_dir_made = false;
         for file in set.files() {
@@ -182,7 +267,7 @@ pub fn write_native(ticket: &WriteTicket, stem: &str, snapshot: OperatorSnapshot
                         _ => {
                             let private = dest.dir.join(stem);
                             if !private_dir_made {
-                                storage.create_dir_all(&private).map_err(|e| e.to_string())?;
+                                storage.create_dir_all(&private)?;
                                 private_dir_made = true;
                             }
                             (private.join(name), format!("{stem}/{name}"))
@@ -201,11 +286,11 @@ pub fn write_native(ticket: &WriteTicket, stem: &str, snapshot: OperatorSnapshot
                 }
                 SnapshotFile::Reuse(u) => {
                     if dest.shared_dir.is_none() {
-                        return Err(format!(
+                        return Err(internal(format!(
                             "the '{}' backend referenced an earlier file ({}) in a savepoint, which must be self-contained; this is a Cairn bug",
                             set.backend(),
                             u.path
-                        ));
+                        )));
                     }
                     u.clone()
                 }
@@ -242,19 +327,22 @@ pub fn write_native(ticket: &WriteTicket, stem: &str, snapshot: OperatorSnapshot
     }
 }
 
-/// Read the [`BACKEND_FILES_SECTION`].
-pub fn decode_backend_files(bytes: &[u8]) -> Result<BackendFilesManifest, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("backend file list is corrupt: {e}"))
+/// Read the [`BACKEND_FILES_SECTION`] of `file`.
+pub fn decode_backend_files(file: &str, bytes: &[u8]) -> Result<BackendFilesManifest, SnapshotIoError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| SnapshotIoError::corrupt(file, format!("its backend file list is corrupt: {e}")))
 }
 
-/// Decode the operator state entries of a section.
-pub fn decode_operator_entries(bytes: &[u8]) -> Result<Vec<OperatorStateEntry>, String> {
-    cairn_state::key_encoding::from_bytes(bytes).map_err(|e| format!("operator state section is corrupt: {e}"))
+/// Decode the operator state entries of a section of `file`.
+pub fn decode_operator_entries(file: &str, bytes: &[u8]) -> Result<Vec<OperatorStateEntry>, SnapshotIoError> {
+    cairn_state::key_encoding::from_bytes(bytes)
+        .map_err(|e| SnapshotIoError::corrupt(file, format!("its operator state section is corrupt: {e}")))
 }
 
-/// Decode the keyed states' metadata.
-pub fn decode_keyed_states(bytes: &[u8]) -> Result<Vec<StateMeta>, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("keyed state list is corrupt: {e}"))
+/// Decode the keyed states' metadata of `file`.
+pub fn decode_keyed_states(file: &str, bytes: &[u8]) -> Result<Vec<StateMeta>, SnapshotIoError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| SnapshotIoError::corrupt(file, format!("its keyed state list is corrupt: {e}")))
 }
 
 // ---------------------------------------------------------------------------
@@ -348,21 +436,26 @@ fn create_parquet(
     path: &Path,
     schema: Vec<ColumnDef>,
     kv: Vec<(String, String)>,
-) -> Result<DurableParquet, String> {
-    let w = storage.create(path).map_err(|e| e.to_string())?;
-    ParquetWriter::new(ChecksummingWriter::new(w), schema, kv).map_err(|e| format!("writing {}: {e}", path.display()))
+) -> Result<DurableParquet, SnapshotIoError> {
+    let w = storage.create(path)?;
+    ParquetWriter::new(ChecksummingWriter::new(w), schema, kv).map_err(|e| write_err(path, e))
+}
+
+/// A failed write of a Parquet file: a storage failure naming the file.
+fn write_err(path: &Path, e: std::io::Error) -> SnapshotIoError {
+    SnapshotIoError::Storage(SnapshotError::io("write", path, e))
 }
 
 /// Finish a Parquet file, make it durable (fsync) and describe it for `_metadata`.
-fn finish_parquet(w: DurableParquet, path: &Path, rel: String) -> Result<StateFileRef, String> {
-    let (cw, _) = w.finish().map_err(|e| format!("writing {}: {e}", path.display()))?;
+fn finish_parquet(w: DurableParquet, path: &Path, rel: String) -> Result<StateFileRef, SnapshotIoError> {
+    let (cw, _) = w.finish().map_err(|e| write_err(path, e))?;
     let (inner, size, crc32) = cw.into_parts();
-    let durable = inner.finish().map_err(|e| e.to_string())?;
+    let durable = inner.finish()?;
     if durable != size {
-        return Err(format!(
+        return Err(internal(format!(
             "{}: {durable} bytes are on storage but {size} were written",
             path.display()
-        ));
+        )));
     }
     Ok(StateFileRef {
         path: rel,
@@ -389,7 +482,7 @@ struct KeyedParquet<'scope> {
     schema: Vec<ColumnDef>,
     to_writer: Option<crossbeam_channel::Sender<RowGroupBuilder>>,
     recycled: crossbeam_channel::Receiver<RowGroupBuilder>,
-    writer: Option<std::thread::ScopedJoinHandle<'scope, Result<DurableParquet, String>>>,
+    writer: Option<std::thread::ScopedJoinHandle<'scope, Result<DurableParquet, SnapshotIoError>>>,
     rg: RowGroupBuilder,
     open: Option<OpenRowGroup>,
     index: Vec<[u32; 3]>,
@@ -402,9 +495,10 @@ impl<'scope> KeyedParquet<'scope> {
         storage: &dyn Storage,
         path: PathBuf,
         rel: String,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SnapshotIoError> {
         let schema = keyed_schema();
         let mut w = create_parquet(storage, &path, schema.clone(), base_kv(CONTENT_KEYED))?;
+        let file = path.clone();
         // One row group in flight: memory stays at about three row groups.
         let (tx, rx) = crossbeam_channel::bounded::<RowGroupBuilder>(1);
         let (back_tx, back_rx) = crossbeam_channel::unbounded();
@@ -412,12 +506,12 @@ impl<'scope> KeyedParquet<'scope> {
             .name("cairn-canonical-writer".into())
             .spawn_scoped(scope, move || {
                 for mut rg in rx {
-                    w.write_row_group(&mut rg).map_err(|e| e.to_string())?;
+                    w.write_row_group(&mut rg).map_err(|e| write_err(&file, e))?;
                     let _ = back_tx.send(rg);
                 }
                 Ok(w)
             })
-            .map_err(|e| format!("could not start a writer thread: {e}"))?;
+            .map_err(|e| internal(format!("could not start a writer thread: {e}")))?;
         Ok(KeyedParquet {
             rg: RowGroupBuilder::new(&schema),
             schema,
@@ -433,17 +527,17 @@ impl<'scope> KeyedParquet<'scope> {
     }
 
     /// Wait for the writer thread; its writer, or the error that stopped it.
-    fn join(&mut self) -> Result<DurableParquet, String> {
+    fn join(&mut self) -> Result<DurableParquet, SnapshotIoError> {
         self.to_writer = None;
         match self.writer.take() {
             Some(h) => h
                 .join()
-                .unwrap_or_else(|_| Err("the canonical writer thread panicked".into())),
-            None => Err("the canonical writer thread already stopped".into()),
+                .unwrap_or_else(|_| Err(internal("the canonical writer thread panicked"))),
+            None => Err(internal("the canonical writer thread already stopped")),
         }
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), SnapshotIoError> {
         let Some(o) = self.open.take() else {
             return Ok(());
         };
@@ -460,7 +554,7 @@ impl<'scope> KeyedParquet<'scope> {
             return Err(self
                 .join()
                 .err()
-                .unwrap_or_else(|| "the canonical writer stopped".into()));
+                .unwrap_or_else(|| internal("the canonical writer stopped")));
         }
         self.index.push([o.state as u32, o.first_kg, o.last_kg]);
         Ok(())
@@ -468,7 +562,7 @@ impl<'scope> KeyedParquet<'scope> {
 
     /// Make sure the open row group takes rows of `state` in key group `kg`.
     #[inline]
-    fn prepare(&mut self, state: usize, kg: u32) -> Result<(), String> {
+    fn prepare(&mut self, state: usize, kg: u32) -> Result<(), SnapshotIoError> {
         let full = self.rg.num_rows() >= ROW_GROUP_MAX_ROWS || self.rg.buffered_bytes() >= ROW_GROUP_MAX_BYTES;
         if full || self.open.as_ref().is_some_and(|o| o.state != state) {
             self.flush()?;
@@ -487,7 +581,7 @@ impl<'scope> KeyedParquet<'scope> {
     }
 
     #[inline]
-    fn push(&mut self, state: usize, row: &KeyedRow<'_>) -> Result<(), String> {
+    fn push(&mut self, state: usize, row: &KeyedRow<'_>) -> Result<(), SnapshotIoError> {
         self.prepare(state, row.key_group)?;
         let b = &mut self.rg;
         b.push_bytes(keyed_col::STATE, Some(self.metas[state].name.as_bytes()));
@@ -503,11 +597,11 @@ impl<'scope> KeyedParquet<'scope> {
     }
 
     /// Flush, wait for the writer, add the footer metadata and make the file durable.
-    fn finish(mut self) -> Result<StateFileRef, String> {
+    fn finish(mut self) -> Result<StateFileRef, SnapshotIoError> {
         self.flush()?;
         let mut w = self.join()?;
         w.push_key_value(KV_STATES, states_to_json(&self.metas));
-        let index = serde_json::to_string(&self.index).map_err(|e| e.to_string())?;
+        let index = serde_json::to_string(&self.index).map_err(internal)?;
         w.push_key_value(KV_KEY_GROUP_INDEX, index);
         finish_parquet(w, &self.path, std::mem::take(&mut self.rel))
     }
@@ -527,7 +621,7 @@ pub fn write_canonical_file(
     name_stem: &str,
     snapshot: OperatorSnapshot,
     key_codec: Option<&KeyCodec>,
-) -> Result<Vec<StateFileRef>, String> {
+) -> Result<Vec<StateFileRef>, SnapshotIoError> {
     let mut files = Vec::new();
     let keyed = match snapshot.keyed {
         None => None,
@@ -535,20 +629,20 @@ pub fn write_canonical_file(
         Some(BackendSnapshot::Files(set)) => {
             let backend = set.backend().to_string();
             set.discard();
-            return Err(format!(
+            return Err(internal(format!(
                 "the '{backend}' state backend answered a canonical savepoint with its own files; it must give logical key groups"
-            ));
+            )));
         }
     };
     if let Some(keyed) = keyed {
         let rel = format!("{name_stem}{KEYED_PARQUET_SUFFIX}");
         let path = dir.join(&rel);
-        let keyed_ref = std::thread::scope(|scope| -> Result<Option<StateFileRef>, String> {
+        let keyed_ref = std::thread::scope(|scope| -> Result<Option<StateFileRef>, SnapshotIoError> {
             let mut out: Option<KeyedParquet<'_>> = None;
             let mut conv = RowsFromGroups::new();
-            let mut failure: Option<String> = None;
+            let mut failure: Option<SnapshotIoError> = None;
             let visited = keyed.for_each_group(&mut |meta, kg, bytes| {
-                let step = (|| -> Result<(), String> {
+                let step = (|| -> Result<(), SnapshotIoError> {
                     if out.is_none() {
                         out = Some(KeyedParquet::start(scope, storage, path.clone(), rel.clone())?);
                     }
@@ -560,16 +654,34 @@ pub fn write_canonical_file(
                             f.metas.len() - 1
                         }
                     };
-                    conv.rows(meta, kg, bytes, key_codec, &mut |row| f.push(state, row))
+                    // Rows come through a callback that speaks strings; the
+                    // typed failure of writing a row is kept aside.
+                    let mut write_failure: Option<SnapshotIoError> = None;
+                    let converted = conv.rows(meta, kg, bytes, key_codec, &mut |row| {
+                        f.push(state, row).map_err(|e| {
+                            let message = e.to_string();
+                            write_failure = Some(e);
+                            message
+                        })
+                    });
+                    match (write_failure, converted) {
+                        (Some(e), _) => Err(e),
+                        (None, Err(e)) => Err(SnapshotIoError::State(StateError::Codec {
+                            state: meta.name.clone(),
+                            detail: e,
+                        })),
+                        (None, Ok(())) => Ok(()),
+                    }
                 })();
                 step.map_err(|e| {
+                    let message = e.to_string();
                     failure = Some(e);
-                    StateError::Backend(String::new())
+                    StateError::Backend(message)
                 })
             });
             let result = match (failure, visited) {
                 (Some(e), _) => Err(e),
-                (None, Err(e)) => Err(e.to_string()),
+                (None, Err(e)) => Err(SnapshotIoError::State(e)),
                 (None, Ok(())) => Ok(()),
             };
             match (result, out) {
@@ -581,8 +693,7 @@ pub fn write_canonical_file(
                 }
                 (Err(e), None) => Err(e),
             }
-        })
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        })?;
         files.extend(keyed_ref);
     }
     if !snapshot.operator_state.is_empty() {
@@ -591,20 +702,27 @@ pub fn write_canonical_file(
         let schema = operator_schema();
         let mut w = create_parquet(storage, &path, schema.clone(), base_kv(CONTENT_OPERATOR))?;
         let mut rg = RowGroupBuilder::new(&schema);
-        operator_rows(&snapshot.operator_state, &mut |r| {
+        let mut write_failure: Option<std::io::Error> = None;
+        let converted = operator_rows(&snapshot.operator_state, &mut |r| {
             rg.push_bytes(operator_col::STATE, Some(r.state.as_bytes()));
             rg.push_bytes(operator_col::MODE, Some(mode_name(r.mode).as_bytes()));
             rg.push_i32(operator_col::POSITION, r.position);
             rg.push_bytes(operator_col::KEY, r.key_json);
             rg.push_bytes(operator_col::VALUE, r.value_json);
             if rg.num_rows() >= ROW_GROUP_MAX_ROWS || rg.buffered_bytes() >= ROW_GROUP_MAX_BYTES {
-                w.write_row_group(&mut rg).map_err(|e| e.to_string())?;
+                w.write_row_group(&mut rg).map_err(|e| {
+                    let message = e.to_string();
+                    write_failure = Some(e);
+                    message
+                })?;
             }
             Ok(())
-        })
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        w.write_row_group(&mut rg)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        });
+        if let Some(e) = write_failure {
+            return Err(write_err(&path, e));
+        }
+        converted.map_err(|e| SnapshotIoError::corrupt(path.display().to_string(), e))?;
+        w.write_row_group(&mut rg).map_err(|e| write_err(&path, e))?;
         files.push(finish_parquet(w, &path, rel)?);
     }
     Ok(files)

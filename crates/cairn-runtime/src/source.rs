@@ -412,6 +412,7 @@ mod tests {
                 parallelism: 1,
                 max_parallelism: 128,
                 attempt: 0,
+                clock: crate::time::system_clock(),
             },
             config: Arc::new(Configuration::new()),
             keyed: None,

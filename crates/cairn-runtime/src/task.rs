@@ -70,7 +70,7 @@ pub enum TaskEvent {
     Decline {
         task: TaskId,
         checkpoint_id: u64,
-        reason: String,
+        reason: crate::error::CheckpointFailure,
     },
     /// All input processed; waiting for release (final checkpoint) or done.
     Finished { task: TaskId },
@@ -332,7 +332,7 @@ impl Task {
             let _ = self.events.send(TaskEvent::Decline {
                 task,
                 checkpoint_id: id,
-                reason,
+                reason: crate::error::CheckpointFailure::Declined(reason),
             });
             return Ok(());
         };
@@ -581,10 +581,10 @@ impl Task {
                         let _ = self.events.send(TaskEvent::Decline {
                             task: self.id,
                             checkpoint_id: aborted,
-                            reason: format!(
+                            reason: crate::error::CheckpointFailure::Declined(format!(
                                 "checkpoint {aborted} was overtaken by checkpoint {} during alignment",
                                 b.checkpoint_id
-                            ),
+                            )),
                         });
                         align_start = Some(Instant::now());
                     }

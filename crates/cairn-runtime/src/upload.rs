@@ -25,6 +25,7 @@ use cairn_state::canonical::KeyCodec;
 use cairn_state::{SnapshotRequest, SnapshotRequestKind};
 use crossbeam_channel::{unbounded, Sender};
 
+use crate::error::CheckpointFailure;
 use crate::operator::OperatorSnapshot;
 use crate::snapshot_io;
 use crate::task::{TaskEvent, TaskId};
@@ -294,7 +295,10 @@ impl SnapshotUploader {
                 let _ = events.send(TaskEvent::Decline {
                     task,
                     checkpoint_id,
-                    reason: format!("writing the snapshot {}", crate::error::panic_message(&*panic)),
+                    reason: CheckpointFailure::Other(format!(
+                        "writing the snapshot {}",
+                        crate::error::panic_message(&*panic)
+                    )),
                 });
             }
             write_done(&busy);
@@ -335,7 +339,9 @@ fn write(storage: &Arc<dyn Storage>, job: UploadJob) {
     } = job;
     let checkpoint_id = destination.checkpoint_id;
     let result = match destination.begin_write(storage) {
-        None => Err("the snapshot was aborted before its files were written".to_string()),
+        None => Err(CheckpointFailure::Other(
+            "the snapshot was aborted before its files were written".to_string(),
+        )),
         Some(ticket) => write_operators(&ticket, subtask, operators),
     };
     let event = match result {
@@ -375,12 +381,13 @@ impl Drop for SnapshotUploader {
     }
 }
 
-/// Write every operator's snapshot; returns the files per node.
+/// Write every operator's snapshot; returns the files per node. A storage
+/// failure stays typed (a full disk is named as such, with the file).
 fn write_operators(
     ticket: &WriteTicket,
     subtask: u32,
     operators: Vec<OperatorUpload>,
-) -> Result<Vec<(usize, Vec<StateFileRef>)>, String> {
+) -> Result<Vec<(usize, Vec<StateFileRef>)>, CheckpointFailure> {
     let dest = ticket.destination();
     let mut out = Vec::with_capacity(operators.len());
     for op in operators {
@@ -400,12 +407,13 @@ fn write_operators(
                 )
             }
         }
-        .map_err(|e| {
-            format!(
-                "writing the snapshot of operator {} in {}: {e}",
+        .map_err(|e| match e {
+            snapshot_io::SnapshotIoError::Storage(e) => CheckpointFailure::from(e),
+            other => CheckpointFailure::Other(format!(
+                "writing the snapshot of operator {} in {}: {other}",
                 op.operator_id,
                 dest.dir.display()
-            )
+            )),
         })?;
         out.push((op.node, files));
     }
@@ -414,22 +422,25 @@ fn write_operators(
 
 /// Copy a local file to `target` through `storage`, returning its size and
 /// CRC-32 (computed while copying, so the file is read once).
-pub fn copy_local_file(storage: &dyn Storage, local: &Path, target: &Path) -> Result<(u64, u32), String> {
-    let mut input = std::fs::File::open(local).map_err(|e| format!("cannot open {}: {e}", local.display()))?;
-    let mut w = cairn_snapshot::checksum::ChecksummingWriter::new(storage.create(target).map_err(|e| e.to_string())?);
+pub fn copy_local_file(
+    storage: &dyn Storage,
+    local: &Path,
+    target: &Path,
+) -> Result<(u64, u32), cairn_snapshot::SnapshotError> {
+    use cairn_snapshot::SnapshotError;
+    let mut input = std::fs::File::open(local).map_err(|e| SnapshotError::io("open", local, e))?;
+    let mut w = cairn_snapshot::checksum::ChecksummingWriter::new(storage.create(target)?);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = input
-            .read(&mut buf)
-            .map_err(|e| format!("cannot read {}: {e}", local.display()))?;
+        let n = input.read(&mut buf).map_err(|e| SnapshotError::io("read", local, e))?;
         if n == 0 {
             break;
         }
         w.write_all(&buf[..n])
-            .map_err(|e| format!("cannot write {}: {e}", storage.display(target)))?;
+            .map_err(|e| SnapshotError::io("write", PathBuf::from(storage.display(target)), e))?;
     }
     let (inner, size, crc) = w.into_parts();
-    inner.finish().map_err(|e| e.to_string())?;
+    inner.finish()?;
     Ok((size, crc))
 }
 

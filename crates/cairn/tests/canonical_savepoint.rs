@@ -216,11 +216,11 @@ fn to_canonical(env: &StreamEnv, src: &Path, dst: &Path) {
                 assert_eq!(file.format, FileFormat::CairnStateV1);
                 let r = snap.open_state_file(&storage, file).unwrap();
                 if let Some(b) = r.section(OPERATOR_SECTION, None) {
-                    entries.extend(decode_operator_entries(b).unwrap());
+                    entries.extend(decode_operator_entries("state file", b).unwrap());
                 }
                 if let Some(b) = r.section(KEYED_STATES_SECTION, None) {
                     keyed = true;
-                    for m in decode_keyed_states(b).unwrap() {
+                    for m in decode_keyed_states("state file", b).unwrap() {
                         for s in r.sections().iter().filter(|s| s.name == keyed_section(&m.name)) {
                             let kg = s.key_group.unwrap();
                             backend

@@ -2,11 +2,14 @@
 //! mounted in a private mount namespace (`unshare --user --map-root-user
 //! --mount`, no root needed). The test re-runs itself in there.
 //!
-//! What must hold (Flink's semantics): checkpoints fail for lack of space,
-//! each attempt tolerates `tolerable-failed-checkpoints` of them before it
-//! fails over (the count starts over with every attempt), the restart
-//! strategy bounds the restarts, and the job fails labelled as what it is:
-//! storage full, naming the file that did not fit.
+//! What must hold: a job that cannot even set up its checkpoint directory
+//! fails at once, labelled storage full (code `STORAGE_FULL`). With a little
+//! room (the job's fence fits, its state does not), checkpoints fail for lack
+//! of space and, as in Flink, each attempt tolerates
+//! `tolerable-failed-checkpoints` of them before it fails over (the count
+//! starts over with every attempt), the restart strategy bounds the
+//! restarts, and the job fails labelled as what it is: storage full, naming
+//! the file that did not fit.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,9 +38,10 @@ fn checkpoints_on_a_full_disk_fail_over_per_flink_and_name_the_storage() {
     let dir = std::env::temp_dir().join(format!("cairn-disk-full-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.display().to_string();
-    // Mount a 256 KiB tmpfs over `dir`, fill it, then run the real test.
+    // Mount a 256 KiB tmpfs over `dir`, fill it (two 4 KiB pages as separate
+    // files the test frees later), then run the real test.
     let script = format!(
-        "mount -t tmpfs -o size=256k tmpfs '{d}' && (dd if=/dev/zero of='{d}/filler' bs=4k 2>/dev/null; true) && exec \"$@\""
+        "mount -t tmpfs -o size=256k tmpfs '{d}' && head -c 4096 /dev/zero > '{d}/spare-0' && head -c 4096 /dev/zero > '{d}/spare-1' && (dd if=/dev/zero of='{d}/filler' bs=4k 2>/dev/null; true) && exec \"$@\""
     );
     let out = Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script, "sh"])
@@ -71,6 +75,76 @@ fn job_on_a_full_disk() {
         "the file system must be full"
     );
     let chk = dir.join("chk");
+
+    // Completely full: the job cannot take its fence in the checkpoint
+    // directory, and says so at once.
+    let err = job(&chk)
+        .execute_async("on a full disk")
+        .err()
+        .expect("the setup fails");
+    let CairnError::Job(ref e @ JobError::Setup(_)) = err else {
+        panic!("expected a setup error, got {err:?}");
+    };
+    assert_eq!(e.code(), "STORAGE_FULL", "{e}");
+    assert!(!e.is_user_error(), "{e}");
+    assert!(e.snapshot_error().is_some_and(|s| s.is_storage_full()), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("storage is full") && msg.contains(&chk.display().to_string()),
+        "{msg}"
+    );
+
+    // Two free pages: the fence and a checkpoint's claim fit, its state does not.
+    for spare in ["spare-0", "spare-1"] {
+        std::fs::remove_file(dir.join(spare)).unwrap();
+    }
+    let handle = job(&chk)
+        .execute_async("on a full disk")
+        .expect("setup works: the fence fits");
+    let client = handle.client();
+    let err = handle.wait().expect_err("the job cannot checkpoint, so it fails");
+
+    // Two restarts (fixed-delay attempts), then it fails for good.
+    let info = client.info();
+    assert_eq!(info.restarts, 2, "{info:?}");
+
+    // Every attempt tolerated one failure and failed over on the second:
+    // 3 attempts x 2 storage failures (the count restarts with every attempt).
+    let history = client.checkpoints().history;
+    let full = history
+        .iter()
+        .filter(|c| c.status == SnapshotStatus::Failed)
+        .filter(|c| {
+            c.failure_message
+                .as_deref()
+                .is_some_and(|m| m.contains("storage is full"))
+        })
+        .count();
+    assert_eq!(full, 6, "{history:#?}");
+
+    // Labelled as what it is, with the file that did not fit.
+    let job_err = err_job(&err);
+    let JobError::Checkpointing(e) = job_err else {
+        panic!("expected a checkpointing failure, got {err:?}");
+    };
+    assert_eq!((e.consecutive, e.tolerable), (2, 1), "{err}");
+    assert_eq!(job_err.code(), "STORAGE_FULL", "{err}");
+    assert!(!job_err.is_user_error());
+    assert_eq!(info.last_failure_code, Some("STORAGE_FULL"));
+    let msg = err.to_string();
+    assert!(msg.starts_with("checkpoint storage is full"), "{msg}");
+    assert!(
+        msg.contains(&chk.display().to_string()) && msg.contains("chk-"),
+        "{msg}"
+    );
+    assert!(!msg.contains("internal error"), "{msg}");
+    assert!(!msg.contains("<state file>"), "{msg}");
+    assert_eq!(info.last_failure.as_deref(), Some(job_err.to_string().as_str()));
+}
+
+/// A keyed counting job checkpointing every 10 ms into `chk`, tolerating one
+/// failed checkpoint, restarting twice.
+fn job(chk: &Path) -> StreamEnv {
     let env = StreamEnv::new();
     for (k, v) in [
         ("execution.checkpointing.interval", "10 ms"),
@@ -89,45 +163,7 @@ fn job_on_a_full_disk() {
         .uid("count")
         .sink(DiscardSink)
         .uid("sink");
-    let handle = env
-        .execute_async("on a full disk")
-        .expect("setup works: directories still fit");
-    let client = handle.client();
-    let err = handle.wait().expect_err("the job cannot checkpoint, so it fails");
-
-    // Two restarts (fixed-delay attempts), then it fails for good.
-    let info = client.info();
-    assert_eq!(info.restarts, 2, "{info:?}");
-
-    // Every attempt tolerated one failure and failed over on the second:
-    // 3 attempts x 2 storage failures (the count restarts with every attempt).
-    let history = client.checkpoints().history;
-    let full: Vec<_> = history
-        .iter()
-        .filter(|c| c.status == SnapshotStatus::Failed)
-        .filter(|c| {
-            c.failure_message
-                .as_deref()
-                .is_some_and(|m| m.contains("storage is full"))
-        })
-        .collect();
-    assert_eq!(full.len(), 6, "{history:#?}");
-
-    // Labelled as what it is, with the file that did not fit.
-    let JobError::Checkpointing(ref e) = err_job(&err) else {
-        panic!("expected a checkpointing failure, got {err:?}");
-    };
-    assert_eq!((e.consecutive, e.tolerable), (2, 1), "{err}");
-    let msg = err.to_string();
-    assert!(msg.contains("storage is full"), "{msg}");
-    assert!(
-        msg.contains(&chk.display().to_string()) && msg.contains("chk-"),
-        "{msg}"
-    );
-    assert!(!msg.contains("internal error"), "{msg}");
-    assert!(!msg.contains("<state file>"), "{msg}");
-    assert_eq!(info.last_failure.as_deref(), Some(err_job(&err).to_string().as_str()));
-    let _ = Path::new(&chk);
+    env
 }
 
 fn err_job(e: &CairnError) -> &JobError {
