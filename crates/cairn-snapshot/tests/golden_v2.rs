@@ -121,3 +121,27 @@ fn writer_still_produces_v2_bytes() {
         encode_metadata(&golden_metadata(&info)).unwrap()
     );
 }
+
+/// As for v1: every single-bit flip in the v2 fixture's header line reads as
+/// corruption (integrity before interpretation), never as another version.
+#[test]
+fn golden_v2_metadata_header_flips_read_as_corruption_not_as_another_version() {
+    use cairn_snapshot::metadata::decode_metadata;
+    use cairn_snapshot::SnapshotError;
+    let path = golden_dir().join("job/chk-7/_metadata");
+    let bytes = std::fs::read(&path).unwrap();
+    let header_len = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+    assert_eq!(&bytes[..header_len], b"CAIRN-METADATA 2\n");
+    for i in 0..header_len {
+        for bit in 0..8 {
+            let mut b = bytes.clone();
+            b[i] ^= 1 << bit;
+            let e = decode_metadata(&path, &b).expect_err("a flipped header byte must be noticed");
+            assert!(
+                matches!(e, SnapshotError::ChecksumMismatch { .. }),
+                "byte {i} bit {bit}: {e}"
+            );
+            assert!(!e.to_string().contains("newer Cairn"), "byte {i} bit {bit}: {e}");
+        }
+    }
+}
