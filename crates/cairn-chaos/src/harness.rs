@@ -468,8 +468,11 @@ fn spawn_reader(stderr: std::process::ChildStderr, mut log: File, tx: Sender<(In
             } else if text == MARK_END_OF_INPUT {
                 Some(Mark::EndOfInput)
             } else {
-                text.split_once("started with JobID ")
-                    .map(|(_, id)| Mark::JobId(id.trim().to_string()))
+                // The job's log events carry `job_id=<32 hex>` (tracing fields).
+                text.split_once("job_id=")
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .map(|id| Mark::JobId(id.to_string()))
             };
             if let Some(m) = mark {
                 let _ = tx.send((now, m));
@@ -595,7 +598,7 @@ impl Harness<'_> {
         let log = File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let mut cmd = self.command(dirs, restore, parallelism, rates);
         // The new run's job directory is the one that is not there yet (also
-        // told by the job's "started with JobID" line).
+        // told by the `job_id=` field of the job's log lines).
         let known_jobs = job_dirs(&dirs.checkpoints)?;
         let new_job = |a: &mut Attempt| {
             if a.job_id.is_none() {

@@ -106,7 +106,12 @@ fn resolve_error(command: &'static str, prefix: &str, e: ResolveError) -> CliErr
 
 /// Sends a request; connection failures mean the job is not reachable.
 fn send(t: &Target, method: &str, path: &str, body: Option<&Value>) -> Result<HttpResponse, CliError> {
-    t.http.request(method, path, body).map_err(|e| {
+    let r = t.http.request(method, path, body);
+    match &r {
+        Ok(resp) => tracing::debug!(method, endpoint = %t.http.endpoint(), path, status = resp.status, "REST call"),
+        Err(e) => tracing::debug!(method, endpoint = %t.http.endpoint(), path, "REST call failed: {e}"),
+    }
+    r.map_err(|e| {
         CliError::NotFound(format!(
             "cannot reach job {} at {}: {e} (has it ended? 'cairn list' shows the running jobs)",
             t.jid,

@@ -364,7 +364,23 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Log events (the CLI's own and its libraries') to stderr, filtered by
+/// `RUST_LOG` (default: warnings and errors only; the CLI's results are its
+/// regular output). `RUST_LOG=debug cairn ...` shows every REST call.
+fn install_log_subscriber() {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| tracing_subscriber::EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
 fn main() {
+    install_log_subscriber();
     let argv = legacy_spellings(std::env::args());
     let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,

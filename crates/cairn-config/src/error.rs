@@ -31,6 +31,30 @@ pub struct ConfigError {
     message: String,
 }
 
+impl ConfigErrorKind {
+    /// Every code [`ConfigErrorKind::code`] returns (listed in `docs/errors.md`).
+    pub const CODES: &'static [&'static str] = &[
+        "CONFIG_UNKNOWN_KEY",
+        "CONFIG_INVALID_VALUE",
+        "CONFIG_DUPLICATE_KEY",
+        "CONFIG_SYNTAX",
+        "CONFIG_IO",
+        "INVALID_FLAG",
+    ];
+
+    /// A stable code for programs to branch on.
+    pub fn code(self) -> &'static str {
+        match self {
+            ConfigErrorKind::UnknownKey => "CONFIG_UNKNOWN_KEY",
+            ConfigErrorKind::InvalidValue => "CONFIG_INVALID_VALUE",
+            ConfigErrorKind::DuplicateKey => "CONFIG_DUPLICATE_KEY",
+            ConfigErrorKind::Syntax => "CONFIG_SYNTAX",
+            ConfigErrorKind::Io => "CONFIG_IO",
+            ConfigErrorKind::InvalidFlag => "INVALID_FLAG",
+        }
+    }
+}
+
 impl ConfigError {
     /// A new error without origin.
     pub fn new(kind: ConfigErrorKind, message: impl Into<String>) -> Self {
@@ -61,6 +85,11 @@ impl ConfigError {
     /// What kind of error this is.
     pub fn kind(&self) -> ConfigErrorKind {
         self.kind
+    }
+
+    /// The stable code of its kind.
+    pub fn code(&self) -> &'static str {
+        self.kind.code()
     }
 
     /// Where the bad input came from, if known.

@@ -227,7 +227,7 @@ impl Source<GeneratedEvent> for GeneratorSource {
 fn warn_if_uneven(ctx: &SourceContext<'_>, unfinished: usize) {
     if ctx.info.subtask == 0 && ctx.info.attempt == 0 {
         if let Some(warning) = uneven_warning(&ctx.info.uid, unfinished, ctx.info.parallelism) {
-            eprintln!("{warning}");
+            tracing::warn!(uid = %ctx.info.uid, unfinished, parallelism = ctx.info.parallelism, "{warning}");
         }
     }
 }

@@ -211,7 +211,6 @@ pub struct Coordinator {
     /// many more checkpoints completed (it is then subsumed).
     claimed: Option<(PathBuf, usize)>,
     rng: IdGenerator,
-    log: bool,
 }
 
 impl Coordinator {
@@ -222,7 +221,6 @@ impl Coordinator {
         spec: &JobSpec,
         settings: CheckpointSettings,
         first_id: u64,
-        log: bool,
         storage: Arc<dyn Storage>,
     ) -> Result<Self, JobError> {
         let job_id = JobId::parse(&spec.job_id).map_err(|e| JobError::Internal(e.to_string()))?;
@@ -270,7 +268,6 @@ impl Coordinator {
             outcomes: Vec::new(),
             claimed: None,
             rng: IdGenerator::from_entropy(),
-            log,
         })
     }
 
@@ -445,6 +442,12 @@ impl Coordinator {
         let (pending, destination) = match prepared {
             Ok(p) => p,
             Err(cause) => {
+                tracing::warn!(
+                    job_id = %self.job_id,
+                    checkpoint_id = id,
+                    code = cause.code(),
+                    "snapshot {id} could not start: {cause}"
+                );
                 // Not counted here: the caller applies the tolerance rule.
                 self.record_failure(target, stats, started, cause.clone(), false)
                     .map_err(|e| TriggerFailure {
@@ -682,22 +685,21 @@ impl Coordinator {
                 stats.duration_ms = started.elapsed().as_millis() as u64;
                 stats.end_timestamp_ms = Some(now_ms() as u64);
                 stats.external_path = Some(dir.clone());
-                if self.log {
-                    let what = if is_savepoint { "Savepoint" } else { "Checkpoint" };
-                    eprintln!(
-                        "{what} {id} completed in {} ms ({} bytes, sync {} ms, async {} ms, alignment {} ms) at {}{}",
-                        stats.duration_ms,
-                        stats.state_size_bytes,
-                        stats.sync_duration_ms,
-                        stats.async_duration_ms,
-                        stats.alignment_duration_ms,
-                        dir.display(),
-                        if warnings.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; warnings: {warnings:?}")
-                        }
-                    );
+                tracing::info!(
+                    job_id = %self.job_id,
+                    checkpoint_id = id,
+                    savepoint = is_savepoint,
+                    duration_ms = stats.duration_ms,
+                    state_size_bytes = stats.state_size_bytes,
+                    sync_ms = stats.sync_duration_ms,
+                    async_ms = stats.async_duration_ms,
+                    alignment_ms = stats.alignment_duration_ms,
+                    path = %dir.display(),
+                    "{} {id} completed",
+                    if is_savepoint { "savepoint" } else { "checkpoint" }
+                );
+                for w in &warnings {
+                    tracing::warn!(job_id = %self.job_id, checkpoint_id = id, "after completing snapshot {id}: {w}");
                 }
                 self.record(stats);
                 self.outcomes.push(SnapshotOutcome::Completed {
@@ -746,12 +748,16 @@ impl Coordinator {
             return;
         }
         match self.storage.delete_dir_all(dir) {
-            Ok(()) if self.log => eprintln!(
-                "Deleted the claimed snapshot {} (--claim-mode CLAIM): newer checkpoints subsume it",
-                dir.display()
+            Ok(()) => tracing::info!(
+                job_id = %self.job_id,
+                path = %dir.display(),
+                "deleted the claimed snapshot (--claim-mode CLAIM): newer checkpoints subsume it"
             ),
-            Ok(()) => {}
-            Err(e) => eprintln!("Could not delete the claimed snapshot {}: {e}", dir.display()),
+            Err(e) => tracing::warn!(
+                job_id = %self.job_id,
+                path = %dir.display(),
+                "could not delete the claimed snapshot: {e}"
+            ),
         }
     }
 
@@ -778,9 +784,12 @@ impl Coordinator {
         stats.failure_message = Some(reason.to_string());
         let is_savepoint = stats.is_savepoint;
         self.record(stats);
-        if self.log {
-            let what = if is_savepoint { "Savepoint" } else { "Checkpoint" };
-            eprintln!("{what} {id} failed: {reason}");
+        let what = if is_savepoint { "savepoint" } else { "checkpoint" };
+        if counts {
+            tracing::warn!(job_id = %self.job_id, checkpoint_id = id, code = reason.code(), "{what} {id} failed: {reason}");
+        } else {
+            // Subsumed, or discarded because the attempt ended: expected.
+            tracing::debug!(job_id = %self.job_id, checkpoint_id = id, "{what} {id} abandoned: {reason}");
         }
         self.outcomes.push(SnapshotOutcome::Failed {
             id,

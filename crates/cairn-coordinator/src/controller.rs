@@ -43,8 +43,6 @@ pub struct JobRun<'a> {
     pub allow_non_restored_state: bool,
     /// `--claim-mode CLAIM`: the job owns the restored snapshot.
     pub claim: bool,
-    /// Log checkpoints, restarts and progress on stderr.
-    pub log: bool,
     /// Where checkpoints and savepoints are written and read (chosen from
     /// their locations' schemes).
     pub storage: Arc<dyn Storage>,
@@ -99,12 +97,13 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
         .check()
         .map_err(|e| JobError::Setup(SetupError::new(SetupErrorKind::Config, e.to_string()).with_source(e)))
         .and_then(|()| CheckpointSettings::from_config(&spec.config))
-        .and_then(|cp| Coordinator::new(spec, cp, first_id, run.log, run.storage.clone()));
+        .and_then(|cp| Coordinator::new(spec, cp, first_id, run.storage.clone()));
     let mut coord = match setup {
         Ok(c) => c,
         Err(e) => {
             // The job never started: say so at once, with the cause, to whoever
             // waits for the start (execute_async, the REST API, `cairn run`).
+            tracing::error!(job_id = %spec.job_id, code = e.code(), "the job could not start: {e}");
             let mut p = port.publish();
             p.info.status = JobStatus::Failed;
             p.info.last_failure = Some(e.to_string());
@@ -166,23 +165,25 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
                 ctl.last_failure_code = Some(error.code());
                 match policy.on_failure(Instant::now()) {
                     RestartDecision::Fail(why) => {
-                        if run.log {
-                            eprintln!("Job {} failed: {error} ({why})", spec.job_id);
-                        }
+                        tracing::error!(
+                            job_id = %spec.job_id,
+                            code = error.code(),
+                            restarts = ctl.restarts,
+                            "job failed: {error} ({why})"
+                        );
                         ctl.set_status(&mut coord, JobStatus::Failed, None);
                         return Err(error);
                     }
                     RestartDecision::RestartAfter(delay) => {
                         ctl.restarts += 1;
-                        if run.log {
-                            eprintln!(
-                                "Job {} failed: {error}. Restarting in {} ms ({} restart strategy, restart {})",
-                                spec.job_id,
-                                delay.as_millis(),
-                                policy.name(),
-                                ctl.restarts
-                            );
-                        }
+                        tracing::warn!(
+                            job_id = %spec.job_id,
+                            code = error.code(),
+                            restart = ctl.restarts,
+                            delay_ms = delay.as_millis() as u64,
+                            strategy = policy.name(),
+                            "job failed, restarting: {error}"
+                        );
                         ctl.set_status(&mut coord, JobStatus::Restarting, None);
                         if ctl.wait_restart_delay(delay) {
                             coord.on_cancel();
@@ -301,9 +302,12 @@ impl Controller<'_, '_> {
                     match r {
                         Ok(job) => {
                             coord.on_restored(id, &dir, false, false);
-                            if self.run.log {
-                                eprintln!("Restored the job from checkpoint {id} ({})", dir.display());
-                            }
+                            tracing::info!(
+                                job_id = %self.run.spec.job_id,
+                                checkpoint_id = id,
+                                path = %dir.display(),
+                                "restored the job from a retained checkpoint"
+                            );
                             Ok(job)
                         }
                         Err(JobError::Setup(why)) if why.kind() == SetupErrorKind::Restore => {
@@ -318,8 +322,10 @@ impl Controller<'_, '_> {
                                     return Err(JobError::Setup(SetupError::new(why.kind(), message).with_source(why)));
                                 }
                             };
-                            eprintln!(
-                                "Checkpoint {id} cannot be restored ({why}); falling back to {}. Output that \
+                            tracing::warn!(
+                                job_id = %self.run.spec.job_id,
+                                checkpoint_id = id,
+                                "checkpoint {id} cannot be restored ({why}); falling back to {}. Output that \
                                  two-phase-commit sinks committed after it may be written again.",
                                 match &next {
                                     RestoreSource::Checkpoint(o, d) => format!("checkpoint {o} ({})", d.display()),
@@ -346,10 +352,11 @@ impl Controller<'_, '_> {
         let spec = self.run.spec;
         let plan = RestorePlan::new(snap, &*self.run.storage, spec, self.run.allow_non_restored_state)?;
         if attempt == 0 && !plan.dropped.is_empty() {
-            eprintln!(
-                "Restoring from {} without the state of operator uid(s) {} (--allow-non-restored-state)",
-                snap.dir.display(),
-                plan.dropped.join(", ")
+            tracing::warn!(
+                job_id = %spec.job_id,
+                path = %snap.dir.display(),
+                uids = %plan.dropped.join(", "),
+                "restoring without the state of operators that are not in the job (--allow-non-restored-state)"
             );
         }
         let graph = &spec.graph;
@@ -556,7 +563,20 @@ impl Controller<'_, '_> {
                 Ok(TaskEvent::Failed { task, op, error }) => {
                     job.cancel.store(true, Ordering::Relaxed);
                     if failure.is_none() && !is_cancellation(&error) {
-                        failure = Some(task_failure(spec, task, op, error));
+                        let e = task_failure(spec, task, op, error);
+                        if let JobError::Task {
+                            operator, uid, subtask, ..
+                        } = &e
+                        {
+                            tracing::warn!(
+                                job_id = %spec.job_id,
+                                operator = %operator,
+                                uid = %uid,
+                                subtask = subtask + 1,
+                                "a task failed: {e}"
+                            );
+                        }
+                        failure = Some(e);
                     }
                 }
                 Ok(TaskEvent::Finished { task }) => {
@@ -624,13 +644,7 @@ impl Controller<'_, '_> {
                         };
                         match request.then {
                             AfterSavepoint::Stop { drain } => {
-                                if self.run.log {
-                                    eprintln!(
-                                        "Stopping job {} with a savepoint{}",
-                                        spec.job_id,
-                                        if drain { " (draining)" } else { "" }
-                                    );
-                                }
+                                tracing::info!(job_id = %spec.job_id, drain, "stopping the job with a savepoint");
                                 for t in &job.source_tasks {
                                     job.command(*t, TaskCommand::StopSource { drain });
                                 }

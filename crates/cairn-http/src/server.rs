@@ -200,7 +200,7 @@ impl HttpServer {
                                 graceful.clone(),
                                 stop_rx.clone(),
                             ))),
-                            Err(e) => eprintln!("cairn-http: cannot use the TCP listener: {e}"),
+                            Err(e) => tracing::error!("cannot use the TCP listener: {e}"),
                         }
                     }
                     #[cfg(unix)]
@@ -213,7 +213,7 @@ impl HttpServer {
                                 graceful.clone(),
                                 stop_rx.clone(),
                             ))),
-                            Err(e) => eprintln!("cairn-http: cannot use the Unix socket: {e}"),
+                            Err(e) => tracing::error!("cannot use the Unix socket: {e}"),
                         }
                     }
                     let mut stop_rx = stop_rx;

@@ -253,6 +253,7 @@ fn start_outcome(entry: &RegistryEntry) -> StartOutcome {
     let Some(details) = get(format!("/jobs/{}", entry.jid)) else {
         return StartOutcome::Pending;
     };
+    tracing::debug!(job_id = %entry.jid, state = %details["state"], "waiting for the job to start");
     match details["state"].as_str().unwrap_or_default() {
         "" | "INITIALIZING" | "CREATED" => StartOutcome::Pending,
         "FAILED" => {

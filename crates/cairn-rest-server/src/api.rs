@@ -53,7 +53,6 @@ pub struct Api {
     storage: Arc<dyn Storage>,
     book: Mutex<Book>,
     topology: Topology,
-    log: bool,
 }
 
 /// The job graph as the plan shows it: edges between operators (with
@@ -200,17 +199,23 @@ impl Handler for Api {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
-        if self.log && is_mutating(&request.method) {
-            eprintln!(
-                "REST {} {}{} -> {}",
-                request.method,
-                request.path(),
-                if request.peer.is_trusted() {
-                    " (local socket)"
-                } else {
-                    ""
-                },
-                response.status
+        // Calls that change the job are worth a line at the default level;
+        // reads only when debugging.
+        if is_mutating(&request.method) {
+            tracing::info!(
+                method = %request.method,
+                path = %request.path(),
+                local_socket = request.peer.is_trusted(),
+                status = response.status,
+                "REST request"
+            );
+        } else {
+            tracing::debug!(
+                method = %request.method,
+                path = %request.path(),
+                local_socket = request.peer.is_trusted(),
+                status = response.status,
+                "REST request"
             );
         }
         response
@@ -229,7 +234,6 @@ impl Api {
             storage: Arc::new(LocalFileStorage::new()),
             book: Mutex::new(Book::default()),
             topology,
-            log: false,
         }
     }
 
@@ -237,12 +241,6 @@ impl Api {
     /// object storage can be disposed of too) instead of local files.
     pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Api {
         self.storage = storage;
-        self
-    }
-
-    /// Log mutating calls on stderr.
-    pub fn with_log(mut self, log: bool) -> Api {
-        self.log = log;
         self
     }
 

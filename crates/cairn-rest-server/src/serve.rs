@@ -54,8 +54,6 @@ pub struct ServeOptions {
     /// On shutdown, how long to keep answering while the final status of a
     /// stop- or cancel-with-savepoint has not been read by any client.
     pub linger: Duration,
-    /// Print the listening address and mutating calls on stderr.
-    pub log: bool,
     /// The job graph for the plan.
     pub topology: Topology,
     /// The connection guards (timeouts, limits).
@@ -65,12 +63,11 @@ pub struct ServeOptions {
 }
 
 impl Default for ServeOptions {
-    /// Registered under `$CAIRN_HOME` (or `~/.cairn`), lingering up to 5 s, logging.
+    /// Registered under `$CAIRN_HOME` (or `~/.cairn`), lingering up to 5 s.
     fn default() -> Self {
         ServeOptions {
             registry: Registry::from_env().ok(),
             linger: Duration::from_secs(5),
-            log: true,
             topology: Topology::default(),
             http: Options::default(),
             storage: None,
@@ -128,11 +125,15 @@ pub fn serve_with(client: JobClient, config: &Configuration, options: ServeOptio
     let addr = listener
         .local_addr()
         .map_err(|e| RestError::Io(format!("cannot read the bound address: {e}")))?;
-    if options.log && port != 0 && bound_port != port {
-        eprintln!("rest.port {port} is busy; the REST server takes port {bound_port} instead");
+    if port != 0 && bound_port != port {
+        tracing::warn!(
+            port,
+            bound_port,
+            "rest.port {port} is busy; the REST server takes port {bound_port} instead"
+        );
     }
     let info = client.info();
-    let mut api = Api::new(client.clone(), config, options.topology.clone()).with_log(options.log);
+    let mut api = Api::new(client.clone(), config, options.topology.clone());
     if let Some(storage) = &options.storage {
         api = api.with_storage(storage.clone());
     }
@@ -145,9 +146,9 @@ pub fn serve_with(client: JobClient, config: &Configuration, options: ServeOptio
             .and_then(|_| cairn_http::server::bind_unix(&path))
         {
             Ok(l) => socket = Some((l, path)),
-            Err(e) => eprintln!(
-                "warning: job {} gets no trusted control socket at {}: {e}; the CLI uses the REST port instead",
-                info.job_id,
+            Err(e) => tracing::warn!(
+                job_id = %info.job_id,
+                "the job gets no trusted control socket at {}: {e}; the CLI uses the REST port instead",
                 path.display()
             ),
         }
@@ -171,14 +172,14 @@ pub fn serve_with(client: JobClient, config: &Configuration, options: ServeOptio
         registered: None,
         linger: options.linger,
     };
-    if options.log {
-        eprintln!(
-            "REST API and web UI of job '{}' ({}) at {}/",
-            info.name,
-            info.job_id,
-            server.url()
-        );
-    }
+    tracing::info!(
+        job_id = %info.job_id,
+        job_name = %info.name,
+        url = %server.url(),
+        "REST API and web UI of job '{}' at {}/",
+        info.name,
+        server.url()
+    );
     if let Some(registry) = options.registry {
         let start = if info.start_time_ms > 0 {
             info.start_time_ms
@@ -202,9 +203,9 @@ pub fn serve_with(client: JobClient, config: &Configuration, options: ServeOptio
         };
         match registry.register(&entry) {
             Ok(_) => server.registered = Some((registry, info.job_id)),
-            Err(e) => eprintln!(
-                "warning: cannot register job {} under {} for `cairn list`: {e}",
-                info.job_id,
+            Err(e) => tracing::warn!(
+                job_id = %info.job_id,
+                "cannot register the job under {} for `cairn list`: {e}",
                 registry.jobs_dir().display()
             ),
         }

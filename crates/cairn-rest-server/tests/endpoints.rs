@@ -58,7 +58,6 @@ fn start_with(token: Option<&str>, delay: Duration) -> Env {
         ServeOptions {
             registry: Some(Registry::new(tmp.0.join("home"))),
             linger: Duration::from_secs(3),
-            log: false,
             ..Default::default()
         },
     )
@@ -762,7 +761,6 @@ fn non_loopback_needs_a_token() {
     let opts = || ServeOptions {
         registry: None,
         linger: Duration::ZERO,
-        log: false,
         ..Default::default()
     };
     if std::env::var_os("CAIRN_REST_TOKEN").is_none() {
@@ -892,7 +890,6 @@ fn busy_ports() {
     let opts = || ServeOptions {
         registry: None,
         linger: Duration::ZERO,
-        log: false,
         ..Default::default()
     };
     // Above 8180 there is no fallback.

@@ -45,7 +45,6 @@ fn start_job(tmp: &TempDir, with_savepoint_dir: bool) -> (JobHandle, RestServer,
         ServeOptions {
             registry: Some(Registry::new(tmp.path().join("home"))),
             linger: Duration::from_secs(2),
-            log: false,
             ..Default::default()
         },
     )

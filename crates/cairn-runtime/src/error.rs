@@ -55,6 +55,28 @@ pub enum JobError {
     Internal(String),
 }
 
+/// Every code [`JobError::code`] returns (listed in `docs/errors.md`).
+pub const JOB_ERROR_CODES: &[&str] = &[
+    "TASK_FAILED",
+    "JOB_CANCELLED",
+    "INVALID_CONFIGURATION",
+    "CHECKPOINT_STORAGE_UNUSABLE",
+    "RESTORE_FAILED",
+    "RESTORE_UNCLAIMED_STATE",
+    "RESTORE_INCOMPATIBLE_STATE",
+    "OPERATOR_OPEN_FAILED",
+    "STATE_BACKEND_UNAVAILABLE",
+    "REST_UNAVAILABLE",
+    "STORAGE_FULL",
+    "CHECKPOINT_STORAGE_FAILED",
+    "CHECKPOINT_EXPIRED",
+    "CHECKPOINT_DECLINED",
+    "CHECKPOINT_FAILED",
+    "STOP_WITH_SAVEPOINT_FAILED",
+    "COORDINATOR_FENCED",
+    "INTERNAL",
+];
+
 impl JobError {
     /// A setup error of `kind` without a typed cause.
     pub fn setup(kind: SetupErrorKind, message: impl Into<String>) -> JobError {

@@ -62,6 +62,42 @@ impl SnapshotError {
         !matches!(self, SnapshotError::Io { .. })
     }
 
+    /// Every code [`SnapshotError::code`] returns (listed in `docs/errors.md`).
+    pub const CODES: &'static [&'static str] = &[
+        "INVALID_PATH",
+        "NOT_A_SNAPSHOT",
+        "SNAPSHOT_CORRUPT",
+        "SNAPSHOT_FILE_MISSING",
+        "SNAPSHOT_VERSION_UNSUPPORTED",
+        "INVALID_ID",
+        "SNAPSHOT_PROTOCOL",
+        "COORDINATOR_FENCED",
+        "STORAGE_FULL",
+        "STORAGE_READ_ONLY",
+        "STORAGE_FAILED",
+    ];
+
+    /// A stable code for programs to branch on (messages may improve).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SnapshotError::InvalidPath { .. } => "INVALID_PATH",
+            SnapshotError::NotASnapshot { .. } => "NOT_A_SNAPSHOT",
+            SnapshotError::ChecksumMismatch { .. }
+            | SnapshotError::SizeMismatch { .. }
+            | SnapshotError::Corrupt { .. } => "SNAPSHOT_CORRUPT",
+            SnapshotError::MissingFile { .. } => "SNAPSHOT_FILE_MISSING",
+            SnapshotError::UnsupportedVersion { .. } => "SNAPSHOT_VERSION_UNSUPPORTED",
+            SnapshotError::InvalidId { .. } => "INVALID_ID",
+            SnapshotError::Protocol { .. } => "SNAPSHOT_PROTOCOL",
+            SnapshotError::Fenced { .. } => "COORDINATOR_FENCED",
+            SnapshotError::Io { source, .. } if is_storage_full(source) => "STORAGE_FULL",
+            SnapshotError::Io { source, .. } if source.kind() == io::ErrorKind::ReadOnlyFilesystem => {
+                "STORAGE_READ_ONLY"
+            }
+            SnapshotError::Io { .. } => "STORAGE_FAILED",
+        }
+    }
+
     /// True when the storage underneath is full (no space left on the device, or a disk
     /// quota is exhausted): retrying does not help until space is freed.
     pub fn is_storage_full(&self) -> bool {

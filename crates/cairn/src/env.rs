@@ -85,8 +85,10 @@ impl StreamEnv {
     /// An environment from the process's arguments: `--config FILE`,
     /// `-D key=value`, `-p N`, `-s PATH`, `-n`, `--claim-mode MODE`; anything
     /// else is left for the job in [`StreamEnv::user_args`]. `--help` prints
-    /// the flags and exits.
+    /// the flags and exits. Installs the job binary's log subscriber
+    /// (stderr, `RUST_LOG`, see [`crate::logging`]).
     pub fn from_args() -> Result<Self, CairnError> {
+        crate::logging::install_log_subscriber();
         let program = std::env::args().next().unwrap_or_else(|| "job".into());
         let startup = parse_startup_args(std::env::args().skip(1))?;
         if startup.help_requested {

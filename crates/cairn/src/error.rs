@@ -21,7 +21,34 @@ impl fmt::Display for CairnError {
     }
 }
 
-impl std::error::Error for CairnError {}
+impl CairnError {
+    /// The stable code of the failure (`docs/errors.md`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CairnError::Config(e) => e.code(),
+            CairnError::Graph(_) => "INVALID_JOB",
+            CairnError::Job(e) => e.code(),
+        }
+    }
+
+    /// True when the job, its configuration or its input is at fault.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            CairnError::Config(_) | CairnError::Graph(_) => true,
+            CairnError::Job(e) => e.is_user_error(),
+        }
+    }
+}
+
+impl std::error::Error for CairnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CairnError::Config(e) => Some(e),
+            CairnError::Graph(e) => Some(e),
+            CairnError::Job(e) => Some(e),
+        }
+    }
+}
 
 impl From<cairn_config::ConfigError> for CairnError {
     fn from(e: cairn_config::ConfigError) -> Self {

@@ -151,9 +151,7 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
                 SetupError::new(SetupErrorKind::Rest, format!("cannot serve the REST API: {e}")).with_source(e),
             ))
         })?;
-        if launch.progress {
-            eprintln!("REST API of job {job_id} at http://{}", server.address());
-        }
+        tracing::info!(job_id = %job_id, address = %server.address(), "REST API of the job at http://{}", server.address());
         Some(server)
     } else {
         None
@@ -173,19 +171,17 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
             } = launch;
             let settings = RuntimeSettings::from_config(&spec.config);
             let start = Instant::now();
-            if progress {
-                eprintln!("Job '{job_name}' started with JobID {}", spec.job_id);
-            }
+            tracing::info!(job_id = %spec.job_id, job_name = %job_name, "starting the job");
             let mut last = 0u64;
+            // Once a second: at info with `show_progress(true)`, else at debug.
             let mut tick = |records: u64| {
+                let per_second = records - last.min(records);
+                last = records;
+                let seconds = start.elapsed().as_secs_f64();
                 if progress {
-                    eprintln!(
-                        "  {:>6.1}s  {:>12} records from sources  ({:.0}/s)",
-                        start.elapsed().as_secs_f64(),
-                        records,
-                        (records - last.min(records)) as f64
-                    );
-                    last = records;
+                    tracing::info!(job_id = %spec.job_id, seconds, records, per_second, "records from sources");
+                } else {
+                    tracing::debug!(job_id = %spec.job_id, seconds, records, per_second, "records from sources");
                 }
             };
             let run = JobRun {
@@ -194,29 +190,23 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
                 snapshot: snapshot.as_ref(),
                 allow_non_restored_state,
                 claim: claim_mode == ClaimMode::Claim,
-                log: progress,
                 storage,
             };
             let outcome = run_job(run, &port, &mut tick)?;
             let elapsed = start.elapsed();
-            if progress {
-                eprintln!(
-                    "Job '{job_name}' ({}) {} in {:.2}s: {} source records ({:.0}/s){}",
-                    spec.job_id,
-                    match outcome.status {
-                        JobStatus::Cancelled => "was cancelled",
-                        _ => "finished",
-                    },
-                    elapsed.as_secs_f64(),
-                    outcome.source_records,
-                    outcome.source_records as f64 / elapsed.as_secs_f64().max(1e-9),
-                    outcome
-                        .savepoint
-                        .as_ref()
-                        .map(|p| format!("; savepoint at {}", p.display()))
-                        .unwrap_or_default()
-                );
-            }
+            tracing::info!(
+                job_id = %spec.job_id,
+                job_name = %job_name,
+                seconds = elapsed.as_secs_f64(),
+                source_records = outcome.source_records,
+                per_second = outcome.source_records as f64 / elapsed.as_secs_f64().max(1e-9),
+                savepoint = outcome.savepoint.as_ref().map(|p| p.display().to_string()),
+                "the job {}",
+                match outcome.status {
+                    JobStatus::Cancelled => "was cancelled",
+                    _ => "finished",
+                }
+            );
             if outcome.status == JobStatus::Cancelled {
                 return Err(CairnError::Job(JobError::Cancelled));
             }

@@ -21,6 +21,7 @@ pub mod env;
 pub mod error;
 pub mod execution;
 pub mod functions;
+pub mod logging;
 pub mod stream;
 pub mod window;
 pub mod wiring;
