@@ -25,7 +25,7 @@ use cairn_runtime::job::{backend_context, JobSpec, SubtaskRestore};
 use cairn_runtime::snapshot_io::{
     canonical_content, canonical_keyed_overlaps, decode_backend_files, decode_keyed_states, decode_operator_entries,
     keyed_section, read_canonical_footer, read_canonical_operator_entries, restore_canonical_keyed, CanonicalContent,
-    BACKEND_FILES_SECTION, KEYED_STATES_SECTION, OPERATOR_SECTION,
+    SnapshotIoError, BACKEND_FILES_SECTION, KEYED_STATES_SECTION, OPERATOR_SECTION,
 };
 use cairn_runtime::upload::download_file;
 
@@ -344,7 +344,7 @@ impl<'a> RestorePlan<'a> {
             .resolve(file)
             .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
         let footer = read_canonical_footer(self.storage, &path, file.size)
-            .map_err(|e| restore_err(self.snapshot, format!("operator uid '{}': {e}", op.uid)))?;
+            .map_err(|e| restore_failed(self.snapshot, format!("operator uid '{}': {e}", op.uid), e))?;
         Ok((path, footer))
     }
 
@@ -376,14 +376,15 @@ impl<'a> RestorePlan<'a> {
         op: &OperatorSnapshot,
         file: &StateFileRef,
     ) -> Result<Vec<OperatorStateEntry>, JobError> {
-        let named = |e: String| {
-            restore_err(
+        let named = |e: SnapshotIoError| {
+            restore_failed(
                 self.snapshot,
                 format!("file '{}', operator uid '{}': {e}", file.path, op.uid),
+                e,
             )
         };
         let (path, footer) = self.canonical_footer(op, file)?;
-        if canonical_content(&footer).map_err(named)? != CanonicalContent::Operator {
+        if canonical_content(&file.path, &footer).map_err(named)? != CanonicalContent::Operator {
             return Ok(Vec::new());
         }
         let bytes = self.canonical_bytes(op, file, &path)?;
@@ -397,15 +398,16 @@ impl<'a> RestorePlan<'a> {
         range: KeyGroupRange,
         backend: &mut dyn KeyedStateBackend,
     ) -> Result<(), JobError> {
-        let named = |e: String| {
-            restore_err(
+        let named = |e: SnapshotIoError| {
+            restore_failed(
                 self.snapshot,
                 format!("file '{}', operator uid '{}': {e}", file.path, op.uid),
+                e,
             )
         };
         let (path, footer) = self.canonical_footer(op, file)?;
-        if canonical_content(&footer).map_err(named)? != CanonicalContent::Keyed
-            || !canonical_keyed_overlaps(&footer, range).map_err(named)?
+        if canonical_content(&file.path, &footer).map_err(named)? != CanonicalContent::Keyed
+            || !canonical_keyed_overlaps(&file.path, &footer, range).map_err(named)?
         {
             return Ok(());
         }

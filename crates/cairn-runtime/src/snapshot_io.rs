@@ -737,25 +737,28 @@ pub enum CanonicalContent {
 
 /// Read and check the footer of a canonical file of `size` bytes (two range
 /// reads: the tail, then the footer).
-pub fn read_canonical_footer(storage: &dyn Storage, path: &Path, size: u64) -> Result<ParquetFooter, String> {
-    let named = |e: ParquetError| e.in_file(path.display().to_string()).to_string();
+pub fn read_canonical_footer(storage: &dyn Storage, path: &Path, size: u64) -> Result<ParquetFooter, SnapshotIoError> {
+    let file = path.display().to_string();
+    let named = |e: ParquetError| SnapshotIoError::corrupt(file.clone(), e.in_file(file.clone()));
     if size < 12 {
-        return Err(named(ParquetError {
-            file: None,
-            row_group: None,
-            column: None,
-            message: format!("{size} bytes is too short to be a Parquet file"),
-        }));
+        return Err(SnapshotIoError::corrupt(
+            file.clone(),
+            format!("{size} bytes is too short to be a Parquet file"),
+        ));
     }
-    let tail = storage.read_range(path, size - 8, 8).map_err(|e| e.to_string())?;
+    let tail = storage.read_range(path, size - 8, 8)?;
     let (off, len) = ParquetFooter::locate(size, &tail).map_err(named)?;
-    let footer = storage.read_range(path, off, len).map_err(|e| e.to_string())?;
+    let footer = storage.read_range(path, off, len)?;
     ParquetFooter::parse(&footer, off).map_err(named)
 }
 
-/// The content of a canonical file, from its key-value metadata; checks the
-/// canonical format version.
-pub fn canonical_content(footer: &ParquetFooter) -> Result<CanonicalContent, String> {
+/// The content of canonical file `file`, from its key-value metadata; checks
+/// the canonical format version.
+pub fn canonical_content(file: &str, footer: &ParquetFooter) -> Result<CanonicalContent, SnapshotIoError> {
+    content_of(footer).map_err(|e| SnapshotIoError::corrupt(file, e))
+}
+
+fn content_of(footer: &ParquetFooter) -> Result<CanonicalContent, String> {
     match footer.metadata_value(KV_VERSION) {
         Some(v) if v == CANONICAL_FORMAT_VERSION.to_string() => {}
         Some(v) => {
@@ -774,8 +777,12 @@ pub fn canonical_content(footer: &ParquetFooter) -> Result<CanonicalContent, Str
 
 /// Whether a keyed canonical file may hold key groups of `range` (by its
 /// key-group index; without an index every file may).
-pub fn canonical_keyed_overlaps(footer: &ParquetFooter, range: KeyGroupRange) -> Result<bool, String> {
-    Ok(match keyed_row_groups(footer)? {
+pub fn canonical_keyed_overlaps(
+    file: &str,
+    footer: &ParquetFooter,
+    range: KeyGroupRange,
+) -> Result<bool, SnapshotIoError> {
+    Ok(match keyed_row_groups(footer).map_err(|e| SnapshotIoError::corrupt(file, e))? {
         None => true,
         Some(index) => index
             .iter()
@@ -845,9 +852,23 @@ pub fn restore_canonical_keyed(
     name: &str,
     range: KeyGroupRange,
     backend: &mut dyn KeyedStateBackend,
+) -> Result<(), SnapshotIoError> {
+    let mut restore_failure: Option<StateError> = None;
+    restore_keyed_rows(bytes, name, range, backend, &mut restore_failure).map_err(|detail| match restore_failure {
+        Some(e) => SnapshotIoError::State(e),
+        None => SnapshotIoError::corrupt(name, detail),
+    })
+}
+
+fn restore_keyed_rows(
+    bytes: &[u8],
+    name: &str,
+    range: KeyGroupRange,
+    backend: &mut dyn KeyedStateBackend,
+    restore_failure: &mut Option<StateError>,
 ) -> Result<(), String> {
     let f = ParquetFile::parse_named(bytes, name).map_err(|e| e.to_string())?;
-    if canonical_content(f.footer())? != CanonicalContent::Keyed {
+    if content_of(f.footer())? != CanonicalContent::Keyed {
         return Err("not a keyed-state file".into());
     }
     let states = f
@@ -926,17 +947,23 @@ pub fn restore_canonical_keyed(
     for ((si, kg), g) in groups {
         let meta = &metas[si];
         let encoded = g.encode()?;
-        backend
-            .restore_group(meta, kg, &encoded)
-            .map_err(|e| format!("state '{}', key group {kg}: {e}", meta.name))?;
+        backend.restore_group(meta, kg, &encoded).map_err(|e| {
+            let message = format!("state '{}', key group {kg}: {e}", meta.name);
+            *restore_failure = Some(e);
+            message
+        })?;
     }
     Ok(())
 }
 
 /// Read the operator state entries of an operator canonical file.
-pub fn read_canonical_operator_entries(bytes: &[u8], name: &str) -> Result<Vec<OperatorStateEntry>, String> {
+pub fn read_canonical_operator_entries(bytes: &[u8], name: &str) -> Result<Vec<OperatorStateEntry>, SnapshotIoError> {
+    operator_rows_of(bytes, name).map_err(|e| SnapshotIoError::corrupt(name, e))
+}
+
+fn operator_rows_of(bytes: &[u8], name: &str) -> Result<Vec<OperatorStateEntry>, String> {
     let f = ParquetFile::parse_named(bytes, name).map_err(|e| e.to_string())?;
-    if canonical_content(f.footer())? != CanonicalContent::Operator {
+    if content_of(f.footer())? != CanonicalContent::Operator {
         return Err("not an operator-state file".into());
     }
     let c_state = column(&f, "state", &[ColumnType::Utf8], true)?;
