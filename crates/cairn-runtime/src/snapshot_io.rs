@@ -782,12 +782,14 @@ pub fn canonical_keyed_overlaps(
     footer: &ParquetFooter,
     range: KeyGroupRange,
 ) -> Result<bool, SnapshotIoError> {
-    Ok(match keyed_row_groups(footer).map_err(|e| SnapshotIoError::corrupt(file, e))? {
-        None => true,
-        Some(index) => index
-            .iter()
-            .any(|[_, a, b]| *a < range.end_exclusive && *b >= range.start),
-    })
+    Ok(
+        match keyed_row_groups(footer).map_err(|e| SnapshotIoError::corrupt(file, e))? {
+            None => true,
+            Some(index) => index
+                .iter()
+                .any(|[_, a, b]| *a < range.end_exclusive && *b >= range.start),
+        },
+    )
 }
 
 fn keyed_row_groups(footer: &ParquetFooter) -> Result<Option<Vec<[u32; 3]>>, String> {

@@ -40,14 +40,15 @@ pub fn storage(config: &Configuration) -> Result<Arc<dyn Storage>, CairnError> {
         (options::SAVEPOINT_DIR.key(), config.get(&options::SAVEPOINT_DIR)),
     ] {
         if let Some(location) = location {
-            router
-                .check_location(&location)
-                .map_err(|e| {
-                    CairnError::Job(JobError::Setup(
-                        cairn_runtime::SetupError::new(cairn_runtime::SetupErrorKind::CheckpointStorage, format!("{key}: {e}"))
-                            .with_source(e),
-                    ))
-                })?;
+            router.check_location(&location).map_err(|e| {
+                CairnError::Job(JobError::Setup(
+                    cairn_runtime::SetupError::new(
+                        cairn_runtime::SetupErrorKind::CheckpointStorage,
+                        format!("{key}: {e}"),
+                    )
+                    .with_source(e),
+                ))
+            })?;
         }
     }
     Ok(router.shared())
@@ -67,11 +68,10 @@ pub fn s3_settings(config: &Configuration) -> cairn_storage_s3::S3Settings {
 
 #[cfg(feature = "s3")]
 fn s3_storage(config: &Configuration) -> Result<cairn_storage_s3::S3Storage, CairnError> {
-    cairn_storage_s3::S3Storage::new(s3_settings(config))
-        .map_err(|e| {
-            CairnError::Job(JobError::setup(
-                cairn_runtime::SetupErrorKind::CheckpointStorage,
-                format!("cannot start the S3 client: {e}"),
-            ))
-        })
+    cairn_storage_s3::S3Storage::new(s3_settings(config)).map_err(|e| {
+        CairnError::Job(JobError::setup(
+            cairn_runtime::SetupErrorKind::CheckpointStorage,
+            format!("cannot start the S3 client: {e}"),
+        ))
+    })
 }

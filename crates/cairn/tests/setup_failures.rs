@@ -105,18 +105,26 @@ fn a_restore_failure_carries_its_snapshot_error() {
     let sp = dir.join("savepoint-000000-000000000000");
     std::fs::create_dir_all(&sp).unwrap();
     std::fs::write(sp.join("_metadata"), b"CAIRN-METADATA 1\n{}\nCRC32 00000000\n").unwrap();
-    for (path, snapshot_code) in [(sp.clone(), "SNAPSHOT_CORRUPT"), (dir.join("gone"), "SNAPSHOT_FILE_MISSING")] {
+    for (path, snapshot_code) in [
+        (sp.clone(), "SNAPSHOT_CORRUPT"),
+        (dir.join("gone"), "SNAPSHOT_FILE_MISSING"),
+    ] {
         let startup = cairn::config::StartupOptions {
             restore_path: Some(path.clone()),
             ..Default::default()
         };
         let env = StreamEnv::with_startup(startup);
-        env.source(GeneratorSource::new(10, 2)).uid("gen").sink(DiscardSink).uid("sink");
+        env.source(GeneratorSource::new(10, 2))
+            .uid("gen")
+            .sink(DiscardSink)
+            .uid("sink");
         let err = env.execute_async("restore").err().expect("the restore fails");
         assert_eq!(err.code(), "RESTORE_FAILED", "{err}");
         assert!(err.is_user_error(), "{err}");
         let CairnError::Job(job) = &err else { panic!("{err:?}") };
-        let snapshot = job.snapshot_error().unwrap_or_else(|| panic!("no SnapshotError in the chain: {err:?}"));
+        let snapshot = job
+            .snapshot_error()
+            .unwrap_or_else(|| panic!("no SnapshotError in the chain: {err:?}"));
         assert_eq!(snapshot.code(), snapshot_code, "{snapshot}");
         assert!(err.to_string().contains(&path.display().to_string()), "{err}");
     }
