@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use cairn_config::{
-    options, parse_startup_args, AnyOption, ConfigErrorKind, Configuration, FromConfigStr, MemorySize,
-};
+use cairn_config::{options, parse_startup_args, AnyOption, ConfigErrorKind, Configuration, FromConfigStr, MemorySize};
 
 fn is_numeric(opt: &dyn AnyOption) -> bool {
     matches!(opt.type_name(), "integer" | "float" | "duration" | "memory size")

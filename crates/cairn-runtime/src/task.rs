@@ -186,7 +186,9 @@ impl Task {
     }
 
     fn run_inner(&mut self) -> Result<(), Fail> {
-        self.metrics.started_ms.store(crate::time::now_ms().max(0) as u64, Ordering::Relaxed);
+        self.metrics
+            .started_ms
+            .store(crate::time::now_ms().max(0) as u64, Ordering::Relaxed);
         match std::mem::replace(&mut self.head, Head::Inputs(Vec::new())) {
             Head::Source(source) => self.run_source(source),
             Head::Inputs(inputs) => self.run_inputs(inputs),
