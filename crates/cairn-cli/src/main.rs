@@ -117,11 +117,14 @@ fn job_id(s: &str) -> Result<String, String> {
     Ok(s.to_ascii_lowercase())
 }
 
+/// The longest `--timeout`: a year, as the longest duration option.
+const MAX_TIMEOUT_SECONDS: u64 = 365 * 24 * 3600;
+
 fn positive_seconds(s: &str) -> Result<u64, String> {
     s.parse::<u64>()
         .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("'{s}' is not a number of seconds greater than 0"))
+        .filter(|n| (1..=MAX_TIMEOUT_SECONDS).contains(n))
+        .ok_or_else(|| format!("'{s}' is not a number of seconds between 1 and {MAX_TIMEOUT_SECONDS}"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,7 +277,7 @@ pub struct RunArgs {
     /// Read this configuration file
     #[arg(long, value_name = "FILE.yaml")]
     pub config: Option<String>,
-    /// How long to wait for the job to run, in seconds
+    /// How long to wait for the job to run, in seconds (1 to 31536000)
     #[arg(long, default_value = "60", value_parser = positive_seconds)]
     pub timeout: u64,
     /// The job binary and its own arguments

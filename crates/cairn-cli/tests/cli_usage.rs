@@ -88,6 +88,12 @@ fn usage_errors_exit_2_with_a_pointer_to_help() {
         (&["run", "--claim-mode", "LEGACY", "--", "job"], "LEGACY"),
         (&["run", "-D", "novalue", "--", "job"], "-D <key>=<value>"),
         (&["run", "--timeout", "soon", "--", "job"], "seconds"),
+        // Larger than a deadline can be (it panicked adding it to the clock).
+        (
+            &["run", "--timeout", "18446744073709551615", "--", "job"],
+            "between 1 and 31536000",
+        ),
+        (&["run", "--timeout", "0", "--", "job"], "between 1 and 31536000"),
         (&["run", "--bogus", "--", "job"], "unexpected argument '--bogus'"),
         (&["completions", "tcsh"], "possible values"),
     ];

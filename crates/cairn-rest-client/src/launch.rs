@@ -153,7 +153,11 @@ pub fn launch(registry: &Registry, spec: &LaunchSpec) -> Result<Launched, Launch
         .spawn()
         .map_err(|e| LaunchError::Failed(format!("cannot start '{}': {e}", spec.program.display())))?;
     let pid = child.id();
-    let deadline = Instant::now() + spec.timeout;
+    // A timeout too long for the clock means: no deadline that matters.
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(spec.timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
     // The job registers as soon as its REST API listens, before it has set up
     // checkpoint storage or restored state. Wait for the outcome of the start,
     // as `flink run` does: it runs, it could not start, or it exited.
