@@ -103,7 +103,8 @@ pub fn run_job(run: JobRun<'_>, port: &ControlPort, tick: &mut dyn FnMut(u64)) -
         Err(e) => {
             // The job never started: say so at once, with the cause, to whoever
             // waits for the start (execute_async, the REST API, `cairn run`).
-            tracing::error!(job_id = %spec.job_id, code = e.code(), "the job could not start: {e}");
+            // (Its message says "the job could not start" itself.)
+            tracing::error!(job_id = %spec.job_id, code = e.code(), "{e}");
             let mut p = port.publish();
             p.info.status = JobStatus::Failed;
             p.info.last_failure = Some(e.to_string());

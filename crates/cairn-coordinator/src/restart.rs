@@ -9,7 +9,8 @@
 //!   `max-failures-per-interval + 1`-th within `failure-rate-interval`.
 //! - exponential-delay: the n-th restart since the last reset waits
 //!   `initial-backoff * backoff-multiplier^(n-1)`, plus or minus
-//!   `jitter-factor` of that, kept within `initial-backoff..=max-backoff`.
+//!   `jitter-factor` of that, the sum kept within
+//!   `initial-backoff..=max-backoff`.
 //!   Once the job ran `reset-backoff-threshold` after a restart without
 //!   failing, the count (and so the delay) starts over. More than
 //!   `attempts-before-reset-backoff` restarts without a reset fail the job.
@@ -148,7 +149,10 @@ impl RestartPolicy {
                 let initial = initial_backoff.as_secs_f64();
                 let max = max_backoff.as_secs_f64().max(initial);
                 let exponent = i32::try_from(self.attempts_since_reset).unwrap_or(i32::MAX);
-                let base = (initial * backoff_multiplier.powi(exponent)).min(max);
+                // As Flink: the jitter is a fraction of the unbounded delay, and
+                // only the result is kept within initial..=max (so a delay past
+                // the maximum stays at the maximum). Capped to stay finite.
+                let base = (initial * backoff_multiplier.powi(exponent)).min(1e15);
                 let jitter = base * jitter_factor * (2.0 * self.random() - 1.0);
                 let delay = Duration::from_secs_f64((base + jitter).clamp(initial, max));
                 self.attempts_since_reset += 1;
@@ -359,6 +363,23 @@ mod tests {
             run.run_for(ms(10));
         }
         assert!(seen_below && seen_above, "the jitter goes both ways");
+    }
+
+    /// Once the unbounded delay is far past the maximum, the jitter (a
+    /// fraction of the unbounded delay, as in Flink) cannot pull it below.
+    #[test]
+    fn exponential_delay_past_the_maximum_stays_at_the_maximum_despite_jitter() {
+        let mut run = Run::new(exponential(1000, 8000, 2.0, 3_600_000, 0.25, u32::MAX));
+        let delays: Vec<u128> = (0..12)
+            .map(|_| {
+                let d = run.delay_ms();
+                run.run_for(ms(10));
+                d
+            })
+            .collect();
+        // From the 6th restart on the unbounded delay is >= 32 s, 75% of
+        // which is still above 8 s.
+        assert!(delays[5..].iter().all(|d| *d == 8000), "{delays:?}");
     }
 
     #[test]

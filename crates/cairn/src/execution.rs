@@ -151,7 +151,6 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
                 SetupError::new(SetupErrorKind::Rest, format!("cannot serve the REST API: {e}")).with_source(e),
             ))
         })?;
-        tracing::info!(job_id = %job_id, address = %server.address(), "REST API of the job at http://{}", server.address());
         Some(server)
     } else {
         None
