@@ -159,7 +159,8 @@ impl StreamEnv {
         self.inner.borrow_mut().clock = clock;
     }
 
-    /// Print progress (records/s) to stderr while the job runs.
+    /// Log progress (records/s from the sources, once a second) at `info`
+    /// while the job runs (otherwise at `debug`).
     pub fn show_progress(&self, on: bool) {
         self.inner.borrow_mut().progress = on;
     }
