@@ -195,13 +195,9 @@ pub fn launch(registry: &Registry, spec: &LaunchSpec) -> Result<Launched, Launch
                 let entry = entry.clone();
                 return Ok(Launched { entry, log: log_path });
             }
-            let when = if registered.is_some() {
-                "before it ran"
-            } else {
-                "before it registered"
-            };
+            // (It may have registered and left again between two looks.)
             return Err(LaunchError::Failed(format!(
-                "the job exited ({status}) {when}; the end of its log {}:\n{}",
+                "the job exited ({status}) before it ran; the end of its log {}:\n{}",
                 log_path.display(),
                 tail(&log_path, 20)
             )));
