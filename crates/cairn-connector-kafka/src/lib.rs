@@ -12,6 +12,8 @@ pub mod sink;
 pub mod source;
 
 pub use error::KafkaConnectorError;
+/// The client library, for what the connectors do not wrap (admin operations, tests).
+pub use rdkafka;
 pub use sink::{DeliveryGuarantee, KafkaRecord, KafkaSink};
 pub use source::{
     DeserializationFailure, KafkaMessage, KafkaPartitionSplit, KafkaSource, OffsetResetStrategy, StartingOffsets,

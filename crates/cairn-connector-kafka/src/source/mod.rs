@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use cairn_connectors::split::{SplitPoll, SplitSet, SplitsState};
 use cairn_runtime::{OpResult, Source, SourceContext, SourceStatus, SplitProgress, StreamRecord, NO_TIMESTAMP};
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -265,7 +266,10 @@ struct Running {
     subtask: u32,
     parallelism: u32,
     consumer: Arc<BaseConsumer<Context>>,
-    splits: SplitSet<KafkaPartitionSplit, rdkafka::consumer::base_consumer::PartitionQueue<Context>>,
+    splits: SplitSet<KafkaPartitionSplit>,
+    /// Each assigned partition's own queue, split off before it is assigned so that no
+    /// record of it reaches the consumer's main queue.
+    queues: BTreeMap<(String, i32), PartitionQueue<Context>>,
     next_discovery: Option<Instant>,
     /// Offsets of each checkpoint taken and not yet completed, to commit when it completes.
     to_commit: BTreeMap<u64, Vec<(String, i32, i64)>>,
@@ -338,12 +342,27 @@ impl<T> KafkaSource<T> {
                     .map_err(|e| self.settings.error("assigning partitions", e))?;
             }
         }
-        if tpl.count() > 0 {
-            run.consumer
-                .incremental_assign(&tpl)
-                .map_err(|e| self.settings.error("assigning partitions", e))?;
+        self.assign(run, &tpl)
+    }
+
+    /// Split off the partitions' queues, then start fetching them at the offsets given.
+    fn assign(&self, run: &mut Running, tpl: &TopicPartitionList) -> Result<(), KafkaConnectorError> {
+        if tpl.count() == 0 {
+            return Ok(());
         }
-        Ok(())
+        for e in tpl.elements() {
+            let queue = run
+                .consumer
+                .split_partition_queue(e.topic(), e.partition())
+                .ok_or_else(|| KafkaConnectorError::Config {
+                    what: format!("cannot read topic '{}' partition {}", e.topic(), e.partition()),
+                    fix: "check the topic name".into(),
+                })?;
+            run.queues.insert((e.topic().to_string(), e.partition()), queue);
+        }
+        run.consumer
+            .incremental_assign(tpl)
+            .map_err(|e| self.settings.error("assigning partitions", e))
     }
 
     fn resolve_start(
@@ -365,23 +384,14 @@ impl<T> KafkaSource<T> {
             StartingOffsets::Earliest => low,
             StartingOffsets::Latest => high,
             StartingOffsets::Timestamp(ms) => {
-                let got = run
-                    .consumer
-                    .offsets_for_timestamp(ms, self.settings.timeout)
-                    .map_err(|e| self.settings.error(format!("looking up offsets by timestamp in topic '{topic}'"), e))?;
-                // `offsets_for_timestamp` asks for the assigned partitions; ask for ours explicitly.
                 let mut tpl = one();
                 tpl.set_all_offsets(Offset::Offset(ms))
                     .map_err(|e| self.settings.error("looking up offsets by timestamp", e))?;
-                let got = match offset_of(&got) {
-                    Some(o) => Some(o),
-                    None => offset_of(
-                        &run.consumer
-                            .offsets_for_times(tpl, self.settings.timeout)
-                            .map_err(|e| self.settings.error(format!("looking up offsets by timestamp in topic '{topic}'"), e))?,
-                    ),
-                };
-                match got {
+                let got = run
+                    .consumer
+                    .offsets_for_times(tpl, self.settings.timeout)
+                    .map_err(|e| self.settings.error(format!("looking up offsets by timestamp in topic '{topic}'"), e))?;
+                match offset_of(&got) {
                     Some(Offset::Offset(o)) => o.clamp(low, high),
                     _ => high,
                 }
@@ -438,20 +448,16 @@ fn read_partition<T>(
     on_failure: DeserializationFailure,
     skipped: &AtomicU64,
     split: &mut KafkaPartitionSplit,
-    reader: &mut Option<rdkafka::consumer::base_consumer::PartitionQueue<Context>>,
+    queue: Option<&PartitionQueue<Context>>,
     out: &mut Vec<StreamRecord<T>>,
     quota: usize,
 ) -> OpResult<SplitPoll> {
-    if reader.is_none() {
-        *reader = Some(consumer.split_partition_queue(&split.topic, split.partition).ok_or_else(|| {
-            format!(
-                "kafka source: cannot read topic '{}' partition {} (invalid topic name)",
-                split.topic, split.partition
-            )
-        })?);
-    }
-    let Some(queue) = reader.as_ref() else {
-        return Ok(SplitPoll::Idle(IDLE_POLL));
+    let Some(queue) = queue else {
+        return Err(format!(
+            "kafka source: topic '{}' partition {} is held but not assigned (a bug)",
+            split.topic, split.partition
+        )
+        .into());
     };
     let mut n = 0;
     while n < quota {
@@ -535,6 +541,9 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
         let config = self.settings.client_config(
             &[
                 ("client.id", format!("cairn-{}-{}", ctx.info.uid, ctx.info.subtask)),
+                // librdkafka needs a group for its assignment even though the source
+                // never joins one; offsets are committed only to a group the user set.
+                ("group.id", format!("cairn-source-{}", ctx.info.uid)),
                 ("socket.connection.setup.timeout.ms", self.settings.timeout.as_millis().to_string()),
             ],
             &[
@@ -555,6 +564,7 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             parallelism: ctx.info.parallelism.max(1),
             consumer: Arc::new(consumer),
             splits,
+            queues: BTreeMap::new(),
             next_discovery: None,
             to_commit: BTreeMap::new(),
             commit_offsets: self.settings.properties.contains_key("group.id"),
@@ -565,11 +575,7 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.next_offset))
                 .map_err(|e| self.settings.error("assigning partitions", e))?;
         }
-        if tpl.count() > 0 {
-            run.consumer
-                .incremental_assign(&tpl)
-                .map_err(|e| self.settings.error("assigning restored partitions", e))?;
-        }
+        self.assign(&mut run, &tpl)?;
         if !run.splits.restored() {
             self.discover(&mut run, self.starting)
                 .map_err(|e| format!("kafka source '{}' ({}): {e}", run.uid, self.describe()))?;
@@ -655,7 +661,9 @@ impl<T: Send + 'static> KafkaSource<T> {
             run.next_discovery = self.discovery.map(|d| Instant::now() + d);
         }
         let consumer = run.consumer.clone();
-        let polled = run.splits.poll(out, max, |split, reader, out, quota| {
+        let queues = &run.queues;
+        let polled = run.splits.poll(out, max, |split, _, out, quota| {
+            let queue = queues.get(&(split.topic.clone(), split.partition));
             read_partition(
                 &consumer,
                 &self.settings,
@@ -663,7 +671,7 @@ impl<T: Send + 'static> KafkaSource<T> {
                 self.on_failure,
                 &self.skipped,
                 split,
-                reader,
+                queue,
                 out,
                 quota,
             )
