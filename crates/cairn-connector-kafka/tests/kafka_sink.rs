@@ -244,6 +244,7 @@ fn keys_headers_timestamps_and_a_topic_selector_per_record_at_least_once() {
     let (e2, o2) = (even.clone(), odd.clone());
     let env = env(1, None, &[]);
     env.from_collection((0u32..10).collect())
+        .uid("numbers")
         .sink(
             KafkaSink::builder(move |i: &u32| {
                 KafkaRecord::value(format!("v{i}"))
@@ -279,7 +280,7 @@ fn unknown_topics_missing_permissions_and_unreachable_brokers_fail_the_sink_clea
     let Some(b) = broker() else { return };
     let run = |sink: KafkaSink<String>| {
         let env = env(1, None, &[]);
-        env.from_collection(vec!["x".to_string()]).sink(sink).uid("kafka-out");
+        env.from_collection(vec!["x".to_string()]).uid("x").sink(sink).uid("kafka-out");
         env.execute("errors").unwrap_err().to_string()
     };
     let missing = unique("cairn-no-such-topic");
