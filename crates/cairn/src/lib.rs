@@ -40,6 +40,9 @@ impl<T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + '
 pub use cairn_config as config;
 pub use cairn_connectors as connectors;
 pub use cairn_coordinator as coordinator;
+/// Kafka source and sink (cargo feature `kafka`).
+#[cfg(feature = "kafka")]
+pub use cairn_connector_kafka as kafka;
 pub use cairn_operators as operators;
 pub use cairn_runtime as runtime;
 pub use cairn_snapshot as snapshot;
