@@ -87,6 +87,10 @@ pub struct ChaosConfig {
     /// checkpoint instead of the newest. Records committed after it are
     /// replayed, so the harness must report duplicates.
     pub restore_previous: bool,
+    /// Run the Kafka-in, Kafka-out job instead (input, output topics and the
+    /// transactional id prefix are chosen by the harness).
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<crate::kafka::KafkaWorkload>,
 }
 
 impl ChaosConfig {
@@ -112,6 +116,8 @@ impl ChaosConfig {
             extra_flags: Vec::new(),
             rescale: false,
             restore_previous: false,
+            #[cfg(feature = "kafka")]
+            kafka: None,
         }
     }
 
@@ -308,6 +314,16 @@ impl Plan {
 const GIVE_UP: Duration = Duration::from_secs(4);
 
 fn choose_plan(rng: &mut XorShift, cfg: &ChaosConfig, no_progress: u32) -> Plan {
+    let plan = choose_any_plan(rng, cfg, no_progress);
+    // The Kafka job stages no files: kill at a random moment instead.
+    #[cfg(feature = "kafka")]
+    if let (Some(_), Plan::OnStaged(d)) = (&cfg.kafka, plan) {
+        return Plan::After(d, "random");
+    }
+    plan
+}
+
+fn choose_any_plan(rng: &mut XorShift, cfg: &ChaosConfig, no_progress: u32) -> Plan {
     // After attempts that completed no checkpoint, wait longer (50 ms doubling).
     let lo = (50u64 << no_progress.min(6)).min(cfg.max_delay_ms);
     let hi = cfg.max_delay_ms.max(lo);
@@ -537,6 +553,9 @@ struct Harness<'a> {
     rng: XorShift,
     input: PathBuf,
     report: Report,
+    /// The Kafka job's topics of the current round.
+    #[cfg(feature = "kafka")]
+    kafka: Option<crate::kafka::KafkaWorkload>,
 }
 
 impl Harness<'_> {
@@ -580,6 +599,10 @@ impl Harness<'_> {
             cmd.arg(k).arg(v.to_string());
         }
         cmd.args(cfg.workload.to_args());
+        #[cfg(feature = "kafka")]
+        if let Some(k) = &self.kafka {
+            cmd.args(k.to_args());
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         cmd
     }
@@ -698,6 +721,14 @@ impl Harness<'_> {
         };
         for d in [&dirs.checkpoints, &dirs.out, &dirs.logs] {
             std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+        // A fresh output topic (and transactional ids) per round.
+        #[cfg(feature = "kafka")]
+        if let Some(k) = self.kafka.as_mut() {
+            let tag = format!("{}-{name}-{}", self.cfg.seed, std::process::id());
+            k.output = format!("cairn-chaos-out-{tag}");
+            k.prefix = format!("cairn-chaos-{tag}");
+            crate::kafka::create_topic(&k.bootstrap, &k.output, 2)?;
         }
         let reference = kills_wanted == 0 && name == "reference";
         let rates = if reference {
@@ -878,6 +909,12 @@ impl Harness<'_> {
             }
         }
         // Compare.
+        #[cfg(feature = "kafka")]
+        let mismatch = match &self.kafka {
+            Some(k) => compare_topic(k, expected)?,
+            None => compare_output(&dirs.out, expected)?,
+        };
+        #[cfg(not(feature = "kafka"))]
         let mismatch = compare_output(&dirs.out, expected)?;
         for s in SINKS {
             let files = list_sink(&dirs.out.join(s))?;
@@ -966,6 +1003,35 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Compare the output topic, read with `read_committed`, with the expected lines.
+#[cfg(feature = "kafka")]
+fn compare_topic(k: &crate::kafka::KafkaWorkload, expected: &Output) -> Result<Option<String>, String> {
+    use std::fmt::Write as _;
+    let got = crate::kafka::read_committed(&k.bootstrap, &k.output)?;
+    let want = expected.get("kafka").cloned().unwrap_or_default();
+    let d = crate::verify::diff_sorted(&want, &got);
+    if d.is_empty() {
+        return Ok(None);
+    }
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "topic '{}' (read_committed): {} records, {} expected: {} missing, {} extra or duplicated",
+        k.output,
+        d.actual,
+        d.expected,
+        d.missing.len(),
+        d.extra.len()
+    );
+    for l in d.missing.iter().take(8) {
+        let _ = writeln!(report, "  missing: {l}");
+    }
+    for l in d.extra.iter().take(8) {
+        let _ = writeln!(report, "  extra:   {l}");
+    }
+    Ok(Some(report))
+}
+
 const WORK_MARKER: &str = ".cairn-chaos-work";
 
 /// Run the harness. `Err` means it could not run at all (setup, I/O);
@@ -1008,6 +1074,8 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
             seed: cfg.seed,
             ..Report::default()
         },
+        #[cfg(feature = "kafka")]
+        kafka: None,
     };
     h.say(&format!(
         "seed {} (replay the same kill schedule with --seed {}), {} kills wanted, work directory {}",
@@ -1016,6 +1084,20 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         cfg.kills,
         work.display()
     ));
+    #[cfg(feature = "kafka")]
+    let expected = match cfg.kafka.clone() {
+        Some(mut k) => {
+            k.input = format!("cairn-chaos-in-{}-{}", cfg.seed, std::process::id());
+            h.say(&format!("writing {} input records to topic {}", k.events, k.input));
+            crate::kafka::write_input(&k)?;
+            let mut out = Output::new();
+            out.insert("kafka".into(), crate::kafka::expected_lines(&k));
+            h.kafka = Some(k);
+            out
+        }
+        None => expected_output(&w),
+    };
+    #[cfg(not(feature = "kafka"))]
     let expected = expected_output(&w);
     h.report.expected_lines = expected.values().map(Vec::len).sum();
     h.say(&format!("oracle: {} expected lines", h.report.expected_lines));

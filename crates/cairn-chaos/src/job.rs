@@ -11,6 +11,8 @@
 //! `CHAOS first-record` when a running-count function processes its first
 //! record, and `CHAOS end-of-input` when the first end-of-input timer fires.
 
+#[cfg(feature = "kafka")]
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +39,16 @@ fn mark(flag: &AtomicBool, text: &str) {
     }
 }
 
+/// Print [`MARK_FIRST_RECORD`] (once per process).
+pub fn mark_first_record() {
+    mark(&FIRST_RECORD, MARK_FIRST_RECORD);
+}
+
+/// Print [`MARK_END_OF_INPUT`] (once per process).
+pub fn mark_end_of_input() {
+    mark(&END_OF_INPUT, MARK_END_OF_INPUT);
+}
+
 /// The job's own flags (after the engine's startup flags).
 #[derive(Clone, Debug)]
 pub struct JobArgs {
@@ -49,6 +61,9 @@ pub struct JobArgs {
     /// Roll the `gen` sink's part files at this size too (0: only at checkpoints).
     pub part_bytes: u64,
     pub workload: Workload,
+    /// Run the Kafka-in, Kafka-out pipeline instead of the others.
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<crate::kafka::KafkaWorkload>,
 }
 
 impl JobArgs {
@@ -60,6 +75,8 @@ impl JobArgs {
         let mut file_rate = 0;
         let mut part_bytes = 0;
         let mut workload = Workload::default();
+        #[cfg(feature = "kafka")]
+        let mut kafka: BTreeMap<String, String> = BTreeMap::new();
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -74,6 +91,10 @@ impl JobArgs {
                 "--rate" => rate = n()?,
                 "--file-rate" => file_rate = n()?,
                 "--part-bytes" => part_bytes = n()?,
+                #[cfg(feature = "kafka")]
+                f if f.starts_with("--kafka-") => {
+                    kafka.insert(f.to_string(), value.clone());
+                }
                 _ => {
                     if !workload.set_flag(flag, value)? {
                         return Err(format!("unknown flag {flag}"));
@@ -81,7 +102,24 @@ impl JobArgs {
                 }
             }
         }
+        #[cfg(feature = "kafka")]
+        let kafka = if kafka.is_empty() {
+            None
+        } else {
+            let get = |k: &str| kafka.get(k).cloned().ok_or_else(|| format!("{k} is required with the other --kafka-* flags"));
+            let num = |k: &str| -> Result<u64, String> { get(k)?.parse().map_err(|e| format!("{k}: {e}")) };
+            Some(crate::kafka::KafkaWorkload {
+                bootstrap: get("--kafka-bootstrap")?,
+                input: get("--kafka-input")?,
+                output: get("--kafka-output")?,
+                prefix: get("--kafka-prefix")?,
+                events: num("--kafka-events")?,
+                keys: num("--kafka-keys")?.max(1),
+            })
+        };
         Ok(JobArgs {
+            #[cfg(feature = "kafka")]
+            kafka,
             out: out.ok_or("--out DIR is required")?,
             input: input.ok_or("--input DIR is required")?,
             rate,
@@ -212,17 +250,28 @@ impl ProcessWindowFunction<u64, GeneratedEvent, String> for WindowStats {
     }
 }
 
-/// Passes lines through at most `rate` per second (per subtask), so the file
+/// Passes records through at most `rate` per second (per subtask), so the file
 /// pipeline lasts as long as the rate-limited generator.
 #[derive(Clone)]
-struct Throttle {
+pub struct Throttle {
     rate: u64,
     started: Option<Instant>,
     seen: u64,
 }
 
-impl ProcessFunction<String, String> for Throttle {
-    fn process_element(&mut self, line: String, ctx: &mut ProcessContext<'_, String>) -> OpResult {
+impl Throttle {
+    /// At most `rate` records per second (0: unlimited).
+    pub fn new(rate: u64) -> Self {
+        Throttle {
+            rate,
+            started: None,
+            seen: 0,
+        }
+    }
+}
+
+impl<T: Data> ProcessFunction<T, T> for Throttle {
+    fn process_element(&mut self, line: T, ctx: &mut ProcessContext<'_, T>) -> OpResult {
         if self.rate > 0 {
             let started = *self.started.get_or_insert_with(Instant::now);
             self.seen += 1;
@@ -249,6 +298,18 @@ pub fn run() -> Result<(), CairnError> {
         ))
     })?;
     env.show_progress(true);
+    #[cfg(feature = "kafka")]
+    if let Some(k) = &args.kafka {
+        crate::kafka::build(&env, k, args.rate);
+        let result = env.execute("cairn chaos job (kafka)")?;
+        eprintln!(
+            "CHAOS finished job {} ({} source records, {} checkpoints attempted)",
+            result.job_id,
+            result.source_records,
+            result.checkpoints.len()
+        );
+        return Ok(());
+    }
     let w = args.workload.clone();
 
     // Generator pipeline: running counts and windows.

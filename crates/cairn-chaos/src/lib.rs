@@ -13,6 +13,8 @@
 
 pub mod harness;
 pub mod job;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod oracle;
 pub mod rng;
 pub mod verify;

@@ -39,6 +39,8 @@ usage: cairn-chaos [options]
   --rescale           restart with a random parallelism (1-3) for the keyed operators and sinks
   --restore-previous  self-test: restore the second newest checkpoint; must FAIL with duplicates
   --quiet             no line per kill
+  --kafka BOOTSTRAP   run the Kafka-in, Kafka-out job against this broker instead (built with
+                      --features kafka); --kafka-events N (default 200000) --kafka-keys N (default 500)
 ";
 
 fn main() -> ExitCode {
@@ -78,6 +80,9 @@ fn run() -> Result<bool, String> {
     let mut quiet = false;
     let mut rescale = false;
     let mut restore_previous = false;
+    let mut kafka: Option<String> = None;
+    let mut kafka_events = 200_000u64;
+    let mut kafka_keys = 500u64;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -94,6 +99,9 @@ fn run() -> Result<bool, String> {
                     "--seed" => seed = Some(parse(&a, &v)?),
                     "--work" => work = Some(PathBuf::from(v)),
                     "--job" => job = Some(PathBuf::from(v)),
+                    "--kafka" => kafka = Some(v),
+                    "--kafka-events" => kafka_events = parse(&a, &v)?,
+                    "--kafka-keys" => kafka_keys = parse(&a, &v)?,
                     _ => flags.push((a, v)),
                 }
             }
@@ -142,6 +150,9 @@ fn run() -> Result<bool, String> {
             }
         }
     }
+    if let Some(bootstrap) = kafka {
+        set_kafka(&mut cfg, bootstrap, kafka_events, kafka_keys)?;
+    }
     let report = cairn_chaos::run(&cfg)?;
     println!("{report}");
     Ok(report.failure.is_none())
@@ -150,4 +161,22 @@ fn run() -> Result<bool, String> {
 fn parse(flag: &str, v: &str) -> Result<u64, String> {
     v.parse()
         .map_err(|e| format!("{flag} {v}: not a non-negative integer ({e})"))
+}
+
+#[cfg(feature = "kafka")]
+fn set_kafka(cfg: &mut ChaosConfig, bootstrap: String, events: u64, keys: u64) -> Result<(), String> {
+    cfg.kafka = Some(cairn_chaos::kafka::KafkaWorkload {
+        bootstrap,
+        input: String::new(),
+        output: String::new(),
+        prefix: String::new(),
+        events,
+        keys,
+    });
+    Ok(())
+}
+
+#[cfg(not(feature = "kafka"))]
+fn set_kafka(_: &mut ChaosConfig, _: String, _: u64, _: u64) -> Result<(), String> {
+    Err("--kafka needs the binary built with --features kafka".into())
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_operators::{Sink, SinkContext};
-use cairn_runtime::{OpResult, StreamRecord, NO_TIMESTAMP};
+use cairn_runtime::{OpResult, StreamRecord, MAX_WATERMARK, NO_TIMESTAMP};
 use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::client::{partitions_of, ClientSettings, Context};
@@ -246,7 +246,9 @@ pub(crate) fn check_health(producer: &BaseProducer<Context>, settings: &ClientSe
 impl<T: Send + 'static> KafkaSink<T> {
     fn wal_record(&self, r: &StreamRecord<T>) -> WalRecord {
         let mut rec = (self.serializer)(&r.value);
-        if rec.timestamp.is_none() && r.timestamp != NO_TIMESTAMP {
+        // The stream record's event time, unless it has none or is the end of time
+        // (records emitted by end-of-input timers), which Kafka would reject.
+        if rec.timestamp.is_none() && r.timestamp != NO_TIMESTAMP && (0..MAX_WATERMARK).contains(&r.timestamp) {
             rec.timestamp = Some(r.timestamp);
         }
         WalRecord::from(rec)
