@@ -106,7 +106,12 @@ impl JobArgs {
         let kafka = if kafka.is_empty() {
             None
         } else {
-            let get = |k: &str| kafka.get(k).cloned().ok_or_else(|| format!("{k} is required with the other --kafka-* flags"));
+            let get = |k: &str| {
+                kafka
+                    .get(k)
+                    .cloned()
+                    .ok_or_else(|| format!("{k} is required with the other --kafka-* flags"))
+            };
             let num = |k: &str| -> Result<u64, String> { get(k)?.parse().map_err(|e| format!("{k}: {e}")) };
             Some(crate::kafka::KafkaWorkload {
                 bootstrap: get("--kafka-bootstrap")?,

@@ -144,7 +144,9 @@ pub fn write_input(w: &KafkaWorkload) -> Result<(), String> {
         .map_err(|e| format!("kafka producer: {e}"))?;
     for i in 0..w.events {
         let v = i.to_string();
-        let mut r = BaseRecord::<(), str>::to(&w.input).partition(w.partition(i)).payload(v.as_str());
+        let mut r = BaseRecord::<(), str>::to(&w.input)
+            .partition(w.partition(i))
+            .payload(v.as_str());
         loop {
             match p.send(r) {
                 Ok(()) => break,

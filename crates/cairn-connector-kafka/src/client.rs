@@ -3,6 +3,7 @@
 //! notices broker and delivery failures, and metadata look-ups with clear errors.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,11 @@ impl ClientSettings {
 
     /// The client configuration: the user's properties over `defaults`, then `forced`
     /// (settings the connector's guarantees depend on).
-    pub fn client_config(&self, defaults: &[(&str, String)], forced: &[(&str, String)]) -> Result<ClientConfig, KafkaConnectorError> {
+    pub fn client_config(
+        &self,
+        defaults: &[(&str, String)],
+        forced: &[(&str, String)],
+    ) -> Result<ClientConfig, KafkaConnectorError> {
         if self.bootstrap().is_empty() {
             return Err(KafkaConnectorError::Config {
                 what: "bootstrap.servers is not set".into(),
@@ -107,6 +112,8 @@ impl ClientSettings {
 /// What the client's background threads noticed.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
+    /// Whether `all_brokers_down` is set (read on every success without locking).
+    down: AtomicBool,
     /// Since when librdkafka reports that every broker is down (cleared by any success).
     all_brokers_down: Mutex<Option<Instant>>,
     /// The first failed delivery or fatal error.
@@ -114,9 +121,13 @@ pub(crate) struct Health {
 }
 
 impl Health {
+    /// Something succeeded: the brokers are reachable.
     pub fn ok(&self) {
-        if let Ok(mut d) = self.all_brokers_down.lock() {
-            *d = None;
+        if self.down.load(Ordering::Relaxed) {
+            if let Ok(mut d) = self.all_brokers_down.lock() {
+                *d = None;
+                self.down.store(false, Ordering::Relaxed);
+            }
         }
     }
 
@@ -148,6 +159,7 @@ impl ClientContext for Context {
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 if let Ok(mut d) = self.health.all_brokers_down.lock() {
                     d.get_or_insert_with(Instant::now);
+                    self.health.down.store(true, Ordering::Relaxed);
                 }
             }
             Some(RDKafkaErrorCode::Fatal) => self.health.fail(format!("fatal client error: {reason}")),
@@ -176,6 +188,17 @@ impl ProducerContext for Context {
     }
 }
 
+/// Whether a broker answers a metadata request now (clears the brokers-down mark if so).
+pub(crate) fn reachable(client: &Client<Context>, settings: &ClientSettings) -> bool {
+    let ok = client
+        .fetch_metadata(None, settings.timeout.min(Duration::from_secs(5)))
+        .is_ok();
+    if ok {
+        client.context().health.ok();
+    }
+    ok
+}
+
 /// Partitions of `topic`; an unknown topic, a refused one or an unreachable cluster is
 /// an error after the timeout.
 pub(crate) fn partitions_of<C: ClientContext>(
@@ -197,7 +220,10 @@ pub(crate) fn partitions_of<C: ClientContext>(
     topic_partitions(settings, t)
 }
 
-fn topic_partitions(settings: &ClientSettings, t: &rdkafka::metadata::MetadataTopic) -> Result<Vec<i32>, KafkaConnectorError> {
+fn topic_partitions(
+    settings: &ClientSettings,
+    t: &rdkafka::metadata::MetadataTopic,
+) -> Result<Vec<i32>, KafkaConnectorError> {
     match t.error() {
         None => {}
         Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {

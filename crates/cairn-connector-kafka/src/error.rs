@@ -20,7 +20,11 @@ pub enum KafkaConnectorError {
     /// A topic the job names does not exist.
     UnknownTopic { topic: String, bootstrap: String },
     /// The broker refused an operation (ACLs).
-    NotAuthorized { resource: String, operation: String, cause: String },
+    NotAuthorized {
+        resource: String,
+        operation: String,
+        cause: String,
+    },
     /// A record could not be deserialised (and the policy is to fail).
     Deserialize {
         topic: String,

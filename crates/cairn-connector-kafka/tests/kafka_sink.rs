@@ -110,7 +110,10 @@ fn a_transaction_pre_committed_before_a_crash_is_committed_once_after_the_restor
     // Records after the barrier of checkpoint 2, in the next transaction.
     s.write(&["c1", "c2", "c3", "c4"]);
     // Nothing is visible to read_committed readers before the commit but checkpoint 1.
-    assert_eq!(values(&read_all(&b, &topic, "read_committed")), sorted_strings(&["a1", "a2", "a3"]));
+    assert_eq!(
+        values(&read_all(&b, &topic, "read_committed")),
+        sorted_strings(&["a1", "a2", "a3"])
+    );
     // The process dies after checkpoint 2 completed, before the sink committed.
     drop(s);
     let _s2 = Driven::open(&b, &topic, &prefix, info("out", 0, 1), restored(chk2));
@@ -228,7 +231,10 @@ fn an_exactly_once_job_that_fails_and_restarts_writes_every_record_once() {
     let mut want: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
     want.sort();
     assert_eq!(committed.len(), want.len());
-    assert!(committed == want, "read_committed output differs from the failure-free output");
+    assert!(
+        committed == want,
+        "read_committed output differs from the failure-free output"
+    );
     let uncommitted = read_all(&b, &topic, "read_uncommitted");
     assert!(uncommitted.len() >= committed.len());
     let _ = std::fs::remove_dir_all(&dir);
@@ -269,7 +275,10 @@ fn keys_headers_timestamps_and_a_topic_selector_per_record_at_least_once() {
         assert_eq!(r.timestamp, Some(1_700_000_000_000 + i));
         assert_eq!(
             r.headers,
-            vec![("n".to_string(), Some(i.to_string().into_bytes())), ("empty".to_string(), None)]
+            vec![
+                ("n".to_string(), Some(i.to_string().into_bytes())),
+                ("empty".to_string(), None)
+            ]
         );
         assert_eq!(i % 2 == 0, evens.contains(r));
     }
@@ -280,22 +289,34 @@ fn unknown_topics_missing_permissions_and_unreachable_brokers_fail_the_sink_clea
     let Some(b) = broker() else { return };
     let run = |sink: KafkaSink<String>| {
         let env = env(1, None, &[]);
-        env.from_collection(vec!["x".to_string()]).uid("x").sink(sink).uid("kafka-out");
+        env.from_collection(vec!["x".to_string()])
+            .uid("x")
+            .sink(sink)
+            .uid("kafka-out");
         env.execute("errors").unwrap_err().to_string()
     };
     let missing = unique("cairn-no-such-topic");
-    let err = run(KafkaSink::strings().bootstrap_servers(&b).topic(&missing).timeout(Duration::from_secs(5)));
+    let err = run(KafkaSink::strings()
+        .bootstrap_servers(&b)
+        .topic(&missing)
+        .timeout(Duration::from_secs(5)));
     assert!(err.contains(&format!("topic '{missing}' does not exist")), "{err}");
     let err = run(KafkaSink::strings()
         .bootstrap_servers(&b)
         .topic("cairn-forbidden")
         .timeout(Duration::from_secs(5)));
-    assert!(err.contains("not authorized") && err.contains("cairn-forbidden"), "{err}");
+    assert!(
+        err.contains("not authorized") && err.contains("cairn-forbidden"),
+        "{err}"
+    );
     let err = run(KafkaSink::strings()
         .bootstrap_servers("127.0.0.1:1")
         .topic("t")
         .timeout(Duration::from_secs(2)));
-    assert!(err.contains("no broker of bootstrap.servers '127.0.0.1:1' answered within 2000 ms"), "{err}");
+    assert!(
+        err.contains("no broker of bootstrap.servers '127.0.0.1:1' answered within 2000 ms"),
+        "{err}"
+    );
     let err = run(KafkaSink::strings()
         .bootstrap_servers(&b)
         .delivery_guarantee(DeliveryGuarantee::ExactlyOnce));

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cairn::coordinator::control::{AfterSavepoint, CheckpointRequestKind, OperationStatus, SnapshotFormat, SnapshotStatus};
+use cairn::coordinator::control::{
+    AfterSavepoint, CheckpointRequestKind, OperationStatus, SnapshotFormat, SnapshotStatus,
+};
 use cairn::prelude::*;
 use cairn_connector_kafka::{DeserializationFailure, KafkaSource, OffsetResetStrategy, StartingOffsets};
 use common::*;
@@ -70,7 +72,15 @@ fn offsets_survive_savepoints_and_rescaling_2_to_3_to_1() {
     batch(1);
     let (out2, sp2, _) = run_until(&b, &topic, 3, Some(&sp1), 2000, &target, SnapshotFormat::Native);
     batch(2);
-    let (out3, _sp3, _) = run_until(&b, &topic, 1, Some(&sp2.join("_metadata")), 2000, &target, SnapshotFormat::Native);
+    let (out3, _sp3, _) = run_until(
+        &b,
+        &topic,
+        1,
+        Some(&sp2.join("_metadata")),
+        2000,
+        &target,
+        SnapshotFormat::Native,
+    );
     // Each run read exactly the records written after the previous savepoint: the
     // offsets were restored exactly, nothing lost, nothing read twice.
     for (round, out) in [&out1, &out2, &out3].into_iter().enumerate() {
@@ -106,14 +116,17 @@ fn offsets_survive_a_checkpoint_restore_and_are_committed_to_the_group_when_it_c
     ];
     let env1 = env(2, None, &config);
     let (sink, out) = CollectSink::new();
-    env1.source(source(&b, &topic).group_id(&group)).uid("kafka-in").sink(sink);
+    env1.source(source(&b, &topic).group_id(&group))
+        .uid("kafka-in")
+        .sink(sink);
     let job = env1.execute_async("kafka checkpoint").unwrap();
     let client = job.client();
     wait_until("600 records arrived", 60, || out.values().len() >= 600);
     let op = client.trigger_checkpoint(CheckpointRequestKind::Full, None).unwrap();
     let chk_id = match client.wait_operation(&op, Duration::from_secs(60)) {
         Some(OperationStatus::Completed {
-            checkpoint_id: Some(id), ..
+            checkpoint_id: Some(id),
+            ..
         }) => id,
         other => panic!("checkpoint did not complete: {other:?}"),
     };
@@ -140,7 +153,11 @@ fn offsets_survive_a_checkpoint_restore_and_are_committed_to_the_group_when_it_c
     let _ = job.wait();
     let got = by_partition(&out2.values());
     for p in 0..2 {
-        assert_eq!(got[&p], (300..450).collect::<Vec<u32>>(), "partition {p} continues after the checkpoint");
+        assert_eq!(
+            got[&p],
+            (300..450).collect::<Vec<u32>>(),
+            "partition {p} continues after the checkpoint"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -150,8 +167,12 @@ fn starting_offsets_latest_timestamp_and_committed() {
     let Some(b) = broker() else { return };
     let topic = unique("cairn-src-start");
     create_topic(&b, &topic, 1);
-    let early: Vec<(String, Option<i64>)> = (0..10).map(|i| (format!("0:{i}"), Some(1_000 + i64::from(i)))).collect();
-    let late: Vec<(String, Option<i64>)> = (10..20).map(|i| (format!("0:{i}"), Some(5_000 + i64::from(i)))).collect();
+    let early: Vec<(String, Option<i64>)> = (0..10)
+        .map(|i| (format!("0:{i}"), Some(1_000 + i64::from(i))))
+        .collect();
+    let late: Vec<(String, Option<i64>)> = (10..20)
+        .map(|i| (format!("0:{i}"), Some(5_000 + i64::from(i))))
+        .collect();
     produce(&b, &topic, 0, &early);
     produce(&b, &topic, 0, &late);
 
@@ -168,7 +189,10 @@ fn starting_offsets_latest_timestamp_and_committed() {
     };
     assert_eq!(bounded(StartingOffsets::Earliest, None), (0..20).collect::<Vec<_>>());
     assert_eq!(bounded(StartingOffsets::Latest, None), Vec::<u32>::new());
-    assert_eq!(bounded(StartingOffsets::Timestamp(5_000), None), (10..20).collect::<Vec<_>>());
+    assert_eq!(
+        bounded(StartingOffsets::Timestamp(5_000), None),
+        (10..20).collect::<Vec<_>>()
+    );
     // Committed offsets: none yet, so the reset strategy decides; then from the commit.
     let group = unique("cairn-src-start-group");
     assert_eq!(
@@ -177,14 +201,17 @@ fn starting_offsets_latest_timestamp_and_committed() {
     );
     {
         let mut tpl = cairn_connector_kafka::rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, cairn_connector_kafka::rdkafka::Offset::Offset(15)).unwrap();
-        let c: cairn_connector_kafka::rdkafka::consumer::BaseConsumer = cairn_connector_kafka::rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .set("group.id", &group)
-            .create()
+        tpl.add_partition_offset(&topic, 0, cairn_connector_kafka::rdkafka::Offset::Offset(15))
             .unwrap();
+        let c: cairn_connector_kafka::rdkafka::consumer::BaseConsumer =
+            cairn_connector_kafka::rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .set("group.id", &group)
+                .create()
+                .unwrap();
         use cairn_connector_kafka::rdkafka::consumer::Consumer;
-        c.commit(&tpl, cairn_connector_kafka::rdkafka::consumer::CommitMode::Sync).unwrap();
+        c.commit(&tpl, cairn_connector_kafka::rdkafka::consumer::CommitMode::Sync)
+            .unwrap();
     }
     assert_eq!(
         bounded(StartingOffsets::Committed(OffsetResetStrategy::Earliest), Some(&group)),
@@ -200,7 +227,10 @@ fn starting_offsets_latest_timestamp_and_committed() {
     .uid("kafka-in")
     .sink(DiscardSink);
     let err = env.execute("no group").unwrap_err().to_string();
-    assert!(err.contains("need a consumer group") && err.contains("group_id"), "{err}");
+    assert!(
+        err.contains("need a consumer group") && err.contains("group_id"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -265,19 +295,35 @@ fn a_topic_pattern_picks_up_new_topics_and_new_partitions() {
     add_partitions(&b, &first, 2);
     std::thread::sleep(Duration::from_millis(500));
     produce(&b, &first, 1, &numbered(1, 0..20));
-    wait_until("the new topic's and partition's records arrived", 60, || out.values().len() >= 130);
+    wait_until("the new topic's and partition's records arrived", 60, || {
+        out.values().len() >= 130
+    });
     std::thread::sleep(Duration::from_millis(500));
     client.cancel().unwrap();
     let _ = job.wait();
     let got = by_partition(&out.values());
     assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![0, 1, 10, 11], "{got:?}");
-    assert_eq!(got[&10], (0..30).collect::<Vec<u32>>(), "new topics start at the earliest offset");
-    assert_eq!(got[&1], (0..20).collect::<Vec<u32>>(), "new partitions start at the earliest offset");
+    assert_eq!(
+        got[&10],
+        (0..30).collect::<Vec<u32>>(),
+        "new topics start at the earliest offset"
+    );
+    assert_eq!(
+        got[&1],
+        (0..20).collect::<Vec<u32>>(),
+        "new partitions start at the earliest offset"
+    );
 }
 
 fn regex_escape(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_string() } else { format!("\\{c}") })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
         .collect()
 }
 
@@ -321,7 +367,10 @@ fn an_idle_partition_does_not_hold_back_event_time() {
     client.cancel().unwrap();
     let _ = job.wait();
     let got = out.values();
-    assert_eq!(&got[..3], &(0..3).map(|w| (10_000 + w * 1000, 10)).collect::<Vec<(i64, usize)>>()[..]);
+    assert_eq!(
+        &got[..3],
+        &(0..3).map(|w| (10_000 + w * 1000, 10)).collect::<Vec<(i64, usize)>>()[..]
+    );
 }
 
 #[derive(Clone)]
@@ -349,14 +398,20 @@ fn deserialization_failures_fail_naming_the_record_or_are_skipped_and_counted() 
     {
         let p = producer(&b);
         use cairn_connector_kafka::rdkafka::producer::{BaseRecord, Producer};
-        p.send(BaseRecord::<(), [u8]>::to(&topic).partition(0).payload(&[0xff, 0xfe][..]))
-            .map_err(|(e, _)| e)
-            .unwrap();
+        p.send(
+            BaseRecord::<(), [u8]>::to(&topic)
+                .partition(0)
+                .payload(&[0xff, 0xfe][..]),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
         p.flush(Duration::from_secs(10)).unwrap();
     }
     produce(&b, &topic, 0, &numbered(0, 5..10));
     let env1 = env(1, None, &[]);
-    env1.source(source(&b, &topic).bounded()).uid("kafka-in").sink(DiscardSink);
+    env1.source(source(&b, &topic).bounded())
+        .uid("kafka-in")
+        .sink(DiscardSink);
     let err = env1.execute("fail").unwrap_err().to_string();
     assert!(
         err.contains(&format!("topic '{topic}' partition 0 offset 5")) && err.contains("not UTF-8"),
@@ -386,12 +441,18 @@ fn unreachable_brokers_unknown_topics_and_missing_permissions_fail_with_clear_er
         .bootstrap_servers("127.0.0.1:1")
         .topics(["t"])
         .timeout(Duration::from_secs(2)));
-    assert!(err.contains("no broker of bootstrap.servers '127.0.0.1:1' answered within 2000 ms"), "{err}");
+    assert!(
+        err.contains("no broker of bootstrap.servers '127.0.0.1:1' answered within 2000 ms"),
+        "{err}"
+    );
     let missing = unique("cairn-no-such-topic");
     let err = run(source(&b, &missing).timeout(Duration::from_secs(5)));
     assert!(err.contains(&format!("topic '{missing}' does not exist")), "{err}");
     let err = run(source(&b, "cairn-forbidden").timeout(Duration::from_secs(5)));
-    assert!(err.contains("not authorized") && err.contains("cairn-forbidden"), "{err}");
+    assert!(
+        err.contains("not authorized") && err.contains("cairn-forbidden"),
+        "{err}"
+    );
     let err = run(KafkaSource::strings().topics(["x"]));
     assert!(err.contains("bootstrap.servers is not set"), "{err}");
     let err = KafkaSource::strings().topic_pattern("(").unwrap_err().to_string();

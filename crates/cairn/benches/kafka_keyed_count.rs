@@ -36,7 +36,11 @@ impl KeyedProcessFunction<String, (String, String), String> for Count {
         Ok(())
     }
 
-    fn process_element(&mut self, (key, sent): (String, String), ctx: &mut KeyedContext<'_, String, String>) -> OpResult {
+    fn process_element(
+        &mut self,
+        (key, sent): (String, String),
+        ctx: &mut KeyedContext<'_, String, String>,
+    ) -> OpResult {
         let state = self.count.as_ref().ok_or("state not registered")?;
         let n = state.value(ctx)?.unwrap_or(0) + 1;
         state.update(ctx, &n)?;
@@ -46,7 +50,9 @@ impl KeyedProcessFunction<String, (String, String), String> for Count {
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn producer(b: &str) -> BaseProducer {
@@ -81,7 +87,10 @@ fn fill(b: &str, topic: &str, events: u64, keys: u64) {
         }
     }
     p.flush(Duration::from_secs(120)).expect("flush");
-    eprintln!("filled {topic} with {events} events in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "filled {topic} with {events} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn run_cairn(b: &str, input: &str, output: &str, guarantee: &str, bounded: bool, dir: &str) {
@@ -142,10 +151,14 @@ fn latency(b: &str, input: &str, output: &str, rate: u64, seconds: u64, keys: u6
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
-    let md = consumer.fetch_metadata(Some(output), Duration::from_secs(10)).expect("metadata");
+    let md = consumer
+        .fetch_metadata(Some(output), Duration::from_secs(10))
+        .expect("metadata");
     let mut tpl = TopicPartitionList::new();
     for p in md.topics()[0].partitions() {
-        let (_, hi) = consumer.fetch_watermarks(output, p.id(), Duration::from_secs(10)).expect("offsets");
+        let (_, hi) = consumer
+            .fetch_watermarks(output, p.id(), Duration::from_secs(10))
+            .expect("offsets");
         tpl.add_partition_offset(output, p.id(), Offset::Offset(hi)).unwrap();
     }
     consumer.assign(&tpl).expect("assign");
@@ -181,7 +194,12 @@ fn latency(b: &str, input: &str, output: &str, rate: u64, seconds: u64, keys: u6
     let produced_s = started.elapsed().as_secs_f64();
     let mut lat = reader.join().expect("reader");
     lat.sort_unstable();
-    let q = |f: f64| lat.get(((lat.len() as f64 - 1.0) * f).round() as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    let q = |f: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * f).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     let mut hist = BTreeMap::new();
     hist.insert("p50", q(0.5));
     hist.insert("p90", q(0.9));

@@ -79,7 +79,11 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
-    for (name, v) in [("--bootstrap-servers", &a.bootstrap), ("--input", &a.input), ("--output", &a.output)] {
+    for (name, v) in [
+        ("--bootstrap-servers", &a.bootstrap),
+        ("--input", &a.input),
+        ("--output", &a.output),
+    ] {
         if v.is_empty() {
             return Err(format!("{name} is required"));
         }
@@ -102,13 +106,12 @@ fn main() -> Result<(), CairnError> {
     if args.bounded {
         source = source.bounded();
     }
-    let sink = KafkaSink::builder(|(word, n): &(String, u64)| {
-        KafkaRecord::value(format!("{word} {n}")).key(word.as_bytes())
-    })
-    .bootstrap_servers(&args.bootstrap)
-    .topic(&args.output)
-    .properties(props())
-    .delivery_guarantee(args.guarantee);
+    let sink =
+        KafkaSink::builder(|(word, n): &(String, u64)| KafkaRecord::value(format!("{word} {n}")).key(word.as_bytes()))
+            .bootstrap_servers(&args.bootstrap)
+            .topic(&args.output)
+            .properties(props())
+            .delivery_guarantee(args.guarantee);
     env.source(source)
         .uid("lines")
         .flat_map(|line: String| {

@@ -38,11 +38,11 @@ pub trait Data: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeO
 impl<T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static> Data for T {}
 
 pub use cairn_config as config;
-pub use cairn_connectors as connectors;
-pub use cairn_coordinator as coordinator;
 /// Kafka source and sink (cargo feature `kafka`).
 #[cfg(feature = "kafka")]
 pub use cairn_connector_kafka as kafka;
+pub use cairn_connectors as connectors;
+pub use cairn_coordinator as coordinator;
 pub use cairn_operators as operators;
 pub use cairn_runtime as runtime;
 pub use cairn_snapshot as snapshot;

@@ -152,6 +152,7 @@ impl<T> KafkaSink<T> {
 /// One subtask's producer(s).
 enum SinkRun {
     Plain {
+        uid: String,
         producer: BaseProducer<Context>,
         checkpointing: bool,
     },
@@ -166,10 +167,14 @@ pub(crate) fn send(
     default_topic: Option<&str>,
     r: &WalRecord,
 ) -> Result<(), KafkaConnectorError> {
-    let topic = r.topic.as_deref().or(default_topic).ok_or_else(|| KafkaConnectorError::Config {
-        what: "a record names no topic and the sink has no default topic".into(),
-        fix: "call `.topic(...)` on the sink or set the topic in the serializer".into(),
-    })?;
+    let topic = r
+        .topic
+        .as_deref()
+        .or(default_topic)
+        .ok_or_else(|| KafkaConnectorError::Config {
+            what: "a record names no topic and the sink has no default topic".into(),
+            fix: "call `.topic(...)` on the sink or set the topic in the serializer".into(),
+        })?;
     let headers = r.headers();
     let mut started: Option<Instant> = None;
     loop {
@@ -207,37 +212,44 @@ pub(crate) fn send(
 }
 
 /// Wait until every record sent is acknowledged (or fail naming the first that was not).
-pub(crate) fn flush(producer: &BaseProducer<Context>, settings: &ClientSettings, uid: &str) -> Result<(), KafkaConnectorError> {
+pub(crate) fn flush(
+    producer: &BaseProducer<Context>,
+    settings: &ClientSettings,
+    uid: &str,
+) -> Result<(), KafkaConnectorError> {
     producer
         .flush(settings.timeout)
         .map_err(|e| settings.error(format!("kafka sink '{uid}': waiting for acknowledgements"), e))?;
     check_health(producer, settings, uid)
 }
 
-pub(crate) fn check_health(producer: &BaseProducer<Context>, settings: &ClientSettings, uid: &str) -> Result<(), KafkaConnectorError> {
+pub(crate) fn check_health(
+    producer: &BaseProducer<Context>,
+    settings: &ClientSettings,
+    uid: &str,
+) -> Result<(), KafkaConnectorError> {
     let health = &producer.context().health;
     if let Some(f) = health.take_failure() {
-        return Err(KafkaConnectorError::Client {
-            doing: format!("kafka sink '{uid}'"),
-            cause: rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::Fail),
-        })
-        .map_err(|e| match e {
-            KafkaConnectorError::Client { doing, .. } if f.contains("TopicAuthorizationFailed") || f.contains("authoriz") => {
-                KafkaConnectorError::NotAuthorized {
-                    resource: doing,
-                    operation: "write".into(),
-                    cause: f.clone(),
-                }
+        return Err(if f.contains("Authorization") || f.contains("authoriz") {
+            KafkaConnectorError::NotAuthorized {
+                resource: format!("kafka sink '{uid}'"),
+                operation: "write".into(),
+                cause: f,
             }
-            _ => KafkaConnectorError::Config {
+        } else {
+            KafkaConnectorError::Config {
                 what: format!("kafka sink '{uid}': {f}"),
                 fix: "check the topic, its permissions and the brokers".into(),
-            },
+            }
         });
     }
     if let Some(down) = health.down_for() {
-        if down >= settings.timeout {
-            return Err(settings.unreachable(format!("kafka sink '{uid}' lost every broker {} ms ago", down.as_millis())));
+        // librdkafka says when brokers go down, not when they come back: ask.
+        if down >= settings.timeout && !crate::client::reachable(producer.client(), settings) {
+            return Err(settings.unreachable(format!(
+                "kafka sink '{uid}' lost every broker {} ms ago",
+                down.as_millis()
+            )));
         }
     }
     Ok(())
@@ -284,6 +296,7 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
                     .create_with_context(Context::default())
                     .map_err(|e| self.settings.error("creating the producer", e))?;
                 SinkRun::Plain {
+                    uid: uid.clone(),
                     producer,
                     checkpointing: ctx.checkpointing,
                 }
@@ -317,12 +330,12 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
         let run = self.run.take().ok_or("kafka sink: write before open")?;
         let result = (|| -> OpResult {
             match run.as_ref() {
-                SinkRun::Plain { producer, .. } => {
+                SinkRun::Plain { uid, producer, .. } => {
                     for r in &batch {
                         send(producer, &self.settings, self.topic.as_deref(), &self.wal_record(r))?;
                     }
                     producer.poll(Duration::ZERO);
-                    check_health(producer, &self.settings, "")?;
+                    check_health(producer, &self.settings, uid)?;
                     Ok(())
                 }
                 SinkRun::Transactional(_) => Ok(()),
@@ -362,7 +375,11 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
     fn end_input(&mut self, ctx: &mut SinkContext<'_>) -> OpResult {
         let uid = ctx.info.uid.clone();
         match self.run.as_deref_mut().ok_or("kafka sink: end of input before open")? {
-            SinkRun::Plain { producer, checkpointing } => {
+            SinkRun::Plain {
+                producer,
+                checkpointing,
+                ..
+            } => {
                 // With checkpoints, at-least-once is kept by the final checkpoint's flush;
                 // without, the records are at least handed over before the job ends.
                 if !*checkpointing || self.guarantee == DeliveryGuarantee::None {

@@ -139,17 +139,39 @@ impl Transactions {
                 slots_of.entry(p.stream).or_insert(MIN_SLOTS);
             }
         }
-        for (&stream, &slots) in &slots_of {
-            for slot in 0..slots {
-                let s = txns.new_slot(settings, stream, slot)?;
-                if stream == subtask {
-                    txns.free.push(s);
-                }
-            }
-            if stream == subtask {
-                txns.slots = slots;
+        // In parallel: fencing an id whose transaction is still open waits for the
+        // broker to abort it.
+        let wanted: Vec<(u32, u32)> = slots_of
+            .iter()
+            .flat_map(|(&stream, &slots)| (0..slots).map(move |slot| (stream, slot)))
+            .collect();
+        let made: Vec<Result<Slot, KafkaConnectorError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = wanted
+                .iter()
+                .map(|&(stream, slot)| {
+                    let t = &txns;
+                    scope.spawn(move || t.new_slot(settings, stream, slot))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(KafkaConnectorError::Config {
+                            what: "fencing a transactional id panicked".into(),
+                            fix: "this is a bug in the Kafka sink".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for ((stream, _), slot) in wanted.iter().zip(made) {
+            let slot = slot?;
+            if *stream == subtask {
+                txns.free.push(slot);
             }
         }
+        txns.slots = slots_of.get(&subtask).copied().unwrap_or(MIN_SLOTS);
         txns.free.reverse();
         // Commit (or find committed) what the restored checkpoint pre-committed.
         restored.retain(|p| p.stream % parallelism == subtask);
@@ -226,7 +248,13 @@ impl Transactions {
         result
     }
 
-    fn add_marker(&self, settings: &ClientSettings, slot: &Slot, stream: u32, checkpoint: u64) -> Result<(), KafkaConnectorError> {
+    fn add_marker(
+        &self,
+        settings: &ClientSettings,
+        slot: &Slot,
+        stream: u32,
+        checkpoint: u64,
+    ) -> Result<(), KafkaConnectorError> {
         let group = marker_group(&self.prefix, stream);
         let consumer;
         let cgm = if stream == self.subtask {
@@ -298,7 +326,12 @@ impl Transactions {
 
     /// The barrier of `checkpoint`: flush and mark the open transaction, and write every
     /// pending one into the state.
-    pub fn pre_commit(&mut self, settings: &ClientSettings, ctx: &mut SinkContext<'_>, checkpoint: u64) -> Result<(), KafkaConnectorError> {
+    pub fn pre_commit(
+        &mut self,
+        settings: &ClientSettings,
+        ctx: &mut SinkContext<'_>,
+        checkpoint: u64,
+    ) -> Result<(), KafkaConnectorError> {
         if let Some((slot, records)) = self.current.take() {
             flush(&slot.producer, settings, &self.uid)?;
             self.add_marker(settings, &slot, self.subtask, checkpoint)?;

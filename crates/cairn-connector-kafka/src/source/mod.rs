@@ -327,7 +327,12 @@ impl<T> KafkaSource<T> {
             let (low, high) = run
                 .consumer
                 .fetch_watermarks(&topic, partition, self.settings.timeout)
-                .map_err(|e| self.settings.error(format!("reading the offsets of topic '{topic}' partition {partition}"), e))?;
+                .map_err(|e| {
+                    self.settings.error(
+                        format!("reading the offsets of topic '{topic}' partition {partition}"),
+                        e,
+                    )
+                })?;
             let start = self.resolve_start(run, &topic, partition, starting, low, high)?;
             let split = KafkaPartitionSplit {
                 topic: topic.clone(),
@@ -390,7 +395,10 @@ impl<T> KafkaSource<T> {
                 let got = run
                     .consumer
                     .offsets_for_times(tpl, self.settings.timeout)
-                    .map_err(|e| self.settings.error(format!("looking up offsets by timestamp in topic '{topic}'"), e))?;
+                    .map_err(|e| {
+                        self.settings
+                            .error(format!("looking up offsets by timestamp in topic '{topic}'"), e)
+                    })?;
                 match offset_of(&got) {
                     Some(Offset::Offset(o)) => o.clamp(low, high),
                     _ => high,
@@ -406,7 +414,10 @@ impl<T> KafkaSource<T> {
                 let got = run
                     .consumer
                     .committed_offsets(one(), self.settings.timeout)
-                    .map_err(|e| self.settings.error(format!("reading the committed offsets of topic '{topic}'"), e))?;
+                    .map_err(|e| {
+                        self.settings
+                            .error(format!("reading the committed offsets of topic '{topic}'"), e)
+                    })?;
                 match offset_of(&got) {
                     Some(Offset::Offset(o)) => o.clamp(low, high),
                     _ => match reset {
@@ -427,7 +438,8 @@ impl<T> KafkaSource<T> {
             });
         }
         if let Some(down) = health.down_for() {
-            if down >= self.settings.timeout {
+            // librdkafka says when brokers go down, not when they come back: ask.
+            if down >= self.settings.timeout && !crate::client::reachable(run.consumer.client(), &self.settings) {
                 return Err(self.settings.unreachable(format!(
                     "kafka source '{}' lost every broker {} ms ago",
                     run.uid,
@@ -442,7 +454,6 @@ impl<T> KafkaSource<T> {
 /// Read up to `quota` records of one partition.
 #[allow(clippy::too_many_arguments)]
 fn read_partition<T>(
-    consumer: &Arc<BaseConsumer<Context>>,
     settings: &ClientSettings,
     deserializer: &Deserializer<T>,
     on_failure: DeserializationFailure,
@@ -462,12 +473,15 @@ fn read_partition<T>(
     let mut n = 0;
     while n < quota {
         let Some(polled) = queue.poll(Duration::ZERO) else {
-            return Ok(if n > 0 { SplitPoll::More } else { SplitPoll::Idle(IDLE_POLL) });
+            return Ok(if n > 0 {
+                SplitPoll::More
+            } else {
+                SplitPoll::Idle(IDLE_POLL)
+            });
         };
         let message = match polled {
             Ok(m) => m,
             Err(KafkaError::PartitionEOF(_)) => {
-                consumer.context().health.ok();
                 // At the end of the partition: everything before the end offset it had
                 // when the split was made (its stop offset) has been read or skipped
                 // (transaction markers, aborted records).
@@ -475,7 +489,11 @@ fn read_partition<T>(
                     split.next_offset = split.next_offset.max(stop);
                     return Ok(SplitPoll::Finished);
                 }
-                return Ok(if n > 0 { SplitPoll::More } else { SplitPoll::Idle(IDLE_POLL) });
+                return Ok(if n > 0 {
+                    SplitPoll::More
+                } else {
+                    SplitPoll::Idle(IDLE_POLL)
+                });
             }
             Err(e) => {
                 return Err(settings
@@ -486,7 +504,6 @@ fn read_partition<T>(
                     .into())
             }
         };
-        consumer.context().health.ok();
         let offset = message.offset();
         if let Some(stop) = split.stop_offset {
             if offset >= stop {
@@ -544,7 +561,10 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
                 // librdkafka needs a group for its assignment even though the source
                 // never joins one; offsets are committed only to a group the user set.
                 ("group.id", format!("cairn-source-{}", ctx.info.uid)),
-                ("socket.connection.setup.timeout.ms", self.settings.timeout.as_millis().to_string()),
+                (
+                    "socket.connection.setup.timeout.ms",
+                    self.settings.timeout.as_millis().to_string(),
+                ),
             ],
             &[
                 // Offsets are the source's state; commits happen only on checkpoint completion.
@@ -656,16 +676,20 @@ impl<T: Send + 'static> KafkaSource<T> {
         }
         self.fail_if_unhealthy(run)?;
         if run.next_discovery.is_some_and(|t| Instant::now() >= t) {
-            self.discover(run, StartingOffsets::Earliest)
-                .map_err(|e| format!("kafka source '{}' ({}): partition discovery: {e}", run.uid, self.describe()))?;
+            self.discover(run, StartingOffsets::Earliest).map_err(|e| {
+                format!(
+                    "kafka source '{}' ({}): partition discovery: {e}",
+                    run.uid,
+                    self.describe()
+                )
+            })?;
             run.next_discovery = self.discovery.map(|d| Instant::now() + d);
         }
-        let consumer = run.consumer.clone();
         let queues = &run.queues;
+        let mut done = Vec::new();
         let polled = run.splits.poll(out, max, |split, _, out, quota| {
             let queue = queues.get(&(split.topic.clone(), split.partition));
-            read_partition(
-                &consumer,
+            let r = read_partition(
                 &self.settings,
                 &self.deserializer,
                 self.on_failure,
@@ -674,8 +698,26 @@ impl<T: Send + 'static> KafkaSource<T> {
                 queue,
                 out,
                 quota,
-            )
+            );
+            if matches!(r, Ok(SplitPoll::Finished)) {
+                done.push((split.topic.clone(), split.partition));
+            }
+            r
         })?;
+        if polled.records > 0 {
+            run.consumer.context().health.ok();
+        }
+        // A finished partition is fetched no more (a bounded source's topic may go on growing).
+        if !done.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &done {
+                run.queues.remove(&(t.clone(), *p));
+                tpl.add_partition(t, *p);
+            }
+            run.consumer
+                .incremental_unassign(&tpl)
+                .map_err(|e| self.settings.error("unassigning finished partitions", e))?;
+        }
         Ok(match polled.state {
             SplitsState::Active => SourceStatus::More,
             SplitsState::Idle(d) => SourceStatus::Pending(d.min(self.until_discovery(run))),
@@ -689,5 +731,39 @@ impl<T: Send + 'static> KafkaSource<T> {
         run.next_discovery
             .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_connectors::split::SourceSplit;
+
+    #[test]
+    fn partitions_of_a_topic_go_round_robin_and_every_subtask_agrees() {
+        for p in [1u32, 2, 3, 7] {
+            let owners: Vec<u32> = (0..14).map(|part| partition_owner("orders", part, p)).collect();
+            for w in owners.windows(2) {
+                assert_eq!((w[0] + 1) % p, w[1], "consecutive partitions, consecutive subtasks");
+            }
+            assert!(owners.iter().all(|o| *o < p));
+        }
+        assert_eq!(partition_owner("t", 5, 0), 0, "parallelism 0 is treated as 1");
+    }
+
+    #[test]
+    fn a_split_is_finished_only_when_bounded_and_read_to_its_stop_offset() {
+        let mut s = KafkaPartitionSplit {
+            topic: "t".into(),
+            partition: 3,
+            next_offset: 5,
+            stop_offset: None,
+        };
+        assert!(!s.is_finished());
+        s.stop_offset = Some(6);
+        assert!(!s.is_finished());
+        s.next_offset = 6;
+        assert!(s.is_finished());
+        assert_eq!(s.id(), ("t".to_string(), 3));
     }
 }

@@ -82,8 +82,11 @@ fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin = admin(bootstrap);
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let r = block_on(admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))
-        .expect("create topics");
+    let r = block_on(admin.create_topics(
+        [&t],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .expect("create topics");
     for res in r {
         res.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
     }
@@ -92,7 +95,11 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            if md.topics().first().is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize) {
+            if md
+                .topics()
+                .first()
+                .is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
+            {
                 return;
             }
         }
@@ -123,7 +130,9 @@ pub fn producer(bootstrap: &str) -> BaseProducer {
 pub fn produce(bootstrap: &str, topic: &str, partition: i32, values: &[(String, Option<i64>)]) {
     let p = producer(bootstrap);
     for (v, ts) in values {
-        let mut r = BaseRecord::<(), str>::to(topic).partition(partition).payload(v.as_str());
+        let mut r = BaseRecord::<(), str>::to(topic)
+            .partition(partition)
+            .payload(v.as_str());
         if let Some(ts) = ts {
             r = r.timestamp(*ts);
         }
@@ -166,12 +175,16 @@ pub struct Read {
 /// (`read_committed` or `read_uncommitted`), in partition then offset order.
 pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Read> {
     let c = consumer(bootstrap, isolation);
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
     let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut tpl = TopicPartitionList::new();
     let mut open = BTreeMap::new();
     for p in &parts {
-        let (lo, hi) = c.fetch_watermarks(topic, *p, Duration::from_secs(10)).expect("watermarks");
+        let (lo, hi) = c
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .expect("watermarks");
         if hi > lo {
             tpl.add_partition_offset(topic, *p, Offset::Offset(lo)).unwrap();
             open.insert(*p, hi);
@@ -184,7 +197,10 @@ pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Read> {
     c.assign(&tpl).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !open.is_empty() {
-        assert!(Instant::now() < deadline, "reading {topic} did not reach its end: {open:?} left");
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} did not reach its end: {open:?} left"
+        );
         match c.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
@@ -194,7 +210,11 @@ pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Read> {
             Some(Ok(m)) => {
                 let headers = m
                     .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 out.push(Read {
                     partition: m.partition(),
@@ -243,7 +263,10 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
 pub fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
     let mut h = OwnedHeaders::new();
     for (k, v) in pairs {
-        h = h.insert(Header { key: k, value: Some(*v) });
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
     }
     h
 }
@@ -274,7 +297,10 @@ pub fn env(parallelism: u32, restore: Option<&Path>, config: &[(&str, String)]) 
 pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
