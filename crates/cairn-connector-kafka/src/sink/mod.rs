@@ -156,7 +156,7 @@ enum SinkRun {
         producer: BaseProducer<Context>,
         checkpointing: bool,
     },
-    Transactional(Transactions),
+    Transactional(Box<Transactions>),
 }
 
 /// Send one record, waiting while the producer's queue is full (backpressure) but never
@@ -312,14 +312,14 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
                           consumer group offsets of that topic's partition 0"
                         .into(),
                 })?;
-                SinkRun::Transactional(Transactions::open(
+                SinkRun::Transactional(Box::new(Transactions::open(
                     &self.settings,
                     ctx,
                     &uid,
                     &prefix,
                     &marker_topic,
                     self.topic.as_deref(),
-                )?)
+                )?))
             }
         };
         self.run = Some(Box::new(run));
