@@ -28,8 +28,9 @@ fetch() {
     command -v mvn >/dev/null || { log "mvn is missing (apt-get install maven)"; exit 2; }
     command -v java >/dev/null || { log "java is missing (apt-get install openjdk-17-jre-headless)"; exit 2; }
     rm -rf "$LIBS"
-    mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies \
-        -DoutputDirectory="$LIBS" -DincludeScope=runtime
+    # Maven writes to stderr here: `start` prints only the export line on stdout.
+    mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies \
+        -DoutputDirectory="$LIBS" -DincludeScope=runtime >&2
     touch "$LIBS/.complete"
 }
 

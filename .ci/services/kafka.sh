@@ -3,6 +3,7 @@
 # CAIRN_KAFKA_BOOTSTRAP; CAIRN_REQUIRE_KAFKA makes its absence a failure.
 bash .ci/kafka/system-packages.sh
 export CAIRN_KAFKA_CACHE="$CAIRN_CI_CACHE/kafka"
-eval "$(bash .ci/kafka/broker.sh start)"
 trap 'bash .ci/kafka/broker.sh stop' EXIT
+kafka_env="$(bash .ci/kafka/broker.sh start)"
+eval "$kafka_env"
 export CAIRN_REQUIRE_KAFKA=1
