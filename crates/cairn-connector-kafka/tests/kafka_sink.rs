@@ -155,6 +155,60 @@ fn a_restore_after_the_commit_does_not_write_the_transaction_again() {
     );
 }
 
+/// Checkpoint ids count on from the restored snapshot: a job started afresh with the
+/// transactional-id prefix of an earlier run, or restored from an older savepoint, numbers
+/// its checkpoints from below what the earlier run committed. Its own pending
+/// transactions must still be committed after a crash, and once only.
+#[test]
+fn a_fresh_run_or_an_older_savepoint_reusing_checkpoint_ids_commits_its_transactions_once() {
+    let Some(b) = broker() else { return };
+    let topic = unique("cairn-sink-lineage");
+    create_topic(&b, &topic, 1);
+    let prefix = unique("cairn-test-txn");
+    // Run 1 commits checkpoints 1 to 3.
+    let mut s = Driven::open(&b, &topic, &prefix, info("out", 0, 1), OperatorStateStore::new());
+    s.write(&["a"]);
+    let savepoint1 = s.barrier(1);
+    s.complete(1);
+    s.write(&["b"]);
+    s.barrier(2);
+    s.complete(2);
+    s.write(&["c"]);
+    s.barrier(3);
+    s.complete(3);
+    drop(s);
+    // Run 2 starts without state, so its first checkpoint is 1 again; it dies after the
+    // checkpoint completed and before the sink committed.
+    let mut s = Driven::open(&b, &topic, &prefix, info("out", 0, 1), OperatorStateStore::new());
+    s.write(&["d"]);
+    let chk1 = s.barrier(1);
+    drop(s);
+    let mut s = Driven::open(&b, &topic, &prefix, info("out", 0, 1), restored(chk1));
+    assert_eq!(
+        values(&read_all(&b, &topic, "read_committed")),
+        sorted_strings(&["a", "b", "c", "d"]),
+        "the restored run's pending transaction is committed"
+    );
+    s.write(&["e"]);
+    s.barrier(2);
+    s.complete(2);
+    drop(s);
+    // Run 3 restores run 1's savepoint (its transaction was committed long ago), then
+    // dies between the pre-commit and the commit of its checkpoint 2.
+    let mut s = Driven::open(&b, &topic, &prefix, info("out", 0, 1), restored(savepoint1.clone()));
+    s.write(&["f"]);
+    let chk2 = s.barrier(2);
+    drop(s);
+    let _s = Driven::open(&b, &topic, &prefix, info("out", 0, 1), restored(chk2));
+    // And the old savepoint restored once more changes nothing.
+    drop(_s);
+    let _s = Driven::open(&b, &topic, &prefix, info("out", 0, 1), restored(savepoint1));
+    assert_eq!(
+        values(&read_all(&b, &topic, "read_committed")),
+        sorted_strings(&["a", "b", "c", "d", "e", "f"])
+    );
+}
+
 #[test]
 fn after_a_rescale_2_to_1_pending_transactions_of_every_old_subtask_are_committed_once() {
     let Some(b) = broker() else { return };

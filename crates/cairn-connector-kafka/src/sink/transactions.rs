@@ -130,8 +130,10 @@ impl Transactions {
         slots_of.insert(subtask, MIN_SLOTS);
         for s in &streams {
             if s.stream % parallelism == subtask {
+                // One more than the snapshot saw: the transaction begun after its barrier
+                // may have needed a new slot.
                 let e = slots_of.entry(s.stream).or_insert(MIN_SLOTS);
-                *e = (*e).max(s.slots);
+                *e = (*e).max(s.slots + 1).min(MAX_SLOTS);
             }
         }
         for p in &restored {
@@ -176,6 +178,12 @@ impl Transactions {
         // Commit (or find committed) what the restored checkpoint pre-committed.
         restored.retain(|p| p.stream % parallelism == subtask);
         restored.sort_by_key(|p| (p.checkpoint, p.stream));
+        let own_last = restored
+            .iter()
+            .filter(|p| p.stream == subtask)
+            .map(|p| p.checkpoint)
+            .max()
+            .unwrap_or(0);
         for p in restored {
             let committed = txns.marker_of(settings, p.stream)?;
             if committed.is_some_and(|m| m >= p.checkpoint) {
@@ -183,7 +191,22 @@ impl Transactions {
             }
             txns.write_again(settings, p.stream, p.checkpoint, &p.records)?;
         }
+        txns.rebase_marker(settings, own_last)?;
         Ok(txns)
+    }
+
+    /// Set this subtask's marker to `last`, the newest restored checkpoint whose
+    /// transaction is now committed (0: none). Checkpoint ids count on from the restored
+    /// snapshot, not from the marker: a job started afresh, or restored from an older
+    /// savepoint, numbers its checkpoints again from below a marker an earlier run left,
+    /// and a pending transaction of its own would then look committed when it is not.
+    /// After this, the marker says something only about this run's checkpoints, and a
+    /// second restore of the same snapshot still finds its transactions committed.
+    fn rebase_marker(&mut self, settings: &ClientSettings, last: u64) -> Result<(), KafkaConnectorError> {
+        if self.marker_of(settings, self.subtask)? == Some(last) {
+            return Ok(());
+        }
+        self.write_again(settings, self.subtask, last, &[])
     }
 
     /// A producer for `<prefix>-<stream>-<slot>`, initialised (which fences the id).
