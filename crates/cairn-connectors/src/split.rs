@@ -190,6 +190,13 @@ impl<S: SourceSplit, R> SplitSet<S, R> {
         self.active.iter().map(|h| &h.split)
     }
 
+    /// The unfinished splits, to change before they are read (a bounded source gives
+    /// restored splits of an unbounded run an end). A split made finished here is still
+    /// read once, and must then report [`SplitPoll::Finished`].
+    pub fn active_mut(&mut self) -> impl Iterator<Item = &mut S> {
+        self.active.iter_mut().map(|h| &mut h.split)
+    }
+
     /// Whether the subtask holds no unfinished split.
     pub fn is_empty(&self) -> bool {
         self.active.is_empty()

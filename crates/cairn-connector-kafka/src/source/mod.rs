@@ -589,6 +589,21 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             to_commit: BTreeMap::new(),
             commit_offsets: self.settings.properties.contains_key("group.id"),
         };
+        if self.bounded {
+            // A snapshot of an unbounded run, restored into a bounded source: its partitions
+            // stop at the end offsets they have now, as partitions found at start do.
+            let timeout = self.settings.timeout;
+            let consumer = run.consumer.clone();
+            for s in run.splits.active_mut().filter(|s| s.stop_offset.is_none()) {
+                let (_, high) = consumer.fetch_watermarks(&s.topic, s.partition, timeout).map_err(|e| {
+                    self.settings.error(
+                        format!("reading the end offset of topic '{}' partition {}", s.topic, s.partition),
+                        e,
+                    )
+                })?;
+                s.stop_offset = Some(high.max(s.next_offset));
+            }
+        }
         // Continue the restored partitions where the snapshot says.
         let mut tpl = TopicPartitionList::new();
         for s in run.splits.active() {
