@@ -183,7 +183,7 @@ pub fn read_committed(bootstrap: &str, topic: &str) -> Result<Vec<String>, Strin
         if hi > lo {
             tpl.add_partition_offset(topic, p.id(), Offset::Offset(lo))
                 .map_err(|e| e.to_string())?;
-            open.insert(p.id(), ());
+            open.insert(p.id(), hi);
         }
     }
     let mut out = Vec::new();
@@ -199,10 +199,24 @@ pub fn read_committed(bootstrap: &str, topic: &str) -> Result<Vec<String>, Strin
         match c.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
+                // The end of what is readable is the last stable offset, which reaches the
+                // end offset only once the broker wrote the commit markers (after the
+                // producer's commit returned): read on until the position is there.
+                let at = match c.position().ok().and_then(|t| t.find_partition(topic, p).map(|e| e.offset())) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1,
+                };
+                if open.get(&p).is_some_and(|hi| at >= *hi) {
+                    open.remove(&p);
+                }
             }
             Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
-            Some(Ok(m)) => out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()),
+            Some(Ok(m)) => {
+                if open.get(&m.partition()).is_some_and(|hi| m.offset() + 1 >= *hi) {
+                    open.remove(&m.partition());
+                }
+                out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+            }
         }
     }
     out.sort_unstable();

@@ -388,3 +388,43 @@ fn unknown_topics_missing_permissions_and_unreachable_brokers_fail_the_sink_clea
     let err = DeliveryGuarantee::parse("twice").unwrap_err().to_string();
     assert!(err.contains("none, at-least-once or exactly-once"), "{err}");
 }
+
+#[test]
+fn delivery_guarantee_none_hands_every_record_over_and_an_unknown_selected_topic_fails_the_job() {
+    let Some(b) = broker() else { return };
+    let topic = unique("cairn-sink-none");
+    create_topic(&b, &topic, 2);
+    let job = env(2, None, &[]);
+    job.from_collection((0u32..1000).map(|i| format!("n{i}")).collect())
+        .uid("numbers")
+        .sink(
+            KafkaSink::strings()
+                .bootstrap_servers(&b)
+                .topic(&topic)
+                .delivery_guarantee(DeliveryGuarantee::None),
+        )
+        .uid("kafka-out");
+    job.execute("none").unwrap();
+    let mut want: Vec<String> = (0u32..1000).map(|i| format!("n{i}")).collect();
+    want.sort();
+    // Without failures nothing is lost: the records are flushed at the end of input.
+    assert_eq!(values(&read_all(&b, &topic, "read_uncommitted")), want);
+
+    // The topic selector names a topic that does not exist (the default topic does):
+    // the job fails at once, naming the topic.
+    let missing = unique("cairn-selected-missing");
+    let m2 = missing.clone();
+    let job = env(1, None, &[]);
+    job.from_collection(vec![1u32, 2])
+        .uid("numbers")
+        .sink(
+            KafkaSink::builder(move |i: &u32| KafkaRecord::value(i.to_string()).topic(m2.clone()))
+                .bootstrap_servers(&b)
+                .topic(&topic)
+                .delivery_guarantee(DeliveryGuarantee::None)
+                .timeout(Duration::from_secs(3)),
+        )
+        .uid("kafka-out");
+    let err = job.execute("selected topic missing").unwrap_err().to_string();
+    assert!(err.contains(&format!("topic '{missing}' does not exist")), "{err}");
+}

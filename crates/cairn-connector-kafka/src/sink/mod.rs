@@ -11,6 +11,7 @@
 mod record;
 mod transactions;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,10 @@ pub struct KafkaSink<T> {
     guarantee: DeliveryGuarantee,
     transactional_id_prefix: Option<String>,
     run: Option<Box<SinkRun>>,
+    /// Topics chosen by the serializer that are known to exist (checked once each).
+    checked_topics: BTreeSet<String>,
+    /// The client those checks use (made at the first topic chosen by the serializer).
+    metadata: Option<BaseProducer<Context>>,
 }
 
 impl<T> Clone for KafkaSink<T> {
@@ -73,6 +78,8 @@ impl<T> Clone for KafkaSink<T> {
             guarantee: self.guarantee,
             transactional_id_prefix: self.transactional_id_prefix.clone(),
             run: None,
+            checked_topics: BTreeSet::new(),
+            metadata: None,
         }
     }
 }
@@ -103,6 +110,8 @@ impl<T> KafkaSink<T> {
             guarantee: DeliveryGuarantee::AtLeastOnce,
             transactional_id_prefix: None,
             run: None,
+            checked_topics: BTreeSet::new(),
+            metadata: None,
         }
     }
 
@@ -217,10 +226,25 @@ pub(crate) fn flush(
     settings: &ClientSettings,
     uid: &str,
 ) -> Result<(), KafkaConnectorError> {
-    producer
-        .flush(settings.timeout)
-        .map_err(|e| settings.error(format!("kafka sink '{uid}': waiting for acknowledgements"), e))?;
-    check_health(producer, settings, uid)
+    let flushed = producer.flush(settings.timeout);
+    // A record that failed meanwhile says more than the flush's timeout.
+    producer.poll(Duration::ZERO);
+    check_health(producer, settings, uid)?;
+    flushed.map_err(|e| {
+        if crate::client::reachable(producer.client(), settings) {
+            KafkaConnectorError::Client {
+                doing: format!(
+                    "kafka sink '{uid}': {} records were not acknowledged within {} ms although the brokers answer \
+                     (check the broker's log and the topics' partition leaders, or raise the connector's timeout)",
+                    producer.in_flight_count(),
+                    settings.timeout.as_millis()
+                ),
+                cause: e,
+            }
+        } else {
+            settings.error(format!("kafka sink '{uid}': waiting for acknowledgements"), e)
+        }
+    })
 }
 
 pub(crate) fn check_health(
@@ -264,6 +288,30 @@ impl<T: Send + 'static> KafkaSink<T> {
             rec.timestamp = Some(r.timestamp);
         }
         WalRecord::from(rec)
+    }
+
+    /// A topic the serializer chose must exist: say so at its first record, naming it,
+    /// rather than after the delivery timeout.
+    fn check_selected_topics(&mut self, records: &[WalRecord], uid: &str) -> OpResult {
+        for topic in records.iter().filter_map(|r| r.topic.as_deref()) {
+            if self.checked_topics.contains(topic) {
+                continue;
+            }
+            if self.metadata.is_none() {
+                let config = self.settings.client_config(&[], &[])?;
+                self.metadata = Some(
+                    config
+                        .create_with_context(Context::default())
+                        .map_err(|e| self.settings.error("creating the producer", e))?,
+                );
+            }
+            if let Some(client) = &self.metadata {
+                partitions_of(client.client(), &self.settings, topic)
+                    .map_err(|e| format!("kafka sink '{uid}' (topic chosen by the serializer): {e}"))?;
+            }
+            self.checked_topics.insert(topic.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -327,27 +375,25 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
     }
 
     fn write_batch(&mut self, batch: Vec<StreamRecord<T>>) -> OpResult {
-        let run = self.run.take().ok_or("kafka sink: write before open")?;
+        let mut run = self.run.take().ok_or("kafka sink: write before open")?;
+        let records: Vec<WalRecord> = batch.iter().map(|r| self.wal_record(r)).collect();
         let result = (|| -> OpResult {
-            match run.as_ref() {
+            match run.as_mut() {
                 SinkRun::Plain { uid, producer, .. } => {
-                    for r in &batch {
-                        send(producer, &self.settings, self.topic.as_deref(), &self.wal_record(r))?;
+                    self.check_selected_topics(&records, uid)?;
+                    for r in &records {
+                        send(producer, &self.settings, self.topic.as_deref(), r)?;
                     }
                     producer.poll(Duration::ZERO);
                     check_health(producer, &self.settings, uid)?;
                     Ok(())
                 }
-                SinkRun::Transactional(_) => Ok(()),
+                SinkRun::Transactional(txns) => {
+                    self.check_selected_topics(&records, txns.uid())?;
+                    txns.write(&self.settings, records).map_err(Into::into)
+                }
             }
         })();
-        let mut run = run;
-        if let SinkRun::Transactional(txns) = run.as_mut() {
-            let records: Vec<WalRecord> = batch.iter().map(|r| self.wal_record(r)).collect();
-            let r = txns.write(&self.settings, records);
-            self.run = Some(run);
-            return r.map_err(Into::into);
-        }
         self.run = Some(run);
         result
     }

@@ -324,6 +324,10 @@ impl Transactions {
         self.new_slot(settings, self.subtask, slot)
     }
 
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
     pub fn write(&mut self, settings: &ClientSettings, records: Vec<WalRecord>) -> Result<(), KafkaConnectorError> {
         if records.is_empty() {
             return Ok(());

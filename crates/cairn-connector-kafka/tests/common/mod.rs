@@ -204,7 +204,12 @@ pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Read> {
         match c.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
+                // read_committed stops at the last stable offset, which reaches the end
+                // only once the commit markers are written: the broker writes them after
+                // the producer's commit returned.
+                if position(&c, topic, p) >= open.get(&p).copied().unwrap_or(0) {
+                    open.remove(&p);
+                }
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             Some(Ok(m)) => {
@@ -232,6 +237,14 @@ pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Read> {
     }
     out.sort();
     out
+}
+
+/// The consumer's position in `topic` partition `p` (-1 if it has none).
+fn position(c: &BaseConsumer, topic: &str, p: i32) -> i64 {
+    match c.position().ok().and_then(|tpl| tpl.find_partition(topic, p).map(|e| e.offset())) {
+        Some(Offset::Offset(o)) => o,
+        _ => -1,
+    }
 }
 
 pub fn values(reads: &[Read]) -> Vec<String> {
