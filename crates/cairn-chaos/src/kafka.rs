@@ -202,7 +202,11 @@ pub fn read_committed(bootstrap: &str, topic: &str) -> Result<Vec<String>, Strin
                 // The end of what is readable is the last stable offset, which reaches the
                 // end offset only once the broker wrote the commit markers (after the
                 // producer's commit returned): read on until the position is there.
-                let at = match c.position().ok().and_then(|t| t.find_partition(topic, p).map(|e| e.offset())) {
+                let at = match c
+                    .position()
+                    .ok()
+                    .and_then(|t| t.find_partition(topic, p).map(|e| e.offset()))
+                {
                     Some(Offset::Offset(o)) => o,
                     _ => -1,
                 };

@@ -283,17 +283,26 @@ fn a_savepoint_of_an_unbounded_run_restored_bounded_reads_to_the_end_offsets_and
     // The restored partitions had no end: now they end where they are at the restore.
     let env = env(1, Some(&sp), &[]);
     let (sink, out) = CollectSink::new();
-    env.source(source(&b, &topic).bounded()).uid("kafka-in").map(|v: String| v).sink(sink);
+    env.source(source(&b, &topic).bounded())
+        .uid("kafka-in")
+        .map(|v: String| v)
+        .sink(sink);
     let job = env.execute_async("restored bounded").unwrap();
     let client = job.client();
-    wait_until("the restored bounded job ended by itself", 120, || client.info().status.is_terminal());
+    wait_until("the restored bounded job ended by itself", 120, || {
+        client.info().status.is_terminal()
+    });
     job.wait().unwrap();
     let mut got = by_partition(&first);
     for (p, seq) in by_partition(&out.values()) {
         got.entry(p).or_default().extend(seq);
     }
     for p in 0..2 {
-        assert_eq!(got[&p], (0..400).collect::<Vec<u32>>(), "partition {p}: every record once, in order");
+        assert_eq!(
+            got[&p],
+            (0..400).collect::<Vec<u32>>(),
+            "partition {p}: every record once, in order"
+        );
     }
     let _ = std::fs::remove_dir_all(&target);
 }

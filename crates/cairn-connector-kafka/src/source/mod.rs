@@ -597,7 +597,10 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             for s in run.splits.active_mut().filter(|s| s.stop_offset.is_none()) {
                 let (_, high) = consumer.fetch_watermarks(&s.topic, s.partition, timeout).map_err(|e| {
                     self.settings.error(
-                        format!("reading the end offset of topic '{}' partition {}", s.topic, s.partition),
+                        format!(
+                            "reading the end offset of topic '{}' partition {}",
+                            s.topic, s.partition
+                        ),
                         e,
                     )
                 })?;

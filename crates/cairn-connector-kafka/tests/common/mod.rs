@@ -241,7 +241,11 @@ pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Read> {
 
 /// The consumer's position in `topic` partition `p` (-1 if it has none).
 fn position(c: &BaseConsumer, topic: &str, p: i32) -> i64 {
-    match c.position().ok().and_then(|tpl| tpl.find_partition(topic, p).map(|e| e.offset())) {
+    match c
+        .position()
+        .ok()
+        .and_then(|tpl| tpl.find_partition(topic, p).map(|e| e.offset()))
+    {
         Some(Offset::Offset(o)) => o,
         _ => -1,
     }
