@@ -203,14 +203,15 @@ pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Read> {
         );
         match c.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                // read_committed stops at the last stable offset, which reaches the end
-                // only once the commit markers are written: the broker writes them after
-                // the producer's commit returned.
-                if position(&c, topic, p) >= open.get(&p).copied().unwrap_or(0) {
-                    open.remove(&p);
-                }
+            // read_committed stops at the last stable offset, which reaches the end only
+            // once the commit markers are written: the broker writes them after the
+            // producer's commit returned. So the end is where the position reaches it.
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p)))
+                if position(&c, topic, p) >= open.get(&p).copied().unwrap_or(0) =>
+            {
+                open.remove(&p);
             }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             Some(Ok(m)) => {
                 let headers = m
