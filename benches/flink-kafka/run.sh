@@ -24,6 +24,8 @@ VENV="$CACHE/venv"
 PF="$VENV/lib/python3.11/site-packages/pyflink"
 LIBS="$CACHE/flink-kafka-libs"
 KLIBS="${CAIRN_KAFKA_CACHE:-/tmp/cairn-kafka-cache}/libs-4.1.1"
+# The peers folder (read-only) with Flink's logging configuration; beside the clone by default.
+PEERS="${PEERS_DIR:-$ROOT/../shared/peers}"
 
 # ---- setup (idempotent) ----
 if [ ! -d "$PF/lib" ]; then
@@ -59,7 +61,7 @@ JOPTS=(--add-opens=java.base/java.lang=ALL-UNNAMED --add-opens=java.base/java.ut
   --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED
   --add-opens=java.base/java.lang.reflect=ALL-UNNAMED --add-opens=java.base/java.net=ALL-UNNAMED)
 flink() {
-  java -Xms2g -Xmx2g "${JOPTS[@]}" -Dlog4j.configurationFile="file:$ROOT/../shared/peers/flink/log4j2.properties" \
+  java -Xms2g -Xmx2g "${JOPTS[@]}" -Dlog4j.configurationFile="file:$PEERS/flink/log4j2.properties" \
     -Dlog.file="$CACHE/logs/flink-kafka-$$.log" -cp "$JAR:$CP" FlinkKafkaBench "$@"
 }
 mkdir -p "$CACHE/logs" "$CACHE/ckpt"
