@@ -23,6 +23,7 @@ fn info(uid: &str, subtask: u32, parallelism: u32) -> SubtaskInfo {
         parallelism,
         max_parallelism: 128,
         attempt: 0,
+        clock: cairn::runtime::time::system_clock(),
     }
 }
 
