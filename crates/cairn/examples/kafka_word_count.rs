@@ -93,8 +93,12 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
 
 fn main() -> Result<(), CairnError> {
     let env = StreamEnv::from_args()?;
-    let args = parse_args(&env.user_args())
-        .map_err(|e| CairnError::from(cairn::runtime::JobError::Setup(format!("kafka_word_count: {e}"))))?;
+    let args = parse_args(&env.user_args()).map_err(|e| {
+        CairnError::from(cairn::runtime::JobError::setup(
+            cairn::runtime::SetupErrorKind::Config,
+            format!("kafka_word_count: {e}"),
+        ))
+    })?;
     let props = || args.properties.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let mut source = KafkaSource::strings()
         .bootstrap_servers(&args.bootstrap)
