@@ -48,7 +48,7 @@ pub use restart::{effective_restart_strategy, RestartStrategyConfig};
 pub use startup::{parse_startup_args, parse_startup_args_with_conf_dir, startup_help, StartupOptions, CONF_DIR_ENV};
 pub use value::{
     format_duration, CheckpointingMode, ClaimMode, ExternalizedCheckpointRetention, FromConfigStr, MemorySize,
-    RestartStrategyType, StateBackendType, ToConfigString,
+    RestartStrategyType, StateBackendType, TimerServiceFactory, ToConfigString,
 };
 
 #[cfg(test)]
@@ -70,6 +70,6 @@ mod registry_tests {
             }
             assert!(!opt.description().is_empty(), "{} lacks a description", opt.key());
         }
-        assert_eq!(options::all().len(), 47);
+        assert_eq!(options::all().len(), 58);
     }
 }

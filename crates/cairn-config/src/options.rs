@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::option::{AnyOption, ConfigOption};
 use crate::value::{
-    CheckpointingMode, ClaimMode, ExternalizedCheckpointRetention, FromConfigStr, RestartStrategyType, StateBackendType,
+    CheckpointingMode, ClaimMode, ExternalizedCheckpointRetention, FromConfigStr, MemorySize, RestartStrategyType,
+    StateBackendType, TimerServiceFactory,
 };
 
 /// Upper bound for `pipeline.max-parallelism` (the number of key groups), as in Flink.
@@ -165,7 +166,7 @@ pub static EXTERNALIZED_CHECKPOINT_RETENTION: ConfigOption<ExternalizedCheckpoin
 pub static CHECKPOINTING_INCREMENTAL: ConfigOption<bool> = ConfigOption::new(
     "execution.checkpointing.incremental",
     "false",
-    "Incremental checkpoints: upload only files not in the previous checkpoint (lsm backend).",
+    "Incremental checkpoints: upload only files not in the last completed checkpoint (rocksdb backend).",
 )
 .with_aliases(&["state.backend.incremental"]);
 
@@ -175,16 +176,136 @@ pub static CHECKPOINTING_INCREMENTAL: ConfigOption<bool> = ConfigOption::new(
 pub static STATE_BACKEND_TYPE: ConfigOption<StateBackendType> = ConfigOption::new(
     "state.backend.type",
     "hashmap",
-    "Keyed state backend: hashmap (in memory) or lsm (on local disk).",
+    "Keyed state backend: hashmap (in memory) or rocksdb (on local disk; needs the `rocksdb` cargo feature).",
 )
 .with_aliases(&["state.backend"]);
 
-/// `state.backend.lsm.dir`.
-pub static STATE_BACKEND_LSM_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
-    "state.backend.lsm.dir",
-    "Cairn-specific. Local working directory of the lsm backend; unset: chosen by the backend.",
+fn ratio_check(v: &f64) -> Result<(), String> {
+    if *v > 0.0 && *v < 1.0 {
+        Ok(())
+    } else {
+        Err("must be between 0 and 1 (exclusive), e.g. '0.5'".to_string())
+    }
+}
+
+fn nonzero_memory(v: &MemorySize) -> Result<(), String> {
+    if v.bytes() >= 1 << 20 {
+        Ok(())
+    } else {
+        Err("must be at least 1 mb".to_string())
+    }
+}
+
+fn nonzero_memory_opt(v: &Option<MemorySize>) -> Result<(), String> {
+    v.as_ref().map_or(Ok(()), nonzero_memory)
+}
+
+/// `state.backend.rocksdb.localdir`.
+pub static ROCKSDB_LOCAL_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
+    "state.backend.rocksdb.localdir",
+    "Directory of the RocksDB working files; unset: the system temporary directory. Each job \
+         uses its own subdirectory, removed when the job ends.",
 )
 .with_check(local_dir_check);
+
+/// `state.backend.rocksdb.memory.managed`.
+pub static ROCKSDB_MEMORY_MANAGED: ConfigOption<bool> = ConfigOption::new(
+    "state.backend.rocksdb.memory.managed",
+    "true",
+    "All RocksDB instances of the job share one memory budget (block cache, write buffers and \
+         Cairn's write cache): taskmanager.memory.managed.size, or \
+         state.backend.rocksdb.memory.fixed-per-slot per slot.",
+);
+
+/// `state.backend.rocksdb.memory.fixed-per-slot`.
+pub static ROCKSDB_MEMORY_FIXED_PER_SLOT: ConfigOption<Option<MemorySize>> = ConfigOption::optional(
+    "state.backend.rocksdb.memory.fixed-per-slot",
+    "Memory budget of RocksDB per slot (a job has as many slots as its largest operator \
+         parallelism); overrides the managed memory size.",
+)
+.with_check(nonzero_memory_opt);
+
+/// `taskmanager.memory.managed.size`.
+pub static MANAGED_MEMORY_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
+    "taskmanager.memory.managed.size",
+    "512 mb",
+    "Memory budget of the job's RocksDB state (a job process is one task manager). Cairn's \
+         default is a fixed size instead of Flink's fraction.",
+)
+.with_check(nonzero_memory);
+
+/// `state.backend.rocksdb.memory.write-buffer-ratio`.
+pub static ROCKSDB_WRITE_BUFFER_RATIO: ConfigOption<f64> = ConfigOption::new(
+    "state.backend.rocksdb.memory.write-buffer-ratio",
+    "0.5",
+    "Share of the managed budget for write buffers (memtables); the rest is block cache and \
+         write cache.",
+)
+.with_check(ratio_check);
+
+/// `state.backend.rocksdb.block.cache-size`.
+pub static ROCKSDB_BLOCK_CACHE_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
+    "state.backend.rocksdb.block.cache-size",
+    "8 mb",
+    "Block cache of each RocksDB instance when memory is not managed.",
+);
+
+/// `state.backend.rocksdb.writebuffer.size`.
+pub static ROCKSDB_WRITE_BUFFER_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
+    "state.backend.rocksdb.writebuffer.size",
+    "64 mb",
+    "Size of one memtable (per state); with managed memory at most the instance's share.",
+)
+.with_check(nonzero_memory);
+
+/// `state.backend.rocksdb.writebuffer.count`.
+pub static ROCKSDB_WRITE_BUFFER_COUNT: ConfigOption<u32> = ConfigOption::new(
+    "state.backend.rocksdb.writebuffer.count",
+    "2",
+    "Memtables per state (one filling while others flush). At least 1.",
+)
+.with_check(at_least_one);
+
+/// `state.backend.rocksdb.thread.num`.
+pub static ROCKSDB_THREAD_NUM: ConfigOption<u32> = ConfigOption::new(
+    "state.backend.rocksdb.thread.num",
+    "2",
+    "Background flush and compaction jobs of each RocksDB instance. At least 1.",
+)
+.with_check(at_least_one);
+
+/// `state.backend.rocksdb.timer-service.factory`.
+pub static ROCKSDB_TIMER_SERVICE_FACTORY: ConfigOption<TimerServiceFactory> = ConfigOption::new(
+    "state.backend.rocksdb.timer-service.factory",
+    "ROCKSDB",
+    "Where the timers of the rocksdb backend live: ROCKSDB (not bounded by memory) or HEAP.",
+);
+
+/// `state.backend.rocksdb.timer-service.cache-size`.
+pub static ROCKSDB_TIMER_CACHE_SIZE: ConfigOption<u32> = ConfigOption::new(
+    "state.backend.rocksdb.timer-service.cache-size",
+    "128",
+    "Timers of each key group kept in memory (the earliest ones) with ROCKSDB timers. At least 1.",
+)
+.with_check(at_least_one);
+
+/// `state.backend.rocksdb.write-cache.ratio` (Cairn-specific).
+pub static ROCKSDB_WRITE_CACHE_RATIO: ConfigOption<f64> = ConfigOption::new(
+    "state.backend.rocksdb.write-cache.ratio",
+    "0.25",
+    "Cairn-specific. Share of the managed budget for the write cache, which keeps recently \
+         used values of value and list states in memory and writes them to RocksDB when full \
+         and at every snapshot. 0 disables it.",
+)
+.with_check(share_check);
+
+fn share_check(v: &f64) -> Result<(), String> {
+    if (0.0..1.0).contains(v) {
+        Ok(())
+    } else {
+        Err("must be at least 0 and below 1, e.g. '0.25'".to_string())
+    }
+}
 
 // ---- restart strategy -------------------------------------------------------------------------
 
@@ -456,7 +577,18 @@ static ALL: &[&dyn AnyOption] = &[
     &EXTERNALIZED_CHECKPOINT_RETENTION,
     &CHECKPOINTING_INCREMENTAL,
     &STATE_BACKEND_TYPE,
-    &STATE_BACKEND_LSM_DIR,
+    &ROCKSDB_LOCAL_DIR,
+    &ROCKSDB_MEMORY_MANAGED,
+    &ROCKSDB_MEMORY_FIXED_PER_SLOT,
+    &MANAGED_MEMORY_SIZE,
+    &ROCKSDB_WRITE_BUFFER_RATIO,
+    &ROCKSDB_BLOCK_CACHE_SIZE,
+    &ROCKSDB_WRITE_BUFFER_SIZE,
+    &ROCKSDB_WRITE_BUFFER_COUNT,
+    &ROCKSDB_THREAD_NUM,
+    &ROCKSDB_TIMER_SERVICE_FACTORY,
+    &ROCKSDB_TIMER_CACHE_SIZE,
+    &ROCKSDB_WRITE_CACHE_RATIO,
     &RESTART_STRATEGY_TYPE,
     &FIXED_DELAY_ATTEMPTS,
     &FIXED_DELAY_DELAY,

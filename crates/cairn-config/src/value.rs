@@ -421,8 +421,18 @@ config_enum! {
     StateBackendType, "enum" {
         /// State on the heap, in hash maps.
         HashMap => "hashmap",
-        /// State in an on-disk log-structured merge tree.
-        Lsm => "lsm",
+        /// State in RocksDB on local disk (needs the `rocksdb` cargo feature of `cairn`).
+        RocksDb => "rocksdb",
+    }
+}
+
+config_enum! {
+    /// `state.backend.rocksdb.timer-service.factory`.
+    TimerServiceFactory, "enum" {
+        /// Timers in RocksDB, a small head of each key group's timers in memory.
+        RocksDb => "ROCKSDB",
+        /// Every timer in memory (mirrored in RocksDB for snapshots).
+        Heap => "HEAP",
     }
 }
 
@@ -590,8 +600,12 @@ mod tests {
             RestartStrategyType::from_config_str("fixeddelay"),
             Ok(RestartStrategyType::FixedDelay)
         );
-        let e = StateBackendType::from_config_str("rocksdb").unwrap_err();
-        assert!(e.contains("hashmap, lsm"), "{e}");
+        let e = StateBackendType::from_config_str("lsm").unwrap_err();
+        assert!(e.contains("hashmap, rocksdb"), "{e}");
+        assert_eq!(
+            StateBackendType::from_config_str("RocksDB"),
+            Ok(StateBackendType::RocksDb)
+        );
         assert_eq!(ClaimMode::from_config_str("no_claim"), Ok(ClaimMode::NoClaim));
         assert_eq!(ClaimMode::default(), ClaimMode::NoClaim);
     }

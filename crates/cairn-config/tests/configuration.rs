@@ -168,8 +168,8 @@ fn durations_in_all_unit_spellings_via_set() {
 fn bad_enums_list_accepted_values() {
     let m = set_err("execution.checkpointing.mode", "exactly-once");
     assert!(m.contains("EXACTLY_ONCE, AT_LEAST_ONCE"), "{m}");
-    let m = set_err("state.backend.type", "rocksdb");
-    assert!(m.contains("hashmap, lsm"), "{m}");
+    let m = set_err("state.backend.type", "lsm");
+    assert!(m.contains("hashmap, rocksdb"), "{m}");
     let m = set_err("restart-strategy.type", "sometimes");
     assert!(m.contains("fixed-delay") && m.contains("exponential-delay"), "{m}");
     let m = set_err("execution.checkpointing.externalized-checkpoint-retention", "KEEP");
@@ -183,7 +183,10 @@ fn bad_floats_and_paths() {
     assert!(set_err("restart-strategy.exponential-delay.backoff-multiplier", "x").contains("not a number"));
     assert!(set_err("restart-strategy.exponential-delay.backoff-multiplier", "0.5").contains("between 1.0 and 1000.0"));
     assert!(set_err("restart-strategy.exponential-delay.jitter-factor", "1.5").contains("between 0.0 and 1.0"));
-    assert!(set_err("state.backend.lsm.dir", "s3://bucket/lsm").contains("not supported"));
+    assert!(set_err("state.backend.rocksdb.localdir", "s3://bucket/rocksdb").contains("not supported"));
+    assert!(set_err("state.backend.rocksdb.memory.write-buffer-ratio", "1.5").contains("between 0 and 1"));
+    assert!(set_err("state.backend.rocksdb.writebuffer.size", "10 kb").contains("at least 1 mb"));
+    assert!(set_err("taskmanager.memory.managed.size", "lots").contains("memory size"));
 }
 
 #[test]
@@ -202,9 +205,9 @@ fn set_option_from_code_checks_ranges_and_none_unsets() {
     let e = c.set_option(&options::PARALLELISM_DEFAULT, 0).unwrap_err();
     assert!(e.to_string().contains("'parallelism.default'"), "{e}");
     assert!(e.to_string().contains("between 1 and 32768"), "{e}");
-    c.set_option(&options::STATE_BACKEND_TYPE, StateBackendType::Lsm)
+    c.set_option(&options::STATE_BACKEND_TYPE, StateBackendType::RocksDb)
         .unwrap();
-    assert_eq!(c.get(&options::STATE_BACKEND_TYPE), StateBackendType::Lsm);
+    assert_eq!(c.get(&options::STATE_BACKEND_TYPE), StateBackendType::RocksDb);
     c.set_option(&options::SAVEPOINT_DIR, Some(PathBuf::from("/sp")))
         .unwrap();
     assert_eq!(c.get(&options::SAVEPOINT_DIR), Some(PathBuf::from("/sp")));

@@ -132,7 +132,7 @@ fn dynamic_properties_both_forms_repeatable() {
     let o = parse(&[
         "-D",
         "execution.checkpointing.interval=10 s",
-        "-Dstate.backend.type=lsm",
+        "-Dstate.backend.type=rocksdb",
         "-D",
         "rest.port=9999",
         "-Drest.port=9090",
@@ -141,7 +141,7 @@ fn dynamic_properties_both_forms_repeatable() {
     assert_eq!(o.config.checkpoint_interval(), Some(Duration::from_secs(10)));
     assert_eq!(
         o.config.get(&options::STATE_BACKEND_TYPE),
-        cairn_config::StateBackendType::Lsm
+        cairn_config::StateBackendType::RocksDb
     );
     assert_eq!(o.config.get(&options::REST_PORT), 9090, "later -D wins");
 }

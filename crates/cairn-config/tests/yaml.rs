@@ -17,14 +17,14 @@ execution:
     num-retained: 5
 state:
   backend:
-    type: LSM
+    type: RocksDB
 ";
     let c = Configuration::from_yaml_str(yaml, "config.yaml").unwrap();
     assert_eq!(c.get(&options::PARALLELISM_DEFAULT), 3);
     assert_eq!(c.get(&options::CHECKPOINTING_INTERVAL), Some(Duration::from_secs(10)));
     assert_eq!(c.get(&options::CHECKPOINTING_MODE), CheckpointingMode::AtLeastOnce);
     assert_eq!(c.get(&options::CHECKPOINTS_NUM_RETAINED), 5);
-    assert_eq!(c.get(&options::STATE_BACKEND_TYPE), StateBackendType::Lsm);
+    assert_eq!(c.get(&options::STATE_BACKEND_TYPE), StateBackendType::RocksDb);
 }
 
 #[test]

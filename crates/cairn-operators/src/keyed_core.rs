@@ -8,7 +8,7 @@ use cairn_state::{codec, KeyedStateAccess, OperatorStateStore, SnapshotRequest};
 
 use crate::collector::{Outputs, SidePorts};
 use crate::keyed::{Key, KeyedContext, KeyedOpenContext};
-use crate::timers::{TimeDomain, Timer, TimerService};
+use crate::timers::{TimeDomain, Timer, TimerService, TimerSettings};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{Emitter, OpenContext, OperatorSnapshot, SubtaskInfo};
 
@@ -34,7 +34,7 @@ impl<O: Send + 'static> KeyedCore<O> {
         not_keyed: impl FnOnce(&str) -> String,
     ) -> OpResult<Self> {
         let mut state = ctx.keyed.take().ok_or_else(|| not_keyed(&ctx.info.operator_name))?;
-        let timers = TimerService::open(&mut state)?;
+        let timers = TimerService::open(&mut state, TimerSettings::from_config(&ctx.config))?;
         Ok(KeyedCore {
             info: ctx.info,
             state,

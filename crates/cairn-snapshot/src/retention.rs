@@ -241,10 +241,25 @@ impl CompletedCheckpointStore {
 
     /// Drops one checkpoint's references; returns what became unreferenced.
     fn release(&mut self, cp: &CompletedCheckpoint) -> CleanupPlan {
+        // Subdirectories of the checkpoint's own files (a backend's private
+        // files, e.g. RocksDB's MANIFEST under `chk-<n>/op-…/`) go before
+        // the checkpoint directory, deepest first, so it ends up empty.
+        let prefix = format!("{}/", cp.dir_in_job);
+        let mut subdirs: BTreeSet<String> = BTreeSet::new();
+        for f in cp.files.iter().filter_map(|f| f.strip_prefix(&prefix)) {
+            let mut rest = f;
+            while let Some((dir, _)) = rest.rsplit_once('/') {
+                subdirs.insert(format!("{prefix}{dir}"));
+                rest = dir;
+            }
+        }
+        let mut dirs_if_empty: Vec<String> = subdirs.into_iter().collect();
+        dirs_if_empty.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+        dirs_if_empty.push(cp.dir_in_job.clone());
         let mut plan = CleanupPlan {
             metadata_files: vec![cp.metadata_file()],
             markers: vec![format!("{}/{CLAIM_FILE_NAME}", cp.dir_in_job)],
-            dirs_if_empty: vec![cp.dir_in_job.clone()],
+            dirs_if_empty,
             ..CleanupPlan::default()
         };
         for f in &cp.files {

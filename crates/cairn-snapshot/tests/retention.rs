@@ -232,6 +232,53 @@ fn executor_on_disk() {
     assert!(!job.exists(), "job dir should be gone: {:?}", list_files(&job));
 }
 
+/// A checkpoint whose files sit in subdirectories of its directory (a state
+/// backend's private files, as RocksDB's `chk-<n>/op-…/MANIFEST-…`) leaves no
+/// empty directory behind once subsumed.
+#[test]
+fn subsumed_checkpoints_with_private_subdirectories_leave_nothing() {
+    let tmp = TempDir::new("retention-subdirs");
+    let job = tmp.path().join(JOB);
+    let storage = LocalFileStorage::new();
+    let mut store = CompletedCheckpointStore::new(1).unwrap();
+    for n in 1..=2u64 {
+        let dir = job.join(format!("chk-{n}"));
+        let files = vec![
+            write_state(
+                &storage,
+                &dir,
+                "op-a-0/MANIFEST-000005",
+                "op-a-0/MANIFEST-000005",
+                b"m",
+                &[0],
+            )
+            .unwrap(),
+            write_state(
+                &storage,
+                &dir,
+                "op-a-0/deeper/CURRENT",
+                "op-a-0/deeper/CURRENT",
+                b"c",
+                &[0],
+            )
+            .unwrap(),
+            write_state(&storage, &dir, "op-a-0.state", "op-a-0.state", b"x", &[0]).unwrap(),
+        ];
+        let mut m = meta(n, &[]);
+        m.operators[0].subtasks[0].files = files;
+        write_metadata(&storage, &dir, &m).unwrap();
+        let outcome = store.add(CompletedCheckpoint::new(m).unwrap()).unwrap();
+        let report = execute_cleanup(&storage, &job, &outcome.cleanup);
+        assert!(report.is_complete(), "{:?}", report.failures);
+    }
+    assert!(
+        !job.join("chk-1").exists(),
+        "chk-1 is gone entirely: {:?}",
+        list_files(&job)
+    );
+    assert!(job.join("chk-2/op-a-0/deeper/CURRENT").exists());
+}
+
 /// If a `_metadata` deletion fails, no data file is deleted: a checkpoint that
 /// still looks complete keeps all its files.
 #[test]

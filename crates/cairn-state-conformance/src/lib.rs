@@ -51,6 +51,12 @@ macro_rules! backend_conformance_tests {
             snapshots_are_isolated_from_later_writes,
             restore_into_a_subset_of_key_groups,
             incremental_checkpoints_restore_each_state,
+            ordered_scan_within_a_key_group,
+            many_keys_round_trip_through_a_snapshot,
+            removals_and_appends_are_in_snapshots,
+            incremental_checkpoints_reuse_unchanged_files,
+            aborted_checkpoints_are_never_referenced,
+            restore_merges_several_old_subtasks,
         );
     };
     (@each $factory:expr; $($property:ident),* $(,)?) => {
@@ -390,5 +396,402 @@ pub fn incremental_checkpoints_restore_each_state(factory: BackendFactory<'_>) {
         for (kg, k, v) in expected {
             assert_eq!(value(&mut *restored, s2, kg, &k), Some(v), "checkpoint {id}");
         }
+    }
+}
+
+/// a backend that supports ordered scans visits one key group's keys of a
+/// value state in byte order from `from`, and stops when told; one that does
+/// not refuses with an error naming itself.
+pub fn ordered_scan_within_a_key_group(factory: BackendFactory<'_>) {
+    let mut b = factory(range(0, 4));
+    let t = b.register(&meta("t", StateKind::Value)).unwrap();
+    let mut seen = Vec::new();
+    if !b.supports_ordered_scan() {
+        let err = b.scan_from(t, 1, b"", &mut |_, _| true).unwrap_err().to_string();
+        assert!(err.contains(b.kind()), "{err}");
+        return;
+    }
+    for (kg, k) in [
+        (1, &b"b"[..]),
+        (1, b"a"),
+        (1, b"c\x00"),
+        (1, b"c"),
+        (0, b"a"),
+        (2, b"\x00"),
+        (1, b"bb"),
+    ] {
+        b.put(t, kg, k, &[kg as u8]).unwrap();
+    }
+    b.remove(t, 1, b"bb").unwrap();
+    b.scan_from(t, 1, b"", &mut |k, v| {
+        seen.push((k.to_vec(), v.to_vec()));
+        true
+    })
+    .unwrap();
+    let keys: Vec<&[u8]> = seen.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(
+        keys,
+        vec![&b"a"[..], b"b", b"c", b"c\x00"],
+        "key group 1 only, in byte order"
+    );
+    assert!(seen.iter().all(|(_, v)| v == &[1]));
+    let mut from_b = Vec::new();
+    b.scan_from(t, 1, b"b\x00", &mut |k, _| {
+        from_b.push(k.to_vec());
+        from_b.is_empty()
+    })
+    .unwrap();
+    assert_eq!(
+        from_b,
+        vec![b"c".to_vec()],
+        "starts at the first key >= from and stops when told"
+    );
+    // Writes after a scan are seen by the next scan.
+    b.put(t, 1, b"0", b"x").unwrap();
+    let mut first = None;
+    b.scan_from(t, 1, b"", &mut |k, _| {
+        first = Some(k.to_vec());
+        false
+    })
+    .unwrap();
+    assert_eq!(first, Some(b"0".to_vec()));
+    let mut none = 0;
+    b.scan_from(t, 3, b"", &mut |_, _| {
+        none += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(none, 0);
+}
+
+/// thousands of keys in several states (more than a small cache holds)
+/// read back exactly, and restore exactly from every kind of snapshot, with
+/// later overwrites and list appends.
+pub fn many_keys_round_trip_through_a_snapshot(factory: BackendFactory<'_>) {
+    let n = 8_000u32;
+    let list_of = |i: u32| if i % 3 == 0 { vec![1, 2] } else { vec![1] };
+    for (r, request) in every_request(1).into_iter().enumerate() {
+        let mut b = factory(range(0, 16));
+        let v = b.register(&meta("v", StateKind::Value)).unwrap();
+        let l = b.register(&meta("l", StateKind::List)).unwrap();
+        let m = b.register(&meta("m", StateKind::Map)).unwrap();
+        for i in 0..n {
+            let kg = i % 16;
+            let key = i.to_be_bytes();
+            b.put(v, kg, &key, &[i as u8; 40]).unwrap();
+            b.append(l, kg, &key, &[1]).unwrap();
+            if i % 5 == 0 {
+                b.map_put(m, kg, &key, b"u", &key).unwrap();
+            }
+        }
+        for i in (0..n).step_by(3) {
+            b.put(v, i % 16, &i.to_be_bytes(), b"over").unwrap();
+            b.append(l, i % 16, &i.to_be_bytes(), &[2]).unwrap();
+        }
+        for i in (0..n).step_by(7) {
+            let want: Vec<u8> = if i % 3 == 0 {
+                b"over".to_vec()
+            } else {
+                vec![i as u8; 40]
+            };
+            assert_eq!(
+                value(&mut *b, v, i % 16, &i.to_be_bytes()),
+                Some(want),
+                "value of key {i}"
+            );
+            assert_eq!(
+                value(&mut *b, l, i % 16, &i.to_be_bytes()),
+                Some(list_of(i)),
+                "list of key {i}"
+            );
+        }
+        let mut target = snapshot_round_trip(factory, &mut *b, request, range(0, 16), &mut |_| {});
+        let v2 = target.register(&meta("v", StateKind::Value)).unwrap();
+        let l2 = target.register(&meta("l", StateKind::List)).unwrap();
+        let m2 = target.register(&meta("m", StateKind::Map)).unwrap();
+        let mut count = 0;
+        target.for_each_key(v2, &mut |_, _| count += 1).unwrap();
+        assert_eq!(count, n, "request {r}");
+        let mut maps = 0;
+        target.for_each_key(m2, &mut |_, _| maps += 1).unwrap();
+        assert_eq!(maps, n / 5, "request {r}");
+        for i in (0..n).step_by(11) {
+            let key = i.to_be_bytes();
+            assert_eq!(
+                value(&mut *target, l2, i % 16, &key),
+                Some(list_of(i)),
+                "request {r}, key {i}"
+            );
+            let len = value(&mut *target, v2, i % 16, &key).map(|x| x.len());
+            assert_eq!(len, Some(if i % 3 == 0 { 4 } else { 40 }), "request {r}, key {i}");
+            if i % 5 == 0 {
+                assert_eq!(map_value(&mut *target, m2, i % 16, &key, b"u"), Some(key.to_vec()));
+            }
+        }
+    }
+}
+
+/// removed keys stay removed in a snapshot; appends made after a removal
+/// start a new list; a removed map is gone with all its entries.
+pub fn removals_and_appends_are_in_snapshots(factory: BackendFactory<'_>) {
+    for (r, request) in every_request(2).into_iter().enumerate() {
+        let mut b = factory(range(0, 2));
+        let v = b.register(&meta("v", StateKind::Value)).unwrap();
+        let l = b.register(&meta("l", StateKind::List)).unwrap();
+        let m = b.register(&meta("m", StateKind::Map)).unwrap();
+        b.put(v, 0, b"gone", b"1").unwrap();
+        b.put(v, 0, b"kept", b"2").unwrap();
+        b.append(l, 1, b"list", b"old").unwrap();
+        b.map_put(m, 1, b"map", b"a", b"1").unwrap();
+        b.map_put(m, 1, b"map", b"b", b"2").unwrap();
+        b.map_put(m, 1, b"other", b"a", b"3").unwrap();
+        let first = SnapshotRequest {
+            checkpoint_id: 1,
+            kind: request.kind,
+        };
+        let mut before = snapshot_round_trip(factory, &mut *b, first, range(0, 2), &mut |b| {
+            b.remove(v, 0, b"gone").unwrap();
+            b.remove(l, 1, b"list").unwrap();
+            b.append(l, 1, b"list", b"new").unwrap();
+            b.remove(m, 1, b"map").unwrap();
+        });
+        let mut after = snapshot_round_trip(factory, &mut *b, request, range(0, 2), &mut |_| {});
+        for (t, gone_value, list, map_a) in [
+            (&mut before, Some(b"1".to_vec()), b"old".to_vec(), Some(b"1".to_vec())),
+            (&mut after, None, b"new".to_vec(), None),
+        ] {
+            let v2 = t.register(&meta("v", StateKind::Value)).unwrap();
+            let l2 = t.register(&meta("l", StateKind::List)).unwrap();
+            let m2 = t.register(&meta("m", StateKind::Map)).unwrap();
+            assert_eq!(value(&mut **t, v2, 0, b"gone"), gone_value, "request {r}");
+            assert_eq!(value(&mut **t, v2, 0, b"kept"), Some(b"2".to_vec()), "request {r}");
+            assert_eq!(value(&mut **t, l2, 1, b"list"), Some(list), "request {r}");
+            assert_eq!(map_value(&mut **t, m2, 1, b"map", b"a"), map_a, "request {r}");
+            assert_eq!(
+                map_value(&mut **t, m2, 1, b"other", b"a"),
+                Some(b"3".to_vec()),
+                "request {r}"
+            );
+        }
+    }
+}
+
+/// Bytes a file snapshot uploads (new files) and references (earlier files).
+fn upload_sizes(set: &dyn FileSetSnapshot) -> (u64, usize) {
+    let mut new_bytes = 0;
+    let mut reused = 0;
+    for f in set.files() {
+        match f {
+            SnapshotFile::Upload { local_path, .. } => {
+                new_bytes += std::fs::metadata(local_path).map(|m| m.len()).unwrap_or(0);
+            }
+            SnapshotFile::Reuse(_) => reused += 1,
+        }
+    }
+    (new_bytes, reused)
+}
+
+/// a backend whose checkpoints are files reuses, in an incremental
+/// checkpoint, the files of the last completed one that did not change, and
+/// uploads much less than the first; full checkpoints and savepoints
+/// reference nothing earlier (they are self-contained). A backend of logical
+/// key groups gives key groups for every request.
+pub fn incremental_checkpoints_reuse_unchanged_files(factory: BackendFactory<'_>) {
+    let mut b = factory(range(0, 8));
+    let s = b.register(&meta("s", StateKind::Value)).unwrap();
+    for i in 0..5000u32 {
+        b.put(s, i % 8, &i.to_be_bytes(), &[i as u8; 100]).unwrap();
+    }
+    let incremental = |id| SnapshotRequest {
+        checkpoint_id: id,
+        kind: SnapshotRequestKind::Checkpoint { incremental: true },
+    };
+    let first = match b.snapshot(&incremental(1)).unwrap() {
+        BackendSnapshot::KeyGroups(_) => {
+            for r in every_request(2) {
+                assert!(
+                    matches!(b.snapshot(&r).unwrap(), BackendSnapshot::KeyGroups(_)),
+                    "{r:?}"
+                );
+            }
+            return;
+        }
+        BackendSnapshot::Files(set) => set,
+    };
+    let (first_bytes, first_reused) = upload_sizes(&*first);
+    assert_eq!(first_reused, 0, "nothing completed before the first checkpoint");
+    upload(first, range(0, 8));
+    b.notify_checkpoint_complete(1).unwrap();
+    for i in 0..50u32 {
+        b.put(s, i % 8, &i.to_be_bytes(), &[7; 100]).unwrap();
+    }
+    let BackendSnapshot::Files(second) = b.snapshot(&incremental(2)).unwrap() else {
+        panic!("a file backend changed its kind of snapshot")
+    };
+    let (second_bytes, second_reused) = upload_sizes(&*second);
+    assert!(second_reused > 0, "unchanged files of checkpoint 1 are referenced");
+    assert!(
+        second_bytes * 5 < first_bytes,
+        "1% of the keys changed: uploads {second_bytes} bytes after {first_bytes}"
+    );
+    let mut restored = factory(range(0, 8));
+    let parts = vec![upload(second, range(0, 8))];
+    restored.restore_files(&parts, &fetch).unwrap();
+    let s2 = restored.register(&meta("s", StateKind::Value)).unwrap();
+    assert_eq!(value(&mut *restored, s2, 3, &3u32.to_be_bytes()), Some(vec![7; 100]));
+    assert_eq!(
+        value(&mut *restored, s2, 3, &3003u32.to_be_bytes()),
+        Some(vec![3003u32 as u8; 100])
+    );
+    for r in [
+        SnapshotRequest::checkpoint(3),
+        SnapshotRequest {
+            checkpoint_id: 3,
+            kind: SnapshotRequestKind::NativeSavepoint,
+        },
+    ] {
+        let BackendSnapshot::Files(set) = b.snapshot(&r).unwrap() else {
+            panic!("{r:?} of a file backend is files")
+        };
+        assert_eq!(upload_sizes(&*set).1, 0, "{r:?} is self-contained");
+        set.discard();
+    }
+}
+
+/// the files of an aborted (or discarded) checkpoint are never referenced by
+/// a later one: only completed checkpoints' files are reused.
+pub fn aborted_checkpoints_are_never_referenced(factory: BackendFactory<'_>) {
+    let mut b = factory(range(0, 2));
+    let s = b.register(&meta("s", StateKind::Value)).unwrap();
+    let incremental = |id| SnapshotRequest {
+        checkpoint_id: id,
+        kind: SnapshotRequestKind::Checkpoint { incremental: true },
+    };
+    b.put(s, 0, b"a", b"1").unwrap();
+    let BackendSnapshot::Files(first) = b.snapshot(&incremental(1)).unwrap() else {
+        return; // logical key groups reference no files (see the property above)
+    };
+    let kept: Vec<String> = upload(first, range(0, 2)).files.into_iter().map(|f| f.path).collect();
+    b.notify_checkpoint_complete(1).unwrap();
+    b.put(s, 1, b"b", b"2").unwrap();
+    let BackendSnapshot::Files(aborted) = b.snapshot(&incremental(2)).unwrap() else {
+        unreachable!()
+    };
+    // What the aborted checkpoint uploaded itself (it may reference checkpoint 1's files too).
+    let aborted_paths: Vec<String> = upload(aborted, range(0, 2))
+        .files
+        .into_iter()
+        .map(|f| f.path)
+        .filter(|p| !kept.contains(p))
+        .collect();
+    assert!(
+        !aborted_paths.is_empty(),
+        "the aborted checkpoint uploaded its new data"
+    );
+    b.notify_checkpoint_aborted(2).unwrap();
+    b.put(s, 1, b"c", b"3").unwrap();
+    let BackendSnapshot::Files(discarded) = b.snapshot(&incremental(3)).unwrap() else {
+        unreachable!()
+    };
+    discarded.discard();
+    b.put(s, 0, b"d", b"4").unwrap();
+    let BackendSnapshot::Files(next) = b.snapshot(&incremental(4)).unwrap() else {
+        unreachable!()
+    };
+    for f in next.files() {
+        if let SnapshotFile::Reuse(u) = f {
+            assert!(
+                kept.contains(&u.path),
+                "{} is not a file of the completed checkpoint",
+                u.path
+            );
+            assert!(
+                !aborted_paths.contains(&u.path),
+                "{} belongs to the aborted checkpoint",
+                u.path
+            );
+        }
+    }
+    let mut restored = factory(range(0, 2));
+    restored.restore_files(&[upload(next, range(0, 2))], &fetch).unwrap();
+    let s2 = restored.register(&meta("s", StateKind::Value)).unwrap();
+    for (kg, k, v) in [
+        (0, &b"a"[..], &b"1"[..]),
+        (1, b"b", b"2"),
+        (1, b"c", b"3"),
+        (0, b"d", b"4"),
+    ] {
+        assert_eq!(value(&mut *restored, s2, kg, k).as_deref(), Some(v));
+    }
+}
+
+/// the snapshots of two old subtasks (key groups 0..4 and 4..8) restore into
+/// one new subtask owning 2..7 (a rescale): exactly the keys of 2..7, from
+/// both, for every kind of snapshot.
+pub fn restore_merges_several_old_subtasks(factory: BackendFactory<'_>) {
+    for (r, request) in every_request(1).into_iter().enumerate() {
+        let mut old: Vec<Box<dyn KeyedStateBackend>> = vec![factory(range(0, 4)), factory(range(4, 8))];
+        for b in old.iter_mut() {
+            let s = b.register(&meta("s", StateKind::Value)).unwrap();
+            let m = b.register(&meta("m", StateKind::Map)).unwrap();
+            let l = b.register(&meta("l", StateKind::List)).unwrap();
+            let kgs = b.key_group_range();
+            for kg in kgs.start..kgs.end_exclusive {
+                for i in 0..20u32 {
+                    let key = format!("k{kg}-{i}");
+                    b.put(s, kg, key.as_bytes(), &kg.to_le_bytes()).unwrap();
+                    b.map_put(m, kg, key.as_bytes(), b"u", &i.to_le_bytes()).unwrap();
+                    b.append(l, kg, key.as_bytes(), b"x").unwrap();
+                }
+            }
+        }
+        let target = range(2, 7);
+        let mut restored = factory(target);
+        let mut parts = Vec::new();
+        for b in old.iter_mut() {
+            let kgs = b.key_group_range();
+            match b.snapshot(&request).unwrap() {
+                BackendSnapshot::KeyGroups(groups) => groups
+                    .for_each_group(&mut |meta, kg, bytes| {
+                        if target.contains(kg) {
+                            restored.restore_group(meta, kg, bytes)?;
+                        }
+                        Ok(())
+                    })
+                    .unwrap(),
+                BackendSnapshot::Files(set) => parts.push(upload(set, kgs)),
+            }
+        }
+        if !parts.is_empty() {
+            restored.restore_files(&parts, &fetch).unwrap();
+        }
+        let s = restored.register(&meta("s", StateKind::Value)).unwrap();
+        let m = restored.register(&meta("m", StateKind::Map)).unwrap();
+        let l = restored.register(&meta("l", StateKind::List)).unwrap();
+        let mut keys = Vec::new();
+        restored
+            .for_each_key(s, &mut |kg, k| keys.push((kg, k.to_vec())))
+            .unwrap();
+        assert_eq!(keys.len(), 5 * 20, "request {r}: keys of key groups 2..7 only");
+        assert!(keys.iter().all(|(kg, _)| target.contains(*kg)), "request {r}");
+        let mut maps = 0;
+        restored.for_each_key(m, &mut |_, _| maps += 1).unwrap();
+        assert_eq!(maps, 100, "request {r}");
+        for kg in 2..7u32 {
+            let key = format!("k{kg}-19");
+            assert_eq!(
+                value(&mut *restored, s, kg, key.as_bytes()),
+                Some(kg.to_le_bytes().to_vec())
+            );
+            assert_eq!(
+                map_value(&mut *restored, m, kg, key.as_bytes(), b"u"),
+                Some(19u32.to_le_bytes().to_vec())
+            );
+            assert_eq!(value(&mut *restored, l, kg, key.as_bytes()), Some(b"x".to_vec()));
+        }
+        assert!(
+            restored.put(s, 7, b"k", b"v").is_err(),
+            "key group 7 is not the new subtask's"
+        );
     }
 }

@@ -80,7 +80,7 @@ type Bytes = SmallBytes;
 /// group those allocations lie in bucket (hash) order, so every probe that
 /// compares key bytes misses the cache. Keys (an 8-byte encoded `u64`, often
 /// with a namespace) and small values (a few bytes of MessagePack) fit inline.
-mod small_bytes {
+pub mod small_bytes {
     use std::borrow::Borrow;
     use std::cmp::Ordering;
     use std::fmt;

@@ -5,6 +5,7 @@
 //! `(key, count)` to a discarding sink.
 //!
 //!     cargo bench -p cairn --bench keyed_count -- [N] [K] [parallelism] [--no-sum] [-D key=value ...]
+//!     cargo bench -p cairn --features rocksdb --bench keyed_count -- -D state.backend.type=rocksdb ...
 //!
 //! Prints one summary line in the peers' format.
 
@@ -52,6 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let k = pos.get(1).copied().unwrap_or(100_000);
     let p = pos.get(2).copied().unwrap_or(2) as u32;
 
+    let backend = opts.config.get(&cairn::config::options::STATE_BACKEND_TYPE).as_str();
+    let incremental = opts.config.get(&cairn::config::options::CHECKPOINTING_INCREMENTAL);
     let env = StreamEnv::with_startup(opts);
     env.set_parallelism(p)?;
     // Progress and checkpoint statistics on stderr.
@@ -70,10 +73,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let result = env.execute("keyed count benchmark")?;
     let secs = start.elapsed().as_secs_f64();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut sync: Vec<u64> = result
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == cairn::coordinator::control::SnapshotStatus::Completed)
+        .map(|c| c.sync_duration_ms)
+        .collect();
+    sync.sort_unstable();
+    let checkpoints = match (sync.first(), sync.get(sync.len() / 2), sync.last()) {
+        (Some(_), Some(med), Some(max)) => format!("{} sync_ms_median={med} sync_ms_max={max}", sync.len()),
+        _ => "0".to_string(),
+    };
+    // Peak resident memory of the whole process (VmHWM), MiB.
+    let peak_rss_mib = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024);
     println!(
-        "peer=cairn backend=hashmap events={n} keys={k} parallelism={p} sum={with_sum} seconds={secs:.3} events_per_s={:.0} source_records={} nproc={} load1={}",
+        "peer=cairn backend={backend} incremental={incremental} events={n} keys={k} parallelism={p} sum={with_sum} seconds={secs:.3} events_per_s={:.0} source_records={} checkpoints={} peak_rss_mib={peak_rss_mib} nproc={} load1={}",
         n as f64 / secs,
         result.source_records,
+        checkpoints,
         std::thread::available_parallelism().map_or(0, |x| x.get()),
         load.split_whitespace().next().unwrap_or("?")
     );

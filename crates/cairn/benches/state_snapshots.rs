@@ -5,12 +5,21 @@
 //! each savepoint. It also measures the disk's sequential write bandwidth
 //! (1 GiB with fsync) and read bandwidth (the same file) in the same run.
 //!
-//!     cargo bench -p cairn --bench state_snapshots -- [K] [dir]
+//! With `-D key=value` options (e.g. `-D state.backend.type=rocksdb -D
+//! execution.checkpointing.incremental=true`, built with `--features rocksdb`)
+//! it also changes 1% of the keys after the first checkpoint and takes a
+//! second one, reporting the bytes it uploaded against the bytes of state
+//! that changed, and restores a job from that checkpoint.
+//!
+//!     cargo bench -p cairn --bench state_snapshots -- [K] [dir] [-D key=value ...]
 //!
 //! Prints one line per measurement.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::config::{Configuration, StartupOptions};
@@ -20,11 +29,15 @@ use cairn::coordinator::control::{
 use cairn::prelude::*;
 use cairn::state::DistributionMode;
 
-/// Emits keys `0..keys` once, then idles (keeping the job alive) until cancelled.
+/// Emits keys `0..keys` once, then idles (keeping the job alive) until
+/// cancelled; when `again` is set, emits every 100th of its keys once more.
 #[derive(Clone)]
 struct LoadThenIdle {
     keys: u64,
     next: u64,
+    again: Arc<AtomicBool>,
+    first: u64,
+    repeated: bool,
 }
 
 const POSITION: &str = "position";
@@ -34,8 +47,10 @@ impl Source<u64> for LoadThenIdle {
         let share = |s: u32| self.keys * u64::from(s) / u64::from(ctx.info.parallelism);
         self.next = share(ctx.info.subtask);
         let end = share(ctx.info.subtask + 1);
+        self.first = self.next;
         if let Some(p) = ctx.state.list::<(u64, u64)>(POSITION)?.first() {
             (self.next, self.keys) = *p;
+            self.repeated = true;
         } else {
             self.keys = end;
         }
@@ -44,6 +59,11 @@ impl Source<u64> for LoadThenIdle {
 
     fn poll(&mut self, out: &mut Vec<StreamRecord<u64>>, max: usize) -> OpResult<SourceStatus> {
         if self.next >= self.keys {
+            if !self.repeated && self.again.load(Ordering::SeqCst) {
+                self.repeated = true;
+                out.extend((self.first..self.keys).step_by(100).map(StreamRecord::new));
+                return Ok(SourceStatus::More);
+            }
             return Ok(SourceStatus::Pending(Duration::from_millis(20)));
         }
         let n = (max as u64).min(self.keys - self.next);
@@ -63,6 +83,7 @@ impl Source<u64> for LoadThenIdle {
 struct CountAndSum {
     count: Option<ValueState<u64>>,
     sum: Option<ValueState<u64>>,
+    processed: Arc<AtomicU64>,
 }
 
 impl KeyedProcessFunction<u64, u64, ()> for CountAndSum {
@@ -78,11 +99,19 @@ impl KeyedProcessFunction<u64, u64, ()> for CountAndSum {
         c.update(ctx, &n)?;
         let v = s.value(ctx)?.unwrap_or(0) + k;
         s.update(ctx, &v)?;
+        self.processed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
-fn env(dir: &Path, keys: u64, restore: Option<PathBuf>) -> StreamEnv {
+/// What the job shares with this program.
+#[derive(Clone, Default)]
+struct Probe {
+    again: Arc<AtomicBool>,
+    processed: Arc<AtomicU64>,
+}
+
+fn env(dir: &Path, keys: u64, restore: Option<PathBuf>, extra: &[(String, String)], probe: &Probe) -> StreamEnv {
     let mut config = Configuration::new();
     for (k, v) in [
         ("parallelism.default", "2".to_string()),
@@ -91,19 +120,36 @@ fn env(dir: &Path, keys: u64, restore: Option<PathBuf>) -> StreamEnv {
             dir.join("checkpoints").display().to_string(),
         ),
         ("execution.checkpointing.timeout", "1h".to_string()),
+        ("execution.checkpointing.num-retained", "2".to_string()),
+        (
+            "execution.checkpointing.externalized-checkpoint-retention",
+            "RETAIN_ON_CANCELLATION".to_string(),
+        ),
     ] {
         config.set(k, &v).expect("valid config");
+    }
+    for (k, v) in extra {
+        config.set(k, v).expect("valid -D option");
     }
     let env = StreamEnv::with_startup(StartupOptions {
         config,
         restore_path: restore,
         ..Default::default()
     });
-    env.source(LoadThenIdle { keys, next: 0 })
-        .uid("keys")
-        .key_by(|k: &u64| *k)
-        .process(CountAndSum::default())
-        .uid("counter");
+    env.source(LoadThenIdle {
+        keys,
+        next: 0,
+        again: probe.again.clone(),
+        first: 0,
+        repeated: false,
+    })
+    .uid("keys")
+    .key_by(|k: &u64| *k)
+    .process(CountAndSum {
+        processed: probe.processed.clone(),
+        ..Default::default()
+    })
+    .uid("counter");
     env
 }
 
@@ -132,6 +178,25 @@ fn dir_size(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Every file a snapshot's `_metadata` references: (absolute path, size).
+fn referenced(dir: &Path) -> BTreeSet<(PathBuf, u64)> {
+    let snap = cairn::snapshot::load_snapshot(&cairn::snapshot::LocalFileStorage::new(), dir).expect("a snapshot");
+    snap.metadata
+        .files()
+        .map(|(_, _, f)| (std::fs::canonicalize(snap.dir.join(&f.path)).expect("a file"), f.size))
+        .collect()
+}
+
+/// Peak resident memory of this process (VmHWM), MiB.
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -163,12 +228,29 @@ fn disk_bandwidth(dir: &Path) -> std::io::Result<(f64, f64)> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let raw: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut args = Vec::new();
+    let mut extra = Vec::new();
+    let mut it = raw.into_iter();
+    while let Some(a) = it.next() {
+        if a == "-D" {
+            let kv = it.next().ok_or("-D needs key=value")?;
+            let (k, v) = kv.split_once('=').ok_or("-D needs key=value")?;
+            extra.push((k.to_string(), v.to_string()));
+        } else {
+            args.push(a);
+        }
+    }
     let keys: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     let base = args
         .get(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("cairn-state-snapshots-bench"));
+    let backend = extra
+        .iter()
+        .find(|(k, _)| k == "state.backend.type")
+        .map_or("hashmap".to_string(), |(_, v)| v.clone());
+    let probe = Probe::default();
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -179,28 +261,56 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Load the state.
     let started = Instant::now();
-    let job = env(&base, keys, None).execute_async("state snapshots")?;
+    let job = env(&base, keys, None, &extra, &probe).execute_async("state snapshots")?;
     let client = job.client();
-    while client.metrics().source_records < keys {
+    while probe.processed.load(Ordering::SeqCst) < keys {
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Records are emitted before they are counted; a checkpoint's barrier
-    // follows them, so the checkpoint includes every key.
-    println!("load keys={keys} seconds={:.2}", started.elapsed().as_secs_f64());
+    println!(
+        "load backend={backend} keys={keys} seconds={:.2} peak_rss_mib={}",
+        started.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
 
-    let op = client.trigger_checkpoint(CheckpointRequestKind::Full, None)?;
-    let (_, id) = wait(&client, &op)?;
+    // The configured kind (incremental when so configured).
+    let op = client.trigger_checkpoint(CheckpointRequestKind::Configured, None)?;
+    let (first_dir, id) = wait(&client, &op)?;
     let stats = client
         .checkpoint(id.ok_or("checkpoint id")?)
         .ok_or("checkpoint stats")?;
     println!(
-        "checkpoint keys={keys} duration_ms={} sync_ms={} async_ms={} size_mib={:.1} write_mib_s={:.0} load1={load}",
+        "checkpoint backend={backend} keys={keys} duration_ms={} sync_ms={} async_ms={} size_mib={:.1} write_mib_s={:.0} load1={load}",
         stats.duration_ms,
         stats.sync_duration_ms,
         stats.async_duration_ms,
         mib(stats.state_size_bytes),
         mib(stats.state_size_bytes) / (stats.duration_ms.max(1) as f64 / 1000.0),
     );
+    // 1% of the keys change; the next checkpoint's new files against that.
+    probe.again.store(true, Ordering::SeqCst);
+    while probe.processed.load(Ordering::SeqCst) < keys + keys.div_ceil(100) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let op = client.trigger_checkpoint(CheckpointRequestKind::Configured, None)?;
+    let (second_dir, id2) = wait(&client, &op)?;
+    let stats2 = client
+        .checkpoint(id2.ok_or("checkpoint id")?)
+        .ok_or("checkpoint stats")?;
+    if let (Some(a), Some(b)) = (first_dir, second_dir.clone()) {
+        let (in_a, in_b) = (referenced(&a), referenced(&b));
+        let total_a: u64 = in_a.iter().map(|f| f.1).sum();
+        let new_b: u64 = in_b.iter().filter(|f| !in_a.contains(f)).map(|f| f.1).sum();
+        let changed = total_a as f64 / 100.0;
+        println!(
+            "incremental backend={backend} keys={keys} changed_keys={} uploaded_kib={:.0} changed_state_kib={:.0} ratio={:.2} duration_ms={} sync_ms={}",
+            keys.div_ceil(100),
+            new_b as f64 / 1024.0,
+            changed / 1024.0,
+            new_b as f64 / changed,
+            stats2.duration_ms,
+            stats2.sync_duration_ms,
+        );
+    }
 
     let mut savepoints = Vec::new();
     for format in [SnapshotFormat::Native, SnapshotFormat::Canonical] {
@@ -218,7 +328,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let secs = started.elapsed().as_secs_f64();
                 let size = dir_size(&location);
                 println!(
-                    "savepoint format={format:?} keys={keys} seconds={secs:.2} size_mib={:.1} write_mib_s={:.0} ratio_to_disk_write={:.2}",
+                    "savepoint backend={backend} format={format:?} keys={keys} seconds={secs:.2} size_mib={:.1} write_mib_s={:.0} ratio_to_disk_write={:.2}",
                     mib(size),
                     mib(size) / secs,
                     mib(size) / secs / write_bw
@@ -231,13 +341,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     client.cancel()?;
     let _ = job.wait();
 
+    if let Some(chk) = second_dir {
+        let size = dir_size(&chk) + dir_size(&chk.parent().map(|p| p.join("shared")).unwrap_or_default());
+        savepoints.push((SnapshotFormat::Native, chk, size));
+    }
     for (format, location, size) in savepoints {
+        let what = if location
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("chk-"))
+        {
+            "checkpoint".to_string()
+        } else {
+            format!("{format:?}")
+        };
         let started = Instant::now();
-        let job = env(&base, keys, Some(location)).execute_async("restore")?;
+        let job = env(&base, keys, Some(location), &extra, &Probe::default()).execute_async("restore")?;
         // `execute_async` returns once the job runs: its state is restored.
         let secs = started.elapsed().as_secs_f64();
         println!(
-            "restore format={format:?} keys={keys} seconds={secs:.2} read_mib_s={:.0} ratio_to_disk_read={:.2}",
+            "restore backend={backend} from={what} keys={keys} seconds={secs:.2} read_mib_s={:.0} ratio_to_disk_read={:.2}",
             mib(size) / secs,
             mib(size) / secs / read_bw
         );

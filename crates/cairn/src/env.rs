@@ -291,13 +291,14 @@ impl StreamEnv {
             }
             graph = adopted.resolve(job_name, settings)?;
         }
+        let job_id = cairn_snapshot::layout::JobId::generate().to_string();
         Ok(JobSpec {
+            backends: crate::wiring::state_backends(config, &graph, &job_id)?,
             graph,
             nodes: inner.nodes.clone(),
             edge_keys: inner.edge_keys.clone(),
             config: Arc::new(config.clone()),
-            job_id: cairn_snapshot::layout::JobId::generate().to_string(),
-            backends: crate::wiring::state_backends(config)?,
+            job_id,
             clock: inner.clock.clone(),
         })
     }

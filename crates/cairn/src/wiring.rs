@@ -7,25 +7,60 @@
 use std::sync::Arc;
 
 use cairn_config::{options, Configuration, StateBackendType};
+use cairn_graph::ResolvedGraph;
 use cairn_runtime::JobError;
 use cairn_snapshot::{Storage, StorageRouter};
 use cairn_state::{HeapBackendFactory, StateBackendFactory};
 
 use crate::error::CairnError;
 
-/// The keyed state backend factory `state.backend.type` names.
-pub fn state_backends(config: &Configuration) -> Result<Arc<dyn StateBackendFactory>, CairnError> {
+/// The keyed state backend factory `state.backend.type` names. A RocksDB
+/// factory creates the job's local directory at once, so a directory that
+/// cannot be written fails the job before it starts.
+pub fn state_backends(
+    config: &Configuration,
+    graph: &ResolvedGraph,
+    job_id: &str,
+) -> Result<Arc<dyn StateBackendFactory>, CairnError> {
     match config.get(&options::STATE_BACKEND_TYPE) {
         StateBackendType::HashMap => Ok(Arc::new(HeapBackendFactory)),
-        other => Err(CairnError::Job(JobError::setup(
-            cairn_runtime::SetupErrorKind::Config,
-            format!(
-                "state.backend.type is {other:?}, but this job binary was built without that backend: build it with \
-             Cairn's `rocksdb` feature (cairn = {{ features = [\"rocksdb\"] }}, which links Debian's librocksdb-dev), \
-             or set state.backend.type: hashmap"
-            ),
-        ))),
+        StateBackendType::RocksDb => rocksdb(config, graph, job_id),
     }
+}
+
+#[cfg(feature = "rocksdb")]
+fn rocksdb(
+    config: &Configuration,
+    graph: &ResolvedGraph,
+    job_id: &str,
+) -> Result<Arc<dyn StateBackendFactory>, CairnError> {
+    let shape = cairn_state_rocksdb::JobShape {
+        slots: graph.nodes.iter().map(|n| n.parallelism).max().unwrap_or(1),
+        keyed_subtasks: graph.nodes.iter().filter(|n| n.keyed).map(|n| n.parallelism).sum(),
+    };
+    let factory = cairn_state_rocksdb::RocksDbBackendFactory::from_config(config, shape, job_id)
+        .map_err(|e| {
+            CairnError::Job(JobError::setup(
+                cairn_runtime::SetupErrorKind::StateBackend,
+                format!("state.backend.type: rocksdb: {e}"),
+            ))
+        })?;
+    Ok(Arc::new(factory))
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn rocksdb(
+    _config: &Configuration,
+    _graph: &ResolvedGraph,
+    _job_id: &str,
+) -> Result<Arc<dyn StateBackendFactory>, CairnError> {
+    Err(CairnError::Job(JobError::setup(
+        cairn_runtime::SetupErrorKind::Config,
+        "state.backend.type is 'rocksdb', but this job binary was built without Cairn's RocksDB backend. \
+         Enable the `rocksdb` feature of the `cairn` crate (`cargo build --features cairn/rocksdb`, or \
+         `cairn = { ..., features = [\"rocksdb\"] }` in Cargo.toml) with Debian's librocksdb-dev and libclang-dev \
+         installed (`apt-get install librocksdb-dev libclang-dev`), or set state.backend.type: hashmap",
+    )))
 }
 
 /// The storage checkpoints and savepoints go through: local files, plus

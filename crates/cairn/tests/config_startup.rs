@@ -137,3 +137,40 @@ fn a_missing_config_file_is_named() {
         .to_string();
     assert_contains_all(&err, &["/nonexistent/cairn/config.yaml"]);
 }
+
+/// A job binary built without the `rocksdb` feature refuses
+/// `state.backend.type: rocksdb` at startup and says how to enable it.
+#[cfg(not(feature = "rocksdb"))]
+#[test]
+fn rocksdb_without_the_feature_fails_at_startup_saying_how_to_enable_it() {
+    let startup = parse_startup_args(args(&["-D", "state.backend.type=rocksdb"])).unwrap();
+    let env = StreamEnv::with_startup(startup);
+    let (sink, out) = CollectSink::new();
+    env.source(GeneratorSource::new(10, 2))
+        .uid("gen")
+        .key_by(|e: &GeneratedEvent| e.key)
+        .process(WhereAmI)
+        .uid("where")
+        .sink(sink);
+    let err = env.execute("no rocksdb").unwrap_err().to_string();
+    assert_contains_all(
+        &err,
+        &[
+            "rocksdb",
+            "--features cairn/rocksdb",
+            "librocksdb-dev",
+            "state.backend.type: hashmap",
+        ],
+    );
+    assert!(out.values().is_empty(), "nothing ran");
+}
+
+/// With the feature, the same flag runs the job on RocksDB.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_from_a_startup_flag_runs_the_job() {
+    let startup = parse_startup_args(args(&["-D", "state.backend.type=rocksdb", "-p", "2"])).unwrap();
+    let rows = run_keyed(&StreamEnv::with_startup(startup));
+    let keys: BTreeSet<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(keys.len(), 100);
+}

@@ -2,6 +2,9 @@
 //! timers over two inputs, the broadcast state pattern (plain and keyed), and
 //! the watermark of a two-input operator being the minimum of its inputs.
 
+mod common;
+use common::Backend;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -127,9 +130,9 @@ impl CoProcessFunction<(u32, String), (u32, i64), (u32, String, i64)> for NameAm
     }
 }
 
-#[test]
-fn co_process_joins_two_streams() {
+fn co_process_joins_two_streams(backend: Backend) {
     let env = StreamEnv::new();
+    backend.apply(&env);
     env.set_parallelism(1).unwrap();
     let names: Vec<(u32, String)> = (0..50).map(|i| (i, format!("name-{i}"))).collect();
     // Ids 40..60: the last ten have no name and must not appear.
@@ -307,9 +310,9 @@ fn keyed_co_process_enrichment_join_is_equal_at_parallelism_1_and_3() {
     assert_eq!(results[0], results[1]);
 }
 
-#[test]
-fn keyed_streams_connect_directly() {
+fn keyed_streams_connect_directly(backend: Backend) {
     let env = StreamEnv::new();
+    backend.apply(&env);
     env.set_parallelism(2).unwrap();
     let orders = vec![
         Order {
@@ -396,9 +399,9 @@ impl KeyedCoProcessFunction<u32, (u32, i64), (u32, i64), (u32, i64, usize)> for 
     }
 }
 
-#[test]
-fn keyed_co_process_timers_fire_per_key_when_both_inputs_pass_them() {
+fn keyed_co_process_timers_fire_per_key_when_both_inputs_pass_them(backend: Backend) {
     let env = StreamEnv::new();
+    backend.apply(&env);
     env.set_parallelism(2).unwrap();
     let strategy = || WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|e: &(u32, i64), _| e.1);
     // Both inputs in ascending time; keys 0..5.
@@ -630,10 +633,10 @@ impl BroadcastProcessFunction<Event, Rule, (Event, u32)> for RuleFilter {
     }
 }
 
-#[test]
-fn broadcast_rules_filter_events_on_every_subtask() {
+fn broadcast_rules_filter_events_on_every_subtask(backend: Backend) {
     const P: usize = 3;
     let env = StreamEnv::new();
+    backend.apply(&env);
     env.set_parallelism(P as u32).unwrap();
     let ready = Arc::new(AtomicUsize::new(0));
     let all = events(600);
@@ -931,3 +934,10 @@ fn two_input_state_survives_restore_with_new_parallelism() {
     assert_eq!(joined, expected_joined);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+on_every_backend!(
+    co_process_joins_two_streams,
+    keyed_streams_connect_directly,
+    keyed_co_process_timers_fire_per_key_when_both_inputs_pass_them,
+    broadcast_rules_filter_events_on_every_subtask,
+);

@@ -15,7 +15,7 @@ use cairn::prelude::*;
 use cairn::runtime::time::Clock;
 use cairn::state::keygroup::{key_group_for_key, subtask_for_key_group};
 use cairn::state::TtlUpdateType;
-use common::{assert_contains_all, env_with_parallelism, sorted, Ack, ManualClock, PacedSource};
+use common::{assert_contains_all, env_with_parallelism, sorted, Ack, Backend, ManualClock, PacedSource};
 
 const KEYS: u64 = 7;
 
@@ -49,9 +49,9 @@ impl KeyedProcessFunction<u64, (u64, u64), (u64, u64, u64)> for Counter {
     }
 }
 
-#[test]
-fn value_state_counts_per_key_in_isolation() {
+fn value_state_counts_per_key_in_isolation(backend: Backend) {
     let env = env_with_parallelism(3);
+    backend.apply(&env);
     let (sink, out) = CollectSink::new();
     env.from_collection(input(2000))
         .uid("src")
@@ -124,9 +124,9 @@ impl KeyedProcessFunction<u64, (u64, u64), ListOut> for Lister {
     }
 }
 
-#[test]
-fn list_state_appends_in_order_and_updates_and_clears() {
+fn list_state_appends_in_order_and_updates_and_clears(backend: Backend) {
     let env = env_with_parallelism(2);
+    backend.apply(&env);
     let (sink, out) = CollectSink::new();
     // One source subtask feeding each key's subtask through one channel keeps
     // each key's order, so the lists can be compared exactly.
@@ -226,9 +226,9 @@ impl KeyedProcessFunction<u64, (u64, u64), MapReport> for WordCounts {
     }
 }
 
-#[test]
-fn map_state_put_get_remove_entries_keys_contains_is_empty() {
+fn map_state_put_get_remove_entries_keys_contains_is_empty(backend: Backend) {
     let env = env_with_parallelism(2);
+    backend.apply(&env);
     let (sink, out) = CollectSink::new();
     let records = input(7 * 9 + 3);
     env.from_collection(records.clone())
@@ -321,9 +321,9 @@ impl KeyedProcessFunction<u64, (u64, u64), (u64, u64, u64, u64)> for MaxAndMean 
     }
 }
 
-#[test]
-fn reducing_and_aggregating_state_fold_per_key() {
+fn reducing_and_aggregating_state_fold_per_key(backend: Backend) {
     let env = env_with_parallelism(3);
+    backend.apply(&env);
     let (sink, out) = CollectSink::new();
     env.source(GeneratorSource::new(5000, KEYS))
         .uid("gen")
@@ -673,3 +673,10 @@ fn each_key_is_processed_by_the_subtask_its_key_group_names() {
         }
     }
 }
+
+on_every_backend!(
+    value_state_counts_per_key_in_isolation,
+    list_state_appends_in_order_and_updates_and_clears,
+    map_state_put_get_remove_entries_keys_contains_is_empty,
+    reducing_and_aggregating_state_fold_per_key,
+);

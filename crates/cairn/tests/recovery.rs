@@ -15,7 +15,7 @@ use cairn::config::Configuration;
 use cairn::coordinator::control::{JobClient, JobStatus, SnapshotStatus};
 use cairn::prelude::*;
 use cairn::runtime::JobError;
-use common::assert_contains_all;
+use common::{assert_contains_all, Backend};
 
 const KEYS: u64 = 20;
 
@@ -159,8 +159,7 @@ fn check_output(out: &Path, n: u64, exact: bool) {
     assert_eq!(last, want, "final per-key totals");
 }
 
-#[test]
-fn fixed_delay_restarts_from_the_latest_checkpoint_exactly_once() {
+fn fixed_delay_restarts_from_the_latest_checkpoint_exactly_once(backend: Backend) {
     let dir = temp_dir("fixed");
     let n = 12_000;
     let env = env(
@@ -171,6 +170,7 @@ fn fixed_delay_restarts_from_the_latest_checkpoint_exactly_once() {
             ("restart-strategy.fixed-delay.delay", "10ms"),
         ],
     );
+    backend.apply(&env);
     // Two failures in different attempts, after checkpoints completed.
     job(&env, &dir.join("out"), n, 8_000, |i, attempt| {
         (i == 3_000 && attempt == 0) || (i == 8_000 && attempt == 1)
@@ -475,3 +475,5 @@ fn checkpoints_go_on_after_a_bounded_source_finishes_and_restore_exactly_once() 
     assert!(failed.is_empty(), "checkpoints failed: {failed:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+on_every_backend!(fixed_delay_restarts_from_the_latest_checkpoint_exactly_once,);

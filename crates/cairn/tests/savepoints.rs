@@ -16,7 +16,7 @@ use cairn::coordinator::control::{
 use cairn::prelude::*;
 use cairn::runtime::JobError;
 use cairn::state::keygroup::{key_group_for_key, subtask_for_key_group};
-use common::assert_contains_all;
+use common::{assert_contains_all, Backend};
 
 const KEYS: u64 = 40;
 
@@ -247,13 +247,13 @@ fn assert_savepoint_dir(location: &Path, target: &Path, job_id: &str) {
     assert!(location.join("_metadata").is_file());
 }
 
-#[test]
-fn stop_with_savepoint_then_rescale_2_to_3_to_1_loses_and_duplicates_nothing() {
+fn stop_with_savepoint_then_rescale_2_to_3_to_1_loses_and_duplicates_nothing(backend: Backend) {
     let n = 30_000;
     let target = temp_dir("rescale");
 
     // Run 1: parallelism 2, stopped with a savepoint part-way.
     let env = Run::new(2).env();
+    backend.apply(&env);
     let out1 = counting_job(&env, generator(n, Some(4_000)));
     let job = env.execute_async("count, p=2").unwrap();
     let client = job.client();
@@ -278,6 +278,7 @@ fn stop_with_savepoint_then_rescale_2_to_3_to_1_loses_and_duplicates_nothing() {
 
     // Run 2: parallelism 3 from the savepoint, stopped again.
     let env = Run::new(3).from(&sp1).env();
+    backend.apply(&env);
     let out2 = counting_job(&env, generator(n, Some(4_000)));
     let job = env.execute_async("count, p=3").unwrap();
     let client = job.client();
@@ -294,6 +295,7 @@ fn stop_with_savepoint_then_rescale_2_to_3_to_1_loses_and_duplicates_nothing() {
 
     // Run 3: parallelism 1 from its `_metadata`, to the end.
     let env = Run::new(1).from(&sp2.join("_metadata")).env();
+    backend.apply(&env);
     let out3 = counting_job(&env, generator(n, None));
     let r3 = env.execute("count, p=1").unwrap();
     assert_eq!(r1.source_records + r2.source_records + r3.source_records, n);
@@ -319,11 +321,11 @@ fn stop_with_savepoint_then_rescale_2_to_3_to_1_loses_and_duplicates_nothing() {
     let _ = std::fs::remove_dir_all(&target);
 }
 
-#[test]
-fn stop_with_drain_fires_every_event_time_timer_before_the_savepoint() {
+fn stop_with_drain_fires_every_event_time_timer_before_the_savepoint(backend: Backend) {
     let n = 20_000;
     let target = temp_dir("drain");
     let env = Run::new(2).env();
+    backend.apply(&env);
     let out1 = counting_job(&env, generator(n, Some(3_000)));
     let job = env.execute_async("drain").unwrap();
     let client = job.client();
@@ -347,6 +349,7 @@ fn stop_with_drain_fires_every_event_time_timer_before_the_savepoint() {
 
     // The restored job continues counting from the savepoint's state.
     let env = Run::new(2).from(&sp).env();
+    backend.apply(&env);
     let out2 = counting_job(&env, generator(n, None));
     env.execute("after drain").unwrap();
     assert_eq!(final_per_key(&out2.values()), oracle(n));
@@ -427,10 +430,10 @@ fn savepoints_while_checkpointing_do_not_count_toward_retention_and_the_job_keep
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn cancel_with_savepoint_cancels_after_the_savepoint_completes() {
+fn cancel_with_savepoint_cancels_after_the_savepoint_completes(backend: Backend) {
     let target = temp_dir("cancel");
     let env = Run::new(2).env();
+    backend.apply(&env);
     let _out = counting_job(&env, generator(1_000_000, Some(2_000)));
     let job = env.execute_async("cancel with savepoint").unwrap();
     let client = job.client();
@@ -721,3 +724,9 @@ fn dir_fingerprint(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+on_every_backend!(
+    stop_with_savepoint_then_rescale_2_to_3_to_1_loses_and_duplicates_nothing,
+    stop_with_drain_fires_every_event_time_timer_before_the_savepoint,
+    cancel_with_savepoint_cancels_after_the_savepoint_completes,
+);

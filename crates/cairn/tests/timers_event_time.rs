@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cairn::collection::CollectionSource;
 use cairn::prelude::*;
-use common::{env_with_parallelism, PacedSource};
+use common::{env_with_parallelism, Backend, PacedSource};
 
 /// Records are (key, event time).
 type Ev = (u64, i64);
@@ -50,9 +50,9 @@ impl KeyedProcessFunction<u64, Ev, (u64, i64, i64)> for TimerProbe {
     }
 }
 
-#[test]
-fn event_time_timers_fire_in_order_once_and_not_when_deleted() {
+fn event_time_timers_fire_in_order_once_and_not_when_deleted(backend: Backend) {
     let env = env_with_parallelism(2);
+    backend.apply(&env);
     // Small batches so watermarks advance many times during the input.
     env.set_config("cairn.runtime.batch-size", "4").unwrap();
     // Out-of-order times within the bound, repeated (key, time) pairs, and
@@ -159,10 +159,10 @@ impl KeyedProcessFunction<u64, u64, (u64, i64, i64)> for ProcTimer {
 /// On a manual clock: every timer is registered at exactly `T0 + 50`, none
 /// fires while the clock stands before that, all fire once it gets there,
 /// seeing exactly that processing time.
-#[test]
-fn processing_time_timers_fire_when_the_clock_reaches_them() {
+fn processing_time_timers_fire_when_the_clock_reaches_them(backend: Backend) {
     const T0: i64 = 5_000_000;
     let env = env_with_parallelism(2);
+    backend.apply(&env);
     let clock = common::ManualClock::new(T0);
     env.set_clock(clock.shared());
     let fired = Arc::new(AtomicBool::new(false));
@@ -374,3 +374,8 @@ fn an_idle_source_subtask_does_not_hold_back_event_time() {
         assert_eq!(times, expected, "key {k}: in order");
     }
 }
+
+on_every_backend!(
+    event_time_timers_fire_in_order_once_and_not_when_deleted,
+    processing_time_timers_fire_when_the_clock_reaches_them,
+);

@@ -2,6 +2,7 @@
 //! by a `CollectSink` and checked against oracles computed here.
 
 mod common;
+use common::Backend;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,11 +92,11 @@ fn jittered(n: usize, keys: u32, jitter: i64, seed: u64) -> Vec<Event> {
         .collect()
 }
 
-#[test]
-fn tumbling_event_time_counts_per_key_with_out_of_order_input() {
+fn tumbling_event_time_counts_per_key_with_out_of_order_input(backend: Backend) {
     let events = jittered(2_000, 7, 200, 42);
     let size = 250;
     let env = StreamEnv::new();
+    backend.apply(&env);
     let (sink, got) = CollectSink::new();
     let dropped = Arc::new(AtomicU64::new(0));
     timed_events(&env, events.clone(), 200)
@@ -135,11 +136,11 @@ fn sliding_windows_of(ts: i64, size: i64, slide: i64) -> Vec<TimeWindow> {
     out
 }
 
-#[test]
-fn sliding_windows_hold_each_element_size_over_slide_times() {
+fn sliding_windows_hold_each_element_size_over_slide_times(backend: Backend) {
     let events = jittered(600, 3, 50, 7);
     let (size, slide) = (200i64, 50i64);
     let env = StreamEnv::new();
+    backend.apply(&env);
     let (sink, got) = CollectSink::new();
     timed_events(&env, events.clone(), 50)
         .key_by(|e: &Event| e.0)
@@ -175,13 +176,13 @@ fn sliding_windows_hold_each_element_size_over_slide_times() {
     assert_eq!(total, events.len() * (size / slide) as usize);
 }
 
-#[test]
-fn session_windows_merge_by_gap_and_a_bridging_element_joins_two_sessions() {
+fn session_windows_merge_by_gap_and_a_bridging_element_joins_two_sessions(backend: Backend) {
     // Key 1: sessions [0,15) and [25,45) exist before 15 arrives and touches both.
     // Key 2: two sessions that stay apart.
     let events = vec![(1, 0), (2, 0), (1, 5), (1, 25), (2, 50), (1, 35), (1, 15), (2, 3)];
     for contents in ["process", "aggregate", "reduce"] {
         let env = StreamEnv::new();
+        backend.apply(&env);
         let windowed = timed_events(&env, events.clone(), 1_000)
             .key_by(|e: &Event| e.0)
             .window(EventTimeSessionWindows::with_gap(Duration::from_millis(10)));
@@ -239,11 +240,11 @@ fn one_record_per_batch() -> StreamEnv {
     env
 }
 
-#[test]
-fn allowed_lateness_refires_the_window_with_the_updated_result() {
+fn allowed_lateness_refires_the_window_with_the_updated_result(backend: Backend) {
     // Monotonous watermarks: the watermark is the latest timestamp - 1.
     let events = vec![(1, 1), (1, 2), (1, 3), (1, 15), (1, 5), (1, 25), (1, 7)];
     let env = one_record_per_batch();
+    backend.apply(&env);
     let (sink, got) = CollectSink::new();
     let dropped = Arc::new(AtomicU64::new(0));
     timed_events(&env, events, 0)
@@ -262,10 +263,10 @@ fn allowed_lateness_refires_the_window_with_the_updated_result() {
     assert_eq!(dropped.load(Ordering::Relaxed), 1);
 }
 
-#[test]
-fn late_data_goes_to_the_side_output() {
+fn late_data_goes_to_the_side_output(backend: Backend) {
     let events = vec![(1, 1), (2, 4), (1, 12), (1, 3), (2, 9), (1, 21), (2, 11)];
     let env = one_record_per_batch();
+    backend.apply(&env);
     let late = OutputTag::<Event>::new("late");
     let (sink, got) = CollectSink::new();
     let (late_sink, late_got) = CollectSink::new();
@@ -325,11 +326,11 @@ impl AggregateFunction<(u64, u64)> for CountAcked {
 /// On a manual clock: record `i` arrives at exactly `T0 + 10 i` ms of
 /// processing time, so every 50 ms window holds records `5j..5j+5` and each
 /// fires once with exactly their per-key counts.
-#[test]
-fn processing_time_tumbling_windows_assign_by_the_job_clock() {
+fn processing_time_tumbling_windows_assign_by_the_job_clock(backend: Backend) {
     const T0: i64 = 1_000_000; // a multiple of the window size
     let (n, keys) = (30u64, 3u64);
     let env = StreamEnv::new();
+    backend.apply(&env);
     let clock = common::ManualClock::new(T0);
     env.set_clock(clock.shared());
     let ack = common::Ack::default();
@@ -440,10 +441,10 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v
 }
 
-#[test]
-fn aggregate_and_process_window_functions_agree_with_the_oracle() {
+fn aggregate_and_process_window_functions_agree_with_the_oracle(backend: Backend) {
     let (n, keys, size) = (5_000u64, 4u64, 300i64);
     let env = StreamEnv::new();
+    backend.apply(&env);
     let (agg_sink, agg) = CollectSink::new();
     let (proc_sink, procd) = CollectSink::new();
     let windowed = generated(&env, n, keys)
@@ -583,3 +584,13 @@ fn bad_window_parameters_and_missing_timestamps_fail_with_a_clear_error() {
     let err = env.execute("no timestamps").unwrap_err().to_string();
     assert!(err.contains("without an event timestamp"), "{err}");
 }
+
+on_every_backend!(
+    tumbling_event_time_counts_per_key_with_out_of_order_input,
+    sliding_windows_hold_each_element_size_over_slide_times,
+    session_windows_merge_by_gap_and_a_bridging_element_joins_two_sessions,
+    allowed_lateness_refires_the_window_with_the_updated_result,
+    late_data_goes_to_the_side_output,
+    processing_time_tumbling_windows_assign_by_the_job_clock,
+    aggregate_and_process_window_functions_agree_with_the_oracle,
+);

@@ -202,3 +202,48 @@ pub fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// The keyed state backends a job-level test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Heap,
+    RocksDb,
+}
+
+impl Backend {
+    /// Configure `env` for this backend (`state.backend.type`).
+    pub fn apply(self, env: &StreamEnv) {
+        if self == Backend::RocksDb {
+            env.set_config("state.backend.type", "rocksdb").expect("valid backend");
+        }
+    }
+
+    /// The `state.backend.type` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Heap => "hashmap",
+            Backend::RocksDb => "rocksdb",
+        }
+    }
+}
+
+/// Runs each named `fn(Backend)` as one test per state backend:
+/// `<name>::heap` and, with the `rocksdb` feature, `<name>::rocksdb`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn heap() {
+                    super::$name($crate::common::Backend::Heap)
+                }
+                #[cfg(feature = "rocksdb")]
+                #[test]
+                fn rocksdb() {
+                    super::$name($crate::common::Backend::RocksDb)
+                }
+            }
+        )+
+    };
+}
