@@ -162,8 +162,32 @@ pub fn key_groups_outside_range_are_refused(factory: BackendFactory<'_>) {
 
 static UPLOADS: AtomicU64 = AtomicU64::new(0);
 
+/// Removes the upload directories of test processes that no longer run (a
+/// test cannot know when the last reference to its uploads is gone, so
+/// each process's directories are left for the next run to remove).
+fn remove_uploads_of_finished_processes() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("cairn-conformance-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// A directory standing in for checkpoint storage in file round trips.
 fn upload_dir() -> PathBuf {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(remove_uploads_of_finished_processes);
     let dir = std::env::temp_dir().join(format!(
         "cairn-conformance-{}-{}",
         std::process::id(),
