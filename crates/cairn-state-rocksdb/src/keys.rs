@@ -1,4 +1,4 @@
-//! Row keys of the RocksDB backend (spec: `docs/formats/rocksdb-layout.md`).
+//! Row keys of the RocksDB backend (spec: `docs/formats/rocksdb-snapshot.md`).
 //!
 //! Every row starts with its key group as a big-endian `u16` (max parallelism
 //! is at most 32768), so the rows of a subtask's key groups are one contiguous
