@@ -180,26 +180,6 @@ pub static STATE_BACKEND_TYPE: ConfigOption<StateBackendType> = ConfigOption::ne
 )
 .with_aliases(&["state.backend"]);
 
-fn ratio_check(v: &f64) -> Result<(), String> {
-    if *v > 0.0 && *v < 1.0 {
-        Ok(())
-    } else {
-        Err("must be between 0 and 1 (exclusive), e.g. '0.5'".to_string())
-    }
-}
-
-fn nonzero_memory(v: &MemorySize) -> Result<(), String> {
-    if v.bytes() >= 1 << 20 {
-        Ok(())
-    } else {
-        Err("must be at least 1 mb".to_string())
-    }
-}
-
-fn nonzero_memory_opt(v: &Option<MemorySize>) -> Result<(), String> {
-    v.as_ref().map_or(Ok(()), nonzero_memory)
-}
-
 /// `state.backend.rocksdb.localdir`.
 pub static ROCKSDB_LOCAL_DIR: ConfigOption<Option<PathBuf>> = ConfigOption::optional(
     "state.backend.rocksdb.localdir",
@@ -223,7 +203,7 @@ pub static ROCKSDB_MEMORY_FIXED_PER_SLOT: ConfigOption<Option<MemorySize>> = Con
     "Memory budget of RocksDB per slot (a job has as many slots as its largest operator \
          parallelism); overrides the managed memory size.",
 )
-.with_check(nonzero_memory_opt);
+.with_optional_range("1 mb", "1 tb");
 
 /// `taskmanager.memory.managed.size`.
 pub static MANAGED_MEMORY_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
@@ -232,7 +212,7 @@ pub static MANAGED_MEMORY_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
     "Memory budget of the job's RocksDB state (a job process is one task manager). Cairn's \
          default is a fixed size instead of Flink's fraction.",
 )
-.with_check(nonzero_memory);
+.with_range("1 mb", "1 tb");
 
 /// `state.backend.rocksdb.memory.write-buffer-ratio`.
 pub static ROCKSDB_WRITE_BUFFER_RATIO: ConfigOption<f64> = ConfigOption::new(
@@ -241,14 +221,15 @@ pub static ROCKSDB_WRITE_BUFFER_RATIO: ConfigOption<f64> = ConfigOption::new(
     "Share of the managed budget for write buffers (memtables); the rest is block cache and \
          write cache.",
 )
-.with_check(ratio_check);
+.with_range("0.01", "0.99");
 
 /// `state.backend.rocksdb.block.cache-size`.
 pub static ROCKSDB_BLOCK_CACHE_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
     "state.backend.rocksdb.block.cache-size",
     "8 mb",
     "Block cache of each RocksDB instance when memory is not managed.",
-);
+)
+.with_range("1 mb", "1 tb");
 
 /// `state.backend.rocksdb.writebuffer.size`.
 pub static ROCKSDB_WRITE_BUFFER_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
@@ -256,7 +237,7 @@ pub static ROCKSDB_WRITE_BUFFER_SIZE: ConfigOption<MemorySize> = ConfigOption::n
     "64 mb",
     "Size of one memtable (per state); with managed memory at most the instance's share.",
 )
-.with_check(nonzero_memory);
+.with_range("1 mb", "1 tb");
 
 /// `state.backend.rocksdb.writebuffer.count`.
 pub static ROCKSDB_WRITE_BUFFER_COUNT: ConfigOption<u32> = ConfigOption::new(
@@ -264,7 +245,7 @@ pub static ROCKSDB_WRITE_BUFFER_COUNT: ConfigOption<u32> = ConfigOption::new(
     "2",
     "Memtables per state (one filling while others flush). At least 1.",
 )
-.with_check(at_least_one);
+.with_range("1", "64");
 
 /// `state.backend.rocksdb.thread.num`.
 pub static ROCKSDB_THREAD_NUM: ConfigOption<u32> = ConfigOption::new(
@@ -272,7 +253,7 @@ pub static ROCKSDB_THREAD_NUM: ConfigOption<u32> = ConfigOption::new(
     "2",
     "Background flush and compaction jobs of each RocksDB instance. At least 1.",
 )
-.with_check(at_least_one);
+.with_range("1", "64");
 
 /// `state.backend.rocksdb.timer-service.factory`.
 pub static ROCKSDB_TIMER_SERVICE_FACTORY: ConfigOption<TimerServiceFactory> = ConfigOption::new(
@@ -287,7 +268,7 @@ pub static ROCKSDB_TIMER_CACHE_SIZE: ConfigOption<u32> = ConfigOption::new(
     "128",
     "Timers of each key group kept in memory (the earliest ones) with ROCKSDB timers. At least 1.",
 )
-.with_check(at_least_one);
+.with_range("1", MAX_INT);
 
 /// `state.backend.rocksdb.write-cache.ratio` (Cairn-specific).
 pub static ROCKSDB_WRITE_CACHE_RATIO: ConfigOption<f64> = ConfigOption::new(
@@ -297,15 +278,7 @@ pub static ROCKSDB_WRITE_CACHE_RATIO: ConfigOption<f64> = ConfigOption::new(
          used values of value and list states in memory and writes them to RocksDB when full \
          and at every snapshot. 0 disables it.",
 )
-.with_check(share_check);
-
-fn share_check(v: &f64) -> Result<(), String> {
-    if (0.0..1.0).contains(v) {
-        Ok(())
-    } else {
-        Err("must be at least 0 and below 1, e.g. '0.25'".to_string())
-    }
-}
+.with_range("0.0", "0.9");
 
 // ---- restart strategy -------------------------------------------------------------------------
 

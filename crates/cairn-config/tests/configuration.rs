@@ -184,8 +184,8 @@ fn bad_floats_and_paths() {
     assert!(set_err("restart-strategy.exponential-delay.backoff-multiplier", "0.5").contains("between 1.0 and 1000.0"));
     assert!(set_err("restart-strategy.exponential-delay.jitter-factor", "1.5").contains("between 0.0 and 1.0"));
     assert!(set_err("state.backend.rocksdb.localdir", "s3://bucket/rocksdb").contains("not supported"));
-    assert!(set_err("state.backend.rocksdb.memory.write-buffer-ratio", "1.5").contains("between 0 and 1"));
-    assert!(set_err("state.backend.rocksdb.writebuffer.size", "10 kb").contains("at least 1 mb"));
+    assert!(set_err("state.backend.rocksdb.memory.write-buffer-ratio", "1.5").contains("between 0.01 and 0.99"));
+    assert!(set_err("state.backend.rocksdb.writebuffer.size", "10 kb").contains("between 1 mb and 1 tb"));
     assert!(set_err("taskmanager.memory.managed.size", "lots").contains("memory size"));
 }
 

@@ -38,13 +38,12 @@ fn rocksdb(
         slots: graph.nodes.iter().map(|n| n.parallelism).max().unwrap_or(1),
         keyed_subtasks: graph.nodes.iter().filter(|n| n.keyed).map(|n| n.parallelism).sum(),
     };
-    let factory = cairn_state_rocksdb::RocksDbBackendFactory::from_config(config, shape, job_id)
-        .map_err(|e| {
-            CairnError::Job(JobError::setup(
-                cairn_runtime::SetupErrorKind::StateBackend,
-                format!("state.backend.type: rocksdb: {e}"),
-            ))
-        })?;
+    let factory = cairn_state_rocksdb::RocksDbBackendFactory::from_config(config, shape, job_id).map_err(|e| {
+        CairnError::Job(JobError::setup(
+            cairn_runtime::SetupErrorKind::StateBackend,
+            format!("state.backend.type: rocksdb: {e}"),
+        ))
+    })?;
     Ok(Arc::new(factory))
 }
 
