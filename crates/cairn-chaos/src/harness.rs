@@ -67,7 +67,8 @@ pub struct ChaosConfig {
     pub parallelism: u32,
     pub checkpoint_interval_ms: u64,
     pub num_retained: u32,
-    /// Upper bound of the random delays before a kill (ms).
+    /// Upper bound of the random delays before a kill (ms); attempts after ones that
+    /// completed no checkpoint wait longer (see `choose_any_plan`).
     pub max_delay_ms: u64,
     /// Run the job once without kills first and compare it with the oracle.
     pub reference_run: bool,
@@ -324,8 +325,11 @@ fn choose_plan(rng: &mut XorShift, cfg: &ChaosConfig, no_progress: u32) -> Plan 
 }
 
 fn choose_any_plan(rng: &mut XorShift, cfg: &ChaosConfig, no_progress: u32) -> Plan {
-    // After attempts that completed no checkpoint, wait longer (50 ms doubling).
-    let lo = (50u64 << no_progress.min(6)).min(cfg.max_delay_ms);
+    // After attempts that completed no checkpoint, wait longer (50 ms doubling, up to
+    // 6.4 s), past `max_delay_ms` if need be: on a loaded machine a job can take longer
+    // than the usual delays to reach its first record, and every kill would otherwise
+    // land before any checkpoint exists.
+    let lo = 50u64 << no_progress.min(7);
     let hi = cfg.max_delay_ms.max(lo);
     let r = rng.below(100);
     let startup = rng.millis(0, 60);
