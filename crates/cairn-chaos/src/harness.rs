@@ -62,6 +62,8 @@ pub struct ChaosConfig {
     pub rate: u64,
     /// Input lines per second per file source subtask.
     pub file_rate: u64,
+    /// Lines per second per subtask of the `gen` sink (0: not throttled).
+    pub sink_rate: u64,
     /// The `gen` sink also rolls parts at this size (0: off).
     pub part_bytes: u64,
     pub parallelism: u32,
@@ -105,6 +107,7 @@ impl ChaosConfig {
             workload: Workload::default(),
             rate: 25_000,
             file_rate: 12_500,
+            sink_rate: 0,
             part_bytes: 256 * 1024,
             parallelism: 2,
             checkpoint_interval_ms: 100,
@@ -207,6 +210,9 @@ pub struct Report {
     pub restarts_fresh: u32,
     /// Restores given the `_metadata` path rather than the directory.
     pub restores_by_metadata_path: u32,
+    /// Restores of checkpoints that hold channel state (unaligned
+    /// checkpoints taken with records in flight).
+    pub restores_with_channel_state: u32,
     /// Kill until the restarted process processed its first record (restores only).
     pub kill_to_processing: Samples,
     /// Size of each checkpoint restored (its directory's files), bytes.
@@ -258,6 +264,11 @@ impl fmt::Display for Report {
             f,
             "restarts:                 {} from a checkpoint ({} by _metadata path), {} from scratch",
             self.restarts_from_checkpoint, self.restores_by_metadata_path, self.restarts_fresh
+        )?;
+        writeln!(
+            f,
+            "  with channel state:     {} (unaligned checkpoints with records in flight)",
+            self.restores_with_channel_state
         )?;
         writeln!(f, "kill -> processing again: {}", self.kill_to_processing)?;
         if !self.restored_bytes.is_empty() {
@@ -541,8 +552,8 @@ struct Launch<'a> {
     restored_id: u64,
     plan: Plan,
     parallelism: u32,
-    /// Generator and file rates per source subtask.
-    rates: (u64, u64),
+    /// Generator and file rates per source subtask, and the `gen` sink's.
+    rates: (u64, u64, u64),
 }
 
 /// One bounded job run's directories.
@@ -569,7 +580,7 @@ impl Harness<'_> {
         }
     }
 
-    fn command(&self, dirs: &RoundDirs, restore: Option<&Path>, parallelism: u32, rates: (u64, u64)) -> Command {
+    fn command(&self, dirs: &RoundDirs, restore: Option<&Path>, parallelism: u32, rates: (u64, u64, u64)) -> Command {
         let cfg = self.cfg;
         let mut cmd = Command::new(&cfg.job.program);
         cmd.args(&cfg.job.args);
@@ -598,6 +609,7 @@ impl Harness<'_> {
         for (k, v) in [
             ("--rate", rates.0),
             ("--file-rate", rates.1),
+            ("--sink-rate", rates.2),
             ("--part-bytes", cfg.part_bytes),
         ] {
             cmd.arg(k).arg(v.to_string());
@@ -736,9 +748,9 @@ impl Harness<'_> {
         }
         let reference = kills_wanted == 0 && name == "reference";
         let rates = if reference {
-            (0, 0)
+            (0, 0, 0)
         } else {
-            (self.cfg.rate, self.cfg.file_rate)
+            (self.cfg.rate, self.cfg.file_rate, self.cfg.sink_rate)
         };
         let mut kills_here = 0;
         let mut no_progress = 0u32;
@@ -777,6 +789,13 @@ impl Harness<'_> {
                 match &latest {
                     Some(_) => self.report.restarts_from_checkpoint += 1,
                     None => self.report.restarts_fresh += 1,
+                }
+            }
+            if let Some(f) = &latest {
+                let snap = load_snapshot(&LocalFileStorage::new(), &f.dir)
+                    .map_err(|e| format!("cannot read checkpoint {}: {e}", f.dir.display()))?;
+                if snap.metadata.has_channel_state() {
+                    self.report.restores_with_channel_state += 1;
                 }
             }
             let plan = if kills_here < kills_wanted {

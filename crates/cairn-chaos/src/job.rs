@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cairn-chaos-job [-p N] [-s CHECKPOINT] [-D key=value]... -- --out DIR --input DIR
-//!                 [--rate EVENTS_PER_S] [--file-rate LINES_PER_S] [--part-bytes B] [workload flags]
+//!                 [--rate EVENTS_PER_S] [--file-rate LINES_PER_S] [--sink-rate LINES_PER_S]
+//!                 [--part-bytes B] [workload flags]
 //! ```
 //!
 //! It prints two markers on stderr for the harness, once per process:
@@ -58,6 +59,9 @@ pub struct JobArgs {
     pub rate: u64,
     /// Input lines per second per file source subtask (0: unlimited).
     pub file_rate: u64,
+    /// Lines per second per subtask of the `gen` sink (0: unlimited): a
+    /// throttled sink, so the generator pipeline runs under backpressure.
+    pub sink_rate: u64,
     /// Roll the `gen` sink's part files at this size too (0: only at checkpoints).
     pub part_bytes: u64,
     pub workload: Workload,
@@ -73,6 +77,7 @@ impl JobArgs {
         let mut input = None;
         let mut rate = 0;
         let mut file_rate = 0;
+        let mut sink_rate = 0;
         let mut part_bytes = 0;
         let mut workload = Workload::default();
         #[cfg(feature = "kafka")]
@@ -90,6 +95,7 @@ impl JobArgs {
                 "--input" => input = Some(PathBuf::from(value)),
                 "--rate" => rate = n()?,
                 "--file-rate" => file_rate = n()?,
+                "--sink-rate" => sink_rate = n()?,
                 "--part-bytes" => part_bytes = n()?,
                 #[cfg(feature = "kafka")]
                 f if f.starts_with("--kafka-") => {
@@ -129,6 +135,7 @@ impl JobArgs {
             input: input.ok_or("--input DIR is required")?,
             rate,
             file_rate,
+            sink_rate,
             part_bytes,
             workload: workload.normalized(),
         })
@@ -339,14 +346,23 @@ pub fn run() -> Result<(), CairnError> {
     if args.part_bytes > 0 {
         gen_sink = gen_sink.max_part_size(args.part_bytes);
     }
-    events
+    let mut running = events
         .key_by(move |e: &GeneratedEvent| wk.gen_key(e.index))
         .process(RunningGen::default())
         .uid("chaos-gen-running")
-        .name("running count (generator)")
-        .sink(gen_sink)
-        .uid("chaos-gen-sink")
-        .name("sink gen");
+        .name("running count (generator)");
+    if args.sink_rate > 0 {
+        // Chained into the sink's task: the keyed edge in front of it backs up.
+        running = running
+            .process(Throttle {
+                rate: args.sink_rate,
+                started: None,
+                seen: 0,
+            })
+            .uid("chaos-gen-sink-throttle")
+            .name("throttle (sink)");
+    }
+    running.sink(gen_sink).uid("chaos-gen-sink").name("sink gen");
     let ww = w.clone();
     events
         .key_by(move |e: &GeneratedEvent| ww.window_key(e.index))

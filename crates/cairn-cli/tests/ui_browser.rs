@@ -101,6 +101,8 @@ fn operate_jobs_in_the_browser() {
             "-D",
             "execution.checkpointing.interval=700ms",
             "-D",
+            "execution.checkpointing.unaligned.enabled=true",
+            "-D",
             &format!("execution.checkpointing.dir={}", s(&h.path("checkpoints"))),
             "-D",
             &format!("execution.checkpointing.savepoint-dir={}", s(&h.path("savepoints"))),
@@ -153,6 +155,12 @@ fn operate_jobs_in_the_browser() {
 
     // What the UI showed is what happened.
     assert_eq!(seen["overview_parallelism"], "2", "{seen}");
+    // Unaligned checkpoints are shown as such, with their in-flight data,
+    // and the configuration says they are on.
+    let types = seen["checkpoint_types"].as_array().unwrap();
+    assert!(types.iter().any(|t| t == "UNALIGNED_CHECKPOINT"), "{seen}");
+    assert!(seen["in_flight_column"].as_bool().unwrap(), "{seen}");
+    assert_eq!(seen["config_unaligned"], "enabled", "{seen}");
     let grew = seen["checkpoints_grew"].as_array().unwrap();
     assert!(grew[1].as_u64() > grew[0].as_u64(), "{seen}");
     assert!(seen["edges"].as_array().unwrap().iter().any(|e| e == "HASH"), "{seen}");

@@ -170,6 +170,81 @@ pub static CHECKPOINTING_INCREMENTAL: ConfigOption<bool> = ConfigOption::new(
 )
 .with_aliases(&["state.backend.incremental"]);
 
+/// `execution.checkpointing.unaligned.enabled` (alias `execution.checkpointing.unaligned`).
+pub static CHECKPOINTING_UNALIGNED: ConfigOption<bool> = ConfigOption::new(
+    "execution.checkpointing.unaligned.enabled",
+    "false",
+    "Unaligned checkpoints (EXACTLY_ONCE only): a barrier overtakes the records queued in front \
+     of it, the task snapshots at once, and the overtaken records are stored with the checkpoint \
+     (channel state). Savepoints stay aligned.",
+)
+.with_aliases(&["execution.checkpointing.unaligned"]);
+
+/// `execution.checkpointing.aligned-checkpoint-timeout` (alias `execution.checkpointing.alignment-timeout`).
+pub static CHECKPOINTING_ALIGNED_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+    "execution.checkpointing.aligned-checkpoint-timeout",
+    "0 ms",
+    "With unaligned checkpoints enabled: 0 starts every checkpoint unaligned; a positive value \
+     starts it aligned and switches a task to unaligned once this much time has passed since \
+     the checkpoint was triggered and the task is not aligned yet.",
+)
+.with_aliases(&["execution.checkpointing.alignment-timeout"])
+.with_range("0 ms", MAX_DURATION);
+
+/// `execution.checkpointing.unaligned.max-subtasks-per-channel-state-file`.
+pub static CHECKPOINTING_MAX_SUBTASKS_PER_CHANNEL_STATE_FILE: ConfigOption<u32> = ConfigOption::new(
+    "execution.checkpointing.unaligned.max-subtasks-per-channel-state-file",
+    "5",
+    "Accepted for Flink compatibility; Cairn writes one channel-state file per subtask (as if \
+     this were 1), so the value changes nothing.",
+)
+.with_range("1", MAX_INT);
+
+// ---- network: buffer debloating -----------------------------------------------------------------
+
+/// `taskmanager.network.memory.buffer-debloat.enabled`.
+pub static BUFFER_DEBLOAT_ENABLED: ConfigOption<bool> = ConfigOption::new(
+    "taskmanager.network.memory.buffer-debloat.enabled",
+    "false",
+    "Buffer debloating: each receiver keeps what is in flight on each input channel to what it \
+     processes in about `.target` (fewer credits, smaller batches), so barriers stay fast and \
+     unaligned checkpoints small.",
+);
+
+/// `taskmanager.network.memory.buffer-debloat.target`.
+pub static BUFFER_DEBLOAT_TARGET: ConfigOption<Duration> = ConfigOption::new(
+    "taskmanager.network.memory.buffer-debloat.target",
+    "1 s",
+    "How long the data in flight towards a receiver should take it to process (debloating).",
+)
+.with_range("1 ms", MAX_DURATION);
+
+/// `taskmanager.network.memory.buffer-debloat.period`.
+pub static BUFFER_DEBLOAT_PERIOD: ConfigOption<Duration> = ConfigOption::new(
+    "taskmanager.network.memory.buffer-debloat.period",
+    "200 ms",
+    "How often a receiver recomputes its throughput and what it lets be in flight.",
+)
+.with_range("1 ms", MAX_DURATION);
+
+/// `taskmanager.network.memory.buffer-debloat.samples`.
+pub static BUFFER_DEBLOAT_SAMPLES: ConfigOption<u32> = ConfigOption::new(
+    "taskmanager.network.memory.buffer-debloat.samples",
+    "20",
+    "Over how many periods a receiver averages its throughput before it sets a new in-flight \
+     limit (debloating).",
+)
+.with_range("1", MAX_INT);
+
+/// `taskmanager.network.memory.buffer-debloat.threshold-percentages`.
+pub static BUFFER_DEBLOAT_THRESHOLD_PERCENTAGES: ConfigOption<u32> = ConfigOption::new(
+    "taskmanager.network.memory.buffer-debloat.threshold-percentages",
+    "25",
+    "The smallest change, in percent of the records now allowed in flight, that a receiver \
+     applies (debloating); smaller ones are ignored so credits do not churn.",
+)
+.with_range("0", "100");
+
 // ---- state backend ----------------------------------------------------------------------------
 
 /// `state.backend.type` (alias `state.backend`).
@@ -549,6 +624,14 @@ static ALL: &[&dyn AnyOption] = &[
     &CHECKPOINTS_NUM_RETAINED,
     &EXTERNALIZED_CHECKPOINT_RETENTION,
     &CHECKPOINTING_INCREMENTAL,
+    &CHECKPOINTING_UNALIGNED,
+    &CHECKPOINTING_ALIGNED_TIMEOUT,
+    &CHECKPOINTING_MAX_SUBTASKS_PER_CHANNEL_STATE_FILE,
+    &BUFFER_DEBLOAT_ENABLED,
+    &BUFFER_DEBLOAT_TARGET,
+    &BUFFER_DEBLOAT_PERIOD,
+    &BUFFER_DEBLOAT_SAMPLES,
+    &BUFFER_DEBLOAT_THRESHOLD_PERCENTAGES,
     &STATE_BACKEND_TYPE,
     &ROCKSDB_LOCAL_DIR,
     &ROCKSDB_MEMORY_MANAGED,

@@ -52,6 +52,9 @@ pub struct CheckpointSettings {
     /// `execution.checkpointing.incremental`: backends that snapshot into
     /// files upload only what the last completed checkpoint lacks.
     pub incremental: bool,
+    /// Unaligned checkpoints (exactly-once only) and their aligned timeout.
+    pub unaligned: bool,
+    pub aligned_checkpoint_timeout: Duration,
 }
 
 impl CheckpointSettings {
@@ -93,6 +96,9 @@ impl CheckpointSettings {
             num_retained: config.get(&options::CHECKPOINTS_NUM_RETAINED).max(1) as usize,
             retention,
             incremental: config.get(&options::CHECKPOINTING_INCREMENTAL),
+            unaligned: config.get(&options::CHECKPOINTING_UNALIGNED)
+                && config.get(&options::CHECKPOINTING_MODE) == cairn_config::CheckpointingMode::ExactlyOnce,
+            aligned_checkpoint_timeout: config.get(&options::CHECKPOINTING_ALIGNED_TIMEOUT),
         })
     }
 
@@ -119,6 +125,8 @@ impl CheckpointSettings {
             checkpoint_storage: self.dir.clone(),
             savepoint_dir: self.savepoint_dir.clone(),
             num_retained: self.num_retained as u32,
+            unaligned: self.unaligned,
+            aligned_checkpoint_timeout_ms: self.aligned_checkpoint_timeout.as_millis() as u64,
         }
     }
 }
@@ -320,12 +328,11 @@ impl Coordinator {
         let Some(interval) = self.settings.interval else {
             return false;
         };
-        let checkpoints = self
-            .pending
-            .values()
-            .filter(|p| matches!(p.target, SnapshotTarget::Checkpoint { .. }))
-            .count();
-        if checkpoints >= self.settings.max_concurrent {
+        // Savepoints count too (Flink's CheckpointRequestDecider): a periodic
+        // checkpoint triggered during a savepoint would overtake its aligned
+        // barrier at every task and abort it, which unaligned checkpoints
+        // (whose barriers overtake at once) would do every time.
+        if self.pending.len() >= self.settings.max_concurrent {
             return false;
         }
         let since_trigger = self.last_trigger.is_none_or(|t| t.elapsed() >= interval);
@@ -412,6 +419,8 @@ impl Coordinator {
             sync_duration_ms: 0,
             async_duration_ms: 0,
             alignment_duration_ms: 0,
+            is_unaligned: false,
+            persisted_data_bytes: 0,
             state_size_bytes: 0,
             num_acknowledged_subtasks: 0,
             num_subtasks: num_tasks as u32,
@@ -582,6 +591,8 @@ impl Coordinator {
             alignment,
             sync,
             write,
+            unaligned,
+            persisted_bytes,
         } = ack
         else {
             return Ok(());
@@ -596,6 +607,8 @@ impl Coordinator {
         s.sync_duration_ms = s.sync_duration_ms.max(sync.as_millis() as u64);
         s.alignment_duration_ms = s.alignment_duration_ms.max(alignment.as_millis() as u64);
         s.async_duration_ms = s.async_duration_ms.max(write.as_millis() as u64);
+        s.is_unaligned |= unaligned;
+        s.persisted_data_bytes += persisted_bytes;
         p.acked_tasks.insert(task);
         s.num_acknowledged_subtasks += 1;
         // Every operator of the task's chain acknowledges, with or without files.
@@ -694,6 +707,8 @@ impl Coordinator {
                     sync_ms = stats.sync_duration_ms,
                     async_ms = stats.async_duration_ms,
                     alignment_ms = stats.alignment_duration_ms,
+                    unaligned = stats.is_unaligned,
+                    persisted_data_bytes = stats.persisted_data_bytes,
                     path = %dir.display(),
                     "{} {id} completed",
                     if is_savepoint { "savepoint" } else { "checkpoint" }

@@ -107,6 +107,11 @@ pub struct SubtaskMetrics {
     pub backpressured_ms_per_second: f64,
     /// The task's current input watermark, once it has one.
     pub watermark: Option<i64>,
+    /// Chain heads with inputs: the batches their input channels may have
+    /// in flight now (the channels' capacity, or less with buffer debloating).
+    pub in_flight_limit: Option<u64>,
+    /// The records they may have in flight (batches times their size).
+    pub in_flight_records_limit: Option<u64>,
 }
 
 pub use cairn_runtime::upload::SnapshotFormat;
@@ -136,8 +141,13 @@ pub struct CheckpointStats {
     pub sync_duration_ms: u64,
     /// The longest asynchronous (writing) part of any task.
     pub async_duration_ms: u64,
-    /// The longest barrier alignment of any task.
+    /// The longest barrier alignment of any task (for unaligned tasks: the
+    /// wait before they switched, if any).
     pub alignment_duration_ms: u64,
+    /// Some task snapshotted unaligned (before all its barriers arrived).
+    pub is_unaligned: bool,
+    /// Bytes of channel state (in-flight records) persisted with it.
+    pub persisted_data_bytes: u64,
     /// Bytes of state written.
     pub state_size_bytes: u64,
     /// Task snapshots acknowledged so far, out of `num_subtasks`.
@@ -196,6 +206,10 @@ pub struct CheckpointConfigView {
     pub checkpoint_storage: Option<PathBuf>,
     pub savepoint_dir: Option<PathBuf>,
     pub num_retained: u32,
+    /// `execution.checkpointing.unaligned.enabled` (in exactly-once mode).
+    pub unaligned: bool,
+    /// `execution.checkpointing.aligned-checkpoint-timeout` in ms.
+    pub aligned_checkpoint_timeout_ms: u64,
 }
 
 /// What happens to the job once a requested savepoint completed.

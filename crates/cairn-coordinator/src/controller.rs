@@ -484,7 +484,9 @@ impl Controller<'_, '_> {
             let bp = m.backpressure_ns.load(Ordering::Relaxed) / 1_000_000;
             let busy = elapsed_ms.saturating_sub(idle + bp);
             let wm = m.watermark.load(Ordering::Relaxed);
-            for op in &m.operators {
+            let in_flight = m.in_flight_limit.load(Ordering::Relaxed);
+            let in_flight_records = m.in_flight_records_limit.load(Ordering::Relaxed);
+            for (i, op) in m.operators.iter().enumerate() {
                 let counters = [
                     op.records_in.load(Ordering::Relaxed),
                     op.records_out.load(Ordering::Relaxed),
@@ -537,6 +539,9 @@ impl Controller<'_, '_> {
                     idle_ms_per_second: sample.rates[3].min(1000.0),
                     backpressured_ms_per_second: sample.rates[4].min(1000.0),
                     watermark: (wm != i64::MIN).then_some(wm),
+                    // The task's inputs are its chain head's.
+                    in_flight_limit: (i == 0 && in_flight > 0).then_some(in_flight),
+                    in_flight_records_limit: (i == 0 && in_flight > 0).then_some(in_flight_records),
                 });
             }
         }

@@ -7,12 +7,20 @@
 //! (sections read by byte range) and canonical Parquet files (`ParquetV1` in
 //! `_metadata`: rows turned back into the backend encoding by
 //! `cairn_state::canonical`, only row groups of the subtask's key groups read).
+//!
+//! Unaligned checkpoints also hold channel state (`ChannelStateV1`): the
+//! in-flight messages each subtask had not processed, replayed before any
+//! new input. At the same parallelism a subtask gets its own; rescaled, the
+//! records are redistributed as Flink does (by key group on keyed edges,
+//! round robin on forward and rebalance edges); in-flight records of a
+//! broadcast edge whose target changed parallelism are refused with a
+//! pointer to savepoints (always aligned).
 
 use std::collections::HashMap;
 
 use std::path::{Path, PathBuf};
 
-use cairn_graph::ResolvedGraph;
+use cairn_graph::{Partitioning, ResolvedGraph};
 use cairn_snapshot::layout::resolve_ref;
 use cairn_snapshot::parquet::ParquetFooter;
 use cairn_snapshot::{FileFormat, LoadedSnapshot, OperatorSnapshot, StateFileRef, Storage, SubtaskSnapshot};
@@ -20,14 +28,163 @@ use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::operator_state::{redistribute, OperatorStateEntry};
 use cairn_state::{FileSetRestore, KeyedStateBackend, OperatorStateStore, StateError, UploadedFile};
 
+use cairn_runtime::channel_state::{channel_section, decode_channel_index, ChannelIndexEntry, CHANNELS_SECTION};
 use cairn_runtime::error::{BoxError, JobError, SetupError, SetupErrorKind};
-use cairn_runtime::job::{backend_context, JobSpec, SubtaskRestore};
+use cairn_runtime::job::{backend_context, edge_ordinal, JobSpec, RestoredChannelState, SubtaskRestore};
 use cairn_runtime::snapshot_io::{
     canonical_content, canonical_keyed_overlaps, decode_backend_files, decode_keyed_states, decode_operator_entries,
     keyed_section, read_canonical_footer, read_canonical_operator_entries, restore_canonical_keyed, CanonicalContent,
     SnapshotIoError, BACKEND_FILES_SECTION, KEYED_STATES_SECTION, OPERATOR_SECTION,
 };
 use cairn_runtime::upload::download_file;
+
+/// One channel's entry in a channel-state file of the snapshot, matched to
+/// the edge of the new job it belongs to.
+struct ChannelStateEntry {
+    /// Old subtask that captured it.
+    old_subtask: u32,
+    /// Index of its file among that subtask's files.
+    file: usize,
+    entry: ChannelIndexEntry,
+    partitioning: Partitioning,
+    /// Either end of the edge changed its parallelism.
+    rescaled: bool,
+}
+
+/// Read the index of every channel-state file of the matched operators and
+/// match each channel to an edge of the new job, refusing what cannot be
+/// redistributed (Flink's rules): an edge that no longer exists, and a
+/// broadcast edge whose target changed its parallelism (every subtask saw
+/// every record, each at its own position; there is no way to split that).
+fn load_channel_state(
+    snapshot: &LoadedSnapshot,
+    storage: &dyn Storage,
+    graph: &ResolvedGraph,
+    matched: &HashMap<usize, usize>,
+) -> Result<HashMap<usize, Vec<ChannelStateEntry>>, JobError> {
+    let mut out: HashMap<usize, Vec<ChannelStateEntry>> = HashMap::new();
+    for (&node, &op_idx) in matched {
+        let op = &snapshot.metadata.operators[op_idx];
+        let n = &graph.nodes[node];
+        for sub in &op.subtasks {
+            for (fi, file) in sub.files.iter().enumerate() {
+                if file.format != FileFormat::ChannelStateV1 {
+                    continue;
+                }
+                let named = |what: String| channel_state_err(snapshot, file, op, sub.subtask_index, what);
+                let incompatible = |what: String| {
+                    channel_state_err_kind(
+                        snapshot,
+                        file,
+                        op,
+                        sub.subtask_index,
+                        SetupErrorKind::IncompatibleState,
+                        what,
+                    )
+                };
+                let index = read_channel_section(snapshot, storage, file, op, sub.subtask_index, CHANNELS_SECTION)?;
+                let index = decode_channel_index(&index).map_err(&named)?;
+                for (i, entry) in index.into_iter().enumerate() {
+                    if entry.section != channel_section(i) {
+                        return Err(named(format!(
+                            "index entry {i} names section '{}', expected '{}'",
+                            entry.section,
+                            channel_section(i)
+                        )));
+                    }
+                    let d = &entry.channel;
+                    let edge = graph.edges.iter().enumerate().find(|(ei, e)| {
+                        e.target.0 == node
+                            && e.target_input == d.input
+                            && graph.nodes[e.source.0].operator_id == d.source_operator_id
+                            && edge_ordinal(graph, *ei) == d.edge_ordinal
+                    });
+                    let Some((_, edge)) = edge else {
+                        return Err(incompatible(format!(
+                            "it holds in-flight records for {d}, but in this job no such edge leads to operator '{}' (its topology changed). Restore the old job, take a savepoint (savepoints are always aligned, without in-flight records) and change the job from that",
+                            n.name
+                        )));
+                    };
+                    let old_source = snapshot.metadata.operator(&d.source_operator_id).map(|o| o.parallelism);
+                    let target_rescaled = op.parallelism != n.parallelism;
+                    let rescaled = target_rescaled || old_source != Some(graph.nodes[edge.source.0].parallelism);
+                    if target_rescaled && edge.partitioning == Partitioning::Broadcast {
+                        return Err(incompatible(format!(
+                            "checkpoint {} is an unaligned checkpoint with in-flight records on a broadcast edge into operator '{}' (uid '{}'), which had parallelism {} and now has {}. In-flight broadcast records cannot be redistributed (as in Flink): restore at parallelism {}, take a savepoint (savepoints are always aligned) and rescale from that savepoint",
+                            snapshot.metadata.checkpoint_id, n.name, n.uid, op.parallelism, n.parallelism, op.parallelism
+                        )));
+                    }
+                    out.entry(node).or_default().push(ChannelStateEntry {
+                        old_subtask: sub.subtask_index,
+                        file: fi,
+                        entry,
+                        partitioning: edge.partitioning,
+                        rescaled,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn channel_state_err(
+    snapshot: &LoadedSnapshot,
+    file: &StateFileRef,
+    op: &OperatorSnapshot,
+    subtask: u32,
+    what: String,
+) -> JobError {
+    channel_state_err_kind(snapshot, file, op, subtask, SetupErrorKind::Restore, what)
+}
+
+fn channel_state_err_kind(
+    snapshot: &LoadedSnapshot,
+    file: &StateFileRef,
+    op: &OperatorSnapshot,
+    subtask: u32,
+    kind: SetupErrorKind,
+    what: String,
+) -> JobError {
+    restore_err_kind(
+        snapshot,
+        kind,
+        format!(
+            "channel state '{}' of operator uid '{}', subtask {}: {what}",
+            file.path,
+            op.uid,
+            subtask + 1
+        ),
+    )
+}
+
+/// One section of a channel-state file, checksum verified; a failure keeps
+/// its `SnapshotError` as the cause.
+fn read_channel_section(
+    snapshot: &LoadedSnapshot,
+    storage: &dyn Storage,
+    file: &StateFileRef,
+    op: &OperatorSnapshot,
+    subtask: u32,
+    name: &str,
+) -> Result<Vec<u8>, JobError> {
+    let section =
+        file.sections.iter().find(|s| s.name == name).ok_or_else(|| {
+            channel_state_err(snapshot, file, op, subtask, format!("the '{name}' section is missing"))
+        })?;
+    snapshot.read_section(storage, file, section).map_err(|e| {
+        restore_failed(
+            snapshot,
+            format!(
+                "channel state '{}' of operator uid '{}', subtask {}: {e}",
+                file.path,
+                op.uid,
+                subtask + 1
+            ),
+            e,
+        )
+    })
+}
 
 /// What a restore will do, checked before the job starts.
 pub struct RestorePlan<'a> {
@@ -40,6 +197,8 @@ pub struct RestorePlan<'a> {
     pub dropped: Vec<String>,
     /// redistributed operator state per node: one list per new subtask
     operator_state: HashMap<usize, Vec<Vec<OperatorStateEntry>>>,
+    /// channel state per node (unaligned checkpoints), matched to edges
+    channel_state: HashMap<usize, Vec<ChannelStateEntry>>,
 }
 
 fn restore_err(snapshot: &LoadedSnapshot, what: String) -> JobError {
@@ -105,6 +264,7 @@ impl<'a> RestorePlan<'a> {
                 ),
             ));
         }
+        let channel_state = load_channel_state(snapshot, storage, graph, &matched)?;
         let mut plan = RestorePlan {
             snapshot,
             storage,
@@ -112,6 +272,7 @@ impl<'a> RestorePlan<'a> {
             matched,
             dropped,
             operator_state: HashMap::new(),
+            channel_state,
         };
         plan.load_operator_state(graph)?;
         Ok(plan)
@@ -186,6 +347,7 @@ impl<'a> RestorePlan<'a> {
                     match file.format {
                         FileFormat::ParquetV1 => self.restore_canonical_keyed(op, file, range, &mut *b)?,
                         FileFormat::BackendFile => {} // listed by the subtask's state file
+                        FileFormat::ChannelStateV1 => {} // read below, for the same subtask
                         FileFormat::CairnStateV1 => match self.file_set(op, sub, file, old_range, range)? {
                             Some(Some(set)) => file_sets.push(set),
                             Some(None) => {}
@@ -215,7 +377,54 @@ impl<'a> RestorePlan<'a> {
         Ok(SubtaskRestore {
             keyed: backend,
             operator_state,
+            channel_state: self.channel_state(node, op, subtask)?,
         })
+    }
+
+    /// The in-flight records new subtask `subtask` replays, by Flink's
+    /// rules for rescaling channel state: at the same parallelism each
+    /// subtask gets its own; otherwise keyed edges give every subtask the
+    /// records of its key groups from each old subtask whose key groups
+    /// overlap its own (RANGE), and forward and rebalance edges give it the
+    /// channel state of old subtasks `subtask`, `subtask + p`, ... (ROUND_ROBIN).
+    fn channel_state(
+        &self,
+        node: usize,
+        op: &OperatorSnapshot,
+        subtask: u32,
+    ) -> Result<Vec<RestoredChannelState>, JobError> {
+        let mut out = Vec::new();
+        let Some(entries) = self.channel_state.get(&node) else {
+            return Ok(out);
+        };
+        let n = &self.spec.graph.nodes[node];
+        let range = KeyGroupRange::for_subtask(n.max_parallelism, n.parallelism, subtask);
+        for e in entries {
+            let (take, key_groups) = if op.parallelism == n.parallelism {
+                (e.old_subtask == subtask, None)
+            } else if e.partitioning == Partitioning::KeyGroups {
+                let old = KeyGroupRange::for_subtask(op.max_parallelism, op.parallelism, e.old_subtask);
+                (!old.intersect(&range).is_empty(), Some(range))
+            } else {
+                (e.old_subtask % n.parallelism == subtask, None)
+            };
+            if !take {
+                continue;
+            }
+            let sub = op
+                .subtasks
+                .iter()
+                .find(|s| s.subtask_index == e.old_subtask)
+                .expect("entries come from the snapshot's subtasks");
+            let file = &sub.files[e.file];
+            out.push(RestoredChannelState {
+                channel: e.entry.channel.clone(),
+                messages: read_channel_section(self.snapshot, self.storage, file, op, e.old_subtask, &e.entry.section)?,
+                rescaled: e.rescaled,
+                key_groups,
+            });
+        }
+        Ok(out)
     }
 
     /// The backend files an old subtask's state file lists: `None` for a

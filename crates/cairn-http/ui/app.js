@@ -444,9 +444,11 @@ async function checkpointsTab(jid, cps, extra) {
   const rows = (cps.history || []).map((s) => {
     const p = phases[s.id] || {};
     return h("tr", { "data-checkpoint": s.id },
-      h("td", {}, s.id), h("td", {}, state(s.status)), h("td", {}, s.is_savepoint ? "savepoint" : "checkpoint"),
+      h("td", {}, s.id), h("td", {}, state(s.status)),
+      h("td", { "data-type": s.checkpoint_type }, s.is_savepoint ? "savepoint" : s.checkpoint_type === "UNALIGNED_CHECKPOINT" ? "unaligned" : "aligned"),
       h("td", {}, fmtTime(s.trigger_timestamp)), h("td", {}, fmtDur(s.end_to_end_duration)),
-      h("td", {}, fmtBytes(s.state_size)), h("td", {}, fmtDur(p.sync_duration)), h("td", {}, fmtDur(p.async_duration)),
+      h("td", {}, fmtBytes(s.state_size)), h("td", { "data-persisted": s.persisted_data }, fmtBytes(s.persisted_data || 0)),
+      h("td", {}, fmtDur(p.sync_duration)), h("td", {}, fmtDur(p.async_duration)),
       h("td", {}, fmtDur(p.alignment_duration)), h("td", {}, s.num_acknowledged_subtasks + "/" + s.num_subtasks),
       h("td", { class: "mono small" }, s.external_path || s.failure_message || ""));
   });
@@ -467,7 +469,7 @@ async function checkpointsTab(jid, cps, extra) {
       latestRow("Restored", latest.restored))),
     h("h2", {}, "History (newest first)"),
     h("table", { id: "cp-history" },
-      h("thead", {}, h("tr", {}, ["Id", "Status", "Type", "Triggered (UTC)", "Duration", "Size", "Sync", "Async", "Alignment", "Acknowledged", "Path"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Id", "Status", "Type", "Triggered (UTC)", "Duration", "Size", "In-flight data", "Sync", "Async", "Alignment", "Acknowledged", "Path"].map((t) => h("th", {}, t)))),
       h("tbody", {}, rows)),
     h("h2", {}, "Summary of completed checkpoints"),
     h("table", { id: "cp-summary" },
@@ -475,6 +477,7 @@ async function checkpointsTab(jid, cps, extra) {
       h("tbody", {},
         sumRow("End-to-end duration", sum.end_to_end_duration, fmtDur),
         sumRow("State size", sum.state_size, fmtBytes),
+        sumRow("In-flight data (unaligned)", sum.persisted_data, fmtBytes),
         sumRow("Synchronous part", ps.sync_duration, fmtDur),
         sumRow("Asynchronous part", ps.async_duration, fmtDur),
         sumRow("Alignment", ps.alignment_duration, fmtDur))),
@@ -494,7 +497,10 @@ async function checkpointConfig(jid, extra) {
     h("table", { id: "cp-config" }, h("tbody", {},
       row("Mode", cfg.mode), row("Interval", cfg.interval ? fmtDur(cfg.interval) : "off"), row("Timeout", fmtDur(cfg.timeout)),
       row("Minimum pause", fmtDur(cfg.min_pause)), row("Maximum concurrent", cfg.max_concurrent),
-      row("Tolerable failures", cfg.tolerable_failed_checkpoints), row("Retention", cc.externalization),
+      row("Tolerable failures", cfg.tolerable_failed_checkpoints),
+      row("Unaligned checkpoints", cfg.unaligned_checkpoints ? "enabled" : "disabled"),
+      row("Aligned checkpoint timeout", cfg.unaligned_checkpoints ? fmtDur(cfg.aligned_checkpoint_timeout) : "–"),
+      row("Retention", cc.externalization),
       row("Retained", cc["num-retained"]), row("State backend", cfg.state_backend), row("Checkpoint storage", cfg.checkpoint_storage),
       row("Savepoint directory", cc["savepoint-dir"]))));
 }

@@ -748,6 +748,8 @@ impl Api {
                     "sync_duration": s.sync_duration_ms,
                     "async_duration": s.async_duration_ms,
                     "alignment_duration": s.alignment_duration_ms,
+                    "unaligned": s.is_unaligned,
+                    "persisted_data": s.persisted_data_bytes,
                 })
             })
             .collect();
@@ -793,6 +795,8 @@ impl Api {
                         "backpressured-ms-per-second": s.backpressured_ms_per_second,
                         "idle-ms-per-second": s.idle_ms_per_second,
                         "watermark": s.watermark,
+                        "in-flight-batches-limit": s.in_flight_limit,
+                        "in-flight-records-limit": s.in_flight_records_limit,
                     })).collect::<Vec<_>>(),
                 })
             }).collect::<Vec<_>>(),
@@ -811,6 +815,8 @@ impl Api {
                 "savepoint-dir": cc.savepoint_dir.as_ref().map(|p| p.display().to_string()),
                 "checkpoint-dir": cc.checkpoint_storage.as_ref().map(|p| p.display().to_string()),
                 "num-retained": cc.num_retained,
+                "unaligned": cc.unaligned,
+                "aligned-checkpoint-timeout": cc.aligned_checkpoint_timeout_ms,
             },
             "savepoints": cps.history.iter().rev().filter(|s| s.is_savepoint && s.status == SnapshotStatus::Completed).map(|s| json!({
                 "id": s.id,
@@ -883,6 +889,13 @@ impl Api {
                 head.watermark.unwrap_or(i64::MIN) as f64,
             ),
         ];
+        // Cairn debloats batches (credits and their size), not buffers of bytes.
+        if let Some(limit) = head.in_flight_limit {
+            v.push(("inFlightBatchesLimit".to_string(), limit as f64));
+        }
+        if let Some(limit) = head.in_flight_records_limit {
+            v.push(("inFlightRecordsLimit".to_string(), limit as f64));
+        }
         for op in &vertex.operators {
             let s = find(&op.id).unwrap_or_default();
             v.push((format!("{}.numRecordsIn", op.name), s.records_in as f64));

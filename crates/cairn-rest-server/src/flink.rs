@@ -363,10 +363,14 @@ pub fn checkpoint(s: &CheckpointStats) -> Value {
         "end_to_end_duration": s.duration_ms,
         "alignment_buffered": 0,
         "processed_data": 0,
-        "persisted_data": 0,
+        "persisted_data": s.persisted_data_bytes,
         "num_subtasks": s.num_subtasks,
         "num_acknowledged_subtasks": s.num_acknowledged_subtasks,
-        "checkpoint_type": if s.is_savepoint { "SAVEPOINT" } else { "CHECKPOINT" },
+        "checkpoint_type": match (s.is_savepoint, s.is_unaligned) {
+            (true, _) => "SAVEPOINT",
+            (false, true) => "UNALIGNED_CHECKPOINT",
+            (false, false) => "CHECKPOINT",
+        },
         "tasks": {},
     });
     let obj = v.as_object_mut().expect("an object");
@@ -443,7 +447,7 @@ pub fn checkpoints(o: &CheckpointsOverview) -> Value {
             "end_to_end_duration": summary(completed.iter().map(|s| s.duration_ms)),
             "alignment_buffered": summary(zeros()),
             "processed_data": summary(zeros()),
-            "persisted_data": summary(zeros()),
+            "persisted_data": summary(completed.iter().map(|s| s.persisted_data_bytes)),
         },
         "latest": {
             "completed": o.latest_completed.as_ref().map(checkpoint),
@@ -481,9 +485,9 @@ pub fn checkpoint_config(c: &CheckpointConfigView, state_backend: &str) -> Value
         "externalization": { "enabled": enabled, "delete_on_cancellation": delete },
         "state_backend": state_backend,
         "checkpoint_storage": c.checkpoint_storage.as_ref().map_or("JobManagerCheckpointStorage".to_string(), |p| format!("FileSystemCheckpointStorage ({})", p.display())),
-        "unaligned_checkpoints": false,
+        "unaligned_checkpoints": c.unaligned,
         "tolerable_failed_checkpoints": c.tolerable_failed_checkpoints,
-        "aligned_checkpoint_timeout": 0,
+        "aligned_checkpoint_timeout": c.aligned_checkpoint_timeout_ms,
         "checkpoints_after_tasks_finish": true,
         "state_changelog_enabled": false,
         "changelog_periodic_materialization_interval": 0,

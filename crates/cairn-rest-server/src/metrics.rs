@@ -221,6 +221,20 @@ pub fn render(info: &JobInfo, metrics: &JobMetrics, checkpoints: &CheckpointsOve
     );
     gauge_family(
         &mut r,
+        "task_input_in_flight_batches_limit",
+        "Batches the task's input channels may have in flight now (their capacity, or less with buffer debloating)",
+        None,
+        per(&|s| s.in_flight_limit.map(|l| l as f64)),
+    );
+    gauge_family(
+        &mut r,
+        "task_input_in_flight_records_limit",
+        "Records the task's input channels may have in flight now (batches times their size; less with buffer debloating)",
+        None,
+        per(&|s| s.in_flight_records_limit.map(|l| l as f64)),
+    );
+    gauge_family(
+        &mut r,
         "operator_watermark_milliseconds",
         "The task's current input watermark (event time, ms since the epoch), once it has one",
         None,
@@ -341,6 +355,17 @@ fn last_checkpoint(r: &mut Registry, last: &CheckpointStats) {
         secs(last.alignment_duration_ms),
     );
     r.register_with_unit(
+        "last_checkpoint_persisted_data",
+        "In-flight records (channel state) stored with the latest completed checkpoint; 0 when aligned",
+        Unit::Bytes,
+        gauge(last.persisted_data_bytes as f64),
+    );
+    r.register(
+        "last_checkpoint_unaligned",
+        "1 when some task took the latest completed checkpoint unaligned, else 0",
+        gauge(if last.is_unaligned { 1.0 } else { 0.0 }),
+    );
+    r.register_with_unit(
         "last_checkpoint_completion_timestamp",
         "When the latest completed checkpoint completed (Unix time)",
         Unit::Seconds,
@@ -386,6 +411,8 @@ mod tests {
             sync_duration_ms: 1,
             async_duration_ms: 2,
             alignment_duration_ms: 3,
+            is_unaligned: false,
+            persisted_data_bytes: 0,
             state_size_bytes: size,
             num_acknowledged_subtasks: 2,
             num_subtasks: 2,
@@ -439,6 +466,8 @@ mod tests {
             idle_ms_per_second: 100.0,
             backpressured_ms_per_second: 100.0,
             watermark: Some(42),
+            in_flight_limit: Some(16),
+            in_flight_records_limit: Some(16_384),
         };
         let metrics = JobMetrics {
             source_records: 1234,
@@ -487,6 +516,10 @@ mod tests {
             format!("cairn_task_busy_seconds_total{{{job},{op}}} 1.5"),
             format!("cairn_task_busy_ratio{{{job},{op}}} 0.8"),
             format!("cairn_operator_watermark_milliseconds{{{job},{op}}} 42.0"),
+            format!("cairn_task_input_in_flight_batches_limit{{{job},{op}}} 16.0"),
+            format!("cairn_task_input_in_flight_records_limit{{{job},{op}}} 16384.0"),
+            format!("cairn_last_checkpoint_persisted_data_bytes{{{job}}} 0.0"),
+            format!("cairn_last_checkpoint_unaligned{{{job}}} 0.0"),
             format!("cairn_checkpoints_total{{{job},status=\"completed\"}} 2.0"),
             format!("cairn_restored_checkpoint_id{{{job}}} 860.0"),
             format!("cairn_last_checkpoint_id{{{job}}} 2.0"),

@@ -466,7 +466,12 @@ fn checkpoints_statistics_and_errors() {
     assert_eq!(s["counts"]["failed"], 0);
     assert_eq!(s["latest"]["completed"]["id"], 2);
     assert_eq!(s["latest"]["completed"]["status"], "COMPLETED");
-    assert_eq!(s["latest"]["completed"]["checkpoint_type"], "CHECKPOINT");
+    assert_eq!(s["latest"]["completed"]["checkpoint_type"], "UNALIGNED_CHECKPOINT");
+    assert_eq!(s["latest"]["completed"]["persisted_data"], 20);
+    assert_eq!(s["history"][1]["checkpoint_type"], "CHECKPOINT");
+    assert_eq!(s["history"][1]["persisted_data"], 0);
+    assert_eq!(s["summary"]["persisted_data"]["max"], 20);
+    assert_eq!(s["summary"]["persisted_data"]["min"], 0);
     assert!(s["latest"]["savepoint"].is_null());
     assert_eq!(s["history"][0]["id"], 2, "newest first");
     assert_eq!(s["history"][1]["id"], 1);
@@ -494,6 +499,9 @@ fn checkpoints_statistics_and_errors() {
         e.checkpoints.display().to_string()
     );
     assert_eq!(extra["checkpoint-phases"][0]["id"], 2);
+    assert_eq!(extra["checkpoint-phases"][0]["unaligned"], true);
+    assert_eq!(extra["checkpoint-phases"][0]["persisted_data"], 20);
+    assert_eq!(extra["checkpoint-phases"][1]["unaligned"], false);
 
     let d = e.http.get(&jp("/checkpoints/details/1")).unwrap().json();
     assert_eq!(d["id"], 1);

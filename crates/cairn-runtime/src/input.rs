@@ -1,9 +1,8 @@
-//! A task's input side: one channel per upstream subtask, the combined
-//! watermark (minimum over active channels), and checkpoint barrier alignment.
-//! The bookkeeping ([`InputState`]) is pure logic so alignment can be tested
-//! without threads.
+//! A task's input side: one channel per upstream subtask and the combined
+//! watermark (minimum over active channels). Pure logic, testable without
+//! threads; checkpoint barriers are handled by [`crate::barrier`].
 
-use crate::record::{Barrier, NO_TIMESTAMP};
+use crate::record::NO_TIMESTAMP;
 
 /// Per-channel progress.
 #[derive(Clone, Debug)]
@@ -11,54 +10,29 @@ struct ChannelState {
     watermark: i64,
     idle: bool,
     ended: bool,
-    /// Barrier of the pending checkpoint already received on this channel.
-    barrier_seen: bool,
 }
 
-/// What the task must do after a barrier arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BarrierAction {
-    /// Wait for more channels; block this one (exactly-once) or not.
-    Wait,
-    /// Every channel delivered the barrier: snapshot now and forward it.
-    Snapshot(Barrier),
-    /// A newer barrier overtook a pending checkpoint; that one is abandoned
-    /// (the coordinator times it out or declines it) and the new one pending.
-    AbortedPrevious { aborted: u64 },
-}
-
-/// Watermark and barrier bookkeeping for all input channels of a task.
+/// Watermark bookkeeping for all input channels of a task.
 #[derive(Clone, Debug)]
 pub struct InputState {
     channels: Vec<ChannelState>,
     combined_watermark: i64,
-    pending: Option<Barrier>,
-    exactly_once: bool,
 }
 
 impl InputState {
-    /// `n` channels; `exactly_once` blocks channels during alignment.
-    pub fn new(n: usize, exactly_once: bool) -> Self {
+    /// `n` channels.
+    pub fn new(n: usize) -> Self {
         InputState {
             channels: vec![
                 ChannelState {
                     watermark: NO_TIMESTAMP,
                     idle: false,
                     ended: false,
-                    barrier_seen: false
                 };
                 n
             ],
             combined_watermark: NO_TIMESTAMP,
-            pending: None,
-            exactly_once,
         }
-    }
-
-    /// Whether channel `ch` should be read now (not blocked by alignment, not ended).
-    pub fn readable(&self, ch: usize) -> bool {
-        let c = &self.channels[ch];
-        !(c.ended || (self.exactly_once && c.barrier_seen))
     }
 
     /// All channels ended.
@@ -114,113 +88,20 @@ impl InputState {
         }
     }
 
-    /// Record that `ch` ended. Returns the barrier action (an ended channel
-    /// counts as having delivered a pending barrier) and any watermark advance.
-    pub fn on_end(&mut self, ch: usize) -> (Option<BarrierAction>, Option<i64>) {
+    /// Record that `ch` ended; returns the combined watermark if it advanced.
+    pub fn on_end(&mut self, ch: usize) -> Option<i64> {
         self.channels[ch].ended = true;
-        let action = self.pending.and_then(|b| self.check_aligned(b));
-        (action, self.recompute())
-    }
-
-    /// Record a barrier on `ch`.
-    pub fn on_barrier(&mut self, ch: usize, barrier: Barrier) -> BarrierAction {
-        let mut aborted = None;
-        match self.pending {
-            Some(p) if p.checkpoint_id == barrier.checkpoint_id => {}
-            Some(p) if p.checkpoint_id > barrier.checkpoint_id => {
-                // A late barrier of an abandoned checkpoint: ignore it.
-                return BarrierAction::Wait;
-            }
-            Some(p) => {
-                aborted = Some(p.checkpoint_id);
-                self.reset();
-                self.pending = Some(barrier);
-            }
-            None => self.pending = Some(barrier),
-        }
-        self.channels[ch].barrier_seen = true;
-        if let Some(action) = self.check_aligned(barrier) {
-            return action;
-        }
-        match aborted {
-            Some(aborted) => BarrierAction::AbortedPrevious { aborted },
-            None => BarrierAction::Wait,
-        }
-    }
-
-    fn check_aligned(&mut self, barrier: Barrier) -> Option<BarrierAction> {
-        if self.channels.iter().all(|c| c.barrier_seen || c.ended) {
-            self.reset();
-            Some(BarrierAction::Snapshot(barrier))
-        } else {
-            None
-        }
-    }
-
-    fn reset(&mut self) {
-        self.pending = None;
-        for c in &mut self.channels {
-            c.barrier_seen = false;
-        }
+        self.recompute()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::SnapshotType;
-
-    fn barrier(id: u64) -> Barrier {
-        Barrier {
-            checkpoint_id: id,
-            timestamp_ms: 0,
-            snapshot_type: SnapshotType::Checkpoint,
-        }
-    }
-
-    #[test]
-    fn exactly_once_blocks_channels_until_all_barriers_arrive() {
-        let mut s = InputState::new(3, true);
-        assert_eq!(s.on_barrier(0, barrier(1)), BarrierAction::Wait);
-        assert!(!s.readable(0), "a channel that delivered the barrier is blocked");
-        assert!(s.readable(1) && s.readable(2));
-        assert_eq!(s.on_barrier(2, barrier(1)), BarrierAction::Wait);
-        assert_eq!(s.on_barrier(1, barrier(1)), BarrierAction::Snapshot(barrier(1)));
-        assert!((0..3).all(|c| s.readable(c)), "alignment done: all unblocked");
-    }
-
-    #[test]
-    fn at_least_once_never_blocks() {
-        let mut s = InputState::new(2, false);
-        s.on_barrier(0, barrier(1));
-        assert!(s.readable(0));
-        assert_eq!(s.on_barrier(1, barrier(1)), BarrierAction::Snapshot(barrier(1)));
-    }
-
-    #[test]
-    fn an_ended_channel_counts_as_aligned() {
-        let mut s = InputState::new(2, true);
-        s.on_barrier(0, barrier(4));
-        let (action, _) = s.on_end(1);
-        assert_eq!(action, Some(BarrierAction::Snapshot(barrier(4))));
-    }
-
-    #[test]
-    fn a_newer_barrier_abandons_the_pending_one_and_late_ones_are_ignored() {
-        let mut s = InputState::new(2, true);
-        s.on_barrier(0, barrier(1));
-        assert_eq!(
-            s.on_barrier(1, barrier(2)),
-            BarrierAction::AbortedPrevious { aborted: 1 }
-        );
-        assert!(s.readable(0), "the abandoned checkpoint's block is lifted");
-        assert_eq!(s.on_barrier(0, barrier(1)), BarrierAction::Wait);
-        assert_eq!(s.on_barrier(0, barrier(2)), BarrierAction::Snapshot(barrier(2)));
-    }
 
     #[test]
     fn when_every_channel_is_idle_the_watermark_moves_to_the_furthest() {
-        let mut s = InputState::new(2, true);
+        let mut s = InputState::new(2);
         s.on_watermark(0, 30);
         assert_eq!(s.on_idle(0, true), None, "channel 1 is active without a watermark");
         assert_eq!(s.on_idle(1, true), Some(30));
@@ -228,7 +109,7 @@ mod tests {
 
     #[test]
     fn watermark_is_the_minimum_over_active_channels() {
-        let mut s = InputState::new(2, true);
+        let mut s = InputState::new(2);
         assert_eq!(s.on_watermark(0, 10), None, "channel 1 has no watermark yet");
         assert_eq!(s.on_watermark(1, 5), Some(5));
         assert_eq!(s.on_watermark(1, 20), Some(10));
@@ -238,12 +119,12 @@ mod tests {
             Some(20),
             "an idle channel does not hold the watermark"
         );
-        let (_, wm) = s.on_end(1);
+        let wm = s.on_end(1);
         assert_eq!(
             wm, None,
             "channel 0 is idle at 20 and channel 1 ended: the watermark stays"
         );
-        let (_, wm) = s.on_end(0);
+        let wm = s.on_end(0);
         assert_eq!(wm, Some(i64::MAX), "all ended: event time ends");
     }
 }

@@ -12,18 +12,19 @@ use cairn_config::Configuration;
 use cairn_graph::{NodeKind, Partitioning, ResolvedGraph};
 use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::{BackendContext, KeyedStateAccess, KeyedStateBackend, OperatorStateStore, StateBackendFactory};
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
+use crate::barrier::BarrierSettings;
+use crate::channel::{ChannelId, InputChannel, LaneId, OutputChannel, PriorityEvent, Transport};
+use crate::channel_state::{decode_channel_messages, ChannelDescriptor};
+use crate::debloat::DebloatSettings;
 use crate::error::{Cancelled, JobError};
 use crate::operator::{OpenContext, OperatorLogic, SubtaskInfo};
 use crate::output::{EdgeWiring, PortFactory, PortOutput, SendContext, TaskMetrics};
 use crate::record::Message;
 use crate::source::SourceLogic;
-use crate::task::{Head, Task, TaskCommand, TaskEvent, TaskId, TaskSettings};
+use crate::task::{Head, Task, TaskCommand, TaskEvent, TaskId, TaskInput, TaskInputs, TaskSettings};
 use crate::upload::SnapshotUploader;
-
-/// The receivers of one subtask, each with the logical input (0/1) it feeds.
-type InputChannels = Vec<(usize, Receiver<Message>)>;
 
 /// Creates a fresh operator instance for one subtask.
 pub type OperatorFactory = Arc<dyn Fn() -> Box<dyn OperatorLogic> + Send + Sync>;
@@ -61,6 +62,8 @@ pub struct JobSpec {
     pub backends: Arc<dyn StateBackendFactory>,
     /// Processing time of every task (the system clock unless a test injects one).
     pub clock: crate::time::SharedClock,
+    /// Connects the tasks (in-process channels; a network transport later).
+    pub transport: Arc<dyn Transport>,
 }
 
 /// Runtime knobs read from configuration.
@@ -69,16 +72,33 @@ pub struct RuntimeSettings {
     pub batch_size: usize,
     pub channel_capacity: usize,
     pub exactly_once: bool,
+    /// Aligned or unaligned checkpoints, and the aligned-checkpoint timeout.
+    pub barriers: BarrierSettings,
+    /// Buffer debloating, when enabled.
+    pub debloat: Option<DebloatSettings>,
 }
 
 impl RuntimeSettings {
     /// Read from the job's configuration.
     pub fn from_config(config: &Configuration) -> Self {
         use cairn_config::options;
+        let exactly_once = config.get(&options::CHECKPOINTING_MODE) == cairn_config::CheckpointingMode::ExactlyOnce;
         RuntimeSettings {
             batch_size: config.get(&options::RUNTIME_BATCH_SIZE).max(1) as usize,
             channel_capacity: config.get(&options::RUNTIME_CHANNEL_CAPACITY).max(1) as usize,
-            exactly_once: config.get(&options::CHECKPOINTING_MODE) == cairn_config::CheckpointingMode::ExactlyOnce,
+            exactly_once,
+            barriers: BarrierSettings {
+                exactly_once,
+                // As in Flink, unaligned checkpoints exist only in exactly-once mode.
+                unaligned: exactly_once && config.get(&options::CHECKPOINTING_UNALIGNED),
+                aligned_timeout_ms: config.get(&options::CHECKPOINTING_ALIGNED_TIMEOUT).as_millis() as u64,
+            },
+            debloat: config.get(&options::BUFFER_DEBLOAT_ENABLED).then(|| DebloatSettings {
+                target: config.get(&options::BUFFER_DEBLOAT_TARGET),
+                period: config.get(&options::BUFFER_DEBLOAT_PERIOD),
+                samples: config.get(&options::BUFFER_DEBLOAT_SAMPLES),
+                threshold_percent: config.get(&options::BUFFER_DEBLOAT_THRESHOLD_PERCENTAGES),
+            }),
         }
     }
 }
@@ -101,6 +121,36 @@ pub struct SubtaskRestore {
     /// A backend (made by the job's factory) holding the restored keyed state.
     pub keyed: Option<Box<dyn KeyedStateBackend>>,
     pub operator_state: OperatorStateStore,
+    /// Unaligned checkpoints: the in-flight messages of input channels,
+    /// replayed before any new input.
+    pub channel_state: Vec<RestoredChannelState>,
+}
+
+/// The channel state of one input channel of the old job, for one subtask.
+#[derive(Clone, Debug)]
+pub struct RestoredChannelState {
+    /// The channel it was captured on.
+    pub channel: ChannelDescriptor,
+    /// Its messages, encoded as in the channel-state file.
+    pub messages: Vec<u8>,
+    /// The restore changed the parallelism of the channel's edge (either
+    /// end): it is replayed on a channel of the same edge, and the old
+    /// channel's watermarks and idleness, which describe an upstream subtask
+    /// that no longer exists as it was, are dropped.
+    pub rescaled: bool,
+    /// Keyed edges restored at another parallelism: only the records of
+    /// these key groups belong to this subtask.
+    pub key_groups: Option<KeyGroupRange>,
+}
+
+/// Which of the edges between the same two nodes' ports edge `ei` is (0
+/// unless one stream feeds one input twice): part of a channel's name.
+pub fn edge_ordinal(g: &ResolvedGraph, ei: usize) -> u32 {
+    let e = &g.edges[ei];
+    g.edges[..ei]
+        .iter()
+        .filter(|o| o.source == e.source && o.target == e.target && o.target_input == e.target_input)
+        .count() as u32
 }
 
 /// Supplies restored state per (node, subtask); `None` = start empty.
@@ -147,15 +197,33 @@ pub fn start(
         .collect();
     let is_chain_head = |node: usize| g.chains[chain_of[&node]][0].0 == node;
 
-    // Channels for every edge that crosses tasks: senders per (edge, source
-    // subtask), receivers per (target node, target subtask).
-    let mut senders: HashMap<(usize, u32), Vec<Sender<Message>>> = HashMap::new();
-    let mut receivers: HashMap<(usize, u32), InputChannels> = HashMap::new();
+    // Channels for every edge that crosses tasks, through the job's
+    // transport: output channels per (edge, source subtask), input channels
+    // per (target node, target subtask), and one priority lane per receiving
+    // task for barrier announcements.
+    let mut senders: HashMap<(usize, u32), Vec<OutputChannel>> = HashMap::new();
+    let mut receivers: HashMap<(usize, u32), Vec<TaskInput>> = HashMap::new();
+    let mut lanes: HashMap<(usize, u32), (Sender<PriorityEvent>, Receiver<PriorityEvent>)> = HashMap::new();
+    let capacity = u32::try_from(settings.channel_capacity).unwrap_or(u32::MAX);
+    // Debloating starts low (two batches in flight) and raises the credits
+    // of fast receivers at its first period; starting at the capacity
+    // would fill every channel before the first measurement.
+    let initial_credits = if settings.debloat.is_some() {
+        capacity.min(2)
+    } else {
+        capacity
+    };
     for (ei, e) in g.edges.iter().enumerate() {
         if !is_chain_head(e.target.0) {
             continue; // chained: records pass by function call
         }
         let (sp, tp) = (g.node(e.source).parallelism, g.node(e.target).parallelism);
+        let codec = spec.nodes[e.source.0]
+            .ports
+            .get(e.source_port)
+            .map(|p| p.codec.clone())
+            .ok_or_else(|| JobError::Internal(format!("edge {ei} leaves a port its node does not have")))?;
+        let edge_ordinal = edge_ordinal(g, ei);
         for i in 0..sp {
             let targets: Vec<u32> = match e.partitioning {
                 Partitioning::Forward => vec![i],
@@ -163,13 +231,41 @@ pub fn start(
             };
             let mut txs = Vec::with_capacity(targets.len());
             for j in targets {
-                let (tx, rx) = bounded(settings.channel_capacity);
-                txs.push(tx);
-                receivers.entry((e.target.0, j)).or_default().push((e.target_input, rx));
+                let id = ChannelId {
+                    edge: ei,
+                    source_subtask: i,
+                    target_subtask: j,
+                };
+                let (s_ends, r_ends) = spec.transport.channel(id, capacity, initial_credits, &codec);
+                let lane = lanes.entry((e.target.0, j)).or_insert_with(|| {
+                    spec.transport.priority_lane(LaneId {
+                        chain: chain_of[&e.target.0],
+                        subtask: j,
+                    })
+                });
+                let inputs = receivers.entry((e.target.0, j)).or_default();
+                txs.push(OutputChannel::new(s_ends, lane.0.clone(), inputs.len()));
+                inputs.push(TaskInput {
+                    edge: ei,
+                    input: e.target_input,
+                    channel: InputChannel::new(r_ends),
+                    codec: codec.clone(),
+                    descriptor: ChannelDescriptor {
+                        input: e.target_input,
+                        source_operator_id: g.node(e.source).operator_id.clone(),
+                        edge_ordinal,
+                        source_subtask: i,
+                    },
+                    inbox: Default::default(),
+                    restored: 0,
+                });
             }
             senders.insert((ei, i), txs);
         }
     }
+    // Only the senders keep a lane open: it disconnects when all are gone.
+    let mut lanes: HashMap<(usize, u32), Receiver<PriorityEvent>> =
+        lanes.into_iter().map(|(k, (_, rx))| (k, rx)).collect();
 
     let cancel = Arc::new(AtomicBool::new(false));
     let (ev_tx, ev_rx) = unbounded();
@@ -203,7 +299,9 @@ pub fn start(
                     clock: spec.clock.clone(),
                 }
             };
-            let open_ctx = |node: usize, restore: RestoreFn<'_>| -> Result<OpenContext, JobError> {
+            let open_ctx = |node: usize,
+                            restore: RestoreFn<'_>|
+             -> Result<(OpenContext, Vec<RestoredChannelState>), JobError> {
                 let n = g.node(cairn_graph::NodeId(node));
                 let range = KeyGroupRange::for_subtask(n.max_parallelism, n.parallelism, s);
                 let restored = restore(node, s, range)?;
@@ -231,12 +329,15 @@ pub fn start(
                 } else {
                     None
                 };
-                Ok(OpenContext {
-                    info: info_for(node),
-                    config: spec.config.clone(),
-                    keyed,
-                    operator_state: restored.operator_state,
-                })
+                Ok((
+                    OpenContext {
+                        info: info_for(node),
+                        config: spec.config.clone(),
+                        keyed,
+                        operator_state: restored.operator_state,
+                    },
+                    restored.channel_state,
+                ))
             };
             let task_err = |node: usize, e: crate::error::BoxError| JobError::Task {
                 operator: g.node(cairn_graph::NodeId(node)).name.clone(),
@@ -246,17 +347,18 @@ pub fn start(
                 message: format!("failed to open: {e}"),
                 source: Some(e),
             };
-            let (head_part, op_nodes): (Head, &[cairn_graph::NodeId]) = match &spec.nodes[head.id.0].code {
+            let (mut head_part, op_nodes): (Head, &[cairn_graph::NodeId]) = match &spec.nodes[head.id.0].code {
                 NodeCode::Source(factory) => {
                     let mut src = factory();
-                    src.open(open_ctx(head.id.0, restore)?)
-                        .map_err(|e| task_err(head.id.0, e))?;
+                    let (ctx, _) = open_ctx(head.id.0, restore)?;
+                    src.open(ctx).map_err(|e| task_err(head.id.0, e))?;
                     running.source_tasks.push(id);
                     (Head::Source(src), &chain[1..])
                 }
                 NodeCode::Operator(_) => {
-                    let inputs = receivers.remove(&(head.id.0, s)).unwrap_or_default();
-                    (Head::Inputs(inputs), &chain[..])
+                    let channels = receivers.remove(&(head.id.0, s)).unwrap_or_default();
+                    let priority = lanes.remove(&(head.id.0, s)).unwrap_or_else(crossbeam_channel::never);
+                    (Head::Inputs(TaskInputs { channels, priority }), &chain[..])
                 }
             };
             let mut ops = Vec::new();
@@ -268,11 +370,14 @@ pub fn start(
                     )));
                 };
                 let mut op = factory();
-                op.open(open_ctx(n.0, restore)?).map_err(|e| task_err(n.0, e))?;
+                let (ctx, channel_state) = open_ctx(n.0, restore)?;
+                op.open(ctx).map_err(|e| task_err(n.0, e))?;
+                if let Head::Inputs(inputs) = &mut head_part {
+                    replay_channel_state(spec, n.0, s, channel_state, &mut inputs.channels)?;
+                }
                 ops.push((n.0, op));
             }
             let send_ctx = SendContext {
-                cancel: cancel.clone(),
                 metrics: metrics.clone(),
                 batch_size: settings.batch_size,
             };
@@ -293,7 +398,7 @@ pub fn start(
                         subtask: s,
                     });
                 }
-                outputs.push(factory(wirings, send_ctx.clone()));
+                outputs.push((factory.make)(wirings, send_ctx.clone()));
             }
             let (cmd_tx, cmd_rx) = unbounded();
             running.commands.insert(id, cmd_tx);
@@ -321,7 +426,8 @@ pub fn start(
                     clock: spec.clock.clone(),
                     settings: TaskSettings {
                         batch_size: settings.batch_size,
-                        exactly_once: settings.exactly_once,
+                        barriers: settings.barriers,
+                        debloat: settings.debloat,
                         wait_for_release,
                     },
                     source_node,
@@ -342,6 +448,88 @@ pub fn start(
         running.handles.push(handle);
     }
     Ok(running)
+}
+
+/// Put the restored channel state of node `node`, subtask `s` into its input
+/// channels' inboxes, to be processed before anything new: on the channel it
+/// was captured on, or (rescaled) on a channel of the same edge, filtered to
+/// the subtask's key groups for keyed edges. State of an edge that no longer
+/// reaches this task fails the start.
+fn replay_channel_state(
+    spec: &JobSpec,
+    node: usize,
+    s: u32,
+    channel_state: Vec<RestoredChannelState>,
+    inputs: &mut [TaskInput],
+) -> Result<(), JobError> {
+    let g = &spec.graph;
+    let n = g.node(cairn_graph::NodeId(node));
+    let named = |descriptor: &ChannelDescriptor, what: String| {
+        JobError::Setup(crate::error::SetupError::new(
+            crate::error::SetupErrorKind::IncompatibleState,
+            format!(
+                "the channel state of operator '{}' (uid '{}'), subtask {}, {descriptor}: {what}",
+                n.name,
+                n.uid,
+                s + 1
+            ),
+        ))
+    };
+    for restored in channel_state {
+        let d = &restored.channel;
+        let exact = inputs.iter().position(|i| i.descriptor == *d);
+        let at = match exact {
+            Some(at) => Some(at),
+            None if restored.rescaled => {
+                let same_edge: Vec<usize> = (0..inputs.len())
+                    .filter(|&i| {
+                        let o = &inputs[i].descriptor;
+                        o.input == d.input
+                            && o.source_operator_id == d.source_operator_id
+                            && o.edge_ordinal == d.edge_ordinal
+                    })
+                    .collect();
+                (!same_edge.is_empty()).then(|| same_edge[d.source_subtask as usize % same_edge.len()])
+            }
+            None => None,
+        };
+        let Some(at) = at else {
+            return Err(named(
+                d,
+                "this job has no such input channel any more (its topology changed). In-flight records of an \
+                 unaligned checkpoint restore only into the job's same edges: restore the old job, take a \
+                 savepoint (savepoints are always aligned) and change the job from that"
+                    .into(),
+            ));
+        };
+        let inp = &mut inputs[at];
+        let messages = decode_channel_messages(&restored.messages, &*inp.codec)
+            .map_err(|e| named(d, format!("it does not decode as {}: {e}", inp.codec.record_type())))?;
+        let key_fn = spec.edge_keys.get(inp.edge).cloned().flatten();
+        for msg in messages {
+            let msg = match msg {
+                Message::Records(mut batch, count) => match (restored.key_groups, &key_fn) {
+                    (Some(range), Some(key_fn)) => {
+                        let kept = inp
+                            .codec
+                            .retain_key_groups(&mut batch, &**key_fn, n.max_parallelism, range)
+                            .map_err(|e| named(d, format!("its records' keys cannot be computed: {e}")))?;
+                        if kept == 0 {
+                            continue;
+                        }
+                        Message::Records(batch, kept)
+                    }
+                    _ => Message::Records(batch, count),
+                },
+                Message::Watermark(_) | Message::Idle(_) if restored.rescaled => continue,
+                other => other,
+            };
+            inp.inbox.push_back(msg);
+            inp.channel.hold();
+            inp.restored += 1;
+        }
+    }
+    Ok(())
 }
 
 impl RunningJob {

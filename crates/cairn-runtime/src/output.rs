@@ -1,19 +1,22 @@
 //! Sending records to the next tasks: partitioners (forward, key groups,
-//! rebalance, broadcast) with per-target batch buffers, and a send that gives
-//! up when the job is cancelled instead of blocking forever on a full channel.
+//! rebalance, broadcast) with per-target batch buffers feeding the targets'
+//! channels (`channel.rs`), which queue what credits do not yet allow.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use cairn_graph::Partitioning;
 use cairn_state::keygroup::{key_group_for_bytes, subtask_for_key_group};
-use crossbeam_channel::{SendTimeoutError, Sender};
 
-use crate::error::{BoxError, Cancelled, OpResult};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::channel::OutputChannel;
+use crate::codec::{batch_codec, BatchCodec};
+use crate::error::{BoxError, OpResult};
 use crate::operator::downcast_batch;
-use crate::record::{AnyBatch, Message, StreamRecord};
+use crate::record::{AnyBatch, Barrier, Message, StreamRecord};
 
 /// Writes a record's key bytes (the canonical key encoding) for `key_by` edges.
 pub struct KeyBytesFn<T>(pub Box<WriteKeyBytes<T>>);
@@ -29,7 +32,7 @@ pub struct TaskMetrics {
     pub records_out: AtomicU64,
     /// Records a source head produced (before any chained operator).
     pub source_records: AtomicU64,
-    /// Nanoseconds spent waiting for room in full output channels.
+    /// Nanoseconds spent waiting for credits of output channels.
     pub backpressure_ns: AtomicU64,
     /// Nanoseconds spent waiting for input (or, for a source, for data).
     pub idle_ns: AtomicU64,
@@ -37,6 +40,12 @@ pub struct TaskMetrics {
     pub started_ms: AtomicU64,
     /// The task's current input watermark (`i64::MIN` before the first).
     pub watermark: AtomicI64,
+    /// Batches the task's input channels may have in flight towards it now
+    /// (their capacity, or less with buffer debloating); 0 for sources.
+    pub in_flight_limit: AtomicU64,
+    /// Records they may have in flight: per channel its credits times the
+    /// batch size, or the smaller batch it asks for (debloating).
+    pub in_flight_records_limit: AtomicU64,
     /// Per operator of the chain, in chain order (a source head first).
     pub operators: Vec<OperatorMetrics>,
 }
@@ -85,8 +94,8 @@ impl TaskMetrics {
 /// Everything a port needs to write to one edge's targets.
 pub struct EdgeWiring {
     pub partitioning: Partitioning,
-    /// One sender per target subtask this subtask sends to (one for forward).
-    pub targets: Vec<Sender<Message>>,
+    /// One channel per target subtask this subtask sends to (one for forward).
+    pub targets: Vec<OutputChannel>,
     /// For key-group edges: a `KeyBytesFn<T>`.
     pub key_fn: Option<Arc<dyn Any + Send + Sync>>,
     pub target_parallelism: u32,
@@ -98,63 +107,85 @@ pub struct EdgeWiring {
 /// Context shared by all ports of a task.
 #[derive(Clone)]
 pub struct SendContext {
-    pub cancel: Arc<AtomicBool>,
     pub metrics: Arc<TaskMetrics>,
     pub batch_size: usize,
 }
 
-/// Send `msg`, waiting while the channel is full unless the job is cancelled.
-pub fn send(tx: &Sender<Message>, msg: Message, ctx: &SendContext) -> OpResult {
-    // Most sends find room at once; only a full channel starts the clock.
-    let mut msg = match tx.try_send(msg) {
-        Ok(()) => return Ok(()),
-        Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(Box::new(Cancelled)),
-        Err(crossbeam_channel::TrySendError::Full(m)) => m,
-    };
-    let waited = Some(Instant::now());
+/// Queue `records` on `ch` as messages of at most `max` records.
+fn enqueue_in_batches<T: Send + 'static>(
+    ch: &mut OutputChannel,
+    records: Vec<StreamRecord<T>>,
+    max: usize,
+) -> OpResult {
+    let max = max.max(1);
+    if records.len() <= max {
+        return ch.enqueue(records_message(records));
+    }
+    let mut it = records.into_iter();
     loop {
-        match tx.send_timeout(msg, Duration::from_millis(50)) {
-            Ok(()) => break,
-            Err(SendTimeoutError::Timeout(m)) => {
-                if ctx.cancel.load(Ordering::Relaxed) {
-                    return Err(Box::new(Cancelled));
-                }
-                msg = m;
-            }
-            Err(SendTimeoutError::Disconnected(_)) => return Err(Box::new(Cancelled)),
+        let chunk: Vec<StreamRecord<T>> = it.by_ref().take(max).collect();
+        if chunk.is_empty() {
+            return Ok(());
         }
+        ch.enqueue(records_message(chunk))?;
     }
-    if let Some(start) = waited {
-        ctx.metrics
-            .backpressure_ns
-            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-    Ok(())
+}
+
+/// A batch as a message, with its record count.
+fn records_message<T: Send + 'static>(records: Vec<StreamRecord<T>>) -> Message {
+    let n = records.len() as u64;
+    Message::Records(Box::new(records), n)
 }
 
 /// One output port of a task's last operator, with all the edges it feeds.
+/// Nothing here blocks: messages wait in their channel's queue until the
+/// receiver grants credits, and the task loop waits for those between
+/// batches (where it still sees barriers and commands).
 pub trait PortOutput: Send {
     /// Partition a batch of this port's record type into the targets' buffers.
     fn send_batch(&mut self, batch: AnyBatch) -> OpResult;
-    /// Send every non-empty buffer.
+    /// Queue every non-empty buffer.
     fn flush(&mut self) -> OpResult;
-    /// Flush, then send a control message (made fresh per target) to every target.
+    /// Flush, then queue a control message (made fresh per target) to every target.
     fn control(&mut self, make: &dyn Fn() -> Message) -> OpResult;
+    /// Flush, then announce `barrier` to every target and queue it in line.
+    fn barrier(&mut self, barrier: Barrier) -> OpResult;
+    /// How many records of input the port's receivers take at once when
+    /// some of them ask for smaller batches (buffer debloating): per
+    /// key-group edge the sum of its targets' limits, per other edge the
+    /// smallest; the least over the edges. `None` when nobody limits.
+    fn input_budget(&mut self) -> Option<u64>;
+    /// The port's channels (every edge's targets).
+    fn channels(&self) -> &[OutputChannel];
+    /// The port's channels, to send what credits allow.
+    fn channels_mut(&mut self) -> &mut [OutputChannel];
 }
 
-/// Builds a port's output from its edges' wiring.
-pub type PortFactory = Arc<dyn Fn(Vec<EdgeWiring>, SendContext) -> Box<dyn PortOutput> + Send + Sync>;
+/// Builds a port's output from its edges' wiring, and knows how to encode
+/// the port's records (channel state, remote edges).
+#[derive(Clone)]
+pub struct PortFactory {
+    pub make: Arc<dyn Fn(Vec<EdgeWiring>, SendContext) -> Box<dyn PortOutput> + Send + Sync>,
+    pub codec: Arc<dyn BatchCodec>,
+}
 
 /// The port factory for records of type `T`.
-pub fn port_factory<T: Clone + Send + 'static>() -> PortFactory {
-    Arc::new(|edges, ctx| Box::new(TypedPort::<T>::new(edges, ctx)) as Box<dyn PortOutput>)
+pub fn port_factory<T: Clone + Send + Serialize + DeserializeOwned + 'static>() -> PortFactory {
+    PortFactory {
+        make: Arc::new(|edges, ctx| Box::new(TypedPort::<T>::new(edges, ctx)) as Box<dyn PortOutput>),
+        codec: batch_codec::<T>(),
+    }
 }
 
+/// One edge of a port: its partitioner and a batch buffer per target; the
+/// targets are `channels[first..first + buffers.len()]` of the port.
 struct EdgeWriter<T> {
     partitioning: Partitioning,
-    targets: Vec<Sender<Message>>,
+    first: usize,
     buffers: Vec<Vec<StreamRecord<T>>>,
     key_fn: Option<Arc<KeyBytesFn<T>>>,
+    /// Per target, the records per message now (reused buffer).
+    limits: Vec<usize>,
     target_parallelism: u32,
     target_max_parallelism: u32,
     next: usize,
@@ -163,11 +194,13 @@ struct EdgeWriter<T> {
 
 struct TypedPort<T> {
     edges: Vec<EdgeWriter<T>>,
+    channels: Vec<OutputChannel>,
     ctx: SendContext,
 }
 
 impl<T: Clone + Send + 'static> TypedPort<T> {
     fn new(wirings: Vec<EdgeWiring>, ctx: SendContext) -> Self {
+        let mut channels = Vec::new();
         let edges = wirings
             .into_iter()
             .map(|w| {
@@ -175,81 +208,91 @@ impl<T: Clone + Send + 'static> TypedPort<T> {
                     k.downcast::<KeyBytesFn<T>>()
                         .unwrap_or_else(|_| panic!("key_by function of the wrong record type: a Cairn wiring bug"))
                 });
+                let first = channels.len();
+                let n = w.targets.len();
+                channels.extend(w.targets);
                 EdgeWriter {
                     partitioning: w.partitioning,
-                    buffers: w.targets.iter().map(|_| Vec::new()).collect(),
-                    next: w.subtask as usize % w.targets.len().max(1),
-                    targets: w.targets,
+                    first,
+                    buffers: (0..n).map(|_| Vec::new()).collect(),
+                    next: w.subtask as usize % n.max(1),
                     key_fn,
+                    limits: Vec::with_capacity(n),
                     target_parallelism: w.target_parallelism,
                     target_max_parallelism: w.target_max_parallelism,
                     key_buf: Vec::with_capacity(32),
                 }
             })
             .collect();
-        TypedPort { edges, ctx }
+        TypedPort { edges, channels, ctx }
     }
 }
 
 impl<T: Clone + Send + 'static> EdgeWriter<T> {
-    fn write(&mut self, mut records: Vec<StreamRecord<T>>, ctx: &SendContext) -> OpResult {
+    fn write(
+        &mut self,
+        mut records: Vec<StreamRecord<T>>,
+        channels: &mut [OutputChannel],
+        ctx: &SendContext,
+    ) -> OpResult {
+        let targets = &mut channels[self.first..self.first + self.buffers.len()];
+        // What each target takes per message: the batch size, or less when
+        // its receiver asks for smaller batches (buffer debloating).
+        let limit = |ch: &mut OutputChannel| {
+            ch.batch_limit()
+                .map_or(ctx.batch_size, |l| (l as usize).min(ctx.batch_size))
+        };
         match self.partitioning {
             Partitioning::KeyGroups => {
                 let key_fn = self
                     .key_fn
                     .as_ref()
                     .ok_or_else(|| -> BoxError { "key_by edge without key function".into() })?;
+                self.limits.clear();
+                self.limits.extend(targets.iter_mut().map(limit));
                 for rec in records.drain(..) {
                     (key_fn.0)(&rec.value, &mut self.key_buf)?;
                     let kg = key_group_for_bytes(&self.key_buf, self.target_max_parallelism);
                     let t = subtask_for_key_group(self.target_max_parallelism, self.target_parallelism, kg) as usize;
                     self.buffers[t].push(rec);
-                    if self.buffers[t].len() >= ctx.batch_size {
-                        let full = std::mem::replace(&mut self.buffers[t], Vec::with_capacity(ctx.batch_size));
-                        {
-                            let n = full.len() as u64;
-                            send(&self.targets[t], Message::Records(Box::new(full), n), ctx)?;
-                        }
+                    if self.buffers[t].len() >= self.limits[t] {
+                        let full = std::mem::replace(&mut self.buffers[t], Vec::with_capacity(self.limits[t]));
+                        targets[t].enqueue(records_message(full))?;
                     }
                 }
                 Ok(())
             }
             Partitioning::Broadcast => {
-                let n = self.targets.len();
-                for (i, tx) in self.targets.iter().enumerate() {
+                let n = targets.len();
+                for (i, ch) in targets.iter_mut().enumerate() {
                     let batch = if i + 1 == n {
                         std::mem::take(&mut records)
                     } else {
                         records.clone()
                     };
-                    let n = batch.len() as u64;
-                    send(tx, Message::Records(Box::new(batch), n), ctx)?;
+                    let max = limit(ch);
+                    enqueue_in_batches(ch, batch, max)?;
                 }
                 Ok(())
             }
             Partitioning::Rebalance => {
                 let t = self.next;
-                self.next = (self.next + 1) % self.targets.len();
-                {
-                    let n = records.len() as u64;
-                    send(&self.targets[t], Message::Records(Box::new(records), n), ctx)
-                }
+                self.next = (self.next + 1) % targets.len();
+                let max = limit(&mut targets[t]);
+                enqueue_in_batches(&mut targets[t], records, max)
             }
             Partitioning::Forward | Partitioning::Auto => {
-                let n = records.len() as u64;
-                send(&self.targets[0], Message::Records(Box::new(records), n), ctx)
+                let max = limit(&mut targets[0]);
+                enqueue_in_batches(&mut targets[0], records, max)
             }
         }
     }
 
-    fn flush(&mut self, ctx: &SendContext) -> OpResult {
+    fn flush(&mut self, channels: &mut [OutputChannel]) -> OpResult {
         for (t, buf) in self.buffers.iter_mut().enumerate() {
             if !buf.is_empty() {
                 let full = std::mem::take(buf);
-                {
-                    let n = full.len() as u64;
-                    send(&self.targets[t], Message::Records(Box::new(full), n), ctx)?;
-                }
+                channels[self.first + t].enqueue(records_message(full))?;
             }
         }
         Ok(())
@@ -269,25 +312,58 @@ impl<T: Clone + Send + 'static> PortOutput for TypedPort<T> {
             } else {
                 records.as_ref().expect("records present").clone()
             };
-            self.edges[i].write(batch, &self.ctx)?;
+            self.edges[i].write(batch, &mut self.channels, &self.ctx)?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> OpResult {
         for e in &mut self.edges {
-            e.flush(&self.ctx)?;
+            e.flush(&mut self.channels)?;
         }
         Ok(())
     }
 
     fn control(&mut self, make: &dyn Fn() -> Message) -> OpResult {
         self.flush()?;
-        for e in &self.edges {
-            for tx in &e.targets {
-                send(tx, make(), &self.ctx)?;
-            }
+        for ch in &mut self.channels {
+            ch.enqueue(make())?;
         }
         Ok(())
+    }
+
+    fn barrier(&mut self, barrier: Barrier) -> OpResult {
+        self.flush()?;
+        for ch in &mut self.channels {
+            ch.emit_barrier(barrier)?;
+        }
+        Ok(())
+    }
+
+    fn input_budget(&mut self) -> Option<u64> {
+        let batch = self.ctx.batch_size as u64;
+        let mut budget: Option<u64> = None;
+        for e in &self.edges {
+            let targets = &mut self.channels[e.first..e.first + e.buffers.len()];
+            let limits: Vec<Option<u32>> = targets.iter_mut().map(|c| c.batch_limit()).collect();
+            if limits.iter().all(Option::is_none) {
+                continue;
+            }
+            let each = limits.iter().map(|l| l.map_or(batch, u64::from).min(batch));
+            let edge = match e.partitioning {
+                Partitioning::KeyGroups => each.sum(),
+                _ => each.min().unwrap_or(batch),
+            };
+            budget = Some(budget.map_or(edge, |b: u64| b.min(edge)));
+        }
+        budget
+    }
+
+    fn channels(&self) -> &[OutputChannel] {
+        &self.channels
+    }
+
+    fn channels_mut(&mut self) -> &mut [OutputChannel] {
+        &mut self.channels
     }
 }

@@ -68,3 +68,15 @@ pub enum Message {
         drained: bool,
     },
 }
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::Records(_, n) => write!(f, "Records({n})"),
+            Message::Watermark(w) => f.debug_tuple("Watermark").field(w).finish(),
+            Message::Idle(i) => f.debug_tuple("Idle").field(i).finish(),
+            Message::Barrier(b) => f.debug_tuple("Barrier").field(b).finish(),
+            Message::EndOfInput { drained } => f.debug_struct("EndOfInput").field("drained", drained).finish(),
+        }
+    }
+}

@@ -1,15 +1,28 @@
 //! The task: one thread running one subtask of a chain of operators. Its head
 //! is a source or a set of input channels; records pass through the chained
 //! operators by function call and leave through the last operator's ports.
+//!
+//! The loop never blocks inside a send: output waits for credits in its
+//! channels' queues, and the loop, between batches, either processes input
+//! (when no output is backlogged) or waits for whatever can move it on:
+//! credits, commands, barrier announcements, or, while an unaligned
+//! checkpoint captures channel state, the in-flight data it reads ahead. So
+//! a backpressured task still snapshots at once and reacts to commands.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
+use crate::barrier::{BarrierAction, BarrierHandler, BarrierSettings};
+use crate::channel::{InputChannel, PriorityEvent};
+use crate::channel_state::{ChannelDescriptor, ChannelLog, ChannelStateUpload};
+use crate::codec::BatchCodec;
+use crate::debloat::Debloater;
 use crate::error::{BoxError, Cancelled};
-use crate::input::{BarrierAction, InputState};
+use crate::input::InputState;
 use cairn_snapshot::StateFileRef;
 use cairn_state::canonical::KeyCodec;
 use cairn_state::BackendSnapshot;
@@ -18,8 +31,8 @@ use crate::operator::{Emitter, OperatorLogic, OperatorSnapshot};
 use crate::output::{PortOutput, TaskMetrics};
 use crate::record::{AnyBatch, Barrier, Message, MAX_WATERMARK};
 use crate::source::{SourceLogic, SourceStatus};
-use crate::time::SharedClock;
-use crate::upload::{OperatorUpload, SnapshotUploader, UploadJob};
+use crate::time::{now_ms, SharedClock};
+use crate::upload::{OperatorUpload, SnapshotDestination, SnapshotUploader, UploadJob};
 
 /// Release what an unused snapshot holds (a file snapshot's local files).
 fn discard(snapshot: OperatorSnapshot) {
@@ -65,6 +78,10 @@ pub enum TaskEvent {
         sync: Duration,
         /// Time the upload took.
         write: Duration,
+        /// The task snapshotted before all barriers arrived (unaligned).
+        unaligned: bool,
+        /// Bytes of channel state written (in-flight records).
+        persisted_bytes: u64,
     },
     /// The task declined a checkpoint (its snapshot failed).
     Decline {
@@ -82,13 +99,6 @@ pub enum TaskEvent {
     },
     /// The thread exited.
     Exited { task: TaskId },
-}
-
-/// Where records enter the task.
-pub enum Head {
-    Source(Box<dyn SourceLogic>),
-    /// Receivers with the logical input (0/1) each one feeds.
-    Inputs(Vec<(usize, Receiver<Message>)>),
 }
 
 /// A failure attributed to a chain position.
@@ -117,11 +127,48 @@ fn runtime(error: BoxError) -> Fail {
     Fail { op: None, error }
 }
 
+/// Where records enter the task.
+pub enum Head {
+    Source(Box<dyn SourceLogic>),
+    Inputs(TaskInputs),
+}
+
+/// A task's input channels and its priority lane.
+pub struct TaskInputs {
+    pub channels: Vec<TaskInput>,
+    /// Barrier announcements of every input channel.
+    pub priority: Receiver<PriorityEvent>,
+}
+
+/// One input channel of a task.
+pub struct TaskInput {
+    /// Index of its edge in the job graph.
+    pub edge: usize,
+    /// The logical input (0, or 1 for two-input operators) it feeds.
+    pub input: usize,
+    pub channel: InputChannel,
+    /// Encodes its records (channel state).
+    pub codec: Arc<dyn BatchCodec>,
+    /// Which upstream it comes from (names its channel state).
+    pub descriptor: ChannelDescriptor,
+    /// Messages read but not processed yet, processed before the data lane:
+    /// restored channel state first, then what unaligned captures read ahead.
+    pub inbox: VecDeque<Message>,
+    /// How many messages at the front of `inbox` are restored channel
+    /// state; while any channel has some, only those are processed (a
+    /// rescaled restore may have moved a key's in-flight records to another
+    /// channel than its new records come on).
+    pub restored: usize,
+}
+
 /// Settings the task loop needs.
 #[derive(Clone, Copy)]
 pub struct TaskSettings {
     pub batch_size: usize,
-    pub exactly_once: bool,
+    /// How checkpoint barriers are handled at inputs.
+    pub barriers: BarrierSettings,
+    /// `None` when buffer debloating is off.
+    pub debloat: Option<crate::debloat::DebloatSettings>,
     /// Wait for `Release` after finishing (a final checkpoint must commit first).
     pub wait_for_release: bool,
 }
@@ -158,6 +205,72 @@ pub struct Task {
     pub drained: bool,
 }
 
+/// The synchronous part of a snapshot, until it is handed to the uploader.
+struct HeldSnapshot {
+    destination: Arc<SnapshotDestination>,
+    operators: Vec<OperatorUpload>,
+    alignment: Duration,
+    sync: Duration,
+}
+
+impl HeldSnapshot {
+    fn discard(self) {
+        for op in self.operators {
+            discard(op.snapshot);
+        }
+    }
+}
+
+/// An unaligned checkpoint whose channel state is being captured.
+struct Capture {
+    checkpoint_id: u64,
+    /// One log per input channel.
+    logs: Vec<ChannelLog>,
+    /// `None` when the snapshot was declined: capture for the barrier
+    /// bookkeeping, upload nothing.
+    held: Option<HeldSnapshot>,
+}
+
+/// The input loop's state beside the task.
+struct InputLoop {
+    inputs: TaskInputs,
+    barriers: BarrierHandler,
+    watermarks: InputState,
+    /// Since the pending checkpoint's first barrier or announcement here.
+    align_start: Option<Instant>,
+    capture: Option<Capture>,
+    /// Where the next round-robin read starts.
+    next: usize,
+    scratch: Vec<u8>,
+    debloat: Option<Debloat>,
+    /// Seconds per record of the chain (moving average), to cut batches of
+    /// slow operators into slices.
+    record_cost: Option<f64>,
+}
+
+/// How long a task processes input before it looks at its priority lane,
+/// commands and credits again. A batch that would take longer (a slow
+/// operator: 1 ms per record makes a batch of 1024 take a second) is
+/// processed in slices, so an unaligned checkpoint's snapshot, a command or
+/// an alignment timeout waits for one slice at most, not for a whole batch.
+const PROCESSING_SLICE: Duration = Duration::from_millis(10);
+/// Records of the first slice, before a record's cost is known.
+const FIRST_SLICE_RECORDS: u64 = 64;
+
+/// Buffer debloating of a task's inputs, with when its period began.
+struct Debloat {
+    debloater: Debloater,
+    since: Instant,
+}
+
+/// What reading one data-lane message gave.
+enum Read {
+    Nothing,
+    /// A barrier (handled by the bookkeeping; nothing to process).
+    Barrier,
+    Message(Message),
+}
+
 impl Task {
     /// Run to completion, reporting the outcome as events.
     pub fn run(mut self) {
@@ -186,10 +299,12 @@ impl Task {
     }
 
     fn run_inner(&mut self) -> Result<(), Fail> {
-        self.metrics
-            .started_ms
-            .store(crate::time::now_ms().max(0) as u64, Ordering::Relaxed);
-        match std::mem::replace(&mut self.head, Head::Inputs(Vec::new())) {
+        self.metrics.started_ms.store(now_ms().max(0) as u64, Ordering::Relaxed);
+        let inputs = TaskInputs {
+            channels: Vec::new(),
+            priority: crossbeam_channel::never(),
+        };
+        match std::mem::replace(&mut self.head, Head::Inputs(inputs)) {
             Head::Source(source) => self.run_source(source),
             Head::Inputs(inputs) => self.run_inputs(inputs),
         }
@@ -202,6 +317,14 @@ impl Task {
 
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn check_cancelled(&self) -> Result<(), Fail> {
+        if self.cancelled() {
+            Err(runtime(Box::new(Cancelled)))
+        } else {
+            Ok(())
+        }
     }
 
     /// Pass a batch into chain position `level` (== ops.len(): the outputs).
@@ -249,6 +372,77 @@ impl Task {
         Ok(())
     }
 
+    /// How much input to take at once so that one step's output fits what
+    /// slow receivers ask for per message (buffer debloating); `None`: no limit.
+    fn input_budget(&mut self) -> Option<u64> {
+        self.outputs.iter_mut().filter_map(|o| o.input_budget()).min()
+    }
+
+    /// Send what credits allow; returns whether some output still waits for
+    /// credits (the task is backpressured).
+    fn pump_outputs(&mut self) -> Result<bool, Fail> {
+        let mut backlogged = false;
+        for o in &mut self.outputs {
+            for c in o.channels_mut() {
+                backlogged |= c.pump().map_err(runtime)?;
+            }
+        }
+        Ok(backlogged)
+    }
+
+    /// Wait until something may have changed: a command (when `commands`),
+    /// credits for a backlogged output, and for an input loop its priority
+    /// lane and the data lanes it reads (`want_data`: the ones it processes;
+    /// always the ones an unaligned capture reads ahead).
+    fn wait(&self, st: Option<&InputLoop>, commands: bool, want_data: bool, timeout: Duration) {
+        let mut sel = Select::new();
+        if commands {
+            sel.recv(&self.commands);
+        }
+        if let Some(st) = st {
+            sel.recv(&st.inputs.priority);
+            for (ch, inp) in st.inputs.channels.iter().enumerate() {
+                let process = want_data && inp.inbox.is_empty() && st.barriers.readable(ch);
+                if process || st.barriers.wants_read_ahead(ch) {
+                    sel.recv(inp.channel.data_lane());
+                }
+            }
+        }
+        for o in &self.outputs {
+            for c in o.channels() {
+                if c.backlog() > 0 {
+                    sel.recv(c.credit_lane());
+                }
+            }
+        }
+        let _ = sel.ready_timeout(timeout);
+    }
+
+    /// Send everything queued (before the task reports that it finished).
+    fn drain_outputs(&mut self) -> Result<(), Fail> {
+        loop {
+            let started = Instant::now();
+            if !self.pump_outputs()? {
+                return Ok(());
+            }
+            self.check_cancelled()?;
+            self.wait(None, false, false, Duration::from_millis(100));
+            self.record_backpressure(started);
+        }
+    }
+
+    fn record_idle(&self, since: Instant) {
+        self.metrics
+            .idle_ns
+            .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn record_backpressure(&self, since: Instant) {
+        self.metrics
+            .backpressure_ns
+            .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
     /// Event time advanced: each operator fires its timers (their output flows
     /// down the chain) before the watermark moves on.
     fn advance_watermark(&mut self, wm: i64) -> Result<(), Fail> {
@@ -279,20 +473,29 @@ impl Task {
         self.ops.iter().filter_map(|(_, op)| op.next_processing_timer()).min()
     }
 
-    /// Snapshot the chain (after the source, if any), forward the barrier and
-    /// hand the snapshot to the uploader (processing never waits for it).
-    fn checkpoint(
+    /// How long to wait at most: until the next processing timer, capped at `cap`.
+    fn wait_cap(&self, cap: Duration) -> Duration {
+        match self.next_processing_timer() {
+            Some(t) => cap.min(Duration::from_millis((t - self.clock.now_ms()).max(0) as u64)),
+            None => cap,
+        }
+    }
+
+    /// Snapshot the chain (after the source, if any) and forward the barrier
+    /// (unless finished). Returns the snapshot to upload, or `None` when it
+    /// was declined (reported) or is a repeat.
+    fn take_snapshot(
         &mut self,
         barrier: Barrier,
         source: Option<&mut Box<dyn SourceLogic>>,
         alignment: Duration,
-    ) -> Result<(), Fail> {
+    ) -> Result<Option<HeldSnapshot>, Fail> {
         let start = Instant::now();
         let id = barrier.checkpoint_id;
         // A finished task may be asked twice (at trigger and when it
         // finished); ids increase, so a snapshot at or below the last is a repeat.
         if self.last_snapshot.is_some_and(|last| id <= last) {
-            return Ok(());
+            return Ok(None);
         }
         self.last_snapshot = Some(id);
         let destination = self.uploader.destination(id);
@@ -323,7 +526,9 @@ impl Task {
             }
         }
         if !self.finished {
-            self.control_all(&|| Message::Barrier(barrier))?;
+            for o in &mut self.outputs {
+                o.barrier(barrier).map_err(runtime)?;
+            }
         }
         let task = self.id;
         let Some(destination) = destination.filter(|_| failed.is_none()) else {
@@ -336,7 +541,7 @@ impl Task {
                 checkpoint_id: id,
                 reason: crate::error::CheckpointFailure::Declined(reason),
             });
-            return Ok(());
+            return Ok(None);
         };
         let _ = self.events.send(TaskEvent::Snapshotted {
             task,
@@ -359,15 +564,39 @@ impl Task {
                 }
             })
             .collect();
-        self.uploader.submit(UploadJob {
-            task,
-            subtask: task.subtask,
+        Ok(Some(HeldSnapshot {
             destination,
             operators,
             alignment,
             sync: start.elapsed(),
+        }))
+    }
+
+    /// Hand a snapshot to the uploader (processing never waits for it).
+    fn submit(&self, held: HeldSnapshot, channel_state: Option<ChannelStateUpload>) {
+        let task = self.id;
+        self.uploader.submit(UploadJob {
+            task,
+            subtask: task.subtask,
+            destination: held.destination,
+            operators: held.operators,
+            channel_state,
+            alignment: held.alignment,
+            sync: held.sync,
             events: self.events.clone(),
         });
+    }
+
+    /// An aligned snapshot: take it, forward the barrier, upload.
+    fn checkpoint(
+        &mut self,
+        barrier: Barrier,
+        source: Option<&mut Box<dyn SourceLogic>>,
+        alignment: Duration,
+    ) -> Result<(), Fail> {
+        if let Some(held) = self.take_snapshot(barrier, source, alignment)? {
+            self.submit(held, None);
+        }
         Ok(())
     }
 
@@ -417,8 +646,9 @@ impl Task {
         self.control_all(&|| Message::EndOfInput { drained })
     }
 
-    /// After the input ended: report, then (if asked) keep serving checkpoint
-    /// notifications until the coordinator releases the task.
+    /// After the input ended and every output was sent: report, then (if
+    /// asked) keep serving checkpoint notifications until the coordinator
+    /// releases the task.
     fn finish(&mut self, mut source: Option<&mut Box<dyn SourceLogic>>) -> Result<(), Fail> {
         self.finished = true;
         let _ = self.events.send(TaskEvent::Finished { task: self.id });
@@ -430,11 +660,7 @@ impl Task {
             match self.commands.recv_timeout(Duration::from_millis(100)) {
                 Ok(TaskCommand::Release) => return Ok(()),
                 Ok(cmd) => self.handle_command(cmd, source.as_deref_mut(), &mut ignore)?,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if self.cancelled() {
-                        return Err(runtime(Box::new(Cancelled)));
-                    }
-                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.check_cancelled()?,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
             }
         }
@@ -447,14 +673,23 @@ impl Task {
             while let Ok(cmd) = self.commands.try_recv() {
                 self.handle_command(cmd, Some(&mut source), &mut stop)?;
             }
-            if self.cancelled() {
-                return Err(runtime(Box::new(Cancelled)));
-            }
+            self.check_cancelled()?;
             if stop.is_some() {
                 break;
             }
+            // Backpressured: wait for credits (or a command), never in a send.
+            let started = Instant::now();
+            if self.pump_outputs()? {
+                let cap = self.wait_cap(Duration::from_millis(100));
+                self.wait(None, true, false, cap);
+                self.record_backpressure(started);
+                continue;
+            }
             let mut em = Emitter::default();
-            let status = source.poll(batch_size, &mut em).map_err(runtime)?;
+            let budget = self
+                .input_budget()
+                .map_or(batch_size, |b| (b as usize).clamp(1, batch_size));
+            let status = source.poll(budget, &mut em).map_err(runtime)?;
             let n = em.records();
             if n > 0 {
                 self.metrics.source_records.fetch_add(n, Ordering::Relaxed);
@@ -476,15 +711,10 @@ impl Task {
                 SourceStatus::More => {}
                 SourceStatus::Finished => break,
                 SourceStatus::Pending(d) => {
-                    let d = match self.next_processing_timer() {
-                        Some(t) => d.min(Duration::from_millis((t - self.clock.now_ms()).max(0) as u64)),
-                        None => d,
-                    };
+                    let d = self.wait_cap(d);
                     let waiting = Instant::now();
                     let cmd = self.commands.recv_timeout(d);
-                    self.metrics
-                        .idle_ns
-                        .fetch_add(waiting.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    self.record_idle(waiting);
                     if let Ok(cmd) = cmd {
                         self.handle_command(cmd, Some(&mut source), &mut stop)?;
                     }
@@ -498,120 +728,394 @@ impl Task {
             self.advance_watermark(MAX_WATERMARK)?;
         }
         self.end_of_input()?;
+        self.drain_outputs()?;
         self.finish(Some(&mut source))
     }
 
-    fn run_inputs(&mut self, inputs: Vec<(usize, Receiver<Message>)>) -> Result<(), Fail> {
-        let mut state = InputState::new(inputs.len(), self.settings.exactly_once);
-        let mut align_start: Option<Instant> = None;
+    fn run_inputs(&mut self, inputs: TaskInputs) -> Result<(), Fail> {
+        let n = inputs.channels.len();
+        let mut st = InputLoop {
+            inputs,
+            barriers: BarrierHandler::new(n, self.settings.barriers),
+            watermarks: InputState::new(n),
+            align_start: None,
+            capture: None,
+            next: 0,
+            scratch: Vec::new(),
+            debloat: self.settings.debloat.map(|settings| Debloat {
+                debloater: Debloater::new(settings),
+                since: Instant::now(),
+            }),
+            record_cost: None,
+        };
+        self.publish_in_flight_limit(&st);
         let mut ignore = None;
         let commands = self.commands.clone();
-        while !state.all_ended() {
-            if self.cancelled() {
-                return Err(runtime(Box::new(Cancelled)));
+        while !st.barriers.all_ended() {
+            self.check_cancelled()?;
+            // Commands and barrier announcements never wait behind data.
+            while let Ok(cmd) = commands.try_recv() {
+                self.handle_command(cmd, None, &mut ignore)?;
             }
-            let mut sel = Select::new();
-            let cmd_idx = sel.recv(&commands);
-            let mut map = Vec::with_capacity(inputs.len());
-            for (ch, (_, rx)) in inputs.iter().enumerate() {
-                if state.readable(ch) {
-                    map.push((sel.recv(rx), ch));
+            loop {
+                match st.inputs.priority.try_recv() {
+                    Ok(PriorityEvent::Announce { channel, barrier, seq }) => {
+                        if channel < n {
+                            st.barriers.on_announce(channel, barrier, seq, now_ms() as u64);
+                            self.drive(&mut st)?;
+                        }
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    // Every sender is gone: stop waiting on the lane (a closed
+                    // lane is always ready and would spin the wait).
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        st.inputs.priority = crossbeam_channel::never();
+                        break;
+                    }
                 }
             }
-            let timeout = match self.next_processing_timer() {
-                Some(t) => Duration::from_millis((t - self.clock.now_ms()).clamp(0, 100) as u64),
-                None => Duration::from_millis(100),
-            };
-            let waiting = Instant::now();
-            let selected = sel.select_timeout(timeout);
-            self.metrics
-                .idle_ns
-                .fetch_add(waiting.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            let oper = match selected {
-                Ok(o) => o,
-                Err(_) => {
-                    self.fire_processing_timers()?;
-                    self.flush()?;
-                    continue;
+            if st.barriers.deadline_ms().is_some() {
+                st.barriers.on_time(now_ms() as u64);
+                self.drive(&mut st)?;
+            }
+            let backlogged = self.pump_outputs()?;
+            self.read_ahead(&mut st)?;
+            self.debloat(&mut st);
+            if st.barriers.all_ended() {
+                break;
+            }
+            if let Some(records) = if backlogged { None } else { self.process_next(&mut st)? } {
+                if let Some(d) = &mut st.debloat {
+                    d.debloater.on_processed(records);
                 }
-            };
-            let idx = oper.index();
-            if idx == cmd_idx {
-                match oper.recv(&commands) {
-                    Ok(cmd) => self.handle_command(cmd, None, &mut ignore)?,
-                    Err(_) => return Err(runtime(Box::new(Cancelled))),
-                }
+                self.fire_processing_timers()?;
+                self.flush()?;
                 continue;
             }
-            let ch = map
-                .iter()
-                .find(|(i, _)| *i == idx)
-                .map(|(_, c)| *c)
-                .expect("selected a mapped channel");
-            let (input, rx) = &inputs[ch];
-            let msg = match oper.recv(rx) {
-                Ok(m) => m,
-                // The sender vanished without ending its input: it failed.
-                Err(_) => return Err(runtime(Box::new(Cancelled))),
-            };
-            match msg {
-                Message::Records(batch, n) => {
-                    self.metrics.records_in.fetch_add(n, Ordering::Relaxed);
-                    self.metrics.add_in(0, n);
-                    self.deliver(0, *input, 0, batch)?;
+            // Nothing to process now: wait for what can change that.
+            self.fire_processing_timers()?;
+            self.flush()?;
+            let mut cap = Duration::from_millis(100);
+            if let Some(d) = st.barriers.deadline_ms() {
+                cap = cap.min(Duration::from_millis(d.saturating_sub(now_ms() as u64)));
+            }
+            if let Some(d) = &st.debloat {
+                cap = cap.min(d.debloater.until_due(d.since.elapsed()));
+            }
+            let cap = self.wait_cap(cap);
+            let started = Instant::now();
+            let backlogged = self.pump_outputs()?;
+            self.wait(Some(&st), true, !backlogged, cap);
+            if backlogged {
+                self.record_backpressure(started);
+            } else {
+                self.record_idle(started);
+                if let Some(d) = &mut st.debloat {
+                    d.debloater.on_idle(started.elapsed());
                 }
-                Message::Watermark(wm) => {
-                    if let Some(w) = state.on_watermark(ch, wm) {
-                        self.advance_watermark(w)?;
+            }
+        }
+        self.end_of_input()?;
+        self.drain_outputs()?;
+        self.finish(None)
+    }
+
+    /// Read one data-lane message of channel `ch`, with the barrier
+    /// bookkeeping, logging it when it is channel state being captured.
+    /// `keep`: the task holds what it read unprocessed (read ahead).
+    fn read_one(&mut self, st: &mut InputLoop, ch: usize, keep: bool) -> Result<Read, Fail> {
+        let msg = match st.inputs.channels[ch].channel.try_read(keep) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(Read::Nothing),
+            // The sender vanished without ending its input: it failed.
+            Err(_) => return Err(runtime(Box::new(Cancelled))),
+        };
+        match &msg {
+            Message::Barrier(b) => {
+                st.barriers.on_barrier(ch, *b, now_ms() as u64);
+                self.drive(st)?;
+                return Ok(Read::Barrier);
+            }
+            Message::EndOfInput { .. } => {}
+            Message::Records(..) | Message::Watermark(_) | Message::Idle(_) => {
+                if st.barriers.on_data(ch) {
+                    if let Some(cap) = &mut st.capture {
+                        let codec = &st.inputs.channels[ch].codec;
+                        cap.logs[ch].log(&msg, &**codec, &mut st.scratch).map_err(runtime)?;
                     }
                 }
-                Message::Idle(idle) => {
-                    let was_idle = state.all_idle();
-                    if let Some(w) = state.on_idle(ch, idle) {
-                        self.advance_watermark(w)?;
-                    }
-                    let now_idle = state.all_idle();
-                    if was_idle != now_idle {
-                        self.control_all(&|| Message::Idle(now_idle))?;
-                    }
-                }
-                Message::Barrier(b) => match state.on_barrier(ch, b) {
-                    BarrierAction::Wait => {
-                        align_start.get_or_insert_with(Instant::now);
-                    }
-                    BarrierAction::AbortedPrevious { aborted } => {
-                        let _ = self.events.send(TaskEvent::Decline {
-                            task: self.id,
-                            checkpoint_id: aborted,
-                            reason: crate::error::CheckpointFailure::Declined(format!(
-                                "checkpoint {aborted} was overtaken by checkpoint {} during alignment",
-                                b.checkpoint_id
-                            )),
-                        });
-                        align_start = Some(Instant::now());
-                    }
-                    BarrierAction::Snapshot(b) => {
-                        let alignment = align_start.take().map_or(Duration::ZERO, |s| s.elapsed());
-                        self.checkpoint(b, None, alignment)?;
-                    }
-                },
-                Message::EndOfInput { drained } => {
-                    self.drained &= drained;
-                    let (action, wm) = state.on_end(ch);
-                    if let Some(BarrierAction::Snapshot(b)) = action {
-                        let alignment = align_start.take().map_or(Duration::ZERO, |s| s.elapsed());
-                        self.checkpoint(b, None, alignment)?;
-                    }
-                    // A stopped (not drained) input holds event time where it was.
-                    if let Some(w) = wm.filter(|_| self.drained) {
-                        self.advance_watermark(w)?;
+                self.drive(st)?;
+            }
+        }
+        Ok(Read::Message(msg))
+    }
+
+    /// Read into the inboxes what unaligned captures need, without
+    /// processing it. Held messages count against the channel's credits,
+    /// except that one credit stays outstanding while a channel's capture
+    /// still needs messages in front of its barrier (they may be queued
+    /// upstream): the capture completes, and memory stays bounded.
+    fn read_ahead(&mut self, st: &mut InputLoop) -> Result<(), Fail> {
+        for ch in 0..st.inputs.channels.len() {
+            while st.barriers.wants_read_ahead(ch) {
+                st.inputs.channels[ch].channel.set_floor(1);
+                match self.read_one(st, ch, true)? {
+                    Read::Nothing => break,
+                    Read::Barrier => {}
+                    Read::Message(m) => {
+                        let end = matches!(m, Message::EndOfInput { .. });
+                        // Counted as held by the read.
+                        st.inputs.channels[ch].inbox.push_back(m);
+                        if end {
+                            break;
+                        }
                     }
                 }
             }
-            self.fire_processing_timers()?;
-            self.flush()?;
+            if !st.barriers.wants_read_ahead(ch) {
+                st.inputs.channels[ch].channel.set_floor(0);
+            }
         }
-        self.end_of_input()?;
-        self.finish(None)
+        Ok(())
+    }
+
+    /// Process the next message of some readable channel (inbox first),
+    /// round robin; false when nothing was there.
+    /// Restored channel state goes first: while any channel has some, only
+    /// those channels are processed. Returns `None` when nothing was there,
+    /// else how many records were processed.
+    fn process_next(&mut self, st: &mut InputLoop) -> Result<Option<u64>, Fail> {
+        let n = st.inputs.channels.len();
+        let restoring = st.inputs.channels.iter().any(|c| c.restored > 0);
+        for i in 0..n {
+            let ch = (st.next + i) % n;
+            if (restoring && st.inputs.channels[ch].restored == 0) || !st.barriers.readable(ch) {
+                continue;
+            }
+            let inp = &mut st.inputs.channels[ch];
+            let (msg, restored) = match inp.inbox.pop_front() {
+                Some(m) => {
+                    inp.channel.release();
+                    let restored = inp.restored > 0;
+                    inp.restored = inp.restored.saturating_sub(1);
+                    (m, restored)
+                }
+                None => match self.read_one(st, ch, false)? {
+                    Read::Nothing => continue,
+                    Read::Barrier => {
+                        st.next = (ch + 1) % n;
+                        return Ok(Some(0));
+                    }
+                    Read::Message(m) => (m, false),
+                },
+            };
+            st.next = (ch + 1) % n;
+            return self.process_sliced(st, ch, msg, restored).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Process `msg`, cutting a batch that would take longer than
+    /// [`PROCESSING_SLICE`]: its first slice is processed now and the rest
+    /// goes back to the front of the channel's inbox (still unprocessed, so
+    /// channel state if a snapshot comes first). Returns how many records
+    /// were processed.
+    fn process_sliced(&mut self, st: &mut InputLoop, ch: usize, msg: Message, restored: bool) -> Result<u64, Fail> {
+        let Message::Records(mut batch, count) = msg else {
+            self.process(st, ch, msg)?;
+            return Ok(0);
+        };
+        let by_time = match st.record_cost {
+            Some(cost) => ((PROCESSING_SLICE.as_secs_f64() / cost.max(1e-9)).min(u64::MAX as f64) as u64).max(1),
+            None => FIRST_SLICE_RECORDS,
+        };
+        let fits = self.input_budget().map_or(by_time, |b| b.clamp(1, by_time));
+        let started = Instant::now();
+        let now = if count <= fits {
+            count
+        } else {
+            let inp = &mut st.inputs.channels[ch];
+            let rest = inp.codec.split_off(&mut batch, fits as usize).map_err(runtime)?;
+            inp.inbox.push_front(Message::Records(rest, count - fits));
+            inp.channel.hold();
+            if restored {
+                inp.restored += 1;
+            }
+            fits
+        };
+        self.process(st, ch, Message::Records(batch, now))?;
+        if now > 0 {
+            let cost = started.elapsed().as_secs_f64() / now as f64;
+            st.record_cost = Some(match st.record_cost {
+                Some(avg) => 0.7 * avg + 0.3 * cost,
+                None => cost,
+            });
+        }
+        Ok(now)
+    }
+
+    fn process(&mut self, st: &mut InputLoop, ch: usize, msg: Message) -> Result<(), Fail> {
+        match msg {
+            Message::Records(batch, n) => {
+                self.metrics.records_in.fetch_add(n, Ordering::Relaxed);
+                self.metrics.add_in(0, n);
+                let input = st.inputs.channels[ch].input;
+                self.deliver(0, input, 0, batch)?;
+            }
+            Message::Watermark(wm) => {
+                if let Some(w) = st.watermarks.on_watermark(ch, wm) {
+                    self.advance_watermark(w)?;
+                }
+            }
+            Message::Idle(idle) => {
+                let was_idle = st.watermarks.all_idle();
+                if let Some(w) = st.watermarks.on_idle(ch, idle) {
+                    self.advance_watermark(w)?;
+                }
+                let now_idle = st.watermarks.all_idle();
+                if was_idle != now_idle {
+                    self.control_all(&|| Message::Idle(now_idle))?;
+                }
+            }
+            // Barriers are handled when read; none reach processing.
+            Message::Barrier(_) => {}
+            Message::EndOfInput { drained } => {
+                self.drained &= drained;
+                st.barriers.on_end(ch);
+                self.drive(st)?;
+                let wm = st.watermarks.on_end(ch);
+                // A stopped (not drained) input holds event time where it was.
+                if let Some(w) = wm.filter(|_| self.drained) {
+                    self.advance_watermark(w)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Act on what the barrier bookkeeping decided.
+    fn drive(&mut self, st: &mut InputLoop) -> Result<(), Fail> {
+        while let Some(action) = st.barriers.next_action() {
+            match action {
+                BarrierAction::Snapshot { barrier, unaligned } => {
+                    let alignment = st.align_start.take().map_or(Duration::ZERO, |s| s.elapsed());
+                    self.flush()?;
+                    if !unaligned {
+                        self.checkpoint(barrier, None, alignment)?;
+                        continue;
+                    }
+                    let held = self.take_snapshot(barrier, None, alignment)?;
+                    let mut logs: Vec<ChannelLog> = st.inputs.channels.iter().map(|_| ChannelLog::default()).collect();
+                    // What is still in the inboxes was not processed: channel state.
+                    for (log, inp) in logs.iter_mut().zip(&st.inputs.channels) {
+                        for m in &inp.inbox {
+                            log.log(m, &*inp.codec, &mut st.scratch).map_err(runtime)?;
+                        }
+                    }
+                    if let Some(old) = st.capture.take() {
+                        if let Some(h) = old.held {
+                            h.discard();
+                        }
+                    }
+                    st.capture = Some(Capture {
+                        checkpoint_id: barrier.checkpoint_id,
+                        logs,
+                        held,
+                    });
+                }
+                BarrierAction::Captured { checkpoint_id } => {
+                    let Some(cap) = st.capture.take() else { continue };
+                    let Some(held) = cap.held.filter(|_| cap.checkpoint_id == checkpoint_id) else {
+                        continue;
+                    };
+                    let (node, operator_id) = self
+                        .snapshot_nodes
+                        .first()
+                        .map(|(n, id, _)| (*n, id.clone()))
+                        .unwrap_or_default();
+                    let channels = st
+                        .inputs
+                        .channels
+                        .iter()
+                        .map(|i| i.descriptor.clone())
+                        .zip(cap.logs)
+                        .collect();
+                    self.submit(
+                        held,
+                        Some(ChannelStateUpload {
+                            node,
+                            operator_id,
+                            channels,
+                        }),
+                    );
+                }
+                BarrierAction::Aborted { checkpoint_id, by } => {
+                    st.align_start = None;
+                    if st.capture.as_ref().is_some_and(|c| c.checkpoint_id == checkpoint_id) {
+                        if let Some(h) = st.capture.take().and_then(|c| c.held) {
+                            h.discard();
+                        }
+                    }
+                    let _ = self.events.send(TaskEvent::Decline {
+                        task: self.id,
+                        checkpoint_id,
+                        reason: crate::error::CheckpointFailure::Declined(format!(
+                            "checkpoint {checkpoint_id} was overtaken by checkpoint {by} during alignment"
+                        )),
+                    });
+                }
+            }
+        }
+        // Alignment runs from the first barrier (or announcement) of an
+        // aligning checkpoint to its snapshot; a capture has none left.
+        if st.barriers.pending().is_some() && !st.barriers.capturing() {
+            st.align_start.get_or_insert_with(Instant::now);
+        } else {
+            st.align_start = None;
+        }
+        Ok(())
+    }
+
+    /// Buffer debloating: every period, let each live channel have in
+    /// flight what this task processes in the target time (`debloat.rs`).
+    fn debloat(&self, st: &mut InputLoop) {
+        let Some(d) = &mut st.debloat else { return };
+        let elapsed = d.since.elapsed();
+        if elapsed < d.debloater.settings().period {
+            return;
+        }
+        d.since = Instant::now();
+        let live = (0..st.inputs.channels.len())
+            .filter(|ch| !st.barriers.ended(*ch))
+            .count();
+        let capacity = st
+            .inputs
+            .channels
+            .iter()
+            .map(|c| c.channel.capacity())
+            .max()
+            .unwrap_or(1);
+        let batch_size = u32::try_from(self.settings.batch_size).unwrap_or(u32::MAX);
+        if let Some(limit) = d.debloater.on_period(elapsed, live, capacity, batch_size) {
+            for inp in &mut st.inputs.channels {
+                inp.channel.set_batch_limit(limit.batch_records);
+                inp.channel.set_target(limit.credits);
+            }
+        }
+        self.publish_in_flight_limit(st);
+    }
+
+    /// The batches the task's input channels may have in flight now (a metric).
+    fn publish_in_flight_limit(&self, st: &InputLoop) {
+        let batch = self.settings.batch_size as u64;
+        let records: u64 = st
+            .inputs
+            .channels
+            .iter()
+            .map(|c| u64::from(c.channel.target()) * c.channel.batch_limit().map_or(batch, u64::from))
+            .sum();
+        self.metrics.in_flight_records_limit.store(records, Ordering::Relaxed);
+        let limit: u64 = st.inputs.channels.iter().map(|c| u64::from(c.channel.target())).sum();
+        self.metrics.in_flight_limit.store(limit, Ordering::Relaxed);
     }
 }

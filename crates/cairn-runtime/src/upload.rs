@@ -25,6 +25,7 @@ use cairn_state::canonical::KeyCodec;
 use cairn_state::{SnapshotRequest, SnapshotRequestKind};
 use crossbeam_channel::{unbounded, Sender};
 
+use crate::channel_state::{write_channel_state, ChannelStateUpload, CHANNEL_STATE_SUFFIX};
 use crate::error::CheckpointFailure;
 use crate::operator::OperatorSnapshot;
 use crate::snapshot_io;
@@ -199,6 +200,9 @@ pub struct UploadJob {
     pub subtask: u32,
     pub destination: Arc<SnapshotDestination>,
     pub operators: Vec<OperatorUpload>,
+    /// Unaligned checkpoints: the in-flight messages the task had not
+    /// processed at its snapshot.
+    pub channel_state: Option<ChannelStateUpload>,
     pub alignment: Duration,
     pub sync: Duration,
     /// Where the acknowledgement (or decline) goes.
@@ -333,25 +337,35 @@ fn write(storage: &Arc<dyn Storage>, job: UploadJob) {
         subtask,
         destination,
         operators,
+        channel_state,
         alignment,
         sync,
         events,
     } = job;
     let checkpoint_id = destination.checkpoint_id;
+    let unaligned = channel_state.is_some();
     let result = match destination.begin_write(storage) {
         None => Err(CheckpointFailure::Other(
             "the snapshot was aborted before its files were written".to_string(),
         )),
-        Some(ticket) => write_operators(&ticket, subtask, operators),
+        Some(ticket) => write_operators(&ticket, subtask, operators).and_then(|mut files| {
+            let persisted = match channel_state {
+                Some(cs) => write_task_channel_state(&ticket, subtask, &cs, &mut files)?,
+                None => 0,
+            };
+            Ok((files, persisted))
+        }),
     };
     let event = match result {
-        Ok(files) => TaskEvent::Acknowledge {
+        Ok((files, persisted_bytes)) => TaskEvent::Acknowledge {
             task,
             checkpoint_id,
             files,
             alignment,
             sync,
             write: started.elapsed(),
+            unaligned,
+            persisted_bytes,
         },
         Err(reason) => TaskEvent::Decline {
             task,
@@ -418,6 +432,28 @@ fn write_operators(
         out.push((op.node, files));
     }
     Ok(out)
+}
+
+/// Write a task's channel state beside its operators' files (under the
+/// chain's head node); returns its size.
+fn write_task_channel_state(
+    ticket: &WriteTicket,
+    subtask: u32,
+    cs: &ChannelStateUpload,
+    files: &mut Vec<(usize, Vec<StateFileRef>)>,
+) -> Result<u64, CheckpointFailure> {
+    let dest = ticket.destination();
+    let name = format!("op-{}-{subtask}{CHANNEL_STATE_SUFFIX}", cs.operator_id);
+    ticket.intend(&dest.dir.join(&name));
+    let Some(file) = write_channel_state(ticket.storage(), &dest.dir, &name, cs)? else {
+        return Ok(0);
+    };
+    let size = file.size;
+    match files.iter_mut().find(|(node, _)| *node == cs.node) {
+        Some((_, fs)) => fs.push(file),
+        None => files.push((cs.node, vec![file])),
+    }
+    Ok(size)
 }
 
 /// Copy a local file to `target` through `storage`, returning its size and

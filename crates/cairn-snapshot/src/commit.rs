@@ -292,7 +292,7 @@ impl PendingCheckpoint {
                     .collect(),
             })
             .collect();
-        let metadata = SnapshotMetadata {
+        let mut metadata = SnapshotMetadata {
             format_version: METADATA_VERSION,
             kind: spec.kind,
             job_id: spec.job_id.to_string(),
@@ -302,6 +302,7 @@ impl PendingCheckpoint {
             cairn_version: CAIRN_VERSION.to_string(),
             operators,
         };
+        metadata.format_version = metadata.version_needed();
         metadata.validate()?;
         Ok(CompletingCheckpoint {
             dir_in_base: spec.dir_in_base(),

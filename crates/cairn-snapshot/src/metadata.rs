@@ -1,7 +1,13 @@
-//! The `_metadata` model and file format, versions 1 and 2 (spec:
-//! `docs/formats/metadata.md`). Version 2 adds files of a state backend's own
-//! snapshot ([`FileFormat::BackendFile`], e.g. RocksDB SST files, possibly
-//! shared between incremental checkpoints); everything else is unchanged.
+//! The `_metadata` model and file format (spec: `docs/formats/metadata.md`).
+//! Version 2 adds files of a state backend's own snapshot
+//! ([`FileFormat::BackendFile`], e.g. RocksDB SST files, possibly shared
+//! between incremental checkpoints); version 4 adds the channel state of
+//! unaligned checkpoints ([`FileFormat::ChannelStateV1`]: the in-flight
+//! records a subtask had not processed at its snapshot); everything else is
+//! unchanged. (Version 3 is the canonical savepoint format's `parquet_v2`
+//! files.) A writer puts the lowest version that can hold the file's content
+//! ([`SnapshotMetadata::version_needed`]), so snapshots without channel state
+//! stay readable by releases that predate it.
 //!
 //! ```text
 //! CAIRN-METADATA 1\n
@@ -23,8 +29,11 @@ use crate::storage::Storage;
 
 /// File name of the metadata file in every snapshot directory.
 pub const METADATA_FILE_NAME: &str = "_metadata";
-/// The `_metadata` format version this build writes.
-pub const METADATA_VERSION: u32 = 2;
+/// The newest `_metadata` format version this build writes (a file gets the
+/// lowest version that can hold its content, see [`SnapshotMetadata::version_needed`]).
+pub const METADATA_VERSION: u32 = 4;
+/// The first `_metadata` version that may hold channel state.
+pub const CHANNEL_STATE_METADATA_VERSION: u32 = 4;
 /// The oldest `_metadata` format version this build reads.
 pub const OLDEST_METADATA_VERSION: u32 = 1;
 /// First line prefix of a `_metadata` file (followed by the version and `\n`).
@@ -123,8 +132,13 @@ pub enum FileFormat {
     ParquetV1,
     /// A file of a state backend's own snapshot (a RocksDB SST, MANIFEST,
     /// ...), opaque to Cairn but for its size and CRC-32; the subtask's state
-    /// file lists which backend files it consists of. `_metadata` v2 only.
+    /// file lists which backend files it consists of. `_metadata` v2 and later.
     BackendFile,
+    /// The channel state of an unaligned checkpoint: the in-flight messages
+    /// one subtask had not processed when it snapshotted, per input channel,
+    /// in the state-file container (`docs/formats/channel-state.md`).
+    /// `_metadata` v4 and later; never in savepoints.
+    ChannelStateV1,
 }
 
 impl FileFormat {
@@ -135,6 +149,21 @@ impl FileFormat {
 }
 
 impl SnapshotMetadata {
+    /// The lowest format version that can hold this metadata's files: 4
+    /// with channel state, else 2 (what writers put in `format_version`).
+    pub fn version_needed(&self) -> u32 {
+        if self.has_channel_state() {
+            CHANNEL_STATE_METADATA_VERSION
+        } else {
+            2
+        }
+    }
+
+    /// Whether this is an unaligned checkpoint: some subtask stored channel state.
+    pub fn has_channel_state(&self) -> bool {
+        self.files().any(|(_, _, f)| f.format == FileFormat::ChannelStateV1)
+    }
+
     /// Every file reference with its operator and subtask.
     pub fn files(&self) -> impl Iterator<Item = (&OperatorSnapshot, &SubtaskSnapshot, &StateFileRef)> {
         self.operators.iter().flat_map(|op| {
@@ -165,6 +194,22 @@ impl SnapshotMetadata {
                 return Err(ctx(format!(
                     "file '{}' is a backend file, which needs format version 2",
                     f.path
+                )));
+            }
+        }
+        if self.format_version < CHANNEL_STATE_METADATA_VERSION {
+            if let Some((_, _, f)) = self.files().find(|(_, _, f)| f.format == FileFormat::ChannelStateV1) {
+                return Err(ctx(format!(
+                    "file '{}' is channel state, which needs format version {CHANNEL_STATE_METADATA_VERSION}",
+                    f.path
+                )));
+            }
+        }
+        if self.kind.is_savepoint() {
+            if let Some((op, _, f)) = self.files().find(|(_, _, f)| f.format == FileFormat::ChannelStateV1) {
+                return Err(ctx(format!(
+                    "savepoints are aligned and hold no channel state, but operator '{}' references channel-state file '{}'",
+                    op.uid, f.path
                 )));
             }
         }

@@ -92,7 +92,7 @@ fn invalid_models_are_refused() {
     m.operators[0].subtasks[0].subtask_index = 2;
     assert!(encode_metadata(&m).is_err());
     let mut m = sample(vec![], SnapshotKind::Checkpoint);
-    m.format_version = 3;
+    m.format_version = cairn_snapshot::metadata::METADATA_VERSION + 1;
     assert!(encode_metadata(&m).is_err());
     // backend files need version 2
     let mut m = sample(vec![], SnapshotKind::Checkpoint);
@@ -106,6 +106,32 @@ fn invalid_models_are_refused() {
     assert!(encode_metadata(&m).is_err(), "a v1 file cannot hold backend files");
     m.format_version = 2;
     assert!(encode_metadata(&m).is_ok());
+    // channel state needs version 4, and savepoints never hold it
+    let channel = cairn_snapshot::StateFileRef {
+        path: "op-1-0.channel".into(),
+        size: 10,
+        crc32: 7,
+        sections: vec![],
+        format: cairn_snapshot::FileFormat::ChannelStateV1,
+    };
+    let mut m = sample(vec![channel.clone()], SnapshotKind::Checkpoint);
+    for older in [2, 3] {
+        m.format_version = older;
+        let e = encode_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("op-1-0.channel") && e.contains("version 4"), "{e}");
+    }
+    assert_eq!(m.version_needed(), 4, "channel state needs version 4");
+    m.format_version = 4;
+    assert!(encode_metadata(&m).is_ok());
+    let mut m = sample(
+        vec![channel],
+        SnapshotKind::Savepoint {
+            format: SavepointFormat::Native,
+        },
+    );
+    m.format_version = 4;
+    let e = encode_metadata(&m).unwrap_err().to_string();
+    assert!(e.contains("savepoints are aligned"), "{e}");
     // savepoints must be self-contained
     let r = cairn_snapshot::StateFileRef {
         path: "../shared/x".into(),

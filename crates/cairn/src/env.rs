@@ -300,6 +300,7 @@ impl StreamEnv {
             config: Arc::new(config.clone()),
             job_id,
             clock: inner.clock.clone(),
+            transport: Arc::new(cairn_runtime::channel::LocalTransport),
         })
     }
 

@@ -33,6 +33,9 @@ usage: cairn-chaos [options]
   --max-delay-ms MS   upper bound of random kill delays (default 1200 short, 1500 long)
   --rate N            generator events/s per source subtask
   --file-rate N       file lines/s per source subtask
+  --sink-rate N       throttle the generator pipeline's sink to N lines/s per subtask
+                      (backpressure on its keyed edge; 0 = off, the default)
+  --unaligned         unaligned checkpoints (-D execution.checkpointing.unaligned.enabled=true)
   --events N --keys N --window-ms N --files N --lines N --file-keys N --data-seed N
                       the workload (see cairn_chaos::workload)
   -D key=value        an extra configuration key for every job start
@@ -91,6 +94,7 @@ fn run() -> Result<bool, String> {
             "--no-reference" => reference = false,
             "--quiet" => quiet = true,
             "--rescale" => rescale = true,
+            "--unaligned" => flags.push(("-D".into(), "execution.checkpointing.unaligned.enabled=true".into())),
             "--restore-previous" => restore_previous = true,
             _ => {
                 let v = it.next().ok_or_else(|| format!("{a} needs a value (see --help)"))?;
@@ -138,6 +142,7 @@ fn run() -> Result<bool, String> {
             "--max-delay-ms" => cfg.max_delay_ms = parse(&flag, &v)?,
             "--rate" => cfg.rate = parse(&flag, &v)?,
             "--file-rate" => cfg.file_rate = parse(&flag, &v)?,
+            "--sink-rate" => cfg.sink_rate = parse(&flag, &v)?,
             "--part-bytes" => cfg.part_bytes = parse(&flag, &v)?,
             "-D" => {
                 cfg.extra_flags.push("-D".into());

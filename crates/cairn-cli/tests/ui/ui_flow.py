@@ -141,6 +141,15 @@ try:
     second = wait("a new checkpoint", lambda: (lambda n: n if n > first else False)(num('[data-count="completed"] b')))
     wait("the history table", lambda: len(css("#cp-history tr[data-checkpoint]")) >= 1)
     seen["checkpoints_grew"] = [first, second]
+    # Read in one script each: the page redraws itself every second.
+    seen["checkpoint_types"] = wait("the checkpoint types", lambda: drv.execute_script(
+        "return [...new Set([...document.querySelectorAll('#cp-history td[data-type]')].map((t) => t.dataset.type))].sort();") or False)
+    seen["in_flight_column"] = "In-flight data" in wait("the history header", lambda: drv.execute_script(
+        "const t = document.querySelector('#cp-history thead'); return t ? t.textContent : null;"))
+    seen["config_unaligned"] = wait("the unaligned setting", lambda: drv.execute_script(
+        "for (const r of document.querySelectorAll('#cp-config tr')) {"
+        " const th = r.querySelector('th'); if (th && th.textContent === 'Unaligned checkpoints') return r.querySelector('td').textContent; }"
+        " return null;"))
     shot("checkpoints")
 
     # Trigger a savepoint into a directory of our choosing (the dashboard

@@ -92,6 +92,8 @@ fn stats(
         sync_duration_ms: 1,
         async_duration_ms: 2,
         alignment_duration_ms: 0,
+        is_unaligned: false,
+        persisted_data_bytes: 0,
         state_size_bytes: 100 * id,
         num_acknowledged_subtasks: 3,
         num_subtasks: 3,
@@ -172,6 +174,8 @@ impl Scripted {
                 checkpoint_storage: sc.checkpoint_dir.clone(),
                 savepoint_dir: sc.savepoint_dir.clone(),
                 num_retained: 1,
+                unaligned: false,
+                aligned_checkpoint_timeout_ms: 0,
             },
             config,
             operations: BTreeMap::new(),
@@ -226,7 +230,12 @@ fn run(port: ControlPort, sc: ScriptConfig) {
                     .join(JOB_ID)
                     .join(format!("chk-{id}"));
                 write_snapshot(&dir, JOB_ID, id, false);
-                let s = stats(id, false, SnapshotStatus::Completed, Some(dir), None);
+                let mut s = stats(id, false, SnapshotStatus::Completed, Some(dir), None);
+                // Even checkpoints are unaligned, with in-flight records.
+                if id % 2 == 0 {
+                    s.is_unaligned = true;
+                    s.persisted_data_bytes = 10 * id;
+                }
                 let mut p = port.publish();
                 p.checkpoints.counts.total += 1;
                 p.checkpoints.counts.completed += 1;
