@@ -70,6 +70,6 @@ mod registry_tests {
             }
             assert!(!opt.description().is_empty(), "{} lacks a description", opt.key());
         }
-        assert_eq!(options::all().len(), 58);
+        assert_eq!(options::all().len(), 66);
     }
 }
