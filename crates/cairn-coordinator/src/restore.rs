@@ -422,6 +422,7 @@ impl<'a> RestorePlan<'a> {
                 messages: read_channel_section(self.snapshot, self.storage, file, op, e.old_subtask, &e.entry.section)?,
                 rescaled: e.rescaled,
                 key_groups,
+                tier: e.entry.tier,
             });
         }
         Ok(out)

@@ -75,12 +75,21 @@ impl std::fmt::Display for ChannelDescriptor {
     }
 }
 
-/// One entry of the `channels` index.
+/// One entry of the `channels` index: the messages of one channel at one
+/// tier (a channel has an entry per tier it holds messages of).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelIndexEntry {
     pub section: String,
     #[serde(flatten)]
     pub channel: ChannelDescriptor,
+    /// Replay order across channels: every message of a higher tier is
+    /// replayed before any of a lower one. 0: records that were in flight;
+    /// t + 1: records restored at tier t that were still not processed at
+    /// this snapshot (a restore can move a key to another channel, so what
+    /// was restored must stay ahead of what came after it, checkpoint after
+    /// checkpoint).
+    #[serde(default)]
+    pub tier: u32,
     pub messages: u64,
     pub records: u64,
 }
@@ -128,18 +137,25 @@ impl ChannelLog {
     }
 }
 
+/// The logged messages of one channel at one tier.
+pub struct TierLog {
+    pub channel: ChannelDescriptor,
+    pub tier: u32,
+    pub log: ChannelLog,
+}
+
 /// A task's channel state for one checkpoint, ready to be written.
 pub struct ChannelStateUpload {
     /// The chain's head node (whose inputs these are) and its operator id.
     pub node: usize,
     pub operator_id: String,
-    pub channels: Vec<(ChannelDescriptor, ChannelLog)>,
+    pub channels: Vec<TierLog>,
 }
 
 impl ChannelStateUpload {
     /// Whether no channel holds anything (then no file is written).
     pub fn is_empty(&self) -> bool {
-        self.channels.iter().all(|(_, l)| l.is_empty())
+        self.channels.iter().all(|c| c.log.is_empty())
     }
 }
 
@@ -159,15 +175,16 @@ pub fn write_channel_state(
     let write = |e: std::io::Error| SnapshotError::io("write", &path, e);
     let mut w = StateFileWriter::create(storage, &path)?;
     let mut index = Vec::new();
-    for (i, (channel, log)) in upload.channels.iter().filter(|(_, l)| !l.is_empty()).enumerate() {
+    for (i, c) in upload.channels.iter().filter(|c| !c.log.is_empty()).enumerate() {
         let section = channel_section(i);
         w.begin_section(&section, None)?;
-        w.write_all(&log.bytes).map_err(write)?;
+        w.write_all(&c.log.bytes).map_err(write)?;
         index.push(ChannelIndexEntry {
             section,
-            channel: channel.clone(),
-            messages: log.messages,
-            records: log.records,
+            channel: c.channel.clone(),
+            tier: c.tier,
+            messages: c.log.messages,
+            records: c.log.records,
         });
     }
     let json = serde_json::to_vec(&index).map_err(|e| SnapshotError::Protocol {
@@ -262,7 +279,18 @@ mod tests {
         let upload = ChannelStateUpload {
             node: 1,
             operator_id: "x".into(),
-            channels: vec![(descriptor(0), ChannelLog::default()), (descriptor(1), a)],
+            channels: vec![
+                TierLog {
+                    channel: descriptor(0),
+                    tier: 0,
+                    log: ChannelLog::default(),
+                },
+                TierLog {
+                    channel: descriptor(1),
+                    tier: 2,
+                    log: a,
+                },
+            ],
         };
         let storage = InMemoryStorage::new();
         let dir = Path::new("/chk-1");
@@ -276,8 +304,13 @@ mod tests {
         let index = decode_channel_index(reader.section(CHANNELS_SECTION, None).unwrap()).unwrap();
         assert_eq!(index.len(), 1, "empty channels are left out");
         assert_eq!(
-            (index[0].channel.source_subtask, index[0].messages, index[0].records),
-            (1, 3, 1)
+            (
+                index[0].channel.source_subtask,
+                index[0].tier,
+                index[0].messages,
+                index[0].records
+            ),
+            (1, 2, 3, 1)
         );
         let msgs = decode_channel_messages(reader.section(&index[0].section, None).unwrap(), &*codec).unwrap();
         assert_eq!(msgs.len(), 3);
@@ -290,7 +323,11 @@ mod tests {
         let empty = ChannelStateUpload {
             node: 1,
             operator_id: "x".into(),
-            channels: vec![(descriptor(0), ChannelLog::default())],
+            channels: vec![TierLog {
+                channel: descriptor(0),
+                tier: 0,
+                log: ChannelLog::default(),
+            }],
         };
         assert!(write_channel_state(&storage, dir, "none", &empty).unwrap().is_none());
     }

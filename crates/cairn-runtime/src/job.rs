@@ -141,6 +141,9 @@ pub struct RestoredChannelState {
     /// Keyed edges restored at another parallelism: only the records of
     /// these key groups belong to this subtask.
     pub key_groups: Option<KeyGroupRange>,
+    /// Replay order across channels (`channel_state::ChannelIndexEntry::tier`):
+    /// higher tiers first.
+    pub tier: u32,
 }
 
 /// Which of the edges between the same two nodes' ports edge `ei` is (0
@@ -257,7 +260,7 @@ pub fn start(
                         source_subtask: i,
                     },
                     inbox: Default::default(),
-                    restored: 0,
+                    restored: Default::default(),
                 });
             }
             senders.insert((ei, i), txs);
@@ -459,9 +462,11 @@ fn replay_channel_state(
     spec: &JobSpec,
     node: usize,
     s: u32,
-    channel_state: Vec<RestoredChannelState>,
+    mut channel_state: Vec<RestoredChannelState>,
     inputs: &mut [TaskInput],
 ) -> Result<(), JobError> {
+    // Higher tiers first, each channel's messages in their order.
+    channel_state.sort_by_key(|c| std::cmp::Reverse(c.tier));
     let g = &spec.graph;
     let n = g.node(cairn_graph::NodeId(node));
     let named = |descriptor: &ChannelDescriptor, what: String| {
@@ -524,9 +529,7 @@ fn replay_channel_state(
                 Message::Watermark(_) | Message::Idle(_) if restored.rescaled => continue,
                 other => other,
             };
-            inp.inbox.push_back(msg);
-            inp.channel.hold();
-            inp.restored += 1;
+            inp.push_restored(restored.tier, msg);
         }
     }
     Ok(())

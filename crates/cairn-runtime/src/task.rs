@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::barrier::{BarrierAction, BarrierHandler, BarrierSettings};
 use crate::channel::{InputChannel, PriorityEvent};
-use crate::channel_state::{ChannelDescriptor, ChannelLog, ChannelStateUpload};
+use crate::channel_state::{ChannelDescriptor, ChannelLog, ChannelStateUpload, TierLog};
 use crate::codec::BatchCodec;
 use crate::debloat::Debloater;
 use crate::error::{BoxError, Cancelled};
@@ -154,11 +154,63 @@ pub struct TaskInput {
     /// Messages read but not processed yet, processed before the data lane:
     /// restored channel state first, then what unaligned captures read ahead.
     pub inbox: VecDeque<Message>,
-    /// How many messages at the front of `inbox` are restored channel
-    /// state; while any channel has some, only those are processed (a
-    /// rescaled restore may have moved a key's in-flight records to another
-    /// channel than its new records come on).
-    pub restored: usize,
+    /// The restored channel state at the front of `inbox`: runs of
+    /// (tier, messages), highest tier first. While any channel has some,
+    /// only the channels whose front has the highest tier are processed: a
+    /// restore may move a key to another channel (a rescale, a source split
+    /// dealt to another subtask), so what was restored goes before anything
+    /// that came after it, and a higher tier before a lower one.
+    pub restored: VecDeque<(u32, usize)>,
+}
+
+impl TaskInput {
+    /// Queue a restored message of `tier` (in replay order).
+    pub fn push_restored(&mut self, tier: u32, msg: Message) {
+        self.inbox.push_back(msg);
+        self.channel.hold();
+        match self.restored.back_mut() {
+            Some((t, n)) if *t == tier => *n += 1,
+            _ => self.restored.push_back((tier, 1)),
+        }
+    }
+
+    /// The tier of the restored message at the front, if the front is one.
+    fn front_tier(&self) -> Option<u32> {
+        self.restored.front().map(|(t, _)| *t)
+    }
+
+    /// Take the front message of the inbox, with its tier if restored.
+    fn pop(&mut self) -> Option<(Message, Option<u32>)> {
+        let msg = self.inbox.pop_front()?;
+        self.channel.release();
+        let tier = self.restored.front_mut().map(|(t, n)| {
+            *n -= 1;
+            *t
+        });
+        if self.restored.front().is_some_and(|(_, n)| *n == 0) {
+            self.restored.pop_front();
+        }
+        Some((msg, tier))
+    }
+
+    /// Put the unprocessed rest of a message back at the front.
+    fn push_front(&mut self, msg: Message, tier: Option<u32>) {
+        self.inbox.push_front(msg);
+        self.channel.hold();
+        if let Some(tier) = tier {
+            match self.restored.front_mut() {
+                Some((t, n)) if *t == tier => *n += 1,
+                _ => self.restored.push_front((tier, 1)),
+            }
+        }
+    }
+
+    /// The inbox's messages with the tier they get as channel state: a
+    /// restored message of tier t gets t + 1, the others 0.
+    fn inbox_tiers(&self) -> impl Iterator<Item = (u32, &Message)> {
+        let mut runs = self.restored.iter().flat_map(|&(t, n)| std::iter::repeat_n(t + 1, n));
+        self.inbox.iter().map(move |m| (runs.next().unwrap_or(0), m))
+    }
 }
 
 /// Settings the task loop needs.
@@ -224,8 +276,11 @@ impl HeldSnapshot {
 /// An unaligned checkpoint whose channel state is being captured.
 struct Capture {
     checkpoint_id: u64,
-    /// One log per input channel.
+    /// One log per input channel: what was in flight (tier 0).
     logs: Vec<ChannelLog>,
+    /// Per input channel, restored messages still not processed at the
+    /// snapshot, by tier (highest first).
+    restored: Vec<Vec<(u32, ChannelLog)>>,
     /// `None` when the snapshot was declined: capture for the barrier
     /// bookkeeping, upload nothing.
     held: Option<HeldSnapshot>,
@@ -886,31 +941,25 @@ impl Task {
     /// else how many records were processed.
     fn process_next(&mut self, st: &mut InputLoop) -> Result<Option<u64>, Fail> {
         let n = st.inputs.channels.len();
-        let restoring = st.inputs.channels.iter().any(|c| c.restored > 0);
+        let top = st.inputs.channels.iter().filter_map(TaskInput::front_tier).max();
         for i in 0..n {
             let ch = (st.next + i) % n;
-            if (restoring && st.inputs.channels[ch].restored == 0) || !st.barriers.readable(ch) {
+            if (top.is_some() && st.inputs.channels[ch].front_tier() != top) || !st.barriers.readable(ch) {
                 continue;
             }
-            let inp = &mut st.inputs.channels[ch];
-            let (msg, restored) = match inp.inbox.pop_front() {
-                Some(m) => {
-                    inp.channel.release();
-                    let restored = inp.restored > 0;
-                    inp.restored = inp.restored.saturating_sub(1);
-                    (m, restored)
-                }
+            let (msg, tier) = match st.inputs.channels[ch].pop() {
+                Some(popped) => popped,
                 None => match self.read_one(st, ch, false)? {
                     Read::Nothing => continue,
                     Read::Barrier => {
                         st.next = (ch + 1) % n;
                         return Ok(Some(0));
                     }
-                    Read::Message(m) => (m, false),
+                    Read::Message(m) => (m, None),
                 },
             };
             st.next = (ch + 1) % n;
-            return self.process_sliced(st, ch, msg, restored).map(Some);
+            return self.process_sliced(st, ch, msg, tier).map(Some);
         }
         Ok(None)
     }
@@ -920,7 +969,7 @@ impl Task {
     /// goes back to the front of the channel's inbox (still unprocessed, so
     /// channel state if a snapshot comes first). Returns how many records
     /// were processed.
-    fn process_sliced(&mut self, st: &mut InputLoop, ch: usize, msg: Message, restored: bool) -> Result<u64, Fail> {
+    fn process_sliced(&mut self, st: &mut InputLoop, ch: usize, msg: Message, tier: Option<u32>) -> Result<u64, Fail> {
         let Message::Records(mut batch, count) = msg else {
             self.process(st, ch, msg)?;
             return Ok(0);
@@ -936,11 +985,7 @@ impl Task {
         } else {
             let inp = &mut st.inputs.channels[ch];
             let rest = inp.codec.split_off(&mut batch, fits as usize).map_err(runtime)?;
-            inp.inbox.push_front(Message::Records(rest, count - fits));
-            inp.channel.hold();
-            if restored {
-                inp.restored += 1;
-            }
+            inp.push_front(Message::Records(rest, count - fits), tier);
             fits
         };
         self.process(st, ch, Message::Records(batch, now))?;
@@ -1006,9 +1051,20 @@ impl Task {
                     }
                     let held = self.take_snapshot(barrier, None, alignment)?;
                     let mut logs: Vec<ChannelLog> = st.inputs.channels.iter().map(|_| ChannelLog::default()).collect();
-                    // What is still in the inboxes was not processed: channel state.
-                    for (log, inp) in logs.iter_mut().zip(&st.inputs.channels) {
-                        for m in &inp.inbox {
+                    let mut restored: Vec<Vec<(u32, ChannelLog)>> =
+                        st.inputs.channels.iter().map(|_| Vec::new()).collect();
+                    // What is still in the inboxes was not processed: channel
+                    // state, restored messages one tier up.
+                    for ((log, tiers), inp) in logs.iter_mut().zip(&mut restored).zip(&st.inputs.channels) {
+                        for (tier, m) in inp.inbox_tiers() {
+                            let log = if tier == 0 {
+                                &mut *log
+                            } else {
+                                if tiers.last().is_none_or(|(t, _)| *t != tier) {
+                                    tiers.push((tier, ChannelLog::default()));
+                                }
+                                &mut tiers.last_mut().expect("pushed").1
+                            };
                             log.log(m, &*inp.codec, &mut st.scratch).map_err(runtime)?;
                         }
                     }
@@ -1020,6 +1076,7 @@ impl Task {
                     st.capture = Some(Capture {
                         checkpoint_id: barrier.checkpoint_id,
                         logs,
+                        restored,
                         held,
                     });
                 }
@@ -1033,13 +1090,21 @@ impl Task {
                         .first()
                         .map(|(n, id, _)| (*n, id.clone()))
                         .unwrap_or_default();
-                    let channels = st
-                        .inputs
-                        .channels
-                        .iter()
-                        .map(|i| i.descriptor.clone())
-                        .zip(cap.logs)
-                        .collect();
+                    let mut channels = Vec::new();
+                    for ((inp, live), restored) in st.inputs.channels.iter().zip(cap.logs).zip(cap.restored) {
+                        for (tier, log) in restored {
+                            channels.push(TierLog {
+                                channel: inp.descriptor.clone(),
+                                tier,
+                                log,
+                            });
+                        }
+                        channels.push(TierLog {
+                            channel: inp.descriptor.clone(),
+                            tier: 0,
+                            log: live,
+                        });
+                    }
                     self.submit(
                         held,
                         Some(ChannelStateUpload {

@@ -1,7 +1,8 @@
 //! Golden fixture of `_metadata` format version 4 (invariant 5): a retained
 //! unaligned checkpoint whose operator `echo` holds channel state (the
 //! in-flight records, a watermark and idleness changes of its one input
-//! channel, in the channel-state format of `docs/formats/channel-state.md`).
+//! channel, at two tiers: one batch restored earlier and still not
+//! processed, then what was in flight; `docs/formats/channel-state.md`).
 //! The files under `crates/cairn-snapshot/tests/golden/v4/` are committed
 //! and must keep loading and restoring forever; they are regenerated only
 //! with `CAIRN_REGEN_GOLDEN=1`.
@@ -13,7 +14,7 @@ use cairn::config::{Configuration, StartupOptions};
 use cairn::prelude::*;
 use cairn::runtime::channel_state::{
     decode_channel_index, decode_channel_messages, write_channel_state, ChannelDescriptor, ChannelLog,
-    ChannelStateUpload, CHANNELS_SECTION,
+    ChannelStateUpload, TierLog, CHANNELS_SECTION,
 };
 use cairn::runtime::codec::batch_codec;
 use cairn::runtime::record::Message;
@@ -76,15 +77,29 @@ fn golden_descriptor() -> ChannelDescriptor {
 /// The channel-state file's bytes, as the current writer produces them.
 fn channel_state_bytes() -> (Vec<u8>, cairn::snapshot::StateFileRef) {
     let codec = batch_codec::<Reading>();
-    let mut log = ChannelLog::default();
+    let mut restored = ChannelLog::default();
+    let mut live = ChannelLog::default();
     let mut scratch = Vec::new();
-    for m in golden_messages() {
-        log.log(&m, &*codec, &mut scratch).unwrap();
+    for (i, m) in golden_messages().iter().enumerate() {
+        // The first batch was restored earlier and not processed yet: tier 1.
+        let log = if i == 0 { &mut restored } else { &mut live };
+        log.log(m, &*codec, &mut scratch).unwrap();
     }
     let upload = ChannelStateUpload {
         node: 1,
         operator_id: operator_id_for_uid("echo"),
-        channels: vec![(golden_descriptor(), log)],
+        channels: vec![
+            TierLog {
+                channel: golden_descriptor(),
+                tier: 1,
+                log: restored,
+            },
+            TierLog {
+                channel: golden_descriptor(),
+                tier: 0,
+                log: live,
+            },
+        ],
     };
     let storage = InMemoryStorage::new();
     let dir = Path::new("/chk-3");
@@ -154,14 +169,16 @@ fn golden_v4_loads_and_its_channel_state_decodes_exactly() {
     let bytes = std::fs::read(golden_dir().join(&file.path)).unwrap();
     let reader = StateFileReader::from_bytes(Path::new(&file.path), bytes).unwrap();
     let index = decode_channel_index(reader.section(CHANNELS_SECTION, None).unwrap()).unwrap();
-    assert_eq!(index.len(), 1);
-    assert_eq!(index[0].channel, golden_descriptor());
-    assert_eq!(
-        (index[0].section.as_str(), index[0].messages, index[0].records),
-        ("channel/0", 5, 3)
-    );
+    assert_eq!(index.len(), 2);
+    assert!(index.iter().all(|e| e.channel == golden_descriptor()));
+    let entries: Vec<(&str, u32, u64, u64)> = index
+        .iter()
+        .map(|e| (e.section.as_str(), e.tier, e.messages, e.records))
+        .collect();
+    assert_eq!(entries, vec![("channel/0", 1, 1, 2), ("channel/1", 0, 4, 1)]);
     let codec = batch_codec::<Reading>();
-    let msgs = decode_channel_messages(reader.section("channel/0", None).unwrap(), &*codec).unwrap();
+    let mut msgs = decode_channel_messages(reader.section("channel/0", None).unwrap(), &*codec).unwrap();
+    msgs.extend(decode_channel_messages(reader.section("channel/1", None).unwrap(), &*codec).unwrap());
     let shown: Vec<String> = msgs
         .into_iter()
         .map(|m| match m {
