@@ -134,9 +134,7 @@ pub struct RestoredChannelState {
     /// Its messages, encoded as in the channel-state file.
     pub messages: Vec<u8>,
     /// The restore changed the parallelism of the channel's edge (either
-    /// end): it is replayed on a channel of the same edge, and the old
-    /// channel's watermarks and idleness, which describe an upstream subtask
-    /// that no longer exists as it was, are dropped.
+    /// end): it is replayed on a channel of the same edge.
     pub rescaled: bool,
     /// Keyed edges restored at another parallelism: only the records of
     /// these key groups belong to this subtask.
@@ -526,7 +524,12 @@ fn replay_channel_state(
                     }
                     _ => Message::Records(batch, count),
                 },
-                Message::Watermark(_) | Message::Idle(_) if restored.rescaled => continue,
+                // Watermarks and idleness described the upstream subtask as it
+                // was; after a restore it starts over (and its source splits
+                // may have been dealt to another subtask), so replaying them
+                // could end event time on a channel that still gets records
+                // (timers would fire early). The restarted upstream sends its own.
+                Message::Watermark(_) | Message::Idle(_) => continue,
                 other => other,
             };
             inp.push_restored(restored.tier, msg);
