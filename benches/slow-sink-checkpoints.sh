@@ -5,7 +5,8 @@
 #   aligned+debloat     taskmanager.network.memory.buffer-debloat.enabled=true (target 1 s)
 #   unaligned           execution.checkpointing.unaligned.enabled=true
 #   aligned-timeout     unaligned with execution.checkpointing.aligned-checkpoint-timeout=1s
-# usage: benches/slow-sink-checkpoints.sh [SECONDS per run, default 60]
+#   unaligned+debloat   both
+# usage: [BENCH_MODES="mode ..."] benches/slow-sink-checkpoints.sh [SECONDS per run, default 60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-60}"
@@ -15,7 +16,16 @@ modes=(
   "aligned+debloat|-D taskmanager.network.memory.buffer-debloat.enabled=true"
   "unaligned|-D execution.checkpointing.unaligned.enabled=true"
   "aligned-timeout|-D execution.checkpointing.unaligned.enabled=true -D execution.checkpointing.aligned-checkpoint-timeout=1s"
+  "unaligned+debloat|-D execution.checkpointing.unaligned.enabled=true -D taskmanager.network.memory.buffer-debloat.enabled=true"
 )
+# BENCH_MODES="unaligned aligned" runs only those
+if [ -n "${BENCH_MODES:-}" ]; then
+  keep=()
+  for m in "${modes[@]}"; do
+    for want in $BENCH_MODES; do [ "${m%%|*}" = "$want" ] && keep+=("$m"); done
+  done
+  modes=("${keep[@]}")
+fi
 echo "# $(date -u +%FT%TZ) nproc=$(nproc) load=$(cut -d' ' -f1-3 /proc/loadavg) seconds=$SECS"
 for m in "${modes[@]}"; do
   name="${m%%|*}"; flags="${m#*|}"
