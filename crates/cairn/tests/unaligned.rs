@@ -309,10 +309,18 @@ fn completed(client: &JobClient) -> Vec<CheckpointStats> {
 /// check that the committed output is exactly the failure-free one and that
 /// the restore really replayed channel state.
 fn exactly_once_after_unaligned_restore(topology: Topology) {
+    exactly_once_after_unaligned_restore_on(topology, &[]);
+}
+
+/// As [`exactly_once_after_unaligned_restore`], with `backend` settings
+/// (e.g. the RocksDB keyed backend) added to the configuration.
+fn exactly_once_after_unaligned_restore_on(topology: Topology, backend: &[(&str, &str)]) {
     let dir = temp_dir(&format!("{topology:?}").to_lowercase());
     let out = dir.join("out");
     let fail = Arc::new(AtomicBool::new(false));
-    let env = StreamEnv::with_config(config(&dir, &unaligned()));
+    let mut extra = unaligned();
+    extra.extend_from_slice(backend);
+    let env = StreamEnv::with_config(config(&dir, &extra));
     build(&env, topology, &out, &fail, Duration::from_micros(150));
     let handle = env.execute_async("unaligned restore").unwrap();
     let client = handle.client();
@@ -364,6 +372,28 @@ fn two_input_restores_exactly_once_from_an_unaligned_checkpoint() {
 #[test]
 fn union_restores_exactly_once_from_an_unaligned_checkpoint() {
     exactly_once_after_unaligned_restore(Topology::Union);
+}
+
+/// Channel state is independent of the keyed backend: with the keyed
+/// operators' state in RocksDB (incremental checkpoints, so the task
+/// snapshot is RocksDB's file set) the restore replays the in-flight records
+/// after RocksDB restored its state, and the output is still exactly the
+/// failure-free one, for the two-input topology (two keyed inputs, both
+/// capturing channel state).
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_backend_restores_exactly_once_from_an_unaligned_checkpoint() {
+    let local = temp_dir("rocksdb-local");
+    let local_dir = local.display().to_string();
+    exactly_once_after_unaligned_restore_on(
+        Topology::TwoInput,
+        &[
+            ("state.backend.type", "rocksdb"),
+            ("execution.checkpointing.incremental", "true"),
+            ("state.backend.rocksdb.localdir", &local_dir),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&local);
 }
 
 /// The failure-free run of the same job (unaligned checkpoints, no failure)
