@@ -324,7 +324,7 @@ impl BarrierHandler {
             self.reset();
             return true;
         }
-        !self.last_started.is_some_and(|last| id <= last)
+        self.last_started.is_none_or(|last| id > last)
     }
 
     fn start_aligning(&mut self, barrier: Barrier) {
