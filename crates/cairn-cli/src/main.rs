@@ -58,6 +58,39 @@ impl fmt::Display for CliError {
     }
 }
 
+/// A reader that stops early (`cairn list | head -1`) is not a failure of the command:
+/// printing to a closed pipe ends the process quietly with the status a shell reports
+/// for a writer stopped by SIGPIPE (128 + 13), as other Unix tools end, instead of a
+/// panic message and exit 101. Rust ignores SIGPIPE, so the write fails and `print!`
+/// panics; sockets keep reporting a broken pipe as an error.
+fn end_quietly_when_stdout_is_closed() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if is_closed_stdout(message) {
+            std::process::exit(STOPPED_BY_SIGPIPE);
+        }
+        default_hook(info);
+    }));
+}
+
+/// The exit status of a writer stopped by SIGPIPE.
+const STOPPED_BY_SIGPIPE: i32 = 128 + 13;
+
+/// Whether a panic message is std's (or clap_complete's) report of a write to a stdout
+/// whose reader has gone.
+fn is_closed_stdout(message: &str) -> bool {
+    let broken_pipe = message.contains("Broken pipe") || message.contains("BrokenPipe");
+    let stdout_write =
+        message.starts_with("failed printing to stdout") || message.starts_with("failed to write completion file");
+    broken_pipe && stdout_write
+}
+
 const AFTER_HELP: &str = "\
 Job ids may be abbreviated to a unique prefix. Jobs are found through
 $CAIRN_HOME/jobs (default ~/.cairn/jobs), where every job serving its REST API
@@ -383,6 +416,7 @@ fn install_log_subscriber() {
 }
 
 fn main() {
+    end_quietly_when_stdout_is_closed();
     install_log_subscriber();
     let argv = legacy_spellings(std::env::args());
     let cli = match Cli::try_parse_from(argv) {

@@ -238,3 +238,41 @@ fn failed_operations_exit_1() {
     }
     assert!(sp.join("not-a-savepoint").is_dir());
 }
+
+/// Runs `cairn args...` with its stdout the write end of a pipe whose read end is
+/// already closed (as when `cairn list | head -0` has ended), through python3 so the
+/// order is certain; returns (exit code, stderr).
+fn cairn_into_a_closed_pipe(h: &Home, args: &[&str]) -> (i32, String) {
+    let script = "import os, sys\n\
+                  r, w = os.pipe()\n\
+                  os.close(r)\n\
+                  os.dup2(w, 1)\n\
+                  os.execv(sys.argv[1], sys.argv[1:])\n";
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("CAIRN_HOME", h.path("home"))
+        .output()
+        .expect("python3 runs (it is installed with the test services)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_reader_that_left_ends_the_command_quietly_as_sigpipe_would() {
+    let h = Home::new("pipe");
+    for args in [&["list"][..], &["completions", "bash"], &["--help"]] {
+        let (code, stderr) = cairn_into_a_closed_pipe(&h, args);
+        assert!(
+            !stderr.contains("panicked"),
+            "cairn {args:?} into a closed pipe panicked:\n{stderr}"
+        );
+        // Help is printed by clap, which ignores a failed write and exits 0.
+        let want = if args == ["--help"] { 0 } else { 141 };
+        assert_eq!(code, want, "cairn {args:?} into a closed pipe: {stderr}");
+    }
+}
