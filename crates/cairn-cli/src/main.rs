@@ -7,7 +7,7 @@
 //! socket path) talks to one server directly.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 job not found
-//! or not reachable.
+//! or not reachable, 141 the output's reader left (as SIGPIPE would end it).
 
 mod commands;
 #[cfg(feature = "dashboard")]
