@@ -11,6 +11,6 @@ if [ "${#need[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 python3 -m venv "$CAIRN_CI_CACHE/selenium-venv"
-"$CAIRN_CI_CACHE/selenium-venv/bin/pip" install --quiet --disable-pip-version-check selenium
+"$CAIRN_CI_CACHE/selenium-venv/bin/pip" install --quiet --disable-pip-version-check 'selenium==4.51.0'
 export CAIRN_SELENIUM_PYTHON="$CAIRN_CI_CACHE/selenium-venv/bin/python"
 export CAIRN_REQUIRE_BROWSER=1

@@ -1,9 +1,10 @@
 # An S3-compatible server for object-storage tests: moto[server] from PyPI (it
-# answers conditional puts correctly). Tests start it on a free loopback port
+# answers conditional puts correctly; pinned, as the launcher below wraps its
+# server's entry points). Tests start it on a free loopback port
 # through CAIRN_MOTO_SERVER and stop it when they end; CAIRN_REQUIRE_S3 makes
 # its absence a failure.
 python3 -m venv "$CAIRN_CI_CACHE/moto-venv"
-"$CAIRN_CI_CACHE/moto-venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]'
+"$CAIRN_CI_CACHE/moto-venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
 # moto checks a conditional put's precondition and stores the object in two steps without a
 # lock, and moto_server handles requests on threads: on a busy machine two concurrent
 # put-if-absent requests could both win (seen in storage_conformance), where S3 decides
