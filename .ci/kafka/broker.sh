@@ -9,7 +9,7 @@
 #
 # The broker's jars come from Maven Central (`.ci/kafka/pom.xml`, copied once into
 # $CAIRN_KAFKA_CACHE, default /tmp/cairn-kafka-cache). Each start formats a fresh storage
-# directory under $CAIRN_KAFKA_CACHE/run. Topics are never created automatically (the
+# directory under $CAIRN_KAFKA_CACHE/run-<checkout>. Topics are never created automatically (the
 # tests check the unknown-topic error), and topics named `cairn-forbidden*` are denied to
 # every client by an ACL (the tests check the missing-permission error).
 set -euo pipefail
@@ -17,7 +17,9 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 KAFKA_VERSION=4.1.1
 CACHE="${CAIRN_KAFKA_CACHE:-/tmp/cairn-kafka-cache}"
 LIBS="$CACHE/libs-$KAFKA_VERSION"
-RUN="$CACHE/run"
+# One run directory per checkout: CI runs of several checkouts on one machine share the
+# cache (the jars) but never each other's broker.
+RUN="$CACHE/run-$(printf '%s' "$HERE" | cksum | cut -d' ' -f1)"
 PIDFILE="$RUN/broker.pid"
 
 log() { echo "[kafka-broker] $*" >&2; }
