@@ -1,7 +1,7 @@
 //! Golden fixture of canonical savepoint format version 1 (invariant 5): the
 //! Parquet files under `tests/golden/canonical-v1/` are committed and must keep
-//! restoring forever. They are regenerated only when `CAIRN_REGEN_GOLDEN=1` is
-//! set, never by a normal test run. Spec: `docs/formats/savepoint-canonical.md`.
+//! restoring forever. `CAIRN_REGEN_GOLDEN=1` only creates them
+//! when they are missing; they are never rewritten. Spec: `docs/formats/savepoint-canonical.md`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -151,6 +151,13 @@ fn regenerate_if_asked() {
             return;
         }
         let dir = golden_dir();
+        // Fixtures are never rewritten: this only creates a missing one (a new format
+        // version gets a new fixture directory).
+        assert!(
+            !dir.exists(),
+            "{} exists: golden fixtures are never rewritten; a new format version gets a new fixture",
+            dir.display()
+        );
         std::fs::create_dir_all(&dir).unwrap();
         let codec = key_codec_for::<String>();
         let files = write_canonical_file(

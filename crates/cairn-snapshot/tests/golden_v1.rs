@@ -1,7 +1,7 @@
 //! Golden fixture for `_metadata` format version 1 and state-file format
 //! version 1 (invariant 5). The files under `tests/golden/v1/` are committed
-//! and must keep loading forever. They are regenerated only when
-//! `CAIRN_REGEN_GOLDEN=1` is set — never by a normal test run.
+//! and must keep loading forever. `CAIRN_REGEN_GOLDEN=1` only creates
+//! them when missing; they are never rewritten.
 
 mod common;
 
@@ -83,6 +83,13 @@ fn regenerate_if_asked() {
             return;
         }
         let dir = golden_dir();
+        // Fixtures are never rewritten: this only creates a missing one (a new format
+        // version gets a new fixture directory).
+        assert!(
+            !dir.exists(),
+            "{} exists: golden fixtures are never rewritten; a new format version gets a new fixture",
+            dir.display()
+        );
         std::fs::create_dir_all(dir.join("state")).unwrap();
         let (bytes, info) = golden_state_file();
         std::fs::write(dir.join("state/op-0.state"), bytes).unwrap();

@@ -2,7 +2,7 @@
 //! checkpoint whose subtask consists of a state file and backend files, one
 //! of them in the job's `shared/` directory as incremental checkpoints
 //! reference it. The files under `tests/golden/v2/` are committed and must
-//! keep loading forever; they are regenerated only with `CAIRN_REGEN_GOLDEN=1`.
+//! keep loading forever; `CAIRN_REGEN_GOLDEN=1` only creates them when missing.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,6 +73,13 @@ fn regenerate_if_asked() {
             return;
         }
         let dir = golden_dir();
+        // Fixtures are never rewritten: this only creates a missing one (a new format
+        // version gets a new fixture directory).
+        assert!(
+            !dir.exists(),
+            "{} exists: golden fixtures are never rewritten; a new format version gets a new fixture",
+            dir.display()
+        );
         std::fs::create_dir_all(dir.join("job/chk-7")).unwrap();
         std::fs::create_dir_all(dir.join("job/shared")).unwrap();
         let (bytes, info) = golden_state_file();

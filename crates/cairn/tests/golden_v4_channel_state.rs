@@ -4,8 +4,8 @@
 //! channel, at two tiers: one batch restored earlier and still not
 //! processed, then what was in flight; `docs/formats/channel-state.md`).
 //! The files under `crates/cairn-snapshot/tests/golden/v4/` are committed
-//! and must keep loading and restoring forever; they are regenerated only
-//! with `CAIRN_REGEN_GOLDEN=1`.
+//! and must keep loading and restoring forever; `CAIRN_REGEN_GOLDEN=1` only
+//! creates them when missing; they are never rewritten.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -144,6 +144,13 @@ fn regenerate_if_asked() {
             return;
         }
         let dir = golden_dir();
+        // Fixtures are never rewritten: this only creates a missing one (a new format
+        // version gets a new fixture directory).
+        assert!(
+            !dir.exists(),
+            "{} exists: golden fixtures are never rewritten; a new format version gets a new fixture",
+            dir.display()
+        );
         std::fs::create_dir_all(&dir).unwrap();
         let (bytes, file) = channel_state_bytes();
         std::fs::write(dir.join(channel_file_name()), bytes).unwrap();
