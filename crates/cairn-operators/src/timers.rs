@@ -95,6 +95,7 @@ fn timer_meta(name: &str) -> StateMeta {
         kind: StateKind::Value,
         value_type: "timer".into(),
         ttl: None,
+        shapes: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn meta(name: &str, kind: StateKind, ttl: Option<StateTtlConfig>) -> StateMeta {
         kind,
         value_type: "golden".into(),
         ttl,
+        shapes: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn meta(name: &str, kind: StateKind) -> StateMeta {
         kind,
         value_type: "bytes".into(),
         ttl: None,
+        shapes: None,
     }
 }
 

@@ -40,6 +40,20 @@ pub const TIMER_STATE_PREFIX: &str = "_timers/";
 /// returns how many bytes the key used (the rest is the namespace).
 pub trait KeyJson: Send + Sync {
     fn key_json(&self, composite: &[u8], out: &mut Vec<u8>) -> Result<usize, String>;
+
+    /// Like [`KeyJson::key_json`], but appends the key in the value codec
+    /// (MessagePack with named fields) instead of JSON.
+    fn key_msgpack(&self, composite: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
+        let mut json = Vec::new();
+        let used = self.key_json(composite, &mut json)?;
+        codec::json_to_msgpack(&json, out)?;
+        Ok(used)
+    }
+
+    /// The shape of the key type ([`crate::shape`]); opaque when unknown.
+    fn key_shape(&self) -> crate::shape::Shape {
+        crate::shape::Shape::Opaque("the key codec does not describe its type".into())
+    }
 }
 
 /// A shared [`KeyJson`]; see [`key_codec_for`].
@@ -75,6 +89,17 @@ impl<K: Serialize + DeserializeOwned + 'static> KeyJson for EncodedKey<K> {
             codec::msgpack_to_json(&mp, out)
         })?;
         Ok(used)
+    }
+
+    fn key_msgpack(&self, composite: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
+        let (key, used): (K, usize) = crate::key_encoding::from_prefix(composite)
+            .map_err(|e| format!("key bytes do not decode as {}: {e}", std::any::type_name::<K>()))?;
+        codec::append("key", &key, out).map_err(|e| e.to_string())?;
+        Ok(used)
+    }
+
+    fn key_shape(&self) -> crate::shape::Shape {
+        crate::shape::trace::<K>()
     }
 }
 
@@ -555,6 +580,7 @@ pub fn states_from_json(json: &str) -> Result<Vec<StateMeta>, String> {
                 kind,
                 value_type: m.value_type,
                 ttl,
+                shapes: None,
             })
         })
         .collect()

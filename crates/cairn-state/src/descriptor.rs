@@ -5,7 +5,10 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::shape::{self, StateShapes};
 
 /// How a keyed state stores its values; recorded in snapshots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -59,6 +62,11 @@ pub struct StateMeta {
     /// `std::any::type_name` of the value type, for error messages only.
     pub value_type: String,
     pub ttl: Option<StateTtlConfig>,
+    /// The shapes of the state's types ([`crate::shape`]), traced when the
+    /// state was registered; `None` for internal states and for snapshots
+    /// written before shapes were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shapes: Option<StateShapes>,
 }
 
 macro_rules! descriptor {
@@ -87,13 +95,13 @@ macro_rules! descriptor {
                 &self.name
             }
 
-            /// The metadata the backend records for this state.
-            pub fn meta(&self) -> StateMeta {
+            fn meta_with(&self, shapes: StateShapes) -> StateMeta {
                 StateMeta {
                     name: self.name.clone(),
                     kind: $kind,
                     value_type: std::any::type_name::<($($t,)+)>().to_string(),
                     ttl: self.ttl,
+                    shapes: Some(shapes),
                 }
             }
         }
@@ -115,3 +123,53 @@ descriptor!(
 descriptor!(
     /// Declares an `AggregatingState<IN, ACC, OUT>`; the aggregate function is given at registration.
     AggregatingStateDescriptor<IN, ACC>, StateKind::Value);
+
+impl<T: DeserializeOwned> ValueStateDescriptor<T> {
+    /// The metadata the backend records for this state (its type traced).
+    pub fn meta(&self) -> StateMeta {
+        self.meta_with(StateShapes {
+            user_key: None,
+            value: shape::trace::<T>(),
+        })
+    }
+}
+
+impl<T: DeserializeOwned> ListStateDescriptor<T> {
+    /// The metadata the backend records for this state (its type traced).
+    pub fn meta(&self) -> StateMeta {
+        self.meta_with(StateShapes {
+            user_key: None,
+            value: shape::trace::<T>(),
+        })
+    }
+}
+
+impl<UK: DeserializeOwned, UV: DeserializeOwned> MapStateDescriptor<UK, UV> {
+    /// The metadata the backend records for this state (its types traced).
+    pub fn meta(&self) -> StateMeta {
+        self.meta_with(StateShapes {
+            user_key: Some(shape::trace::<UK>()),
+            value: shape::trace::<UV>(),
+        })
+    }
+}
+
+impl<T: DeserializeOwned> ReducingStateDescriptor<T> {
+    /// The metadata the backend records for this state (its type traced).
+    pub fn meta(&self) -> StateMeta {
+        self.meta_with(StateShapes {
+            user_key: None,
+            value: shape::trace::<T>(),
+        })
+    }
+}
+
+impl<IN, ACC: DeserializeOwned> AggregatingStateDescriptor<IN, ACC> {
+    /// The metadata the backend records for this state (the accumulator's type traced).
+    pub fn meta(&self) -> StateMeta {
+        self.meta_with(StateShapes {
+            user_key: None,
+            value: shape::trace::<ACC>(),
+        })
+    }
+}

@@ -101,7 +101,7 @@ impl KeyedStateAccess {
     }
 
     /// Register a value state.
-    pub fn value_state<T>(&mut self, d: ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
+    pub fn value_state<T: DeserializeOwned>(&mut self, d: ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
         Ok(ValueState {
             slot: self.register(d.meta())?,
             _t: PhantomData,
@@ -109,7 +109,7 @@ impl KeyedStateAccess {
     }
 
     /// Register a list state.
-    pub fn list_state<T>(&mut self, d: ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
+    pub fn list_state<T: DeserializeOwned>(&mut self, d: ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
         Ok(ListState {
             slot: self.register(d.meta())?,
             _t: PhantomData,
@@ -117,7 +117,7 @@ impl KeyedStateAccess {
     }
 
     /// Register a map state.
-    pub fn map_state<K, V>(&mut self, d: MapStateDescriptor<K, V>) -> Result<MapState<K, V>, StateError> {
+    pub fn map_state<K: DeserializeOwned, V: DeserializeOwned>(&mut self, d: MapStateDescriptor<K, V>) -> Result<MapState<K, V>, StateError> {
         Ok(MapState {
             slot: self.register(d.meta())?,
             _t: PhantomData,
@@ -125,7 +125,7 @@ impl KeyedStateAccess {
     }
 
     /// Register a reducing state with its reduce function.
-    pub fn reducing_state<T>(
+    pub fn reducing_state<T: DeserializeOwned>(
         &mut self,
         d: ReducingStateDescriptor<T>,
         reduce: impl Fn(T, T) -> T + Send + Sync + 'static,

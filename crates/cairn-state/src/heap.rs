@@ -607,6 +607,9 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
             // A restored state learns its TTL and type from the registering code.
             self.metas[i].ttl = meta.ttl;
             self.metas[i].value_type = meta.value_type.clone();
+            if meta.shapes.is_some() {
+                self.metas[i].shapes = meta.shapes.clone();
+            }
             self.tables[i].meta = self.metas[i].clone();
             return Ok(i as StateId);
         }

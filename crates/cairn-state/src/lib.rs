@@ -21,6 +21,7 @@ pub mod heap;
 pub mod key_encoding;
 pub mod keygroup;
 pub mod operator_state;
+pub mod shape;
 pub mod snapshot_codec;
 
 pub use backend::{

@@ -298,6 +298,7 @@ fn timers_become_rows_with_their_timestamp() {
         kind: StateKind::Value,
         value_type: "timer".into(),
         ttl: None,
+        shapes: None,
     };
     let mut b = HeapKeyedStateBackend::new(all());
     let id = b.register(&meta).unwrap();
@@ -429,12 +430,14 @@ fn state_metadata_json_round_trips() {
             kind: StateKind::Map,
             value_type: "(u32, String)".into(),
             ttl: Some(StateTtlConfig::new(Duration::from_millis(5)).with_update_type(TtlUpdateType::OnReadAndWrite)),
+            shapes: None,
         },
         StateMeta {
             name: "b".into(),
             kind: StateKind::List,
             value_type: "u8".into(),
             ttl: None,
+            shapes: None,
         },
     ];
     let json = states_to_json(&metas);
