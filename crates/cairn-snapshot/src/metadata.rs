@@ -1,13 +1,13 @@
 //! The `_metadata` model and file format (spec: `docs/formats/metadata.md`).
 //! Version 2 adds files of a state backend's own snapshot
 //! ([`FileFormat::BackendFile`], e.g. RocksDB SST files, possibly shared
-//! between incremental checkpoints); version 4 adds the channel state of
-//! unaligned checkpoints ([`FileFormat::ChannelStateV1`]: the in-flight
-//! records a subtask had not processed at its snapshot); everything else is
-//! unchanged. (Version 3 is the canonical savepoint format's `parquet_v2`
-//! files.) A writer puts the lowest version that can hold the file's content
+//! between incremental checkpoints); version 3 adds the canonical savepoint
+//! format's typed Parquet files ([`FileFormat::ParquetV2`]); version 4 adds
+//! the channel state of unaligned checkpoints ([`FileFormat::ChannelStateV1`]:
+//! the in-flight records a subtask had not processed at its snapshot);
+//! everything else is unchanged. A writer puts the lowest version that can hold the file's content
 //! ([`SnapshotMetadata::version_needed`]), so snapshots without channel state
-//! stay readable by releases that predate it.
+//! stay readable by releases that predate them.
 //!
 //! ```text
 //! CAIRN-METADATA 1\n
@@ -32,6 +32,8 @@ pub const METADATA_FILE_NAME: &str = "_metadata";
 /// The newest `_metadata` format version this build writes (a file gets the
 /// lowest version that can hold its content, see [`SnapshotMetadata::version_needed`]).
 pub const METADATA_VERSION: u32 = 4;
+/// The first `_metadata` version that may name canonical v2 Parquet files.
+pub const CANONICAL_V2_METADATA_VERSION: u32 = 3;
 /// The first `_metadata` version that may hold channel state.
 pub const CHANNEL_STATE_METADATA_VERSION: u32 = 4;
 /// The oldest `_metadata` format version this build reads.
@@ -130,6 +132,10 @@ pub enum FileFormat {
     /// A Parquet file of the canonical savepoint format, version 1
     /// (`docs/formats/savepoint-canonical.md`); `sections` is empty.
     ParquetV1,
+    /// A Parquet file of the canonical savepoint format, version 2: one
+    /// state per file, typed columns (`docs/formats/savepoint-canonical.md`);
+    /// `sections` is empty. `_metadata` v3 and later.
+    ParquetV2,
     /// A file of a state backend's own snapshot (a RocksDB SST, MANIFEST,
     /// ...), opaque to Cairn but for its size and CRC-32; the subtask's state
     /// file lists which backend files it consists of. `_metadata` v2 and later.
@@ -150,10 +156,13 @@ impl FileFormat {
 
 impl SnapshotMetadata {
     /// The lowest format version that can hold this metadata's files: 4
-    /// with channel state, else 2 (what writers put in `format_version`).
+    /// with channel state, 3 with canonical v2 files, else 2 (what writers
+    /// put in `format_version`).
     pub fn version_needed(&self) -> u32 {
         if self.has_channel_state() {
             CHANNEL_STATE_METADATA_VERSION
+        } else if self.files().any(|(_, _, f)| f.format == FileFormat::ParquetV2) {
+            CANONICAL_V2_METADATA_VERSION
         } else {
             2
         }
@@ -193,6 +202,14 @@ impl SnapshotMetadata {
             if let Some((_, _, f)) = self.files().find(|(_, _, f)| f.format == FileFormat::BackendFile) {
                 return Err(ctx(format!(
                     "file '{}' is a backend file, which needs format version 2",
+                    f.path
+                )));
+            }
+        }
+        if self.format_version < CANONICAL_V2_METADATA_VERSION {
+            if let Some((_, _, f)) = self.files().find(|(_, _, f)| f.format == FileFormat::ParquetV2) {
+                return Err(ctx(format!(
+                    "file '{}' is a canonical v2 Parquet file, which needs format version {CANONICAL_V2_METADATA_VERSION}",
                     f.path
                 )));
             }
@@ -431,8 +448,16 @@ pub fn verify_file(storage: &dyn Storage, dir: &Path, file: &StateFileRef) -> Re
             actual: size,
         });
     }
-    let bytes = storage.read(&path)?;
-    let actual = crc32(&bytes);
+    // In ranges, so verifying a large file needs little memory.
+    const CHUNK: u64 = 8 << 20;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut offset = 0;
+    while offset < size {
+        let len = CHUNK.min(size - offset);
+        hasher.update(&storage.read_range(&path, offset, len)?);
+        offset += len;
+    }
+    let actual = hasher.finalize();
     if actual != file.crc32 {
         return Err(SnapshotError::ChecksumMismatch {
             path,

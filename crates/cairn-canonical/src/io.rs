@@ -1,0 +1,366 @@
+//! Parquet files on Cairn's [`Storage`]: written through a checksumming,
+//! fsyncing writer; read by byte ranges (the footer, then one row group at
+//! a time), so memory stays at about one row group whatever the file size.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use bytes::{Buf, Bytes};
+use cairn_snapshot::checksum::ChecksummingWriter;
+use cairn_snapshot::{FileFormat, StateFileRef, Storage, StorageWriter};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{ChunkReader, Length};
+
+/// How canonical files are written.
+#[derive(Clone, Debug)]
+pub struct WriteOptions {
+    /// Page compression (readers accept snappy and zstd, and none).
+    pub compression: Compression,
+    /// Rows converted before they are handed to the Parquet encoder.
+    pub batch_rows: usize,
+    /// A row group is closed at this many rows...
+    pub row_group_rows: usize,
+    /// ... or when its encoded pages reach about this many bytes.
+    pub row_group_bytes: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            compression: Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1 is valid")),
+            batch_rows: 8192,
+            row_group_rows: 128 * 1024,
+            row_group_bytes: 64 << 20,
+        }
+    }
+}
+
+impl WriteOptions {
+    /// Parse a codec name: `zstd`, `zstd(<level>)`, `snappy` or `none`.
+    pub fn with_compression_name(mut self, name: &str) -> Result<Self, String> {
+        let lower = name.trim().to_ascii_lowercase();
+        self.compression = match lower.as_str() {
+            "none" | "uncompressed" => Compression::UNCOMPRESSED,
+            "snappy" => Compression::SNAPPY,
+            "zstd" => Compression::ZSTD(ZstdLevel::try_new(1).expect("valid")),
+            other => match other.strip_prefix("zstd(").and_then(|r| r.strip_suffix(')')) {
+                Some(level) => {
+                    let l: i32 = level
+                        .parse()
+                        .map_err(|_| format!("compression '{name}': the zstd level must be an integer"))?;
+                    Compression::ZSTD(ZstdLevel::try_new(l).map_err(|e| format!("compression '{name}': {e}"))?)
+                }
+                None => {
+                    return Err(format!(
+                        "compression '{name}' is not known: use zstd, zstd(<1-22>), snappy or none"
+                    ))
+                }
+            },
+        };
+        Ok(self)
+    }
+
+    fn properties(&self) -> WriterProperties {
+        WriterProperties::builder()
+            .set_compression(self.compression)
+            .set_max_row_group_row_count(Some(self.row_group_rows.max(1)))
+            .set_created_by(format!("cairn version {}", env!("CARGO_PKG_VERSION")))
+            .build()
+    }
+}
+
+type Sink = ChecksummingWriter<Box<dyn StorageWriter>>;
+
+/// A Parquet file being written to storage.
+pub struct FileWriter {
+    path: PathBuf,
+    rel: String,
+    writer: ArrowWriter<Sink>,
+    row_group_bytes: usize,
+    rows: u64,
+}
+
+impl FileWriter {
+    /// Create `dir/rel` with `schema`.
+    pub fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        rel: &str,
+        schema: SchemaRef,
+        options: &WriteOptions,
+    ) -> Result<Self, String> {
+        let path = dir.join(rel);
+        let w = storage.create(&path).map_err(|e| e.to_string())?;
+        let writer = ArrowWriter::try_new(ChecksummingWriter::new(w), schema, Some(options.properties()))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(FileWriter {
+            path,
+            rel: rel.to_string(),
+            writer,
+            row_group_bytes: options.row_group_bytes,
+            rows: 0,
+        })
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append a batch; closes the row group once it is large enough.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
+        if self.writer.in_progress_size() >= self.row_group_bytes {
+            self.writer
+                .flush()
+                .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Write the footer with `kv` metadata, make the file durable (fsync)
+    /// and describe it for `_metadata`.
+    pub fn finish(mut self, kv: Vec<(String, String)>) -> Result<StateFileRef, String> {
+        let named = |e: parquet::errors::ParquetError| format!("writing {}: {e}", self.path.display());
+        for (k, v) in kv {
+            self.writer.append_key_value_metadata(KeyValue::new(k, v));
+        }
+        // Flushes the last row group and writes the footer.
+        let sink = self.writer.into_inner().map_err(named)?;
+        let (mut inner, size, crc32) = sink.into_parts();
+        inner.flush().map_err(|e| format!("writing {}: {e}", self.path.display()))?;
+        let durable = inner.finish().map_err(|e| e.to_string())?;
+        if durable != size {
+            return Err(format!(
+                "{}: {durable} bytes are on storage but {size} were written",
+                self.path.display()
+            ));
+        }
+        Ok(StateFileRef {
+            path: self.rel,
+            size,
+            crc32,
+            sections: Vec::new(),
+            format: FileFormat::ParquetV2,
+        })
+    }
+}
+
+/// Byte ranges of a file held in memory, served to the Parquet reader.
+#[derive(Clone)]
+struct Sparse {
+    len: u64,
+    ranges: Arc<Vec<(u64, Bytes)>>,
+}
+
+impl Sparse {
+    fn find(&self, start: u64, len: u64) -> parquet::errors::Result<Bytes> {
+        for (off, b) in self.ranges.iter() {
+            if start >= *off && start + len <= off + b.len() as u64 {
+                let s = (start - off) as usize;
+                return Ok(b.slice(s..s + len as usize));
+            }
+        }
+        Err(parquet::errors::ParquetError::General(format!(
+            "bytes {start}..{} were not loaded (a Cairn bug)",
+            start + len
+        )))
+    }
+}
+
+impl Length for Sparse {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl ChunkReader for Sparse {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        for (off, b) in self.ranges.iter() {
+            if start >= *off && start <= off + b.len() as u64 {
+                return Ok(b.slice((start - off) as usize..).reader());
+            }
+        }
+        Err(parquet::errors::ParquetError::General(format!(
+            "offset {start} was not loaded (a Cairn bug)"
+        )))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.find(start, length as u64)
+    }
+}
+
+/// A Parquet file on storage whose footer was read.
+pub struct ParquetSource {
+    pub path: PathBuf,
+    pub size: u64,
+    pub metadata: Arc<ParquetMetaData>,
+    arrow: ArrowReaderMetadata,
+    footer_start: u64,
+    footer: Bytes,
+}
+
+impl ParquetSource {
+    /// Read and parse the footer of `path` (`size` bytes). Errors say what
+    /// is wrong with the file.
+    pub fn open(storage: &dyn Storage, path: &Path, size: u64) -> Result<Self, String> {
+        if size < 12 {
+            return Err(format!("{size} bytes is too short to be a Parquet file"));
+        }
+        let tail = storage.read_range(path, size - 8, 8).map_err(|e| e.to_string())?;
+        match &tail[4..8] {
+            b"PAR1" => {}
+            b"PARE" => return Err("the file is an encrypted Parquet file, which Cairn does not read".into()),
+            _ => return Err("the file does not end with the Parquet magic 'PAR1' (not Parquet, or truncated)".into()),
+        }
+        let meta_len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
+        if meta_len + 12 > size {
+            return Err(format!(
+                "the footer claims {meta_len} bytes of metadata in a file of {size} bytes (truncated?)"
+            ));
+        }
+        let footer_start = size - 8 - meta_len;
+        let footer = Bytes::from(storage.read_range(path, footer_start, meta_len).map_err(|e| e.to_string())?);
+        let metadata =
+            Arc::new(ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| format!("the footer is not valid: {e}"))?);
+        let arrow = ArrowReaderMetadata::try_new(metadata.clone(), ArrowReaderOptions::new())
+            .map_err(|e| format!("the schema cannot be read as Arrow: {e}"))?;
+        Ok(ParquetSource {
+            path: path.to_path_buf(),
+            size,
+            metadata,
+            arrow,
+            footer_start,
+            footer,
+        })
+    }
+
+    /// The file's Arrow schema.
+    pub fn schema(&self) -> &SchemaRef {
+        self.arrow.schema()
+    }
+
+    /// A key-value metadata entry.
+    pub fn kv(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .file_metadata()
+            .key_value_metadata()?
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_deref())
+    }
+
+    /// The byte range of a row group's column chunks.
+    fn row_group_range(&self, rg: usize) -> (u64, u64) {
+        let g = self.metadata.row_group(rg);
+        let mut start = u64::MAX;
+        let mut end = 0;
+        for c in g.columns() {
+            let (s, l) = c.byte_range();
+            start = start.min(s);
+            end = end.max(s + l);
+        }
+        if start == u64::MAX {
+            (0, 0)
+        } else {
+            (start, end)
+        }
+    }
+
+    /// Decode the row groups `selected` (ascending), calling `visit` with
+    /// each batch and its row group. With `verify` (the whole file's
+    /// recorded CRC-32), every byte of the file is read in order and checked
+    /// at the end, so a file that changed since it was verified is caught.
+    pub fn read(
+        &self,
+        storage: &dyn Storage,
+        selected: &[usize],
+        batch_rows: usize,
+        verify: Option<u32>,
+        visit: &mut dyn FnMut(usize, RecordBatch) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut verifier = verify.map(|expected| Verifier {
+            hasher: crc32fast::Hasher::new(),
+            hashed: 0,
+            expected,
+        });
+        for &rg in selected {
+            let (start, end) = self.row_group_range(rg);
+            if end > self.footer_start {
+                return Err(format!("row group {rg} overlaps the footer (corrupt file)"));
+            }
+            if let Some(v) = &mut verifier {
+                v.advance(storage, &self.path, start)?;
+            }
+            let data = Bytes::from(storage.read_range(&self.path, start, end - start).map_err(|e| e.to_string())?);
+            if let Some(v) = &mut verifier {
+                if v.hashed == start {
+                    v.hasher.update(&data);
+                    v.hashed = end;
+                }
+            }
+            let sparse = Sparse {
+                len: self.size,
+                ranges: Arc::new(vec![(start, data), (self.footer_start, self.footer.clone())]),
+            };
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.arrow.clone())
+                .with_row_groups(vec![rg])
+                .with_batch_size(batch_rows.max(1))
+                .build()
+                .map_err(|e| format!("row group {rg}: {e}"))?;
+            for batch in reader {
+                let batch = batch.map_err(|e| format!("row group {rg}: {e}"))?;
+                visit(rg, batch)?;
+            }
+        }
+        if let Some(mut v) = verifier {
+            v.advance(storage, &self.path, self.size)?;
+            let actual = v.hasher.finalize();
+            if actual != v.expected {
+                return Err(format!(
+                    "the file changed after it was verified: CRC-32 {actual:08x}, _metadata records {:08x}",
+                    v.expected
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hashes a file in order while it is read.
+struct Verifier {
+    hasher: crc32fast::Hasher,
+    hashed: u64,
+    expected: u32,
+}
+
+impl Verifier {
+    /// Hash the bytes up to `upto` not hashed yet.
+    fn advance(&mut self, storage: &dyn Storage, path: &Path, upto: u64) -> Result<(), String> {
+        while self.hashed < upto {
+            let len = (upto - self.hashed).min(8 << 20);
+            self.hasher
+                .update(&storage.read_range(path, self.hashed, len).map_err(|e| e.to_string())?);
+            self.hashed += len;
+        }
+        Ok(())
+    }
+}

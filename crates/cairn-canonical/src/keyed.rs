@@ -1,0 +1,848 @@
+//! Keyed state files of canonical format v2: one Parquet file per (operator
+//! subtask, state), one row per value, list element, map entry or timer,
+//! with the key, user key and value in typed columns (see
+//! [`crate::columns`]) and the key's canonical bytes beside them (what
+//! restore hashes into key groups). Spec: `docs/formats/savepoint-canonical.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{BinaryBuilder, Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use cairn_snapshot::{StateFileRef, Storage};
+use cairn_state::canonical::{KeyCodec, TIMER_STATE_PREFIX};
+use cairn_state::codec::{self, get_bytes, put_bytes};
+use cairn_state::keygroup::{key_group_for_bytes, KeyGroupRange};
+use cairn_state::shape::Shape;
+use cairn_state::snapshot_codec::{self, Decoded};
+use cairn_state::{StateKind, StateMeta, StateTtlConfig, TtlUpdateType};
+
+use crate::columns::Column;
+use crate::decode::Decoder;
+use crate::io::{FileWriter, ParquetSource, WriteOptions};
+use crate::{kv_base, CONTENT_KEYED, KV_KEY_SHAPE, KV_STATE};
+
+pub const COL_STATE: &str = "state";
+pub const COL_KEY_GROUP: &str = "key_group";
+pub const COL_KEY_BYTES: &str = "key_bytes";
+pub const COL_NAMESPACE: &str = "namespace";
+pub const COL_KEY: &str = "key";
+pub const COL_USER_KEY: &str = "user_key";
+pub const COL_USER_KEY_JSON: &str = "user_key_json";
+pub const COL_POSITION: &str = "position";
+pub const COL_VALUE_JSON: &str = "value_json";
+pub const COL_TTL: &str = "ttl_timestamp_ms";
+pub const COL_TIMESTAMP: &str = "timestamp";
+/// The value column of a state whose name is one of the reserved names.
+pub const COL_VALUE: &str = "value";
+
+const RESERVED: [&str; 11] = [
+    COL_STATE,
+    COL_KEY_GROUP,
+    COL_KEY_BYTES,
+    COL_NAMESPACE,
+    COL_KEY,
+    COL_USER_KEY,
+    COL_USER_KEY_JSON,
+    COL_POSITION,
+    COL_VALUE_JSON,
+    COL_TTL,
+    COL_TIMESTAMP,
+];
+
+/// The name of a state's typed value column: the state's own name (so
+/// `SELECT key, count FROM ...` reads state `count`), `value` when that
+/// name is reserved, `timestamp` for timers.
+pub fn value_column_name(state: &str) -> &str {
+    if state.starts_with(TIMER_STATE_PREFIX) {
+        COL_TIMESTAMP
+    } else if RESERVED.contains(&state) || state == COL_VALUE {
+        COL_VALUE
+    } else {
+        state
+    }
+}
+
+/// A file name fragment for a state name (readers never infer anything
+/// from names; this only helps people and globs).
+pub fn file_slug(state: &str) -> String {
+    let s: String = state
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    if s.is_empty() {
+        "state".into()
+    } else {
+        s
+    }
+}
+
+struct Columns {
+    key_group: Int32Builder,
+    key_bytes: BinaryBuilder,
+    namespace: BinaryBuilder,
+    key: Option<Column>,
+    user_key: Option<Column>,
+    user_key_json: Option<StringBuilder>,
+    position: Option<Int32Builder>,
+    value: Option<Column>,
+    value_json: Option<StringBuilder>,
+    ttl: Option<Int64Builder>,
+    timestamp: Option<Int64Builder>,
+    rows: usize,
+}
+
+/// Writes one state of one operator subtask.
+pub struct KeyedFileWriter {
+    meta: StateMeta,
+    timers: bool,
+    key_codec: Option<KeyCodec>,
+    key_shape: Option<Shape>,
+    schema: SchemaRef,
+    cols: Columns,
+    file: FileWriter,
+    batch_rows: usize,
+    // Consecutive rows of one key decode it once.
+    last_composite: Vec<u8>,
+    have_last: bool,
+    key_len: usize,
+    key_mp: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+fn err(meta: &StateMeta, kg: u32, what: impl std::fmt::Display) -> String {
+    format!("state '{}' (key group {kg}): {what}", meta.name)
+}
+
+impl KeyedFileWriter {
+    /// Start `dir/rel` for state `meta`; `key_codec` splits backend keys and
+    /// gives the key type (without one the whole backend key is `key_bytes`).
+    pub fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        rel: &str,
+        meta: &StateMeta,
+        key_codec: Option<&KeyCodec>,
+        options: &WriteOptions,
+    ) -> Result<Self, String> {
+        let timers = meta.name.starts_with(TIMER_STATE_PREFIX);
+        let key_shape = key_codec.map(|c| c.key_shape());
+        let key = key_shape.as_ref().and_then(Column::for_shape);
+        let shapes = meta.shapes.as_ref();
+        let value = if timers {
+            None
+        } else {
+            shapes.and_then(|s| Column::for_shape(&s.value))
+        };
+        let is_map = meta.kind == StateKind::Map && !timers;
+        let user_key = if is_map {
+            shapes.and_then(|s| s.user_key.as_ref()).and_then(Column::for_shape)
+        } else {
+            None
+        };
+        let mut fields = vec![
+            Field::new(COL_STATE, DataType::Utf8, false),
+            Field::new(COL_KEY_GROUP, DataType::Int32, false),
+            Field::new(COL_KEY_BYTES, DataType::Binary, false),
+            Field::new(COL_NAMESPACE, DataType::Binary, false),
+        ];
+        if let Some(k) = &key {
+            fields.push(Field::new(COL_KEY, k.data_type(), true));
+        }
+        if is_map {
+            if let Some(u) = &user_key {
+                fields.push(Field::new(COL_USER_KEY, u.data_type(), true));
+            }
+            fields.push(Field::new(COL_USER_KEY_JSON, DataType::Utf8, true));
+        }
+        let is_list = meta.kind == StateKind::List && !timers;
+        if is_list {
+            fields.push(Field::new(COL_POSITION, DataType::Int32, false));
+        }
+        if timers {
+            fields.push(Field::new(COL_TIMESTAMP, DataType::Int64, false));
+        } else {
+            if let Some(v) = &value {
+                fields.push(Field::new(value_column_name(&meta.name), v.data_type(), true));
+            }
+            fields.push(Field::new(COL_VALUE_JSON, DataType::Utf8, true));
+        }
+        let ttl = meta.ttl.is_some() && !timers;
+        if ttl {
+            fields.push(Field::new(COL_TTL, DataType::Int64, false));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let file = FileWriter::create(storage, dir, rel, schema.clone(), options)?;
+        Ok(KeyedFileWriter {
+            meta: meta.clone(),
+            timers,
+            key_codec: key_codec.cloned(),
+            key_shape,
+            schema,
+            cols: Columns {
+                key_group: Int32Builder::new(),
+                key_bytes: BinaryBuilder::new(),
+                namespace: BinaryBuilder::new(),
+                key,
+                user_key,
+                user_key_json: is_map.then(StringBuilder::new),
+                position: is_list.then(Int32Builder::new),
+                value,
+                value_json: (!timers).then(StringBuilder::new),
+                ttl: ttl.then(Int64Builder::new),
+                timestamp: timers.then(Int64Builder::new),
+                rows: 0,
+            },
+            file,
+            batch_rows: options.batch_rows.max(1),
+            last_composite: Vec::new(),
+            have_last: false,
+            key_len: 0,
+            key_mp: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The state written.
+    pub fn meta(&self) -> &StateMeta {
+        &self.meta
+    }
+
+    /// Split `composite` into key and namespace, decoding the key for the
+    /// typed column (cached for consecutive rows of one key).
+    fn key(&mut self, composite: &[u8], kg: u32) -> Result<(), String> {
+        if self.have_last && self.last_composite == composite {
+            return Ok(());
+        }
+        self.key_mp.clear();
+        self.key_len = match &self.key_codec {
+            Some(c) => c
+                .key_msgpack(composite, &mut self.key_mp)
+                .map_err(|e| err(&self.meta, kg, e))?,
+            None => composite.len(),
+        };
+        if self.key_len > composite.len() {
+            return Err(err(&self.meta, kg, "the key codec read past the key"));
+        }
+        self.last_composite.clear();
+        self.last_composite.extend_from_slice(composite);
+        self.have_last = true;
+        Ok(())
+    }
+
+    fn push_key(&mut self, kg: u32, key_bytes: &[u8], namespace: &[u8]) {
+        let c = &mut self.cols;
+        c.key_group.append_value(kg as i32);
+        c.key_bytes.append_value(key_bytes);
+        c.namespace.append_value(namespace);
+        if let Some(k) = &mut c.key {
+            if k.conforms(&self.key_mp) {
+                // conforms() checked it; append cannot fail on a conforming value.
+                if k.append(&self.key_mp).is_err() {
+                    k.append_null();
+                }
+            } else {
+                k.append_null();
+            }
+        }
+    }
+
+    /// Append a value (with `ts` for TTL states) to the value columns.
+    fn push_value(&mut self, kg: u32, payload: &[u8], ttl: Option<i64>) -> Result<(), String> {
+        let typed = self.cols.value.as_ref().is_some_and(|v| v.conforms(payload));
+        if typed {
+            self.cols
+                .value
+                .as_mut()
+                .expect("checked")
+                .append(payload)
+                .map_err(|e| err(&self.meta, kg, e))?;
+            if let Some(j) = &mut self.cols.value_json {
+                j.append_null();
+            }
+        } else {
+            if let Some(v) = &mut self.cols.value {
+                v.append_null();
+            }
+            self.scratch.clear();
+            codec::msgpack_to_json(payload, &mut self.scratch)
+                .map_err(|e| err(&self.meta, kg, format!("a stored value is not valid: {e}")))?;
+            let json = std::str::from_utf8(&self.scratch).map_err(|_| err(&self.meta, kg, "JSON is not UTF-8"))?;
+            self.cols.value_json.as_mut().expect("values have a JSON column").append_value(json);
+        }
+        if let Some(t) = &mut self.cols.ttl {
+            t.append_value(ttl.ok_or_else(|| err(&self.meta, kg, "a value of a TTL state has no timestamp"))?);
+        }
+        Ok(())
+    }
+
+    fn ttl_split<'b>(&self, kg: u32, raw: &'b [u8]) -> Result<(Option<i64>, &'b [u8]), String> {
+        if self.meta.ttl.is_none() {
+            return Ok((None, raw));
+        }
+        let ts = raw
+            .get(..8)
+            .ok_or_else(|| err(&self.meta, kg, "a value is shorter than its TTL timestamp"))?;
+        let ts = u64::from_le_bytes(ts.try_into().expect("8 bytes"));
+        let ts = i64::try_from(ts).map_err(|_| err(&self.meta, kg, format!("TTL timestamp {ts} is out of range")))?;
+        Ok((Some(ts), &raw[8..]))
+    }
+
+    /// Append the rows of one encoded (state, key group) group.
+    pub fn push_group(&mut self, kg: u32, encoded: &[u8]) -> Result<(), String> {
+        self.have_last = false;
+        let meta = self.meta.clone();
+        let mut failure = None;
+        let decoded = snapshot_codec::decode_group(&meta.name, meta.kind, encoded, &mut |d| {
+            match self.row(kg, d) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    failure = Some(e);
+                    Err(cairn_state::StateError::Restore(String::new()))
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        decoded.map_err(|e| err(&meta, kg, e))
+    }
+
+    fn row(&mut self, kg: u32, d: Decoded<'_>) -> Result<(), String> {
+        match d {
+            Decoded::Entry { key, value } if self.timers => {
+                let ts = key
+                    .get(..8)
+                    .ok_or_else(|| err(&self.meta, kg, "a timer entry is shorter than its timestamp"))?;
+                let ts = (u64::from_be_bytes(ts.try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+                let (user_key, ns) =
+                    get_bytes(&key[8..]).ok_or_else(|| err(&self.meta, kg, "a timer entry's key is truncated"))?;
+                if !value.is_empty() {
+                    return Err(err(&self.meta, kg, "a timer entry has a value"));
+                }
+                self.key(user_key, kg)?;
+                self.push_key(kg, user_key, ns);
+                self.cols.timestamp.as_mut().expect("timer column").append_value(ts);
+                self.end_row()
+            }
+            Decoded::Entry { key, value } => {
+                self.key(key, kg)?;
+                let (key_bytes, namespace) = key.split_at(self.key_len);
+                if self.meta.kind == StateKind::List {
+                    let mut rest = value;
+                    let mut position = 0i32;
+                    while !rest.is_empty() {
+                        let (elem, r) =
+                            get_bytes(rest).ok_or_else(|| err(&self.meta, kg, "list element framing is corrupt"))?;
+                        rest = r;
+                        let (ttl, payload) = self.ttl_split(kg, elem)?;
+                        self.push_key(kg, key_bytes, namespace);
+                        self.cols.position.as_mut().expect("list column").append_value(position);
+                        self.push_value(kg, payload, ttl)?;
+                        self.end_row()?;
+                        position = position
+                            .checked_add(1)
+                            .ok_or_else(|| err(&self.meta, kg, "a list has more than 2^31 elements"))?;
+                    }
+                    Ok(())
+                } else {
+                    let (ttl, payload) = self.ttl_split(kg, value)?;
+                    self.push_key(kg, key_bytes, namespace);
+                    self.push_value(kg, payload, ttl)?;
+                    self.end_row()
+                }
+            }
+            Decoded::MapEntry { key, user_key, value } => {
+                self.key(key, kg)?;
+                let (key_bytes, namespace) = key.split_at(self.key_len);
+                let (ttl, payload) = self.ttl_split(kg, value)?;
+                self.push_key(kg, key_bytes, namespace);
+                let typed = self.cols.user_key.as_ref().is_some_and(|u| u.conforms(user_key));
+                if typed {
+                    self.cols
+                        .user_key
+                        .as_mut()
+                        .expect("checked")
+                        .append(user_key)
+                        .map_err(|e| err(&self.meta, kg, e))?;
+                    self.cols.user_key_json.as_mut().expect("map column").append_null();
+                } else {
+                    if let Some(u) = &mut self.cols.user_key {
+                        u.append_null();
+                    }
+                    self.scratch.clear();
+                    codec::msgpack_to_json(user_key, &mut self.scratch)
+                        .map_err(|e| err(&self.meta, kg, format!("a map user key is not valid: {e}")))?;
+                    let json =
+                        std::str::from_utf8(&self.scratch).map_err(|_| err(&self.meta, kg, "JSON is not UTF-8"))?;
+                    self.cols.user_key_json.as_mut().expect("map column").append_value(json);
+                }
+                self.push_value(kg, payload, ttl)?;
+                self.end_row()
+            }
+        }
+    }
+
+    fn end_row(&mut self) -> Result<(), String> {
+        self.cols.rows += 1;
+        if self.cols.rows >= self.batch_rows {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), String> {
+        let n = self.cols.rows;
+        if n == 0 {
+            return Ok(());
+        }
+        let c = &mut self.cols;
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(self.meta.name.as_str(), n))),
+            Arc::new(c.key_group.finish()),
+            Arc::new(c.key_bytes.finish()),
+            Arc::new(c.namespace.finish()),
+        ];
+        if let Some(k) = &mut c.key {
+            arrays.push(k.finish()?);
+        }
+        if let Some(u) = &mut c.user_key {
+            arrays.push(u.finish()?);
+        }
+        if let Some(u) = &mut c.user_key_json {
+            arrays.push(Arc::new(u.finish()));
+        }
+        if let Some(p) = &mut c.position {
+            arrays.push(Arc::new(p.finish()));
+        }
+        if let Some(t) = &mut c.timestamp {
+            arrays.push(Arc::new(t.finish()));
+        }
+        if let Some(v) = &mut c.value {
+            arrays.push(v.finish()?);
+        }
+        if let Some(j) = &mut c.value_json {
+            arrays.push(Arc::new(j.finish()));
+        }
+        if let Some(t) = &mut c.ttl {
+            arrays.push(Arc::new(t.finish()));
+        }
+        c.rows = 0;
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
+            .map_err(|e| format!("state '{}': building a batch: {e} (a Cairn bug)", self.meta.name))?;
+        self.file.write(&batch)
+    }
+
+    /// Rows written.
+    pub fn rows(&self) -> u64 {
+        self.file.rows() + self.cols.rows as u64
+    }
+
+    /// Finish the file (durable) and describe it for `_metadata`.
+    pub fn finish(mut self) -> Result<StateFileRef, String> {
+        self.flush_batch()?;
+        let mut kv = kv_base(CONTENT_KEYED);
+        kv.push((KV_STATE.into(), serde_json::to_string(&self.meta).map_err(|e| e.to_string())?));
+        if let Some(s) = &self.key_shape {
+            kv.push((KV_KEY_SHAPE.into(), serde_json::to_string(s).map_err(|e| e.to_string())?));
+        }
+        self.file.finish(kv)
+    }
+}
+
+/// Write every (state, key group) of a keyed snapshot: one file per state,
+/// `dir/<stem>.<state slug>.parquet` (made unique). Files are durable when
+/// this returns. `intend` is told each file before it is created.
+pub fn write_keyed_snapshot(
+    storage: &dyn Storage,
+    dir: &Path,
+    stem: &str,
+    snapshot: &dyn cairn_state::KeyedStateSnapshot,
+    key_codec: Option<&KeyCodec>,
+    options: &WriteOptions,
+    intend: &mut dyn FnMut(&Path),
+) -> Result<Vec<StateFileRef>, String> {
+    let mut files = Vec::new();
+    let mut current: Option<KeyedFileWriter> = None;
+    let mut used_names: Vec<String> = Vec::new();
+    let mut failure: Option<String> = None;
+    let visited = snapshot.for_each_group(&mut |meta, kg, bytes| {
+        let step = (|| -> Result<(), String> {
+            if current.as_ref().is_some_and(|w| w.meta().name != meta.name) {
+                files.push(current.take().expect("checked").finish()?);
+            }
+            if current.is_none() {
+                let slug = file_slug(&meta.name);
+                let mut rel = format!("{stem}.{slug}.parquet");
+                let mut n = 2;
+                while used_names.contains(&rel) {
+                    rel = format!("{stem}.{slug}-{n}.parquet");
+                    n += 1;
+                }
+                used_names.push(rel.clone());
+                intend(&dir.join(&rel));
+                current = Some(KeyedFileWriter::create(storage, dir, &rel, meta, key_codec, options)?);
+            }
+            current.as_mut().expect("created").push_group(kg, bytes)
+        })();
+        step.map_err(|e| {
+            failure = Some(e);
+            cairn_state::StateError::Backend(String::new())
+        })
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    visited.map_err(|e| e.to_string())?;
+    if let Some(w) = current {
+        files.push(w.finish()?);
+    }
+    Ok(files)
+}
+
+// ---------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------
+
+/// A keyed state file of canonical format v2, opened (footer read).
+pub struct KeyedFile {
+    source: ParquetSource,
+    meta: StateMeta,
+    key_shape: Option<Shape>,
+    /// Per row group: its key-group range from the statistics, if recorded.
+    kg_ranges: Vec<Option<(u32, u32)>>,
+}
+
+/// Placeholder TTL for files that lost Cairn's key-value metadata: never
+/// expires, and the job's own registration replaces it.
+const UNKNOWN_TTL: StateTtlConfig = StateTtlConfig {
+    ttl_ms: u64::MAX,
+    update_type: TtlUpdateType::OnCreateAndWrite,
+};
+
+fn has_col(source: &ParquetSource, name: &str) -> bool {
+    source.schema().fields().iter().any(|f| f.name() == name)
+}
+
+impl KeyedFile {
+    /// Interpret an opened Parquet file as keyed state. The state's metadata
+    /// comes from Cairn's key-value metadata when the file still has it, and
+    /// from its columns otherwise (tools that rewrite files may drop it).
+    pub fn new(storage: &dyn Storage, source: ParquetSource) -> Result<Self, String> {
+        let key_shape = match source.kv(KV_KEY_SHAPE) {
+            Some(json) => {
+                Some(serde_json::from_str(json).map_err(|e| format!("'{KV_KEY_SHAPE}' is not valid: {e}"))?)
+            }
+            None => None,
+        };
+        let meta = match source.kv(KV_STATE) {
+            Some(json) => serde_json::from_str::<StateMeta>(json).map_err(|e| format!("'{KV_STATE}' is not valid: {e}"))?,
+            None => {
+                let name = first_state_name(storage, &source)?;
+                let kind = if has_col(&source, COL_POSITION) {
+                    StateKind::List
+                } else if has_col(&source, COL_USER_KEY) || has_col(&source, COL_USER_KEY_JSON) {
+                    StateKind::Map
+                } else {
+                    StateKind::Value
+                };
+                StateMeta {
+                    name,
+                    kind,
+                    value_type: String::new(),
+                    ttl: has_col(&source, COL_TTL).then_some(UNKNOWN_TTL),
+                    shapes: None,
+                }
+            }
+        };
+        let kg_col = source
+            .schema()
+            .fields()
+            .iter()
+            .position(|f| f.name() == COL_KEY_GROUP)
+            .ok_or_else(|| format!("column '{COL_KEY_GROUP}' is missing"))?;
+        let kg_ranges = (0..source.metadata.num_row_groups())
+            .map(|rg| kg_range(&source, rg, kg_col))
+            .collect();
+        Ok(KeyedFile {
+            source,
+            meta,
+            key_shape,
+            kg_ranges,
+        })
+    }
+
+    /// The state this file holds.
+    pub fn meta(&self) -> &StateMeta {
+        &self.meta
+    }
+
+    /// The key type's shape, when the file records it.
+    pub fn key_shape(&self) -> Option<&Shape> {
+        self.key_shape.as_ref()
+    }
+
+    /// Rows in the file.
+    pub fn num_rows(&self) -> u64 {
+        self.source.metadata.file_metadata().num_rows().max(0) as u64
+    }
+
+    /// The underlying Parquet file.
+    pub fn source(&self) -> &ParquetSource {
+        &self.source
+    }
+
+    /// Whether the file may hold key groups of `range` (by statistics).
+    pub fn overlaps(&self, range: KeyGroupRange) -> bool {
+        self.kg_ranges
+            .iter()
+            .any(|r| r.is_none_or(|(a, b)| a < range.end_exclusive && b >= range.start))
+    }
+
+    /// Visit the file's rows of key groups in `range` as encoded groups
+    /// ([`cairn_state::snapshot_codec`], what `restore_group` takes). Groups
+    /// are handed out as soon as no later row can belong to them (files
+    /// sorted by key group, as Cairn writes them), else at the end.
+    /// `max_parallelism` checks that each row's key group is its key's.
+    /// `verify` is the file's CRC-32 from `_metadata` (see [`ParquetSource::read`]).
+    pub fn for_each_group(
+        &self,
+        storage: &dyn Storage,
+        range: KeyGroupRange,
+        max_parallelism: Option<u32>,
+        verify: Option<u32>,
+        visit: &mut dyn FnMut(&StateMeta, u32, &[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let selected: Vec<usize> = (0..self.kg_ranges.len())
+            .filter(|&rg| {
+                self.kg_ranges[rg].is_none_or(|(a, b)| a < range.end_exclusive && b >= range.start)
+            })
+            .collect();
+        if selected.is_empty() {
+            return Ok(());
+        }
+        // Sorted at row-group granularity: later row groups start after the
+        // earlier ones end, so groups below the next row group's start are done.
+        let sorted = self.kg_ranges.iter().all(Option::is_some)
+            && self
+                .kg_ranges
+                .windows(2)
+                .all(|w| matches!((w[0], w[1]), (Some((_, b)), Some((c, _))) if b <= c));
+        let verify_now = if selected.len() == self.kg_ranges.len() { verify } else { None };
+        let mut pending: BTreeMap<u32, Pending> = BTreeMap::new();
+        let timers = self.meta.name.starts_with(TIMER_STATE_PREFIX);
+        let value_col = value_column_name(&self.meta.name).to_string();
+        let mut last_rg = None;
+        let mut scratch = Vec::new();
+        // Without a key split (no key codec) key_bytes is the whole backend key.
+        let check_kg = max_parallelism.filter(|_| self.key_shape.is_some() || has_col(&self.source, COL_KEY));
+        let mut flush = |pending: &mut BTreeMap<u32, Pending>, below: Option<u32>| -> Result<(), String> {
+            let done: Vec<u32> = pending.keys().copied().filter(|kg| below.is_none_or(|b| *kg < b)).collect();
+            for kg in done {
+                let p = pending.remove(&kg).expect("listed");
+                let encoded = p.encode(&self.meta)?;
+                visit(&self.meta, kg, &encoded)?;
+            }
+            Ok(())
+        };
+        self.source.read(storage, &selected, 8192, verify_now, &mut |rg, batch| {
+            if sorted && last_rg != Some(rg) {
+                if let Some((start, _)) = self.kg_ranges[rg] {
+                    flush(&mut pending, Some(start))?;
+                }
+                last_rg = Some(rg);
+            }
+            let at = |row: usize, what: &str| format!("row group {rg}, row {row}: {what}");
+            let col = |name: &str| -> Result<Option<Decoder<'_>>, String> {
+                match batch.column_by_name(name) {
+                    Some(a) => Decoder::new(a).map(Some).map_err(|e| format!("column '{name}': {e}")),
+                    None => Ok(None),
+                }
+            };
+            let c_state = col(COL_STATE)?;
+            let c_kg = col(COL_KEY_GROUP)?.ok_or_else(|| format!("column '{COL_KEY_GROUP}' is missing"))?;
+            let c_kb = col(COL_KEY_BYTES)?.ok_or_else(|| format!("column '{COL_KEY_BYTES}' is missing"))?;
+            let c_ns = col(COL_NAMESPACE)?;
+            let c_uk = col(COL_USER_KEY)?;
+            let c_ukj = col(COL_USER_KEY_JSON)?;
+            let c_pos = col(COL_POSITION)?;
+            let c_val = if timers { None } else { col(&value_col)? };
+            let c_valj = col(COL_VALUE_JSON)?;
+            let c_ttl = col(COL_TTL)?;
+            let c_ts = if timers { col(COL_TIMESTAMP)? } else { None };
+            for row in 0..batch.num_rows() {
+                let kg = c_kg
+                    .int_at(row)
+                    .ok_or_else(|| at(row, "key_group is null or not an integer"))?;
+                let kg = u32::try_from(kg).map_err(|_| at(row, "key_group is negative"))?;
+                if !range.contains(kg) {
+                    continue;
+                }
+                if let Some(s) = &c_state {
+                    if s.str_at(row).is_some_and(|s| s != self.meta.name) {
+                        return Err(at(row, &format!("the row belongs to state '{}', but the file holds state '{}' (one state per file)", s.str_at(row).unwrap_or_default(), self.meta.name)));
+                    }
+                }
+                let key_bytes = c_kb.bin_at(row).ok_or_else(|| at(row, "key_bytes is null"))?;
+                if let Some(mp) = check_kg {
+                    let expected = key_group_for_bytes(key_bytes, mp);
+                    if expected != kg {
+                        return Err(at(row, &format!("key_group is {kg} but the key's bytes hash to key group {expected} (with max parallelism {mp}); a row in the wrong key group would never be found")));
+                    }
+                }
+                let namespace = c_ns.as_ref().and_then(|c| c.bin_at(row)).unwrap_or(&[]);
+                let p = pending.entry(kg).or_default();
+                if timers {
+                    let ts = c_ts
+                        .as_ref()
+                        .and_then(|c| c.int_at(row))
+                        .ok_or_else(|| at(row, "a timer row has no timestamp"))?;
+                    let mut composite = Vec::with_capacity(key_bytes.len() + namespace.len() + 10);
+                    composite.extend_from_slice(&((ts as u64) ^ (1 << 63)).to_be_bytes());
+                    put_bytes(&mut composite, key_bytes);
+                    composite.extend_from_slice(namespace);
+                    if p.values.insert(composite, Vec::new()).is_some() {
+                        return Err(at(row, "a timer appears twice"));
+                    }
+                    continue;
+                }
+                let mut composite = Vec::with_capacity(key_bytes.len() + namespace.len());
+                composite.extend_from_slice(key_bytes);
+                composite.extend_from_slice(namespace);
+                // The value: TTL timestamp, then MessagePack (typed column, else JSON).
+                let mut value = Vec::with_capacity(16);
+                match (self.meta.ttl.is_some(), c_ttl.as_ref().and_then(|c| c.int_at(row))) {
+                    (true, Some(ts)) => {
+                        let ts = u64::try_from(ts).map_err(|_| at(row, &format!("ttl_timestamp_ms {ts} is negative")))?;
+                        value.extend_from_slice(&ts.to_le_bytes());
+                    }
+                    (true, None) => return Err(at(row, "the state has a TTL but the row has no ttl_timestamp_ms")),
+                    (false, Some(_)) => return Err(at(row, "the row has a ttl_timestamp_ms but the state has no TTL")),
+                    (false, None) => {}
+                }
+                typed_or_json(c_val.as_ref(), c_valj.as_ref(), row, &mut value, &mut scratch)
+                    .map_err(|e| at(row, &format!("value: {e}")))?;
+                match self.meta.kind {
+                    StateKind::Value => {
+                        if p.values.insert(composite, value).is_some() {
+                            return Err(at(row, "two rows hold a value for the same key and namespace"));
+                        }
+                    }
+                    StateKind::List => {
+                        let pos = c_pos
+                            .as_ref()
+                            .and_then(|c| c.int_at(row))
+                            .ok_or_else(|| at(row, "a list-state row has no position"))?;
+                        let pos = i32::try_from(pos).map_err(|_| at(row, "position is out of range"))?;
+                        p.lists.entry(composite).or_default().push((pos, value));
+                    }
+                    StateKind::Map => {
+                        let mut uk = Vec::new();
+                        typed_or_json(c_uk.as_ref(), c_ukj.as_ref(), row, &mut uk, &mut scratch)
+                            .map_err(|e| at(row, &format!("user key: {e}")))?;
+                        if p.maps.entry(composite).or_default().insert(uk, value).is_some() {
+                            return Err(at(row, "a map user key appears twice for the same key and namespace"));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        flush(&mut pending, None)
+    }
+}
+
+/// The value of `row` from its typed column, or else its JSON column.
+fn typed_or_json(
+    typed: Option<&Decoder<'_>>,
+    json: Option<&Decoder<'_>>,
+    row: usize,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
+    if let Some(j) = json.filter(|j| !j.is_null(row)) {
+        let text = j.str_at(row).ok_or_else(|| "the JSON column is not a string".to_string())?;
+        scratch.clear();
+        return codec::json_to_msgpack(text.as_bytes(), out).map_err(|e| format!("the JSON text is not valid: {e}"));
+    }
+    match typed {
+        Some(t) => t.write(row, out),
+        None => Err("the row has neither a typed value nor JSON text".into()),
+    }
+}
+
+/// The rows of one key group, collected until the group is complete.
+#[derive(Default)]
+struct Pending {
+    values: BTreeMap<Vec<u8>, Vec<u8>>,
+    lists: BTreeMap<Vec<u8>, Vec<(i32, Vec<u8>)>>,
+    maps: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl Pending {
+    fn encode(self, meta: &StateMeta) -> Result<Vec<u8>, String> {
+        let mut buf = Vec::new();
+        for (k, v) in &self.values {
+            snapshot_codec::put_entry(&mut buf, k, v);
+        }
+        let mut value = Vec::new();
+        for (k, mut elems) in self.lists {
+            elems.sort_by_key(|(p, _)| *p);
+            if elems.windows(2).any(|w| w[0].0 == w[1].0) {
+                return Err(format!("state '{}': two list elements of one key have the same position", meta.name));
+            }
+            value.clear();
+            for (_, e) in &elems {
+                put_bytes(&mut value, e);
+            }
+            snapshot_codec::put_entry(&mut buf, &k, &value);
+        }
+        for (k, m) in &self.maps {
+            snapshot_codec::put_map(&mut buf, k, m.iter().map(|(a, b)| (a.as_slice(), b.as_slice())));
+        }
+        Ok(buf)
+    }
+}
+
+fn kg_range(source: &ParquetSource, rg: usize, col: usize) -> Option<(u32, u32)> {
+    use parquet::file::statistics::Statistics;
+    let g = source.metadata.row_group(rg);
+    // The Arrow column index equals the leaf index for the flat leading columns.
+    let leaf = g.columns().iter().position(|c| c.column_path().string() == COL_KEY_GROUP).unwrap_or(col);
+    match g.column(leaf).statistics()? {
+        Statistics::Int32(s) => {
+            let (a, b) = (s.min_opt()?, s.max_opt()?);
+            Some((u32::try_from(*a).ok()?, u32::try_from(*b).ok()?))
+        }
+        Statistics::Int64(s) => {
+            let (a, b) = (s.min_opt()?, s.max_opt()?);
+            Some((u32::try_from(*a).ok()?, u32::try_from(*b).ok()?))
+        }
+        _ => None,
+    }
+}
+
+fn first_state_name(storage: &dyn Storage, source: &ParquetSource) -> Result<String, String> {
+    let n = source.metadata.num_row_groups();
+    for rg in 0..n {
+        if source.metadata.row_group(rg).num_rows() == 0 {
+            continue;
+        }
+        let mut name = None;
+        source.read(storage, &[rg], 1, None, &mut |_, batch| {
+            if name.is_none() {
+                if let Some(a) = batch.column_by_name(COL_STATE) {
+                    let d = Decoder::new(a).map_err(|e| format!("column '{COL_STATE}': {e}"))?;
+                    if batch.num_rows() > 0 {
+                        name = d.str_at(0).map(str::to_string);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        return name.ok_or_else(|| format!("column '{COL_STATE}' is missing or null"));
+    }
+    Err("the file has no rows and no Cairn metadata saying which state it holds".into())
+}

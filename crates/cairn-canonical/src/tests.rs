@@ -1,0 +1,343 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arrow_array::Array;
+use cairn_snapshot::{InMemoryStorage, Storage};
+use cairn_state::canonical::key_codec_for;
+use cairn_state::keygroup::{key_bytes, key_group_for_bytes, KeyGroupRange};
+use cairn_state::{
+    HeapKeyedStateBackend, KeyedStateAccess, KeyedStateBackend, ListStateDescriptor, MapStateDescriptor,
+    SnapshotRequest, StateTtlConfig, ValueStateDescriptor,
+};
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+const MAX_P: u32 = 32;
+
+fn all() -> KeyGroupRange {
+    KeyGroupRange {
+        start: 0,
+        end_exclusive: MAX_P,
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+enum Tier {
+    Free,
+    Paid(u32),
+    Custom { seats: u16, note: Option<String> },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Profile {
+    name: String,
+    score: f64,
+    ratio: f32,
+    tags: Vec<String>,
+    tier: Tier,
+    big: u128,
+    pair: (i8, bool),
+    by_day: BTreeMap<String, i64>,
+}
+
+/// An older version of `Profile`: fewer fields (what a job restored from an
+/// old savepoint still holds for keys it did not touch since).
+#[derive(Serialize, Deserialize)]
+struct OldProfile {
+    name: String,
+    score: f64,
+}
+
+fn profile(i: u32) -> Profile {
+    Profile {
+        name: format!("user-{i}"),
+        score: f64::from(i) * 1.5,
+        ratio: i as f32 / 4.0,
+        tags: (0..i % 3).map(|t| format!("t{t}")).collect(),
+        tier: match i % 3 {
+            0 => Tier::Free,
+            1 => Tier::Paid(i),
+            _ => Tier::Custom {
+                seats: i as u16,
+                note: (i % 2 == 0).then(|| "vip".to_string()),
+            },
+        },
+        big: u128::from(i) << 70,
+        pair: (-(i as i8 % 100), i % 2 == 0),
+        by_day: (0..i % 4).map(|d| (format!("d{d}"), i64::from(d) * -7)).collect(),
+    }
+}
+
+/// A backend with value, list, map (with TTL), opaque and evolved values,
+/// and timers, for keys 0..n.
+fn fill(n: u32) -> HeapKeyedStateBackend {
+    let mut access = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(all())));
+    let profiles = access.value_state(ValueStateDescriptor::<Profile>::new("profile")).unwrap();
+    let counts = access.value_state(ValueStateDescriptor::<u64>::new("count")).unwrap();
+    let times = access.list_state(ListStateDescriptor::<i64>::new("times")).unwrap();
+    let seen = access
+        .map_state(
+            MapStateDescriptor::<String, Tier>::new("seen")
+                .with_ttl(StateTtlConfig::new(Duration::from_secs(3600))),
+        )
+        .unwrap();
+    let json = access.value_state(ValueStateDescriptor::<serde_json::Value>::new("key")).unwrap();
+    let old = access.value_state(ValueStateDescriptor::<OldProfile>::new("evolved")).unwrap();
+    access.set_processing_time(1_000);
+    let mut kb = Vec::new();
+    for i in 0..n {
+        let key = format!("k{i}");
+        key_bytes(&key, &mut kb).unwrap();
+        access.set_current_key(&kb, key_group_for_bytes(&kb, MAX_P));
+        profiles.update(&mut access, &profile(i)).unwrap();
+        counts.update(&mut access, &u64::from(i)).unwrap();
+        for t in 0..(i % 4) {
+            times.add(&mut access, &(i64::from(t) - 2)).unwrap();
+        }
+        seen.put(&mut access, &format!("p{i}"), &profile(i).tier).unwrap();
+        json.update(&mut access, &serde_json::json!({"n": i, "odd": i % 2 == 1})).unwrap();
+        old.update(&mut access, &OldProfile {
+            name: key.clone(),
+            score: 0.5,
+        })
+        .unwrap();
+    }
+    // The job's type evolved: `evolved` is now declared as a Profile, but the
+    // stored values are still the old shape.
+    let _ = access.value_state(ValueStateDescriptor::<Profile>::new("evolved")).unwrap();
+    let b = access.backend_mut();
+    let timers = b
+        .register(&cairn_state::StateMeta {
+            name: "_timers/event".into(),
+            kind: cairn_state::StateKind::Value,
+            value_type: "timer".into(),
+            ttl: None,
+            shapes: None,
+        })
+        .unwrap();
+    for i in 0..n {
+        let key = format!("k{i}");
+        key_bytes(&key, &mut kb).unwrap();
+        let kg = key_group_for_bytes(&kb, MAX_P);
+        let mut tk = Vec::new();
+        tk.extend_from_slice(&((i64::from(i) * 10 - 5) as u64 ^ (1 << 63)).to_be_bytes());
+        cairn_state::codec::put_bytes(&mut tk, &kb);
+        b.put(timers, kg, &tk, &[]).unwrap();
+    }
+    // Move the backend out of the access.
+    let snap = b.snapshot(&SnapshotRequest::checkpoint(1)).unwrap();
+    let mut out = HeapKeyedStateBackend::new(all());
+    snap.for_each_group(&mut |meta, kg, bytes| out.restore_group(meta, kg, bytes)).unwrap();
+    out
+}
+
+/// Compare two backends' groups, naming the first difference (never printing all).
+fn same(a: &BTreeMap<(String, u32), Vec<u8>>, b: &BTreeMap<(String, u32), Vec<u8>>) {
+    for (k, v) in a {
+        match b.get(k) {
+            None => panic!("group {k:?} is missing on the right"),
+            Some(w) if w != v => panic!("group {k:?} differs: {} vs {} bytes", v.len(), w.len()),
+            Some(_) => {}
+        }
+    }
+    for k in b.keys() {
+        assert!(a.contains_key(k), "group {k:?} is missing on the left");
+    }
+}
+
+/// Every (state, key group) of a backend with its entries, sorted (the heap
+/// backend hands entries out in hash order).
+fn groups(b: &mut dyn KeyedStateBackend) -> BTreeMap<(String, u32), Vec<u8>> {
+    let snap = b.snapshot(&SnapshotRequest::checkpoint(2)).unwrap();
+    let mut out = BTreeMap::new();
+    snap.for_each_group(&mut |meta, kg, bytes| {
+        let mut entries: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
+        cairn_state::snapshot_codec::decode_group(&meta.name, meta.kind, bytes, &mut |d| {
+            match d {
+                cairn_state::snapshot_codec::Decoded::Entry { key, value } => entries.push((key.to_vec(), Vec::new(), value.to_vec())),
+                cairn_state::snapshot_codec::Decoded::MapEntry { key, user_key, value } => {
+                    entries.push((key.to_vec(), user_key.to_vec(), value.to_vec()))
+                }
+            }
+            Ok(())
+        })?;
+        entries.sort();
+        let flat = entries.into_iter().flat_map(|(a, b, c)| [a, b, c]).flatten().collect();
+        out.insert((meta.name.clone(), kg), flat);
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+fn write(storage: &dyn Storage, b: &mut HeapKeyedStateBackend, options: &WriteOptions) -> Vec<cairn_snapshot::StateFileRef> {
+    let snap = b.snapshot(&SnapshotRequest::checkpoint(3)).unwrap();
+    let snap = snap.key_groups().unwrap();
+    let codec = key_codec_for::<String>();
+    let mut intended = Vec::new();
+    let files = write_keyed_snapshot(storage, Path::new("/sp"), "op-0", snap, Some(&codec), options, &mut |p| {
+        intended.push(p.to_path_buf())
+    })
+    .unwrap();
+    assert_eq!(intended.len(), files.len(), "every file was announced before it was created");
+    files
+}
+
+fn restore(storage: &dyn Storage, files: &[cairn_snapshot::StateFileRef], range: KeyGroupRange) -> HeapKeyedStateBackend {
+    let mut b = HeapKeyedStateBackend::new(range);
+    for f in files {
+        let path = PathBuf::from("/sp").join(&f.path);
+        match open(storage, &path, f.size).unwrap() {
+            CanonicalFile::Keyed(k) => k
+                .for_each_group(storage, range, Some(MAX_P), Some(f.crc32), &mut |meta, kg, bytes| {
+                    b.restore_group(meta, kg, bytes).map_err(|e| e.to_string())
+                })
+                .unwrap(),
+            CanonicalFile::Operator(_) => panic!("a keyed file opened as operator state"),
+        }
+    }
+    b
+}
+
+#[test]
+fn every_kind_of_state_round_trips_byte_for_byte() {
+    let storage = InMemoryStorage::new();
+    let mut b = fill(200);
+    let files = write(&storage, &mut b, &WriteOptions::default());
+    assert_eq!(files.len(), 7, "one file per state");
+    assert!(files.iter().all(|f| f.format == cairn_snapshot::FileFormat::ParquetV2));
+    let mut back = restore(&storage, &files, all());
+    same(&groups(&mut back), &groups(&mut b));
+}
+
+#[test]
+fn a_rescaled_restore_reads_only_its_key_groups() {
+    let storage = InMemoryStorage::new();
+    let mut b = fill(300);
+    let options = WriteOptions {
+        batch_rows: 16,
+        row_group_rows: 32,
+        ..Default::default()
+    };
+    let files = write(&storage, &mut b, &options);
+    let want = groups(&mut b);
+    let mut got = BTreeMap::new();
+    for s in 0..3 {
+        let range = KeyGroupRange::for_subtask(MAX_P, 3, s);
+        let mut part = restore(&storage, &files, range);
+        for ((state, kg), bytes) in groups(&mut part) {
+            assert!(range.contains(kg));
+            got.insert((state, kg), bytes);
+        }
+    }
+    same(&got, &want);
+}
+
+#[test]
+fn columns_are_typed_and_misfits_are_json() {
+    let storage = InMemoryStorage::new();
+    let mut b = fill(50);
+    let files = write(&storage, &mut b, &WriteOptions::default());
+    let find = |slug: &str| files.iter().find(|f| f.path == format!("op-0.{slug}.parquet")).unwrap();
+    let open_keyed = |f: &cairn_snapshot::StateFileRef| match open(&storage, &PathBuf::from("/sp").join(&f.path), f.size).unwrap() {
+        CanonicalFile::Keyed(k) => k,
+        CanonicalFile::Operator(_) => unreachable!(),
+    };
+    let count = open_keyed(find("count"));
+    let schema = count.source().schema().clone();
+    let ty = |name: &str| schema.field_with_name(name).map(|f| f.data_type().to_string()).unwrap_or_default();
+    assert_eq!(ty("count"), "UInt64", "the value column is named after the state");
+    assert_eq!(ty("key"), "Utf8");
+    assert_eq!(ty("key_group"), "Int32");
+    let profile = open_keyed(find("profile"));
+    let t = profile.source().schema().field_with_name("profile").unwrap().data_type().to_string();
+    for part in ["\"score\": Float64", "\"ratio\": Float32", "\"tags\": List(", "\"big\": FixedSizeBinary(16)", "\"$variant\": Utf8", "\"Paid\": UInt32", "\"by_day\": Map("] {
+        assert!(t.contains(part), "{part} in {t}");
+    }
+    // A state named like a reserved column has its values in `value`; an
+    // opaque type (serde_json::Value) has only JSON text.
+    let key_state = open_keyed(find("key"));
+    assert!(key_state.source().schema().field_with_name("value").is_err());
+    // Values of an evolved type do not fit the typed column: JSON, all of them.
+    let evolved = open_keyed(find("evolved"));
+    let mut json_rows = 0;
+    let mut typed_rows = 0;
+    evolved
+        .source()
+        .read(&storage, &[0], 1024, None, &mut |_, batch| {
+            let j = batch.column_by_name("value_json").unwrap();
+            let t = batch.column_by_name("evolved").unwrap();
+            json_rows += j.len() - j.null_count();
+            typed_rows += t.len() - t.null_count();
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!((json_rows, typed_rows), (50, 0));
+    // Statistics let readers skip row groups by key group.
+    let rg = count.source().metadata.row_group(0);
+    assert!(rg.column(1).statistics().is_some_and(|s| s.min_bytes_opt().is_some()));
+}
+
+#[test]
+fn a_row_in_the_wrong_key_group_is_refused() {
+    let storage = InMemoryStorage::new();
+    let mut b = fill(20);
+    let files = write(&storage, &mut b, &WriteOptions::default());
+    let f = files.iter().find(|f| f.path.ends_with(".count.parquet")).unwrap();
+    let CanonicalFile::Keyed(k) = open(&storage, &PathBuf::from("/sp").join(&f.path), f.size).unwrap() else {
+        unreachable!()
+    };
+    // Read with another max parallelism: every key hashes elsewhere.
+    let e = k
+        .for_each_group(&storage, all(), Some(MAX_P * 2 + 1), None, &mut |_, _, _| Ok(()))
+        .unwrap_err();
+    assert!(e.contains("hash to key group"), "{e}");
+}
+
+#[test]
+fn a_changed_file_is_caught_while_reading() {
+    let storage = InMemoryStorage::new();
+    let mut b = fill(20);
+    let files = write(&storage, &mut b, &WriteOptions::default());
+    let f = &files[0];
+    let CanonicalFile::Keyed(k) = open(&storage, &PathBuf::from("/sp").join(&f.path), f.size).unwrap() else {
+        unreachable!()
+    };
+    let e = k
+        .for_each_group(&storage, all(), None, Some(f.crc32 ^ 1), &mut |_, _, _| Ok(()))
+        .unwrap_err();
+    assert!(e.contains("changed after it was verified"), "{e}");
+}
+
+#[test]
+fn snappy_and_uncompressed_files_restore_too() {
+    for codec in ["snappy", "none", "zstd(3)"] {
+        let storage = InMemoryStorage::new();
+        let mut b = fill(40);
+        let options = WriteOptions::default().with_compression_name(codec).unwrap();
+        let files = write(&storage, &mut b, &options);
+        let mut back = restore(&storage, &files, all());
+        same(&groups(&mut back), &groups(&mut b));
+    }
+    assert!(WriteOptions::default().with_compression_name("lzo").is_err());
+}
+
+#[test]
+fn operator_state_round_trips() {
+    use cairn_state::OperatorStateStore;
+    let mut store = OperatorStateStore::new();
+    store
+        .set_list("offsets", cairn_state::DistributionMode::SplitEvenly, &[1u64, 2, 3])
+        .unwrap();
+    store.set_list("empty", cairn_state::DistributionMode::Union, &Vec::<u8>::new()).unwrap();
+    store.broadcast_put("rates", &"EUR".to_string(), &1.1f64).unwrap();
+    let entries = store.to_entries();
+    let storage = InMemoryStorage::new();
+    let f = write_operator_file(&storage, Path::new("/sp"), "op.operator.parquet", &entries, &WriteOptions::default()).unwrap();
+    let CanonicalFile::Operator(src) = open(&storage, Path::new("/sp/op.operator.parquet"), f.size).unwrap() else {
+        panic!("not an operator file")
+    };
+    assert_eq!(read_operator_file(&storage, &src, Some(f.crc32)).unwrap(), entries);
+}
