@@ -279,33 +279,22 @@ impl<'a> RestorePlan<'a> {
     }
 
     fn load_operator_state(&mut self, graph: &ResolvedGraph) -> Result<(), JobError> {
+        let reader = self.reader();
         for (&node, &op_idx) in &self.matched {
             let op = &self.snapshot.metadata.operators[op_idx];
-            let mut old: Vec<Vec<OperatorStateEntry>> = Vec::new();
-            for sub in &op.subtasks {
-                let mut entries = Vec::new();
-                for file in &sub.files {
-                    if file.format == FileFormat::ParquetV1 {
-                        entries.extend(self.canonical_operator_entries(op, file)?);
-                        continue;
-                    }
-                    if let Some(section) = file.sections.iter().find(|s| s.name == OPERATOR_SECTION) {
-                        let bytes = self
-                            .snapshot
-                            .read_section(self.storage, file, section)
-                            .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
-                        entries.extend(
-                            decode_operator_entries(&file.path, &bytes)
-                                .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?,
-                        );
-                    }
-                }
-                old.push(entries);
-            }
+            let old = reader.operator_entries(op)?;
             let p = graph.nodes[node].parallelism as usize;
             self.operator_state.insert(node, redistribute(&old, p));
         }
         Ok(())
+    }
+
+    /// Reads state out of the snapshot.
+    fn reader(&self) -> StateReader<'a> {
+        StateReader {
+            snapshot: self.snapshot,
+            storage: self.storage,
+        }
     }
 
     /// The restored state of one new subtask.
@@ -340,38 +329,7 @@ impl<'a> RestorePlan<'a> {
                 );
                 JobError::Setup(SetupError::new(SetupErrorKind::StateBackend, message).with_source(e))
             })?;
-            let mut file_sets = Vec::new();
-            for sub in &op.subtasks {
-                let old_range = KeyGroupRange::for_subtask(op.max_parallelism, op.parallelism, sub.subtask_index);
-                for file in &sub.files {
-                    match file.format {
-                        FileFormat::ParquetV1 => self.restore_canonical_keyed(op, file, range, &mut *b)?,
-                        FileFormat::BackendFile => {} // listed by the subtask's state file
-                        FileFormat::ChannelStateV1 => {} // read below, for the same subtask
-                        FileFormat::CairnStateV1 => match self.file_set(op, sub, file, old_range, range)? {
-                            Some(Some(set)) => file_sets.push(set),
-                            Some(None) => {}
-                            None => self.restore_state_file(op, file, range, &mut *b)?,
-                        },
-                    }
-                }
-            }
-            if !file_sets.is_empty() {
-                let snapshot = self.snapshot;
-                let storage = self.storage;
-                let fetch = |f: &UploadedFile, local: &Path| -> Result<(), StateError> {
-                    let remote = resolve_ref(&snapshot.dir, &f.path).map_err(|e| StateError::Restore(e.to_string()))?;
-                    download_file(storage, &remote, local, f.size, f.crc32)
-                        .map_err(|e| StateError::Restore(e.to_string()))
-                };
-                b.restore_files(&file_sets, &fetch).map_err(|e| {
-                    restore_failed(
-                        self.snapshot,
-                        format!("operator uid '{}', subtask {}: {e}", op.uid, subtask + 1),
-                        e,
-                    )
-                })?;
-            }
+            self.reader().restore_keyed(op, range, &mut *b, subtask)?;
             backend = Some(b);
         }
         Ok(SubtaskRestore {
@@ -426,6 +384,165 @@ impl<'a> RestorePlan<'a> {
             });
         }
         Ok(out)
+    }
+
+    /// The checkpoint id the snapshot was taken at.
+    pub fn checkpoint_id(&self) -> u64 {
+        self.snapshot.metadata.checkpoint_id
+    }
+}
+
+/// Reads the state of a loaded snapshot: operator state per old subtask,
+/// keyed state of any key-group range into any backend that can restore.
+/// Restore uses it, and so do offline tools (the State Processor API).
+#[derive(Clone, Copy)]
+pub struct StateReader<'a> {
+    pub snapshot: &'a LoadedSnapshot,
+    pub storage: &'a dyn Storage,
+}
+
+impl<'a> StateReader<'a> {
+    /// The operator state entries of each old subtask of `op`, in subtask order.
+    pub fn operator_entries(&self, op: &OperatorSnapshot) -> Result<Vec<Vec<OperatorStateEntry>>, JobError> {
+        let mut old: Vec<Vec<OperatorStateEntry>> = Vec::new();
+        for sub in &op.subtasks {
+            let mut entries = Vec::new();
+            for file in &sub.files {
+                match file.format {
+                    FileFormat::ParquetV1 => {
+                        entries.extend(self.canonical_operator_entries(op, file)?);
+                        continue;
+                    }
+                    FileFormat::ParquetV2 => {
+                        entries.extend(self.canonical_v2_operator_entries(op, file)?);
+                        continue;
+                    }
+                    _ => {}
+                }
+                if let Some(section) = file.sections.iter().find(|s| s.name == OPERATOR_SECTION) {
+                    let bytes = self
+                        .snapshot
+                        .read_section(self.storage, file, section)
+                        .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?;
+                    entries.extend(
+                        decode_operator_entries(&file.path, &bytes)
+                            .map_err(|e| restore_failed(self.snapshot, e.to_string(), e))?,
+                    );
+                }
+            }
+            old.push(entries);
+        }
+        Ok(old)
+    }
+
+    /// Restore the keyed state of `op` in key groups `range` into `b`
+    /// (`subtask`, 0-based, names the new subtask in errors): state files and
+    /// canonical files group by group, a backend's own files as the file sets
+    /// of the old subtasks whose key groups overlap.
+    pub fn restore_keyed(
+        &self,
+        op: &OperatorSnapshot,
+        range: KeyGroupRange,
+        b: &mut dyn KeyedStateBackend,
+        subtask: u32,
+    ) -> Result<(), JobError> {
+        let mut file_sets = Vec::new();
+        for sub in &op.subtasks {
+            let old_range = KeyGroupRange::for_subtask(op.max_parallelism, op.parallelism, sub.subtask_index);
+            for file in &sub.files {
+                match file.format {
+                    FileFormat::ParquetV1 => self.restore_canonical_keyed(op, file, range, b)?,
+                    FileFormat::ParquetV2 => self.restore_canonical_v2(op, file, range, b)?,
+                    FileFormat::BackendFile => {} // listed by the subtask's state file
+                    FileFormat::ChannelStateV1 => {} // replayed by the task, not keyed state
+                    FileFormat::CairnStateV1 => match self.file_set(op, sub, file, old_range, range)? {
+                        Some(Some(set)) => file_sets.push(set),
+                        Some(None) => {}
+                        None => self.restore_state_file(op, file, range, b)?,
+                    },
+                }
+            }
+        }
+        if !file_sets.is_empty() {
+            let snapshot = self.snapshot;
+            let storage = self.storage;
+            let fetch = |f: &UploadedFile, local: &Path| -> Result<(), StateError> {
+                let remote = resolve_ref(&snapshot.dir, &f.path).map_err(|e| StateError::Restore(e.to_string()))?;
+                download_file(storage, &remote, local, f.size, f.crc32).map_err(|e| StateError::Restore(e.to_string()))
+            };
+            b.restore_files(&file_sets, &fetch).map_err(|e| {
+                restore_failed(
+                    self.snapshot,
+                    format!("operator uid '{}', subtask {}: {e}", op.uid, subtask + 1),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Open a canonical v2 file of `op`.
+    pub fn open_canonical_v2(&self, op: &OperatorSnapshot, file: &StateFileRef) -> Result<cairn_canonical::CanonicalFile, JobError> {
+        let path = self
+            .snapshot
+            .resolve(file)
+            .map_err(|e| restore_err(self.snapshot, e.to_string()))?;
+        cairn_canonical::open(self.storage, &path, file.size).map_err(|e| {
+            restore_err(
+                self.snapshot,
+                format!("file '{}', operator uid '{}': {e}", file.path, op.uid),
+            )
+        })
+    }
+
+    fn canonical_v2_operator_entries(
+        &self,
+        op: &OperatorSnapshot,
+        file: &StateFileRef,
+    ) -> Result<Vec<OperatorStateEntry>, JobError> {
+        match self.open_canonical_v2(op, file)? {
+            cairn_canonical::CanonicalFile::Keyed(_) => Ok(Vec::new()),
+            cairn_canonical::CanonicalFile::Operator(src) => {
+                cairn_canonical::read_operator_file(self.storage, &src, Some(file.crc32)).map_err(|e| {
+                    restore_err(
+                        self.snapshot,
+                        format!("file '{}', operator uid '{}': {e}", file.path, op.uid),
+                    )
+                })
+            }
+        }
+    }
+
+    fn restore_canonical_v2(
+        &self,
+        op: &OperatorSnapshot,
+        file: &StateFileRef,
+        range: KeyGroupRange,
+        backend: &mut dyn KeyedStateBackend,
+    ) -> Result<(), JobError> {
+        let cairn_canonical::CanonicalFile::Keyed(k) = self.open_canonical_v2(op, file)? else {
+            return Ok(());
+        };
+        if !k.overlaps(range) {
+            return Ok(());
+        }
+        k.for_each_group(
+            self.storage,
+            range,
+            Some(op.max_parallelism),
+            Some(file.crc32),
+            &mut |meta, kg, bytes| {
+                backend
+                    .restore_group(meta, kg, bytes)
+                    .map_err(|e| format!("state '{}', key group {kg}: {e}", meta.name))
+            },
+        )
+        .map_err(|e| {
+            restore_err(
+                self.snapshot,
+                format!("file '{}', operator uid '{}': {e}", file.path, op.uid),
+            )
+        })
     }
 
     /// The backend files an old subtask's state file lists: `None` for a
@@ -625,8 +742,4 @@ impl<'a> RestorePlan<'a> {
         restore_canonical_keyed(&bytes, &file.path, range, backend).map_err(named)
     }
 
-    /// The checkpoint id the snapshot was taken at.
-    pub fn checkpoint_id(&self) -> u64 {
-        self.snapshot.metadata.checkpoint_id
-    }
 }

@@ -728,6 +728,56 @@ pub fn write_canonical_file(
     Ok(files)
 }
 
+/// Write `snapshot` in the canonical format, version 2 (what canonical
+/// savepoints are now): one Parquet file per keyed state,
+/// `dir/<stem>.<state>.parquet`, with typed columns, and
+/// `dir/<stem>.operator.parquet` for operator state. Every file is recorded
+/// in the ticket before it is created; files are durable when this returns.
+pub fn write_canonical_v2(
+    ticket: &WriteTicket,
+    stem: &str,
+    snapshot: OperatorSnapshot,
+    key_codec: Option<&KeyCodec>,
+) -> Result<Vec<StateFileRef>, String> {
+    let dest = ticket.destination();
+    let storage = ticket.storage();
+    let options = cairn_canonical::WriteOptions::default();
+    let mut files = Vec::new();
+    match snapshot.keyed {
+        None => {}
+        Some(BackendSnapshot::KeyGroups(k)) => {
+            files.extend(cairn_canonical::write_keyed_snapshot(
+                storage,
+                &dest.dir,
+                stem,
+                &*k,
+                key_codec,
+                &options,
+                &mut |p| ticket.intend(p),
+            )?);
+        }
+        Some(BackendSnapshot::Files(set)) => {
+            let backend = set.backend().to_string();
+            set.discard();
+            return Err(format!(
+                "the '{backend}' state backend answered a canonical savepoint with its own files; it must give logical key groups"
+            ));
+        }
+    }
+    if !snapshot.operator_state.is_empty() {
+        let rel = format!("{stem}{OPERATOR_PARQUET_SUFFIX}");
+        ticket.intend(&dest.dir.join(&rel));
+        files.push(cairn_canonical::write_operator_file(
+            storage,
+            &dest.dir,
+            &rel,
+            &snapshot.operator_state,
+            &options,
+        )?);
+    }
+    Ok(files)
+}
+
 /// What a canonical file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CanonicalContent {

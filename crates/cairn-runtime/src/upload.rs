@@ -409,16 +409,7 @@ fn write_operators(
         let files = match dest.format {
             SnapshotFormat::Native => snapshot_io::write_native(ticket, &stem, op.snapshot),
             SnapshotFormat::Canonical => {
-                for suffix in [snapshot_io::KEYED_PARQUET_SUFFIX, snapshot_io::OPERATOR_PARQUET_SUFFIX] {
-                    ticket.intend(&dest.dir.join(format!("{stem}{suffix}")));
-                }
-                snapshot_io::write_canonical_file(
-                    ticket.storage(),
-                    &dest.dir,
-                    &stem,
-                    op.snapshot,
-                    op.key_codec.as_ref(),
-                )
+                snapshot_io::write_canonical_v2(ticket, &stem, op.snapshot, op.key_codec.as_ref())
             }
         }
         .map_err(|e| match e {

@@ -269,11 +269,11 @@ fn stop_with_savepoint_then_rescale_2_to_3_to_1_loses_and_duplicates_nothing(bac
     assert_eq!(client.info().status, JobStatus::Finished);
     assert_eq!(r1.savepoint.as_deref(), Some(sp1.as_path()));
     assert_savepoint_dir(&sp1, &target, &r1.job_id);
-    assert!(std::fs::read_dir(&sp1).unwrap().any(|e| e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .ends_with(".keyed.parquet")));
+    // Canonical format v2: one typed Parquet file per keyed state.
+    assert!(std::fs::read_dir(&sp1).unwrap().any(|e| {
+        let name = e.unwrap().file_name().to_string_lossy().to_string();
+        name.ends_with(".parquet") && !name.ends_with(".operator.parquet")
+    }));
     assert!(r1.source_records < n, "the job was stopped before its input ended");
 
     // Run 2: parallelism 3 from the savepoint, stopped again.
