@@ -594,6 +594,14 @@ impl KeyedFile {
         &self.source
     }
 
+    /// The key groups row group `rg` holds, from its statistics.
+    pub fn row_group_range(&self, rg: usize) -> Option<KeyGroupRange> {
+        self.kg_ranges.get(rg).copied().flatten().map(|(a, b)| KeyGroupRange {
+            start: a,
+            end_exclusive: b + 1,
+        })
+    }
+
     /// Whether the file may hold key groups of `range` (by statistics).
     pub fn overlaps(&self, range: KeyGroupRange) -> bool {
         self.kg_ranges

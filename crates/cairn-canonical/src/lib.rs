@@ -17,6 +17,7 @@ pub mod columns;
 pub mod decode;
 pub mod io;
 pub mod keyed;
+pub mod keys;
 pub mod msgpack;
 pub mod operator;
 

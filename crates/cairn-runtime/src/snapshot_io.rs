@@ -121,6 +121,11 @@ pub fn keyed_section(state: &str) -> String {
     format!("keyed/{state}")
 }
 
+/// Section holding the shape of the operator's key type (JSON,
+/// `cairn_state::shape::Shape`), so offline tools can split backend keys
+/// into key and namespace without the job's code.
+pub const KEY_SHAPE_SECTION: &str = "key-shape";
+
 /// Section listing a backend's own files: `{"backend": .., "files": [[name, path], ..]}`.
 pub const BACKEND_FILES_SECTION: &str = "backend-files";
 
@@ -150,7 +155,7 @@ pub fn write_snapshot_file(
             return Err(internal("a backend's file snapshot cannot be written as a state file"));
         }
     };
-    write_state_file(storage, dir, name, keyed.as_deref(), None, &snapshot.operator_state)
+    write_state_file(storage, dir, name, keyed.as_deref(), None, &snapshot.operator_state, None)
 }
 
 /// The state file of one operator subtask: keyed key groups (or the states
@@ -162,6 +167,7 @@ fn write_state_file(
     keyed: Option<&dyn KeyedStateSnapshot>,
     backend_files: Option<(&[StateMeta], &BackendFilesManifest)>,
     operator_state: &[OperatorStateEntry],
+    key_codec: Option<&KeyCodec>,
 ) -> Result<Option<StateFileRef>, SnapshotIoError> {
     if keyed.is_none() && backend_files.is_none() && operator_state.is_empty() {
         return Ok(None);
@@ -202,6 +208,11 @@ fn write_state_file(
         w.begin_section(KEYED_STATES_SECTION, None)?;
         w.write_section_bytes(&json)?;
     }
+    if let Some(codec) = key_codec.filter(|_| keyed.is_some() || backend_files.is_some()) {
+        let json = serde_json::to_vec(&codec.key_shape()).map_err(internal)?;
+        w.begin_section(KEY_SHAPE_SECTION, None)?;
+        w.write_section_bytes(&json)?;
+    }
     if !operator_state.is_empty() {
         let bytes = cairn_state::key_encoding::to_vec(operator_state).map_err(internal)?;
         w.begin_section(OPERATOR_SECTION, None)?;
@@ -220,6 +231,7 @@ pub fn write_native(
     ticket: &WriteTicket,
     stem: &str,
     snapshot: OperatorSnapshot,
+    key_codec: Option<&KeyCodec>,
 ) -> Result<Vec<StateFileRef>, SnapshotIoError> {
     let dest = ticket.destination();
     let storage = ticket.storage();
@@ -239,6 +251,7 @@ pub fn write_native(
                 keyed.as_deref(),
                 None,
                 &snapshot.operator_state,
+                key_codec,
             )?;
             return Ok(file.into_iter().collect());
         }
@@ -311,6 +324,7 @@ pub fn write_native(
             None,
             Some((set.states(), &manifest)),
             &snapshot.operator_state,
+            key_codec,
         )?;
         refs.extend(state);
         Ok(())

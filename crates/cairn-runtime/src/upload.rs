@@ -407,7 +407,7 @@ fn write_operators(
     for op in operators {
         let stem = format!("op-{}-{subtask}", op.operator_id);
         let files = match dest.format {
-            SnapshotFormat::Native => snapshot_io::write_native(ticket, &stem, op.snapshot),
+            SnapshotFormat::Native => snapshot_io::write_native(ticket, &stem, op.snapshot, op.key_codec.as_ref()),
             SnapshotFormat::Canonical => {
                 snapshot_io::write_canonical_v2(ticket, &stem, op.snapshot, op.key_codec.as_ref())
             }
