@@ -29,7 +29,9 @@ impl<T: Clone + Send + Sync + 'static> Source<T> for CollectionSource<T> {
         // Only subtask 0 emits; the collection is not split.
         self.mine = ctx.info.subtask == 0;
         if let Some(pos) = ctx.state.list::<u64>(POSITION_STATE)?.into_iter().max() {
-            self.next = pos;
+            // A restored position past the end (the job now has fewer
+            // elements) means everything was emitted.
+            self.next = pos.min(self.items.len() as u64);
         }
         Ok(())
     }
