@@ -45,7 +45,9 @@ pub use configuration::{Configuration, ValueOrigin};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use option::{AnyOption, ConfigOption, RangeValue, ValueRange};
 pub use restart::{effective_restart_strategy, RestartStrategyConfig};
-pub use startup::{parse_startup_args, parse_startup_args_with_conf_dir, startup_help, StartupOptions, CONF_DIR_ENV};
+pub use startup::{
+    parse_startup_args, parse_startup_args_with_conf_dir, startup_help, StartupOptions, CONF_DIR_ENV, PLAN_JSON_FLAG,
+};
 pub use value::{
     format_duration, CheckpointingMode, ClaimMode, ExternalizedCheckpointRetention, FromConfigStr, MemorySize,
     RestartStrategyType, StateBackendType, TimerServiceFactory, ToConfigString,

@@ -11,6 +11,10 @@ use crate::value::{ClaimMode, FromConfigStr};
 /// not given.
 pub const CONF_DIR_ENV: &str = "CAIRN_CONF_DIR";
 
+/// The hidden startup flag that makes a job binary print its plan as JSON
+/// and exit (`cairn savepoint check` uses it).
+pub const PLAN_JSON_FLAG: &str = "--cairn-plan-json";
+
 /// The result of [`parse_startup_args`].
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StartupOptions {
@@ -26,6 +30,9 @@ pub struct StartupOptions {
     pub user_args: Vec<String>,
     /// `-h` / `--help` was given.
     pub help_requested: bool,
+    /// `--cairn-plan-json` (hidden): print the resolved plan as JSON and
+    /// exit without running (what `cairn savepoint check` asks a job binary).
+    pub print_plan_json: bool,
 }
 
 /// Parses startup arguments (without argv\[0\]). Reads `--config <file>`, or else
@@ -46,6 +53,7 @@ pub fn parse_startup_args_with_conf_dir<I: IntoIterator<Item = String>>(
     let mut flags: Vec<(&'static str, String, String)> = Vec::new(); // key, value, origin
     let mut user_args = Vec::new();
     let mut help_requested = false;
+    let mut print_plan_json = false;
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -55,6 +63,10 @@ pub fn parse_startup_args_with_conf_dir<I: IntoIterator<Item = String>>(
         }
         if arg == "-h" || arg == "--help" {
             help_requested = true;
+            continue;
+        }
+        if arg == PLAN_JSON_FLAG {
+            print_plan_json = true;
             continue;
         }
         if let Some(prop) = arg.strip_prefix("-D").filter(|p| !p.is_empty()) {
@@ -139,6 +151,7 @@ pub fn parse_startup_args_with_conf_dir<I: IntoIterator<Item = String>>(
         config,
         user_args,
         help_requested,
+        print_plan_json,
     })
 }
 

@@ -3,6 +3,8 @@
 //! the chaining plan. It holds no operator code: the API crate pairs each node
 //! with its logic, and the runtime runs the pair.
 
+pub mod plan;
+
 use std::collections::HashMap;
 use std::fmt;
 

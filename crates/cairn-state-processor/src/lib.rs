@@ -22,6 +22,7 @@
 mod chunks;
 mod reader;
 mod spill;
+pub mod tools;
 mod writer;
 
 use std::fmt;

@@ -314,6 +314,12 @@ impl StreamEnv {
     /// Returns once the job runs: a job that cannot start (configuration,
     /// checkpoint directory, restore) returns that error at once.
     pub fn execute_async(&self, job_name: &str) -> Result<JobHandle, CairnError> {
+        if self.inner.borrow().startup.print_plan_json {
+            let plan = crate::plan::job_plan(self, job_name)?;
+            let json = serde_json::to_string_pretty(&plan).expect("the plan serializes");
+            println!("{json}");
+            std::process::exit(0);
+        }
         let (restore_path, allow_non_restored_state, claim_mode, progress, serve_rest, storage) = {
             let inner = self.inner.borrow();
             (

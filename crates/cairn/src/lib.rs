@@ -22,6 +22,7 @@ pub mod error;
 pub mod execution;
 pub mod functions;
 pub mod logging;
+pub mod plan;
 pub mod stream;
 pub mod window;
 pub mod wiring;

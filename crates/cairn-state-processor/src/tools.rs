@@ -1,0 +1,776 @@
+//! The logic of the savepoint commands (`cairn savepoint inspect | check |
+//! rewrite | reseal`, `cairn fsck`, `cairn gc`) as functions returning
+//! reports; the CLI only parses arguments and prints. Every report renders
+//! as text for people and serializes as JSON.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_graph::plan::JobPlan;
+use cairn_snapshot::layout::{metadata_path, parse_checkpoint_dir_name, resolve_ref, SHARED_DIR};
+use cairn_snapshot::metadata::{decode_metadata, replace_metadata, verify_file, METADATA_FILE_NAME};
+use cairn_snapshot::{FileFormat, SnapshotKind, Storage};
+use cairn_state::shape::{Shape, VariantContent};
+use cairn_state::{StateKind, StateMeta};
+use serde::Serialize;
+
+use crate::reader::{state_info, OperatorInfo, SavepointReader, StateStats};
+use crate::{Options, SavepointWriter, SpaError};
+
+fn local() -> Arc<dyn Storage> {
+    cairn_snapshot::StorageRouter::local_only().shared()
+}
+
+// ---------------------------------------------------------------------------
+// inspect
+// ---------------------------------------------------------------------------
+
+/// What `cairn savepoint inspect` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    pub path: String,
+    /// `checkpoint`, or `savepoint (canonical)` / `savepoint (native)`.
+    pub kind: String,
+    pub job_id: String,
+    pub checkpoint_id: u64,
+    pub metadata_version: u32,
+    pub files: usize,
+    pub bytes: u64,
+    pub operators: Vec<OperatorInfo>,
+    /// Keys, entries and bytes per keyed state.
+    pub stats: Vec<StateStats>,
+}
+
+/// Inspect a savepoint or checkpoint (reads all keyed state to count keys).
+pub fn inspect(path: &Path, options: Options) -> Result<InspectReport, SpaError> {
+    let r = SavepointReader::read_with(local(), path, options)?;
+    let m = r.metadata();
+    let files: Vec<_> = m.files().collect();
+    Ok(InspectReport {
+        path: r.snapshot().dir.display().to_string(),
+        kind: kind_name(&m.kind),
+        job_id: m.job_id.clone(),
+        checkpoint_id: m.checkpoint_id,
+        metadata_version: m.format_version,
+        files: files.len(),
+        bytes: files.iter().map(|(_, _, f)| f.size).sum(),
+        operators: r.operators()?,
+        stats: r.state_stats()?,
+    })
+}
+
+fn kind_name(k: &SnapshotKind) -> String {
+    match k {
+        SnapshotKind::Checkpoint => "checkpoint".into(),
+        SnapshotKind::Savepoint { format } => format!("savepoint ({})", format!("{format:?}").to_lowercase()),
+    }
+}
+
+impl InspectReport {
+    /// The report as text.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{} {}\n  job {}, checkpoint {}, _metadata v{}, {} files, {} bytes\n",
+            self.kind, self.path, self.job_id, self.checkpoint_id, self.metadata_version, self.files, self.bytes
+        );
+        for op in &self.operators {
+            s += &format!(
+                "\noperator uid '{}' (id {}, \"{}\"), parallelism {}, max parallelism {}\n",
+                op.uid, op.operator_id, op.name, op.parallelism, op.max_parallelism
+            );
+            if op.states.is_empty() {
+                s += "  (no state)\n";
+            }
+            for st in &op.states {
+                let stats = self.stats.iter().find(|x| x.uid == op.uid && x.state == st.name);
+                let counts = match stats {
+                    Some(x) => format!("{} keys, {} entries, {} bytes", x.keys, x.entries, x.bytes),
+                    None => String::new(),
+                };
+                s += &format!("  {:<24} {:<14} {:<40} {}\n", st.name, st.kind, st.value_type, counts);
+            }
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------
+// check
+// ---------------------------------------------------------------------------
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// What will happen; fine.
+    Info,
+    /// Restores, but may fail later or lose something; read it.
+    Warning,
+    /// The restore would fail (or the job would fail on this state).
+    Error,
+}
+
+/// One finding of `cairn savepoint check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub message: String,
+}
+
+/// What `cairn savepoint check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub snapshot: String,
+    pub job: String,
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    /// Whether a restore would succeed (no errors).
+    pub fn restores(&self) -> bool {
+        !self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    /// 0 when a restore would succeed, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if self.restores() {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// The report as text.
+    pub fn render(&self) -> String {
+        let mut s = format!("checking {} against job '{}'\n", self.snapshot, self.job);
+        for f in &self.findings {
+            let tag = match f.severity {
+                Severity::Info => "  ok     ",
+                Severity::Warning => "  WARN   ",
+                Severity::Error => "  ERROR  ",
+            };
+            s += &format!("{tag}{}\n", f.message);
+        }
+        s += if self.restores() {
+            "result: the snapshot restores into this job\n"
+        } else {
+            "result: the restore would FAIL\n"
+        };
+        s
+    }
+}
+
+/// Check whether the snapshot at `path` restores into the job `plan`
+/// describes (the job's `--cairn-plan-json`), without starting it.
+pub fn check(path: &Path, plan: &JobPlan, options: Options) -> Result<CheckReport, SpaError> {
+    let r = SavepointReader::read_with(local(), path, options)?;
+    let mut findings = Vec::new();
+    let mut add = |severity, message: String| findings.push(Finding { severity, message });
+    let mut dropped = Vec::new();
+    let mut matched = BTreeSet::new();
+    for op in &r.metadata().operators {
+        let has_state = op.subtasks.iter().any(|s| !s.files.is_empty());
+        let Some(node) = plan.operators.iter().find(|n| n.operator_id == op.operator_id) else {
+            if has_state {
+                dropped.push(op.uid.clone());
+            }
+            continue;
+        };
+        matched.insert(node.operator_id.clone());
+        if !has_state {
+            add(Severity::Info, format!("uid '{}': no state in the snapshot", op.uid));
+            continue;
+        }
+        add(
+            Severity::Info,
+            format!("uid '{}' maps to operator '{}'", op.uid, node.name),
+        );
+        let stored = r.keyed_states(op)?;
+        let keyed_state = !stored.is_empty();
+        if keyed_state && node.keyed {
+            let job_max = if node.max_parallelism_explicit { node.max_parallelism } else { op.max_parallelism };
+            if job_max != op.max_parallelism {
+                add(
+                    Severity::Error,
+                    format!(
+                        "uid '{}': the snapshot has max parallelism {} but the job sets {}; remove the job's max parallelism (it is then taken from the snapshot), set it back to {}, or rewrite the savepoint with `cairn savepoint rewrite --max-parallelism {}`",
+                        op.uid, op.max_parallelism, node.max_parallelism, op.max_parallelism, node.max_parallelism
+                    ),
+                );
+            } else if node.parallelism > job_max {
+                add(
+                    Severity::Error,
+                    format!(
+                        "uid '{}': parallelism {} is above the max parallelism {} (the number of key groups); lower the parallelism or rewrite the savepoint with a larger --max-parallelism",
+                        op.uid, node.parallelism, job_max
+                    ),
+                );
+            } else if !node.max_parallelism_explicit && node.max_parallelism != op.max_parallelism {
+                add(
+                    Severity::Info,
+                    format!("uid '{}': max parallelism {} is taken from the snapshot", op.uid, op.max_parallelism),
+                );
+            }
+        } else if keyed_state && !node.keyed {
+            add(
+                Severity::Error,
+                format!(
+                    "uid '{}' holds keyed state but the job's operator '{}' is not keyed; keyed state needs a keyed operator",
+                    op.uid, node.name
+                ),
+            );
+        }
+        for st in &stored {
+            if st.kind == "timers" {
+                continue;
+            }
+            match node.states.iter().find(|m| m.name == st.name) {
+                None => add(
+                    Severity::Warning,
+                    format!(
+                        "uid '{}', state '{}': restored but the job does not register it (it is carried along, unused)",
+                        op.uid, st.name
+                    ),
+                ),
+                Some(m) => check_state(&op.uid, st, m, &mut add),
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        let list = dropped.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(", ");
+        if plan.allow_non_restored_state {
+            add(
+                Severity::Warning,
+                format!("state of uid {list} maps to no operator and is dropped (-n is given)"),
+            );
+        } else {
+            add(
+                Severity::Error,
+                format!("state of uid {list} maps to no operator in the job: start with -n (--allow-non-restored-state) to drop it, or give the operator its old uid back"),
+            );
+        }
+    }
+    for n in &plan.operators {
+        if n.stateful && !matched.contains(&n.operator_id) {
+            add(
+                Severity::Info,
+                format!("operator '{}' (uid '{}') is new to the snapshot and starts empty", n.name, n.uid),
+            );
+        }
+    }
+    Ok(CheckReport {
+        snapshot: r.snapshot().dir.display().to_string(),
+        job: plan.job_name.clone(),
+        findings,
+    })
+}
+
+fn check_state(uid: &str, stored: &crate::StateInfo, job: &StateMeta, add: &mut impl FnMut(Severity, String)) {
+    let job_kind = cairn_state::canonical::kind_name(job.kind);
+    if stored.kind != job_kind {
+        add(
+            Severity::Error,
+            format!(
+                "uid '{uid}', state '{}': stored as {} state, the job registers it as {} state",
+                stored.name, stored.kind, job_kind
+            ),
+        );
+        return;
+    }
+    let (Some(s), Some(j)) = (&stored.shapes, &job.shapes) else {
+        add(
+            Severity::Warning,
+            format!(
+                "uid '{uid}', state '{}': the stored type is not recorded; it cannot be checked before the job reads it",
+                stored.name
+            ),
+        );
+        return;
+    };
+    let mut problems = Vec::new();
+    compat(&s.value, &j.value, "value", &mut problems);
+    if job.kind == StateKind::Map {
+        if let (Some(a), Some(b)) = (&s.user_key, &j.user_key) {
+            if a != b {
+                problems.push((Severity::Error, format!("the map's key type changed ({a} -> {b}); map entries are looked up by their key's bytes")));
+            }
+        }
+    }
+    if problems.is_empty() {
+        add(
+            Severity::Info,
+            format!("uid '{uid}', state '{}': stored type {} decodes as {}", stored.name, s.value, j.value),
+        );
+    }
+    for (sev, p) in problems {
+        add(sev, format!("uid '{uid}', state '{}': {p}", stored.name));
+    }
+}
+
+fn int_range(s: &Shape) -> Option<(i128, i128)> {
+    Some(match s {
+        Shape::I8 => (i8::MIN.into(), i8::MAX.into()),
+        Shape::I16 => (i16::MIN.into(), i16::MAX.into()),
+        Shape::I32 => (i32::MIN.into(), i32::MAX.into()),
+        Shape::I64 => (i64::MIN.into(), i64::MAX.into()),
+        Shape::U8 => (0, u8::MAX.into()),
+        Shape::U16 => (0, u16::MAX.into()),
+        Shape::U32 => (0, u32::MAX.into()),
+        Shape::U64 => (0, u64::MAX.into()),
+        _ => return None,
+    })
+}
+
+/// Whether stored values of shape `s` decode as shape `j` (serde's rules
+/// over the value codec), at `path`.
+fn compat(s: &Shape, j: &Shape, path: &str, out: &mut Vec<(Severity, String)>) {
+    if s == j {
+        return;
+    }
+    let err = |out: &mut Vec<(Severity, String)>, why: String| out.push((Severity::Error, format!("{path}: {why}")));
+    match (s, j) {
+        (Shape::Opaque(_), _) | (_, Shape::Opaque(_)) => out.push((
+            Severity::Warning,
+            format!("{path}: {s} vs {j} cannot be compared (serde describes one of them only with data)"),
+        )),
+        (a, b) if int_range(a).is_some() && int_range(b).is_some() => {
+            let ((al, ah), (bl, bh)) = (int_range(a).expect("int"), int_range(b).expect("int"));
+            if al < bl || ah > bh {
+                out.push((
+                    Severity::Warning,
+                    format!("{path}: {a} narrowed to {b}: stored values outside {b}'s range will not decode"),
+                ));
+            }
+        }
+        (a, Shape::F32 | Shape::F64) if int_range(a).is_some() => {}
+        (Shape::F32, Shape::F64) => {}
+        (Shape::F64, Shape::F32) => out.push((Severity::Warning, format!("{path}: f64 narrowed to f32 loses precision"))),
+        (Shape::Char, Shape::Str) => {}
+        (Shape::Option(a), Shape::Option(b)) => compat(a, b, path, out),
+        (a, Shape::Option(b)) => compat(a, b, path, out),
+        (Shape::Option(_), b) => err(out, format!("stored values may be None but the job's type {b} is not an Option")),
+        (Shape::Seq(a), Shape::Seq(b)) => compat(a, b, &format!("{path}[]"), out),
+        (Shape::Map { key: ak, value: av }, Shape::Map { key: bk, value: bv }) => {
+            compat(ak, bk, &format!("{path} key"), out);
+            compat(av, bv, &format!("{path} value"), out);
+        }
+        (Shape::Tuple(a), Shape::Tuple(b)) => {
+            if a.len() != b.len() {
+                err(out, format!("a tuple of {} became a tuple of {}", a.len(), b.len()));
+            } else {
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    compat(x, y, &format!("{path}.{i}"), out);
+                }
+            }
+        }
+        (Shape::Struct { fields: a, .. }, Shape::Struct { fields: b, .. }) => {
+            for fb in b {
+                match a.iter().find(|fa| fa.name == fb.name) {
+                    Some(fa) => compat(&fa.shape, &fb.shape, &format!("{path}.{}", fb.name), out),
+                    None if matches!(fb.shape, Shape::Option(_)) => {}
+                    None => out.push((
+                        Severity::Warning,
+                        format!(
+                            "{path}.{}: a new field that stored values lack; they decode only if it has #[serde(default)]",
+                            fb.name
+                        ),
+                    )),
+                }
+            }
+        }
+        (Shape::Enum { variants: a, .. }, Shape::Enum { variants: b, .. }) => {
+            for va in a {
+                match b.iter().find(|vb| vb.name == va.name) {
+                    None => err(out, format!("variant {} was removed; stored values of it will not decode", va.name)),
+                    Some(vb) => match (&va.content, &vb.content) {
+                        (VariantContent::Newtype(x), VariantContent::Newtype(y)) => {
+                            compat(x, y, &format!("{path}::{}", va.name), out)
+                        }
+                        (x, y) if x == y => {}
+                        _ => err(out, format!("the content of variant {} changed", va.name)),
+                    },
+                }
+            }
+        }
+        (a, b) => err(out, format!("stored as {a}, the job declares {b}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// rewrite, reseal
+// ---------------------------------------------------------------------------
+
+/// What `cairn savepoint rewrite` changes.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    pub max_parallelism: Option<u32>,
+    pub renames: Vec<(String, String)>,
+    pub drops: Vec<String>,
+}
+
+/// Write a modified copy of the snapshot at `input` into `output`.
+pub fn rewrite(input: &Path, output: &Path, changes: &Rewrite, options: Options) -> Result<PathBuf, SpaError> {
+    let reader = SavepointReader::read_with(local(), input, options)?;
+    let mut w = SavepointWriter::from_reader(reader)?;
+    for uid in &changes.drops {
+        w = w.remove_operator(uid);
+    }
+    for (old, new) in &changes.renames {
+        w = w.rename_uid(old, new);
+    }
+    if let Some(m) = changes.max_parallelism {
+        w = w.change_max_parallelism(m);
+    }
+    w.write(output)
+}
+
+/// One file whose `_metadata` entry was updated.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResealedFile {
+    pub path: String,
+    pub old_size: u64,
+    pub new_size: u64,
+    pub old_crc32: String,
+    pub new_crc32: String,
+}
+
+/// After files of a savepoint were rewritten by other tools (pyarrow,
+/// DuckDB), record their new sizes and CRC-32s in `_metadata` (replaced
+/// atomically). Only savepoints (checkpoints belong to the engine).
+pub fn reseal(dir: &Path) -> Result<Vec<ResealedFile>, SpaError> {
+    let storage = local();
+    let (dir, mp) = cairn_snapshot::metadata::locate_metadata(&*storage, dir)?;
+    let bytes = storage.read(&mp)?;
+    let mut meta = decode_metadata(&mp, &bytes)?;
+    if !meta.kind.is_savepoint() {
+        return Err(SpaError::Usage(format!(
+            "{} is a checkpoint; only savepoints may be resealed (checkpoints are the engine's)",
+            dir.display()
+        )));
+    }
+    let mut changed = Vec::new();
+    for op in &mut meta.operators {
+        for sub in &mut op.subtasks {
+            for f in &mut sub.files {
+                let path = resolve_ref(&dir, &f.path)?;
+                let size = storage.size(&path)?;
+                let mut h = crc32fast::Hasher::new();
+                let mut off = 0;
+                while off < size {
+                    let len = (size - off).min(8 << 20);
+                    h.update(&storage.read_range(&path, off, len)?);
+                    off += len;
+                }
+                let crc = h.finalize();
+                if size != f.size || crc != f.crc32 {
+                    if f.format != FileFormat::ParquetV2 && f.format != FileFormat::ParquetV1 {
+                        return Err(SpaError::Usage(format!(
+                            "{} changed but is not a Parquet file: only canonical Parquet files may be edited",
+                            f.path
+                        )));
+                    }
+                    changed.push(ResealedFile {
+                        path: f.path.clone(),
+                        old_size: f.size,
+                        new_size: size,
+                        old_crc32: format!("{:08x}", f.crc32),
+                        new_crc32: format!("{crc:08x}"),
+                    });
+                    f.size = size;
+                    f.crc32 = crc;
+                }
+            }
+        }
+    }
+    if !changed.is_empty() {
+        replace_metadata(&*storage, &dir, &meta)?;
+    }
+    Ok(changed)
+}
+
+// ---------------------------------------------------------------------------
+// fsck, gc
+// ---------------------------------------------------------------------------
+
+/// What `cairn fsck` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FsckReport {
+    /// Snapshots checked (directories holding `_metadata`).
+    pub snapshots: Vec<String>,
+    /// Files verified (size, CRC-32, format).
+    pub files_checked: usize,
+    /// Corrupt or missing files, unreadable `_metadata`: each names the file.
+    pub problems: Vec<String>,
+    /// Files and directories no complete snapshot references.
+    pub orphans: Vec<String>,
+    /// Incomplete checkpoints that may still be in progress (newer than the latest complete one).
+    pub in_progress: Vec<String>,
+}
+
+impl FsckReport {
+    /// 0 when every checksum and reference is fine, 1 otherwise (orphans are not errors).
+    pub fn exit_code(&self) -> i32 {
+        if self.problems.is_empty() {
+            0
+        } else {
+            1
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{} snapshot(s), {} file(s) verified\n",
+            self.snapshots.len(),
+            self.files_checked
+        );
+        for p in &self.problems {
+            s += &format!("  PROBLEM  {p}\n");
+        }
+        for o in &self.orphans {
+            s += &format!("  orphan   {o}\n");
+        }
+        for o in &self.in_progress {
+            s += &format!("  pending  {o} (no _metadata yet: in progress, or left by a crash)\n");
+        }
+        if self.problems.is_empty() {
+            s += "no corruption found\n";
+        }
+        s
+    }
+}
+
+/// Verify one snapshot directory; return the absolute paths it references.
+fn check_snapshot(storage: &dyn Storage, dir: &Path, report: &mut FsckReport) -> BTreeSet<PathBuf> {
+    let mut refs = BTreeSet::new();
+    let mp = metadata_path(dir);
+    report.snapshots.push(dir.display().to_string());
+    let meta = match storage.read(&mp).and_then(|b| decode_metadata(&mp, &b)) {
+        Ok(m) => m,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return refs;
+        }
+    };
+    for (op, _, f) in meta.files() {
+        report.files_checked += 1;
+        let path = match resolve_ref(dir, &f.path) {
+            Ok(p) => p,
+            Err(e) => {
+                report.problems.push(format!("{}: {e}", mp.display()));
+                continue;
+            }
+        };
+        refs.insert(path.clone());
+        if let Err(e) = verify_file(storage, dir, f) {
+            report.problems.push(format!("uid '{}': {e}", op.uid));
+            continue;
+        }
+        let structural = match f.format {
+            FileFormat::CairnStateV1 => cairn_snapshot::StateFileReader::open(storage, &path).map(|_| ()).map_err(|e| e.to_string()),
+            FileFormat::ParquetV2 => cairn_canonical::open(storage, &path, f.size).map(|_| ()),
+            FileFormat::ParquetV1 => {
+                cairn_runtime::snapshot_io::read_canonical_footer(storage, &path, f.size).map(|_| ())
+            }
+            FileFormat::BackendFile => Ok(()),
+        };
+        if let Err(e) = structural {
+            report.problems.push(format!("{} (uid '{}'): {e}", path.display(), op.uid));
+        }
+    }
+    refs
+}
+
+/// Files below `dir`, recursively.
+fn walk(storage: &dyn Storage, dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(entries) = storage.list(dir) {
+        for e in entries {
+            let p = dir.join(&e.name);
+            if e.is_dir {
+                walk(storage, &p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+fn fsck_job_dir(storage: &dyn Storage, job_dir: &Path, report: &mut FsckReport) -> Result<(), SpaError> {
+    let mut referenced = BTreeSet::new();
+    let mut complete = Vec::new();
+    let mut incomplete = Vec::new();
+    for e in storage.list(job_dir)? {
+        let p = job_dir.join(&e.name);
+        if let (true, Some(id)) = (e.is_dir, parse_checkpoint_dir_name(&e.name)) {
+            if storage.exists(&metadata_path(&p))? {
+                referenced.extend(check_snapshot(storage, &p, report));
+                complete.push(id);
+            } else {
+                incomplete.push((id, p));
+            }
+        }
+    }
+    let latest = complete.iter().max().copied();
+    for (id, p) in incomplete {
+        if latest.is_some_and(|l| id < l) {
+            report.orphans.push(format!("{} (an aborted checkpoint's leftovers)", p.display()));
+        } else {
+            report.in_progress.push(p.display().to_string());
+        }
+    }
+    let mut shared = Vec::new();
+    walk(storage, &job_dir.join(SHARED_DIR), &mut shared);
+    for f in shared {
+        if !referenced.contains(&f) {
+            report.orphans.push(f.display().to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Verify every checksum and reference below `path`: a snapshot (directory
+/// or `_metadata`), a job's checkpoint directory, or the checkpoint
+/// directory holding jobs; list orphaned files.
+pub fn fsck(path: &Path) -> Result<FsckReport, SpaError> {
+    let storage = local();
+    let storage = &*storage;
+    let mut report = FsckReport::default();
+    let is_meta = path.file_name().is_some_and(|n| n == METADATA_FILE_NAME);
+    let snap_dir = if is_meta { path.parent().unwrap_or(path).to_path_buf() } else { path.to_path_buf() };
+    if storage.exists(&metadata_path(&snap_dir))? {
+        let refs = check_snapshot(storage, &snap_dir, &mut report);
+        let mut files = Vec::new();
+        walk(storage, &snap_dir, &mut files);
+        for f in files {
+            let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            if !refs.contains(&f) && name != METADATA_FILE_NAME && name != "_claim" {
+                report.orphans.push(f.display().to_string());
+            }
+        }
+        return Ok(report);
+    }
+    if !storage.exists(path)? {
+        return Err(SpaError::Usage(format!("{} does not exist", path.display())));
+    }
+    let entries = storage.list(path)?;
+    let is_job_dir = entries
+        .iter()
+        .any(|e| e.is_dir && (parse_checkpoint_dir_name(&e.name).is_some() || e.name == SHARED_DIR));
+    if is_job_dir {
+        fsck_job_dir(storage, path, &mut report)?;
+    } else {
+        let mut any = false;
+        for e in entries.iter().filter(|e| e.is_dir) {
+            if cairn_snapshot::layout::validate_hex32("job id", &e.name).is_ok() {
+                any = true;
+                fsck_job_dir(storage, &path.join(&e.name), &mut report)?;
+            }
+        }
+        if !any {
+            return Err(SpaError::Usage(format!(
+                "{} is neither a snapshot, a job's checkpoint directory nor a checkpoint directory of jobs",
+                path.display()
+            )));
+        }
+    }
+    Ok(report)
+}
+
+/// What `cairn gc` deleted (or would delete in a dry run).
+#[derive(Debug, Clone, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub deleted: Vec<String>,
+    pub bytes: u64,
+}
+
+/// Delete what no complete checkpoint of `job_dir` references: unreferenced
+/// `shared/` files and the leftovers of aborted checkpoints (incomplete ones
+/// older than the latest complete one). Refuses while a checkpoint seems to
+/// be in progress (its new shared files would look unreferenced) unless
+/// `force`. Corrupt snapshots stop it: nothing is deleted then.
+pub fn gc(job_dir: &Path, dry_run: bool, force: bool) -> Result<GcReport, SpaError> {
+    let storage = local();
+    let mut report = FsckReport::default();
+    fsck_job_dir(&*storage, job_dir, &mut report)?;
+    if !report.problems.is_empty() {
+        return Err(SpaError::Snapshot(format!(
+            "refusing to collect garbage in a job directory with problems (run cairn fsck): {}",
+            report.problems.join("; ")
+        )));
+    }
+    if !report.in_progress.is_empty() && !force {
+        return Err(SpaError::Usage(format!(
+            "{} may be in progress (a running job's new files look unreferenced until its _metadata is written); stop the job first, or pass --force",
+            report.in_progress.join(", ")
+        )));
+    }
+    let mut deleted = Vec::new();
+    let mut bytes = 0;
+    let mut targets: BTreeMap<String, bool> = BTreeMap::new();
+    for o in report.orphans {
+        let path = o.split(" (").next().unwrap_or(&o).to_string();
+        targets.insert(path, o.contains("leftovers"));
+    }
+    for (path, is_dir) in targets {
+        let p = PathBuf::from(&path);
+        if is_dir {
+            let mut files = Vec::new();
+            walk(&*storage, &p, &mut files);
+            bytes += files.iter().filter_map(|f| storage.size(f).ok()).sum::<u64>();
+            if !dry_run {
+                storage.delete_dir_all(&p)?;
+            }
+        } else {
+            bytes += storage.size(&p).unwrap_or(0);
+            if !dry_run {
+                storage.delete_file(&p)?;
+            }
+        }
+        deleted.push(path);
+    }
+    Ok(GcReport { dry_run, deleted, bytes })
+}
+
+/// The keyed state info of a state's metadata (for renderers).
+pub fn describe_state(meta: StateMeta) -> crate::StateInfo {
+    state_info(meta)
+}
+
+/// Ask a job binary for its plan: run `binary args... --cairn-plan-json`
+/// (the job prints its resolved plan and exits without running).
+pub fn plan_of_binary(binary: &Path, args: &[String]) -> Result<JobPlan, SpaError> {
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .arg(cairn_config::PLAN_JSON_FLAG)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| SpaError::Usage(format!("cannot run the job binary {}: {e}", binary.display())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(SpaError::Usage(format!(
+            "the job binary {} exited with {} before printing its plan: {}",
+            binary.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // The plan is the last JSON object printed (a job may log before it).
+    let start = stdout.find("{\n  \"cairn_plan_version\"").or_else(|| stdout.find('{')).ok_or_else(|| {
+        SpaError::Usage(format!(
+            "the job binary {} printed no plan; is it a Cairn job built with this version (StreamEnv::from_args)?",
+            binary.display()
+        ))
+    })?;
+    let plan: JobPlan = serde_json::from_str(stdout[start..].trim()).map_err(|e| {
+        SpaError::Usage(format!("the job binary {} printed a plan that does not parse: {e}", binary.display()))
+    })?;
+    if plan.cairn_plan_version != cairn_graph::plan::PLAN_VERSION {
+        return Err(SpaError::Usage(format!(
+            "the job binary prints plan version {}, this cairn reads version {}",
+            plan.cairn_plan_version,
+            cairn_graph::plan::PLAN_VERSION
+        )));
+    }
+    Ok(plan)
+}
