@@ -78,7 +78,7 @@ fn stop_with_savepoint(client: &JobClient, target: &Path, format: SnapshotFormat
 // ---------------------------------------------------------------------------
 
 /// What the job emits after each record: the key's state after the update.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Emitted {
     key: u64,
     state: u64,
