@@ -26,9 +26,8 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder,
-    BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, Int8Builder, StringBuilder, UInt16Builder, UInt32Builder, UInt64Builder, UInt8Builder,
+    ArrayBuilder, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder,
+    Int32Builder, Int64Builder, Int8Builder, StringBuilder, UInt16Builder, UInt32Builder, UInt64Builder, UInt8Builder,
 };
 use arrow_array::{ArrayRef, ListArray, MapArray, NullArray, StructArray};
 use arrow_buffer::{NullBufferBuilder, OffsetBuffer, ScalarBuffer};
@@ -150,10 +149,13 @@ impl Column {
                     false,
                 )
             }
-            Shape::Tuple(items) => (Kind::Tuple {
-                nulls: nulls(),
-                children: tuple_children(items)?,
-            }, false),
+            Shape::Tuple(items) => (
+                Kind::Tuple {
+                    nulls: nulls(),
+                    children: tuple_children(items)?,
+                },
+                false,
+            ),
             Shape::Struct { fields, .. } => {
                 if fields.is_empty() {
                     return None;
@@ -263,7 +265,7 @@ impl Column {
     }
 
     fn check(&self, r: &mut Reader<'_>) -> Result<bool, String> {
-        let item = r.next()?;
+        let item = r.next_item()?;
         if item == Item::Nil && self.nil_ok {
             return Ok(true);
         }
@@ -308,7 +310,7 @@ impl Column {
                     return Ok(false);
                 }
                 for (name, c) in names.iter().zip(children) {
-                    if r.next()? != Item::Str(name.as_bytes()) || !c.check(r)? {
+                    if r.next_item()? != Item::Str(name.as_bytes()) || !c.check(r)? {
                         return Ok(false);
                     }
                 }
@@ -323,9 +325,11 @@ impl Column {
                 true
             }
             (Kind::UnitEnum { names, .. }, Item::Str(s)) => names.iter().any(|n| n.as_bytes() == s),
-            (Kind::Enum { variants, .. }, Item::Str(s)) => variants.iter().any(|(n, c)| c.is_none() && n.as_bytes() == s),
+            (Kind::Enum { variants, .. }, Item::Str(s)) => {
+                variants.iter().any(|(n, c)| c.is_none() && n.as_bytes() == s)
+            }
             (Kind::Enum { variants, children, .. }, Item::Map(1)) => {
-                let Item::Str(s) = r.next()? else {
+                let Item::Str(s) = r.next_item()? else {
                     return Ok(false);
                 };
                 match variants.iter().find(|(n, _)| n.as_bytes() == s) {
@@ -344,7 +348,7 @@ impl Column {
     }
 
     fn push(&mut self, r: &mut Reader<'_>) -> Result<(), String> {
-        let item = r.next()?;
+        let item = r.next_item()?;
         if item == Item::Nil && self.nil_ok {
             self.append_null();
             return Ok(());
@@ -384,12 +388,20 @@ impl Column {
             }
             (Kind::Struct { nulls, children, .. }, Item::Map(_)) => {
                 for c in children {
-                    r.next()?; // the field name, checked by `conforms`
+                    r.next_item()?; // the field name, checked by `conforms`
                     c.push(r)?;
                 }
                 nulls.append_non_null();
             }
-            (Kind::Map { offsets, nulls, key, value }, Item::Map(n)) => {
+            (
+                Kind::Map {
+                    offsets,
+                    nulls,
+                    key,
+                    value,
+                },
+                Item::Map(n),
+            ) => {
                 for _ in 0..n {
                     key.push(r)?;
                     value.push(r)?;
@@ -401,15 +413,25 @@ impl Column {
             (Kind::UnitEnum { tag, .. }, Item::Str(s)) => {
                 tag.append_value(std::str::from_utf8(s).map_err(|_| bad())?);
             }
-            (Kind::Enum { nulls, tag, children, .. }, Item::Str(s)) => {
+            (
+                Kind::Enum {
+                    nulls, tag, children, ..
+                },
+                Item::Str(s),
+            ) => {
                 tag.append_value(std::str::from_utf8(s).map_err(|_| bad())?);
                 for (_, c) in children.iter_mut() {
                     c.append_null();
                 }
                 nulls.append_non_null();
             }
-            (Kind::Enum { nulls, tag, children, .. }, Item::Map(_)) => {
-                let Item::Str(s) = r.next()? else {
+            (
+                Kind::Enum {
+                    nulls, tag, children, ..
+                },
+                Item::Map(_),
+            ) => {
+                let Item::Str(s) = r.next_item()? else {
                     return Err(bad());
                 };
                 tag.append_value(std::str::from_utf8(s).map_err(|_| bad())?);
@@ -457,7 +479,9 @@ impl Column {
                 nulls.append_null();
             }
             Kind::UnitEnum { tag, .. } => tag.append_null(),
-            Kind::Enum { nulls, tag, children, .. } => {
+            Kind::Enum {
+                nulls, tag, children, ..
+            } => {
                 tag.append_null();
                 for (_, c) in children.iter_mut() {
                     c.append_null();
@@ -516,7 +540,8 @@ impl Column {
                 let DataType::Struct(entry_fields) = entries_field.data_type().clone() else {
                     return Err("map entries are not a struct (a Cairn bug)".into());
                 };
-                let entries = StructArray::try_new(entry_fields, vec![key.finish()?, value.finish()?], None).map_err(err)?;
+                let entries =
+                    StructArray::try_new(entry_fields, vec![key.finish()?, value.finish()?], None).map_err(err)?;
                 let offs = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
                 Arc::new(MapArray::try_new(entries_field, offs, entries, nulls.finish(), false).map_err(err)?)
             }

@@ -7,8 +7,7 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type,
-    UInt8Type,
+    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, FixedSizeListArray, GenericListArray, MapArray, OffsetSizeTrait, StructArray};
 use arrow_schema::DataType;
@@ -174,7 +173,9 @@ impl<'a> Decoder<'a> {
                     .map(Decoder::new_ref)
                     .collect::<Result<Vec<_>, _>>()?;
                 if form == StructForm::Enum && !matches!(children[0].kind, DKind::Str(_) | DKind::Dict { .. }) {
-                    return Err(format!("the '{VARIANT_FIELD}' field of an enum column must be a string"));
+                    return Err(format!(
+                        "the '{VARIANT_FIELD}' field of an enum column must be a string"
+                    ));
                 }
                 DKind::Struct { names, children, form }
             }

@@ -143,7 +143,9 @@ impl FileWriter {
         // Flushes the last row group and writes the footer.
         let sink = self.writer.into_inner().map_err(named)?;
         let (mut inner, size, crc32) = sink.into_parts();
-        inner.flush().map_err(|e| format!("writing {}: {e}", self.path.display()))?;
+        inner
+            .flush()
+            .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
         let durable = inner.finish().map_err(|e| e.to_string())?;
         if durable != size {
             return Err(format!(
@@ -238,9 +240,14 @@ impl ParquetSource {
             ));
         }
         let footer_start = size - 8 - meta_len;
-        let footer = Bytes::from(storage.read_range(path, footer_start, meta_len).map_err(|e| e.to_string())?);
-        let metadata =
-            Arc::new(ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| format!("the footer is not valid: {e}"))?);
+        let footer = Bytes::from(
+            storage
+                .read_range(path, footer_start, meta_len)
+                .map_err(|e| e.to_string())?,
+        );
+        let metadata = Arc::new(
+            ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| format!("the footer is not valid: {e}"))?,
+        );
         let arrow = ArrowReaderMetadata::try_new(metadata.clone(), ArrowReaderOptions::new())
             .map_err(|e| format!("the schema cannot be read as Arrow: {e}"))?;
         Ok(ParquetSource {
@@ -310,7 +317,11 @@ impl ParquetSource {
             if let Some(v) = &mut verifier {
                 v.advance(storage, &self.path, start)?;
             }
-            let data = Bytes::from(storage.read_range(&self.path, start, end - start).map_err(|e| e.to_string())?);
+            let data = Bytes::from(
+                storage
+                    .read_range(&self.path, start, end - start)
+                    .map_err(|e| e.to_string())?,
+            );
             if let Some(v) = &mut verifier {
                 if v.hashed == start {
                     v.hasher.update(&data);

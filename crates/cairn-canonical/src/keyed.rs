@@ -70,7 +70,13 @@ pub fn value_column_name(state: &str) -> &str {
 pub fn file_slug(state: &str) -> String {
     let s: String = state
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() {
         "state".into()
@@ -270,7 +276,11 @@ impl KeyedFileWriter {
             codec::msgpack_to_json(payload, &mut self.scratch)
                 .map_err(|e| err(&self.meta, kg, format!("a stored value is not valid: {e}")))?;
             let json = std::str::from_utf8(&self.scratch).map_err(|_| err(&self.meta, kg, "JSON is not UTF-8"))?;
-            self.cols.value_json.as_mut().expect("values have a JSON column").append_value(json);
+            self.cols
+                .value_json
+                .as_mut()
+                .expect("values have a JSON column")
+                .append_value(json);
         }
         if let Some(t) = &mut self.cols.ttl {
             t.append_value(ttl.ok_or_else(|| err(&self.meta, kg, "a value of a TTL state has no timestamp"))?);
@@ -295,13 +305,11 @@ impl KeyedFileWriter {
         self.have_last = false;
         let meta = self.meta.clone();
         let mut failure = None;
-        let decoded = snapshot_codec::decode_group(&meta.name, meta.kind, encoded, &mut |d| {
-            match self.row(kg, d) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    failure = Some(e);
-                    Err(cairn_state::StateError::Restore(String::new()))
-                }
+        let decoded = snapshot_codec::decode_group(&meta.name, meta.kind, encoded, &mut |d| match self.row(kg, d) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                failure = Some(e);
+                Err(cairn_state::StateError::Restore(String::new()))
             }
         });
         if let Some(e) = failure {
@@ -400,7 +408,10 @@ impl KeyedFileWriter {
         }
         let c = &mut self.cols;
         let mut arrays: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(self.meta.name.as_str(), n))),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                self.meta.name.as_str(),
+                n,
+            ))),
             Arc::new(c.key_group.finish()),
             Arc::new(c.key_bytes.finish()),
             Arc::new(c.namespace.finish()),
@@ -444,9 +455,15 @@ impl KeyedFileWriter {
     pub fn finish(mut self) -> Result<StateFileRef, String> {
         self.flush_batch()?;
         let mut kv = kv_base(CONTENT_KEYED);
-        kv.push((KV_STATE.into(), serde_json::to_string(&self.meta).map_err(|e| e.to_string())?));
+        kv.push((
+            KV_STATE.into(),
+            serde_json::to_string(&self.meta).map_err(|e| e.to_string())?,
+        ));
         if let Some(s) = &self.key_shape {
-            kv.push((KV_KEY_SHAPE.into(), serde_json::to_string(s).map_err(|e| e.to_string())?));
+            kv.push((
+                KV_KEY_SHAPE.into(),
+                serde_json::to_string(s).map_err(|e| e.to_string())?,
+            ));
         }
         self.file.finish(kv)
     }
@@ -515,6 +532,9 @@ pub struct KeyedFile {
     kg_ranges: Vec<Option<(u32, u32)>>,
 }
 
+/// Receives one restored (state, key group) with its encoded entries.
+pub type GroupSink<'a> = dyn FnMut(&StateMeta, u32, &[u8]) -> Result<(), String> + 'a;
+
 /// Placeholder TTL for files that lost Cairn's key-value metadata: never
 /// expires, and the job's own registration replaces it.
 const UNKNOWN_TTL: StateTtlConfig = StateTtlConfig {
@@ -532,13 +552,13 @@ impl KeyedFile {
     /// from its columns otherwise (tools that rewrite files may drop it).
     pub fn new(storage: &dyn Storage, source: ParquetSource) -> Result<Self, String> {
         let key_shape = match source.kv(KV_KEY_SHAPE) {
-            Some(json) => {
-                Some(serde_json::from_str(json).map_err(|e| format!("'{KV_KEY_SHAPE}' is not valid: {e}"))?)
-            }
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| format!("'{KV_KEY_SHAPE}' is not valid: {e}"))?),
             None => None,
         };
         let meta = match source.kv(KV_STATE) {
-            Some(json) => serde_json::from_str::<StateMeta>(json).map_err(|e| format!("'{KV_STATE}' is not valid: {e}"))?,
+            Some(json) => {
+                serde_json::from_str::<StateMeta>(json).map_err(|e| format!("'{KV_STATE}' is not valid: {e}"))?
+            }
             None => {
                 let name = first_state_name(storage, &source)?;
                 let kind = if has_col(&source, COL_POSITION) {
@@ -621,12 +641,10 @@ impl KeyedFile {
         range: KeyGroupRange,
         max_parallelism: Option<u32>,
         verify: Option<u32>,
-        visit: &mut dyn FnMut(&StateMeta, u32, &[u8]) -> Result<(), String>,
+        visit: &mut GroupSink<'_>,
     ) -> Result<(), String> {
         let selected: Vec<usize> = (0..self.kg_ranges.len())
-            .filter(|&rg| {
-                self.kg_ranges[rg].is_none_or(|(a, b)| a < range.end_exclusive && b >= range.start)
-            })
+            .filter(|&rg| self.kg_ranges[rg].is_none_or(|(a, b)| a < range.end_exclusive && b >= range.start))
             .collect();
         if selected.is_empty() {
             return Ok(());
@@ -638,7 +656,11 @@ impl KeyedFile {
                 .kg_ranges
                 .windows(2)
                 .all(|w| matches!((w[0], w[1]), (Some((_, b)), Some((c, _))) if b <= c));
-        let verify_now = if selected.len() == self.kg_ranges.len() { verify } else { None };
+        let verify_now = if selected.len() == self.kg_ranges.len() {
+            verify
+        } else {
+            None
+        };
         let mut pending: BTreeMap<u32, Pending> = BTreeMap::new();
         let timers = self.meta.name.starts_with(TIMER_STATE_PREFIX);
         let value_col = value_column_name(&self.meta.name).to_string();
@@ -647,7 +669,11 @@ impl KeyedFile {
         // Without a key split (no key codec) key_bytes is the whole backend key.
         let check_kg = max_parallelism.filter(|_| self.key_shape.is_some() || has_col(&self.source, COL_KEY));
         let mut flush = |pending: &mut BTreeMap<u32, Pending>, below: Option<u32>| -> Result<(), String> {
-            let done: Vec<u32> = pending.keys().copied().filter(|kg| below.is_none_or(|b| *kg < b)).collect();
+            let done: Vec<u32> = pending
+                .keys()
+                .copied()
+                .filter(|kg| below.is_none_or(|b| *kg < b))
+                .collect();
             for kg in done {
                 let p = pending.remove(&kg).expect("listed");
                 let encoded = p.encode(&self.meta)?;
@@ -771,7 +797,9 @@ fn typed_or_json(
     scratch: &mut Vec<u8>,
 ) -> Result<(), String> {
     if let Some(j) = json.filter(|j| !j.is_null(row)) {
-        let text = j.str_at(row).ok_or_else(|| "the JSON column is not a string".to_string())?;
+        let text = j
+            .str_at(row)
+            .ok_or_else(|| "the JSON column is not a string".to_string())?;
         scratch.clear();
         return codec::json_to_msgpack(text.as_bytes(), out).map_err(|e| format!("the JSON text is not valid: {e}"));
     }
@@ -799,7 +827,10 @@ impl Pending {
         for (k, mut elems) in self.lists {
             elems.sort_by_key(|(p, _)| *p);
             if elems.windows(2).any(|w| w[0].0 == w[1].0) {
-                return Err(format!("state '{}': two list elements of one key have the same position", meta.name));
+                return Err(format!(
+                    "state '{}': two list elements of one key have the same position",
+                    meta.name
+                ));
             }
             value.clear();
             for (_, e) in &elems {
@@ -818,7 +849,11 @@ fn kg_range(source: &ParquetSource, rg: usize, col: usize) -> Option<(u32, u32)>
     use parquet::file::statistics::Statistics;
     let g = source.metadata.row_group(rg);
     // The Arrow column index equals the leaf index for the flat leading columns.
-    let leaf = g.columns().iter().position(|c| c.column_path().string() == COL_KEY_GROUP).unwrap_or(col);
+    let leaf = g
+        .columns()
+        .iter()
+        .position(|c| c.column_path().string() == COL_KEY_GROUP)
+        .unwrap_or(col);
     match g.column(leaf).statistics()? {
         Statistics::Int32(s) => {
             let (a, b) = (s.min_opt()?, s.max_opt()?);

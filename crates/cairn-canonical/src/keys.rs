@@ -70,7 +70,10 @@ fn take<'b>(b: &'b [u8], pos: &mut usize, n: usize) -> Result<&'b [u8], String> 
 }
 
 fn le(b: &[u8], pos: &mut usize, n: usize) -> Result<u64, String> {
-    Ok(take(b, pos, n)?.iter().rev().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
+    Ok(take(b, pos, n)?
+        .iter()
+        .rev()
+        .fold(0u64, |a, x| (a << 8) | u64::from(*x)))
 }
 
 fn len(b: &[u8], pos: &mut usize) -> Result<usize, String> {
@@ -232,12 +235,15 @@ mod tests {
     #[test]
     fn shape_codec_matches_the_typed_codec() {
         let codec = ShapeKeyCodec::new(cairn_state::shape::trace::<Composite>()).unwrap();
-        for (i, region) in [Region::Eu, Region::Us(7), Region::Other { code: "x".into() }].into_iter().enumerate() {
+        for (i, region) in [Region::Eu, Region::Us(7), Region::Other { code: "x".into() }]
+            .into_iter()
+            .enumerate()
+        {
             let key = Composite {
                 id: i as u64 * 1_000_000_007,
                 name: format!("n{i}"),
                 region,
-                weight: (i % 2 == 0).then_some(0.5),
+                weight: i.is_multiple_of(2).then_some(0.5),
                 big: -(i as i128) << 100,
                 tags: vec!['a', 'é', '€', '😀'],
                 pair: (i == 1, -3),
@@ -252,7 +258,10 @@ mod tests {
             cairn_state::codec::append("k", &key, &mut want).unwrap();
             assert_eq!(mp, want);
         }
-        assert!(codec.key_msgpack(&[1, 2, 3], &mut Vec::new()).is_err(), "truncated keys are refused");
+        assert!(
+            codec.key_msgpack(&[1, 2, 3], &mut Vec::new()).is_err(),
+            "truncated keys are refused"
+        );
         assert!(ShapeKeyCodec::new(Shape::Opaque("x".into())).is_none());
     }
 }

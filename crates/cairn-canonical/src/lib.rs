@@ -56,8 +56,8 @@ pub(crate) fn kv_base(content: &str) -> Vec<(String, String)> {
 
 /// A canonical v2 file, opened.
 pub enum CanonicalFile {
-    Keyed(KeyedFile),
-    Operator(ParquetSource),
+    Keyed(Box<KeyedFile>),
+    Operator(Box<ParquetSource>),
 }
 
 /// Open a canonical v2 file of `size` bytes. What it holds is told by its
@@ -75,9 +75,9 @@ pub fn open(storage: &dyn Storage, path: &Path, size: u64) -> Result<CanonicalFi
     }
     let has = |n: &str| source.schema().fields().iter().any(|f| f.name() == n);
     if has(keyed::COL_KEY_GROUP) {
-        Ok(CanonicalFile::Keyed(KeyedFile::new(storage, source)?))
+        Ok(CanonicalFile::Keyed(Box::new(KeyedFile::new(storage, source)?)))
     } else if has(operator::COL_MODE) {
-        Ok(CanonicalFile::Operator(source))
+        Ok(CanonicalFile::Operator(Box::new(source)))
     } else {
         Err(format!(
             "the file has neither a '{}' column (keyed state) nor a '{}' column (operator state)",

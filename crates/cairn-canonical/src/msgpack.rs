@@ -43,7 +43,11 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.b.len()).ok_or_else(truncated)?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(truncated)?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -58,7 +62,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next item.
-    pub fn next(&mut self) -> Result<Item<'a>, String> {
+    pub fn next_item(&mut self) -> Result<Item<'a>, String> {
         let m = *self.take(1)?.first().ok_or_else(truncated)?;
         Ok(match m {
             0x00..=0x7f => Item::UInt(u64::from(m)),
@@ -80,7 +84,7 @@ impl<'a> Reader<'a> {
                 let n = self.len_of(4)?;
                 Item::Bin(self.take(n)?)
             }
-            0xc7 | 0xc8 | 0xc9 => {
+            0xc7..=0xc9 => {
                 let n = self.len_of(match m {
                     0xc7 => 1,
                     0xc8 => 2,
@@ -130,7 +134,7 @@ impl<'a> Reader<'a> {
         let mut pending: u64 = 1;
         while pending > 0 {
             pending -= 1;
-            match self.next()? {
+            match self.next_item()? {
                 Item::Array(n) => pending += u64::from(n),
                 Item::Map(n) => pending += 2 * u64::from(n),
                 _ => {}
@@ -249,12 +253,38 @@ mod tests {
             cairn_state::codec::append("t", v, &mut b).unwrap();
             b
         }
-        for v in [0u64, 1, 127, 128, 255, 256, 65535, 65536, u32::MAX as u64, u32::MAX as u64 + 1, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ] {
             let mut b = Vec::new();
             write_uint(&mut b, v);
             assert_eq!(b, codec(&v), "{v}");
         }
-        for v in [0i64, -1, -32, -33, -128, -129, -32768, -32769, i32::MIN as i64, i32::MIN as i64 - 1, i64::MIN, 5, 300] {
+        for v in [
+            0i64,
+            -1,
+            -32,
+            -33,
+            -128,
+            -129,
+            -32768,
+            -32769,
+            i32::MIN as i64,
+            i32::MIN as i64 - 1,
+            i64::MIN,
+            5,
+            300,
+        ] {
             let mut b = Vec::new();
             write_sint(&mut b, v);
             assert_eq!(b, codec(&v), "{v}");
@@ -279,10 +309,10 @@ mod tests {
         write_f64(&mut b, -0.25);
         assert_eq!(b, codec(&-0.25f64));
         let mut r = Reader::new(&[0x92, 0x01, 0xa1, b'a']);
-        assert_eq!(r.next().unwrap(), Item::Array(2));
-        assert_eq!(r.next().unwrap(), Item::UInt(1));
-        assert_eq!(r.next().unwrap(), Item::Str(b"a"));
+        assert_eq!(r.next_item().unwrap(), Item::Array(2));
+        assert_eq!(r.next_item().unwrap(), Item::UInt(1));
+        assert_eq!(r.next_item().unwrap(), Item::Str(b"a"));
         assert!(r.at_end());
-        assert!(Reader::new(&[0xd9, 5, b'a']).next().is_err(), "truncated");
+        assert!(Reader::new(&[0xd9, 5, b'a']).next_item().is_err(), "truncated");
     }
 }

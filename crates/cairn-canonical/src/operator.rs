@@ -48,11 +48,11 @@ pub fn write_operator_file(
     );
     let mut n = 0usize;
     let flush = |st: &mut StringBuilder,
-                     mo: &mut StringBuilder,
-                     po: &mut Int32Builder,
-                     ke: &mut StringBuilder,
-                     va: &mut StringBuilder,
-                     file: &mut FileWriter|
+                 mo: &mut StringBuilder,
+                 po: &mut Int32Builder,
+                 ke: &mut StringBuilder,
+                 va: &mut StringBuilder,
+                 file: &mut FileWriter|
      -> Result<(), String> {
         let arrays: Vec<ArrayRef> = vec![
             Arc::new(st.finish()),
@@ -90,6 +90,9 @@ pub fn write_operator_file(
     file.finish(kv_base(CONTENT_OPERATOR))
 }
 
+/// One row read: state, mode, position, key JSON, value JSON.
+type OwnedRow = (String, String, Option<i32>, Option<String>, Option<String>);
+
 /// Read the operator state entries of an operator-state file.
 pub fn read_operator_file(
     storage: &dyn Storage,
@@ -97,7 +100,7 @@ pub fn read_operator_file(
     verify: Option<u32>,
 ) -> Result<Vec<OperatorStateEntry>, String> {
     let all: Vec<usize> = (0..source.metadata.num_row_groups()).collect();
-    let mut owned: Vec<(String, String, Option<i32>, Option<String>, Option<String>)> = Vec::new();
+    let mut owned: Vec<OwnedRow> = Vec::new();
     source.read(storage, &all, 8192, verify, &mut |rg, batch| {
         let col = |name: &str| -> Result<Option<Decoder<'_>>, String> {
             match batch.column_by_name(name) {

@@ -61,11 +61,11 @@ fn profile(i: u32) -> Profile {
             1 => Tier::Paid(i),
             _ => Tier::Custom {
                 seats: i as u16,
-                note: (i % 2 == 0).then(|| "vip".to_string()),
+                note: (i.is_multiple_of(2)).then(|| "vip".to_string()),
             },
         },
         big: u128::from(i) << 70,
-        pair: (-(i as i8 % 100), i % 2 == 0),
+        pair: (-(i as i8 % 100), i.is_multiple_of(2)),
         by_day: (0..i % 4).map(|d| (format!("d{d}"), i64::from(d) * -7)).collect(),
     }
 }
@@ -74,17 +74,22 @@ fn profile(i: u32) -> Profile {
 /// and timers, for keys 0..n.
 fn fill(n: u32) -> HeapKeyedStateBackend {
     let mut access = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(all())));
-    let profiles = access.value_state(ValueStateDescriptor::<Profile>::new("profile")).unwrap();
+    let profiles = access
+        .value_state(ValueStateDescriptor::<Profile>::new("profile"))
+        .unwrap();
     let counts = access.value_state(ValueStateDescriptor::<u64>::new("count")).unwrap();
     let times = access.list_state(ListStateDescriptor::<i64>::new("times")).unwrap();
     let seen = access
         .map_state(
-            MapStateDescriptor::<String, Tier>::new("seen")
-                .with_ttl(StateTtlConfig::new(Duration::from_secs(3600))),
+            MapStateDescriptor::<String, Tier>::new("seen").with_ttl(StateTtlConfig::new(Duration::from_secs(3600))),
         )
         .unwrap();
-    let json = access.value_state(ValueStateDescriptor::<serde_json::Value>::new("key")).unwrap();
-    let old = access.value_state(ValueStateDescriptor::<OldProfile>::new("evolved")).unwrap();
+    let json = access
+        .value_state(ValueStateDescriptor::<serde_json::Value>::new("key"))
+        .unwrap();
+    let old = access
+        .value_state(ValueStateDescriptor::<OldProfile>::new("evolved"))
+        .unwrap();
     access.set_processing_time(1_000);
     let mut kb = Vec::new();
     for i in 0..n {
@@ -97,16 +102,22 @@ fn fill(n: u32) -> HeapKeyedStateBackend {
             times.add(&mut access, &(i64::from(t) - 2)).unwrap();
         }
         seen.put(&mut access, &format!("p{i}"), &profile(i).tier).unwrap();
-        json.update(&mut access, &serde_json::json!({"n": i, "odd": i % 2 == 1})).unwrap();
-        old.update(&mut access, &OldProfile {
-            name: key.clone(),
-            score: 0.5,
-        })
+        json.update(&mut access, &serde_json::json!({"n": i, "odd": i % 2 == 1}))
+            .unwrap();
+        old.update(
+            &mut access,
+            &OldProfile {
+                name: key.clone(),
+                score: 0.5,
+            },
+        )
         .unwrap();
     }
     // The job's type evolved: `evolved` is now declared as a Profile, but the
     // stored values are still the old shape.
-    let _ = access.value_state(ValueStateDescriptor::<Profile>::new("evolved")).unwrap();
+    let _ = access
+        .value_state(ValueStateDescriptor::<Profile>::new("evolved"))
+        .unwrap();
     let b = access.backend_mut();
     let timers = b
         .register(&cairn_state::StateMeta {
@@ -129,7 +140,8 @@ fn fill(n: u32) -> HeapKeyedStateBackend {
     // Move the backend out of the access.
     let snap = b.snapshot(&SnapshotRequest::checkpoint(1)).unwrap();
     let mut out = HeapKeyedStateBackend::new(all());
-    snap.for_each_group(&mut |meta, kg, bytes| out.restore_group(meta, kg, bytes)).unwrap();
+    snap.for_each_group(&mut |meta, kg, bytes| out.restore_group(meta, kg, bytes))
+        .unwrap();
     out
 }
 
@@ -156,7 +168,9 @@ fn groups(b: &mut dyn KeyedStateBackend) -> BTreeMap<(String, u32), Vec<u8>> {
         let mut entries: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
         cairn_state::snapshot_codec::decode_group(&meta.name, meta.kind, bytes, &mut |d| {
             match d {
-                cairn_state::snapshot_codec::Decoded::Entry { key, value } => entries.push((key.to_vec(), Vec::new(), value.to_vec())),
+                cairn_state::snapshot_codec::Decoded::Entry { key, value } => {
+                    entries.push((key.to_vec(), Vec::new(), value.to_vec()))
+                }
                 cairn_state::snapshot_codec::Decoded::MapEntry { key, user_key, value } => {
                     entries.push((key.to_vec(), user_key.to_vec(), value.to_vec()))
                 }
@@ -172,20 +186,38 @@ fn groups(b: &mut dyn KeyedStateBackend) -> BTreeMap<(String, u32), Vec<u8>> {
     out
 }
 
-fn write(storage: &dyn Storage, b: &mut HeapKeyedStateBackend, options: &WriteOptions) -> Vec<cairn_snapshot::StateFileRef> {
+fn write(
+    storage: &dyn Storage,
+    b: &mut HeapKeyedStateBackend,
+    options: &WriteOptions,
+) -> Vec<cairn_snapshot::StateFileRef> {
     let snap = b.snapshot(&SnapshotRequest::checkpoint(3)).unwrap();
     let snap = snap.key_groups().unwrap();
     let codec = key_codec_for::<String>();
     let mut intended = Vec::new();
-    let files = write_keyed_snapshot(storage, Path::new("/sp"), "op-0", snap, Some(&codec), options, &mut |p| {
-        intended.push(p.to_path_buf())
-    })
+    let files = write_keyed_snapshot(
+        storage,
+        Path::new("/sp"),
+        "op-0",
+        snap,
+        Some(&codec),
+        options,
+        &mut |p| intended.push(p.to_path_buf()),
+    )
     .unwrap();
-    assert_eq!(intended.len(), files.len(), "every file was announced before it was created");
+    assert_eq!(
+        intended.len(),
+        files.len(),
+        "every file was announced before it was created"
+    );
     files
 }
 
-fn restore(storage: &dyn Storage, files: &[cairn_snapshot::StateFileRef], range: KeyGroupRange) -> HeapKeyedStateBackend {
+fn restore(
+    storage: &dyn Storage,
+    files: &[cairn_snapshot::StateFileRef],
+    range: KeyGroupRange,
+) -> HeapKeyedStateBackend {
     let mut b = HeapKeyedStateBackend::new(range);
     for f in files {
         let path = PathBuf::from("/sp").join(&f.path);
@@ -241,19 +273,39 @@ fn columns_are_typed_and_misfits_are_json() {
     let mut b = fill(50);
     let files = write(&storage, &mut b, &WriteOptions::default());
     let find = |slug: &str| files.iter().find(|f| f.path == format!("op-0.{slug}.parquet")).unwrap();
-    let open_keyed = |f: &cairn_snapshot::StateFileRef| match open(&storage, &PathBuf::from("/sp").join(&f.path), f.size).unwrap() {
-        CanonicalFile::Keyed(k) => k,
-        CanonicalFile::Operator(_) => unreachable!(),
-    };
+    let open_keyed =
+        |f: &cairn_snapshot::StateFileRef| match open(&storage, &PathBuf::from("/sp").join(&f.path), f.size).unwrap() {
+            CanonicalFile::Keyed(k) => k,
+            CanonicalFile::Operator(_) => unreachable!(),
+        };
     let count = open_keyed(find("count"));
     let schema = count.source().schema().clone();
-    let ty = |name: &str| schema.field_with_name(name).map(|f| f.data_type().to_string()).unwrap_or_default();
+    let ty = |name: &str| {
+        schema
+            .field_with_name(name)
+            .map(|f| f.data_type().to_string())
+            .unwrap_or_default()
+    };
     assert_eq!(ty("count"), "UInt64", "the value column is named after the state");
     assert_eq!(ty("key"), "Utf8");
     assert_eq!(ty("key_group"), "Int32");
     let profile = open_keyed(find("profile"));
-    let t = profile.source().schema().field_with_name("profile").unwrap().data_type().to_string();
-    for part in ["\"score\": Float64", "\"ratio\": Float32", "\"tags\": List(", "\"big\": FixedSizeBinary(16)", "\"$variant\": Utf8", "\"Paid\": UInt32", "\"by_day\": Map("] {
+    let t = profile
+        .source()
+        .schema()
+        .field_with_name("profile")
+        .unwrap()
+        .data_type()
+        .to_string();
+    for part in [
+        "\"score\": Float64",
+        "\"ratio\": Float32",
+        "\"tags\": List(",
+        "\"big\": FixedSizeBinary(16)",
+        "\"$variant\": Utf8",
+        "\"Paid\": UInt32",
+        "\"by_day\": Map(",
+    ] {
         assert!(t.contains(part), "{part} in {t}");
     }
     // A state named like a reserved column has its values in `value`; an
@@ -331,11 +383,20 @@ fn operator_state_round_trips() {
     store
         .set_list("offsets", cairn_state::DistributionMode::SplitEvenly, &[1u64, 2, 3])
         .unwrap();
-    store.set_list("empty", cairn_state::DistributionMode::Union, &Vec::<u8>::new()).unwrap();
+    store
+        .set_list("empty", cairn_state::DistributionMode::Union, &Vec::<u8>::new())
+        .unwrap();
     store.broadcast_put("rates", &"EUR".to_string(), &1.1f64).unwrap();
     let entries = store.to_entries();
     let storage = InMemoryStorage::new();
-    let f = write_operator_file(&storage, Path::new("/sp"), "op.operator.parquet", &entries, &WriteOptions::default()).unwrap();
+    let f = write_operator_file(
+        &storage,
+        Path::new("/sp"),
+        "op.operator.parquet",
+        &entries,
+        &WriteOptions::default(),
+    )
+    .unwrap();
     let CanonicalFile::Operator(src) = open(&storage, Path::new("/sp/op.operator.parquet"), f.size).unwrap() else {
         panic!("not an operator file")
     };
@@ -357,9 +418,17 @@ fn mutated_files_never_panic_the_reader() {
     let files = write(&storage, &mut b, &options);
     let originals: Vec<(String, Vec<u8>)> = files
         .iter()
-        .map(|f| (f.path.clone(), storage.read(&PathBuf::from("/sp").join(&f.path)).unwrap()))
+        .map(|f| {
+            (
+                f.path.clone(),
+                storage.read(&PathBuf::from("/sp").join(&f.path)).unwrap(),
+            )
+        })
         .collect();
-    let iterations: u64 = std::env::var("CAIRN_FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
+    let iterations: u64 = std::env::var("CAIRN_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
     let mut rng = cairn_snapshot::layout::IdGenerator::with_seed(0x5eed);
     let (mut errors, mut restored) = (0u64, 0u64);
     for i in 0..iterations {
@@ -410,11 +479,17 @@ fn mutated_files_never_panic_the_reader() {
             }
             Err(p) => panic!(
                 "iteration {i} ({name}): the reader panicked: {}",
-                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
             ),
         }
         let _ = storage.delete_file(&path);
     }
     assert_eq!(errors + restored, iterations);
-    assert!(errors > iterations / 4, "most mutations are detected ({errors} errors, {restored} restored)");
+    assert!(
+        errors > iterations / 4,
+        "most mutations are detected ({errors} errors, {restored} restored)"
+    );
 }

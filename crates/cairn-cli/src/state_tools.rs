@@ -77,8 +77,10 @@ fn parse(argv: Vec<String>) -> Result<Parsed, (i32, String)> {
             "--force" => p.force = true,
             "--max-parallelism" => {
                 let v = value("--max-parallelism")?;
-                p.max_parallelism =
-                    Some(v.parse().map_err(|_| usage(format!("--max-parallelism {v}: not a number")))?);
+                p.max_parallelism = Some(
+                    v.parse()
+                        .map_err(|_| usage(format!("--max-parallelism {v}: not a number")))?,
+                );
             }
             "--rename-uid" => {
                 let v = value("--rename-uid")?;
@@ -90,7 +92,9 @@ fn parse(argv: Vec<String>) -> Result<Parsed, (i32, String)> {
             "--drop-uid" => p.drops.push(value("--drop-uid")?),
             "--memory" => {
                 let v = value("--memory")?;
-                p.options.memory_bytes = v.parse().map_err(|_| usage(format!("--memory {v}: not a number of bytes")))?;
+                p.options.memory_bytes = v
+                    .parse()
+                    .map_err(|_| usage(format!("--memory {v}: not a number of bytes")))?;
             }
             "-h" | "--help" => return Err((0, HELP.to_string())),
             s if s.starts_with('-') => return Err(usage(format!("unknown option '{s}'"))),
@@ -120,7 +124,11 @@ pub fn run(command: &str, argv: Vec<String>) -> (i32, String) {
         Err(e) => return e,
     };
     let fail = |e: cairn_state_processor::SpaError| {
-        let code = if matches!(e, cairn_state_processor::SpaError::Usage(_)) { 2 } else { 1 };
+        let code = if matches!(e, cairn_state_processor::SpaError::Usage(_)) {
+            2
+        } else {
+            1
+        };
         (code, format!("error: {e}"))
     };
     match command {
@@ -141,7 +149,9 @@ pub fn run(command: &str, argv: Vec<String>) -> (i32, String) {
                 Err(e) => return e,
             };
             let Some((bin, args)) = p.job.split_first() else {
-                return usage("check: give the job binary after --: cairn savepoint check <path> -- <job binary> [args]");
+                return usage(
+                    "check: give the job binary after --: cairn savepoint check <path> -- <job binary> [args]",
+                );
             };
             let plan = match tools::plan_of_binary(Path::new(bin), args) {
                 Ok(plan) => plan,
@@ -178,7 +188,12 @@ pub fn run(command: &str, argv: Vec<String>) -> (i32, String) {
                     0,
                     files
                         .iter()
-                        .map(|f| format!("{}: {} -> {} bytes, CRC-32 {} -> {}", f.path, f.old_size, f.new_size, f.old_crc32, f.new_crc32))
+                        .map(|f| {
+                            format!(
+                                "{}: {} -> {} bytes, CRC-32 {} -> {}",
+                                f.path, f.old_size, f.new_size, f.old_crc32, f.new_crc32
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join("\n"),
                 ),
@@ -205,7 +220,16 @@ pub fn run(command: &str, argv: Vec<String>) -> (i32, String) {
                 Ok(r) => {
                     let verb = if r.dry_run { "would delete" } else { "deleted" };
                     let mut s: String = r.deleted.iter().map(|d| format!("{verb} {d}\n")).collect();
-                    s += &format!("{} path(s), {} bytes{}", r.deleted.len(), r.bytes, if r.dry_run { " (dry run: pass --delete to delete)" } else { "" });
+                    s += &format!(
+                        "{} path(s), {} bytes{}",
+                        r.deleted.len(),
+                        r.bytes,
+                        if r.dry_run {
+                            " (dry run: pass --delete to delete)"
+                        } else {
+                            ""
+                        }
+                    );
                     (0, s)
                 }
                 Err(e) => fail(e),

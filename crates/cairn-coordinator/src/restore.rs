@@ -482,7 +482,11 @@ impl<'a> StateReader<'a> {
     }
 
     /// Open a canonical v2 file of `op`.
-    pub fn open_canonical_v2(&self, op: &OperatorSnapshot, file: &StateFileRef) -> Result<cairn_canonical::CanonicalFile, JobError> {
+    pub fn open_canonical_v2(
+        &self,
+        op: &OperatorSnapshot,
+        file: &StateFileRef,
+    ) -> Result<cairn_canonical::CanonicalFile, JobError> {
         let path = self
             .snapshot
             .resolve(file)
@@ -741,5 +745,4 @@ impl<'a> StateReader<'a> {
         let bytes = self.canonical_bytes(op, file, &path)?;
         restore_canonical_keyed(&bytes, &file.path, range, backend).map_err(named)
     }
-
 }

@@ -155,7 +155,15 @@ pub fn write_snapshot_file(
             return Err(internal("a backend's file snapshot cannot be written as a state file"));
         }
     };
-    write_state_file(storage, dir, name, keyed.as_deref(), None, &snapshot.operator_state, None)
+    write_state_file(
+        storage,
+        dir,
+        name,
+        keyed.as_deref(),
+        None,
+        &snapshot.operator_state,
+        None,
+    )
 }
 
 /// The state file of one operator subtask: keyed key groups (or the states

@@ -315,8 +315,9 @@ impl SavepointReader {
                             .find(|s| s.name == cairn_runtime::snapshot_io::KEY_SHAPE_SECTION)
                         {
                             let bytes = self.snapshot.read_section(&*self.storage, f, s)?;
-                            let shape = serde_json::from_slice(&bytes)
-                                .map_err(|e| SpaError::Snapshot(format!("{}: the key shape is not valid: {e}", f.path)))?;
+                            let shape = serde_json::from_slice(&bytes).map_err(|e| {
+                                SpaError::Snapshot(format!("{}: the key shape is not valid: {e}", f.path))
+                            })?;
                             return Ok(Some(shape));
                         }
                     }
@@ -388,11 +389,7 @@ impl SavepointReader {
         name: &str,
     ) -> Result<Vec<(K, V)>, SpaError> {
         let subs = self.operator_state(uid, name, DistributionMode::Broadcast)?;
-        let first = subs
-            .iter()
-            .flatten()
-            .find(|e| e.name == name)
-            .expect("found above");
+        let first = subs.iter().flatten().find(|e| e.name == name).expect("found above");
         let mut out = Vec::with_capacity(first.elements.len());
         for el in &first.elements {
             let corrupt = || SpaError::Snapshot(format!("broadcast state '{name}': an entry is corrupt"));
@@ -432,7 +429,11 @@ impl SavepointReader {
 
     /// Read the keyed state of operator `uid` key by key with `function`
     /// (Flink's `readKeyedState`); outputs in key-group order.
-    pub fn read_keyed_state<F: KeyedStateReaderFunction>(&self, uid: &str, function: F) -> Result<Vec<F::Out>, SpaError> {
+    pub fn read_keyed_state<F: KeyedStateReaderFunction>(
+        &self,
+        uid: &str,
+        function: F,
+    ) -> Result<Vec<F::Out>, SpaError> {
         let op = self.operator(uid)?;
         let all = [KeyGroupRange {
             start: 0,
@@ -531,15 +532,21 @@ pub(crate) fn timer_key(composite: &[u8]) -> Option<(i64, &[u8])> {
     Some((ts as i64, key))
 }
 
+/// (key group, key bytes) of every key, in order.
+type KeySet = BTreeSet<(u32, Vec<u8>)>;
+
+/// Per key bytes: its event-time and processing-time timers.
+type KeyTimers = HashMap<Vec<u8>, (Vec<i64>, Vec<i64>)>;
+
 /// The keys of a backend: (key group, key bytes) in order, with each key's
 /// timers. `K` tells where a key ends and its namespace starts.
 fn keys_and_timers<K: DeserializeOwned>(
     b: &mut dyn KeyedStateBackend,
     uid: &str,
-) -> Result<(BTreeSet<(u32, Vec<u8>)>, HashMap<Vec<u8>, (Vec<i64>, Vec<i64>)>), SpaError> {
+) -> Result<(KeySet, KeyTimers), SpaError> {
     let metas = b.registered().to_vec();
     let mut keys = BTreeSet::new();
-    let mut timers: HashMap<Vec<u8>, (Vec<i64>, Vec<i64>)> = HashMap::new();
+    let mut timers: KeyTimers = HashMap::new();
     let mut bad: Option<String> = None;
     for (i, m) in metas.iter().enumerate() {
         let id = i as StateId;

@@ -94,7 +94,9 @@ impl<'d> Spiller<'d> {
             .get_mut(i)
             .ok_or_else(|| SpaError::Snapshot("no spill bucket (a Cairn bug)".into()))?;
         if !r.contains(kg) {
-            return Err(SpaError::Snapshot(format!("key group {kg} is in no spill bucket (a Cairn bug)")));
+            return Err(SpaError::Snapshot(format!(
+                "key group {kg} is in no spill bucket (a Cairn bug)"
+            )));
         }
         (|| -> std::io::Result<()> {
             w.write_all(&kg.to_le_bytes())?;

@@ -189,7 +189,11 @@ pub fn check(path: &Path, plan: &JobPlan, options: Options) -> Result<CheckRepor
         let stored = r.keyed_states(op)?;
         let keyed_state = !stored.is_empty();
         if keyed_state && node.keyed {
-            let job_max = if node.max_parallelism_explicit { node.max_parallelism } else { op.max_parallelism };
+            let job_max = if node.max_parallelism_explicit {
+                node.max_parallelism
+            } else {
+                op.max_parallelism
+            };
             if job_max != op.max_parallelism {
                 add(
                     Severity::Error,
@@ -209,7 +213,10 @@ pub fn check(path: &Path, plan: &JobPlan, options: Options) -> Result<CheckRepor
             } else if !node.max_parallelism_explicit && node.max_parallelism != op.max_parallelism {
                 add(
                     Severity::Info,
-                    format!("uid '{}': max parallelism {} is taken from the snapshot", op.uid, op.max_parallelism),
+                    format!(
+                        "uid '{}': max parallelism {} is taken from the snapshot",
+                        op.uid, op.max_parallelism
+                    ),
                 );
             }
         } else if keyed_state && !node.keyed {
@@ -255,7 +262,10 @@ pub fn check(path: &Path, plan: &JobPlan, options: Options) -> Result<CheckRepor
         if n.stateful && !matched.contains(&n.operator_id) {
             add(
                 Severity::Info,
-                format!("operator '{}' (uid '{}') is new to the snapshot and starts empty", n.name, n.uid),
+                format!(
+                    "operator '{}' (uid '{}') is new to the snapshot and starts empty",
+                    n.name, n.uid
+                ),
             );
         }
     }
@@ -293,14 +303,20 @@ fn check_state(uid: &str, stored: &crate::StateInfo, job: &StateMeta, add: &mut 
     if job.kind == StateKind::Map {
         if let (Some(a), Some(b)) = (&s.user_key, &j.user_key) {
             if a != b {
-                problems.push((Severity::Error, format!("the map's key type changed ({a} -> {b}); map entries are looked up by their key's bytes")));
+                problems.push((
+                    Severity::Error,
+                    format!("the map's key type changed ({a} -> {b}); map entries are looked up by their key's bytes"),
+                ));
             }
         }
     }
     if problems.is_empty() {
         add(
             Severity::Info,
-            format!("uid '{uid}', state '{}': stored type {} decodes as {}", stored.name, s.value, j.value),
+            format!(
+                "uid '{uid}', state '{}': stored type {} decodes as {}",
+                stored.name, s.value, j.value
+            ),
         );
     }
     for (sev, p) in problems {
@@ -345,11 +361,17 @@ fn compat(s: &Shape, j: &Shape, path: &str, out: &mut Vec<(Severity, String)>) {
         }
         (a, Shape::F32 | Shape::F64) if int_range(a).is_some() => {}
         (Shape::F32, Shape::F64) => {}
-        (Shape::F64, Shape::F32) => out.push((Severity::Warning, format!("{path}: f64 narrowed to f32 loses precision"))),
+        (Shape::F64, Shape::F32) => out.push((
+            Severity::Warning,
+            format!("{path}: f64 narrowed to f32 loses precision"),
+        )),
         (Shape::Char, Shape::Str) => {}
         (Shape::Option(a), Shape::Option(b)) => compat(a, b, path, out),
         (a, Shape::Option(b)) => compat(a, b, path, out),
-        (Shape::Option(_), b) => err(out, format!("stored values may be None but the job's type {b} is not an Option")),
+        (Shape::Option(_), b) => err(
+            out,
+            format!("stored values may be None but the job's type {b} is not an Option"),
+        ),
         (Shape::Seq(a), Shape::Seq(b)) => compat(a, b, &format!("{path}[]"), out),
         (Shape::Map { key: ak, value: av }, Shape::Map { key: bk, value: bv }) => {
             compat(ak, bk, &format!("{path} key"), out);
@@ -382,7 +404,10 @@ fn compat(s: &Shape, j: &Shape, path: &str, out: &mut Vec<(Severity, String)>) {
         (Shape::Enum { variants: a, .. }, Shape::Enum { variants: b, .. }) => {
             for va in a {
                 match b.iter().find(|vb| vb.name == va.name) {
-                    None => err(out, format!("variant {} was removed; stored values of it will not decode", va.name)),
+                    None => err(
+                        out,
+                        format!("variant {} was removed; stored values of it will not decode", va.name),
+                    ),
                     Some(vb) => match (&va.content, &vb.content) {
                         (VariantContent::Newtype(x), VariantContent::Newtype(y)) => {
                             compat(x, y, &format!("{path}::{}", va.name), out)
@@ -567,7 +592,9 @@ fn check_snapshot(storage: &dyn Storage, dir: &Path, report: &mut FsckReport) ->
             continue;
         }
         let structural = match f.format {
-            FileFormat::CairnStateV1 => cairn_snapshot::StateFileReader::open(storage, &path).map(|_| ()).map_err(|e| e.to_string()),
+            FileFormat::CairnStateV1 => cairn_snapshot::StateFileReader::open(storage, &path)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             FileFormat::ParquetV2 => cairn_canonical::open(storage, &path, f.size).map(|_| ()),
             FileFormat::ParquetV1 => {
                 cairn_runtime::snapshot_io::read_canonical_footer(storage, &path, f.size).map(|_| ())
@@ -575,7 +602,9 @@ fn check_snapshot(storage: &dyn Storage, dir: &Path, report: &mut FsckReport) ->
             FileFormat::BackendFile => Ok(()),
         };
         if let Err(e) = structural {
-            report.problems.push(format!("{} (uid '{}'): {e}", path.display(), op.uid));
+            report
+                .problems
+                .push(format!("{} (uid '{}'): {e}", path.display(), op.uid));
         }
     }
     refs
@@ -613,7 +642,9 @@ fn fsck_job_dir(storage: &dyn Storage, job_dir: &Path, report: &mut FsckReport) 
     let latest = complete.iter().max().copied();
     for (id, p) in incomplete {
         if latest.is_some_and(|l| id < l) {
-            report.orphans.push(format!("{} (an aborted checkpoint's leftovers)", p.display()));
+            report
+                .orphans
+                .push(format!("{} (an aborted checkpoint's leftovers)", p.display()));
         } else {
             report.in_progress.push(p.display().to_string());
         }
@@ -636,13 +667,20 @@ pub fn fsck(path: &Path) -> Result<FsckReport, SpaError> {
     let storage = &*storage;
     let mut report = FsckReport::default();
     let is_meta = path.file_name().is_some_and(|n| n == METADATA_FILE_NAME);
-    let snap_dir = if is_meta { path.parent().unwrap_or(path).to_path_buf() } else { path.to_path_buf() };
+    let snap_dir = if is_meta {
+        path.parent().unwrap_or(path).to_path_buf()
+    } else {
+        path.to_path_buf()
+    };
     if storage.exists(&metadata_path(&snap_dir))? {
         let refs = check_snapshot(storage, &snap_dir, &mut report);
         let mut files = Vec::new();
         walk(storage, &snap_dir, &mut files);
         for f in files {
-            let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             if !refs.contains(&f) && name != METADATA_FILE_NAME && name != "_claim" {
                 report.orphans.push(f.display().to_string());
             }
@@ -729,7 +767,11 @@ pub fn gc(job_dir: &Path, dry_run: bool, force: bool) -> Result<GcReport, SpaErr
         }
         deleted.push(path);
     }
-    Ok(GcReport { dry_run, deleted, bytes })
+    Ok(GcReport {
+        dry_run,
+        deleted,
+        bytes,
+    })
 }
 
 /// The keyed state info of a state's metadata (for renderers).
@@ -756,14 +798,20 @@ pub fn plan_of_binary(binary: &Path, args: &[String]) -> Result<JobPlan, SpaErro
         )));
     }
     // The plan is the last JSON object printed (a job may log before it).
-    let start = stdout.find("{\n  \"cairn_plan_version\"").or_else(|| stdout.find('{')).ok_or_else(|| {
+    let start = stdout
+        .find("{\n  \"cairn_plan_version\"")
+        .or_else(|| stdout.find('{'))
+        .ok_or_else(|| {
+            SpaError::Usage(format!(
+                "the job binary {} printed no plan; is it a Cairn job built with this version (StreamEnv::from_args)?",
+                binary.display()
+            ))
+        })?;
+    let plan: JobPlan = serde_json::from_str(stdout[start..].trim()).map_err(|e| {
         SpaError::Usage(format!(
-            "the job binary {} printed no plan; is it a Cairn job built with this version (StreamEnv::from_args)?",
+            "the job binary {} printed a plan that does not parse: {e}",
             binary.display()
         ))
-    })?;
-    let plan: JobPlan = serde_json::from_str(stdout[start..].trim()).map_err(|e| {
-        SpaError::Usage(format!("the job binary {} printed a plan that does not parse: {e}", binary.display()))
     })?;
     if plan.cairn_plan_version != cairn_graph::plan::PLAN_VERSION {
         return Err(SpaError::Usage(format!(

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cairn_canonical::keys::ShapeKeyCodec;
+use cairn_operators::timers::{TimeDomain, TimerService};
 use cairn_runtime::OpResult;
 use cairn_snapshot::metadata::{write_metadata, SavepointFormat, SnapshotKind, SnapshotMetadata, CAIRN_VERSION};
 use cairn_snapshot::{FileFormat, OperatorSnapshot as OpMeta, StateFileRef, Storage, SubtaskSnapshot};
@@ -18,7 +19,6 @@ use cairn_state::{
     HeapKeyedStateBackend, KeyedStateAccess, KeyedStateBackend, OperatorStateStore, SnapshotRequest, StateContext,
     StateError, StateMeta,
 };
-use cairn_operators::timers::{TimeDomain, TimerService};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -62,7 +62,9 @@ impl<K> BootstrapContext<'_, K> {
 
     /// Register a processing-time timer for the current key.
     pub fn register_processing_time_timer(&mut self, time: i64) -> OpResult {
-        Ok(self.timers.register(self.access, TimeDomain::ProcessingTime, time, &[])?)
+        Ok(self
+            .timers
+            .register(self.access, TimeDomain::ProcessingTime, time, &[])?)
     }
 }
 
@@ -210,8 +212,9 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> BootstrapInput<T> {
             parallelism,
             keyed: false,
             run: Box::new(move |job: &BootstrapJob<'_>| {
-                let mut stores: Vec<(F, OperatorStateStore)> =
-                    (0..parallelism).map(|_| (function.clone(), OperatorStateStore::new())).collect();
+                let mut stores: Vec<(F, OperatorStateStore)> = (0..parallelism)
+                    .map(|_| (function.clone(), OperatorStateStore::new()))
+                    .collect();
                 for (i, v) in data.enumerate() {
                     let sub = (i % parallelism as usize) as u32;
                     let (f, store) = &mut stores[sub as usize];
@@ -241,7 +244,10 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> BootstrapInput<T> {
 
     /// Write broadcast state with `function` (Flink's `transform` with a
     /// `BroadcastStateBootstrapFunction`).
-    pub fn transform_broadcast<F: BroadcastStateBootstrapFunction<T>>(self, mut function: F) -> BootstrapTransformation {
+    pub fn transform_broadcast<F: BroadcastStateBootstrapFunction<T>>(
+        self,
+        mut function: F,
+    ) -> BootstrapTransformation {
         let data = self.data;
         BootstrapTransformation {
             parallelism: 1,
@@ -289,7 +295,9 @@ where
                 let mut elem = Vec::new();
                 for v in data {
                     let k = key(&v);
-                    key_bytes(&k, &mut kb).map_err(|e| SpaError::Usage(format!("bootstrap of uid '{}': the key does not encode: {e}", job.uid)))?;
+                    key_bytes(&k, &mut kb).map_err(|e| {
+                        SpaError::Usage(format!("bootstrap of uid '{}': the key does not encode: {e}", job.uid))
+                    })?;
                     let kg = key_group_for_bytes(&kb, max_p);
                     codec::encode_into("bootstrap input", &v, &mut elem)?;
                     spiller.push(kg, 0, &kb, &[], &elem)?;
@@ -300,8 +308,9 @@ where
                 let files = chunks::run(&buckets, job.options.parallelism, |i, b| {
                     let mut access = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(b.range)));
                     let mut f = function.clone();
-                    f.open(&mut access)
-                        .map_err(|e| SpaError::Function(format!("open of the bootstrap function of uid '{}': {e}", job.uid)))?;
+                    f.open(&mut access).map_err(|e| {
+                        SpaError::Function(format!("open of the bootstrap function of uid '{}': {e}", job.uid))
+                    })?;
                     let mut timers = TimerService::open(&mut access)?;
                     spill::read(&b.path, &mut |r| {
                         let k: K = codec::decode_key("bootstrap key", &r.a)?;
@@ -329,8 +338,11 @@ pub struct BootstrapTransformation {
     /// 0: decided by the writer.
     parallelism: u32,
     keyed: bool,
-    run: Box<dyn FnOnce(&BootstrapJob<'_>) -> Result<Vec<Vec<StateFileRef>>, SpaError> + Send>,
+    run: Box<BootstrapRun>,
 }
+
+/// Writes an operator's files; the files of each subtask.
+type BootstrapRun = dyn FnOnce(&BootstrapJob<'_>) -> Result<Vec<Vec<StateFileRef>>, SpaError> + Send;
 
 /// What a transformation writes into.
 struct BootstrapJob<'a> {
@@ -378,8 +390,16 @@ impl BootstrapJob<'_> {
             .key_groups()
             .ok_or_else(|| SpaError::Snapshot("the backend gave no logical key groups (a Cairn bug)".into()))?;
         let stem = format!("op-{}-{part}", self.operator_id);
-        cairn_canonical::write_keyed_snapshot(self.storage, self.dir, &stem, groups, codec, &self.options.write, &mut |_| {})
-            .map_err(SpaError::Snapshot)
+        cairn_canonical::write_keyed_snapshot(
+            self.storage,
+            self.dir,
+            &stem,
+            groups,
+            codec,
+            &self.options.write,
+            &mut |_| {},
+        )
+        .map_err(SpaError::Snapshot)
     }
 
     /// Files of key-group ranges, grouped by the subtask owning each range.
@@ -403,7 +423,10 @@ enum Planned {
     /// An operator of the existing savepoint, under its (possibly new) uid.
     Existing { index: usize, uid: String },
     /// A bootstrapped operator.
-    New { uid: String, transformation: BootstrapTransformation },
+    New {
+        uid: String,
+        transformation: BootstrapTransformation,
+    },
 }
 
 impl Planned {
@@ -487,7 +510,8 @@ impl SavepointWriter {
         let before = self.planned.len();
         self.planned.retain(|p| p.uid() != uid);
         if self.planned.len() == before {
-            self.problems.push(format!("remove_operator: there is no operator with uid '{uid}'"));
+            self.problems
+                .push(format!("remove_operator: there is no operator with uid '{uid}'"));
         }
         self
     }
@@ -496,13 +520,16 @@ impl SavepointWriter {
     /// to the operator with uid `new` on restore).
     pub fn rename_uid(mut self, old: &str, new: &str) -> Self {
         if self.planned.iter().any(|p| p.uid() == new) {
-            self.problems
-                .push(format!("rename_uid: uid '{new}' is already taken; remove that operator first"));
+            self.problems.push(format!(
+                "rename_uid: uid '{new}' is already taken; remove that operator first"
+            ));
             return self;
         }
         match self.planned.iter_mut().find(|p| p.uid() == old) {
             Some(Planned::Existing { uid, .. }) | Some(Planned::New { uid, .. }) => *uid = new.to_string(),
-            None => self.problems.push(format!("rename_uid: there is no operator with uid '{old}'")),
+            None => self
+                .problems
+                .push(format!("rename_uid: there is no operator with uid '{old}'")),
         }
         self
     }
@@ -682,7 +709,9 @@ fn copy_operator(
             if canonical {
                 for sub in &op.subtasks {
                     for f in &sub.files {
-                        if let cairn_canonical::CanonicalFile::Keyed(_) = base.state_reader().open_canonical_v2(op, f)? {
+                        if let cairn_canonical::CanonicalFile::Keyed(_) =
+                            base.state_reader().open_canonical_v2(op, f)?
+                        {
                             files[sub.subtask_index as usize].push(copy_file(base, f, storage, dir)?);
                         }
                     }
@@ -724,7 +753,12 @@ fn copy_operator(
 }
 
 /// Copy one file byte for byte, checking its CRC-32.
-fn copy_file(base: &SavepointReader, f: &StateFileRef, storage: &dyn Storage, dir: &Path) -> Result<StateFileRef, SpaError> {
+fn copy_file(
+    base: &SavepointReader,
+    f: &StateFileRef,
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<StateFileRef, SpaError> {
     let from = base.snapshot().resolve(f)?;
     let name = Path::new(&f.path)
         .file_name()
@@ -789,42 +823,51 @@ fn rehash_keys(
             .key_groups()
             .ok_or_else(|| SpaError::Snapshot(format!("uid '{}': the backend gave no logical key groups", op.uid)))?;
         let mut failure: Option<SpaError> = None;
-        groups.for_each_group(&mut |meta, kg, bytes| {
-            let si = match metas.iter().position(|m| m.name == meta.name) {
-                Some(i) => i,
-                None => {
-                    metas.push(meta.clone());
-                    metas.len() - 1
-                }
-            } as u32;
-            let timers = meta.name.starts_with(TIMER_STATE_PREFIX);
-            cairn_state::snapshot_codec::decode_group(&meta.name, meta.kind, bytes, &mut |d| {
-                let step = (|| -> Result<(), SpaError> {
-                    let (composite, user_key, value, tag) = match d {
-                        Decoded::Entry { key, value } => (key, &[][..], value, 0),
-                        Decoded::MapEntry { key, user_key, value } => (key, user_key, value, 1),
-                    };
-                    let key_part = if timers {
-                        timer_key(composite)
-                            .ok_or_else(|| SpaError::Snapshot(format!("uid '{}': a timer of key group {kg} is corrupt", op.uid)))?
-                            .1
-                    } else {
-                        mp.clear();
-                        let used = codec.key_msgpack(composite, &mut mp).map_err(|e| {
-                            SpaError::Snapshot(format!("uid '{}', state '{}': a key does not decode: {e}", op.uid, meta.name))
-                        })?;
-                        &composite[..used]
-                    };
-                    let new_kg = key_group_for_bytes(key_part, new_max);
-                    spiller.push(new_kg, si * 2 + tag, composite, user_key, value)
-                })();
-                step.map_err(|e| {
-                    failure = Some(e);
-                    StateError::Backend(String::new())
+        groups
+            .for_each_group(&mut |meta, kg, bytes| {
+                let si = match metas.iter().position(|m| m.name == meta.name) {
+                    Some(i) => i,
+                    None => {
+                        metas.push(meta.clone());
+                        metas.len() - 1
+                    }
+                } as u32;
+                let timers = meta.name.starts_with(TIMER_STATE_PREFIX);
+                cairn_state::snapshot_codec::decode_group(&meta.name, meta.kind, bytes, &mut |d| {
+                    let step = (|| -> Result<(), SpaError> {
+                        let (composite, user_key, value, tag) = match d {
+                            Decoded::Entry { key, value } => (key, &[][..], value, 0),
+                            Decoded::MapEntry { key, user_key, value } => (key, user_key, value, 1),
+                        };
+                        let key_part = if timers {
+                            timer_key(composite)
+                                .ok_or_else(|| {
+                                    SpaError::Snapshot(format!(
+                                        "uid '{}': a timer of key group {kg} is corrupt",
+                                        op.uid
+                                    ))
+                                })?
+                                .1
+                        } else {
+                            mp.clear();
+                            let used = codec.key_msgpack(composite, &mut mp).map_err(|e| {
+                                SpaError::Snapshot(format!(
+                                    "uid '{}', state '{}': a key does not decode: {e}",
+                                    op.uid, meta.name
+                                ))
+                            })?;
+                            &composite[..used]
+                        };
+                        let new_kg = key_group_for_bytes(key_part, new_max);
+                        spiller.push(new_kg, si * 2 + tag, composite, user_key, value)
+                    })();
+                    step.map_err(|e| {
+                        failure = Some(e);
+                        StateError::Backend(String::new())
+                    })
                 })
             })
-        })
-        .map_err(|e| failure.take().unwrap_or_else(|| SpaError::Snapshot(e.to_string())))?;
+            .map_err(|e| failure.take().unwrap_or_else(|| SpaError::Snapshot(e.to_string())))?;
         drop(b);
     }
     let budget = options.memory_bytes / options.parallelism.max(1) as u64;

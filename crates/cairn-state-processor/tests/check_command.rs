@@ -51,7 +51,11 @@ fn build(env: &StreamEnv, variant: &str) {
         .source(GeneratorSource::new(10_000_000, 100).rate(5_000))
         .uid("events")
         .map(|e: GeneratedEvent| e.key);
-    let src = if variant == "inserted" { src.map(|k| k * 1) } else { src };
+    let src = if variant == "inserted" {
+        src.map(|k| k.wrapping_add(0))
+    } else {
+        src
+    };
     if variant == "removed" {
         src.sink(DiscardSink);
         return;
@@ -87,7 +91,11 @@ fn savepoint(dir: &Path) -> PathBuf {
     let client = job.client();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while client.metrics().source_records < 500 {
-        assert!(std::time::Instant::now() < deadline, "the job did not start: {:?}", client.info());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not start: {:?}",
+            client.info()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let op = client
@@ -118,7 +126,9 @@ fn check(sp: &Path, variant: &str, args: &[&str]) -> tools::CheckReport {
 }
 
 fn has(r: &tools::CheckReport, sev: Severity, piece: &str) -> bool {
-    r.findings.iter().any(|f| f.severity == sev && f.message.contains(piece))
+    r.findings
+        .iter()
+        .any(|f| f.severity == sev && f.message.contains(piece))
 }
 
 fn main() {
@@ -140,28 +150,66 @@ fn main() {
     };
     // Each case: the variant, extra job arguments, the exit code, and what the report must say.
     let r = check(&sp, "base", &[]);
-    case("unchanged", r.exit_code() == 0 && has(&r, Severity::Info, "stored type u64 decodes as u64"), &r);
+    case(
+        "unchanged",
+        r.exit_code() == 0 && has(&r, Severity::Info, "stored type u64 decodes as u64"),
+        &r,
+    );
     let r = check(&sp, "inserted", &[]);
-    case("stateless operator inserted", r.exit_code() == 0 && has(&r, Severity::Info, "uid 'counter' maps to"), &r);
+    case(
+        "stateless operator inserted",
+        r.exit_code() == 0 && has(&r, Severity::Info, "uid 'counter' maps to"),
+        &r,
+    );
     let r = check(&sp, "renamed", &[]);
     case(
         "uid renamed",
-        r.exit_code() == 1 && has(&r, Severity::Error, "'counter'") && has(&r, Severity::Error, "-n")
-            && has(&r, Severity::Info, "'counter-v2') is new to the snapshot and starts empty"),
+        r.exit_code() == 1
+            && has(&r, Severity::Error, "'counter'")
+            && has(&r, Severity::Error, "-n")
+            && has(
+                &r,
+                Severity::Info,
+                "'counter-v2') is new to the snapshot and starts empty",
+            ),
         &r,
     );
     let r = check(&sp, "renamed", &["-n"]);
-    case("uid renamed, with -n", r.exit_code() == 0 && has(&r, Severity::Warning, "dropped (-n is given)"), &r);
+    case(
+        "uid renamed, with -n",
+        r.exit_code() == 0 && has(&r, Severity::Warning, "dropped (-n is given)"),
+        &r,
+    );
     let r = check(&sp, "removed", &[]);
-    case("operator removed", r.exit_code() == 1 && has(&r, Severity::Error, "maps to no operator"), &r);
+    case(
+        "operator removed",
+        r.exit_code() == 1 && has(&r, Severity::Error, "maps to no operator"),
+        &r,
+    );
     let r = check(&sp, "type-changed", &[]);
-    case("type changed", r.exit_code() == 1 && has(&r, Severity::Error, "stored as u64, the job declares String"), &r);
+    case(
+        "type changed",
+        r.exit_code() == 1 && has(&r, Severity::Error, "stored as u64, the job declares String"),
+        &r,
+    );
     let r = check(&sp, "type-widened", &[]);
-    case("type widened to Option", r.exit_code() == 0 && has(&r, Severity::Info, "decodes as Option<u64>"), &r);
+    case(
+        "type widened to Option",
+        r.exit_code() == 0 && has(&r, Severity::Info, "decodes as Option<u64>"),
+        &r,
+    );
     let r = check(&sp, "max-parallelism-changed", &[]);
-    case("max parallelism changed", r.exit_code() == 1 && has(&r, Severity::Error, "max parallelism 128 but the job sets 256"), &r);
+    case(
+        "max parallelism changed",
+        r.exit_code() == 1 && has(&r, Severity::Error, "max parallelism 128 but the job sets 256"),
+        &r,
+    );
     let r = check(&sp, "too-parallel", &[]);
-    case("parallelism above max", r.exit_code() == 1 && has(&r, Severity::Error, "parallelism 200 is above"), &r);
+    case(
+        "parallelism above max",
+        r.exit_code() == 1 && has(&r, Severity::Error, "parallelism 200 is above"),
+        &r,
+    );
     let e = tools::plan_of_binary(Path::new("/nonexistent/job"), &[]).unwrap_err();
     let ok = e.to_string().contains("cannot run the job binary");
     if ok {

@@ -90,7 +90,10 @@ impl KeyedProcessFunction<String, GeneratedEvent, (String, u64)> for Tracker {
                 tags: vec![format!("t{}", n % 3)],
             },
         )?;
-        self.seen.as_ref().ok_or("not opened")?.put(ctx, &format!("m{}", e.value % 4), &e.timestamp)?;
+        self.seen
+            .as_ref()
+            .ok_or("not opened")?
+            .put(ctx, &format!("m{}", e.value % 4), &e.timestamp)?;
         ctx.collect((key, n));
         Ok(())
     }
@@ -134,7 +137,9 @@ fn temp_dir(name: &str) -> PathBuf {
 /// A canonical savepoint of a running tracker job, and each key's count.
 fn savepoint(dir: &Path) -> (PathBuf, BTreeMap<String, u64>) {
     let env = make_env(2, None);
-    let events = env.source(GeneratorSource::new(50_000_000, KEYS).seed(5).rate(20_000)).uid("events");
+    let events = env
+        .source(GeneratorSource::new(50_000_000, KEYS).seed(5).rate(20_000))
+        .uid("events");
     let out = tracker_job(&env, events);
     let job = env.execute_async("tracker").unwrap();
     let client = job.client();
@@ -226,7 +231,11 @@ fn duckdb_and_pyarrow_query_typed_columns_and_their_rewrites_restore() {
     assert_eq!(py_rows, counts, "pyarrow reads the same");
     let p0 = &out["prof"][0];
     let k0 = p0[0].as_str().unwrap();
-    assert_eq!(p0[1].as_f64().unwrap(), counts[k0] as f64 / 2.0, "struct fields are typed: {out}");
+    assert_eq!(
+        p0[1].as_f64().unwrap(),
+        counts[k0] as f64 / 2.0,
+        "struct fields are typed: {out}"
+    );
 
     // Rewritten by pyarrow and DuckDB with their defaults, resealed, restored.
     let codec = run_py(&py, REWRITE, &[sp_s]);
@@ -242,7 +251,16 @@ fn duckdb_and_pyarrow_query_typed_columns_and_their_rewrites_restore() {
 
     let env = make_env(3, Some(&sp));
     let probe = env
-        .from_collection((0..KEYS).map(|k| GeneratedEvent { index: k, key: k, value: 0, timestamp: 0 }).collect())
+        .from_collection(
+            (0..KEYS)
+                .map(|k| GeneratedEvent {
+                    index: k,
+                    key: k,
+                    value: 0,
+                    timestamp: 0,
+                })
+                .collect(),
+        )
         .uid("probe");
     let out = tracker_job(&env, probe);
     let r = StreamEnv::execute(&env, "tracker from rewritten files");
@@ -260,7 +278,16 @@ fn duckdb_and_pyarrow_query_typed_columns_and_their_rewrites_restore() {
         ..Default::default()
     });
     let probe = env
-        .from_collection((0..KEYS).map(|k| GeneratedEvent { index: k, key: k, value: 0, timestamp: 0 }).collect())
+        .from_collection(
+            (0..KEYS)
+                .map(|k| GeneratedEvent {
+                    index: k,
+                    key: k,
+                    value: 0,
+                    timestamp: 0,
+                })
+                .collect(),
+        )
         .uid("probe");
     let out2 = tracker_job(&env, probe);
     env.execute("tracker from rewritten files, -n").unwrap();

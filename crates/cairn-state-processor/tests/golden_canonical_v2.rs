@@ -56,7 +56,7 @@ fn profile(user: u64) -> Profile {
             _ => Tier::Team { seats: 3 },
         },
         tags: (0..user % 3).map(|t| format!("t{t}")).collect(),
-        ratio: (user % 2 == 0).then_some(0.25),
+        ratio: (user.is_multiple_of(2)).then_some(0.25),
     }
 }
 
@@ -77,7 +77,10 @@ impl KeyedStateBootstrapFunction<u64, Event> for Writer {
     fn process_element(&mut self, e: Event, ctx: &mut BootstrapContext<'_, u64>) -> cairn_runtime::OpResult {
         self.profile.as_ref().unwrap().update(ctx, &profile(e.user))?;
         self.recent.as_ref().unwrap().add(ctx, &e.i)?;
-        self.seen.as_ref().unwrap().put(ctx, &format!("m{}", e.i % 2), &i64::from(e.i))?;
+        self.seen
+            .as_ref()
+            .unwrap()
+            .put(ctx, &format!("m{}", e.i % 2), &i64::from(e.i))?;
         ctx.register_event_time_timer(1_000 + i64::from(e.i))?;
         Ok(())
     }
@@ -86,13 +89,19 @@ impl KeyedStateBootstrapFunction<u64, Event> for Writer {
 struct Rules;
 
 impl BroadcastStateBootstrapFunction<(String, u32)> for Rules {
-    fn process_element(&mut self, v: (String, u32), ctx: &mut BroadcastBootstrapContext<'_>) -> cairn_runtime::OpResult {
+    fn process_element(
+        &mut self,
+        v: (String, u32),
+        ctx: &mut BroadcastBootstrapContext<'_>,
+    ) -> cairn_runtime::OpResult {
         ctx.put("rules", &v.0, &v.1)
     }
 }
 
 fn events() -> Vec<Event> {
-    (0..40u64).flat_map(|u| (0..(u % 3 + 1) as u32).map(move |i| Event { user: u, i })).collect()
+    (0..40u64)
+        .flat_map(|u| (0..(u % 3 + 1) as u32).map(move |i| Event { user: u, i }))
+        .collect()
 }
 
 static REGEN: Once = Once::new();

@@ -97,7 +97,11 @@ fn savepoint_while_running(env: &StreamEnv, target: &Path, name: &str) -> PathBu
     let client = job.client();
     let deadline = Instant::now() + Duration::from_secs(120);
     while client.metrics().source_records < 3 * KEYS {
-        assert!(Instant::now() < deadline, "the job did not get going: {:?}", client.info());
+        assert!(
+            Instant::now() < deadline,
+            "the job did not get going: {:?}",
+            client.info()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let op = client
@@ -134,7 +138,10 @@ fn change_max_parallelism_128_to_1024_then_restore_at_700_keeps_every_key() {
         let e = oracle.entry(k).or_insert(0);
         *e = (*e).max(n);
     }
-    assert!(oracle.len() as u64 > KEYS / 2, "most keys were counted before the savepoint");
+    assert!(
+        oracle.len() as u64 > KEYS / 2,
+        "most keys were counted before the savepoint"
+    );
 
     // Rewrite with a small memory budget, so keys go through spill files in
     // several buckets and several ranges of old key groups.
@@ -189,14 +196,15 @@ fn rename_uid_moves_state_to_the_renamed_operator() {
     let env = make_env(2, None, None);
     let out1 = first_job(&env, "old-counter");
     let sp = savepoint_while_running(&env, &dir, "count");
-    let before: BTreeMap<u64, u64> = out1.values().into_iter().map(|(k, n, _)| (k, n)).fold(
-        BTreeMap::new(),
-        |mut m, (k, n)| {
-            let e = m.entry(k).or_insert(0);
-            *e = (*e).max(n);
-            m
-        },
-    );
+    let before: BTreeMap<u64, u64> =
+        out1.values()
+            .into_iter()
+            .map(|(k, n, _)| (k, n))
+            .fold(BTreeMap::new(), |mut m, (k, n)| {
+                let e = m.entry(k).or_insert(0);
+                *e = (*e).max(n);
+                m
+            });
     let renamed = SavepointWriter::from_existing(&sp)
         .unwrap()
         .rename_uid("old-counter", "new-counter")

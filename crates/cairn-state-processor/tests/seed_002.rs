@@ -48,7 +48,11 @@ fn make_env(parallelism: u32, restore: Option<&Path>) -> StreamEnv {
 fn wait_for_records(client: &JobClient, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.metrics().source_records < n {
-        assert!(Instant::now() < deadline, "the job did not reach {n} records: {:?}", client.info());
+        assert!(
+            Instant::now() < deadline,
+            "the job did not reach {n} records: {:?}",
+            client.info()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -196,14 +200,20 @@ fn read_keyed_state_of_a_savepoint_taken_while_running(format: SnapshotFormat) {
     let savepoint = SavepointReader::read(&sp).unwrap();
     let ops = savepoint.operators().unwrap();
     let mapper = ops.iter().find(|o| o.uid == "mapper-id").unwrap();
-    let kinds: BTreeMap<&str, &str> = mapper.states.iter().map(|s| (s.name.as_str(), s.kind.as_str())).collect();
+    let kinds: BTreeMap<&str, &str> = mapper
+        .states
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind.as_str()))
+        .collect();
     assert_eq!(kinds.get("state"), Some(&"value"));
     assert_eq!(kinds.get("times"), Some(&"list"));
     assert_eq!(kinds.get("_timers/event"), Some(&"timers"));
     let state_type = &mapper.states.iter().find(|s| s.name == "state").unwrap().value_type;
     assert_eq!(state_type, "u64", "the stored type is recorded");
 
-    let read = savepoint.read_keyed_state("mapper-id", ReaderFunction::default()).unwrap();
+    let read = savepoint
+        .read_keyed_state("mapper-id", ReaderFunction::default())
+        .unwrap();
     let got: BTreeMap<u64, KeyedState> = read.into_iter().map(|k| (k.key, k)).collect();
     assert_eq!(got.len(), oracle.len(), "one output per key");
     for (key, want) in &oracle {
@@ -212,9 +222,13 @@ fn read_keyed_state_of_a_savepoint_taken_while_running(format: SnapshotFormat) {
     // Operator state of the source (its splits) reads as list state too.
     let splits: Vec<serde_json::Value> = savepoint.read_list_state("source-id", "generator-splits").unwrap();
     assert!(!splits.is_empty());
-    let e = savepoint.read_union_state::<u64>("source-id", "generator-splits").unwrap_err();
+    let e = savepoint
+        .read_union_state::<u64>("source-id", "generator-splits")
+        .unwrap_err();
     assert!(e.to_string().contains("read_list_state"), "{e}");
-    let e = savepoint.read_keyed_state("no-such-uid", ReaderFunction::default()).unwrap_err();
+    let e = savepoint
+        .read_keyed_state("no-such-uid", ReaderFunction::default())
+        .unwrap_err();
     assert!(e.to_string().contains("'mapper-id'"), "the error lists the uids: {e}");
 }
 
@@ -314,7 +328,11 @@ impl KeyedProcessFunction<i32, (i32, f64), String> for Accounts {
 struct Convert;
 
 impl BroadcastProcessFunction<(String, f64), CurrencyRate, String> for Convert {
-    fn process_element(&mut self, (cur, amount): (String, f64), ctx: &mut ReadOnlyBroadcastContext<'_, String>) -> OpResult {
+    fn process_element(
+        &mut self,
+        (cur, amount): (String, f64),
+        ctx: &mut ReadOnlyBroadcastContext<'_, String>,
+    ) -> OpResult {
         let rate: Option<f64> = ctx.broadcast_get("rates", &cur)?;
         ctx.collect(match rate {
             Some(r) => format!("convert {cur} {}", amount * r),
@@ -379,7 +397,10 @@ fn accounts_job(env: &StreamEnv, with_currency: bool) -> Collected<String> {
     .uid("accounts")
     .sink(sink.clone());
     if with_currency {
-        let rates = env.from_collection(Vec::<CurrencyRate>::new()).uid("rate-updates").broadcast_to_all();
+        let rates = env
+            .from_collection(Vec::<CurrencyRate>::new())
+            .uid("rate-updates")
+            .broadcast_to_all();
         env.from_collection(vec![("EUR".to_string(), 10.0), ("USD".to_string(), 10.0)])
             .uid("payments")
             .connect_broadcast(&rates)
@@ -397,8 +418,15 @@ fn seed_bootstrap_accounts_and_currency_then_start_a_job_from_the_savepoint() {
 
     // The savepoint reads back as written.
     let reader = SavepointReader::read(&sp).unwrap();
-    let rates: BTreeMap<String, f64> = reader.read_broadcast_state("currency", "rates").unwrap().into_iter().collect();
-    assert_eq!(rates, BTreeMap::from([("EUR".to_string(), 1.25), ("GBP".to_string(), 1.5)]));
+    let rates: BTreeMap<String, f64> = reader
+        .read_broadcast_state("currency", "rates")
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        rates,
+        BTreeMap::from([("EUR".to_string(), 1.25), ("GBP".to_string(), 1.5)])
+    );
     let ops = reader.operators().unwrap();
     let acc = ops.iter().find(|o| o.uid == "accounts").unwrap();
     assert_eq!(acc.max_parallelism, 128);
@@ -417,7 +445,14 @@ fn seed_bootstrap_accounts_and_currency_then_start_a_job_from_the_savepoint() {
     ];
     // Every bootstrapped timer fires once event time ends, with the total.
     for a in accounts() {
-        let total = a.amount + if a.id == 3 { 5.0 } else if a.id == 7 { 0.5 } else { 0.0 };
+        let total = a.amount
+            + if a.id == 3 {
+                5.0
+            } else if a.id == 7 {
+                0.5
+            } else {
+                0.0
+            };
         want.push(format!("timer {} {} {total}", a.id, a.timestamp));
     }
     want.sort();
@@ -453,7 +488,10 @@ fn seed_modify_a_savepoint_remove_currency_add_number_then_restore() {
     let reader = SavepointReader::read(&modified).unwrap();
     let uids: Vec<String> = reader.operators().unwrap().into_iter().map(|o| o.uid).collect();
     assert_eq!(uids, vec!["accounts".to_string(), "number".to_string()]);
-    assert_eq!(reader.read_list_state::<i32>("number", "numbers").unwrap(), vec![1, 2, 3]);
+    assert_eq!(
+        reader.read_list_state::<i32>("number", "numbers").unwrap(),
+        vec![1, 2, 3]
+    );
     // The original is untouched.
     assert!(SavepointReader::read(&sp).unwrap().operator("currency").is_ok());
 

@@ -101,7 +101,10 @@ impl KeyedStateAccess {
     }
 
     /// Register a value state.
-    pub fn value_state<T: DeserializeOwned>(&mut self, d: ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
+    pub fn value_state<T: DeserializeOwned>(
+        &mut self,
+        d: ValueStateDescriptor<T>,
+    ) -> Result<ValueState<T>, StateError> {
         Ok(ValueState {
             slot: self.register(d.meta())?,
             _t: PhantomData,
@@ -117,7 +120,10 @@ impl KeyedStateAccess {
     }
 
     /// Register a map state.
-    pub fn map_state<K: DeserializeOwned, V: DeserializeOwned>(&mut self, d: MapStateDescriptor<K, V>) -> Result<MapState<K, V>, StateError> {
+    pub fn map_state<K: DeserializeOwned, V: DeserializeOwned>(
+        &mut self,
+        d: MapStateDescriptor<K, V>,
+    ) -> Result<MapState<K, V>, StateError> {
         Ok(MapState {
             slot: self.register(d.meta())?,
             _t: PhantomData,

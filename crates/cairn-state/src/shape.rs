@@ -57,16 +57,25 @@ pub enum Shape {
     /// `Vec<T>`, sets, slices: a MessagePack array.
     Seq(Box<Shape>),
     /// `HashMap<K, V>`, `BTreeMap<K, V>`: a MessagePack map.
-    Map { key: Box<Shape>, value: Box<Shape> },
+    Map {
+        key: Box<Shape>,
+        value: Box<Shape>,
+    },
     /// Tuples, tuple structs, arrays `[T; N]`: a MessagePack array of fixed length.
     Tuple(Vec<Shape>),
     /// A struct with named fields: a MessagePack map keyed by field name.
-    Struct { name: String, fields: Vec<Field> },
+    Struct {
+        name: String,
+        fields: Vec<Field>,
+    },
     /// A unit struct (`struct Marker;`): an empty MessagePack array.
     UnitStruct(String),
     /// An enum: a unit variant is its name (a string), any other variant a
     /// one-entry map from its name to its content.
-    Enum { name: String, variants: Vec<Variant> },
+    Enum {
+        name: String,
+        variants: Vec<Variant>,
+    },
     /// A type serde cannot describe without data, or a recursive type.
     Opaque(String),
 }
@@ -327,7 +336,9 @@ impl Tracer {
                 key: Box::new(self.resolve(k, stack)?),
                 value: Box::new(self.resolve(v, stack)?),
             },
-            TShape::Tuple(items) => Shape::Tuple(items.iter().map(|i| self.resolve(i, stack)).collect::<Result<_, _>>()?),
+            TShape::Tuple(items) => {
+                Shape::Tuple(items.iter().map(|i| self.resolve(i, stack)).collect::<Result<_, _>>()?)
+            }
             TShape::Struct(name, fields) => Shape::Struct {
                 name: name.clone(),
                 fields: self.fields(fields, stack)?,
@@ -390,7 +401,9 @@ impl std::error::Error for TraceError {}
 
 impl de::Error for TraceError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        TraceError(format!("its Deserialize implementation rejected a minimal value: {msg}"))
+        TraceError(format!(
+            "its Deserialize implementation rejected a minimal value: {msg}"
+        ))
     }
 }
 
@@ -761,7 +774,8 @@ impl<'de> de::EnumAccess<'de> for EnumTrace<'_, '_> {
     type Variant = Self;
 
     fn variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, Self), TraceError> {
-        let d: de::value::BorrowedStrDeserializer<'de, TraceError> = de::value::BorrowedStrDeserializer::new(self.variant);
+        let d: de::value::BorrowedStrDeserializer<'de, TraceError> =
+            de::value::BorrowedStrDeserializer::new(self.variant);
         let v = seed.deserialize(d)?;
         Ok((v, self))
     }
