@@ -676,3 +676,40 @@ mod tests {
         assert!(Path::new(&absolute("rel")).is_absolute());
     }
 }
+
+// ---- state get ----------------------------------------------------------------------------
+
+/// `cairn state get`: one key's current value of a queryable state.
+pub fn state_get(args: crate::StateGetArgs) -> Result<(), CliError> {
+    const COMMAND: &str = "state get";
+    // Checked here too, so a key the shell stripped of its quotes gets a hint.
+    if let Err(e) = serde_json::from_str::<Value>(&args.key) {
+        let hint = if args.key.starts_with(['"', '[', '{']) || args.key.parse::<f64>().is_ok() {
+            String::new()
+        } else {
+            format!("; a string key is written in quotes: '\"{}\"'", args.key)
+        };
+        return Err(CliError::usage(
+            COMMAND,
+            format!("KEY '{}' is not JSON ({e}){hint}", args.key),
+        ));
+    }
+    let t = target(COMMAND, &args.job, &args.address)?;
+    let path = t.path(&format!(
+        "/state/{}/{}?key={}",
+        cairn_rest_client::client::percent_encode(&args.uid),
+        cairn_rest_client::client::percent_encode(&args.name),
+        cairn_rest_client::client::percent_encode(&args.key)
+    ));
+    let r = send(&t, "GET", &path, None)?;
+    if r.status != 200 {
+        return Err(match r.status {
+            400 => CliError::usage(COMMAND, r.error_message()),
+            _ => response_error(&r),
+        });
+    }
+    let answer = r.json();
+    let shown = if args.json { &answer } else { &answer["value"] };
+    println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
+    Ok(())
+}

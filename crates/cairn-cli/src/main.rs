@@ -14,6 +14,8 @@ mod commands;
 mod dashboard;
 mod format;
 mod progress;
+#[cfg(feature = "state-tools")]
+mod state_tools;
 
 use std::fmt;
 
@@ -28,6 +30,9 @@ pub enum CliError {
     Failed(String),
     /// No such job, or its REST server cannot be reached (exit 3).
     NotFound(String),
+    /// The command printed its report, which says no (a check that would
+    /// fail, a corrupt file found): exit with this code, print nothing more.
+    Reported(i32),
 }
 
 impl CliError {
@@ -36,6 +41,7 @@ impl CliError {
             CliError::Failed(_) => 1,
             CliError::Usage { .. } => 2,
             CliError::NotFound(_) => 3,
+            CliError::Reported(code) => *code,
         }
     }
 
@@ -54,6 +60,7 @@ impl fmt::Display for CliError {
             CliError::Usage { message, .. } | CliError::Failed(message) | CliError::NotFound(message) => {
                 f.write_str(message)
             }
+            CliError::Reported(code) => write!(f, "exit code {code}"),
         }
     }
 }
@@ -198,7 +205,9 @@ enum Command {
                       (the default) any directory may be named; over TCP (-m host:port) only directories \
                       inside the job's allowed roots.\n\nWith --dispose, deletes a savepoint directory: only a \
                       directory holding the _metadata of a Cairn savepoint. Without -m this needs no running \
-                      job and no configuration; with -m the server's allowed roots apply."
+                      job and no configuration; with -m the server's allowed roots apply.\n\nThe \
+                      subcommands inspect, check, rewrite and reseal work on savepoints and retained \
+                      checkpoints offline, without a running job."
     )]
     Savepoint(SavepointArgs),
     /// Trigger a checkpoint and wait for it
@@ -274,6 +283,25 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Verify a snapshot's checksums and references; list orphaned files
+    #[cfg(feature = "state-tools")]
+    #[command(long_about = "Verifies every file's size and checksum and every reference of the \
+                      snapshots under PATH (a checkpoint directory, a job directory, or one savepoint or \
+                      checkpoint), and lists files no complete snapshot references. Exit code 1 when a \
+                      file is corrupt or missing; orphans alone are not an error.")]
+    Fsck(state_tools::FsckArgs),
+    /// Delete files no retained checkpoint of a job references (dry run by default)
+    #[cfg(feature = "state-tools")]
+    #[command(long_about = "Deletes what no complete checkpoint of a job directory references: \
+                      unreferenced shared files and the leftovers of aborted checkpoints. Lists only, \
+                      unless --delete. Refuses while a checkpoint seems to be in progress (unless \
+                      --force) and when fsck finds a problem.")]
+    Gc(state_tools::GcArgs),
+    /// Read the live state of a running job
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -318,8 +346,45 @@ pub struct RunArgs {
     pub program: Vec<String>,
 }
 
+/// `cairn state ...`.
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// The current value of one key of a queryable state
+    #[command(long_about = "Prints the current value of KEY in the state an operator marked \
+                      queryable (queryable(\"NAME\") on its state descriptor), read by the subtask that \
+                      owns the key between two batches. KEY is JSON: a string key is written in quotes \
+                      ('\"alice\"'), a number as is (42), a tuple as an array ('[\"a\",1]'). Prints null \
+                      when the key has no value.")]
+    Get(StateGetArgs),
+}
+
+/// `cairn state get`.
 #[derive(Args, Debug)]
+pub struct StateGetArgs {
+    #[arg(value_parser = job_id, value_name = "JOB_ID")]
+    pub job: String,
+    /// The operator's uid
+    #[arg(value_name = "UID")]
+    pub uid: String,
+    /// The state's queryable name
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The key, as JSON
+    #[arg(value_name = "KEY", allow_hyphen_values = true)]
+    pub key: String,
+    /// Print the whole answer (operator, state, kind, subtask, value) as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub address: Address,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct SavepointArgs {
+    #[cfg(feature = "state-tools")]
+    #[command(subcommand)]
+    pub tool: Option<state_tools::SavepointTool>,
     /// The job (not with --dispose)
     #[arg(value_parser = job_id, value_name = "JOB_ID", required_unless_present = "dispose", conflicts_with = "dispose")]
     pub job: Option<String>,
@@ -372,6 +437,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::List { address } => commands::list(address),
         Command::Info { job, json, address } => commands::info(&job, json, address),
         Command::Run(args) => commands::run(args),
+        #[cfg(feature = "state-tools")]
+        Command::Savepoint(SavepointArgs { tool: Some(tool), .. }) => state_tools::savepoint(tool),
         Command::Savepoint(args) => commands::savepoint(args),
         Command::Checkpoint { job, full, address } => commands::checkpoint(&job, full, address),
         Command::Stop {
@@ -393,6 +460,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
             port,
             token.or_else(|| std::env::var("CAIRN_DASHBOARD_TOKEN").ok()),
         ),
+        #[cfg(feature = "state-tools")]
+        Command::Fsck(args) => state_tools::fsck(args),
+        #[cfg(feature = "state-tools")]
+        Command::Gc(args) => state_tools::gc(args),
+        Command::State {
+            command: StateCommand::Get(args),
+        } => commands::state_get(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
             Ok(())
@@ -426,6 +500,7 @@ fn main() {
     };
     let code = match run(cli) {
         Ok(()) => 0,
+        Err(CliError::Reported(code)) => code,
         Err(e) => {
             eprintln!("error: {e}");
             if let CliError::Usage { command, .. } = &e {

@@ -1,240 +1,247 @@
 //! The offline state commands: `cairn savepoint inspect | check | rewrite |
-//! reseal`, `cairn fsck`, `cairn gc`. Argument parsing only; the logic is
-//! `cairn_state_processor::tools`. Kept apart from the job-control commands
-//! so it moves as one piece when the CLI's parser changes.
+//! reseal`, `cairn fsck`, `cairn gc`. Their arguments (clap) and output;
+//! the logic is `cairn_state_processor::tools`, which needs no running job.
+//!
+//! Exit codes follow the CLI's: 0 ok, 1 the check or operation failed (the
+//! report says why), 2 usage error.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cairn_state_processor::tools;
-use cairn_state_processor::Options;
+use cairn_state_processor::{Options, SpaError};
+use clap::{Args, Subcommand};
 
-/// Subcommands of `cairn savepoint` handled here.
-pub const SAVEPOINT_SUBCOMMANDS: [&str; 4] = ["inspect", "check", "rewrite", "reseal"];
+use crate::CliError;
 
-pub const HELP: &str = "\
-Usage: cairn savepoint inspect <path> [--json]
-       cairn savepoint check <path> [--json] -- <job binary> [job args...]
-       cairn savepoint rewrite <in> <out> [--max-parallelism N] [--rename-uid OLD=NEW]... [--drop-uid UID]...
-       cairn savepoint reseal <savepoint>
-       cairn fsck <checkpoint dir | job dir | snapshot> [--json]
-       cairn gc <job dir> [--delete] [--force] [--json]
-
-inspect  operators, uids, states (kind, stored type), keys, entries and bytes per state
-check    whether the snapshot restores into the job, without starting it: which state
-         maps where, what would be dropped (and whether -n is needed), new operators,
-         max-parallelism and parallelism problems, stored types that do not decode.
-         The job binary is run with --cairn-plan-json (it prints its plan and exits).
-         Exit code 0 only when a restore would succeed.
-rewrite  a new, self-contained canonical savepoint: new max parallelism (keys are
-         rehashed), renamed or dropped operators
-reseal   after editing a savepoint's Parquet files with other tools (pyarrow, DuckDB),
-         record their new sizes and checksums in _metadata
-fsck     verify every checksum and reference; list orphaned files (exit 1 on corruption)
-gc       delete files no retained checkpoint references (dry run unless --delete)
-
-Options:
-  --memory <bytes>   memory budget for keyed state in flight (default 512 MiB)
-";
-
-fn usage(msg: impl Into<String>) -> (i32, String) {
-    (2, format!("{}\n\n{HELP}", msg.into()))
+/// `cairn savepoint <tool>`.
+#[derive(Subcommand, Debug)]
+pub enum SavepointTool {
+    /// Operators, uids, states (kind, stored type), keys, entries and bytes per state
+    Inspect {
+        /// A savepoint or retained checkpoint directory, or its _metadata
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        memory: Memory,
+    },
+    /// Whether a snapshot restores into a job, without starting it
+    #[command(long_about = "Whether a savepoint or retained checkpoint restores into a job, without \
+                      starting it: which state maps to which operator, what would be dropped (and \
+                      whether -n is needed), new operators that start empty, max-parallelism and \
+                      parallelism problems, and stored types that do not decode into the job's types. \
+                      The job binary is run with --cairn-plan-json: it prints its plan and exits. \
+                      Exit code 0 only when a restore would succeed.")]
+    Check {
+        /// A savepoint or retained checkpoint directory, or its _metadata
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        memory: Memory,
+        /// The job binary and its own arguments (after --)
+        #[arg(last = true, required = true, value_name = "BINARY [ARGS]...")]
+        job: Vec<String>,
+    },
+    /// Write a new, self-contained canonical savepoint with changes
+    #[command(long_about = "Writes a new, self-contained canonical savepoint: a new max parallelism \
+                      (every key is rehashed into its new key group), renamed or dropped operators. The \
+                      input is not changed.")]
+    Rewrite {
+        /// The savepoint or retained checkpoint to read
+        #[arg(value_name = "IN")]
+        input: PathBuf,
+        /// The directory to write the new savepoint into (must not hold a _metadata)
+        #[arg(value_name = "OUT")]
+        output: PathBuf,
+        /// The new max parallelism (number of key groups)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32768))]
+        max_parallelism: Option<u32>,
+        /// Rename an operator's uid (repeatable)
+        #[arg(long = "rename-uid", value_name = "OLD=NEW", value_parser = rename)]
+        renames: Vec<(String, String)>,
+        /// Drop an operator's state (repeatable)
+        #[arg(long = "drop-uid", value_name = "UID")]
+        drops: Vec<String>,
+        #[command(flatten)]
+        memory: Memory,
+    },
+    /// Record new sizes and checksums after other tools rewrote the Parquet files
+    #[command(long_about = "After a savepoint's Parquet files were rewritten with other tools (pyarrow, \
+                      DuckDB, Spark), records their new sizes and checksums in _metadata, so the \
+                      savepoint restores. Each file must still have the canonical schema.")]
+    Reseal {
+        /// The savepoint directory, or its _metadata
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Print the changed files as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-struct Parsed {
-    positional: Vec<String>,
-    json: bool,
-    delete: bool,
-    force: bool,
-    max_parallelism: Option<u32>,
-    renames: Vec<(String, String)>,
-    drops: Vec<String>,
-    options: Options,
-    job: Vec<String>,
+/// The memory budget of offline work.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Memory {
+    /// About how much memory keyed state in flight may take, in bytes
+    #[arg(long = "memory", value_name = "BYTES", default_value_t = 512 << 20)]
+    pub bytes: u64,
 }
 
-fn parse(argv: Vec<String>) -> Result<Parsed, (i32, String)> {
-    let mut p = Parsed {
-        positional: Vec::new(),
-        json: false,
-        delete: false,
-        force: false,
-        max_parallelism: None,
-        renames: Vec::new(),
-        drops: Vec::new(),
-        options: Options::default(),
-        job: Vec::new(),
-    };
-    let mut it = argv.into_iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| usage(format!("{name} needs a value")));
-        match a.as_str() {
-            "--" => {
-                p.job = it.by_ref().collect();
-                break;
-            }
-            "--json" => p.json = true,
-            "--delete" => p.delete = true,
-            "--force" => p.force = true,
-            "--max-parallelism" => {
-                let v = value("--max-parallelism")?;
-                p.max_parallelism = Some(
-                    v.parse()
-                        .map_err(|_| usage(format!("--max-parallelism {v}: not a number")))?,
-                );
-            }
-            "--rename-uid" => {
-                let v = value("--rename-uid")?;
-                let (a, b) = v
-                    .split_once('=')
-                    .ok_or_else(|| usage(format!("--rename-uid {v}: write OLD=NEW")))?;
-                p.renames.push((a.to_string(), b.to_string()));
-            }
-            "--drop-uid" => p.drops.push(value("--drop-uid")?),
-            "--memory" => {
-                let v = value("--memory")?;
-                p.options.memory_bytes = v
-                    .parse()
-                    .map_err(|_| usage(format!("--memory {v}: not a number of bytes")))?;
-            }
-            "-h" | "--help" => return Err((0, HELP.to_string())),
-            s if s.starts_with('-') => return Err(usage(format!("unknown option '{s}'"))),
-            _ => p.positional.push(a),
+impl Memory {
+    fn options(self) -> Options {
+        Options {
+            memory_bytes: self.bytes.max(1 << 20),
+            ..Options::default()
         }
     }
-    Ok(p)
 }
 
-fn one(p: &Parsed, what: &str) -> Result<PathBuf, (i32, String)> {
-    match p.positional.as_slice() {
-        [x] => Ok(PathBuf::from(x)),
-        [] => Err(usage(format!("{what}: give a path"))),
-        _ => Err(usage(format!("{what}: too many arguments"))),
+/// `cairn fsck`.
+#[derive(Args, Debug)]
+pub struct FsckArgs {
+    /// A checkpoint directory, a job directory, or one snapshot
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cairn gc`.
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// A job's checkpoint directory (<checkpoint dir>/<job id>)
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// Delete (without it, only lists what would be deleted)
+    #[arg(long)]
+    pub delete: bool,
+    /// Also when a checkpoint seems to be in progress (stop the job first)
+    #[arg(long)]
+    pub force: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn rename(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => Ok((old.to_string(), new.to_string())),
+        _ => Err(format!("'{s}' is not OLD=NEW (two uids joined by '=')")),
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+fn failed(command: &'static str, e: SpaError) -> CliError {
+    match e {
+        SpaError::Usage(m) => CliError::usage(command, m),
+        other => CliError::Failed(other.to_string()),
+    }
 }
 
-/// Run one offline state command; (exit code, text for stdout or stderr).
-/// Exit codes: 0 ok, 1 the check or operation failed, 2 usage error.
-pub fn run(command: &str, argv: Vec<String>) -> (i32, String) {
-    let p = match parse(argv) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    let fail = |e: cairn_state_processor::SpaError| {
-        let code = if matches!(e, cairn_state_processor::SpaError::Usage(_)) {
-            2
-        } else {
-            1
-        };
-        (code, format!("error: {e}"))
-    };
-    match command {
-        "inspect" => {
-            let path = match one(&p, "inspect") {
-                Ok(x) => x,
-                Err(e) => return e,
-            };
-            match tools::inspect(&path, p.options) {
-                Ok(r) if p.json => (0, print_json(&r)),
-                Ok(r) => (0, r.render()),
-                Err(e) => fail(e),
-            }
+fn json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
+    serde_json::to_string_pretty(v).map_err(|e| CliError::Failed(format!("cannot render the report as JSON: {e}")))
+}
+
+/// Print a report; a report that says "no" ends the command with exit code 1.
+fn report(text: String, code: i32) -> Result<(), CliError> {
+    println!("{}", text.trim_end());
+    match code {
+        0 => Ok(()),
+        code => Err(CliError::Reported(code)),
+    }
+}
+
+/// Run `cairn savepoint <tool>`.
+pub fn savepoint(tool: SavepointTool) -> Result<(), CliError> {
+    match tool {
+        SavepointTool::Inspect { path, json: as_json, memory } => {
+            let r = tools::inspect(&path, memory.options()).map_err(|e| failed("savepoint inspect", e))?;
+            report(if as_json { json(&r)? } else { r.render() }, 0)
         }
-        "check" => {
-            let path = match one(&p, "check") {
-                Ok(x) => x,
-                Err(e) => return e,
-            };
-            let Some((bin, args)) = p.job.split_first() else {
-                return usage(
-                    "check: give the job binary after --: cairn savepoint check <path> -- <job binary> [args]",
-                );
-            };
-            let plan = match tools::plan_of_binary(Path::new(bin), args) {
-                Ok(plan) => plan,
-                Err(e) => return (2, format!("error: {e}")),
-            };
-            match tools::check(&path, &plan, p.options) {
-                Ok(r) => (r.exit_code(), if p.json { print_json(&r) } else { r.render() }),
-                Err(e) => fail(e),
-            }
+        SavepointTool::Check {
+            path,
+            json: as_json,
+            memory,
+            job,
+        } => {
+            let (bin, args) = job.split_first().ok_or_else(|| {
+                CliError::usage(
+                    "savepoint check",
+                    "give the job binary after --: cairn savepoint check <PATH> -- <BINARY> [ARGS]...",
+                )
+            })?;
+            let plan = tools::plan_of_binary(bin.as_ref(), args).map_err(|e| failed("savepoint check", e))?;
+            let r = tools::check(&path, &plan, memory.options()).map_err(|e| failed("savepoint check", e))?;
+            report(if as_json { json(&r)? } else { r.render() }, r.exit_code())
         }
-        "rewrite" => {
-            let [input, output] = p.positional.as_slice() else {
-                return usage("rewrite: give <in> and <out>");
-            };
+        SavepointTool::Rewrite {
+            input,
+            output,
+            max_parallelism,
+            renames,
+            drops,
+            memory,
+        } => {
             let changes = tools::Rewrite {
-                max_parallelism: p.max_parallelism,
-                renames: p.renames.clone(),
-                drops: p.drops.clone(),
+                max_parallelism,
+                renames,
+                drops,
             };
-            match tools::rewrite(Path::new(input), Path::new(output), &changes, p.options) {
-                Ok(dir) => (0, format!("wrote {}", dir.display())),
-                Err(e) => fail(e),
-            }
+            let dir = tools::rewrite(&input, &output, &changes, memory.options())
+                .map_err(|e| failed("savepoint rewrite", e))?;
+            report(format!("wrote {}", dir.display()), 0)
         }
-        "reseal" => {
-            let path = match one(&p, "reseal") {
-                Ok(x) => x,
-                Err(e) => return e,
-            };
-            match tools::reseal(&path) {
-                Ok(files) if p.json => (0, print_json(&files)),
-                Ok(files) if files.is_empty() => (0, "no file changed; _metadata is up to date".into()),
-                Ok(files) => (
-                    0,
-                    files
-                        .iter()
-                        .map(|f| {
-                            format!(
-                                "{}: {} -> {} bytes, CRC-32 {} -> {}",
-                                f.path, f.old_size, f.new_size, f.old_crc32, f.new_crc32
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                ),
-                Err(e) => fail(e),
+        SavepointTool::Reseal { path, json: as_json } => {
+            let files = tools::reseal(&path).map_err(|e| failed("savepoint reseal", e))?;
+            if as_json {
+                return report(json(&files)?, 0);
             }
-        }
-        "fsck" => {
-            let path = match one(&p, "fsck") {
-                Ok(x) => x,
-                Err(e) => return e,
-            };
-            match tools::fsck(&path) {
-                Ok(r) => (r.exit_code(), if p.json { print_json(&r) } else { r.render() }),
-                Err(e) => fail(e),
+            if files.is_empty() {
+                return report("no file changed; _metadata is up to date".into(), 0);
             }
+            let text = files
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}: {} -> {} bytes, CRC-32 {} -> {}",
+                        f.path, f.old_size, f.new_size, f.old_crc32, f.new_crc32
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            report(text, 0)
         }
-        "gc" => {
-            let path = match one(&p, "gc") {
-                Ok(x) => x,
-                Err(e) => return e,
-            };
-            match tools::gc(&path, !p.delete, p.force) {
-                Ok(r) if p.json => (0, print_json(&r)),
-                Ok(r) => {
-                    let verb = if r.dry_run { "would delete" } else { "deleted" };
-                    let mut s: String = r.deleted.iter().map(|d| format!("{verb} {d}\n")).collect();
-                    s += &format!(
-                        "{} path(s), {} bytes{}",
-                        r.deleted.len(),
-                        r.bytes,
-                        if r.dry_run {
-                            " (dry run: pass --delete to delete)"
-                        } else {
-                            ""
-                        }
-                    );
-                    (0, s)
-                }
-                Err(e) => fail(e),
-            }
-        }
-        other => usage(format!("unknown state command '{other}'")),
     }
+}
+
+/// Run `cairn fsck`.
+pub fn fsck(args: FsckArgs) -> Result<(), CliError> {
+    let r = tools::fsck(&args.path).map_err(|e| failed("fsck", e))?;
+    report(if args.json { json(&r)? } else { r.render() }, r.exit_code())
+}
+
+/// Run `cairn gc`.
+pub fn gc(args: GcArgs) -> Result<(), CliError> {
+    let r = tools::gc(&args.job_dir, !args.delete, args.force).map_err(|e| failed("gc", e))?;
+    if args.json {
+        return report(json(&r)?, 0);
+    }
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    let mut s: String = r.deleted.iter().map(|d| format!("{verb} {d}\n")).collect();
+    s += &format!(
+        "{} path(s), {} bytes{}",
+        r.deleted.len(),
+        r.bytes,
+        if r.dry_run {
+            " (dry run: pass --delete to delete)"
+        } else {
+            ""
+        }
+    );
+    report(s, 0)
 }

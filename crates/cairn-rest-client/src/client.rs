@@ -62,6 +62,21 @@ impl HttpResponse {
     }
 }
 
+/// `s` percent-encoded for a path segment or a query value: everything but
+/// RFC 3986's unreserved characters is escaped (so `/`, `?`, `&`, `=`, `+`
+/// and spaces inside uids or JSON keys survive the trip).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -377,6 +392,15 @@ pub fn read_response_head<R: BufRead>(reader: &mut R) -> io::Result<HttpResponse
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn percent_encoding_escapes_all_but_unreserved_characters() {
+        assert_eq!(super::percent_encode("a-Z_0.~"), "a-Z_0.~");
+        assert_eq!(
+            super::percent_encode("[\"a b\",1]/?&=+%é"),
+            "%5B%22a%20b%22%2C1%5D%2F%3F%26%3D%2B%25%C3%A9"
+        );
+    }
+
     use super::*;
     use std::io::Cursor;
 
