@@ -608,6 +608,18 @@ pub static RUNTIME_CHANNEL_CAPACITY: ConfigOption<u32> = ConfigOption::new(
 )
 .with_range("1", "4096");
 
+// ---- live state queries ----------------------------------------------------------------------
+
+/// `cairn.queryable-state.timeout` (Cairn-specific).
+pub static QUERYABLE_STATE_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+    "cairn.queryable-state.timeout",
+    "10 s",
+    "Cairn-specific. How long a live state query waits for the subtask that owns the key. The \
+     subtask answers between two batches, so only a long batch or backpressure makes it wait; \
+     slower answers get 503.",
+)
+.with_check(positive_duration);
+
 static ALL: &[&dyn AnyOption] = &[
     &PARALLELISM_DEFAULT,
     &MAX_PARALLELISM,
@@ -675,6 +687,7 @@ static ALL: &[&dyn AnyOption] = &[
     &RESTORE_CLAIM_MODE,
     &RUNTIME_BATCH_SIZE,
     &RUNTIME_CHANNEL_CAPACITY,
+    &QUERYABLE_STATE_TIMEOUT,
 ];
 
 /// Every known option, in declaration order.

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use cairn_runtime::query::QueryRoutes;
+pub use cairn_runtime::query::{QueryError, StateAnswer};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde::Serialize;
 
@@ -325,6 +327,11 @@ pub struct Published {
     /// The effective configuration, flattened (`GET /config`).
     pub config: BTreeMap<String, String>,
     pub operations: BTreeMap<String, OperationStatus>,
+    /// Where live state queries go while an attempt runs; `None` otherwise.
+    pub queries: Option<Arc<QueryRoutes>>,
+    /// How long a live state query waits for the owning subtask
+    /// (`cairn.queryable-state.timeout`).
+    pub query_timeout: Duration,
 }
 
 /// The control loop's end of the control surface.
@@ -473,6 +480,22 @@ impl JobClient {
         self.requests
             .send(ControlRequest::Cancel)
             .map_err(|_| ControlError::not_running(status))
+    }
+
+    /// A live state query: the current value of the key written as JSON
+    /// (`key_json`) in the state that operator `uid` made queryable as
+    /// `state`, read by the subtask that owns the key between two batches.
+    pub fn query_state(&self, uid: &str, state: &str, key_json: &str) -> Result<StateAnswer, QueryError> {
+        let (routes, timeout, status) = {
+            let p = self.read();
+            (p.queries.clone(), p.query_timeout, p.info.status)
+        };
+        match routes {
+            Some(routes) if status == JobStatus::Running => routes.query(uid, state, key_json, timeout),
+            _ => Err(QueryError::NotRunning(format!(
+                "the job is {status:?}, not running; live state can be queried while it runs"
+            ))),
+        }
     }
 
     /// Wait until an operation is no longer in progress (or `timeout` passes).

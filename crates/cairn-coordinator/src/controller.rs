@@ -415,6 +415,11 @@ impl Controller<'_, '_> {
         {
             let mut p = self.port.publish();
             p.info.status = status;
+            // Queries go to the running attempt's tasks only.
+            p.queries = match (status, job) {
+                (JobStatus::Running, Some(job)) => Some(job.queries.clone()),
+                _ => None,
+            };
             p.info.restarts = self.restarts;
             p.info.last_failure = self.last_failure.clone();
             p.info.last_failure_code = self.last_failure_code;
@@ -850,5 +855,7 @@ pub fn initial_published(spec: &JobSpec, job_name: &str, restored_from: Option<&
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         operations: Default::default(),
+        queries: None,
+        query_timeout: spec.config.get(&cairn_config::options::QUERYABLE_STATE_TIMEOUT),
     }
 }

@@ -217,4 +217,8 @@ impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I,
             None => Ok(()),
         }
     }
+
+    fn keyed_state(&mut self) -> Option<&mut cairn_state::KeyedStateAccess> {
+        self.run.as_mut().map(|r| &mut r.state)
+    }
 }

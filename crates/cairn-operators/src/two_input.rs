@@ -559,6 +559,10 @@ where
             None => Ok(()),
         }
     }
+
+    fn keyed_state(&mut self) -> Option<&mut cairn_state::KeyedStateAccess> {
+        self.run.as_mut().map(|r| &mut r.state)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -700,5 +704,9 @@ where
             Some(run) => run.notify_checkpoint_aborted(checkpoint_id),
             None => Ok(()),
         }
+    }
+
+    fn keyed_state(&mut self) -> Option<&mut cairn_state::KeyedStateAccess> {
+        self.run.as_mut().map(|r| &mut r.state)
     }
 }

@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cairn_config::Configuration;
 use cairn_coordinator::control::{
     AfterSavepoint, CheckpointRequestKind, ControlError, ControlErrorCode, JobClient, JobInfo, OperationStatus,
-    SavepointRequest, SnapshotFormat, SnapshotStatus,
+    QueryError, SavepointRequest, SnapshotFormat, SnapshotStatus,
 };
 use cairn_http::{error_response, Handler, Request, Response};
 use cairn_rest_client::auth::{check_bearer, configured_token, is_mutating};
@@ -79,6 +79,17 @@ fn control_error(e: ControlError) -> ApiError {
     }
 }
 
+fn query_error(e: QueryError) -> ApiError {
+    match e {
+        QueryError::UnknownOperator(m) => ApiError::new(404, "UNKNOWN_OPERATOR", m),
+        QueryError::UnknownState(m) => ApiError::new(404, "UNKNOWN_STATE", m),
+        QueryError::InvalidKey(m) => ApiError::new(400, "INVALID_KEY", m),
+        QueryError::NotRunning(m) => ApiError::new(409, "JOB_NOT_RUNNING", m),
+        QueryError::Unavailable(m) => ApiError::new(503, "STATE_UNAVAILABLE", m),
+        QueryError::Failed(m) => ApiError::new(500, "STATE_READ_FAILED", m),
+    }
+}
+
 /// The routes; ids are still raw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route<'a> {
@@ -111,6 +122,7 @@ enum Route<'a> {
     CheckpointConfig(&'a str),
     CheckpointDetails(&'a str, &'a str),
     CheckpointStatus(&'a str, &'a str),
+    State(&'a str, &'a str, &'a str),
     Disposal,
     DisposalStatus(&'a str),
 }
@@ -150,6 +162,7 @@ fn route<'a>(segs: &[&'a str]) -> Option<(Route<'a>, &'static [&'static str])> {
         ["jobs", j, "checkpoints", "config"] => (Route::CheckpointConfig(j), GET),
         ["jobs", j, "checkpoints", "details", c] => (Route::CheckpointDetails(j, c), GET),
         ["jobs", j, "checkpoints", t] => (Route::CheckpointStatus(j, t), GET),
+        ["jobs", j, "state", uid, name] => (Route::State(j, uid, name), GET),
         ["savepoint-disposal"] => (Route::Disposal, POST),
         ["savepoint-disposal", t] => (Route::DisposalStatus(t), GET),
         _ => return None,
@@ -189,6 +202,7 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /jobs/:jobid/checkpoints/:triggerid",
     "GET /jobs/:jobid/checkpoints/config",
     "GET /jobs/:jobid/checkpoints/details/:checkpointid",
+    "GET /jobs/:jobid/state/:uid/:name?key=<key as JSON>  (live state query)",
     "POST /savepoint-disposal",
     "GET /savepoint-disposal/:triggerid",
 ];
@@ -306,7 +320,9 @@ impl Api {
             );
             return Ok(error_response(&e).with_header("Allow", &allowed.join(", ")));
         }
-        if is_mutating(method) && !req.peer.is_trusted() {
+        // State values are the job's data: reading them needs the token too.
+        let guarded = is_mutating(method) || matches!(route, Route::State(..));
+        if guarded && !req.peer.is_trusted() {
             if let Some(token) = &self.token {
                 check_bearer(token, req.header("authorization"))?;
             }
@@ -453,6 +469,7 @@ impl Api {
                     )),
                 }
             }
+            (Route::State(j, uid, name), _) => self.query_state(j, uid, name, req),
             (Route::Disposal, _) => self.dispose(req),
             (Route::DisposalStatus(t), _) => self.disposal_status(t),
         }
@@ -479,6 +496,36 @@ impl Api {
             ));
         }
         Ok(info)
+    }
+
+    /// `GET /jobs/:jobid/state/:uid/:name?key=<JSON>`: a live state query,
+    /// answered by the subtask that owns the key.
+    fn query_state(&self, jid: &str, uid: &str, name: &str, req: &Request) -> Result<Response, ApiError> {
+        self.job(jid)?;
+        let key = req.query_param("key").ok_or_else(|| {
+            ApiError::bad_request(
+                "MISSING_KEY",
+                "give the key as JSON in the query parameter 'key', URL-encoded: ?key=%22alice%22 for the string \
+                 \"alice\", ?key=42 for a number",
+            )
+        })?;
+        let a = self.client.query_state(uid, name, key).map_err(query_error)?;
+        Ok(Response::json(
+            200,
+            &json!({
+                "job-id": jid,
+                "uid": a.uid,
+                "operator": a.operator,
+                "state": a.state,
+                "state-name": a.state_name,
+                "kind": a.kind,
+                "value-type": a.value_type,
+                "key": a.key,
+                "key-group": a.key_group,
+                "subtask": a.subtask,
+                "value": a.value,
+            }),
+        ))
     }
 
     fn cancel(&self, jid: &str, req: &Request) -> Result<Response, ApiError> {

@@ -21,6 +21,7 @@ use crate::debloat::DebloatSettings;
 use crate::error::{Cancelled, JobError};
 use crate::operator::{OpenContext, OperatorLogic, SubtaskInfo};
 use crate::output::{EdgeWiring, PortFactory, PortOutput, SendContext, TaskMetrics};
+use crate::query::{QueryRoutes, QueryableOperator};
 use crate::record::Message;
 use crate::source::SourceLogic;
 use crate::task::{Head, Task, TaskCommand, TaskEvent, TaskId, TaskInput, TaskInputs, TaskSettings};
@@ -113,6 +114,8 @@ pub struct RunningJob {
     pub handles: Vec<JoinHandle<()>>,
     /// Source tasks, which receive checkpoint triggers.
     pub source_tasks: Vec<TaskId>,
+    /// Where live state queries for this attempt go.
+    pub queries: Arc<QueryRoutes>,
 }
 
 /// State to restore a subtask with.
@@ -278,6 +281,11 @@ pub fn start(
         metrics: Vec::new(),
         handles: Vec::new(),
         source_tasks: Vec::new(),
+        queries: Arc::new(QueryRoutes::default()),
+    };
+    let mut routes = QueryRoutes {
+        operators: Vec::new(),
+        uids: g.nodes.iter().map(|n| n.uid.clone()).collect(),
     };
     let mut tasks = Vec::new();
     for (ci, chain) in g.chains.iter().enumerate() {
@@ -378,6 +386,39 @@ pub fn start(
                 }
                 ops.push((n.0, op));
             }
+            let mut queries = None;
+            for (node, op) in &mut ops {
+                let states = op.keyed_state().map(|s| s.queryable_states()).unwrap_or_default();
+                if states.is_empty() {
+                    continue;
+                }
+                let n = g.node(cairn_graph::NodeId(*node));
+                let tx = queries.get_or_insert_with(crate::query::mailbox).0.clone();
+                let entry = match routes.operators.iter().position(|o| o.node == *node) {
+                    Some(i) => &mut routes.operators[i],
+                    None => {
+                        routes.operators.push(QueryableOperator {
+                            node: *node,
+                            uid: n.uid.clone(),
+                            name: n.name.clone(),
+                            parallelism: n.parallelism,
+                            max_parallelism: n.max_parallelism,
+                            key_codec: spec.nodes[*node].key_codec.clone(),
+                            states: Vec::new(),
+                            mailboxes: vec![None; n.parallelism as usize],
+                        });
+                        routes.operators.last_mut().expect("just pushed")
+                    }
+                };
+                for st in states {
+                    if !entry.states.iter().any(|x| x.name == st.name) {
+                        entry.states.push(st);
+                    }
+                }
+                if let Some(slot) = entry.mailboxes.get_mut(s as usize) {
+                    *slot = Some(tx);
+                }
+            }
             let send_ctx = SendContext {
                 metrics: metrics.clone(),
                 batch_size: settings.batch_size,
@@ -437,10 +478,12 @@ pub fn start(
                     last_snapshot: None,
                     finished: false,
                     drained: true,
+                    queries: queries.map(|(_, rx)| rx),
                 },
             ));
         }
     }
+    running.queries = Arc::new(routes);
     for (name, task) in tasks {
         let handle = std::thread::Builder::new()
             .name(name.chars().take(60).collect())

@@ -19,6 +19,7 @@ pub mod input;
 pub mod job;
 pub mod operator;
 pub mod output;
+pub mod query;
 pub mod record;
 pub mod snapshot_io;
 pub mod source;

@@ -138,6 +138,11 @@ pub trait OperatorLogic: Send {
     fn close(&mut self) -> OpResult {
         Ok(())
     }
+    /// Keyed operators: their keyed state, which live state queries read
+    /// (between batches, on the task's thread). `None` for other operators.
+    fn keyed_state(&mut self) -> Option<&mut KeyedStateAccess> {
+        None
+    }
 }
 
 /// Downcast a batch to the operator's input type. A mismatch is a bug in the

@@ -29,6 +29,7 @@ use cairn_state::BackendSnapshot;
 
 use crate::operator::{Emitter, OperatorLogic, OperatorSnapshot};
 use crate::output::{PortOutput, TaskMetrics};
+use crate::query::{StateQuery, QUERIES_PER_TURN};
 use crate::record::{AnyBatch, Barrier, Message, MAX_WATERMARK};
 use crate::source::{SourceLogic, SourceStatus};
 use crate::time::{now_ms, SharedClock};
@@ -255,6 +256,9 @@ pub struct Task {
     /// False once the input was stopped without draining: operators keep
     /// their state and timers for the savepoint instead of flushing.
     pub drained: bool,
+    /// Live state queries for this task's keyed operators; `None` when none
+    /// of them registered queryable state.
+    pub queries: Option<Receiver<StateQuery>>,
 }
 
 /// The synchronous part of a snapshot, until it is handed to the uploader.
@@ -453,6 +457,10 @@ impl Task {
         let mut sel = Select::new();
         if commands {
             sel.recv(&self.commands);
+            // An idle task wakes for a state query at once.
+            if let Some(queries) = &self.queries {
+                sel.recv(queries);
+            }
         }
         if let Some(st) = st {
             sel.recv(&st.inputs.priority);
@@ -534,6 +542,41 @@ impl Task {
             Some(t) => cap.min(Duration::from_millis((t - self.clock.now_ms()).max(0) as u64)),
             None => cap,
         }
+    }
+
+    /// Answer the queries waiting in the mailbox (at most
+    /// [`QUERIES_PER_TURN`], so a flood of queries cannot stall processing).
+    /// Called between batches: the state is as of a batch boundary.
+    fn serve_queries(&mut self, first: Option<StateQuery>) {
+        let mut next = first;
+        for _ in 0..QUERIES_PER_TURN {
+            let query = match next.take() {
+                Some(q) => q,
+                None => match self.queries.as_ref().map(Receiver::try_recv) {
+                    Some(Ok(q)) => q,
+                    // No one can ask any more: stop waiting on the mailbox (a
+                    // closed channel is always ready and would spin the waits).
+                    Some(Err(crossbeam_channel::TryRecvError::Disconnected)) => {
+                        self.queries = None;
+                        return;
+                    }
+                    _ => return,
+                },
+            };
+            self.answer(query);
+        }
+    }
+
+    fn answer(&mut self, q: StateQuery) {
+        let reply = match self.ops.iter_mut().find(|(node, _)| *node == q.node) {
+            Some((_, op)) => match op.keyed_state() {
+                Some(state) => state.query(&q.state, &q.key, q.key_group).map_err(|e| e.to_string()),
+                None => Err("the operator has no keyed state".to_string()),
+            },
+            None => Err(format!("node {} does not run in this task", q.node)),
+        };
+        // The asker may have given up waiting; nothing to do then.
+        let _ = q.reply.send(reply);
     }
 
     /// Snapshot the chain (after the source, if any) and forward the barrier
@@ -711,12 +754,32 @@ impl Task {
             return Ok(());
         }
         let mut ignore = None;
+        let commands = self.commands.clone();
+        // Final state stays queryable until the task is released.
+        let mut queries = self.queries.clone();
         loop {
-            match self.commands.recv_timeout(Duration::from_millis(100)) {
+            let mut sel = Select::new();
+            let cmd_idx = sel.recv(&commands);
+            let query_idx = queries.as_ref().map(|q| sel.recv(q));
+            let Ok(oper) = sel.select_timeout(Duration::from_millis(100)) else {
+                if self.cancelled() {
+                    return Err(runtime(Box::new(Cancelled)));
+                }
+                continue;
+            };
+            if Some(oper.index()) == query_idx {
+                match queries.as_ref().map(|q| oper.recv(q)) {
+                    Some(Ok(q)) => self.serve_queries(Some(q)),
+                    // Closed: no more queries (and no spinning on it).
+                    _ => queries = None,
+                }
+                continue;
+            }
+            debug_assert_eq!(oper.index(), cmd_idx);
+            match oper.recv(&commands) {
                 Ok(TaskCommand::Release) => return Ok(()),
                 Ok(cmd) => self.handle_command(cmd, source.as_deref_mut(), &mut ignore)?,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.check_cancelled()?,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(_) => return Ok(()),
             }
         }
     }
@@ -732,6 +795,7 @@ impl Task {
             if stop.is_some() {
                 break;
             }
+            self.serve_queries(None);
             // Backpressured: wait for credits (or a command), never in a send.
             let started = Instant::now();
             if self.pump_outputs()? {
@@ -812,6 +876,8 @@ impl Task {
             while let Ok(cmd) = commands.try_recv() {
                 self.handle_command(cmd, None, &mut ignore)?;
             }
+            // Between two batches: a query waits for at most the one in progress.
+            self.serve_queries(None);
             loop {
                 match st.inputs.priority.try_recv() {
                     Ok(PriorityEvent::Announce { channel, barrier, seq }) => {

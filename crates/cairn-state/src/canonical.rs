@@ -54,6 +54,19 @@ pub trait KeyJson: Send + Sync {
     fn key_shape(&self) -> crate::shape::Shape {
         crate::shape::Shape::Opaque("the key codec does not describe its type".into())
     }
+
+    /// The key bytes ([`crate::key_encoding`]) of a key written as JSON text,
+    /// with the conventions [`KeyJson::key_json`] writes (live state queries
+    /// name keys this way); the message says why a key does not fit.
+    fn key_bytes_from_json(&self, json: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let _ = (json, out);
+        Err("this operator's key codec cannot read keys written as JSON".into())
+    }
+
+    /// The key type's name, for messages.
+    fn key_type_name(&self) -> String {
+        "the key type".into()
+    }
 }
 
 /// A shared [`KeyJson`]; see [`key_codec_for`].
@@ -100,6 +113,18 @@ impl<K: Serialize + DeserializeOwned + 'static> KeyJson for EncodedKey<K> {
 
     fn key_shape(&self) -> crate::shape::Shape {
         crate::shape::trace::<K>()
+    }
+
+    fn key_bytes_from_json(&self, json: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let mut mp = Vec::with_capacity(json.len());
+        codec::json_to_msgpack(json, &mut mp).map_err(|e| format!("not JSON: {e}"))?;
+        let key: K = rmp_serde::from_slice(&mp)
+            .map_err(|e| format!("does not decode as {}: {e}", std::any::type_name::<K>()))?;
+        crate::keygroup::key_bytes(&key, out).map_err(|e| e.to_string())
+    }
+
+    fn key_type_name(&self) -> String {
+        std::any::type_name::<K>().to_string()
     }
 }
 

@@ -75,13 +75,28 @@ macro_rules! descriptor {
         pub struct $name<$($t),+> {
             pub(crate) name: String,
             pub(crate) ttl: Option<StateTtlConfig>,
+            pub(crate) queryable: Option<String>,
             _types: PhantomData<fn() -> ($($t,)+)>,
         }
 
         impl<$($t),+> $name<$($t),+> {
             /// Declare a state by its stable name.
             pub fn new(name: impl Into<String>) -> Self {
-                $name { name: name.into(), ttl: None, _types: PhantomData }
+                $name { name: name.into(), ttl: None, queryable: None, _types: PhantomData }
+            }
+
+            /// Let the running job answer live queries for this state's
+            /// values under `name` (`GET /jobs/:jobid/state/:uid/:name?key=`,
+            /// `cairn state get`), as Flink's `setQueryable`. The subtask
+            /// that owns the key reads it between two batches.
+            pub fn queryable(mut self, name: impl Into<String>) -> Self {
+                self.queryable = Some(name.into());
+                self
+            }
+
+            /// The name live queries use, when the state is queryable.
+            pub fn queryable_name(&self) -> Option<&str> {
+                self.queryable.as_deref()
             }
 
             /// Expire entries after a processing-time TTL.

@@ -21,6 +21,7 @@ use crate::descriptor::{
     StateTtlConfig, TtlUpdateType, ValueStateDescriptor,
 };
 use crate::error::StateError;
+use crate::query::{self, QueryableSlot, QueryableState};
 
 /// Anything that gives access to keyed state for the current key: the runtime's
 /// keyed contexts implement this.
@@ -46,6 +47,8 @@ pub struct KeyedStateAccess {
     now_ms: u64,
     buf: Vec<u8>,
     scratch: Vec<u8>,
+    /// States marked `queryable(..)`, answered by [`KeyedStateAccess::query`].
+    queryable: Vec<QueryableSlot>,
 }
 
 impl KeyedStateAccess {
@@ -60,6 +63,7 @@ impl KeyedStateAccess {
             now_ms: 0,
             buf: Vec::with_capacity(64),
             scratch: Vec::with_capacity(64),
+            queryable: Vec::new(),
         }
     }
 
@@ -106,7 +110,7 @@ impl KeyedStateAccess {
         d: ValueStateDescriptor<T>,
     ) -> Result<ValueState<T>, StateError> {
         Ok(ValueState {
-            slot: self.register(d.meta())?,
+            slot: self.register(d.meta(), d.queryable.as_deref())?,
             _t: PhantomData,
         })
     }
@@ -114,7 +118,7 @@ impl KeyedStateAccess {
     /// Register a list state.
     pub fn list_state<T: DeserializeOwned>(&mut self, d: ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
         Ok(ListState {
-            slot: self.register(d.meta())?,
+            slot: self.register(d.meta(), d.queryable.as_deref())?,
             _t: PhantomData,
         })
     }
@@ -125,7 +129,7 @@ impl KeyedStateAccess {
         d: MapStateDescriptor<K, V>,
     ) -> Result<MapState<K, V>, StateError> {
         Ok(MapState {
-            slot: self.register(d.meta())?,
+            slot: self.register(d.meta(), d.queryable.as_deref())?,
             _t: PhantomData,
         })
     }
@@ -137,7 +141,7 @@ impl KeyedStateAccess {
         reduce: impl Fn(T, T) -> T + Send + Sync + 'static,
     ) -> Result<ReducingState<T>, StateError> {
         Ok(ReducingState {
-            slot: self.register(d.meta())?,
+            slot: self.register(d.meta(), d.queryable.as_deref())?,
             reduce: Arc::new(reduce),
         })
     }
@@ -149,19 +153,69 @@ impl KeyedStateAccess {
         function: F,
     ) -> Result<AggregatingState<IN, F>, StateError> {
         Ok(AggregatingState {
-            slot: self.register(d.meta())?,
+            slot: self.register(d.meta(), d.queryable.as_deref())?,
             function: Arc::new(function),
             _t: PhantomData,
         })
     }
 
-    fn register(&mut self, meta: StateMeta) -> Result<Slot, StateError> {
+    fn register(&mut self, meta: StateMeta, queryable: Option<&str>) -> Result<Slot, StateError> {
         let id = self.backend.register(&meta)?;
+        if let Some(name) = queryable {
+            query::add(
+                &mut self.queryable,
+                QueryableSlot {
+                    info: QueryableState {
+                        name: name.to_string(),
+                        state: meta.name.clone(),
+                        kind: meta.kind,
+                        value_type: meta.value_type.clone(),
+                    },
+                    id,
+                    ttl: meta.ttl,
+                },
+            )?;
+        }
         Ok(Slot {
             id,
             name: meta.name.into(),
             ttl: meta.ttl,
         })
+    }
+
+    /// The states registered as queryable, in registration order.
+    pub fn queryable_states(&self) -> Vec<QueryableState> {
+        self.queryable.iter().map(|q| q.info.clone()).collect()
+    }
+
+    /// A live query: the current value of `key` (key bytes, in key group
+    /// `kg`) in the state queryable as `name`, as JSON (`None`: nothing
+    /// live). Only reads ([`crate::query`]); the current key is untouched.
+    pub fn query(&mut self, name: &str, key: &[u8], kg: u32) -> Result<Option<serde_json::Value>, StateError> {
+        let slot = self.queryable.iter().find(|q| q.info.name == name).ok_or_else(|| {
+            StateError::Usage(format!(
+                "no state is queryable as '{name}' here; queryable: {}",
+                self.queryable
+                    .iter()
+                    .map(|q| q.info.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let range = self.backend.key_group_range();
+        if !range.contains(kg) {
+            return Err(StateError::Usage(format!(
+                "key group {kg} belongs to another subtask (this one holds {}..={})",
+                range.start,
+                range.end_exclusive.saturating_sub(1)
+            )));
+        }
+        // TTL is judged at the time of the query, like a read by the operator.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .max(self.now_ms);
+        query::read(&mut *self.backend, slot, key, kg, now)
     }
 
     fn require_key(&self, slot: &Slot) -> Result<(), StateError> {

@@ -21,6 +21,7 @@ pub mod heap;
 pub mod key_encoding;
 pub mod keygroup;
 pub mod operator_state;
+pub mod query;
 pub mod shape;
 pub mod snapshot_codec;
 
@@ -39,3 +40,4 @@ pub use handles::{
 pub use heap::{HeapBackendFactory, HeapKeyedStateBackend};
 pub use keygroup::KeyGroupRange;
 pub use operator_state::{DistributionMode, OperatorStateStore};
+pub use query::QueryableState;

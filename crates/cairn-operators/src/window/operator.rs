@@ -450,6 +450,10 @@ where
             None => Ok(()),
         }
     }
+
+    fn keyed_state(&mut self) -> Option<&mut cairn_state::KeyedStateAccess> {
+        self.run.as_mut().map(|r| &mut r.core.state)
+    }
 }
 
 #[cfg(test)]

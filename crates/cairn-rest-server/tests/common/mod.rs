@@ -179,6 +179,8 @@ impl Scripted {
             },
             config,
             operations: BTreeMap::new(),
+            queries: None,
+            query_timeout: Duration::from_secs(10),
         };
         let (client, port) = control_channel(initial);
         let handle = std::thread::spawn(move || run(port, sc));
