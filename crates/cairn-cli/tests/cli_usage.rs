@@ -23,11 +23,21 @@ fn help_everywhere() {
         "stop",
         "cancel",
         "dashboard",
+        "fsck",
+        "gc",
+        "state",
+        "state get",
+        "savepoint inspect",
+        "savepoint check",
+        "savepoint rewrite",
+        "savepoint reseal",
     ] {
-        let out = h.expect(0, &[cmd, "--help"]);
+        let words: Vec<&str> = cmd.split(' ').collect();
+        let with = |flag: &'static str| [words.as_slice(), &[flag]].concat();
+        let out = h.expect(0, &with("--help"));
         assert!(out.contains(&format!("Usage: cairn {cmd}")), "{out}");
-        assert_eq!(h.expect(0, &["help", cmd]), out);
-        let short = h.expect(0, &[cmd, "-h"]);
+        assert_eq!(h.expect(0, &[&["help"], words.as_slice()].concat()), out);
+        let short = h.expect(0, &with("-h"));
         assert!(short.contains(&format!("Usage: cairn {cmd}")), "{short}");
     }
     // The flags Flink users know are all documented.
@@ -96,6 +106,18 @@ fn usage_errors_exit_2_with_a_pointer_to_help() {
         (&["run", "--timeout", "0", "--", "job"], "between 1 and 31536000"),
         (&["run", "--bogus", "--", "job"], "unexpected argument '--bogus'"),
         (&["completions", "tcsh"], "possible values"),
+        (&["savepoint", "inspect"], "<PATH>"),
+        (&["savepoint", "inspect", "/x", "a1"], "unexpected argument 'a1'"),
+        (&["savepoint", "check", "/x"], "<BINARY [ARGS]...>"),
+        (&["savepoint", "rewrite", "/x"], "<OUT>"),
+        (&["savepoint", "rewrite", "/x", "/y", "--max-parallelism", "0"], "0 is not in 1..=32768"),
+        (&["savepoint", "rewrite", "/x", "/y", "--rename-uid", "a"], "is not OLD=NEW"),
+        (&["savepoint", "rewrite", "/x", "/y", "--memory", "lots"], "invalid digit"),
+        (&["fsck"], "<PATH>"),
+        (&["gc", "/x", "--delete=now"], "unexpected value"),
+        (&["state", "get", "a1", "uid", "name"], "<KEY>"),
+        (&["state", "get", "a1", "uid", "name", "alice"], "a string key is written in quotes"),
+        (&["state", "put", "a1"], "unrecognized subcommand 'put'"),
     ];
     for (args, needle) in cases {
         let (code, _, err) = h.cairn(args);

@@ -521,7 +521,7 @@ pub static REST_BIND_ADDRESS: ConfigOption<Option<String>> = ConfigOption::optio
 /// `CAIRN_REST_TOKEN` is read when the key is unset.
 pub static REST_AUTH_TOKEN: ConfigOption<Option<String>> = ConfigOption::optional(
     "rest.auth-token",
-    "Cairn-specific. Bearer token that mutating REST calls (POST, PATCH) must present; \
+    "Cairn-specific. Bearer token that mutating REST calls (POST, PATCH) and live state queries must present; \
      unset: the CAIRN_REST_TOKEN environment variable, else none. Required when the server \
      binds to a non-loopback address.",
 )

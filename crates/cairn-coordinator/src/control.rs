@@ -498,6 +498,13 @@ impl JobClient {
         }
     }
 
+    /// Live state queries waiting for subtask `subtask` (0-based) of operator
+    /// `uid`; `None` when it serves none (not queryable, or not running).
+    pub fn state_queries_waiting(&self, uid: &str, subtask: u32) -> Option<usize> {
+        let routes = self.read().queries.clone()?;
+        routes.waiting(uid, subtask)
+    }
+
     /// Wait until an operation is no longer in progress (or `timeout` passes).
     pub fn wait_operation(&self, operation: &str, timeout: Duration) -> Option<OperationStatus> {
         let deadline = std::time::Instant::now() + timeout;

@@ -143,6 +143,13 @@ impl std::fmt::Debug for QueryRoutes {
 }
 
 impl QueryRoutes {
+    /// Queries waiting in the mailbox of subtask `subtask` of operator `uid`
+    /// (`None`: no such queryable operator or subtask).
+    pub fn waiting(&self, uid: &str, subtask: u32) -> Option<usize> {
+        let op = self.operators.iter().find(|o| o.uid == uid)?;
+        op.mailboxes.get(subtask as usize)?.as_ref().map(Sender::len)
+    }
+
     /// Read `key_json`'s value of the state queryable as `state` in the
     /// operator `uid`, waiting up to `timeout` for the owning subtask.
     pub fn query(&self, uid: &str, state: &str, key_json: &str, timeout: Duration) -> Result<StateAnswer, QueryError> {

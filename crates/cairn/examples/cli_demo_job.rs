@@ -10,6 +10,8 @@
 //!
 //! After a restore from a savepoint taken by `cairn stop`, every key's counts
 //! continue exactly where the committed output of the previous run ended.
+//! While it runs, `cairn state get <jobId> running-count count 3` prints key
+//! 3's current count.
 
 use cairn::prelude::*;
 
@@ -21,7 +23,8 @@ struct RunningCount {
 
 impl KeyedProcessFunction<u64, GeneratedEvent, (u64, u64)> for RunningCount {
     fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
-        self.count = Some(ctx.value_state(ValueStateDescriptor::new("count"))?);
+        // Queryable: `cairn state get <jobId> running-count count <key>` reads it live.
+        self.count = Some(ctx.value_state(ValueStateDescriptor::new("count").queryable("count"))?);
         Ok(())
     }
 
