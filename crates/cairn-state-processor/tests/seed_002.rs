@@ -219,13 +219,16 @@ fn read_keyed_state_of_a_savepoint_taken_while_running(format: SnapshotFormat) {
     for (key, want) in &oracle {
         assert_eq!(got.get(key), Some(want), "key {key}");
     }
-    // Operator state of the source (its splits) reads as list state too.
-    let splits: Vec<serde_json::Value> = savepoint.read_list_state("source-id", "generator-splits").unwrap();
+    // Operator state of the source (its split table, union list state) reads too;
+    // asking for it as another kind says which reader fits.
+    let splits: Vec<serde_json::Value> = savepoint
+        .read_union_state("source-id", "generator-split-table")
+        .unwrap();
     assert!(!splits.is_empty());
     let e = savepoint
-        .read_union_state::<u64>("source-id", "generator-splits")
+        .read_list_state::<serde_json::Value>("source-id", "generator-split-table")
         .unwrap_err();
-    assert!(e.to_string().contains("read_list_state"), "{e}");
+    assert!(e.to_string().contains("read_union_state"), "{e}");
     let e = savepoint
         .read_keyed_state("no-such-uid", ReaderFunction::default())
         .unwrap_err();
