@@ -68,7 +68,17 @@ impl WriteOptions {
     }
 
     fn properties(&self) -> WriterProperties {
-        WriterProperties::builder()
+        // Keys are unique within a file: dictionary pages only cost time
+        // before the writer falls back to plain encoding. Statistics per
+        // column chunk (row group) are what readers prune with (key groups);
+        // per-page statistics on every column cost more than they save.
+        let no_dictionary = [crate::keyed::COL_KEY_BYTES, crate::keyed::COL_KEY];
+        no_dictionary
+            .iter()
+            .fold(WriterProperties::builder(), |b, c| {
+                b.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(*c), false)
+            })
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
             .set_compression(self.compression)
             .set_max_row_group_row_count(Some(self.row_group_rows.max(1)))
             .set_created_by(format!("cairn version {}", env!("CARGO_PKG_VERSION")))
@@ -246,10 +256,27 @@ impl ParquetSource {
                 .map_err(|e| e.to_string())?,
         );
         let metadata = Arc::new(
-            ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| format!("the footer is not valid: {e}"))?,
+            contained("the footer", || ParquetMetaDataReader::decode_metadata(&footer))?
+                .map_err(|e| format!("the footer is not valid: {e}"))?,
         );
-        let arrow = ArrowReaderMetadata::try_new(metadata.clone(), ArrowReaderOptions::new())
-            .map_err(|e| format!("the schema cannot be read as Arrow: {e}"))?;
+        // Column chunks must lie inside the data part of the file (the
+        // parquet crate asserts, i.e. panics, on negative offsets).
+        for (rg, g) in metadata.row_groups().iter().enumerate() {
+            for c in g.columns() {
+                let start = c.dictionary_page_offset().unwrap_or_else(|| c.data_page_offset());
+                let len = c.compressed_size();
+                if start < 0 || len < 0 || (start as u64).saturating_add(len as u64) > footer_start {
+                    return Err(format!(
+                        "row group {rg}: column '{}' claims bytes {start}..+{len}, outside the file's data (corrupt file)",
+                        c.column_path()
+                    ));
+                }
+            }
+        }
+        let arrow = contained("the schema", || {
+            ArrowReaderMetadata::try_new(metadata.clone(), ArrowReaderOptions::new())
+        })?
+        .map_err(|e| format!("the schema cannot be read as Arrow: {e}"))?;
         Ok(ParquetSource {
             path: path.to_path_buf(),
             size,
@@ -332,12 +359,14 @@ impl ParquetSource {
                 len: self.size,
                 ranges: Arc::new(vec![(start, data), (self.footer_start, self.footer.clone())]),
             };
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.arrow.clone())
-                .with_row_groups(vec![rg])
-                .with_batch_size(batch_rows.max(1))
-                .build()
-                .map_err(|e| format!("row group {rg}: {e}"))?;
-            for batch in reader {
+            let mut reader = contained(&format!("row group {rg}"), || {
+                ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.arrow.clone())
+                    .with_row_groups(vec![rg])
+                    .with_batch_size(batch_rows.max(1))
+                    .build()
+            })?
+            .map_err(|e| format!("row group {rg}: {e}"))?;
+            while let Some(batch) = contained(&format!("row group {rg}"), || reader.next())? {
                 let batch = batch.map_err(|e| format!("row group {rg}: {e}"))?;
                 visit(rg, batch)?;
             }
@@ -354,6 +383,20 @@ impl ParquetSource {
         }
         Ok(())
     }
+}
+
+/// Run a decoding step of the parquet crate, turning a panic on corrupt
+/// input (it asserts in places) into an error naming `what`: a damaged file
+/// must give an error, never take the process down.
+fn contained<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!("{what} cannot be decoded (corrupt file): {msg}")
+    })
 }
 
 /// Hashes a file in order while it is read.

@@ -666,6 +666,8 @@ impl KeyedFile {
         let value_col = value_column_name(&self.meta.name).to_string();
         let mut last_rg = None;
         let mut scratch = Vec::new();
+        // Reused for every row: the backend key and the value.
+        let (mut composite, mut value) = (Vec::new(), Vec::new());
         // Without a key split (no key codec) key_bytes is the whole backend key.
         let check_kg = max_parallelism.filter(|_| self.key_shape.is_some() || has_col(&self.source, COL_KEY));
         let mut flush = |pending: &mut BTreeMap<u32, Pending>, below: Option<u32>| -> Result<(), String> {
@@ -676,7 +678,7 @@ impl KeyedFile {
                 .collect();
             for kg in done {
                 let p = pending.remove(&kg).expect("listed");
-                let encoded = p.encode(&self.meta)?;
+                let encoded = p.encode(&self.meta, kg, timers)?;
                 visit(&self.meta, kg, &encoded)?;
             }
             Ok(())
@@ -733,20 +735,18 @@ impl KeyedFile {
                         .as_ref()
                         .and_then(|c| c.int_at(row))
                         .ok_or_else(|| at(row, "a timer row has no timestamp"))?;
-                    let mut composite = Vec::with_capacity(key_bytes.len() + namespace.len() + 10);
+                    composite.clear();
                     composite.extend_from_slice(&((ts as u64) ^ (1 << 63)).to_be_bytes());
                     put_bytes(&mut composite, key_bytes);
                     composite.extend_from_slice(namespace);
-                    if p.values.insert(composite, Vec::new()).is_some() {
-                        return Err(at(row, "a timer appears twice"));
-                    }
+                    p.add_value(&composite, &[]);
                     continue;
                 }
-                let mut composite = Vec::with_capacity(key_bytes.len() + namespace.len());
+                composite.clear();
                 composite.extend_from_slice(key_bytes);
                 composite.extend_from_slice(namespace);
                 // The value: TTL timestamp, then MessagePack (typed column, else JSON).
-                let mut value = Vec::with_capacity(16);
+                value.clear();
                 match (self.meta.ttl.is_some(), c_ttl.as_ref().and_then(|c| c.int_at(row))) {
                     (true, Some(ts)) => {
                         let ts = u64::try_from(ts).map_err(|_| at(row, &format!("ttl_timestamp_ms {ts} is negative")))?;
@@ -759,24 +759,20 @@ impl KeyedFile {
                 typed_or_json(c_val.as_ref(), c_valj.as_ref(), row, &mut value, &mut scratch)
                     .map_err(|e| at(row, &format!("value: {e}")))?;
                 match self.meta.kind {
-                    StateKind::Value => {
-                        if p.values.insert(composite, value).is_some() {
-                            return Err(at(row, "two rows hold a value for the same key and namespace"));
-                        }
-                    }
+                    StateKind::Value => p.add_value(&composite, &value),
                     StateKind::List => {
                         let pos = c_pos
                             .as_ref()
                             .and_then(|c| c.int_at(row))
                             .ok_or_else(|| at(row, "a list-state row has no position"))?;
                         let pos = i32::try_from(pos).map_err(|_| at(row, "position is out of range"))?;
-                        p.lists.entry(composite).or_default().push((pos, value));
+                        p.lists.entry(composite.clone()).or_default().push((pos, value.clone()));
                     }
                     StateKind::Map => {
                         let mut uk = Vec::new();
                         typed_or_json(c_uk.as_ref(), c_ukj.as_ref(), row, &mut uk, &mut scratch)
                             .map_err(|e| at(row, &format!("user key: {e}")))?;
-                        if p.maps.entry(composite).or_default().insert(uk, value).is_some() {
+                        if p.maps.entry(composite.clone()).or_default().insert(uk, value.clone()).is_some() {
                             return Err(at(row, "a map user key appears twice for the same key and namespace"));
                         }
                     }
@@ -810,19 +806,52 @@ fn typed_or_json(
 }
 
 /// The rows of one key group, collected until the group is complete.
+/// Values and timers (the bulk of most savepoints) are encoded as they
+/// arrive, in one buffer, with an index to find duplicate keys at the end
+/// (restores do not depend on order); lists and maps are grouped per key.
 #[derive(Default)]
 struct Pending {
-    values: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// `snapshot_codec` entries of value states and timers, in arrival order.
+    encoded: Vec<u8>,
+    /// Per entry in `encoded`: a hash of its key, and the key's offset and length there.
+    keys: Vec<(u32, u32, u32)>,
     lists: BTreeMap<Vec<u8>, Vec<(i32, Vec<u8>)>>,
     maps: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl Pending {
-    fn encode(self, meta: &StateMeta) -> Result<Vec<u8>, String> {
-        let mut buf = Vec::new();
-        for (k, v) in &self.values {
-            snapshot_codec::put_entry(&mut buf, k, v);
+    fn add_value(&mut self, key: &[u8], value: &[u8]) {
+        cairn_state::codec::put_varint(&mut self.encoded, key.len() as u64);
+        let at = self.encoded.len();
+        self.encoded.extend_from_slice(key);
+        put_bytes(&mut self.encoded, value);
+        let hash = cairn_state::hash::murmur3_x86_32(key, 0x9e37_79b9);
+        self.keys.push((hash, at as u32, key.len() as u32));
+    }
+
+    /// Two entries with one key would silently keep only one of them.
+    fn check_unique_keys(&mut self, meta: &StateMeta, kg: u32, timers: bool) -> Result<(), String> {
+        let buf = &self.encoded;
+        let key = |&(_, at, len): &(u32, u32, u32)| &buf[at as usize..(at + len) as usize];
+        self.keys
+            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a).cmp(key(b))));
+        if self.keys.windows(2).any(|w| w[0].0 == w[1].0 && key(&w[0]) == key(&w[1])) {
+            return Err(format!(
+                "state '{}', key group {kg}: {}",
+                meta.name,
+                if timers {
+                    "a timer appears twice"
+                } else {
+                    "two rows hold a value for the same key and namespace"
+                }
+            ));
         }
+        Ok(())
+    }
+
+    fn encode(mut self, meta: &StateMeta, kg: u32, timers: bool) -> Result<Vec<u8>, String> {
+        self.check_unique_keys(meta, kg, timers)?;
+        let mut buf = std::mem::take(&mut self.encoded);
         let mut value = Vec::new();
         for (k, mut elems) in self.lists {
             elems.sort_by_key(|(p, _)| *p);
@@ -888,4 +917,51 @@ fn first_state_name(storage: &dyn Storage, source: &ParquetSource) -> Result<Str
         return name.ok_or_else(|| format!("column '{COL_STATE}' is missing or null"));
     }
     Err("the file has no rows and no Cairn metadata saying which state it holds".into())
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    fn meta() -> StateMeta {
+        StateMeta {
+            name: "count".into(),
+            kind: StateKind::Value,
+            value_type: "u64".into(),
+            ttl: None,
+            shapes: None,
+        }
+    }
+
+    #[test]
+    fn values_are_encoded_as_they_come_and_duplicate_keys_are_refused() {
+        let mut p = Pending::default();
+        let keys: Vec<Vec<u8>> = (0u32..500).map(|i| i.to_le_bytes().repeat(1 + i as usize % 3)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            p.add_value(k, &[i as u8]);
+        }
+        let encoded = p.encode(&meta(), 7, false).unwrap();
+        let mut got = Vec::new();
+        snapshot_codec::decode_group("count", StateKind::Value, &encoded, &mut |d| {
+            if let snapshot_codec::Decoded::Entry { key, value } = d {
+                got.push((key.to_vec(), value.to_vec()));
+            }
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = keys.iter().enumerate().map(|(i, k)| (k.clone(), vec![i as u8])).collect();
+        assert_eq!(got, want);
+
+        let mut p = Pending::default();
+        for k in &keys {
+            p.add_value(k, b"v");
+        }
+        p.add_value(&keys[321], b"again");
+        let e = p.encode(&meta(), 7, false).unwrap_err();
+        assert!(e.contains("key group 7: two rows hold a value for the same key"), "{e}");
+        let mut p = Pending::default();
+        p.add_value(b"t", &[]);
+        p.add_value(b"t", &[]);
+        assert!(p.encode(&meta(), 3, true).unwrap_err().contains("a timer appears twice"));
+    }
 }

@@ -200,6 +200,28 @@ fn peak_rss_mib() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far,
+/// from `/proc/self/stat`; on a shared machine wall time depends on the
+/// load, CPU time much less.
+fn cpu_seconds() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    // (the first field after it is the state letter, field 3).
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / ticks
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -294,6 +316,11 @@ impl cairn_state_processor::KeyedStateReaderFunction for ReadCount {
     }
 }
 
+fn load1() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace().next().unwrap_or("?").to_string()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let raw: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut args = Vec::new();
@@ -320,8 +347,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let probe = Probe::default();
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load.split_whitespace().next().unwrap_or("?").to_string();
+    let load = load1();
 
     let (write_bw, read_bw) = disk_bandwidth(&base)?;
     println!("disk sequential_write_mib_s={write_bw:.0} sequential_read_mib_s={read_bw:.0} (1 GiB; write with fsync, read with O_DIRECT)");
@@ -382,6 +408,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut savepoints = Vec::new();
     for format in [SnapshotFormat::Native, SnapshotFormat::Canonical] {
         let started = Instant::now();
+        let cpu = cpu_seconds();
         let op = client.trigger_savepoint(
             SavepointRequest {
                 target_directory: Some(base.join("savepoints")),
@@ -393,12 +420,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match wait(&client, &op) {
             Ok((Some(location), _)) => {
                 let secs = started.elapsed().as_secs_f64();
+                let cpu = cpu_seconds() - cpu;
                 let size = dir_size(&location);
                 println!(
-                    "savepoint backend={backend} format={format:?} keys={keys} seconds={secs:.2} size_mib={:.1} write_mib_s={:.0} ratio_to_disk_write={:.2}",
+                    "savepoint backend={backend} format={format:?} keys={keys} seconds={secs:.2} cpu_seconds={cpu:.2} size_mib={:.1} write_mib_s={:.0} mib_per_cpu_s={:.0} ratio_to_disk_write={:.2} load1={}",
                     mib(size),
                     mib(size) / secs,
-                    mib(size) / secs / write_bw
+                    mib(size) / cpu.max(0.01),
+                    mib(size) / secs / write_bw,
+                    load1()
                 );
                 savepoints.push((format, location, size));
             }
@@ -415,14 +445,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The State Processor API reading every key's state (parallel over key groups).
     for (format, location, _) in &savepoints {
         let started = Instant::now();
+        let cpu = cpu_seconds();
         let reader = cairn_state_processor::SavepointReader::read(location)?;
         let rows = reader.read_keyed_state("counter", ReadCount::default())?;
         let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu;
         let sum: u64 = rows.iter().sum();
         println!(
-            "read_keyed_state format={format:?} keys={} seconds={secs:.2} keys_per_s={:.0} (checksum {sum})",
+            "read_keyed_state format={format:?} keys={} seconds={secs:.2} cpu_seconds={cpu:.2} keys_per_s={:.0} keys_per_cpu_s={:.0} load1={} (checksum {sum})",
             rows.len(),
-            rows.len() as f64 / secs
+            rows.len() as f64 / secs,
+            rows.len() as f64 / cpu.max(0.01),
+            load1()
         );
     }
 
@@ -445,6 +479,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!("{format:?}")
         };
         let started = Instant::now();
+        let cpu = cpu_seconds();
         let job = env(&base, keys, Some(location), &extra, &Probe::default()).execute_async("restore")?;
         // The job runs once every subtask restored its state.
         let client = job.client();
@@ -456,11 +491,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::thread::sleep(Duration::from_millis(5));
         }
         let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu;
         println!(
-            "restore backend={backend} from={what} keys={keys} seconds={secs:.2} read_mib_s={:.0} ratio_to_disk_read={:.2} ratio_to_disk_write={:.2}",
+            "restore backend={backend} from={what} keys={keys} seconds={secs:.2} cpu_seconds={cpu:.2} read_mib_s={:.0} mib_per_cpu_s={:.0} ratio_to_disk_read={:.2} ratio_to_disk_write={:.2} load1={}",
             mib(size) / secs,
+            mib(size) / cpu.max(0.01),
             mib(size) / secs / read_bw,
-            mib(size) / secs / write_bw
+            mib(size) / secs / write_bw,
+            load1()
         );
         job.client().cancel()?;
         let _ = job.wait();
