@@ -4,14 +4,53 @@
 //!
 //! Exit codes follow the CLI's: 0 ok, 1 the check or operation failed (the
 //! report says why), 2 usage error.
+//!
+//! Long work (inspect's scan of keyed state, rewrite, reseal, fsck, gc)
+//! draws a progress bar on stderr when stderr is a terminal, unless
+//! `--quiet` or `--json`; stdout carries only the report.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use cairn_state_processor::tools;
-use cairn_state_processor::{Options, SpaError};
+use cairn_state_processor::{Options, ProgressFn, SpaError};
 use clap::{Args, Subcommand};
 
+use crate::progress::Progress;
 use crate::CliError;
+
+/// The progress bar of one offline command, fed from the library's worker threads.
+struct Bar {
+    bar: Option<Arc<Mutex<Progress>>>,
+}
+
+impl Bar {
+    /// A bar for `command`, drawn when stderr is a terminal and neither
+    /// `--quiet` nor `--json` was given.
+    fn new(command: &'static str, quiet: bool) -> Bar {
+        let on = !quiet && crate::progress::enabled();
+        Bar {
+            bar: on.then(|| Arc::new(Mutex::new(Progress::with(command, true)))),
+        }
+    }
+
+    /// The callback to give the library (`None` when nothing is drawn).
+    fn callback(&self, command: &'static str) -> Option<ProgressFn> {
+        let bar = self.bar.clone()?;
+        Some(Arc::new(move |p: cairn_state_processor::Progress| {
+            let mut b = bar.lock().unwrap_or_else(|e| e.into_inner());
+            b.update_units(&format!("{command}: {}", p.phase), p.done, p.total, p.unit, p.bytes);
+        }))
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        }
+    }
+}
 
 /// `cairn savepoint <tool>`.
 #[derive(Subcommand, Debug)]
@@ -24,6 +63,9 @@ pub enum SavepointTool {
         /// Print the report as JSON
         #[arg(long)]
         json: bool,
+        /// No progress bar on stderr
+        #[arg(long, short)]
+        quiet: bool,
         #[command(flatten)]
         memory: Memory,
     },
@@ -67,6 +109,9 @@ pub enum SavepointTool {
         /// Drop an operator's state (repeatable)
         #[arg(long = "drop-uid", value_name = "UID")]
         drops: Vec<String>,
+        /// No progress bar on stderr
+        #[arg(long, short)]
+        quiet: bool,
         #[command(flatten)]
         memory: Memory,
     },
@@ -81,6 +126,9 @@ pub enum SavepointTool {
         /// Print the changed files as JSON
         #[arg(long)]
         json: bool,
+        /// No progress bar on stderr
+        #[arg(long, short)]
+        quiet: bool,
     },
 }
 
@@ -110,6 +158,9 @@ pub struct FsckArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// No progress bar on stderr
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `cairn gc`.
@@ -127,6 +178,9 @@ pub struct GcArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// No progress bar on stderr
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 fn rename(s: &str) -> Result<(String, String), String> {
@@ -159,8 +213,19 @@ fn report(text: String, code: i32) -> Result<(), CliError> {
 /// Run `cairn savepoint <tool>`.
 pub fn savepoint(tool: SavepointTool) -> Result<(), CliError> {
     match tool {
-        SavepointTool::Inspect { path, json: as_json, memory } => {
-            let r = tools::inspect(&path, memory.options()).map_err(|e| failed("savepoint inspect", e))?;
+        SavepointTool::Inspect {
+            path,
+            json: as_json,
+            quiet,
+            memory,
+        } => {
+            let bar = Bar::new("inspect", quiet || as_json);
+            let options = Options {
+                progress: bar.callback("inspect"),
+                ..memory.options()
+            };
+            let r = tools::inspect(&path, options).map_err(|e| failed("savepoint inspect", e))?;
+            drop(bar);
             report(if as_json { json(&r)? } else { r.render() }, 0)
         }
         SavepointTool::Check {
@@ -185,6 +250,7 @@ pub fn savepoint(tool: SavepointTool) -> Result<(), CliError> {
             max_parallelism,
             renames,
             drops,
+            quiet,
             memory,
         } => {
             let changes = tools::Rewrite {
@@ -192,12 +258,24 @@ pub fn savepoint(tool: SavepointTool) -> Result<(), CliError> {
                 renames,
                 drops,
             };
-            let dir = tools::rewrite(&input, &output, &changes, memory.options())
-                .map_err(|e| failed("savepoint rewrite", e))?;
+            let bar = Bar::new("rewrite", quiet);
+            let options = Options {
+                progress: bar.callback("rewrite"),
+                ..memory.options()
+            };
+            let dir = tools::rewrite(&input, &output, &changes, options).map_err(|e| failed("savepoint rewrite", e))?;
+            drop(bar);
             report(format!("wrote {}", dir.display()), 0)
         }
-        SavepointTool::Reseal { path, json: as_json } => {
-            let files = tools::reseal(&path).map_err(|e| failed("savepoint reseal", e))?;
+        SavepointTool::Reseal {
+            path,
+            json: as_json,
+            quiet,
+        } => {
+            let bar = Bar::new("reseal", quiet || as_json);
+            let files =
+                tools::reseal_with(&path, bar.callback("reseal").as_ref()).map_err(|e| failed("savepoint reseal", e))?;
+            drop(bar);
             if as_json {
                 return report(json(&files)?, 0);
             }
@@ -221,13 +299,18 @@ pub fn savepoint(tool: SavepointTool) -> Result<(), CliError> {
 
 /// Run `cairn fsck`.
 pub fn fsck(args: FsckArgs) -> Result<(), CliError> {
-    let r = tools::fsck(&args.path).map_err(|e| failed("fsck", e))?;
+    let bar = Bar::new("fsck", args.quiet || args.json);
+    let r = tools::fsck_with(&args.path, bar.callback("fsck").as_ref()).map_err(|e| failed("fsck", e))?;
+    drop(bar);
     report(if args.json { json(&r)? } else { r.render() }, r.exit_code())
 }
 
 /// Run `cairn gc`.
 pub fn gc(args: GcArgs) -> Result<(), CliError> {
-    let r = tools::gc(&args.job_dir, !args.delete, args.force).map_err(|e| failed("gc", e))?;
+    let bar = Bar::new("gc", args.quiet || args.json);
+    let r = tools::gc_with(&args.job_dir, !args.delete, args.force, bar.callback("gc").as_ref())
+        .map_err(|e| failed("gc", e))?;
+    drop(bar);
     if args.json {
         return report(json(&r)?, 0);
     }

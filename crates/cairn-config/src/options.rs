@@ -618,7 +618,7 @@ pub static QUERYABLE_STATE_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
      subtask answers between two batches, so only a long batch or backpressure makes it wait; \
      slower answers get 503.",
 )
-.with_check(positive_duration);
+.with_range("1 ms", MAX_DURATION);
 
 static ALL: &[&dyn AnyOption] = &[
     &PARALLELISM_DEFAULT,

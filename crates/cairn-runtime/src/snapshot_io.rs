@@ -54,6 +54,9 @@ pub enum SnapshotIoError {
     Corrupt { file: String, detail: String },
     /// Cairn's own mistake (encoding its metadata, a writer thread that died).
     Internal(String),
+    /// Writing a canonical (Parquet, format v2) file failed; `cairn-canonical`
+    /// reports its causes as text, storage failures included.
+    Canonical(String),
 }
 
 impl SnapshotIoError {
@@ -81,6 +84,7 @@ impl fmt::Display for SnapshotIoError {
             SnapshotIoError::State(e) => write!(f, "{e}"),
             SnapshotIoError::Corrupt { file, detail } => write!(f, "'{file}' cannot be read: {detail}"),
             SnapshotIoError::Internal(m) => write!(f, "internal error while writing a snapshot: {m}"),
+            SnapshotIoError::Canonical(m) => write!(f, "{m}"),
         }
     }
 }
@@ -760,7 +764,7 @@ pub fn write_canonical_v2(
     stem: &str,
     snapshot: OperatorSnapshot,
     key_codec: Option<&KeyCodec>,
-) -> Result<Vec<StateFileRef>, String> {
+) -> Result<Vec<StateFileRef>, SnapshotIoError> {
     let dest = ticket.destination();
     let storage = ticket.storage();
     let options = cairn_canonical::WriteOptions::default();
@@ -776,14 +780,15 @@ pub fn write_canonical_v2(
                 key_codec,
                 &options,
                 &mut |p| ticket.intend(p),
-            )?);
+            )
+            .map_err(SnapshotIoError::Canonical)?);
         }
         Some(BackendSnapshot::Files(set)) => {
             let backend = set.backend().to_string();
             set.discard();
-            return Err(format!(
+            return Err(internal(format!(
                 "the '{backend}' state backend answered a canonical savepoint with its own files; it must give logical key groups"
-            ));
+            )));
         }
     }
     if !snapshot.operator_state.is_empty() {
@@ -795,7 +800,8 @@ pub fn write_canonical_v2(
             &rel,
             &snapshot.operator_state,
             &options,
-        )?);
+        )
+        .map_err(SnapshotIoError::Canonical)?);
     }
     Ok(files)
 }

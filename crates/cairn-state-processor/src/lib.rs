@@ -19,7 +19,9 @@
 //! restored, read or rewritten a range of key groups at a time, sized so
 //! that the ranges in flight stay within [`Options::memory_bytes`].
 
+mod backends;
 mod chunks;
+pub mod progress;
 mod reader;
 mod spill;
 pub mod tools;
@@ -28,6 +30,7 @@ mod writer;
 use std::fmt;
 use std::sync::Arc;
 
+pub use progress::{Progress, ProgressFn};
 pub use reader::{
     Collector, KeyedStateReaderFunction, OperatorInfo, ReaderContext, SavepointReader, StateInfo, StateStats,
 };
@@ -46,6 +49,17 @@ pub enum SpaError {
     Snapshot(String),
     /// A user function failed.
     Function(String),
+    /// The snapshot's keyed state is in a state backend's own files
+    /// (a native savepoint or checkpoint of that backend), which only that
+    /// backend can restore, and it is not available here.
+    NativeBackend {
+        /// The snapshot (directory).
+        path: std::path::PathBuf,
+        /// The backend whose files the snapshot holds ("rocksdb").
+        backend: String,
+        /// Why it cannot be read, and what to do.
+        reason: String,
+    },
 }
 
 impl fmt::Display for SpaError {
@@ -54,6 +68,11 @@ impl fmt::Display for SpaError {
             SpaError::Usage(m) => write!(f, "{m}"),
             SpaError::Snapshot(m) => write!(f, "savepoint: {m}"),
             SpaError::Function(m) => write!(f, "user function failed: {m}"),
+            SpaError::NativeBackend { path, backend, reason } => write!(
+                f,
+                "savepoint: {} holds the native files of the '{backend}' state backend: {reason}",
+                path.display()
+            ),
         }
     }
 }
@@ -68,6 +87,12 @@ impl From<cairn_runtime::JobError> for SpaError {
 
 impl From<cairn_snapshot::SnapshotError> for SpaError {
     fn from(e: cairn_snapshot::SnapshotError) -> Self {
+        SpaError::Snapshot(e.to_string())
+    }
+}
+
+impl From<cairn_runtime::snapshot_io::SnapshotIoError> for SpaError {
+    fn from(e: cairn_runtime::snapshot_io::SnapshotIoError) -> Self {
         SpaError::Snapshot(e.to_string())
     }
 }
@@ -92,6 +117,8 @@ pub struct Options {
     pub spill_dir: std::path::PathBuf,
     /// How canonical output files are written.
     pub write: cairn_canonical::WriteOptions,
+    /// Told after every file or range of key groups of long work (`None`: nobody watches).
+    pub progress: Option<progress::ProgressFn>,
 }
 
 impl Default for Options {
@@ -102,6 +129,7 @@ impl Default for Options {
             backends: Arc::new(cairn_state::HeapBackendFactory),
             spill_dir: std::env::temp_dir(),
             write: cairn_canonical::WriteOptions::default(),
+            progress: None,
         }
     }
 }
@@ -113,6 +141,7 @@ impl fmt::Debug for Options {
             .field("parallelism", &self.parallelism)
             .field("backend", &self.backends.name())
             .field("spill_dir", &self.spill_dir)
+            .field("progress", &self.progress.is_some())
             .finish()
     }
 }

@@ -21,6 +21,7 @@ use cairn_state::{
 use serde::de::DeserializeOwned;
 
 use crate::chunks;
+use crate::progress::Tracker;
 use crate::{Options, SpaError};
 
 /// Name of the internal state holding event-time timers.
@@ -34,6 +35,9 @@ pub struct SavepointReader {
     storage: Arc<dyn Storage>,
     snapshot: LoadedSnapshot,
     options: Options,
+    /// The backend whose own files hold the keyed state, when the snapshot
+    /// is a native savepoint or checkpoint of a file-based backend.
+    native_backend: Option<String>,
 }
 
 /// One operator of a snapshot.
@@ -142,11 +146,27 @@ impl SavepointReader {
     /// [`SavepointReader::read`] on any storage, with options.
     pub fn read_with(storage: Arc<dyn Storage>, path: &Path, options: Options) -> Result<Self, SpaError> {
         let snapshot = load_snapshot(&*storage, path)?;
+        let native_backend = native_backend(&*storage, &snapshot)?;
+        let mut options = options;
+        if let Some(backend) = &native_backend {
+            if options.backends.name() != backend {
+                if let Some(factory) = crate::backends::factory_for(backend, &snapshot, &options)? {
+                    options.backends = factory;
+                }
+            }
+        }
         Ok(SavepointReader {
             storage,
             snapshot,
             options,
+            native_backend,
         })
+    }
+
+    /// The state backend whose own files hold this snapshot's keyed state
+    /// (`None`: logical key groups or canonical files, which every backend reads).
+    pub fn native_backend(&self) -> Option<&str> {
+        self.native_backend.as_deref()
     }
 
     /// The snapshot's `_metadata`.
@@ -275,15 +295,13 @@ impl SavepointReader {
                         {
                             let bytes = self.snapshot.read_section(&*self.storage, f, s)?;
                             out.extend(
-                                cairn_runtime::snapshot_io::decode_keyed_states(&bytes)
-                                    .map_err(|e| SpaError::Snapshot(format!("{}: {e}", f.path)))?,
+                                cairn_runtime::snapshot_io::decode_keyed_states(&f.path, &bytes)?,
                             );
                         }
                     }
                     FileFormat::ParquetV1 => {
                         let path = self.snapshot.resolve(f)?;
-                        let footer = cairn_runtime::snapshot_io::read_canonical_footer(&*self.storage, &path, f.size)
-                            .map_err(SpaError::Snapshot)?;
+                        let footer = cairn_runtime::snapshot_io::read_canonical_footer(&*self.storage, &path, f.size)?;
                         if let Some(json) = footer.metadata_value(cairn_runtime::snapshot_io::KV_STATES) {
                             out.extend(cairn_state::canonical::states_from_json(json).map_err(SpaError::Snapshot)?);
                         }
@@ -414,6 +432,11 @@ impl SavepointReader {
         op: &OperatorSnapshot,
         range: KeyGroupRange,
     ) -> Result<Box<dyn KeyedStateBackend>, SpaError> {
+        if let Some(backend) = self.native_backend.as_deref() {
+            if self.options.backends.name() != backend {
+                return Err(crate::backends::unavailable(&self.snapshot, backend, &*self.options.backends));
+            }
+        }
         let ctx = BackendContext {
             job_id: self.snapshot.metadata.job_id.clone(),
             operator_id: op.operator_id.clone(),
@@ -440,9 +463,12 @@ impl SavepointReader {
             end_exclusive: op.max_parallelism,
         }];
         let ranges = self.ranges(op, &all);
+        let tracker = Tracker::new("reading", "key groups", self.options.progress.as_ref(), u64::from(op.max_parallelism));
         let parts = chunks::run(&ranges, self.options.parallelism, |_, range| {
             let backend = self.restore_range(op, *range)?;
-            read_range(backend, function.clone(), &op.uid)
+            let out = read_range(backend, function.clone(), &op.uid)?;
+            tracker.advance(u64::from(range.end_exclusive - range.start), 0);
+            Ok(out)
         })?;
         Ok(parts.into_iter().flatten().collect())
     }
@@ -451,10 +477,16 @@ impl SavepointReader {
     /// (reads all keyed state, a range of key groups at a time).
     pub fn state_stats(&self) -> Result<Vec<StateStats>, SpaError> {
         let mut out = Vec::new();
-        for op in &self.snapshot.metadata.operators {
-            if !op.subtasks.iter().any(|s| !s.files.is_empty()) {
-                continue;
-            }
+        let with_state: Vec<&OperatorSnapshot> = self
+            .snapshot
+            .metadata
+            .operators
+            .iter()
+            .filter(|op| op.subtasks.iter().any(|s| !s.files.is_empty()))
+            .collect();
+        let total = with_state.iter().map(|op| u64::from(op.max_parallelism)).sum();
+        let tracker = Tracker::new("reading", "key groups", self.options.progress.as_ref(), total);
+        for op in with_state {
             let all = [KeyGroupRange {
                 start: 0,
                 end_exclusive: op.max_parallelism,
@@ -462,7 +494,10 @@ impl SavepointReader {
             let ranges = self.ranges(op, &all);
             let parts = chunks::run(&ranges, self.options.parallelism, |_, range| {
                 let mut b = self.restore_range(op, *range)?;
-                count(&mut *b, &op.uid)
+                let stats = count(&mut *b, &op.uid)?;
+                let bytes = stats.iter().map(|s| s.bytes).sum();
+                tracker.advance(u64::from(range.end_exclusive - range.start), bytes);
+                Ok(stats)
             })?;
             let mut merged: BTreeMap<String, StateStats> = BTreeMap::new();
             for part in parts {
@@ -523,6 +558,24 @@ pub(crate) fn state_info(m: StateMeta) -> StateInfo {
         value_type,
         shapes: m.shapes,
     }
+}
+
+/// The backend named by the first backend-files manifest of `snapshot`'s
+/// state files, if any (all subtasks of a snapshot use one backend).
+fn native_backend(storage: &dyn Storage, snapshot: &LoadedSnapshot) -> Result<Option<String>, SpaError> {
+    use cairn_runtime::snapshot_io::{decode_backend_files, BACKEND_FILES_SECTION};
+    for (_, _, file) in snapshot.metadata.files() {
+        if file.format != FileFormat::CairnStateV1 {
+            continue;
+        }
+        if let Some(section) = file.sections.iter().find(|s| s.name == BACKEND_FILES_SECTION) {
+            let bytes = snapshot.read_section(storage, file, section)?;
+            let manifest =
+                decode_backend_files(&file.path, &bytes).map_err(|e| SpaError::Snapshot(e.to_string()))?;
+            return Ok(Some(manifest.backend));
+        }
+    }
+    Ok(None)
 }
 
 /// Decode a timer's backend key: (timestamp, key bytes).
@@ -628,7 +681,12 @@ fn read_range<F: KeyedStateReaderFunction>(
 
 /// Count keys, entries and bytes per state of a backend.
 fn count(b: &mut dyn KeyedStateBackend, uid: &str) -> Result<Vec<StateStats>, SpaError> {
-    let snap = b.snapshot(&SnapshotRequest::checkpoint(0))?;
+    // The logical view every backend gives (a file backend's checkpoint would be files).
+    let request = SnapshotRequest {
+        checkpoint_id: 0,
+        kind: cairn_state::SnapshotRequestKind::CanonicalSavepoint,
+    };
+    let snap = b.snapshot(&request)?;
     let BackendSnapshot::KeyGroups(k) = snap else {
         return Err(SpaError::Snapshot(format!(
             "uid '{uid}': the '{}' backend has no logical view of its state to count",

@@ -15,6 +15,7 @@ use cairn_state::shape::{Shape, VariantContent};
 use cairn_state::{StateKind, StateMeta};
 use serde::Serialize;
 
+use crate::progress::{ProgressFn, Tracker};
 use crate::reader::{state_info, OperatorInfo, SavepointReader, StateStats};
 use crate::{Options, SavepointWriter, SpaError};
 
@@ -464,6 +465,11 @@ pub struct ResealedFile {
 /// DuckDB), record their new sizes and CRC-32s in `_metadata` (replaced
 /// atomically). Only savepoints (checkpoints belong to the engine).
 pub fn reseal(dir: &Path) -> Result<Vec<ResealedFile>, SpaError> {
+    reseal_with(dir, None)
+}
+
+/// [`reseal`], telling `progress` after every file checked.
+pub fn reseal_with(dir: &Path, progress: Option<&ProgressFn>) -> Result<Vec<ResealedFile>, SpaError> {
     let storage = local();
     let (dir, mp) = cairn_snapshot::metadata::locate_metadata(&*storage, dir)?;
     let bytes = storage.read(&mp)?;
@@ -475,6 +481,7 @@ pub fn reseal(dir: &Path) -> Result<Vec<ResealedFile>, SpaError> {
         )));
     }
     let mut changed = Vec::new();
+    let tracker = Tracker::new("resealing", "files", progress, meta.files().count() as u64);
     for op in &mut meta.operators {
         for sub in &mut op.subtasks {
             for f in &mut sub.files {
@@ -488,6 +495,7 @@ pub fn reseal(dir: &Path) -> Result<Vec<ResealedFile>, SpaError> {
                     off += len;
                 }
                 let crc = h.finalize();
+                tracker.step(size);
                 if size != f.size || crc != f.crc32 {
                     if f.format != FileFormat::ParquetV2 && f.format != FileFormat::ParquetV1 {
                         return Err(SpaError::Usage(format!(
@@ -565,12 +573,31 @@ impl FsckReport {
     }
 }
 
+/// A snapshot's `_metadata`, decoded (or why not).
+type LoadedMeta = Result<cairn_snapshot::SnapshotMetadata, cairn_snapshot::SnapshotError>;
+
+fn load_meta(storage: &dyn Storage, dir: &Path) -> LoadedMeta {
+    let mp = metadata_path(dir);
+    storage.read(&mp).and_then(|b| decode_metadata(&mp, &b))
+}
+
+/// The files `_metadata` lists (0 when it does not decode).
+fn file_count(meta: &LoadedMeta) -> u64 {
+    meta.as_ref().map_or(0, |m| m.files().count() as u64)
+}
+
 /// Verify one snapshot directory; return the absolute paths it references.
-fn check_snapshot(storage: &dyn Storage, dir: &Path, report: &mut FsckReport) -> BTreeSet<PathBuf> {
+fn check_snapshot(
+    storage: &dyn Storage,
+    dir: &Path,
+    meta: LoadedMeta,
+    report: &mut FsckReport,
+    tracker: &Tracker,
+) -> BTreeSet<PathBuf> {
     let mut refs = BTreeSet::new();
     let mp = metadata_path(dir);
     report.snapshots.push(dir.display().to_string());
-    let meta = match storage.read(&mp).and_then(|b| decode_metadata(&mp, &b)) {
+    let meta = match meta {
         Ok(m) => m,
         Err(e) => {
             report.problems.push(e.to_string());
@@ -579,6 +606,7 @@ fn check_snapshot(storage: &dyn Storage, dir: &Path, report: &mut FsckReport) ->
     };
     for (op, _, f) in meta.files() {
         report.files_checked += 1;
+        tracker.step(f.size);
         let path = match resolve_ref(dir, &f.path) {
             Ok(p) => p,
             Err(e) => {
@@ -596,9 +624,9 @@ fn check_snapshot(storage: &dyn Storage, dir: &Path, report: &mut FsckReport) ->
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             FileFormat::ParquetV2 => cairn_canonical::open(storage, &path, f.size).map(|_| ()),
-            FileFormat::ParquetV1 => {
-                cairn_runtime::snapshot_io::read_canonical_footer(storage, &path, f.size).map(|_| ())
-            }
+            FileFormat::ParquetV1 => cairn_runtime::snapshot_io::read_canonical_footer(storage, &path, f.size)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             FileFormat::BackendFile => Ok(()),
         };
         if let Err(e) = structural {
@@ -624,7 +652,12 @@ fn walk(storage: &dyn Storage, dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn fsck_job_dir(storage: &dyn Storage, job_dir: &Path, report: &mut FsckReport) -> Result<(), SpaError> {
+fn fsck_job_dir(
+    storage: &dyn Storage,
+    job_dir: &Path,
+    report: &mut FsckReport,
+    tracker: &Tracker,
+) -> Result<(), SpaError> {
     let mut referenced = BTreeSet::new();
     let mut complete = Vec::new();
     let mut incomplete = Vec::new();
@@ -632,13 +665,20 @@ fn fsck_job_dir(storage: &dyn Storage, job_dir: &Path, report: &mut FsckReport) 
         let p = job_dir.join(&e.name);
         if let (true, Some(id)) = (e.is_dir, parse_checkpoint_dir_name(&e.name)) {
             if storage.exists(&metadata_path(&p))? {
-                referenced.extend(check_snapshot(storage, &p, report));
-                complete.push(id);
+                let meta = load_meta(storage, &p);
+                tracker.add_total(file_count(&meta));
+                complete.push((id, p, meta));
             } else {
                 incomplete.push((id, p));
             }
         }
     }
+    let mut complete_ids = Vec::new();
+    for (id, p, meta) in complete {
+        referenced.extend(check_snapshot(storage, &p, meta, report, tracker));
+        complete_ids.push(id);
+    }
+    let complete = complete_ids;
     let latest = complete.iter().max().copied();
     for (id, p) in incomplete {
         if latest.is_some_and(|l| id < l) {
@@ -663,6 +703,12 @@ fn fsck_job_dir(storage: &dyn Storage, job_dir: &Path, report: &mut FsckReport) 
 /// or `_metadata`), a job's checkpoint directory, or the checkpoint
 /// directory holding jobs; list orphaned files.
 pub fn fsck(path: &Path) -> Result<FsckReport, SpaError> {
+    fsck_with(path, None)
+}
+
+/// [`fsck`], telling `progress` after every file verified.
+pub fn fsck_with(path: &Path, progress: Option<&ProgressFn>) -> Result<FsckReport, SpaError> {
+    let tracker = Tracker::new("verifying", "files", progress, 0);
     let storage = local();
     let storage = &*storage;
     let mut report = FsckReport::default();
@@ -673,7 +719,9 @@ pub fn fsck(path: &Path) -> Result<FsckReport, SpaError> {
         path.to_path_buf()
     };
     if storage.exists(&metadata_path(&snap_dir))? {
-        let refs = check_snapshot(storage, &snap_dir, &mut report);
+        let meta = load_meta(storage, &snap_dir);
+        tracker.add_total(file_count(&meta));
+        let refs = check_snapshot(storage, &snap_dir, meta, &mut report, &tracker);
         let mut files = Vec::new();
         walk(storage, &snap_dir, &mut files);
         for f in files {
@@ -695,13 +743,13 @@ pub fn fsck(path: &Path) -> Result<FsckReport, SpaError> {
         .iter()
         .any(|e| e.is_dir && (parse_checkpoint_dir_name(&e.name).is_some() || e.name == SHARED_DIR));
     if is_job_dir {
-        fsck_job_dir(storage, path, &mut report)?;
+        fsck_job_dir(storage, path, &mut report, &tracker)?;
     } else {
         let mut any = false;
         for e in entries.iter().filter(|e| e.is_dir) {
             if cairn_snapshot::layout::validate_hex32("job id", &e.name).is_ok() {
                 any = true;
-                fsck_job_dir(storage, &path.join(&e.name), &mut report)?;
+                fsck_job_dir(storage, &path.join(&e.name), &mut report, &tracker)?;
             }
         }
         if !any {
@@ -728,9 +776,19 @@ pub struct GcReport {
 /// be in progress (its new shared files would look unreferenced) unless
 /// `force`. Corrupt snapshots stop it: nothing is deleted then.
 pub fn gc(job_dir: &Path, dry_run: bool, force: bool) -> Result<GcReport, SpaError> {
+    gc_with(job_dir, dry_run, force, None)
+}
+
+/// [`gc`], telling `progress` after every file verified, then deleted.
+pub fn gc_with(job_dir: &Path, dry_run: bool, force: bool, progress: Option<&ProgressFn>) -> Result<GcReport, SpaError> {
     let storage = local();
     let mut report = FsckReport::default();
-    fsck_job_dir(&*storage, job_dir, &mut report)?;
+    fsck_job_dir(
+        &*storage,
+        job_dir,
+        &mut report,
+        &Tracker::new("verifying", "files", progress, 0),
+    )?;
     if !report.problems.is_empty() {
         return Err(SpaError::Snapshot(format!(
             "refusing to collect garbage in a job directory with problems (run cairn fsck): {}",
@@ -750,21 +808,27 @@ pub fn gc(job_dir: &Path, dry_run: bool, force: bool) -> Result<GcReport, SpaErr
         let path = o.split(" (").next().unwrap_or(&o).to_string();
         targets.insert(path, o.contains("leftovers"));
     }
+    let phase = if dry_run { "listing" } else { "deleting" };
+    let tracker = Tracker::new(phase, "files", progress, targets.len() as u64);
     for (path, is_dir) in targets {
         let p = PathBuf::from(&path);
-        if is_dir {
+        let size = if is_dir {
             let mut files = Vec::new();
             walk(&*storage, &p, &mut files);
-            bytes += files.iter().filter_map(|f| storage.size(f).ok()).sum::<u64>();
+            let size = files.iter().filter_map(|f| storage.size(f).ok()).sum::<u64>();
             if !dry_run {
                 storage.delete_dir_all(&p)?;
             }
+            size
         } else {
-            bytes += storage.size(&p).unwrap_or(0);
+            let size = storage.size(&p).unwrap_or(0);
             if !dry_run {
                 storage.delete_file(&p)?;
             }
-        }
+            size
+        };
+        bytes += size;
+        tracker.step(size);
         deleted.push(path);
     }
     Ok(GcReport {

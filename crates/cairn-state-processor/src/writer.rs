@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::chunks;
+use crate::progress::Tracker;
 use crate::reader::{timer_key, SavepointReader};
 use crate::spill::{self, SpillDir, Spiller};
 use crate::{Options, SpaError};
@@ -311,7 +312,7 @@ where
                     f.open(&mut access).map_err(|e| {
                         SpaError::Function(format!("open of the bootstrap function of uid '{}': {e}", job.uid))
                     })?;
-                    let mut timers = TimerService::open(&mut access)?;
+                    let mut timers = TimerService::open(&mut access, cairn_operators::timers::TimerSettings::default())?;
                     spill::read(&b.path, &mut |r| {
                         let k: K = codec::decode_key("bootstrap key", &r.a)?;
                         let v: T = codec::decode("bootstrap input", &r.c)?;
@@ -582,13 +583,25 @@ impl SavepointWriter {
                 .map(|o| o.max_parallelism)
         });
         let default_max = self.max_parallelism.or(base_max).unwrap_or(128);
+        // Progress counts the key groups of existing operators' keyed state,
+        // once read and, when rehashed, once more written.
+        let mut units = 0u64;
+        if let Some(base) = &self.base {
+            for p in &self.planned {
+                if let Planned::Existing { index, .. } = p {
+                    let op = &base.metadata().operators[*index];
+                    units += copy_units(base, op, self.max_parallelism)?;
+                }
+            }
+        }
+        let tracker = Tracker::new("rewriting", "key groups", self.options.progress.as_ref(), units);
         let mut operators = Vec::new();
         for p in self.planned {
             operators.push(match p {
                 Planned::Existing { index, uid } => {
                     let base = self.base.as_ref().expect("existing operators come from a base");
                     let op = &base.metadata().operators[index];
-                    copy_operator(base, op, &uid, self.max_parallelism, &*storage, dir, &self.options)?
+                    copy_operator(base, op, &uid, self.max_parallelism, &*storage, dir, &self.options, &tracker)?
                 }
                 Planned::New { uid, transformation } => {
                     let operator_id = operator_id_for_uid(&uid);
@@ -658,9 +671,28 @@ fn subtasks(files: Vec<Vec<StateFileRef>>, parallelism: u32) -> Vec<SubtaskSnaps
     out
 }
 
+/// The progress units of copying `op`: its key groups when it has keyed
+/// state, and the new max parallelism's too when its keys are rehashed.
+fn copy_units(base: &SavepointReader, op: &OpMeta, new_max: Option<u32>) -> Result<u64, SpaError> {
+    if base.keyed_states(op)?.is_empty() {
+        return Ok(0);
+    }
+    let rehash = new_max.filter(|m| *m != op.max_parallelism).unwrap_or(0);
+    Ok(u64::from(op.max_parallelism) + u64::from(rehash))
+}
+
+fn size_of(files: &[StateFileRef]) -> u64 {
+    files.iter().map(|f| f.size).sum()
+}
+
+fn width(range: &KeyGroupRange) -> u64 {
+    u64::from(range.end_exclusive.saturating_sub(range.start))
+}
+
 /// Copy an operator of the base snapshot under `uid` (canonical v2 files
 /// byte for byte; other formats re-encoded), rehashing its keys when the
 /// max parallelism changes.
+#[allow(clippy::too_many_arguments)]
 fn copy_operator(
     base: &SavepointReader,
     op: &OpMeta,
@@ -669,6 +701,7 @@ fn copy_operator(
     storage: &dyn Storage,
     dir: &Path,
     options: &Options,
+    tracker: &Tracker,
 ) -> Result<OpMeta, SpaError> {
     let operator_id = operator_id_for_uid(uid);
     let has_keyed = !base.keyed_states(op)?.is_empty();
@@ -708,12 +741,18 @@ fn copy_operator(
                 .all(|f| matches!(f.format, FileFormat::ParquetV2));
             if canonical {
                 for sub in &op.subtasks {
+                    let mut copied = 0;
                     for f in &sub.files {
                         if let cairn_canonical::CanonicalFile::Keyed(_) =
                             base.state_reader().open_canonical_v2(op, f)?
                         {
                             files[sub.subtask_index as usize].push(copy_file(base, f, storage, dir)?);
+                            copied += f.size;
                         }
+                    }
+                    if has_keyed {
+                        let old = KeyGroupRange::for_subtask(op.max_parallelism, op.parallelism, sub.subtask_index);
+                        tracker.advance(width(&old), copied);
                     }
                 }
             } else if has_keyed {
@@ -723,7 +762,9 @@ fn copy_operator(
                 let ranges = base.ranges(op, &within);
                 let parts = chunks::run(&ranges, options.parallelism, |i, range| {
                     let mut b = base.restore_range(op, *range)?;
-                    Ok((*range, job.keyed_files(&mut *b, &format!("r{i}"), key_codec.as_ref())?))
+                    let out = job.keyed_files(&mut *b, &format!("r{i}"), key_codec.as_ref())?;
+                    tracker.advance(width(range), size_of(&out));
+                    Ok((*range, out))
                 })?;
                 for (s, f) in job.by_subtask(parts).into_iter().enumerate() {
                     files[s].extend(f);
@@ -737,7 +778,7 @@ fn copy_operator(
                     op.uid
                 ))
             })?;
-            for (s, f) in rehash_keys(base, op, &job, new_max, &codec)?.into_iter().enumerate() {
+            for (s, f) in rehash_keys(base, op, &job, new_max, &codec, tracker)?.into_iter().enumerate() {
                 files[s].extend(f);
             }
         }
@@ -801,6 +842,7 @@ fn rehash_keys(
     job: &BootstrapJob<'_>,
     new_max: u32,
     codec: &KeyCodec,
+    tracker: &Tracker,
 ) -> Result<Vec<Vec<StateFileRef>>, SpaError> {
     let options = job.options;
     let dir = SpillDir::new(&options.spill_dir)?;
@@ -818,7 +860,11 @@ fn rehash_keys(
     let mut mp = Vec::new();
     for range in old {
         let mut b = base.restore_range(op, range)?;
-        let snap = b.snapshot(&SnapshotRequest::checkpoint(0))?;
+        // The logical view every backend gives (a file backend's checkpoint would be files).
+        let snap = b.snapshot(&SnapshotRequest {
+            checkpoint_id: 0,
+            kind: cairn_state::SnapshotRequestKind::CanonicalSavepoint,
+        })?;
         let groups = snap
             .key_groups()
             .ok_or_else(|| SpaError::Snapshot(format!("uid '{}': the backend gave no logical key groups", op.uid)))?;
@@ -869,6 +915,7 @@ fn rehash_keys(
             })
             .map_err(|e| failure.take().unwrap_or_else(|| SpaError::Snapshot(e.to_string())))?;
         drop(b);
+        tracker.advance(width(&range), 0);
     }
     let budget = options.memory_bytes / options.parallelism.max(1) as u64;
     let buckets = spiller.finish(budget)?;
@@ -884,7 +931,9 @@ fn rehash_keys(
             }
             Ok(())
         })?;
-        Ok((bucket.range, job.keyed_files(&mut b, &format!("k{i}"), Some(codec))?))
+        let out = job.keyed_files(&mut b, &format!("k{i}"), Some(codec))?;
+        tracker.advance(width(&bucket.range), size_of(&out));
+        Ok((bucket.range, out))
     })?;
     Ok(job.by_subtask(parts))
 }

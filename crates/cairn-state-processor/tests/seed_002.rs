@@ -36,8 +36,14 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn make_env(parallelism: u32, restore: Option<&Path>) -> StreamEnv {
+    make_env_on(parallelism, restore, "hashmap")
+}
+
+/// A job environment on the state backend `backend` ("hashmap", "rocksdb").
+fn make_env_on(parallelism: u32, restore: Option<&Path>, backend: &str) -> StreamEnv {
     let mut config = Configuration::new();
     config.set("parallelism.default", &parallelism.to_string()).unwrap();
+    config.set("state.backend.type", backend).unwrap();
     StreamEnv::with_startup(StartupOptions {
         config,
         restore_path: restore.map(Path::to_path_buf),
@@ -160,8 +166,12 @@ impl KeyedStateReaderFunction for ReaderFunction {
 }
 
 fn read_keyed_state_of_a_savepoint_taken_while_running(format: SnapshotFormat) {
+    read_keyed_state_of_a_savepoint_taken_while_running_on(format, "hashmap");
+}
+
+fn read_keyed_state_of_a_savepoint_taken_while_running_on(format: SnapshotFormat, backend: &str) -> PathBuf {
     let target = temp_dir("read");
-    let env = make_env(2, None);
+    let env = make_env_on(2, None, backend);
     let (sink, out) = CollectSink::new();
     env.source_with_watermarks(
         GeneratorSource::new(1_000_000, 50).seed(3).splits(4).rate(4_000),
@@ -233,6 +243,15 @@ fn read_keyed_state_of_a_savepoint_taken_while_running(format: SnapshotFormat) {
         .read_keyed_state("no-such-uid", ReaderFunction::default())
         .unwrap_err();
     assert!(e.to_string().contains("'mapper-id'"), "the error lists the uids: {e}");
+
+    // Keys, entries and bytes per state (what `cairn savepoint inspect` shows).
+    let stats = savepoint.state_stats().unwrap();
+    let of = |name: &str| stats.iter().find(|s| s.uid == "mapper-id" && s.state == name).cloned();
+    let state = of("state").expect("stats of 'state'");
+    assert_eq!(state.keys, oracle.len() as u64);
+    let times = of("times").expect("stats of 'times'");
+    assert_eq!(times.entries, oracle.values().map(|k| k.times.len() as u64).sum::<u64>());
+    sp
 }
 
 #[test]
@@ -243,6 +262,53 @@ fn seed_read_keyed_state_with_timers_from_a_canonical_savepoint_of_a_running_job
 #[test]
 fn seed_read_keyed_state_with_timers_from_a_native_savepoint_of_a_running_job() {
     read_keyed_state_of_a_savepoint_taken_while_running(SnapshotFormat::Native);
+}
+
+/// RocksDB's native savepoint holds RocksDB's own files: the reader opens
+/// them with a RocksDB backend of its own (this crate's `rocksdb` feature).
+#[cfg(feature = "rocksdb")]
+#[test]
+fn seed_read_keyed_state_with_timers_from_a_native_savepoint_of_a_rocksdb_job() {
+    let sp = read_keyed_state_of_a_savepoint_taken_while_running_on(SnapshotFormat::Native, "rocksdb");
+    let reader = SavepointReader::read(&sp).unwrap();
+    assert_eq!(reader.native_backend(), Some("rocksdb"));
+
+    // A reader told to use another backend gets a typed error naming both.
+    struct OtherHeap;
+    impl cairn::state::StateBackendFactory for OtherHeap {
+        fn name(&self) -> &str {
+            "other-heap"
+        }
+        fn create(
+            &self,
+            ctx: &cairn::state::BackendContext,
+        ) -> Result<Box<dyn cairn::state::KeyedStateBackend>, cairn::state::StateError> {
+            cairn::state::HeapBackendFactory.create(ctx)
+        }
+    }
+    let options = cairn_state_processor::Options {
+        backends: std::sync::Arc::new(OtherHeap),
+        ..Default::default()
+    };
+    let storage = cairn::snapshot::StorageRouter::local_only().shared();
+    let reader = SavepointReader::read_with(storage, &sp, options).unwrap();
+    let e = reader
+        .read_keyed_state("mapper-id", ReaderFunction::default())
+        .unwrap_err();
+    assert!(
+        matches!(&e, cairn_state_processor::SpaError::NativeBackend { backend, .. } if backend == "rocksdb"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("'other-heap'"), "{e}");
+    // Operator state needs no backend.
+    let splits: Vec<serde_json::Value> = reader.read_union_state("source-id", "generator-split-table").unwrap();
+    assert!(!splits.is_empty());
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn seed_read_keyed_state_with_timers_from_a_canonical_savepoint_of_a_rocksdb_job() {
+    read_keyed_state_of_a_savepoint_taken_while_running_on(SnapshotFormat::Canonical, "rocksdb");
 }
 
 // ---------------------------------------------------------------------------

@@ -121,6 +121,7 @@ pub fn job_plan(env: &StreamEnv, job_name: &str) -> Result<JobPlan, CairnError> 
                         parallelism: node.parallelism,
                         max_parallelism: node.max_parallelism,
                         attempt: 0,
+                        clock: spec.clock.clone(),
                     },
                     config: spec.config.clone(),
                     keyed: Some(KeyedStateAccess::new(Box::new(backend))),
@@ -128,10 +129,14 @@ pub fn job_plan(env: &StreamEnv, job_name: &str) -> Result<JobPlan, CairnError> 
                 });
                 let _ = op.close();
                 opened.map_err(|e| {
-                    CairnError::Job(cairn_runtime::JobError::Setup(format!(
+                    let message = format!(
                         "operator '{}' (uid '{}') failed to open while the plan was made: {e}",
                         node.name, node.uid
-                    )))
+                    );
+                    CairnError::Job(cairn_runtime::JobError::Setup(
+                        cairn_runtime::error::SetupError::new(cairn_runtime::error::SetupErrorKind::OperatorOpen, message)
+                            .with_source(e),
+                    ))
                 })?;
                 states = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
             }
