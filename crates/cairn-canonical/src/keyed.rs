@@ -835,7 +835,11 @@ impl Pending {
         let key = |&(_, at, len): &(u32, u32, u32)| &buf[at as usize..(at + len) as usize];
         self.keys
             .sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a).cmp(key(b))));
-        if self.keys.windows(2).any(|w| w[0].0 == w[1].0 && key(&w[0]) == key(&w[1])) {
+        if self
+            .keys
+            .windows(2)
+            .any(|w| w[0].0 == w[1].0 && key(&w[0]) == key(&w[1]))
+        {
             return Err(format!(
                 "state '{}', key group {kg}: {}",
                 meta.name,
@@ -936,7 +940,9 @@ mod pending_tests {
     #[test]
     fn values_are_encoded_as_they_come_and_duplicate_keys_are_refused() {
         let mut p = Pending::default();
-        let keys: Vec<Vec<u8>> = (0u32..500).map(|i| i.to_le_bytes().repeat(1 + i as usize % 3)).collect();
+        let keys: Vec<Vec<u8>> = (0u32..500)
+            .map(|i| i.to_le_bytes().repeat(1 + i as usize % 3))
+            .collect();
         for (i, k) in keys.iter().enumerate() {
             p.add_value(k, &[i as u8]);
         }
@@ -949,7 +955,11 @@ mod pending_tests {
             Ok(())
         })
         .unwrap();
-        let want: Vec<(Vec<u8>, Vec<u8>)> = keys.iter().enumerate().map(|(i, k)| (k.clone(), vec![i as u8])).collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), vec![i as u8]))
+            .collect();
         assert_eq!(got, want);
 
         let mut p = Pending::default();
@@ -962,6 +972,9 @@ mod pending_tests {
         let mut p = Pending::default();
         p.add_value(b"t", &[]);
         p.add_value(b"t", &[]);
-        assert!(p.encode(&meta(), 3, true).unwrap_err().contains("a timer appears twice"));
+        assert!(p
+            .encode(&meta(), 3, true)
+            .unwrap_err()
+            .contains("a timer appears twice"));
     }
 }

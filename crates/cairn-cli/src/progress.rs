@@ -39,15 +39,7 @@ pub fn render(what: &str, done: u64, total: u64, bytes: u64, elapsed_ms: u64) ->
 }
 
 /// [`render`] counting `unit`s, saying `empty` while the total is unknown.
-pub fn render_units(
-    what: &str,
-    done: u64,
-    total: u64,
-    unit: &str,
-    empty: &str,
-    bytes: u64,
-    elapsed_ms: u64,
-) -> String {
+pub fn render_units(what: &str, done: u64, total: u64, unit: &str, empty: &str, bytes: u64, elapsed_ms: u64) -> String {
     let filled = if total == 0 {
         0
     } else {

@@ -70,12 +70,14 @@ pub enum SavepointTool {
         memory: Memory,
     },
     /// Whether a snapshot restores into a job, without starting it
-    #[command(long_about = "Whether a savepoint or retained checkpoint restores into a job, without \
+    #[command(
+        long_about = "Whether a savepoint or retained checkpoint restores into a job, without \
                       starting it: which state maps to which operator, what would be dropped (and \
                       whether -n is needed), new operators that start empty, max-parallelism and \
                       parallelism problems, and stored types that do not decode into the job's types. \
                       The job binary is run with --cairn-plan-json: it prints its plan and exits. \
-                      Exit code 0 only when a restore would succeed.")]
+                      Exit code 0 only when a restore would succeed."
+    )]
     Check {
         /// A savepoint or retained checkpoint directory, or its _metadata
         #[arg(value_name = "PATH")]
@@ -90,9 +92,11 @@ pub enum SavepointTool {
         job: Vec<String>,
     },
     /// Write a new, self-contained canonical savepoint with changes
-    #[command(long_about = "Writes a new, self-contained canonical savepoint: a new max parallelism \
+    #[command(
+        long_about = "Writes a new, self-contained canonical savepoint: a new max parallelism \
                       (every key is rehashed into its new key group), renamed or dropped operators. The \
-                      input is not changed.")]
+                      input is not changed."
+    )]
     Rewrite {
         /// The savepoint or retained checkpoint to read
         #[arg(value_name = "IN")]
@@ -116,9 +120,11 @@ pub enum SavepointTool {
         memory: Memory,
     },
     /// Record new sizes and checksums after other tools rewrote the Parquet files
-    #[command(long_about = "After a savepoint's Parquet files were rewritten with other tools (pyarrow, \
+    #[command(
+        long_about = "After a savepoint's Parquet files were rewritten with other tools (pyarrow, \
                       DuckDB, Spark), records their new sizes and checksums in _metadata, so the \
-                      savepoint restores. Each file must still have the canonical schema.")]
+                      savepoint restores. Each file must still have the canonical schema."
+    )]
     Reseal {
         /// The savepoint directory, or its _metadata
         #[arg(value_name = "PATH")]
@@ -273,8 +279,8 @@ pub fn savepoint(tool: SavepointTool) -> Result<(), CliError> {
             quiet,
         } => {
             let bar = Bar::new("reseal", quiet || as_json);
-            let files =
-                tools::reseal_with(&path, bar.callback("reseal").as_ref()).map_err(|e| failed("savepoint reseal", e))?;
+            let files = tools::reseal_with(&path, bar.callback("reseal").as_ref())
+                .map_err(|e| failed("savepoint reseal", e))?;
             drop(bar);
             if as_json {
                 return report(json(&files)?, 0);

@@ -68,14 +68,20 @@ fn live_state_then_the_offline_tools_on_its_savepoint() {
     };
     let o = h.expect(0, &["state", "get", short, "running-count", "count", "3", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&o).unwrap();
-    assert_eq!((v["uid"].as_str(), v["state"].as_str(), v["key"].as_u64()), (Some("running-count"), Some("count"), Some(3)));
+    assert_eq!(
+        (v["uid"].as_str(), v["state"].as_str(), v["key"].as_u64()),
+        (Some("running-count"), Some("count"), Some(3))
+    );
     assert!(v["value"].as_u64().unwrap() >= first, "{v}");
     assert!(v["subtask"].as_u64().unwrap() < 2, "{v}");
 
     // What cannot be answered, with its exit code.
     let (code, _, err) = h.cairn(&["state", "get", short, "running-count", "count", "\"3\""]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("not a key of operator 'running-count' (key type u64)"), "{err}");
+    assert!(
+        err.contains("not a key of operator 'running-count' (key type u64)"),
+        "{err}"
+    );
     let (code, _, err) = h.cairn(&["state", "get", short, "running-count", "count", "three"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("a string key is written in quotes: '\"three\"'"), "{err}");
@@ -102,11 +108,21 @@ fn live_state_then_the_offline_tools_on_its_savepoint() {
 
     // inspect
     let o = h.expect(0, &["savepoint", "inspect", &sp_s]);
-    assert!(o.contains("savepoint (canonical)") && o.contains("operator uid 'running-count'"), "{o}");
+    assert!(
+        o.contains("savepoint (canonical)") && o.contains("operator uid 'running-count'"),
+        "{o}"
+    );
     assert!(o.contains("count") && o.contains("10 keys"), "{o}");
     let o = h.expect(0, &["savepoint", "inspect", &sp_s, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&o).unwrap();
-    assert!(v["operators"].as_array().unwrap().iter().any(|op| op["uid"] == "running-count"), "{v}");
+    assert!(
+        v["operators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["uid"] == "running-count"),
+        "{v}"
+    );
 
     // check: restores into the same job (exit 0) ...
     let o = h.expect(0, &["savepoint", "check", &sp_s, "--", &job_s, &out_s]);
@@ -115,29 +131,86 @@ fn live_state_then_the_offline_tools_on_its_savepoint() {
     let renamed = h.path("renamed");
     let o = h.expect(
         0,
-        &["savepoint", "rewrite", &sp_s, &s(&renamed), "--rename-uid", "running-count=counts-v2"],
+        &[
+            "savepoint",
+            "rewrite",
+            &sp_s,
+            &s(&renamed),
+            "--rename-uid",
+            "running-count=counts-v2",
+        ],
     );
     assert!(o.starts_with("wrote "), "{o}");
     let (code, o, err) = h.cairn(&["savepoint", "check", &s(&renamed), "--", &job_s, &out_s]);
     assert_eq!(code, 1, "{o}{err}");
-    assert!(o.contains("counts-v2") && o.contains("result: the restore would FAIL"), "{o}");
+    assert!(
+        o.contains("counts-v2") && o.contains("result: the restore would FAIL"),
+        "{o}"
+    );
     let (code, o, _) = h.cairn(&["savepoint", "check", &s(&renamed), "--json", "--", &job_s, &out_s]);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&o).unwrap();
-    assert!(v["findings"].as_array().unwrap().iter().any(|f| f["severity"] == "error"), "{v}");
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["severity"] == "error"),
+        "{v}"
+    );
     // A job binary that is not one gets a usage error.
     let (code, _, err) = h.cairn(&["savepoint", "check", &sp_s, "--", "/bin/false"]);
     assert_eq!(code, 2, "{err}");
 
     // rewrite with a new max parallelism: every key keeps its count.
     let rescaled = h.path("rescaled");
-    h.expect(0, &["savepoint", "rewrite", &sp_s, &s(&rescaled), "--max-parallelism", "256"]);
+    h.expect(
+        0,
+        &["savepoint", "rewrite", &sp_s, &s(&rescaled), "--max-parallelism", "256"],
+    );
     let o = h.expect(0, &["savepoint", "inspect", &s(&rescaled)]);
     assert!(o.contains("max parallelism 256") && o.contains("10 keys"), "{o}");
 
     // fsck: the checkpoints and the savepoints are sound ...
     let o = h.expect(0, &["fsck", &s(&chk)]);
     assert!(!o.contains("PROBLEM"), "{o}");
+
+    // Progress bars: none when stderr is not a terminal (as here); forced
+    // on (CAIRN_PROGRESS=always, as on a terminal) they go to stderr and
+    // stdout stays the same; --quiet and --json draw none.
+    let (code, plain, err) = h.cairn(&["fsck", &s(&chk)]);
+    assert_eq!(code, 0);
+    assert!(!err.contains('\r') && !err.contains("verifying"), "{err}");
+    let always = [("CAIRN_PROGRESS", "always")];
+    let (code, o, err) = h.cairn_env(&["fsck", &s(&chk)], &always);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(o, plain, "the report does not change");
+    assert!(err.contains("fsck: verifying [") && err.contains(" files "), "{err}");
+    let (_, _, err) = h.cairn_env(&["fsck", "--quiet", &s(&chk)], &always);
+    assert!(!err.contains("verifying"), "{err}");
+    let (_, o, err) = h.cairn_env(&["fsck", "--json", &s(&chk)], &always);
+    assert!(!err.contains("verifying"), "{err}");
+    serde_json::from_str::<serde_json::Value>(&o).unwrap();
+    let (_, _, err) = h.cairn_env(&["savepoint", "inspect", &sp_s], &always);
+    assert!(
+        err.contains("inspect: reading [") && err.contains(" key groups "),
+        "{err}"
+    );
+    let (code, _, err) = h.cairn_env(
+        &[
+            "savepoint",
+            "rewrite",
+            &sp_s,
+            &s(&h.path("renamed-2")),
+            "--rename-uid",
+            "running-count=c3",
+        ],
+        &always,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rewrite: rewriting ["), "{err}");
+    let (_, _, err) = h.cairn_env(&["savepoint", "reseal", &s(&h.path("renamed-2"))], &always);
+    assert!(err.contains("reseal: resealing ["), "{err}");
     h.expect(0, &["fsck", &s(&rescaled)]);
     // ... until a byte of a state file changes.
     let victim = std::fs::read_dir(&rescaled)
@@ -160,5 +233,7 @@ fn live_state_then_the_offline_tools_on_its_savepoint() {
     let before = std::fs::read_dir(&job_dir).unwrap().count();
     let o = h.expect(0, &["gc", &s(&job_dir)]);
     assert!(o.contains("dry run"), "{o}");
+    let (_, _, err) = h.cairn_env(&["gc", &s(&job_dir)], &always);
+    assert!(err.contains("gc: verifying ["), "{err}");
     assert_eq!(std::fs::read_dir(&job_dir).unwrap().count(), before);
 }

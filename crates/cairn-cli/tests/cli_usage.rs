@@ -110,13 +110,25 @@ fn usage_errors_exit_2_with_a_pointer_to_help() {
         (&["savepoint", "inspect", "/x", "a1"], "unexpected argument 'a1'"),
         (&["savepoint", "check", "/x"], "<BINARY [ARGS]...>"),
         (&["savepoint", "rewrite", "/x"], "<OUT>"),
-        (&["savepoint", "rewrite", "/x", "/y", "--max-parallelism", "0"], "0 is not in 1..=32768"),
-        (&["savepoint", "rewrite", "/x", "/y", "--rename-uid", "a"], "is not OLD=NEW"),
-        (&["savepoint", "rewrite", "/x", "/y", "--memory", "lots"], "invalid digit"),
+        (
+            &["savepoint", "rewrite", "/x", "/y", "--max-parallelism", "0"],
+            "0 is not in 1..=32768",
+        ),
+        (
+            &["savepoint", "rewrite", "/x", "/y", "--rename-uid", "a"],
+            "is not OLD=NEW",
+        ),
+        (
+            &["savepoint", "rewrite", "/x", "/y", "--memory", "lots"],
+            "invalid digit",
+        ),
         (&["fsck"], "<PATH>"),
         (&["gc", "/x", "--delete=now"], "unexpected value"),
         (&["state", "get", "a1", "uid", "name"], "<KEY>"),
-        (&["state", "get", "a1", "uid", "name", "alice"], "a string key is written in quotes"),
+        (
+            &["state", "get", "a1", "uid", "name", "alice"],
+            "a string key is written in quotes",
+        ),
         (&["state", "put", "a1"], "unrecognized subcommand 'put'"),
     ];
     for (args, needle) in cases {

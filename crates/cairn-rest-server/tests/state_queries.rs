@@ -118,7 +118,10 @@ fn wait_counted(r: &Running) {
     for k in 0..KEYS {
         let key = serde_json::to_string(&format!("user \"{k}\"")).unwrap();
         loop {
-            let resp = r.http.get(&state_path(&r.jid, "per user/v1", "events-seen", &key)).unwrap();
+            let resp = r
+                .http
+                .get(&state_path(&r.jid, "per user/v1", "events-seen", &key))
+                .unwrap();
             if resp.status == 200 && resp.json()["value"].as_u64().is_some() {
                 break;
             }
@@ -167,7 +170,12 @@ fn a_running_job_answers_state_queries_over_rest() {
         .http
         .get(&state_path(&r.jid, "per user/v1", "events-seen", "\"user \\\"99\\\"\""))
         .unwrap();
-    assert_eq!((v.status, v.json()["value"].clone()), (200, Value::Null), "{}", v.text());
+    assert_eq!(
+        (v.status, v.json()["value"].clone()),
+        (200, Value::Null),
+        "{}",
+        v.text()
+    );
 }
 
 #[test]
@@ -216,7 +224,12 @@ fn state_queries_that_cannot_be_answered_get_clear_4xx() {
     let no_key = format!("/jobs/{jid}/state/{}/events-seen", percent_encode("per user/v1"));
     assert_error(&get(&no_key), 400, "MISSING_KEY", "query parameter 'key'");
     assert_error(
-        &get(&state_path("0123456789abcdef0123456789abcdef", "per user/v1", "events-seen", key)),
+        &get(&state_path(
+            "0123456789abcdef0123456789abcdef",
+            "per user/v1",
+            "events-seen",
+            key,
+        )),
         404,
         "JOB_NOT_FOUND",
         "not found",
@@ -234,7 +247,12 @@ fn state_values_need_the_token_over_tcp_but_not_over_the_socket() {
     wait_counted(&r);
     let path = state_path(&r.jid, "per user/v1", "events-seen", "\"user \\\"2\\\"\"");
     let anonymous = HttpClient::new(r.server.address().to_string());
-    assert_error(&anonymous.get(&path).unwrap(), 401, "UNAUTHORIZED", "Authorization: Bearer");
+    assert_error(
+        &anonymous.get(&path).unwrap(),
+        401,
+        "UNAUTHORIZED",
+        "Authorization: Bearer",
+    );
     assert_eq!(r.http.get(&path).unwrap().status, 200);
     // Other reads stay open, as before.
     assert_eq!(anonymous.get(&format!("/jobs/{}", r.jid)).unwrap().status, 200);

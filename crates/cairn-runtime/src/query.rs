@@ -137,7 +137,11 @@ fn list(names: impl Iterator<Item = String>) -> String {
 impl std::fmt::Debug for QueryRoutes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.operators.iter().map(|o| (&o.uid, o.states.iter().map(|s| &s.name).collect::<Vec<_>>())))
+            .entries(
+                self.operators
+                    .iter()
+                    .map(|o| (&o.uid, o.states.iter().map(|s| &s.name).collect::<Vec<_>>())),
+            )
             .finish()
     }
 }
@@ -175,7 +179,9 @@ impl QueryRoutes {
             )));
         };
         let codec = op.key_codec.as_ref().ok_or_else(|| {
-            QueryError::Failed(format!("operator '{uid}' has no key codec; its keys cannot be read from JSON"))
+            QueryError::Failed(format!(
+                "operator '{uid}' has no key codec; its keys cannot be read from JSON"
+            ))
         })?;
         let key: Value = serde_json::from_str(key_json).map_err(|e| {
             QueryError::InvalidKey(format!(
@@ -242,7 +248,9 @@ impl QueryRoutes {
                 )))
             }
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(unavailable("ended before answering (the job is restarting or finishing); try again"))
+                return Err(unavailable(
+                    "ended before answering (the job is restarting or finishing); try again",
+                ))
             }
         };
         Ok(StateAnswer {

@@ -772,16 +772,12 @@ pub fn write_canonical_v2(
     match snapshot.keyed {
         None => {}
         Some(BackendSnapshot::KeyGroups(k)) => {
-            files.extend(cairn_canonical::write_keyed_snapshot(
-                storage,
-                &dest.dir,
-                stem,
-                &*k,
-                key_codec,
-                &options,
-                &mut |p| ticket.intend(p),
-            )
-            .map_err(SnapshotIoError::Canonical)?);
+            files.extend(
+                cairn_canonical::write_keyed_snapshot(storage, &dest.dir, stem, &*k, key_codec, &options, &mut |p| {
+                    ticket.intend(p)
+                })
+                .map_err(SnapshotIoError::Canonical)?,
+            );
         }
         Some(BackendSnapshot::Files(set)) => {
             let backend = set.backend().to_string();
@@ -794,14 +790,10 @@ pub fn write_canonical_v2(
     if !snapshot.operator_state.is_empty() {
         let rel = format!("{stem}{OPERATOR_PARQUET_SUFFIX}");
         ticket.intend(&dest.dir.join(&rel));
-        files.push(cairn_canonical::write_operator_file(
-            storage,
-            &dest.dir,
-            &rel,
-            &snapshot.operator_state,
-            &options,
-        )
-        .map_err(SnapshotIoError::Canonical)?);
+        files.push(
+            cairn_canonical::write_operator_file(storage, &dest.dir, &rel, &snapshot.operator_state, &options)
+                .map_err(SnapshotIoError::Canonical)?,
+        );
     }
     Ok(files)
 }

@@ -63,7 +63,10 @@ fn rocksdb_factory(snapshot: &LoadedSnapshot, options: &Options) -> Result<Arc<d
     let factory = RocksDbBackendFactory::from_config(&config, shape, &job).map_err(|e| SpaError::NativeBackend {
         path: snapshot.dir.clone(),
         backend: "rocksdb".into(),
-        reason: format!("cannot open a RocksDB working directory under {}: {e}", options.spill_dir.display()),
+        reason: format!(
+            "cannot open a RocksDB working directory under {}: {e}",
+            options.spill_dir.display()
+        ),
     })?;
     Ok(Arc::new(factory))
 }

@@ -294,9 +294,7 @@ impl SavepointReader {
                             .find(|s| s.name == cairn_runtime::snapshot_io::KEYED_STATES_SECTION)
                         {
                             let bytes = self.snapshot.read_section(&*self.storage, f, s)?;
-                            out.extend(
-                                cairn_runtime::snapshot_io::decode_keyed_states(&f.path, &bytes)?,
-                            );
+                            out.extend(cairn_runtime::snapshot_io::decode_keyed_states(&f.path, &bytes)?);
                         }
                     }
                     FileFormat::ParquetV1 => {
@@ -434,7 +432,11 @@ impl SavepointReader {
     ) -> Result<Box<dyn KeyedStateBackend>, SpaError> {
         if let Some(backend) = self.native_backend.as_deref() {
             if self.options.backends.name() != backend {
-                return Err(crate::backends::unavailable(&self.snapshot, backend, &*self.options.backends));
+                return Err(crate::backends::unavailable(
+                    &self.snapshot,
+                    backend,
+                    &*self.options.backends,
+                ));
             }
         }
         let ctx = BackendContext {
@@ -463,7 +465,12 @@ impl SavepointReader {
             end_exclusive: op.max_parallelism,
         }];
         let ranges = self.ranges(op, &all);
-        let tracker = Tracker::new("reading", "key groups", self.options.progress.as_ref(), u64::from(op.max_parallelism));
+        let tracker = Tracker::new(
+            "reading",
+            "key groups",
+            self.options.progress.as_ref(),
+            u64::from(op.max_parallelism),
+        );
         let parts = chunks::run(&ranges, self.options.parallelism, |_, range| {
             let backend = self.restore_range(op, *range)?;
             let out = read_range(backend, function.clone(), &op.uid)?;
@@ -570,8 +577,7 @@ fn native_backend(storage: &dyn Storage, snapshot: &LoadedSnapshot) -> Result<Op
         }
         if let Some(section) = file.sections.iter().find(|s| s.name == BACKEND_FILES_SECTION) {
             let bytes = snapshot.read_section(storage, file, section)?;
-            let manifest =
-                decode_backend_files(&file.path, &bytes).map_err(|e| SpaError::Snapshot(e.to_string()))?;
+            let manifest = decode_backend_files(&file.path, &bytes).map_err(|e| SpaError::Snapshot(e.to_string()))?;
             return Ok(Some(manifest.backend));
         }
     }

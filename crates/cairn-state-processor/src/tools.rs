@@ -780,7 +780,12 @@ pub fn gc(job_dir: &Path, dry_run: bool, force: bool) -> Result<GcReport, SpaErr
 }
 
 /// [`gc`], telling `progress` after every file verified, then deleted.
-pub fn gc_with(job_dir: &Path, dry_run: bool, force: bool, progress: Option<&ProgressFn>) -> Result<GcReport, SpaError> {
+pub fn gc_with(
+    job_dir: &Path,
+    dry_run: bool,
+    force: bool,
+    progress: Option<&ProgressFn>,
+) -> Result<GcReport, SpaError> {
     let storage = local();
     let mut report = FsckReport::default();
     fsck_job_dir(

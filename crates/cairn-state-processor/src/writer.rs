@@ -312,7 +312,8 @@ where
                     f.open(&mut access).map_err(|e| {
                         SpaError::Function(format!("open of the bootstrap function of uid '{}': {e}", job.uid))
                     })?;
-                    let mut timers = TimerService::open(&mut access, cairn_operators::timers::TimerSettings::default())?;
+                    let mut timers =
+                        TimerService::open(&mut access, cairn_operators::timers::TimerSettings::default())?;
                     spill::read(&b.path, &mut |r| {
                         let k: K = codec::decode_key("bootstrap key", &r.a)?;
                         let v: T = codec::decode("bootstrap input", &r.c)?;
@@ -601,7 +602,16 @@ impl SavepointWriter {
                 Planned::Existing { index, uid } => {
                     let base = self.base.as_ref().expect("existing operators come from a base");
                     let op = &base.metadata().operators[index];
-                    copy_operator(base, op, &uid, self.max_parallelism, &*storage, dir, &self.options, &tracker)?
+                    copy_operator(
+                        base,
+                        op,
+                        &uid,
+                        self.max_parallelism,
+                        &*storage,
+                        dir,
+                        &self.options,
+                        &tracker,
+                    )?
                 }
                 Planned::New { uid, transformation } => {
                     let operator_id = operator_id_for_uid(&uid);
@@ -778,7 +788,10 @@ fn copy_operator(
                     op.uid
                 ))
             })?;
-            for (s, f) in rehash_keys(base, op, &job, new_max, &codec, tracker)?.into_iter().enumerate() {
+            for (s, f) in rehash_keys(base, op, &job, new_max, &codec, tracker)?
+                .into_iter()
+                .enumerate()
+            {
                 files[s].extend(f);
             }
         }

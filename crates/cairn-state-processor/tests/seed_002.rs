@@ -250,7 +250,10 @@ fn read_keyed_state_of_a_savepoint_taken_while_running_on(format: SnapshotFormat
     let state = of("state").expect("stats of 'state'");
     assert_eq!(state.keys, oracle.len() as u64);
     let times = of("times").expect("stats of 'times'");
-    assert_eq!(times.entries, oracle.values().map(|k| k.times.len() as u64).sum::<u64>());
+    assert_eq!(
+        times.entries,
+        oracle.values().map(|k| k.times.len() as u64).sum::<u64>()
+    );
     sp
 }
 

@@ -180,7 +180,9 @@ mod tests {
         let profile = a
             .value_state(ValueStateDescriptor::<Profile>::new("profile").queryable("profiles"))
             .unwrap();
-        let seen = a.list_state(ListStateDescriptor::<u64>::new("seen").queryable("seen")).unwrap();
+        let seen = a
+            .list_state(ListStateDescriptor::<u64>::new("seen").queryable("seen"))
+            .unwrap();
         let tags = a
             .map_state(MapStateDescriptor::<String, i32>::new("tags").queryable("tags"))
             .unwrap();
@@ -234,8 +236,10 @@ mod tests {
     #[test]
     fn one_queryable_name_for_two_states_is_refused_and_registering_again_is_not() {
         let mut a = access(KeyGroupRange::all(MAX_PARALLELISM));
-        a.value_state(ValueStateDescriptor::<u64>::new("count").queryable("n")).unwrap();
-        a.value_state(ValueStateDescriptor::<u64>::new("count").queryable("n")).unwrap();
+        a.value_state(ValueStateDescriptor::<u64>::new("count").queryable("n"))
+            .unwrap();
+        a.value_state(ValueStateDescriptor::<u64>::new("count").queryable("n"))
+            .unwrap();
         let err = a
             .value_state(ValueStateDescriptor::<u64>::new("total").queryable("n"))
             .err()
@@ -256,9 +260,13 @@ mod tests {
             KeyGroupRange::new(0, 64)
         };
         let mut a = access(other);
-        a.value_state(ValueStateDescriptor::<u64>::new("count").queryable("count")).unwrap();
+        a.value_state(ValueStateDescriptor::<u64>::new("count").queryable("count"))
+            .unwrap();
         let err = a.query("count", &b, kg).unwrap_err().to_string();
-        assert!(err.contains(&format!("key group {kg} belongs to another subtask")), "{err}");
+        assert!(
+            err.contains(&format!("key group {kg} belongs to another subtask")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -134,8 +134,11 @@ pub fn job_plan(env: &StreamEnv, job_name: &str) -> Result<JobPlan, CairnError> 
                         node.name, node.uid
                     );
                     CairnError::Job(cairn_runtime::JobError::Setup(
-                        cairn_runtime::error::SetupError::new(cairn_runtime::error::SetupErrorKind::OperatorOpen, message)
-                            .with_source(e),
+                        cairn_runtime::error::SetupError::new(
+                            cairn_runtime::error::SetupErrorKind::OperatorOpen,
+                            message,
+                        )
+                        .with_source(e),
                     ))
                 })?;
                 states = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -176,7 +176,9 @@ fn every_key_is_answered_by_its_owning_subtask_with_its_current_value() {
     let handle = env.execute_async("queryable").unwrap();
     let client = handle.client();
     wait_running(&client);
-    wait_until("every record processed", || processed.load(Ordering::SeqCst) == input.len());
+    wait_until("every record processed", || {
+        processed.load(Ordering::SeqCst) == input.len()
+    });
 
     // The oracle, key by key.
     let mut count: BTreeMap<String, u64> = BTreeMap::new();
@@ -198,7 +200,11 @@ fn every_key_is_answered_by_its_owning_subtask_with_its_current_value() {
         let a = client.query_state("tally", "count", &key_json).unwrap();
         let kg = key_group_for_key(key, 128).unwrap();
         assert_eq!(a.key_group, kg, "{key}");
-        assert_eq!(a.subtask, subtask_for_key_group(128, 3, kg), "{key}: answered by the owner");
+        assert_eq!(
+            a.subtask,
+            subtask_for_key_group(128, 3, kg),
+            "{key}: answered by the owner"
+        );
         owners.insert(a.subtask);
         assert_eq!(a.value, Some(json!(n)), "{key}");
         assert_eq!((a.state_name.as_str(), a.uid.as_str()), ("count", "tally"));
@@ -219,18 +225,30 @@ fn every_key_is_answered_by_its_owning_subtask_with_its_current_value() {
     // What cannot be answered says why.
     let err = |uid: &str, state: &str, key: &str| client.query_state(uid, state, key).unwrap_err();
     let e = err("nope", "count", r#""user-1""#);
-    assert!(matches!(&e, QueryError::UnknownOperator(m) if m.contains("no operator with uid 'nope'") && m.contains("'tally'")), "{e}");
+    assert!(
+        matches!(&e, QueryError::UnknownOperator(m) if m.contains("no operator with uid 'nope'") && m.contains("'tally'")),
+        "{e}"
+    );
     let e = err("events", "count", r#""user-1""#);
-    assert!(matches!(&e, QueryError::UnknownOperator(m) if m.contains("operator 'events' has no queryable state")), "{e}");
+    assert!(
+        matches!(&e, QueryError::UnknownOperator(m) if m.contains("operator 'events' has no queryable state")),
+        "{e}"
+    );
     let e = err("tally", "secret", r#""user-1""#);
     assert!(
         matches!(&e, QueryError::UnknownState(m) if m.contains("no state queryable as 'secret'") && m.contains("'count', 'recent', 'sums'")),
         "{e}"
     );
     let e = err("tally", "recent-values", r#""user-1""#);
-    assert!(matches!(&e, QueryError::UnknownState(m) if m.contains("is queryable as 'recent'")), "{e}");
+    assert!(
+        matches!(&e, QueryError::UnknownState(m) if m.contains("is queryable as 'recent'")),
+        "{e}"
+    );
     let e = err("tally", "count", "user-1");
-    assert!(matches!(&e, QueryError::InvalidKey(m) if m.contains("is not JSON") && m.contains("in quotes")), "{e}");
+    assert!(
+        matches!(&e, QueryError::InvalidKey(m) if m.contains("is not JSON") && m.contains("in quotes")),
+        "{e}"
+    );
     let e = err("tally", "count", "42");
     assert!(
         matches!(&e, QueryError::InvalidKey(m) if m.contains("not a key of operator 'tally'") && m.contains("String")),
@@ -305,7 +323,9 @@ fn a_query_is_answered_after_the_batch_in_progress_never_inside_it_nor_later() {
     // input) when a query arrives.
     for round in 0..ROUNDS {
         let n = round * GATE_EVERY + 1;
-        wait_until("the operator to block inside a batch", || blocked_at.load(Ordering::SeqCst) == n);
+        wait_until("the operator to block inside a batch", || {
+            blocked_at.load(Ordering::SeqCst) == n
+        });
         let asker = client.clone();
         let query = std::thread::spawn(move || asker.query_state("gated", "count", r#""k""#));
         wait_until("the query in the mailbox", || {
@@ -313,7 +333,10 @@ fn a_query_is_answered_after_the_batch_in_progress_never_inside_it_nor_later() {
         });
         // No answer while the operator is in the middle of a batch.
         std::thread::sleep(Duration::from_millis(20));
-        assert!(!query.is_finished(), "round {round}: a query was answered in the middle of a batch");
+        assert!(
+            !query.is_finished(),
+            "round {round}: a query was answered in the middle of a batch"
+        );
         gate.store(n, Ordering::SeqCst);
         let answer = query.join().unwrap().unwrap();
         // The state right after the batch in progress, before the next one.
@@ -383,7 +406,10 @@ fn queries_hammering_a_busy_job_get_valid_rising_answers_and_processing_goes_on(
         let (n, _busy, last) = a.join().unwrap();
         answered += n;
         for (k, seen) in last {
-            assert!(seen <= final_count[&k], "key {k}: a query saw {seen}, more than the final count");
+            assert!(
+                seen <= final_count[&k],
+                "key {k}: a query saw {seen}, more than the final count"
+            );
         }
     }
     assert!(answered > 0, "no query was answered while the job ran");
