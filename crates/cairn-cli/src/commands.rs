@@ -664,19 +664,6 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn absolute_paths() {
-        assert_eq!(absolute("/a/b"), "/a/b");
-        assert_eq!(absolute("file:///a/b"), "/a/b");
-        assert_eq!(absolute("s3://bucket/sp"), "s3://bucket/sp");
-        assert!(Path::new(&absolute("rel")).is_absolute());
-    }
-}
-
 // ---- state get ----------------------------------------------------------------------------
 
 /// `cairn state get`: one key's current value of a queryable state.
@@ -712,4 +699,17 @@ pub fn state_get(args: crate::StateGetArgs) -> Result<(), CliError> {
     let shown = if args.json { &answer } else { &answer["value"] };
     println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_paths() {
+        assert_eq!(absolute("/a/b"), "/a/b");
+        assert_eq!(absolute("file:///a/b"), "/a/b");
+        assert_eq!(absolute("s3://bucket/sp"), "s3://bucket/sp");
+        assert!(Path::new(&absolute("rel")).is_absolute());
+    }
 }

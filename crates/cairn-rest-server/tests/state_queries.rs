@@ -79,7 +79,6 @@ fn start(token: Option<&str>) -> Running {
         ServeOptions {
             registry: Some(Registry::new(tmp.path().join("home"))),
             linger: Duration::ZERO,
-            log: false,
             ..Default::default()
         },
     )
@@ -282,7 +281,6 @@ fn a_finished_job_answers_that_it_is_not_running() {
         ServeOptions {
             registry: None,
             linger: Duration::ZERO,
-            log: false,
             ..Default::default()
         },
     )

@@ -53,6 +53,7 @@ fn meta(name: &str, kind: StateKind) -> StateMeta {
         kind,
         value_type: "bytes".into(),
         ttl: None,
+        shapes: None,
     }
 }
 

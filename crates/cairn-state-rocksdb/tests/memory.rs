@@ -45,6 +45,7 @@ fn state_far_beyond_the_budget_keeps_memory_within_it() {
             kind: StateKind::Value,
             value_type: "bytes".into(),
             ttl: None,
+            shapes: None,
         })
         .unwrap();
     // 64 MiB of incompressible values: four times the budget.

@@ -240,10 +240,9 @@ mod tests {
             .unwrap();
         a.value_state(ValueStateDescriptor::<u64>::new("count").queryable("n"))
             .unwrap();
-        let err = a
-            .value_state(ValueStateDescriptor::<u64>::new("total").queryable("n"))
-            .err()
-            .expect("two states under one queryable name");
+        let Err(err) = a.value_state(ValueStateDescriptor::<u64>::new("total").queryable("n")) else {
+            panic!("two states under one queryable name were accepted");
+        };
         assert!(
             matches!(&err, StateError::Usage(m) if m.contains("'count' and 'total' are both queryable as 'n'")),
             "{err}"

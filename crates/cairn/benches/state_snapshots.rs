@@ -222,6 +222,13 @@ fn cpu_seconds() -> f64 {
     (field(11) + field(12)) / ticks
 }
 
+/// Whether `location` is a checkpoint directory (`chk-<n>`), not a savepoint.
+fn is_checkpoint(location: &Path) -> bool {
+    location
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("chk-"))
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -444,6 +451,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The State Processor API reading every key's state (parallel over key groups).
     for (format, location, _) in &savepoints {
+        let format = if is_checkpoint(location) {
+            "checkpoint".to_string()
+        } else {
+            format!("{format:?}")
+        };
         let started = Instant::now();
         let cpu = cpu_seconds();
         let reader = cairn_state_processor::SavepointReader::read(location)?;
@@ -452,7 +464,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cpu = cpu_seconds() - cpu;
         let sum: u64 = rows.iter().sum();
         println!(
-            "read_keyed_state format={format:?} keys={} seconds={secs:.2} cpu_seconds={cpu:.2} keys_per_s={:.0} keys_per_cpu_s={:.0} load1={} (checksum {sum})",
+            "read_keyed_state from={format} keys={} seconds={secs:.2} cpu_seconds={cpu:.2} keys_per_s={:.0} keys_per_cpu_s={:.0} load1={} (checksum {sum})",
             rows.len(),
             rows.len() as f64 / secs,
             rows.len() as f64 / cpu.max(0.01),
@@ -460,20 +472,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    if let [(_, _, native), (_, _, canonical)] = savepoints.as_slice() {
+    let saved = |f: SnapshotFormat| {
+        savepoints
+            .iter()
+            .find(|(format, location, _)| *format == f && !is_checkpoint(location))
+            .map(|(_, _, size)| *size)
+    };
+    if let (Some(native), Some(canonical)) = (saved(SnapshotFormat::Native), saved(SnapshotFormat::Canonical)) {
         println!(
             "size canonical_mib={:.1} native_mib={:.1} canonical_to_native={:.2}",
-            mib(*canonical),
-            mib(*native),
-            *canonical as f64 / (*native).max(1) as f64
+            mib(canonical),
+            mib(native),
+            canonical as f64 / native.max(1) as f64
         );
     }
 
     for (format, location, size) in savepoints {
-        let what = if location
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("chk-"))
-        {
+        let what = if is_checkpoint(&location) {
             "checkpoint".to_string()
         } else {
             format!("{format:?}")
