@@ -453,7 +453,7 @@ impl<'a> StateReader<'a> {
                 match file.format {
                     FileFormat::ParquetV1 => self.restore_canonical_keyed(op, file, range, b)?,
                     FileFormat::ParquetV2 => self.restore_canonical_v2(op, file, range, b)?,
-                    FileFormat::BackendFile => {} // listed by the subtask's state file
+                    FileFormat::BackendFile => {}    // listed by the subtask's state file
                     FileFormat::ChannelStateV1 => {} // replayed by the task, not keyed state
                     FileFormat::CairnStateV1 => match self.file_set(op, sub, file, old_range, range)? {
                         Some(Some(set)) => file_sets.push(set),

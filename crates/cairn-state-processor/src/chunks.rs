@@ -36,6 +36,8 @@ pub fn weights(reader: &StateReader<'_>, op: &OperatorSnapshot) -> Vec<u64> {
                     }
                 }
                 FileFormat::BackendFile | FileFormat::ParquetV1 => spread(&mut w, old, f.size * 3),
+                // In-flight records of an unaligned checkpoint: not keyed state.
+                FileFormat::ChannelStateV1 => {}
                 FileFormat::ParquetV2 => match reader.open_canonical_v2(op, f) {
                     Ok(cairn_canonical::CanonicalFile::Keyed(k)) => {
                         let md = &k.source().metadata;

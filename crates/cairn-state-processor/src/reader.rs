@@ -304,7 +304,9 @@ impl SavepointReader {
                             out.extend(cairn_state::canonical::states_from_json(json).map_err(SpaError::Snapshot)?);
                         }
                     }
-                    FileFormat::BackendFile => {}
+                    // Backend files are listed by the state file; channel state
+                    // (an unaligned checkpoint's in-flight records) is not keyed state.
+                    FileFormat::BackendFile | FileFormat::ChannelStateV1 => {}
                 }
             }
         }

@@ -620,9 +620,12 @@ fn check_snapshot(
             continue;
         }
         let structural = match f.format {
-            FileFormat::CairnStateV1 => cairn_snapshot::StateFileReader::open(storage, &path)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            // Channel state is kept in the state-file container too.
+            FileFormat::CairnStateV1 | FileFormat::ChannelStateV1 => {
+                cairn_snapshot::StateFileReader::open(storage, &path)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
             FileFormat::ParquetV2 => cairn_canonical::open(storage, &path, f.size).map(|_| ()),
             FileFormat::ParquetV1 => cairn_runtime::snapshot_io::read_canonical_footer(storage, &path, f.size)
                 .map(|_| ())

@@ -1,8 +1,8 @@
 //! Golden fixture of canonical savepoint format version 2 (invariant 5): the
 //! savepoint under `tests/golden/canonical-v2/` (its `_metadata`, version 3,
 //! and its Parquet files) is committed and must keep restoring forever. It is
-//! regenerated only when `CAIRN_REGEN_GOLDEN=1` is set, never by a normal
-//! test run. Spec: `docs/formats/savepoint-canonical.md`.
+//! never rewritten: `CAIRN_REGEN_GOLDEN=1` only creates it when it
+//! is missing. Spec: `docs/formats/savepoint-canonical.md`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -112,7 +112,13 @@ fn regenerate_if_asked() {
             return;
         }
         let dir = golden_dir();
-        let _ = std::fs::remove_dir_all(&dir);
+        // Fixtures are never rewritten: this only creates a missing one (a new format
+        // version gets a new fixture directory).
+        assert!(
+            !dir.exists(),
+            "{} exists: golden fixtures are never rewritten; a new format version gets a new fixture",
+            dir.display()
+        );
         SavepointWriter::new(128)
             .with_operator(
                 "users",
