@@ -106,6 +106,28 @@ fn invalid_models_are_refused() {
     assert!(encode_metadata(&m).is_err(), "a v1 file cannot hold backend files");
     m.format_version = 2;
     assert!(encode_metadata(&m).is_ok());
+    // canonical v2 files need version 3 (and later versions still hold them)
+    let parquet = cairn_snapshot::StateFileRef {
+        path: "op-1-0-state-0.parquet".into(),
+        size: 10,
+        crc32: 7,
+        sections: vec![],
+        format: cairn_snapshot::FileFormat::ParquetV2,
+    };
+    let sp = SnapshotKind::Savepoint {
+        format: SavepointFormat::Canonical,
+    };
+    let mut m = sample(vec![parquet], sp);
+    for older in [1, 2] {
+        m.format_version = older;
+        let e = encode_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("op-1-0-state-0.parquet") && e.contains("version 3"), "{e}");
+    }
+    assert_eq!(m.version_needed(), 3, "canonical v2 files need version 3");
+    for newer in [3, 4] {
+        m.format_version = newer;
+        assert!(encode_metadata(&m).is_ok(), "version {newer}");
+    }
     // channel state needs version 4, and savepoints never hold it
     let channel = cairn_snapshot::StateFileRef {
         path: "op-1-0.channel".into(),
