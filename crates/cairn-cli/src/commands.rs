@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_rest_client::auth::TOKEN_ENV;
-use cairn_rest_client::launch::{launch, LaunchError, LaunchSpec};
+use cairn_rest_client::launch::{launch, prepare_flags, without_restore_flags, LaunchError, LaunchSpec};
 use cairn_rest_client::paths::{check_trusted, Existence};
 use cairn_rest_client::registry::resolve_prefix;
 use cairn_rest_client::{Endpoint, HttpClient, HttpResponse, Registry, RegistryEntry, ResolveError};
@@ -531,6 +531,12 @@ pub fn stop(
     address: Address,
 ) -> Result<(), CliError> {
     let t = target("stop", prefix, &address)?;
+    stop_with_savepoint(&t, dir, drain, format).map(|_| ())
+}
+
+/// Stops `t` with a savepoint and waits until it ended; returns the
+/// savepoint's location.
+fn stop_with_savepoint(t: &Target, dir: Option<String>, drain: bool, format: FormatType) -> Result<String, CliError> {
     let kind = format.wire();
     let mut body = json!({ "drain": drain, "formatType": kind });
     if let Some(d) = &dir {
@@ -541,26 +547,118 @@ pub fn stop(
         t.jid,
         if drain { ", draining first" } else { "" }
     );
-    let id = trigger(&t, &t.path("/stop"), &body)?;
-    let op = wait_operation(&t, &t.path(&format!("/savepoints/{id}")), "savepoint")?;
-    println!(
-        "Savepoint completed. Path: {}",
-        op["location"].as_str().unwrap_or_default()
-    );
-    match wait_terminal(&t, Duration::from_secs(120))? {
+    let id = trigger(t, &t.path("/stop"), &body)?;
+    let op = wait_operation(t, &t.path(&format!("/savepoints/{id}")), "savepoint")?;
+    let location = op["location"].as_str().unwrap_or_default().to_string();
+    println!("Savepoint completed. Path: {location}");
+    match wait_terminal(t, Duration::from_secs(120))? {
         Some(state) if state == "FAILED" => Err(CliError::Failed(format!(
             "job {} failed after the savepoint; see its log",
             t.jid
         ))),
         Some(state) => {
             println!("Job {} stopped ({state}).", t.jid);
-            Ok(())
+            Ok(location)
         }
         None => {
             println!("Job {} stopped.", t.jid);
-            Ok(())
+            Ok(location)
         }
     }
+}
+
+// ---- rescale ------------------------------------------------------------------------------
+
+/// Stop with a savepoint, then start the registered binary with its
+/// arguments again from it at `parallelism`.
+pub fn rescale(
+    prefix: &str,
+    parallelism: u32,
+    dir: Option<String>,
+    format: FormatType,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let registry = registry()?;
+    let entry = registry
+        .resolve(prefix)
+        .map_err(|e| resolve_error("rescale", prefix, e))?;
+    let program = entry.program.clone().ok_or_else(|| {
+        CliError::Failed(format!(
+            "job {} did not record the binary it runs, so it cannot be started again; stop it with a savepoint \
+             ('cairn stop') and start it yourself with -s <savepoint> -p {parallelism}",
+            entry.jid
+        ))
+    })?;
+    if !program.is_file() {
+        return Err(CliError::Failed(format!(
+            "job {}'s binary {} is no longer there, so it cannot be started again; nothing was stopped",
+            entry.jid,
+            program.display()
+        )));
+    }
+    let t = Target {
+        http: client(endpoint_of(&entry)),
+        jid: entry.jid.clone(),
+    };
+    // Everything that can be refused is refused before the job stops.
+    let status = send(&t, "GET", &t.path("/status"), None)?;
+    if status.status != 200 {
+        return Err(response_error(&status));
+    }
+    let state = status.json()["status"].as_str().unwrap_or_default().to_string();
+    if state != "RUNNING" {
+        return Err(CliError::Failed(format!(
+            "job {} is {state}, not RUNNING; only a running job can be rescaled",
+            t.jid
+        )));
+    }
+    let extra = send(&t, "GET", &t.path("/cairn"), None)?.json();
+    for op in extra["operators"].as_array().cloned().unwrap_or_default() {
+        let max = op["maxParallelism"].as_u64().unwrap_or(u64::MAX);
+        if u64::from(parallelism) > max {
+            return Err(CliError::Failed(format!(
+                "parallelism {parallelism} is above the max parallelism {max} of operator '{}' (uid '{}'): its \
+                 state has {max} key groups and cannot be split further; choose at most {max} (the job keeps \
+                 running)",
+                op["name"].as_str().unwrap_or_default(),
+                op["uid"].as_str().unwrap_or_default()
+            )));
+        }
+    }
+    let (mut flags, job_args) = without_restore_flags(&entry.args);
+    flags.extend(["-p".to_string(), parallelism.to_string()]);
+    prepare_flags(flags.clone()).map_err(|e| {
+        CliError::Failed(format!(
+            "the job's recorded arguments do not parse any more ({e}); nothing was stopped"
+        ))
+    })?;
+    let location = stop_with_savepoint(&t, dir, false, format)?;
+    flags.extend(["-s".to_string(), location.clone()]);
+    let spec = LaunchSpec {
+        program: program.clone(),
+        flags: flags.clone(),
+        job_args: job_args.clone(),
+        cwd: entry.cwd.clone(),
+        timeout,
+    };
+    let launched = launch(&registry, &spec).map_err(|e| {
+        let mut manual = vec!["cairn run".to_string()];
+        manual.extend(flags.iter().cloned());
+        manual.extend(["--".to_string(), program.display().to_string()]);
+        manual.extend(job_args.iter().cloned());
+        CliError::Failed(format!(
+            "the job stopped with savepoint {location}, but starting it again at parallelism {parallelism} failed: \
+             {e}\nStart it yourself with: {}",
+            manual.join(" ")
+        ))
+    })?;
+    println!(
+        "Job {} rescaled to parallelism {parallelism}: restarted from {location} as JobID {}",
+        entry.jid, launched.entry.jid
+    );
+    println!("  REST: {}", launched.entry.url());
+    println!("  log:  {}", launched.log.display());
+    Ok(())
 }
 
 // ---- cancel -------------------------------------------------------------------------------

@@ -167,6 +167,13 @@ fn positive_seconds(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a number of seconds between 1 and {MAX_TIMEOUT_SECONDS}"))
 }
 
+fn parallelism(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=32768).contains(n))
+        .ok_or_else(|| format!("'{s}' is not a parallelism: give a whole number from 1 to 32768"))
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// List the jobs running on this machine
@@ -245,6 +252,32 @@ enum Command {
         format: FormatType,
         #[command(flatten)]
         address: Address,
+    },
+    /// Rescale a job: stop it with a savepoint, start it again at a new parallelism
+    #[command(
+        long_about = "Rescales a job by savepoint: stops it atomically with a savepoint (no record is \
+                      processed after it, sinks commit), then starts the same binary with the same \
+                      arguments again from that savepoint with parallelism N, and prints the new job id. \
+                      Sinks stay exactly once: what the stopped job committed is not written again. The job \
+                      must be in this machine's registry (the binary and its arguments are read from there); \
+                      for a distributed job that is its coordinator, and the workers register with the new \
+                      one. A parallelism above an operator's max parallelism is refused before anything stops."
+    )]
+    Rescale {
+        #[arg(value_parser = job_id, value_name = "JOB_ID")]
+        job: String,
+        /// The new default parallelism
+        #[arg(short = 'p', long = "parallelism", value_name = "N", value_parser = parallelism)]
+        parallelism: u32,
+        /// Parent directory of the savepoint (default: the job's execution.checkpointing.savepoint-dir)
+        #[arg(long = "savepoint-path", visible_alias = "savepointPath", value_name = "DIR")]
+        savepoint_path: Option<String>,
+        /// Savepoint format
+        #[arg(short = 't', long = "type", value_enum, default_value = "canonical")]
+        format: FormatType,
+        /// How long to wait for the restarted job to register, in seconds
+        #[arg(long, default_value = "60", value_parser = positive_seconds)]
+        timeout: u64,
     },
     /// Cancel a job, optionally after a savepoint
     Cancel {
@@ -448,6 +481,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
             format,
             address,
         } => commands::stop(&job, savepoint_path, drain, format, address),
+        Command::Rescale {
+            job,
+            parallelism,
+            savepoint_path,
+            format,
+            timeout,
+        } => commands::rescale(
+            &job,
+            parallelism,
+            savepoint_path,
+            format,
+            std::time::Duration::from_secs(timeout),
+        ),
         Command::Cancel {
             job,
             with_savepoint,

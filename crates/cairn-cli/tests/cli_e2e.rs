@@ -405,4 +405,91 @@ fn run_fails_at_once_with_the_cause_when_the_job_cannot_start() {
         None => eprintln!("skipped the read-only case: no user namespaces on this machine (unshare -r -m)"),
     }
     assert!(h.registered_pids().is_empty(), "failed jobs leave the registry");
+/// `cairn rescale`: stop with a savepoint and start the registered binary
+/// again at a new parallelism, twice (2 -> 3 -> 1); every key's counts go on
+/// exactly once, and what would fail is refused before the job stops.
+#[test]
+fn rescale_a_running_job_by_savepoint() {
+    let job = example("cli_demo_job");
+    let h = Home::new("rescale");
+    let (sp, chk, out) = (h.path("savepoints"), h.path("checkpoints"), h.path("out"));
+    let s = |p: &Path| p.display().to_string();
+    let (job_s, out_s, sp_s, chk_s) = (s(&job), s(&out), s(&sp), s(&chk));
+    let cp_dir = format!("execution.checkpointing.dir={chk_s}");
+    let sp_dir = format!("execution.checkpointing.savepoint-dir={sp_s}");
+    let o = h.expect(
+        0,
+        &[
+            "run",
+            "-p",
+            "2",
+            "-D",
+            "rest.port=0",
+            "-D",
+            "execution.checkpointing.interval=200ms",
+            "-D",
+            &cp_dir,
+            "-D",
+            &sp_dir,
+            "--",
+            &job_s,
+            &out_s,
+            "300",
+            "10",
+        ],
+    );
+    let jid = after(&o, "Job has been submitted with JobID ").to_string();
+    wait_until("committed output", Duration::from_secs(30), || {
+        committed(&out).len() == 10
+    });
+
+    // Refused up front, and the job keeps running: a parallelism above the
+    // max parallelism, zero, an unknown job.
+    let (code, _, err) = h.cairn(&["rescale", &jid[..8], "-p", "129"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("max parallelism 128"), "{err}");
+    let (code, _, err) = h.cairn(&["rescale", &jid[..8], "-p", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a parallelism"), "{err}");
+    let (code, _, err) = h.cairn(&["rescale", "ffffffff", "-p", "2"]);
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(after(&h.expect(0, &["info", &jid[..8]]), "State:"), "RUNNING");
+
+    let mut previous = jid.clone();
+    for p in [3u32, 1] {
+        let before = committed(&out);
+        let o = h.expect(0, &["rescale", &previous[..8], "-p", &p.to_string(), "-t", "native"]);
+        let location = savepoint_path(&o);
+        assert!(location.starts_with(&sp) && location.join("_metadata").is_file(), "{o}");
+        let line = o
+            .lines()
+            .find(|l| l.contains(" rescaled to parallelism "))
+            .unwrap_or_else(|| panic!("{o}"));
+        let next = line.rsplit(' ').next().unwrap().to_string();
+        assert_eq!(next.len(), 32, "{o}");
+        assert_ne!(next, previous);
+        assert!(
+            !h.path(&format!("home/jobs/{previous}.json")).exists(),
+            "the old job is gone"
+        );
+        let info = h.expect(0, &["info", &next[..8]]);
+        assert!(info.contains(&format!("parallelism {p}/128")), "{info}");
+        assert_eq!(after(&info, "Restored from:"), s(&location));
+        // The stop committed everything before the savepoint, exactly once.
+        assert_exactly_once(&before);
+        wait_until("counts continuing after the rescale", Duration::from_secs(60), || {
+            let now = committed(&out);
+            before
+                .iter()
+                .all(|(k, c)| now.get(k).is_some_and(|n| n.len() > c.len() + 2))
+        });
+        previous = next;
+    }
+    h.expect(0, &["cancel", &previous[..8]]);
+    wait_until("the last job to unregister", Duration::from_secs(20), || {
+        !h.path(&format!("home/jobs/{previous}.json")).exists()
+    });
+    let all = committed(&out);
+    assert_exactly_once(&all);
+    assert_eq!(all.len(), 10, "every key kept its state");
 }

@@ -100,7 +100,11 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub fn prepare_flags(mut flags: Vec<String>) -> Result<Vec<String>, LaunchError> {
     let opts = cairn_config::parse_startup_args(flags.clone()).map_err(|e| LaunchError::Flags(e.to_string()))?;
     if let Some(r) = &opts.restore_path {
-        if !r.exists() {
+        // Object-store locations (`s3://...`) are checked by the job itself.
+        let remote = r
+            .to_str()
+            .is_some_and(|p| p.contains("://") && !p.starts_with("file://"));
+        if !remote && !r.exists() {
             return Err(LaunchError::Failed(format!(
                 "cannot restore from '{}': it does not exist; give a savepoint directory, a retained checkpoint \
                  directory, or the _metadata file inside one",
@@ -400,5 +404,7 @@ mod tests {
             prepare_flags(v(&["-s", "/definitely/not/here"])),
             Err(LaunchError::Failed(m)) if m.contains("does not exist")
         ));
+        // The job reads object-store locations itself.
+        assert!(prepare_flags(v(&["-s", "s3://bucket/savepoint-1"])).is_ok());
     }
 }
