@@ -590,6 +590,106 @@ pub static RESTORE_CLAIM_MODE: ConfigOption<ClaimMode> = ConfigOption::new(
 )
 .with_aliases(&["execution.savepoint-restore-mode"]);
 
+// ---- distributed execution (coordinator and workers) ------------------------------------------
+
+fn cluster_mode_check(v: &String) -> Result<(), String> {
+    match v.as_str() {
+        "local" | "coordinator" | "worker" => Ok(()),
+        _ => Err("must be local, coordinator or worker".to_string()),
+    }
+}
+
+/// `cairn.cluster.mode` (Cairn-specific; the startup flag `--mode`).
+pub static CLUSTER_MODE: ConfigOption<String> = ConfigOption::new(
+    "cairn.cluster.mode",
+    "local",
+    "Cairn-specific. How the job binary runs: local (every task in this process), coordinator \
+     (builds the graph, waits for task slots, deploys subtasks to workers, runs checkpoints and the \
+     REST API) or worker (offers task slots to the coordinator at jobmanager.rpc.address and runs \
+     the subtasks it is given). The startup flag --mode sets it.",
+)
+.with_check(cluster_mode_check);
+
+/// `jobmanager.rpc.address`.
+pub static JOBMANAGER_RPC_ADDRESS: ConfigOption<String> = ConfigOption::new(
+    "jobmanager.rpc.address",
+    "localhost",
+    "Host of the coordinator's control endpoint (gRPC), as workers reach it. The startup flag \
+     --coordinator host:port sets it and jobmanager.rpc.port.",
+);
+
+/// `jobmanager.rpc.port`.
+pub static JOBMANAGER_RPC_PORT: ConfigOption<u16> = ConfigOption::new(
+    "jobmanager.rpc.port",
+    "6123",
+    "Port of the coordinator's control endpoint (gRPC).",
+)
+.with_range("0", "65535");
+
+/// `jobmanager.bind-host`.
+pub static JOBMANAGER_BIND_HOST: ConfigOption<String> = ConfigOption::new(
+    "jobmanager.bind-host",
+    "0.0.0.0",
+    "Address the coordinator's control endpoint binds to.",
+);
+
+/// `taskmanager.numberOfTaskSlots`.
+pub static TASK_SLOTS: ConfigOption<u32> = ConfigOption::new(
+    "taskmanager.numberOfTaskSlots",
+    "1",
+    "Task slots a worker offers. A slot runs one subtask of every operator (slot sharing, as in \
+     Flink), so a job of parallelism N needs N slots over all workers.",
+)
+.with_range("1", "65536");
+
+/// `taskmanager.host`.
+pub static TASKMANAGER_HOST: ConfigOption<Option<String>> = ConfigOption::optional(
+    "taskmanager.host",
+    "Address other workers use to reach this worker's data port; unset: the local address of \
+     its connection to the coordinator.",
+);
+
+/// `taskmanager.bind-host`.
+pub static TASKMANAGER_BIND_HOST: ConfigOption<String> = ConfigOption::new(
+    "taskmanager.bind-host",
+    "0.0.0.0",
+    "Address a worker's data port binds to.",
+);
+
+/// `taskmanager.data.port`.
+pub static TASKMANAGER_DATA_PORT: ConfigOption<u16> = ConfigOption::new(
+    "taskmanager.data.port",
+    "0",
+    "Port on which a worker receives records from other workers (0: any free port).",
+)
+.with_range("0", "65535");
+
+/// `heartbeat.interval`.
+pub static HEARTBEAT_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+    "heartbeat.interval",
+    "10 s",
+    "How often coordinator and workers send each other heartbeats (workers send their metrics with them).",
+)
+.with_range("1 ms", MAX_DURATION);
+
+/// `heartbeat.timeout`.
+pub static HEARTBEAT_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+    "heartbeat.timeout",
+    "50 s",
+    "A worker not heard of for this long is lost: the job restarts from its latest checkpoint on \
+     the remaining or replacement workers; a worker that has not heard of its coordinator for this \
+     long cancels its tasks and registers again.",
+)
+.with_range("1 ms", MAX_DURATION);
+
+/// `slot.request.timeout`.
+pub static SLOT_REQUEST_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+    "slot.request.timeout",
+    "5 min",
+    "How long the coordinator waits for enough task slots before an attempt fails.",
+)
+.with_range("1 ms", MAX_DURATION);
+
 // ---- Cairn runtime ----------------------------------------------------------------------------
 
 /// `cairn.runtime.batch-size` (Cairn-specific).
@@ -685,6 +785,17 @@ static ALL: &[&dyn AnyOption] = &[
     &SAVEPOINT_PATH,
     &SAVEPOINT_IGNORE_UNCLAIMED_STATE,
     &RESTORE_CLAIM_MODE,
+    &CLUSTER_MODE,
+    &JOBMANAGER_RPC_ADDRESS,
+    &JOBMANAGER_RPC_PORT,
+    &JOBMANAGER_BIND_HOST,
+    &TASK_SLOTS,
+    &TASKMANAGER_HOST,
+    &TASKMANAGER_BIND_HOST,
+    &TASKMANAGER_DATA_PORT,
+    &HEARTBEAT_INTERVAL,
+    &HEARTBEAT_TIMEOUT,
+    &SLOT_REQUEST_TIMEOUT,
     &RUNTIME_BATCH_SIZE,
     &RUNTIME_CHANNEL_CAPACITY,
     &QUERYABLE_STATE_TIMEOUT,

@@ -117,6 +117,27 @@ pub fn parse_startup_args_with_conf_dir<I: IntoIterator<Item = String>>(
                     .map_err(|why| flag_error(&name, &v, &why))?;
                 flags.push((options::PARALLELISM_DEFAULT.key(), v.clone(), format!("{name} {v}")));
             }
+            "--mode" => {
+                let v = value_of(inline, &mut it, &name, "local|coordinator|worker")?;
+                options::CLUSTER_MODE
+                    .parse(&v)
+                    .map_err(|why| flag_error(&name, &v, &why))?;
+                flags.push((options::CLUSTER_MODE.key(), v.clone(), format!("{name} {v}")));
+            }
+            "--coordinator" => {
+                let v = value_of(inline, &mut it, &name, "<host:port>")?;
+                let (host, port) = v
+                    .rsplit_once(':')
+                    .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                    .ok_or_else(|| flag_error(&name, &v, "expected host:port, e.g. coordinator:6123"))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+                flags.push((options::JOBMANAGER_RPC_ADDRESS.key(), host, format!("{name} {v}")));
+                flags.push((
+                    options::JOBMANAGER_RPC_PORT.key(),
+                    port.to_string(),
+                    format!("{name} {v}"),
+                ));
+            }
             "--config" => {
                 let v = value_of(inline, &mut it, &name, "<config.yaml>")?;
                 config_file = Some(PathBuf::from(v.strip_prefix("file://").unwrap_or(&v)));
@@ -227,11 +248,16 @@ Options:
                                  Allow restoring when some state maps to no operator
   --claim-mode <CLAIM|NO_CLAIM>  Who owns the restored snapshot (default NO_CLAIM);
                                  also accepted: -rm/--restoreMode, -cm/--claimMode
+  --mode <local|coordinator|worker>
+                                 Run every task here (default), as the coordinator of
+                                 workers, or as a worker (cairn.cluster.mode)
+  --coordinator <host:port>      The coordinator a worker registers with
+                                 (jobmanager.rpc.address and jobmanager.rpc.port)
   -h, --help                     Print this help
   --                             Pass every following argument to the job unchanged
 
 Long flags also accept --flag=value. Unrecognised arguments are passed to the job.
-Precedence: defaults < config file < -D < -p/-s/-n/--claim-mode.
+Precedence: defaults < config file < -D < -p/-s/-n/--claim-mode/--mode/--coordinator.
 "
     )
 }

@@ -46,6 +46,26 @@ pub struct JobRun<'a> {
     /// Where checkpoints and savepoints are written and read (chosen from
     /// their locations' schemes).
     pub storage: Arc<dyn Storage>,
+    /// Where the tasks run: `None` in this process; a distributed job's
+    /// coordinator deploys them to its workers.
+    pub launcher: Option<Arc<dyn AttemptLauncher>>,
+}
+
+/// Starts the tasks of an attempt somewhere else than in this process. The
+/// controller checks a restore (state maps to operators) before it asks;
+/// the tasks then read their state from the snapshot themselves.
+pub trait AttemptLauncher: Send + Sync {
+    /// Start attempt `attempt`, restoring from `snapshot` when given. The
+    /// returned job's tasks report through its events as local ones do; an
+    /// attempt that started but lost a worker reports a task failure.
+    fn launch(
+        &self,
+        spec: &JobSpec,
+        attempt: u32,
+        uploader: &Arc<SnapshotUploader>,
+        snapshot: Option<&LoadedSnapshot>,
+        allow_non_restored_state: bool,
+    ) -> Result<RunningJob, JobError>;
 }
 
 /// How a job that did not fail ended.
@@ -272,9 +292,12 @@ impl Controller<'_, '_> {
         let uploader = coord.uploader().clone();
         loop {
             let result = match source.clone() {
-                RestoreSource::Empty => start(spec, self.run.settings, attempt, true, &uploader, &mut |_, _, _| {
-                    Ok(SubtaskRestore::default())
-                }),
+                RestoreSource::Empty => match &self.run.launcher {
+                    Some(l) => l.launch(spec, attempt, &uploader, None, self.run.allow_non_restored_state),
+                    None => start(spec, self.run.settings, attempt, true, &uploader, &mut |_, _, _| {
+                        Ok(SubtaskRestore::default())
+                    }),
+                },
                 RestoreSource::Initial => {
                     let snap = self.run.snapshot.expect("initial snapshot present");
                     let r = self.start_from(snap, attempt, &uploader);
@@ -359,6 +382,10 @@ impl Controller<'_, '_> {
                 uids = %plan.dropped.join(", "),
                 "restoring without the state of operators that are not in the job (--allow-non-restored-state)"
             );
+        }
+        if let Some(l) = &self.run.launcher {
+            // The plan above checked the restore; the workers read the state.
+            return l.launch(spec, attempt, uploader, Some(snap), self.run.allow_non_restored_state);
         }
         let graph = &spec.graph;
         start(

@@ -67,6 +67,7 @@ pub const JOB_ERROR_CODES: &[&str] = &[
     "OPERATOR_OPEN_FAILED",
     "STATE_BACKEND_UNAVAILABLE",
     "REST_UNAVAILABLE",
+    "CLUSTER_UNAVAILABLE",
     "STORAGE_FULL",
     "CHECKPOINT_STORAGE_FAILED",
     "CHECKPOINT_EXPIRED",
@@ -186,6 +187,9 @@ pub enum SetupErrorKind {
     StateBackend,
     /// The REST API could not be served.
     Rest,
+    /// Distributed execution could not start: not enough task slots, a
+    /// worker could not start its tasks, a control or data port is busy.
+    Cluster,
 }
 
 /// Why a job could not start: what failed, in words, and the typed cause.
@@ -238,6 +242,7 @@ impl SetupError {
             SetupErrorKind::OperatorOpen => "OPERATOR_OPEN_FAILED",
             SetupErrorKind::StateBackend => "STATE_BACKEND_UNAVAILABLE",
             SetupErrorKind::Rest => "REST_UNAVAILABLE",
+            SetupErrorKind::Cluster => "CLUSTER_UNAVAILABLE",
         }
     }
 

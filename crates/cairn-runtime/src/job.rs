@@ -192,6 +192,22 @@ pub fn start(
     uploader: &Arc<SnapshotUploader>,
     restore: RestoreFn<'_>,
 ) -> Result<RunningJob, JobError> {
+    start_tasks(spec, settings, attempt, wait_for_release, uploader, restore, &|_| true)
+}
+
+/// [`start`] for the tasks `local` selects: a worker of a distributed job
+/// runs its share of the subtasks. Every channel is still asked of the
+/// transport (in the same order on every process, so channel indices agree);
+/// a network transport connects the ends of local tasks to remote ones.
+pub fn start_tasks(
+    spec: &JobSpec,
+    settings: RuntimeSettings,
+    attempt: u32,
+    wait_for_release: bool,
+    uploader: &Arc<SnapshotUploader>,
+    restore: RestoreFn<'_>,
+    local: &dyn Fn(TaskId) -> bool,
+) -> Result<RunningJob, JobError> {
     let g = &spec.graph;
     let chain_of: HashMap<usize, usize> = g
         .chains
@@ -293,6 +309,9 @@ pub fn start(
         let tail = g.node(*chain.last().expect("non-empty chain"));
         for s in 0..head.parallelism {
             let id = TaskId { chain: ci, subtask: s };
+            if !local(id) {
+                continue; // another process runs it
+            }
             let metrics = Arc::new(TaskMetrics::for_chain(chain.iter().map(|n| n.0)));
             let info_for = |node: usize| {
                 let n = g.node(cairn_graph::NodeId(node));

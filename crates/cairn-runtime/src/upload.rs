@@ -211,10 +211,22 @@ pub struct UploadJob {
 
 type PoolJob = Box<dyn FnOnce() + Send>;
 
+/// Follows the destinations registered with an uploader. When tasks run in
+/// other processes, their uploaders must know a destination before its
+/// barrier reaches them: `registered` returns once they do.
+pub trait DestinationListener: Send + Sync {
+    fn registered(&self, dest: &SnapshotDestination);
+    fn completed(&self, checkpoint_id: u64);
+    fn aborted(&self, checkpoint_id: u64);
+}
+
 /// The registry of pending snapshots' destinations and the writer threads.
 pub struct SnapshotUploader {
     storage: Arc<dyn Storage>,
     destinations: Mutex<HashMap<u64, Arc<SnapshotDestination>>>,
+    /// Told about every destination's life (a distributed job's coordinator
+    /// forwards them to the workers, whose tasks write the files).
+    listener: Mutex<Option<Arc<dyn DestinationListener>>>,
     jobs: Mutex<Option<Sender<PoolJob>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     busy: Arc<(Mutex<usize>, Condvar)>,
@@ -240,6 +252,7 @@ impl SnapshotUploader {
         Arc::new(SnapshotUploader {
             storage,
             destinations: Mutex::new(HashMap::new()),
+            listener: Mutex::new(None),
             jobs: Mutex::new(Some(tx)),
             threads: Mutex::new(threads),
             busy: Arc::new((Mutex::new(0), Condvar::new())),
@@ -257,7 +270,19 @@ impl SnapshotUploader {
 
     /// Snapshot `dest.checkpoint_id` will be written to `dest`.
     pub fn register(&self, dest: Arc<SnapshotDestination>) {
+        if let Some(l) = self.listener() {
+            l.registered(&dest);
+        }
         self.table().insert(dest.checkpoint_id, dest);
+    }
+
+    /// Follow destinations with `listener` (replacing any earlier one).
+    pub fn set_listener(&self, listener: Option<Arc<dyn DestinationListener>>) {
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = listener;
+    }
+
+    fn listener(&self) -> Option<Arc<dyn DestinationListener>> {
+        self.listener.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Where snapshot `checkpoint_id` goes, while it is pending.
@@ -268,6 +293,9 @@ impl SnapshotUploader {
     /// Snapshot `checkpoint_id` completed: stop tracking it.
     pub fn completed(&self, checkpoint_id: u64) {
         self.table().remove(&checkpoint_id);
+        if let Some(l) = self.listener() {
+            l.completed(checkpoint_id);
+        }
     }
 
     /// Snapshot `checkpoint_id` was abandoned: delete what was and will be
@@ -276,6 +304,9 @@ impl SnapshotUploader {
         let dest = self.table().remove(&checkpoint_id);
         if let Some(dest) = dest {
             dest.abort(&*self.storage);
+            if let Some(l) = self.listener() {
+                l.aborted(checkpoint_id);
+            }
         }
     }
 

@@ -266,8 +266,21 @@ impl StreamEnv {
     /// restore, operators without an explicit max parallelism take the
     /// snapshot's (their key groups must not change).
     pub fn build(&self, job_name: &str, snapshot: Option<&LoadedSnapshot>) -> Result<JobSpec, CairnError> {
+        let config = self.inner.borrow().config.clone();
+        let job_id = cairn_snapshot::layout::JobId::generate().to_string();
+        self.build_with(job_name, &config, &job_id, snapshot)
+    }
+
+    /// [`StreamEnv::build`] with a given configuration and job id: a worker
+    /// builds the graph its coordinator runs.
+    pub fn build_with(
+        &self,
+        job_name: &str,
+        config: &Configuration,
+        job_id: &str,
+        snapshot: Option<&LoadedSnapshot>,
+    ) -> Result<JobSpec, CairnError> {
         let inner = self.inner.borrow();
-        let config = &inner.config;
         let settings = GraphSettings {
             default_parallelism: config.get(&options::PARALLELISM_DEFAULT),
             max_parallelism: config.get(&options::MAX_PARALLELISM),
@@ -291,14 +304,13 @@ impl StreamEnv {
             }
             graph = adopted.resolve(job_name, settings)?;
         }
-        let job_id = cairn_snapshot::layout::JobId::generate().to_string();
         Ok(JobSpec {
-            backends: crate::wiring::state_backends(config, &graph, &job_id)?,
+            backends: crate::wiring::state_backends(config, &graph, job_id)?,
             graph,
             nodes: inner.nodes.clone(),
             edge_keys: inner.edge_keys.clone(),
             config: Arc::new(config.clone()),
-            job_id,
+            job_id: job_id.to_string(),
             clock: inner.clock.clone(),
             transport: Arc::new(cairn_runtime::channel::LocalTransport),
         })
@@ -306,7 +318,27 @@ impl StreamEnv {
 
     /// Run the job to the end (bounded input), until it is stopped, or until
     /// it fails for good or is cancelled.
+    ///
+    /// With `--mode worker` (`cairn.cluster.mode: worker`) the process is a
+    /// worker of the coordinator at `--coordinator host:port` instead: it
+    /// runs the subtasks the coordinator deploys to it until it is stopped.
     pub fn execute(&self, job_name: &str) -> Result<JobResult, CairnError> {
+        let config = self.config();
+        let cluster = cairn_cluster::ClusterSettings::from_config(&config);
+        if cluster.mode == cairn_cluster::ClusterMode::Worker {
+            let log = self.inner.borrow().progress;
+            cairn_cluster::worker::run_worker(cluster, &WorkerBuilder { env: self, job_name }, log)?;
+            return Ok(JobResult {
+                job_id: String::new(),
+                job_name: job_name.to_string(),
+                elapsed: Duration::ZERO,
+                source_records: 0,
+                checkpoints: Vec::new(),
+                savepoint: None,
+                restarts: 0,
+                checkpoint_dir: None,
+            });
+        }
         self.execute_async(job_name)?.wait()
     }
 
@@ -336,6 +368,25 @@ impl StreamEnv {
             None => None,
         };
         let spec = self.build(job_name, snapshot.as_ref())?;
+        let cluster = cairn_cluster::ClusterSettings::from_config(&spec.config);
+        let launcher: Option<Arc<dyn cairn_coordinator::controller::AttemptLauncher>> = match cluster.mode {
+            cairn_cluster::ClusterMode::Local => None,
+            cairn_cluster::ClusterMode::Worker => {
+                return Err(CairnError::Job(cairn_cluster::cluster_error(
+                    "a worker (--mode worker) runs with StreamEnv::execute, not execute_async",
+                )))
+            }
+            cairn_cluster::ClusterMode::Coordinator => Some(
+                cairn_cluster::coordinator::RemoteLauncher::start(
+                    cluster,
+                    &spec.job_id,
+                    job_name,
+                    cairn_cluster::worker::config_entries(&spec.config),
+                    progress,
+                )
+                .map_err(|e| CairnError::Job(cairn_cluster::cluster_error(e)))?,
+            ),
+        };
         let handle = crate::execution::start(crate::execution::Launch {
             job_name: job_name.to_string(),
             spec,
@@ -346,6 +397,7 @@ impl StreamEnv {
             progress,
             serve_rest,
             storage,
+            launcher,
         })?;
         Ok(handle)
     }
@@ -356,4 +408,37 @@ pub(crate) fn short_type_name<T>() -> String {
     let full = std::any::type_name::<T>();
     let base = full.split('<').next().unwrap_or(full);
     base.rsplit("::").next().unwrap_or(base).to_string()
+}
+
+/// A job error as a worker reports it (configuration and graph errors as
+/// configuration errors).
+fn job_error(e: CairnError) -> cairn_runtime::JobError {
+    use cairn_runtime::error::{SetupError, SetupErrorKind};
+    match e {
+        CairnError::Job(e) => e,
+        other => cairn_runtime::JobError::Setup(SetupError::new(SetupErrorKind::Config, other.to_string())),
+    }
+}
+
+/// Builds what a worker runs from this environment's graph.
+struct WorkerBuilder<'a> {
+    env: &'a StreamEnv,
+    job_name: &'a str,
+}
+
+impl cairn_cluster::worker::JobBuilder for WorkerBuilder<'_> {
+    fn storage(&self, config: &Configuration) -> Result<Arc<dyn cairn_snapshot::Storage>, cairn_runtime::JobError> {
+        crate::wiring::storage(config).map_err(job_error)
+    }
+
+    fn build(
+        &self,
+        config: &Configuration,
+        job_id: &str,
+        snapshot: Option<&LoadedSnapshot>,
+    ) -> Result<JobSpec, cairn_runtime::JobError> {
+        self.env
+            .build_with(self.job_name, config, job_id, snapshot)
+            .map_err(job_error)
+    }
 }

@@ -132,6 +132,8 @@ pub(crate) struct Launch {
     pub serve_rest: bool,
     /// Where checkpoints and savepoints are written and read.
     pub storage: Arc<dyn Storage>,
+    /// A distributed job's coordinator: deploys attempts to its workers.
+    pub launcher: Option<Arc<dyn cairn_coordinator::controller::AttemptLauncher>>,
 }
 
 /// Start `launch` on a thread of its own; returns once the job runs, or with
@@ -166,6 +168,7 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
                 claim_mode,
                 progress,
                 storage,
+                launcher,
                 ..
             } = launch;
             let settings = RuntimeSettings::from_config(&spec.config);
@@ -190,6 +193,7 @@ pub(crate) fn start(launch: Launch) -> Result<JobHandle, CairnError> {
                 allow_non_restored_state,
                 claim: claim_mode == ClaimMode::Claim,
                 storage,
+                launcher,
             };
             let outcome = run_job(run, &port, &mut tick)?;
             let elapsed = start.elapsed();
