@@ -457,8 +457,10 @@ fn rescale_a_running_job_by_savepoint() {
 
     let mut previous = jid.clone();
     for p in [3u32, 1] {
-        let before = committed(&out);
         let o = h.expect(0, &["rescale", &previous[..8], "-p", &p.to_string(), "-t", "native"]);
+        // The stop committed everything before its savepoint; what comes
+        // after is the restarted job's.
+        let before = committed(&out);
         let location = savepoint_path(&o);
         assert!(location.starts_with(&sp) && location.join("_metadata").is_file(), "{o}");
         let line = o

@@ -434,13 +434,25 @@ impl WorkerLoop<'_> {
         // Events go to the coordinator; when every task exited and its
         // uploads ended, the attempt ended here.
         let events = std::mem::replace(&mut job.events, crossbeam_channel::never());
-        let (tx, up, log) = (out.clone(), uploader.clone(), self.log);
+        let (tx, up, log, metrics) = (out.clone(), uploader.clone(), self.log, job.metrics.clone());
         let _ = std::thread::Builder::new().name("cairn-events".into()).spawn(move || {
             let mut exited = 0;
             while exited < local_tasks {
                 let Ok(ev) = events.recv() else { break };
                 if matches!(ev, TaskEvent::Exited { .. }) {
                     exited += 1;
+                    if exited == local_tasks {
+                        // Before the last exit: uploads ended, and the final
+                        // counters, so the coordinator's totals are exact.
+                        up.wait_idle();
+                        send(
+                            &tx,
+                            Out::Heartbeat(proto::Heartbeat {
+                                attempt,
+                                metrics: metrics.iter().map(|(t, m)| wire::metrics_msg(*t, m)).collect(),
+                            }),
+                        );
+                    }
                 }
                 send(&tx, Out::Event(wire::event_msg(attempt, &ev)));
             }

@@ -334,7 +334,7 @@ pub fn without_restore_flags(args: &[String]) -> (Vec<String>, Vec<String>) {
                     }
                 }
             }
-            "--config" => {
+            "--config" | "--mode" | "--coordinator" => {
                 flags.push(arg.clone());
                 if inline.is_none() {
                     flags.extend(it.next());
@@ -374,6 +374,9 @@ mod tests {
             "-Dstate.backend.type=hashmap",
             "--config",
             "/c.yaml",
+            "--mode",
+            "coordinator",
+            "--coordinator=c:6123",
             "out-dir",
             "--",
             "-s",
@@ -386,7 +389,10 @@ mod tests {
                 "rest.port=0",
                 "-Dstate.backend.type=hashmap",
                 "--config",
-                "/c.yaml"
+                "/c.yaml",
+                "--mode",
+                "coordinator",
+                "--coordinator=c:6123"
             ])
         );
         assert_eq!(job, v(&["out-dir", "-s", "user"]));
