@@ -610,6 +610,15 @@ pub static CLUSTER_MODE: ConfigOption<String> = ConfigOption::new(
 )
 .with_check(cluster_mode_check);
 
+/// `cairn.cluster.linger-after-end` (Cairn-specific).
+pub static CLUSTER_LINGER: ConfigOption<bool> = ConfigOption::new(
+    "cairn.cluster.linger-after-end",
+    "false",
+    "Cairn-specific. A coordinator whose job ended (finished, stopped with a savepoint, cancelled, \
+     failed) waits to be terminated instead of exiting, so that a Kubernetes Deployment does not \
+     start the job again before the upgrade script changed it (deploy/kubernetes).",
+);
+
 /// `jobmanager.rpc.address`.
 pub static JOBMANAGER_RPC_ADDRESS: ConfigOption<String> = ConfigOption::new(
     "jobmanager.rpc.address",
@@ -786,6 +795,7 @@ static ALL: &[&dyn AnyOption] = &[
     &SAVEPOINT_IGNORE_UNCLAIMED_STATE,
     &RESTORE_CLAIM_MODE,
     &CLUSTER_MODE,
+    &CLUSTER_LINGER,
     &JOBMANAGER_RPC_ADDRESS,
     &JOBMANAGER_RPC_PORT,
     &JOBMANAGER_BIND_HOST,

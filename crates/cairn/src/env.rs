@@ -339,7 +339,18 @@ impl StreamEnv {
                 checkpoint_dir: None,
             });
         }
-        self.execute_async(job_name)?.wait()
+        let result = self.execute_async(job_name)?.wait();
+        if cluster.mode == cairn_cluster::ClusterMode::Coordinator && config.get(&options::CLUSTER_LINGER) {
+            match &result {
+                Ok(r) => eprintln!(
+                    "Job {} ended; waiting to be terminated (cairn.cluster.linger-after-end)",
+                    r.job_id
+                ),
+                Err(e) => eprintln!("Job ended: {e}; waiting to be terminated (cairn.cluster.linger-after-end)"),
+            }
+            linger();
+        }
+        result
     }
 
     /// Start the job in the background; the handle controls and awaits it.
@@ -417,6 +428,13 @@ fn job_error(e: CairnError) -> cairn_runtime::JobError {
     match e {
         CairnError::Job(e) => e,
         other => cairn_runtime::JobError::Setup(SetupError::new(SetupErrorKind::Config, other.to_string())),
+    }
+}
+
+/// Wait to be terminated.
+fn linger() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
