@@ -185,16 +185,14 @@ impl Shared {
             In::AttemptEnded(e) if e.attempt == a.number => {
                 a.ended.insert(worker.to_string());
             }
-            In::Failure(f) if f.attempt == a.number => {
-                if !a.failed {
-                    if let Some(task) = a.tasks.get(worker).and_then(|t| t.first().copied()) {
-                        a.failed = true;
-                        let _ = a.events.send(TaskEvent::Failed {
-                            task,
-                            op: None,
-                            error: format!("on worker {worker}: {}", f.message).into(),
-                        });
-                    }
+            In::Failure(f) if f.attempt == a.number && !a.failed => {
+                if let Some(task) = a.tasks.get(worker).and_then(|t| t.first().copied()) {
+                    a.failed = true;
+                    let _ = a.events.send(TaskEvent::Failed {
+                        task,
+                        op: None,
+                        error: format!("on worker {worker}: {}", f.message).into(),
+                    });
                 }
             }
             _ => {}

@@ -199,9 +199,12 @@ struct InChannel {
     ended: bool,
 }
 
+/// What one outbound connection carries: channels, and lanes of its receiving tasks.
+type Outbound = (Vec<(ChannelId, OutChannel)>, Vec<(LaneId, Receiver<PriorityEvent>)>);
+
 #[derive(Default)]
 struct Wiring {
-    outbound: HashMap<usize, (Vec<(ChannelId, OutChannel)>, Vec<(LaneId, Receiver<PriorityEvent>)>)>,
+    outbound: HashMap<usize, Outbound>,
     inbound: HashMap<usize, HashMap<ChannelId, InChannel>>,
     local_lanes: HashMap<LaneId, Sender<PriorityEvent>>,
 }
@@ -312,6 +315,9 @@ impl NetTransport {
             );
         }
         for (peer, (channels, lanes)) in std::mem::take(&mut w.outbound) {
+            if channels.is_empty() {
+                continue; // announcements only travel with a channel's records
+            }
             let address = self.peers.get(peer).cloned().unwrap_or_default();
             let (job, attempt, me, failures) =
                 (self.job_id.clone(), self.attempt, self.me as u32, self.failures.clone());

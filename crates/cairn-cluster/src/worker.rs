@@ -97,23 +97,7 @@ pub fn run_worker(settings: ClusterSettings, builder: &dyn JobBuilder, log: bool
         running: None,
         published: Arc::default(),
     };
-    let mut quiet_until = Instant::now();
-    loop {
-        match worker.session() {
-            Ok(()) => {}
-            Err(why) => {
-                if log && Instant::now() >= quiet_until {
-                    eprintln!(
-                        "Worker: no session with the coordinator at {} ({why}); retrying",
-                        worker.settings.coordinator_authority()
-                    );
-                    quiet_until = Instant::now() + Duration::from_secs(30);
-                }
-            }
-        }
-        worker.stop_running();
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    worker.run_forever()
 }
 
 struct WorkerLoop<'a> {
@@ -139,6 +123,24 @@ struct Session {
 }
 
 impl WorkerLoop<'_> {
+    /// Sessions with the coordinator, one after the other, until the process is stopped.
+    fn run_forever(&mut self) -> ! {
+        let mut quiet_until = Instant::now();
+        loop {
+            if let Err(why) = self.session() {
+                if self.log && Instant::now() >= quiet_until {
+                    eprintln!(
+                        "Worker: no session with the coordinator at {} ({why}); retrying",
+                        self.settings.coordinator_authority()
+                    );
+                    quiet_until = Instant::now() + Duration::from_secs(30);
+                }
+            }
+            self.stop_running();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// The address other workers reach this one's data port at.
     fn data_address(&self) -> String {
         let port = self.server.address().port();

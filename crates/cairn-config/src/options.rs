@@ -592,6 +592,8 @@ pub static RESTORE_CLAIM_MODE: ConfigOption<ClaimMode> = ConfigOption::new(
 
 // ---- distributed execution (coordinator and workers) ------------------------------------------
 
+// Checks of a `String` option take `&String`.
+#[allow(clippy::ptr_arg)]
 fn cluster_mode_check(v: &String) -> Result<(), String> {
     match v.as_str() {
         "local" | "coordinator" | "worker" => Ok(()),

@@ -41,14 +41,17 @@ impl KeyedProcessFunction<u64, GeneratedEvent, (u64, u64)> for Count {
 fn job() -> Result<(), CairnError> {
     let env = StreamEnv::from_args()?;
     let pos: Vec<u64> = env.user_args().iter().filter_map(|a| a.parse().ok()).collect();
-    let (n, k) = (pos.first().copied().unwrap_or(4_000_000), pos.get(1).copied().unwrap_or(100_000));
+    let (n, k) = (
+        pos.first().copied().unwrap_or(4_000_000),
+        pos.get(1).copied().unwrap_or(100_000),
+    );
     env.show_progress(true);
     env.source(GeneratorSource::new(n, k).splits(12))
         .uid("gen")
         .key_by(|e: &GeneratedEvent| e.key)
         .process(Count::default())
         .uid("count")
-        .sink(DiscardSink::new())
+        .sink(DiscardSink)
         .uid("discard");
     env.execute("cluster keyed count bench")?;
     Ok(())
@@ -88,14 +91,41 @@ fn parse(log: &str, workers: &[String]) -> Run {
         .lines()
         .find(|l| l.contains(") finished in "))
         .unwrap_or_else(|| panic!("the job did not finish:\n{log}"));
-    let seconds: f64 = line.split(" finished in ").nth(1).unwrap().split('s').next().unwrap().parse().unwrap();
-    let rps: f64 = line.rsplit('(').next().unwrap().split('/').next().unwrap().parse().unwrap();
+    let seconds: f64 = line
+        .split(" finished in ")
+        .nth(1)
+        .unwrap()
+        .split('s')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rps: f64 = line
+        .rsplit('(')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut checkpoints_ms = Vec::new();
     let mut checkpoint_bytes = 0;
-    for l in log.lines().filter(|l| l.starts_with("Checkpoint ") && l.contains(" completed in ")) {
+    for l in log
+        .lines()
+        .filter(|l| l.starts_with("Checkpoint ") && l.contains(" completed in "))
+    {
         let rest = l.split(" completed in ").nth(1).unwrap();
         checkpoints_ms.push(rest.split(' ').next().unwrap().parse().unwrap());
-        checkpoint_bytes = rest.split('(').nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        checkpoint_bytes = rest
+            .split('(')
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
     }
     let (mut bytes, mut records) = (0f64, 0f64);
     for w in workers {
@@ -174,7 +204,10 @@ fn main() {
         return;
     }
     let pos: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let (n, k) = (pos.first().copied().unwrap_or(4_000_000), pos.get(1).copied().unwrap_or(100_000));
+    let (n, k) = (
+        pos.first().copied().unwrap_or(4_000_000),
+        pos.get(1).copied().unwrap_or(100_000),
+    );
     let home = std::env::temp_dir().join(format!("cairn-cluster-bench-{}", std::process::id()));
     std::fs::create_dir_all(&home).unwrap();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -200,7 +233,10 @@ fn main() {
     }
     let base = results[0].1.records_per_second;
     for (name, r) in &results[1..] {
-        println!("  {name}: {:.2}x the single process at p=2", r.records_per_second / base);
+        println!(
+            "  {name}: {:.2}x the single process at p=2",
+            r.records_per_second / base
+        );
     }
 
     // Checkpoint time: local files, then the object store.
@@ -235,6 +271,10 @@ fn main() {
         );
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("total {:.0} s; load after: {}", started.elapsed().as_secs_f64(), load.trim());
+    println!(
+        "total {:.0} s; load after: {}",
+        started.elapsed().as_secs_f64(),
+        load.trim()
+    );
     let _ = std::fs::remove_dir_all(&home);
 }
