@@ -30,13 +30,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cluster_error;
 use crate::placement::{all_tasks, graph_fingerprint, slots_needed, Placement};
 use crate::proto::coordinator_message::Body as Out;
 use crate::proto::worker_message::Body as In;
 use crate::proto::{self, CoordinatorMessage};
 use crate::settings::ClusterSettings;
 use crate::wire;
-use crate::cluster_error;
 
 /// How long a worker may take to start its tasks (restoring state included).
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -109,9 +109,11 @@ impl Shared {
         st.next_worker += 1;
         let id = format!("worker-{}", st.next_worker);
         if self.log {
-            eprintln!(
+            tracing::info!(
                 "Worker {id} ({}) registered with {} slot(s), data port {}",
-                reg.worker_name, reg.slots, reg.data_address
+                reg.worker_name,
+                reg.slots,
+                reg.data_address
             );
         }
         send(
@@ -208,7 +210,7 @@ impl Shared {
         };
         let w = st.workers.remove(pos);
         if self.log {
-            eprintln!("Worker {} ({}) is lost: {why}", w.id, w.name);
+            tracing::warn!("Worker {} ({}) is lost: {why}", w.id, w.name);
         }
         if let Some(a) = st.attempt.as_mut() {
             if a.workers.iter().any(|x| x == worker) && !a.ended.contains(worker) {
@@ -380,7 +382,7 @@ impl RemoteLauncher {
                     .serve_with_incoming(incoming)
                     .await;
                 if let Err(e) = r {
-                    eprintln!("The coordinator's control endpoint stopped: {e}");
+                    tracing::error!("the coordinator's control endpoint stopped: {e}");
                 }
             });
             let hb = shared.clone();
@@ -395,7 +397,7 @@ impl RemoteLauncher {
             });
         }
         if log {
-            eprintln!("Coordinator of job {job_id} waits for workers on {address}");
+            tracing::info!("Coordinator of job {job_id} waits for workers on {address}");
         }
         Ok(Arc::new(RemoteLauncher {
             shared,
@@ -432,7 +434,7 @@ impl RemoteLauncher {
                 break;
             }
             if !told && self.shared.log {
-                eprintln!(
+                tracing::info!(
                     "Waiting for task slots: the job needs {needed}, {} worker(s) offer {total}",
                     st.workers.len()
                 );
@@ -573,7 +575,7 @@ impl AttemptLauncher for RemoteLauncher {
                 self.shared.send_to(&st, id, Out::Deploy(d));
             }
             if self.shared.log {
-                eprintln!(
+                tracing::info!(
                     "Deployed attempt {attempt} ({} tasks) to {}",
                     tasks.len(),
                     chosen

@@ -28,6 +28,7 @@ use cairn_snapshot::{load_snapshot, LoadedSnapshot, Storage};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::cluster_error;
 use crate::placement::{first_difference, graph_fingerprint, Placement};
 use crate::proto::coordinator_message::Body as In;
 use crate::proto::worker_message::Body as Out;
@@ -35,7 +36,6 @@ use crate::proto::{self, WorkerMessage};
 use crate::settings::ClusterSettings;
 use crate::transport::{wire_stats, DataServer, Failures, NetTransport};
 use crate::wire;
-use crate::cluster_error;
 
 /// What a worker needs from the job binary: its graph, built with the
 /// coordinator's configuration, and the storage that configuration names.
@@ -129,7 +129,7 @@ impl WorkerLoop<'_> {
         loop {
             if let Err(why) = self.session() {
                 if self.log && Instant::now() >= quiet_until {
-                    eprintln!(
+                    tracing::info!(
                         "Worker: no session with the coordinator at {} ({why}); retrying",
                         self.settings.coordinator_authority()
                     );
@@ -223,15 +223,17 @@ impl WorkerLoop<'_> {
                 }
             }
             Some(In::Refused(r)) => {
-                eprintln!("Worker: the coordinator refused this worker: {}", r.reason);
+                tracing::error!("Worker: the coordinator refused this worker: {}", r.reason);
                 return Err(r.reason);
             }
             _ => return Err("the coordinator answered the registration with something else".into()),
         };
         if self.log {
-            eprintln!(
+            tracing::info!(
                 "Worker {} registered with the coordinator of job {} ({} slot(s))",
-                session.worker_id, session.job_id, self.settings.slots
+                session.worker_id,
+                session.job_id,
+                self.settings.slots
             );
         }
         // Heartbeats (with the running attempt's metrics) go out from a
@@ -258,7 +260,14 @@ impl WorkerLoop<'_> {
         }
         let result = self.serve(&mut session, &out_tx, &in_rx);
         stop_heartbeats.store(true, Ordering::Relaxed);
-        result
+        if let Err(why) = &result {
+            // Said every time (unlike failures to connect): the tasks stop here.
+            tracing::warn!(
+                "Worker {}: the session with the coordinator ended ({why}); cancelling its tasks and registering again",
+                session.worker_id
+            );
+        }
+        Ok(())
     }
 
     fn serve(
@@ -292,7 +301,7 @@ impl WorkerLoop<'_> {
                     let error = match self.deploy(session, &d, out) {
                         Ok(()) => String::new(),
                         Err(e) => {
-                            eprintln!("Worker: attempt {attempt} could not start here: {e}");
+                            tracing::warn!("Worker: attempt {attempt} could not start here: {e}");
                             e
                         }
                     };
@@ -462,7 +471,7 @@ impl WorkerLoop<'_> {
             if log {
                 let s = wire_stats();
                 let (bytes, records) = (s.bytes.load(Ordering::Relaxed), s.records.load(Ordering::Relaxed));
-                eprintln!(
+                tracing::info!(
                     "Worker: attempt {attempt} ended here; sent {records} records in {bytes} bytes to other workers{}",
                     if records > 0 {
                         format!(" ({:.1} bytes/record)", bytes as f64 / records as f64)
@@ -483,7 +492,7 @@ impl WorkerLoop<'_> {
                 }
             });
         if self.log {
-            eprintln!("Worker: attempt {attempt} runs {local_tasks} task(s) here");
+            tracing::info!("Worker: attempt {attempt} runs {local_tasks} task(s) here");
         }
         self.running = Some(Running {
             attempt,

@@ -85,47 +85,31 @@ struct Run {
     checkpoint_bytes: u64,
 }
 
-/// The "finished in Xs: N source records (R/s)" line and the checkpoint lines.
+/// A `key=value` field of a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The job's end ("the job finished", seconds, per_second) and the
+/// checkpoint lines ("checkpoint N completed", duration_ms, state_size_bytes).
 fn parse(log: &str, workers: &[String]) -> Run {
     let line = log
         .lines()
-        .find(|l| l.contains(") finished in "))
+        .find(|l| l.contains("the job finished"))
         .unwrap_or_else(|| panic!("the job did not finish:\n{log}"));
-    let seconds: f64 = line
-        .split(" finished in ")
-        .nth(1)
-        .unwrap()
-        .split('s')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let rps: f64 = line
-        .rsplit('(')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let seconds: f64 = field(line, "seconds").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let rps: f64 = field(line, "per_second").and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let mut checkpoints_ms = Vec::new();
     let mut checkpoint_bytes = 0;
     for l in log
         .lines()
-        .filter(|l| l.starts_with("Checkpoint ") && l.contains(" completed in "))
+        .filter(|l| l.contains("checkpoint ") && l.contains(" completed "))
     {
-        let rest = l.split(" completed in ").nth(1).unwrap();
-        checkpoints_ms.push(rest.split(' ').next().unwrap().parse().unwrap());
-        checkpoint_bytes = rest
-            .split('(')
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        if let Some(ms) = field(l, "duration_ms").and_then(|v| v.parse().ok()) {
+            checkpoints_ms.push(ms);
+            checkpoint_bytes = field(l, "state_size_bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
     }
     let (mut bytes, mut records) = (0f64, 0f64);
     for w in workers {

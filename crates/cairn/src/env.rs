@@ -342,11 +342,13 @@ impl StreamEnv {
         let result = self.execute_async(job_name)?.wait();
         if cluster.mode == cairn_cluster::ClusterMode::Coordinator && config.get(&options::CLUSTER_LINGER) {
             match &result {
-                Ok(r) => eprintln!(
-                    "Job {} ended; waiting to be terminated (cairn.cluster.linger-after-end)",
-                    r.job_id
+                Ok(r) => tracing::info!(
+                    job_id = %r.job_id,
+                    "the job ended; waiting to be terminated (cairn.cluster.linger-after-end)"
                 ),
-                Err(e) => eprintln!("Job ended: {e}; waiting to be terminated (cairn.cluster.linger-after-end)"),
+                Err(e) => {
+                    tracing::warn!("the job ended: {e}; waiting to be terminated (cairn.cluster.linger-after-end)")
+                }
             }
             linger();
         }

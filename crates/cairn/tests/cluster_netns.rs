@@ -349,10 +349,10 @@ fn a_keyed_job_on_two_workers_equals_the_single_process_run() {
         log.contains("Deployed attempt 0 (4 tasks) to worker-1 (slots [0]), worker-2 (slots [1])"),
         "{log}"
     );
-    assert!(log.contains("Checkpoint 1 completed"), "{log}");
+    assert!(log.contains("checkpoint 1 completed"), "{log}");
     if c.checkpoints.on_s3 {
         assert!(
-            log.contains("at s3://cairn/checkpoints/"),
+            log.contains("path=s3://cairn/checkpoints/"),
             "checkpoints are on the object store:\n{log}"
         );
     }
@@ -407,7 +407,7 @@ fn a_killed_worker_fails_over_from_the_latest_checkpoint_exactly_once() {
         });
     }
     wait_until("a completed checkpoint", Duration::from_secs(120), || {
-        c.coordinator_log().contains("Checkpoint 2 completed")
+        c.coordinator_log().contains("checkpoint 2 completed")
     });
     let victim = c.busy_worker();
     c.workers[victim].as_mut().unwrap().kill();
@@ -417,7 +417,7 @@ fn a_killed_worker_fails_over_from_the_latest_checkpoint_exactly_once() {
         log.contains("is lost: its session broke") || log.contains("is lost: its session ended"),
         "{log}"
     );
-    assert!(log.contains("Restored the job from checkpoint"), "{log}");
+    assert!(log.contains("restored the job from a retained checkpoint"), "{log}");
     assert!(log.contains("Deployed attempt 1"), "{log}");
     assert_exactly_once(&committed(&c.out()), keys, Some(count / keys));
 }
@@ -436,7 +436,7 @@ fn a_short_link_outage_stalls_and_recovers_without_a_restart() {
     c.start_worker(0);
     c.start_worker(1);
     wait_until("a completed checkpoint", Duration::from_secs(120), || {
-        c.coordinator_log().contains("Checkpoint 2 completed")
+        c.coordinator_log().contains("checkpoint 2 completed")
     });
     let victim = c.busy_worker();
     c.net.link_down(victim + 1);
@@ -444,7 +444,10 @@ fn a_short_link_outage_stalls_and_recovers_without_a_restart() {
     c.net.link_up(victim + 1);
     c.wait_finished(Duration::from_secs(300));
     let log = c.coordinator_log();
-    assert!(!log.contains("Restarting in"), "no failover was needed:\n{log}");
+    assert!(
+        !log.contains("job failed, restarting"),
+        "no failover was needed:\n{log}"
+    );
     assert_exactly_once(&committed(&c.out()), keys, Some(count / keys));
 }
 
@@ -466,7 +469,7 @@ fn a_long_link_outage_fails_over_to_the_remaining_workers() {
         });
     }
     wait_until("a completed checkpoint", Duration::from_secs(120), || {
-        c.coordinator_log().contains("Checkpoint 2 completed")
+        c.coordinator_log().contains("checkpoint 2 completed")
     });
     let victim = c.busy_worker();
     c.net.link_down(victim + 1);
@@ -475,15 +478,19 @@ fn a_long_link_outage_fails_over_to_the_remaining_workers() {
         Duration::from_secs(120),
         || c.coordinator_log().contains("is lost: no heartbeat"),
     );
-    wait_until(
-        "the cut-off worker to cancel its tasks",
-        Duration::from_secs(120),
-        || c.worker_log(victim).contains("no heartbeat from the coordinator"),
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !c.worker_log(victim).contains("no heartbeat from the coordinator") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut-off worker did not cancel its tasks:\n{}",
+            c.worker_log(victim)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     c.net.link_up(victim + 1);
     c.wait_finished(Duration::from_secs(300));
     let log = c.coordinator_log();
-    assert!(log.contains("Restored the job from checkpoint"), "{log}");
+    assert!(log.contains("restored the job from a retained checkpoint"), "{log}");
     assert_exactly_once(&committed(&c.out()), keys, Some(count / keys));
 }
 
@@ -568,7 +575,7 @@ fn rescaling_two_four_three_workers_by_savepoint_keeps_every_keys_state() {
             relaunched_log(&c, &next).contains("Deployed attempt 0")
         });
         let log = relaunched_log(&c, &next);
-        let line = log.lines().find(|l| l.starts_with("Deployed attempt 0")).unwrap();
+        let line = log.lines().find(|l| l.contains("Deployed attempt 0")).unwrap();
         assert_eq!(line.matches("(slots [").count(), workers, "{line}");
         assert_exactly_once(&before, keys, None);
         wait_until("counts continuing after the rescale", Duration::from_secs(120), || {
