@@ -175,7 +175,7 @@ fn checkpoints(net: &Net, host: usize, dir: &Dir) -> Checkpoints {
     );
     // Create the bucket from inside the test network (moto takes an
     // unsigned PUT as CreateBucket), with moto's own Python.
-    let python = Path::new(&moto).with_file_name("python");
+    let python = moto_python(Path::new(&moto));
     let script = format!(
         "import time, urllib.request\n\
          for _ in range(300):\n\
@@ -206,6 +206,19 @@ fn checkpoints(net: &Net, host: usize, dir: &Dir) -> Checkpoints {
         ],
         on_s3: true,
         _moto: Some(server),
+    }
+}
+
+/// The Python that runs moto: the launcher's `#!` interpreter (`.ci/services/moto.sh`
+/// writes a launcher script), else the `python` beside `moto_server` in its venv.
+fn moto_python(moto: &Path) -> PathBuf {
+    let first = std::fs::read_to_string(moto)
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    match first.strip_prefix("#!") {
+        Some(interpreter) if !interpreter.contains(' ') => PathBuf::from(interpreter.trim()),
+        _ => moto.with_file_name("python"),
     }
 }
 
