@@ -405,6 +405,8 @@ fn run_fails_at_once_with_the_cause_when_the_job_cannot_start() {
         None => eprintln!("skipped the read-only case: no user namespaces on this machine (unshare -r -m)"),
     }
     assert!(h.registered_pids().is_empty(), "failed jobs leave the registry");
+}
+
 /// `cairn rescale`: stop with a savepoint and start the registered binary
 /// again at a new parallelism, twice (2 -> 3 -> 1); every key's counts go on
 /// exactly once, and what would fail is refused before the job stops.

@@ -11,8 +11,14 @@
 //! same connection. The credit rules stay the runtime's: the sender sends
 //! only with a credit, so at most `capacity` messages of a channel are in
 //! flight across the network, and a slow receiver stops its senders on
-//! other hosts (backpressure crosses hosts). Barriers and watermarks are
-//! data-lane messages, in line with the records.
+//! other hosts (backpressure crosses hosts). A grant also carries the
+//! receiver's batch limit, so buffer debloating shrinks what is in flight
+//! (credits) and how big each message is (records per batch) across hosts
+//! too. Barriers and watermarks are data-lane messages, in line with the
+//! records. An unaligned barrier's announcement travels on the priority
+//! lane, written ahead of any data message the writer has at hand; since
+//! credits keep at most the receiver's target in flight, it overtakes
+//! everything a slow receiver has not been granted yet, as in one process.
 //!
 //! One connection per (attempt, sending worker, receiving worker), opened
 //! by the sender. Frames (little-endian):
@@ -21,7 +27,8 @@
 //! u32 length of what follows, u8 kind, then by kind:
 //! 0 hello     u16 version, 32 bytes job id, u32 attempt, u32 sending worker
 //! 1 data      u32 edge, u32 source subtask, u32 target subtask, message
-//! 2 credit    u32 edge, u32 source subtask, u32 target subtask, u32 credits
+//! 2 credit    u32 edge, u32 source subtask, u32 target subtask, u32 credits,
+//!             u32 batch limit in records (0: none)
 //! 3 announce  u32 chain, u32 subtask, u32 input channel, barrier, u64 seq
 //! 4 end       (the sender's channels all ended)
 //! message: u8 tag; 0 records (the batch codec's bytes to the frame's end),
@@ -42,7 +49,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_graph::ResolvedGraph;
-use cairn_runtime::channel::{ChannelId, LaneId, LocalTransport, PriorityEvent, ReceiverEnds, SenderEnds, Transport};
+use cairn_runtime::channel::{
+    ChannelId, Grant, LaneId, LocalTransport, PriorityEvent, ReceiverEnds, SenderEnds, Transport,
+};
 use cairn_runtime::codec::BatchCodec;
 use cairn_runtime::record::{Barrier, Message, SnapshotType};
 use cairn_runtime::task::TaskId;
@@ -50,7 +59,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender, TrySendErr
 
 use crate::placement::Placement;
 
-const VERSION: u16 = 1;
+/// 2: credit frames carry the receiver's batch limit (buffer debloating).
+const VERSION: u16 = 2;
 const KIND_HELLO: u8 = 0;
 const KIND_DATA: u8 = 1;
 const KIND_CREDIT: u8 = 2;
@@ -187,14 +197,14 @@ fn accept(stream: TcpStream, routes: &(Mutex<Routes>, Condvar)) {
 /// The sending side of a remote channel, for the connection's writer.
 struct OutChannel {
     data: Receiver<Message>,
-    credits: Sender<u32>,
+    credits: Sender<Grant>,
     codec: Arc<dyn BatchCodec>,
 }
 
 /// The receiving side of a remote channel, for the connection's reader.
 struct InChannel {
     data: Sender<Message>,
-    credits: Receiver<u32>,
+    credits: Receiver<Grant>,
     codec: Arc<dyn BatchCodec>,
     ended: bool,
 }
@@ -341,16 +351,23 @@ fn unused_sender_ends() -> SenderEnds {
     }
 }
 
-fn unused_receiver_ends(capacity: u32) -> ReceiverEnds {
+fn unused_receiver_ends(capacity: u32, initial_credits: u32) -> ReceiverEnds {
     ReceiverEnds {
         data: crossbeam_channel::never(),
         credits: unbounded().0,
         capacity,
+        initial_credits,
     }
 }
 
 impl Transport for NetTransport {
-    fn channel(&self, id: ChannelId, capacity: u32, codec: &Arc<dyn BatchCodec>) -> (SenderEnds, ReceiverEnds) {
+    fn channel(
+        &self,
+        id: ChannelId,
+        capacity: u32,
+        initial_credits: u32,
+        codec: &Arc<dyn BatchCodec>,
+    ) -> (SenderEnds, ReceiverEnds) {
         let (src_chain, dst_chain) = self.edge_chains[id.edge];
         let src = self.worker_of(TaskId {
             chain: src_chain,
@@ -361,9 +378,12 @@ impl Transport for NetTransport {
             subtask: id.target_subtask,
         });
         let capacity = capacity.max(1);
+        // Both sides compute the same value, as LocalTransport does: the
+        // sender starts with what the receiver counts as outstanding.
+        let initial_credits = initial_credits.clamp(1, capacity);
         match (src == self.me, dst == self.me) {
-            (true, true) => LocalTransport.channel(id, capacity, codec),
-            (false, false) => (unused_sender_ends(), unused_receiver_ends(capacity)),
+            (true, true) => LocalTransport.channel(id, capacity, initial_credits, codec),
+            (false, false) => (unused_sender_ends(), unused_receiver_ends(capacity, initial_credits)),
             (true, false) => {
                 let (data_tx, data_rx) = bounded(capacity as usize);
                 let (credit_tx, credit_rx) = unbounded();
@@ -379,9 +399,9 @@ impl Transport for NetTransport {
                     SenderEnds {
                         data: data_tx,
                         credits: credit_rx,
-                        initial_credits: capacity,
+                        initial_credits,
                     },
-                    unused_receiver_ends(capacity),
+                    unused_receiver_ends(capacity, initial_credits),
                 )
             }
             (false, true) => {
@@ -402,6 +422,7 @@ impl Transport for NetTransport {
                         data: data_rx,
                         credits: credit_tx,
                         capacity,
+                        initial_credits,
                     },
                 )
             }
@@ -642,7 +663,7 @@ fn run_outbound(
     let stream = connect(address)?;
     let _ = stream.set_nodelay(true);
     // Credits come back on the same connection.
-    let credits: HashMap<ChannelId, Sender<u32>> = channels.iter().map(|(id, c)| (*id, c.credits.clone())).collect();
+    let credits: HashMap<ChannelId, Sender<Grant>> = channels.iter().map(|(id, c)| (*id, c.credits.clone())).collect();
     let read_half = stream.try_clone().map_err(|e| e.to_string())?;
     std::thread::Builder::new()
         .name("cairn-data-credits".into())
@@ -653,9 +674,14 @@ fn run_outbound(
                     break;
                 }
                 let mut f = Fields(&body);
-                let (Ok(id), Ok(n)) = (f.channel(), f.u32()) else { break };
+                let (Ok(id), Ok(credits_granted), Ok(batch_records)) = (f.channel(), f.u32(), f.u32()) else {
+                    break;
+                };
                 if let Some(tx) = credits.get(&id) {
-                    let _ = tx.send(n);
+                    let _ = tx.send(Grant {
+                        credits: credits_granted,
+                        batch_records,
+                    });
                 }
             }
         })
@@ -758,7 +784,7 @@ fn run_inbound(stream: TcpStream, mut reader: BufReader<TcpStream>, from: u32, i
     } = inbound;
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     // The writer: credits the receiving tasks grant.
-    let credit_lanes: Vec<(ChannelId, Receiver<u32>)> =
+    let credit_lanes: Vec<(ChannelId, Receiver<Grant>)> =
         channels.iter().map(|(id, c)| (*id, c.credits.clone())).collect();
     let mut write_half = match stream.try_clone() {
         Ok(s) => BufWriter::new(s),
@@ -767,7 +793,7 @@ fn run_inbound(stream: TcpStream, mut reader: BufReader<TcpStream>, from: u32, i
     let _ = std::thread::Builder::new()
         .name("cairn-data-grant".into())
         .spawn(move || {
-            let mut live: Vec<Option<(ChannelId, Receiver<u32>)>> = credit_lanes.into_iter().map(Some).collect();
+            let mut live: Vec<Option<(ChannelId, Receiver<Grant>)>> = credit_lanes.into_iter().map(Some).collect();
             let mut buf = Vec::new();
             while live.iter().any(Option::is_some) {
                 let mut sel = Select::new();
@@ -782,21 +808,24 @@ fn run_inbound(stream: TcpStream, mut reader: BufReader<TcpStream>, from: u32, i
                 let i = which[op.index()];
                 let (id, rx) = live[i].as_ref().expect("selected");
                 let id = *id;
-                let n = match op.recv(rx) {
-                    Ok(n) => n,
+                let mut grant = match op.recv(rx) {
+                    Ok(g) => g,
                     Err(_) => {
                         live[i] = None;
                         continue;
                     }
                 };
-                let mut total = n;
+                // Grants waiting together travel as one: their credits add
+                // up, the newest batch limit holds.
                 while let Ok(more) = rx.try_recv() {
-                    total = total.saturating_add(more);
+                    grant.credits = grant.credits.saturating_add(more.credits);
+                    grant.batch_records = more.batch_records;
                 }
                 buf.clear();
                 let at = begin_frame(&mut buf, KIND_CREDIT);
                 put_channel(&mut buf, id);
-                put_u32(&mut buf, total);
+                put_u32(&mut buf, grant.credits);
+                put_u32(&mut buf, grant.batch_records);
                 finish_frame(&mut buf, at);
                 if write_half.write_all(&buf).and_then(|_| write_half.flush()).is_err() {
                     return;
@@ -1002,9 +1031,9 @@ mod tests {
             target_subtask: 1,
         };
         let lane = LaneId { chain: 1, subtask: 1 };
-        let (s_ends, _) = a.channel(id, 2, &codec);
+        let (s_ends, _) = a.channel(id, 2, 2, &codec);
         let (a_lane, _) = a.priority_lane(lane);
-        let (_, r_ends) = b.channel(id, 2, &codec);
+        let (_, r_ends) = b.channel(id, 2, 2, &codec);
         let (_, b_lane) = b.priority_lane(lane);
         let mut out = OutputChannel::new(s_ends, a_lane, 0);
         let mut inp = InputChannel::new(r_ends);
@@ -1039,7 +1068,7 @@ mod tests {
         let mut barrier_at = None;
         loop {
             assert!(Instant::now() < deadline, "records did not arrive");
-            match inp.try_read() {
+            match inp.try_read(false) {
                 Ok(Some(Message::Records(batch, _))) => got.extend(
                     batch
                         .downcast::<Vec<StreamRecord<u64>>>()
