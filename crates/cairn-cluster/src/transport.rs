@@ -687,7 +687,11 @@ fn run_outbound(
         })
         .map_err(|e| e.to_string())?;
     let mut w = BufWriter::with_capacity(256 << 10, stream.try_clone().map_err(|e| e.to_string())?);
-    w.write_all(&hello(job, attempt, me)).map_err(|e| e.to_string())?;
+    // At once, not with the first message: the receiver starts passing its
+    // grants (a batch limit may come before any record) once it knows us.
+    w.write_all(&hello(job, attempt, me))
+        .and_then(|_| w.flush())
+        .map_err(|e| e.to_string())?;
     let mut data: Vec<Option<(ChannelId, OutChannel)>> = channels.into_iter().map(Some).collect();
     let mut announce: Vec<Option<(LaneId, Receiver<PriorityEvent>)>> = lanes.into_iter().map(Some).collect();
     let mut buf = Vec::with_capacity(64 << 10);
@@ -1091,6 +1095,90 @@ mod tests {
                 assert_eq!((channel, barrier.checkpoint_id, seq), (0, 3, n))
             }
         }
+        assert!(frx.try_recv().is_err(), "no failure reported");
+    }
+
+    /// Buffer debloating across hosts: the receiver's batch limit and a
+    /// lowered in-flight target reach a sender on another worker through
+    /// the credit frames, in order with its grants.
+    #[test]
+    fn debloating_reaches_a_sender_on_another_worker() {
+        use cairn_runtime::channel::{InputChannel, OutputChannel};
+        let server = DataServer::bind("127.0.0.1", 0).unwrap();
+        let graph = two_node_graph();
+        let placement = Placement {
+            slot_owner: [(0, 0), (1, 1)].into_iter().collect(),
+        };
+        let peers = vec![server.address().to_string(), server.address().to_string()];
+        let (ftx, frx) = unbounded();
+        let failures = Failures::new(ftx, Arc::new(AtomicBool::new(false)));
+        let job = "fedcba9876543210fedcba9876543210";
+        let a = NetTransport::new(
+            job,
+            0,
+            0,
+            peers.clone(),
+            placement.clone(),
+            &graph,
+            server.clone(),
+            failures.clone(),
+        );
+        let b = NetTransport::new(job, 0, 1, peers, placement, &graph, server.clone(), failures);
+        let codec = batch_codec::<u64>();
+        let id = ChannelId {
+            edge: 0,
+            source_subtask: 0,
+            target_subtask: 1,
+        };
+        let lane = LaneId { chain: 1, subtask: 1 };
+        // Capacity 4, starting with 4 credits.
+        let (s_ends, _) = a.channel(id, 4, 4, &codec);
+        let (a_lane, _) = a.priority_lane(lane);
+        let (_, r_ends) = b.channel(id, 4, 4, &codec);
+        let _b_lane = b.priority_lane(lane);
+        let mut out = OutputChannel::new(s_ends, a_lane, 0);
+        let mut inp = InputChannel::new(r_ends);
+        a.start_links();
+        b.start_links();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let wait = |what: &str, f: &mut dyn FnMut() -> bool| {
+            while !f() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+
+        inp.set_batch_limit(Some(16));
+        wait("the batch limit to cross", &mut || out.batch_limit() == Some(16));
+
+        // One message in flight from now on.
+        inp.set_target(1);
+        for i in 0..10u64 {
+            out.enqueue(Message::Records(Box::new(vec![StreamRecord::new(i)]), 1))
+                .unwrap();
+        }
+        out.pump().unwrap();
+        assert_eq!(out.sent(), 4, "the initial credits");
+        let mut read = 0;
+        wait("the first four messages", &mut || {
+            if inp.try_read(false).unwrap().is_some() {
+                read += 1;
+            }
+            read == 4
+        });
+        // Reading four granted one credit (the target), not four.
+        wait("the credit to come back", &mut || {
+            out.pump().unwrap();
+            out.sent() >= 5
+        });
+        // A grant sent after it travels behind it: once the sender has the
+        // new limit, it has every credit granted before.
+        inp.set_batch_limit(Some(8));
+        wait("the second batch limit to cross", &mut || out.batch_limit() == Some(8));
+        out.pump().unwrap();
+        assert_eq!(out.sent(), 5, "one message in flight at the lowered target");
+        inp.set_batch_limit(None);
+        wait("the limit's removal to cross", &mut || out.batch_limit().is_none());
         assert!(frx.try_recv().is_err(), "no failure reported");
     }
 

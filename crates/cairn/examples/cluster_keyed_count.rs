@@ -9,7 +9,9 @@
 //!
 //! Without `--mode` it runs every task in one process. Arguments: output
 //! directory, events (default 100000), keys (default 100), events per second
-//! per source subtask (default: unlimited).
+//! per source subtask (default: unlimited), microseconds the running totals
+//! spend on each event (default 0: a slow operator, so records queue up in
+//! front of it, across hosts too, as under backpressure).
 
 use cairn::prelude::*;
 
@@ -17,6 +19,7 @@ use cairn::prelude::*;
 #[derive(Clone, Default)]
 struct RunningTotals {
     totals: Option<ValueState<(u64, u64)>>,
+    work: std::time::Duration,
 }
 
 impl KeyedProcessFunction<u64, GeneratedEvent, (u64, u64, u64)> for RunningTotals {
@@ -26,6 +29,9 @@ impl KeyedProcessFunction<u64, GeneratedEvent, (u64, u64, u64)> for RunningTotal
     }
 
     fn process_element(&mut self, e: GeneratedEvent, ctx: &mut KeyedContext<'_, u64, (u64, u64, u64)>) -> OpResult {
+        if !self.work.is_zero() {
+            std::thread::sleep(self.work);
+        }
         let totals = self.totals.as_ref().ok_or("totals state not registered")?;
         let (n, sum) = totals.value(ctx)?.unwrap_or((0, 0));
         let next = (n + 1, sum.wrapping_add(e.value % 1000));
@@ -50,6 +56,7 @@ fn run() -> Result<(), CairnError> {
     let count: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let keys: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
     let rate: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let work_us: u64 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0);
     env.show_progress(true);
     let mut source = GeneratorSource::new(count, keys).seed(11).splits(12);
     if rate > 0 {
@@ -59,7 +66,10 @@ fn run() -> Result<(), CairnError> {
         .uid("events")
         .name("events")
         .key_by(|e: &GeneratedEvent| e.key)
-        .process(RunningTotals::default())
+        .process(RunningTotals {
+            totals: None,
+            work: std::time::Duration::from_micros(work_us),
+        })
         .uid("running-totals")
         .name("running totals")
         .sink(FileSink::new(out, |(key, n, sum): &(u64, u64, u64)| {

@@ -435,6 +435,64 @@ fn a_killed_worker_fails_over_from_the_latest_checkpoint_exactly_once() {
     assert_exactly_once(&committed(&c.out()), keys, Some(count / keys));
 }
 
+/// `persisted_data_bytes` of the coordinator's completed unaligned checkpoints.
+fn unaligned_persisted_bytes(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("checkpoint ") && l.contains(" completed") && l.contains("unaligned=true"))
+        .filter_map(|l| l.split("persisted_data_bytes=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Unaligned checkpoints across hosts: a slow keyed operator keeps records
+/// queued on the channels from the other worker, the barriers overtake them
+/// (announced on the priority lane over the data connection) and the
+/// checkpoints store them as channel state; a SIGKILL of a worker then
+/// restores that state on the remaining workers, and the output is still
+/// exactly once.
+#[test]
+fn unaligned_checkpoints_across_workers_store_in_flight_records_and_fail_over_exactly_once() {
+    let (count, keys) = (16_000, 20);
+    let Some(mut c) = Cluster::new(
+        "unaligned",
+        3,
+        &[
+            "heartbeat.timeout=20s",
+            "execution.checkpointing.unaligned.enabled=true",
+            // Small channels: a few batches queue in front of the slow operator.
+            "cairn.runtime.batch-size=16",
+        ],
+        &[],
+    ) else {
+        return;
+    };
+    c.job_args = job_args(&c.dir, count, keys, 0);
+    // 400 µs per event on the keyed operator: the unthrottled sources run ahead of it.
+    c.job_args.push("400".into());
+    c.start_coordinator(2);
+    for i in 0..3 {
+        c.start_worker(i);
+        wait_until("the worker to register", Duration::from_secs(60), || {
+            c.coordinator_log().contains(&format!("Worker worker-{} ", i + 1))
+        });
+    }
+    wait_until(
+        "an unaligned checkpoint with records in flight",
+        Duration::from_secs(180),
+        || unaligned_persisted_bytes(&c.coordinator_log()).iter().any(|b| *b > 0),
+    );
+    let victim = c.busy_worker();
+    c.workers[victim].as_mut().unwrap().kill();
+    c.wait_finished(Duration::from_secs(400));
+    let log = c.coordinator_log();
+    eprintln!(
+        "channel state of the unaligned checkpoints (bytes): {:?}",
+        unaligned_persisted_bytes(&log)
+    );
+    assert!(log.contains("restored the job from a retained checkpoint"), "{log}");
+    assert!(log.contains("Deployed attempt 1"), "{log}");
+    assert_exactly_once(&committed(&c.out()), keys, Some(count / keys));
+}
+
 /// A link cut for a moment: the job stalls and goes on over the same
 /// connections (TCP retransmits; heartbeats are well within their timeout),
 /// without a restart, exactly once.
