@@ -377,9 +377,10 @@ impl RemoteLauncher {
             let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             runtime.spawn(async move {
+                // One gRPC service: served without a router (unknown methods
+                // are answered `Unimplemented` by the generated service).
                 let r = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming(incoming)
+                    .serve_with_incoming(service, incoming)
                     .await;
                 if let Err(e) = r {
                     tracing::error!("the coordinator's control endpoint stopped: {e}");
