@@ -21,6 +21,7 @@ use cairn_graph::NodeKind;
 use cairn_runtime::error::JobError;
 use cairn_runtime::job::{JobSpec, RunningJob};
 use cairn_runtime::output::TaskMetrics;
+use cairn_runtime::query::QueryRoutes;
 use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
 use cairn_runtime::upload::{DestinationListener, SnapshotDestination, SnapshotUploader};
 use cairn_snapshot::LoadedSnapshot;
@@ -743,6 +744,15 @@ impl RemoteLauncher {
             cancel,
             handles: watcher.into_iter().collect(),
             source_tasks,
+            queries: Arc::new(QueryRoutes {
+                unavailable: Some(
+                    "queryable state is not served for a job running on several workers yet (its tasks \
+                     run in the worker processes); read its state from a savepoint with \
+                     `cairn savepoint inspect` or the State Processor API"
+                        .to_string(),
+                ),
+                ..QueryRoutes::default()
+            }),
         }
     }
 }

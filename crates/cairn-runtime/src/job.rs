@@ -302,6 +302,7 @@ pub fn start_tasks(
     let mut routes = QueryRoutes {
         operators: Vec::new(),
         uids: g.nodes.iter().map(|n| n.uid.clone()).collect(),
+        unavailable: None,
     };
     let mut tasks = Vec::new();
     for (ci, chain) in g.chains.iter().enumerate() {

@@ -71,6 +71,9 @@ pub struct QueryRoutes {
     pub operators: Vec<QueryableOperator>,
     /// Every operator uid of the job (for messages about unknown uids).
     pub uids: Vec<String>,
+    /// Why this job serves no queries at all (every query gets this as
+    /// [`QueryError::Unavailable`]), e.g. its tasks run in other processes.
+    pub unavailable: Option<String>,
 }
 
 /// Why a query got no value.
@@ -157,6 +160,9 @@ impl QueryRoutes {
     /// Read `key_json`'s value of the state queryable as `state` in the
     /// operator `uid`, waiting up to `timeout` for the owning subtask.
     pub fn query(&self, uid: &str, state: &str, key_json: &str, timeout: Duration) -> Result<StateAnswer, QueryError> {
+        if let Some(why) = &self.unavailable {
+            return Err(QueryError::Unavailable(why.clone()));
+        }
         let Some(op) = self.operators.iter().find(|o| o.uid == uid) else {
             let queryable = list(self.operators.iter().map(|o| format!("'{}'", o.uid)));
             return Err(QueryError::UnknownOperator(if self.uids.iter().any(|u| u == uid) {
