@@ -177,18 +177,20 @@ fn live_state_then_the_offline_tools_on_its_savepoint() {
 
     // Progress bars: none when stderr is not a terminal (as here); forced
     // on (CAIRN_PROGRESS=always, as on a terminal) they go to stderr and
-    // stdout stays the same; --quiet and --json draw none.
-    let (code, plain, err) = h.cairn(&["fsck", &s(&chk)]);
+    // stdout stays the same; --quiet and --json draw none. On the savepoint,
+    // which always has files (the checkpoint directory may hold none: a job
+    // stopped with a savepoint may have completed no checkpoint to keep).
+    let (code, plain, err) = h.cairn(&["fsck", &sp_s]);
     assert_eq!(code, 0);
     assert!(!err.contains('\r') && !err.contains("verifying"), "{err}");
     let always = [("CAIRN_PROGRESS", "always")];
-    let (code, o, err) = h.cairn_env(&["fsck", &s(&chk)], &always);
+    let (code, o, err) = h.cairn_env(&["fsck", &sp_s], &always);
     assert_eq!(code, 0, "{err}");
     assert_eq!(o, plain, "the report does not change");
     assert!(err.contains("fsck: verifying [") && err.contains(" files "), "{err}");
-    let (_, _, err) = h.cairn_env(&["fsck", "--quiet", &s(&chk)], &always);
+    let (_, _, err) = h.cairn_env(&["fsck", "--quiet", &sp_s], &always);
     assert!(!err.contains("verifying"), "{err}");
-    let (_, o, err) = h.cairn_env(&["fsck", "--json", &s(&chk)], &always);
+    let (_, o, err) = h.cairn_env(&["fsck", "--json", &sp_s], &always);
     assert!(!err.contains("verifying"), "{err}");
     serde_json::from_str::<serde_json::Value>(&o).unwrap();
     let (_, _, err) = h.cairn_env(&["savepoint", "inspect", &sp_s], &always);
