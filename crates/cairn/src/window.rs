@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use cairn_operators::collector::SidePorts;
 use cairn_operators::keyed::Key;
-use cairn_operators::window::{AggregateContents, ProcessContents, ReduceContents, WindowOperator};
+use cairn_operators::window::{
+    AggregateContents, AggregateWindowContents, ProcessContents, ReduceContents, WindowOperator,
+};
 use cairn_operators::OutputTag;
 use cairn_state::AggregateFunction;
 use serde::de::DeserializeOwned;
@@ -95,6 +97,26 @@ impl<K: Key, T: Data, A: WindowAssigner> WindowedStream<K, T, A> {
     {
         self.build(&format!("Aggregate: {}", short_type_name::<F>()), move || {
             AggregateContents::new(function.clone())
+        })
+    }
+
+    /// Aggregate each window's records incrementally, then turn the result,
+    /// with the window's key and the window, into the output (Flink's
+    /// `aggregate(aggregateFunction, windowFunction)`): one accumulator per
+    /// window, not every record, yet results that name their key and window.
+    pub fn aggregate_with_window<F, O>(
+        &self,
+        function: F,
+        window_function: impl Fn(&K, &TimeWindow, F::Out) -> O + Send + Sync + 'static,
+    ) -> DataStream<O>
+    where
+        F: AggregateFunction<T> + Clone,
+        F::Out: Send + 'static,
+        O: Data,
+    {
+        let window_function = Arc::new(window_function);
+        self.build(&format!("Aggregate: {}", short_type_name::<F>()), move || {
+            AggregateWindowContents::new(function.clone(), window_function.clone())
         })
     }
 

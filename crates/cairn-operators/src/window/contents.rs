@@ -169,6 +169,62 @@ where
     }
 }
 
+/// Keeps one accumulator per window, like [`AggregateContents`], and hands
+/// the result with its key and window to a window function (Flink's
+/// `aggregate(AggregateFunction, ProcessWindowFunction)`): incremental state,
+/// yet results that say which key and window they are for.
+pub struct AggregateWindowContents<T, A: AggregateFunction<T>, W> {
+    inner: AggregateContents<T, A>,
+    window_function: Arc<W>,
+}
+
+impl<T, A: AggregateFunction<T>, W> AggregateWindowContents<T, A, W> {
+    pub fn new(function: A, window_function: Arc<W>) -> Self {
+        AggregateWindowContents {
+            inner: AggregateContents::new(function),
+            window_function,
+        }
+    }
+}
+
+impl<K, T, A, W, O> WindowContents<K, T, O> for AggregateWindowContents<T, A, W>
+where
+    T: Send + 'static,
+    A: AggregateFunction<T>,
+    A::Out: Send + 'static,
+    W: Fn(&K, &TimeWindow, A::Out) -> O + Send + Sync + 'static,
+    O: Send + 'static,
+{
+    fn open(&mut self, state: &mut KeyedStateAccess) -> OpResult {
+        <AggregateContents<T, A> as WindowContents<K, T, A::Out>>::open(&mut self.inner, state)
+    }
+
+    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult {
+        <AggregateContents<T, A> as WindowContents<K, T, A::Out>>::add(&mut self.inner, state, value)
+    }
+
+    fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {
+        <AggregateContents<T, A> as WindowContents<K, T, A::Out>>::merge(&mut self.inner, state, source, target)
+    }
+
+    fn emit(
+        &mut self,
+        state: &mut KeyedStateAccess,
+        key: &K,
+        window: &TimeWindow,
+        out: &mut WindowCollector<'_, O>,
+    ) -> OpResult {
+        if let Some(result) = self.inner.state.as_ref().ok_or_else(not_open)?.get(state)? {
+            out.collect((self.window_function)(key, window, result));
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self, state: &mut KeyedStateAccess) -> OpResult {
+        <AggregateContents<T, A> as WindowContents<K, T, A::Out>>::clear(&mut self.inner, state)
+    }
+}
+
 /// Keeps every element of a window for a [`ProcessWindowFunction`].
 pub struct ProcessContents<K, T, O, F> {
     function: F,

@@ -26,7 +26,7 @@ pub use assigners::{
     EventTimeSessionWindows, ProcessingTimeSessionWindows, SlidingEventTimeWindows, SlidingProcessingTimeWindows,
     TumblingEventTimeWindows, TumblingProcessingTimeWindows,
 };
-pub use contents::{AggregateContents, ProcessContents, ReduceContents, WindowContents};
+pub use contents::{AggregateContents, AggregateWindowContents, ProcessContents, ReduceContents, WindowContents};
 pub use operator::WindowOperator;
 
 /// Name of the keyed state holding each window's contents (namespaced by window).
