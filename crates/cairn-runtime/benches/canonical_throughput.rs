@@ -18,7 +18,7 @@ use cairn_state::keygroup::{key_bytes, key_group_for_bytes, KeyGroupRange};
 use cairn_state::{HeapKeyedStateBackend, KeyedStateAccess, ListStateDescriptor, ValueStateDescriptor};
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Stats {
     count: u64,
     sum: f64,

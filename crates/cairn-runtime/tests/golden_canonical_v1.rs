@@ -38,7 +38,7 @@ struct Profile {
 }
 
 /// The profile as a later job version declares it.
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
 struct ProfileV2 {
     count: u64,
     name: String,

@@ -7,14 +7,17 @@
 //! cairn_state_conformance::backend_conformance_tests!(|range| Box::new(HeapKeyedStateBackend::new(range)));
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_state::backend::KeyedStateBackend;
+use cairn_state::codec::{self, put_bytes};
 use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::{
-    BackendSnapshot, FileSetRestore, FileSetSnapshot, SnapshotFile, SnapshotRequest, SnapshotRequestKind, StateError,
-    StateKind, StateMeta, UploadedFile,
+    AggregateFunction, AggregatingStateDescriptor, BackendSnapshot, FileSetRestore, FileSetSnapshot, KeyedStateAccess,
+    ListStateDescriptor, ReducingStateDescriptor, SnapshotFile, SnapshotRequest, SnapshotRequestKind, StateError,
+    StateKind, StateMeta, UploadedFile, ValueStateDescriptor,
 };
 
 /// Builds an empty backend holding the given key groups.
@@ -58,6 +61,9 @@ macro_rules! backend_conformance_tests {
             incremental_checkpoints_reuse_unchanged_files,
             aborted_checkpoints_are_never_referenced,
             restore_merges_several_old_subtasks,
+            typed_handles_store_the_codec_bytes,
+            typed_handles_read_bytes_written_before,
+            typed_handle_snapshots_are_isolated_from_later_writes,
         );
     };
     (@each $factory:expr; $($property:ident),* $(,)?) => {
@@ -262,6 +268,17 @@ pub fn snapshot_round_trip(
 ) -> Box<dyn KeyedStateBackend> {
     let snap = b.snapshot(&request).expect("snapshot");
     between(b);
+    restore_snapshot(factory, b, snap, request, target)
+}
+
+/// Restore `snap`, taken of `b` for `request`, into a new backend for `target`.
+fn restore_snapshot(
+    factory: BackendFactory<'_>,
+    b: &mut dyn KeyedStateBackend,
+    snap: BackendSnapshot,
+    request: SnapshotRequest,
+    target: KeyGroupRange,
+) -> Box<dyn KeyedStateBackend> {
     let mut restored = factory(target);
     match snap {
         BackendSnapshot::KeyGroups(groups) => groups
@@ -818,5 +835,186 @@ pub fn restore_merges_several_old_subtasks(factory: BackendFactory<'_>) {
             restored.put(s, 7, b"k", b"v").is_err(),
             "key group 7 is not the new subtask's"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Typed handles: whether a backend keeps objects (the heap backend) or
+// bytes, what the handles store is the value codec's bytes.
+// ---------------------------------------------------------------------------
+
+/// Sums and counts its inputs.
+struct SumCount;
+
+impl AggregateFunction<u64> for SumCount {
+    type Acc = (u64, u64);
+    type Out = u64;
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn add(&self, v: &u64, acc: &mut (u64, u64)) {
+        acc.0 += v;
+        acc.1 += 1;
+    }
+    fn get_result(&self, acc: &(u64, u64)) -> u64 {
+        acc.0 / acc.1.max(1)
+    }
+    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+        (a.0 + b.0, a.1 + b.1)
+    }
+}
+
+fn encoded<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::encode_into("test", v, &mut out).expect("encode");
+    out
+}
+
+fn encoded_list(values: &[u64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in values {
+        put_bytes(&mut out, &encoded(v));
+    }
+    out
+}
+
+/// (state name, key group, key) -> stored bytes.
+type Stored = BTreeMap<(String, u32, Vec<u8>), Vec<u8>>;
+
+/// Writes through every typed handle for 24 keys (some with a namespace),
+/// and returns what the byte path would have stored.
+fn write_through_handles(access: &mut KeyedStateAccess, round: u64) -> Stored {
+    let v = access
+        .value_state(ValueStateDescriptor::<(String, u64)>::new("v"))
+        .unwrap();
+    let l = access.list_state(ListStateDescriptor::<u64>::new("l")).unwrap();
+    let r = access
+        .reducing_state(ReducingStateDescriptor::<u64>::new("r"), |a, b| a + b)
+        .unwrap();
+    let g = access
+        .aggregating_state(AggregatingStateDescriptor::<u64, (u64, u64)>::new("g"), SumCount)
+        .unwrap();
+    let mut want = Stored::new();
+    for k in 0..24u64 {
+        let kg = (k % 4) as u32;
+        let key = format!("key-{k}").into_bytes();
+        access.set_current_key(&key, kg);
+        let mut composite = key.clone();
+        if k % 3 == 0 {
+            access.set_namespace(b"window");
+            composite.extend_from_slice(b"window");
+        }
+        let name = format!("n{k}-{round}");
+        // Start each round from nothing (the earlier round's values stay in snapshots).
+        l.clear(access).unwrap();
+        r.clear(access).unwrap();
+        g.clear(access).unwrap();
+        v.update(access, &(name.clone(), k)).unwrap();
+        l.add(access, &k).unwrap();
+        l.add(access, &(k * round)).unwrap();
+        r.add(access, k).unwrap();
+        r.add(access, round).unwrap();
+        g.add(access, &k).unwrap();
+        g.add(access, &100).unwrap();
+        let mut list = vec![k, k * round];
+        if k % 5 == 0 {
+            v.clear(access).unwrap();
+            l.update(access, &[7, 8]).unwrap();
+            list = vec![7, 8];
+        } else {
+            want.insert(("v".into(), kg, composite.clone()), encoded(&(name, k)));
+        }
+        if k % 7 == 0 {
+            l.clear(access).unwrap();
+            list.clear();
+        }
+        assert_eq!(v.value(access).unwrap().is_some(), k % 5 != 0);
+        assert_eq!(l.get(access).unwrap(), list);
+        assert_eq!(r.get(access).unwrap(), Some(k + round));
+        assert_eq!(g.get(access).unwrap(), Some((k + 100) / 2));
+        if !list.is_empty() {
+            want.insert(("l".into(), kg, composite.clone()), encoded_list(&list));
+        }
+        want.insert(("r".into(), kg, composite.clone()), encoded(&(k + round)));
+        want.insert(("g".into(), kg, composite), encoded(&(k + 100, 2u64)));
+    }
+    want
+}
+
+/// Everything the backend holds, read through the byte methods.
+fn stored_bytes(b: &mut dyn KeyedStateBackend) -> Stored {
+    let mut got = Stored::new();
+    for (id, meta) in b.registered().to_vec().iter().enumerate() {
+        let mut keys = Vec::new();
+        b.for_each_key(id as u32, &mut |kg, k| keys.push((kg, k.to_vec())))
+            .unwrap();
+        for (kg, k) in keys {
+            let mut out = Vec::new();
+            assert!(b.get(id as u32, kg, &k, &mut out).unwrap(), "listed key is readable");
+            got.insert((meta.name.clone(), kg, k), out);
+        }
+    }
+    got
+}
+
+/// value, list, reducing and aggregating handles store exactly the codec's
+/// bytes (what snapshots and savepoints contain), read back through the
+/// byte methods and through a snapshot of every kind.
+pub fn typed_handles_store_the_codec_bytes(factory: BackendFactory<'_>) {
+    for (i, request) in every_request(1).into_iter().enumerate() {
+        let mut access = KeyedStateAccess::new(factory(range(0, 4)));
+        let want = write_through_handles(&mut access, 3);
+        assert_eq!(stored_bytes(access.backend_mut()), want, "request {i}: byte reads");
+        let mut restored = snapshot_round_trip(factory, access.backend_mut(), request, range(0, 4), &mut |_| {});
+        for m in access.backend_mut().registered().to_vec() {
+            restored.register(&m).unwrap();
+        }
+        assert_eq!(stored_bytes(&mut *restored), want, "request {i}: snapshot");
+    }
+}
+
+/// handles registered on state written as bytes before (a restore) read
+/// it, and byte writes after registration are seen by the handles.
+pub fn typed_handles_read_bytes_written_before(factory: BackendFactory<'_>) {
+    let mut b = factory(range(0, 2));
+    let v = b.register(&meta("v", StateKind::Value)).unwrap();
+    let l = b.register(&meta("l", StateKind::List)).unwrap();
+    b.put(v, 1, b"k", &encoded(&("x".to_string(), 5u64))).unwrap();
+    b.append(l, 1, b"k", &encoded_list(&[1, 2])).unwrap();
+    let mut access = KeyedStateAccess::new(b);
+    let vs = access
+        .value_state(ValueStateDescriptor::<(String, u64)>::new("v"))
+        .unwrap();
+    let ls = access.list_state(ListStateDescriptor::<u64>::new("l")).unwrap();
+    access.set_current_key(b"k", 1);
+    assert_eq!(vs.value(&mut access).unwrap(), Some(("x".to_string(), 5)));
+    assert_eq!(ls.get(&mut access).unwrap(), vec![1, 2]);
+    let b = access.backend_mut();
+    b.put(v, 1, b"k", &encoded(&("y".to_string(), 6u64))).unwrap();
+    b.append(l, 1, b"k", &encoded_list(&[3])).unwrap();
+    assert_eq!(vs.value(&mut access).unwrap(), Some(("y".to_string(), 6)));
+    assert_eq!(ls.get(&mut access).unwrap(), vec![1, 2, 3]);
+    // A value that does not decode as the handle's type is an error naming both.
+    let b = access.backend_mut();
+    b.put(v, 0, b"bad", &encoded(&"not a tuple")).unwrap();
+    access.set_current_key(b"bad", 0);
+    let err = vs.value(&mut access).unwrap_err().to_string();
+    assert!(err.contains("'v'") && err.contains("String"), "{err}");
+}
+
+/// a snapshot taken between handle writes holds the first writes only.
+pub fn typed_handle_snapshots_are_isolated_from_later_writes(factory: BackendFactory<'_>) {
+    for (i, request) in every_request(1).into_iter().enumerate() {
+        let mut access = KeyedStateAccess::new(factory(range(0, 4)));
+        let first = write_through_handles(&mut access, 1);
+        let snap = access.backend_mut().snapshot(&request).expect("snapshot");
+        let second = write_through_handles(&mut access, 2);
+        assert_ne!(first, second);
+        assert_eq!(stored_bytes(access.backend_mut()), second, "request {i}: live");
+        let mut restored = restore_snapshot(factory, access.backend_mut(), snap, request, range(0, 4));
+        for m in access.backend_mut().registered().to_vec() {
+            restored.register(&m).unwrap();
+        }
+        assert_eq!(stored_bytes(&mut *restored), first, "request {i}: snapshot");
     }
 }

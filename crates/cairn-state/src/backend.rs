@@ -10,10 +10,12 @@
 //! was aborted, so an incremental backend knows which files it may reuse.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::descriptor::StateMeta;
 use crate::error::StateError;
 use crate::keygroup::KeyGroupRange;
+use crate::typed::{TypedGroup, TypedKind};
 
 /// Index of a registered state within one backend.
 pub type StateId = u32;
@@ -29,6 +31,33 @@ pub trait KeyedStateBackend: Send {
     fn register(&mut self, meta: &StateMeta) -> Result<StateId, StateError>;
     /// The registered states, indexed by [`StateId`].
     fn registered(&self) -> &[StateMeta];
+
+    /// Keep the values of `state` (registered, no TTL) as Rust objects of
+    /// `kind` from now on, instead of bytes: the typed handles then reach
+    /// them through [`KeyedStateBackend::typed_group`] and the backend
+    /// encodes them only when a snapshot is written, in the bytes the byte
+    /// path would have stored. False (the default): the backend keeps bytes
+    /// and the handles encode every access. Registering again with the same
+    /// kind is a no-op; with another value type, an error.
+    fn register_typed(&mut self, _state: StateId, _kind: Arc<dyn TypedKind>) -> Result<bool, StateError> {
+        Ok(false)
+    }
+
+    /// The objects of (state, key group) of a state registered typed.
+    fn typed_group(&mut self, state: StateId, _kg: u32) -> Result<&dyn TypedGroup, StateError> {
+        Err(StateError::Usage(format!(
+            "the '{}' state backend keeps bytes; state id {state} has no typed values",
+            self.kind()
+        )))
+    }
+
+    /// [`KeyedStateBackend::typed_group`] for writing.
+    fn typed_group_mut(&mut self, state: StateId, _kg: u32) -> Result<&mut dyn TypedGroup, StateError> {
+        Err(StateError::Usage(format!(
+            "the '{}' state backend keeps bytes; state id {state} has no typed values",
+            self.kind()
+        )))
+    }
 
     /// Copy the value of `key` into `out` (cleared first); false when absent.
     fn get(&mut self, state: StateId, kg: u32, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError>;

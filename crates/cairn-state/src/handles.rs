@@ -2,12 +2,17 @@
 //! and keeps the returned handles; each access goes through the context the
 //! runtime passes in, which knows the current key (and window namespace).
 //!
+//! When the backend keeps a state's values as objects ([`crate::typed`]: the
+//! heap backend, for states without TTL), an access is a hash-map lookup and
+//! a clone; otherwise values are encoded and decoded on every access.
+//!
 //! ```ignore
 //! self.count = ctx.value_state(ValueStateDescriptor::<u64>::new("count"))?;
 //! let n = self.count.value(ctx)?.unwrap_or(0) + 1;
 //! self.count.update(ctx, &n)?;
 //! ```
 
+use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -22,6 +27,7 @@ use crate::descriptor::{
 };
 use crate::error::StateError;
 use crate::query::{self, QueryableSlot, QueryableState};
+use crate::typed::{ListGroup, ListKind, StateValue, TypedKind, ValueGroup, ValueKind};
 
 /// Anything that gives access to keyed state for the current key: the runtime's
 /// keyed contexts implement this.
@@ -105,20 +111,17 @@ impl KeyedStateAccess {
     }
 
     /// Register a value state.
-    pub fn value_state<T: DeserializeOwned>(
-        &mut self,
-        d: ValueStateDescriptor<T>,
-    ) -> Result<ValueState<T>, StateError> {
+    pub fn value_state<T: StateValue>(&mut self, d: ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
         Ok(ValueState {
-            slot: self.register(d.meta(), d.queryable.as_deref())?,
+            slot: self.register_typed(d.meta(), d.queryable.as_deref(), ValueKind::<T>::default())?,
             _t: PhantomData,
         })
     }
 
     /// Register a list state.
-    pub fn list_state<T: DeserializeOwned>(&mut self, d: ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
+    pub fn list_state<T: StateValue>(&mut self, d: ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
         Ok(ListState {
-            slot: self.register(d.meta(), d.queryable.as_deref())?,
+            slot: self.register_typed(d.meta(), d.queryable.as_deref(), ListKind::<T>::default())?,
             _t: PhantomData,
         })
     }
@@ -135,13 +138,13 @@ impl KeyedStateAccess {
     }
 
     /// Register a reducing state with its reduce function.
-    pub fn reducing_state<T: DeserializeOwned>(
+    pub fn reducing_state<T: StateValue>(
         &mut self,
         d: ReducingStateDescriptor<T>,
         reduce: impl Fn(T, T) -> T + Send + Sync + 'static,
     ) -> Result<ReducingState<T>, StateError> {
         Ok(ReducingState {
-            slot: self.register(d.meta(), d.queryable.as_deref())?,
+            slot: self.register_typed(d.meta(), d.queryable.as_deref(), ValueKind::<T>::default())?,
             reduce: Arc::new(reduce),
         })
     }
@@ -153,7 +156,7 @@ impl KeyedStateAccess {
         function: F,
     ) -> Result<AggregatingState<IN, F>, StateError> {
         Ok(AggregatingState {
-            slot: self.register(d.meta(), d.queryable.as_deref())?,
+            slot: self.register_typed(d.meta(), d.queryable.as_deref(), ValueKind::<F::Acc>::default())?,
             function: Arc::new(function),
             _t: PhantomData,
         })
@@ -180,6 +183,7 @@ impl KeyedStateAccess {
             id,
             name: meta.name.into(),
             ttl: meta.ttl,
+            typed: false,
         })
     }
 
@@ -216,6 +220,37 @@ impl KeyedStateAccess {
             .map_or(0, |d| d.as_millis() as u64)
             .max(self.now_ms);
         query::read(&mut *self.backend, slot, key, kg, now)
+    /// Register, and have the backend keep the values as objects of `kind`
+    /// when it can (not for states with a TTL).
+    fn register_typed(
+        &mut self,
+        meta: StateMeta,
+        queryable: Option<&str>,
+        kind: impl TypedKind + 'static,
+    ) -> Result<Slot, StateError> {
+        let mut slot = self.register(meta, queryable)?;
+        if slot.ttl.is_none() {
+            slot.typed = self.backend.register_typed(slot.id, Arc::new(kind))?;
+        }
+        Ok(slot)
+    }
+
+    /// The current key's typed group `G` of a typed state, and the key.
+    #[inline]
+    fn typed<G: Any>(&mut self, slot: &Slot) -> Result<(&G, &[u8]), StateError> {
+        self.require_key(slot)?;
+        let group = self.backend.typed_group(slot.id, self.key_group)?;
+        let group = group.as_any().downcast_ref::<G>().ok_or_else(|| mismatch(slot))?;
+        Ok((group, &self.composite))
+    }
+
+    /// [`KeyedStateAccess::typed`] for writing.
+    #[inline]
+    fn typed_mut<G: Any>(&mut self, slot: &Slot) -> Result<(&mut G, &[u8]), StateError> {
+        self.require_key(slot)?;
+        let group = self.backend.typed_group_mut(slot.id, self.key_group)?;
+        let group = group.as_any_mut().downcast_mut::<G>().ok_or_else(|| mismatch(slot))?;
+        Ok((group, &self.composite))
     }
 
     fn require_key(&self, slot: &Slot) -> Result<(), StateError> {
@@ -276,6 +311,13 @@ impl KeyedStateAccess {
     }
 }
 
+fn mismatch(slot: &Slot) -> StateError {
+    StateError::Usage(format!(
+        "state '{}' is kept as another type than this handle's; register each state with one type",
+        slot.name
+    ))
+}
+
 fn read_ts(state: &str, raw: &[u8]) -> Result<u64, StateError> {
     raw.get(..8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
@@ -295,6 +337,8 @@ struct Slot {
     id: StateId,
     name: Arc<str>,
     ttl: Option<StateTtlConfig>,
+    /// The backend keeps this state's values as objects.
+    typed: bool,
 }
 
 /// One value per key.
@@ -304,10 +348,15 @@ pub struct ValueState<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-impl<T: Serialize + DeserializeOwned> ValueState<T> {
+impl<T: StateValue> ValueState<T> {
     /// The current key's value, if any.
+    #[inline]
     pub fn value<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<T>, StateError> {
         let a = ctx.state_access();
+        if self.slot.typed {
+            let (group, key) = a.typed::<ValueGroup<T>>(&self.slot)?;
+            return Ok(group.get(key).cloned());
+        }
         if !a.read_raw(&self.slot)? {
             return Ok(None);
         }
@@ -315,8 +364,15 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     }
 
     /// Set the current key's value.
+    #[inline]
     pub fn update<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &T) -> Result<(), StateError> {
-        ctx.state_access().write_value(&self.slot, value)
+        let a = ctx.state_access();
+        if self.slot.typed {
+            let (group, key) = a.typed_mut::<ValueGroup<T>>(&self.slot)?;
+            group.insert(key, value.clone());
+            return Ok(());
+        }
+        a.write_value(&self.slot, value)
     }
 
     /// Remove the current key's value.
@@ -332,10 +388,14 @@ pub struct ListState<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-impl<T: Serialize + DeserializeOwned> ListState<T> {
+impl<T: StateValue> ListState<T> {
     /// The current key's elements (empty when none).
     pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Vec<T>, StateError> {
         let a = ctx.state_access();
+        if self.slot.typed {
+            let (group, key) = a.typed::<ListGroup<T>>(&self.slot)?;
+            return Ok(group.get(key).cloned().unwrap_or_default());
+        }
         a.require_key(&self.slot)?;
         if !a.backend.get(self.slot.id, a.key_group, &a.composite, &mut a.buf)? {
             return Ok(Vec::new());
@@ -383,6 +443,11 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Append one element.
     pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &T) -> Result<(), StateError> {
         let a = ctx.state_access();
+        if self.slot.typed {
+            let (group, key) = a.typed_mut::<ListGroup<T>>(&self.slot)?;
+            group.push(key, value.clone());
+            return Ok(());
+        }
         a.require_key(&self.slot)?;
         a.scratch.clear();
         if self.slot.ttl.is_some() {
@@ -396,6 +461,11 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 
     /// Replace the current key's elements.
     pub fn update<C: StateContext + ?Sized>(&self, ctx: &mut C, values: &[T]) -> Result<(), StateError> {
+        if self.slot.typed {
+            let (group, key) = ctx.state_access().typed_mut::<ListGroup<T>>(&self.slot)?;
+            group.set(key, values.to_vec());
+            return Ok(());
+        }
         self.clear(ctx)?;
         for v in values {
             self.add(ctx, v)?;
@@ -522,10 +592,14 @@ pub struct ReducingState<T> {
     reduce: Arc<dyn Fn(T, T) -> T + Send + Sync>,
 }
 
-impl<T: Serialize + DeserializeOwned> ReducingState<T> {
+impl<T: StateValue> ReducingState<T> {
     /// The reduced value of the current key.
     pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<T>, StateError> {
         let a = ctx.state_access();
+        if self.slot.typed {
+            let (group, key) = a.typed::<ValueGroup<T>>(&self.slot)?;
+            return Ok(group.get(key).cloned());
+        }
         if !a.read_raw(&self.slot)? {
             return Ok(None);
         }
@@ -534,6 +608,14 @@ impl<T: Serialize + DeserializeOwned> ReducingState<T> {
 
     /// Fold `value` into the current key's value.
     pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: T) -> Result<(), StateError> {
+        if self.slot.typed {
+            let (group, key) = ctx.state_access().typed_mut::<ValueGroup<T>>(&self.slot)?;
+            match group.get_mut(key) {
+                Some(acc) => *acc = (self.reduce)(acc.clone(), value),
+                None => group.insert(key, value),
+            }
+            return Ok(());
+        }
         let next = match self.get(ctx)? {
             Some(acc) => (self.reduce)(acc, value),
             None => value,
@@ -549,7 +631,8 @@ impl<T: Serialize + DeserializeOwned> ReducingState<T> {
 
 /// An incremental aggregation: accumulator creation, adding, merging, result.
 pub trait AggregateFunction<IN>: Send + Sync + 'static {
-    type Acc: Serialize + DeserializeOwned;
+    /// Kept in state (as an object where the backend can).
+    type Acc: StateValue;
     type Out;
     fn create_accumulator(&self) -> Self::Acc;
     fn add(&self, value: &IN, acc: &mut Self::Acc);
@@ -578,6 +661,10 @@ impl<IN, F: AggregateFunction<IN>> AggregatingState<IN, F> {
     /// The current key's accumulator, if any.
     pub fn accumulator<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<F::Acc>, StateError> {
         let a = ctx.state_access();
+        if self.slot.typed {
+            let (group, key) = a.typed::<ValueGroup<F::Acc>>(&self.slot)?;
+            return Ok(group.get(key).cloned());
+        }
         if !a.read_raw(&self.slot)? {
             return Ok(None);
         }
@@ -586,11 +673,21 @@ impl<IN, F: AggregateFunction<IN>> AggregatingState<IN, F> {
 
     /// The current key's aggregate result, if any input was added.
     pub fn get<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Option<F::Out>, StateError> {
+        if self.slot.typed {
+            let (group, key) = ctx.state_access().typed::<ValueGroup<F::Acc>>(&self.slot)?;
+            return Ok(group.get(key).map(|acc| self.function.get_result(acc)));
+        }
         Ok(self.accumulator(ctx)?.map(|acc| self.function.get_result(&acc)))
     }
 
     /// Add one input.
     pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &IN) -> Result<(), StateError> {
+        if self.slot.typed {
+            let (group, key) = ctx.state_access().typed_mut::<ValueGroup<F::Acc>>(&self.slot)?;
+            let acc = group.get_or_insert_with(key, || self.function.create_accumulator());
+            self.function.add(value, acc);
+            return Ok(());
+        }
         let mut acc = self
             .accumulator(ctx)?
             .unwrap_or_else(|| self.function.create_accumulator());
@@ -600,7 +697,13 @@ impl<IN, F: AggregateFunction<IN>> AggregatingState<IN, F> {
 
     /// Replace the accumulator (used when merging session windows).
     pub fn set_accumulator<C: StateContext + ?Sized>(&self, ctx: &mut C, acc: &F::Acc) -> Result<(), StateError> {
-        ctx.state_access().write_value(&self.slot, acc)
+        let a = ctx.state_access();
+        if self.slot.typed {
+            let (group, key) = a.typed_mut::<ValueGroup<F::Acc>>(&self.slot)?;
+            group.insert(key, acc.clone());
+            return Ok(());
+        }
+        a.write_value(&self.slot, acc)
     }
 
     /// The aggregate function.

@@ -1,12 +1,16 @@
 //! The in-memory ("hashmap") keyed state backend.
 //!
-//! Each (state, key group) is its own hash map behind an `Arc`. A snapshot
-//! clones the `Arc`s only — O(states × key groups), independent of state size —
-//! and a later write to a group still shared with a snapshot copies that one
-//! group first (copy-on-write), so the snapshot stays consistent while
-//! processing goes on.
+//! Each (state, key group) is its own paged hash map ([`crate::paged`]): a
+//! snapshot clones the pages' `Arc`s only, and a later write to a page still
+//! shared with a snapshot copies that one page first (copy-on-write per
+//! page), so the snapshot stays consistent while processing goes on.
+//!
+//! States registered through the typed handles keep their values as Rust
+//! objects ([`crate::typed`]); they are encoded only when a snapshot is
+//! written. States with a TTL, and states used only through the byte
+//! methods (timers, tools), keep bytes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -17,9 +21,11 @@ use crate::backend::{
 use crate::descriptor::{StateKind, StateMeta};
 use crate::error::StateError;
 use crate::keygroup::KeyGroupRange;
+use crate::paged::Paged;
 use crate::snapshot_codec::{self, Decoded};
+use crate::typed::{TypedGroup, TypedKind};
 
-use small_bytes::SmallBytes;
+pub(crate) use small_bytes::SmallBytes;
 
 /// A fast non-cryptographic hasher for state keys (keys come from the job, not
 /// from an adversary, and the map is per subtask).
@@ -69,7 +75,7 @@ impl Hasher for FxHasher {
     }
 }
 
-type FxBuild = BuildHasherDefault<FxHasher>;
+pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
 type Bytes = SmallBytes;
 
 /// Short byte strings stored inline (in the hash-table bucket itself), longer
@@ -455,49 +461,66 @@ pub mod small_bytes {
 }
 
 /// The contents of one (state, key group).
-#[derive(Clone, Debug)]
 enum Group {
-    Values(HashMap<Bytes, Bytes, FxBuild>),
-    Maps(HashMap<Bytes, BTreeMap<Bytes, Bytes>, FxBuild>),
+    Values(Paged<Bytes>),
+    Maps(Paged<BTreeMap<Bytes, Bytes>>),
+    /// Values kept as objects (a state registered through a typed handle).
+    Typed(Box<dyn TypedGroup>),
+}
+
+impl Clone for Group {
+    /// A copy-on-write copy: shares every page.
+    fn clone(&self) -> Self {
+        match self {
+            Group::Values(m) => Group::Values(m.clone()),
+            Group::Maps(m) => Group::Maps(m.clone()),
+            Group::Typed(g) => Group::Typed(g.clone_box()),
+        }
+    }
 }
 
 impl Group {
     fn new(kind: StateKind) -> Self {
         match kind {
-            StateKind::Value | StateKind::List => Group::Values(HashMap::default()),
-            StateKind::Map => Group::Maps(HashMap::default()),
+            StateKind::Value | StateKind::List => Group::Values(Paged::default()),
+            StateKind::Map => Group::Maps(Paged::default()),
         }
     }
 
-    fn is_empty(&self) -> bool {
+    fn len(&self) -> usize {
         match self {
-            Group::Values(m) => m.is_empty(),
-            Group::Maps(m) => m.is_empty(),
+            Group::Values(m) => m.len(),
+            Group::Maps(m) => m.len(),
+            Group::Typed(g) => g.len(),
         }
     }
 
-    fn encode(&self, buf: &mut Vec<u8>) {
+    fn encode(&self, state: &str, buf: &mut Vec<u8>) -> Result<(), StateError> {
         buf.clear();
         match self {
             // Map order: a snapshot's byte layout is not canonical (sorting
             // would cost more than writing); restores do not depend on order.
             Group::Values(m) => {
-                for (k, v) in m {
+                for (k, v) in m.iter() {
                     snapshot_codec::put_entry(buf, k, v);
                 }
             }
             Group::Maps(m) => {
-                for (k, map) in m {
+                for (k, map) in m.iter() {
                     snapshot_codec::put_map(buf, k, map.iter().map(|(a, b)| (a.as_slice(), b.as_slice())));
                 }
             }
+            Group::Typed(g) => g.encode(state, buf)?,
         }
+        Ok(())
     }
 }
 
 struct Table {
     meta: StateMeta,
-    groups: Vec<Arc<Group>>,
+    groups: Vec<Group>,
+    /// Set when the state's values are kept as objects.
+    typed: Option<Arc<dyn TypedKind>>,
 }
 
 /// In-memory keyed state for one subtask's key groups.
@@ -530,48 +553,37 @@ impl HeapKeyedStateBackend {
     }
 
     #[inline]
-    fn group(&self, state: StateId, kg: u32) -> Result<&Group, StateError> {
-        let slot = self.slot(kg)?;
-        let table = self.tables.get(state as usize).ok_or_else(|| unknown(state))?;
-        Ok(&table.groups[slot])
+    fn table(&self, state: StateId) -> Result<&Table, StateError> {
+        self.tables.get(state as usize).ok_or_else(|| unknown(state))
     }
 
+    /// The group of (state, kg) with the state's name.
     #[inline]
-    fn group_mut(&mut self, state: StateId, kg: u32) -> Result<&mut Group, StateError> {
+    fn group(&self, state: StateId, kg: u32) -> Result<(&str, &Group), StateError> {
+        let slot = self.slot(kg)?;
+        let table = self.table(state)?;
+        Ok((&table.meta.name, &table.groups[slot]))
+    }
+
+    /// The group of (state, kg) for writing, with the state's name. Pages
+    /// are copied (if shared) by the write itself, not here.
+    #[inline]
+    fn group_mut(&mut self, state: StateId, kg: u32) -> Result<(&str, &mut Group), StateError> {
         let slot = self.slot(kg)?;
         let table = self.tables.get_mut(state as usize).ok_or_else(|| unknown(state))?;
-        Ok(Arc::make_mut(&mut table.groups[slot]))
-    }
-
-    fn values_mut(&mut self, state: StateId, kg: u32) -> Result<&mut HashMap<Bytes, Bytes, FxBuild>, StateError> {
-        match self.group_mut(state, kg)? {
-            Group::Values(m) => Ok(m),
-            Group::Maps(_) => Err(wrong_kind(state, "a map state")),
-        }
-    }
-
-    fn maps_mut(
-        &mut self,
-        state: StateId,
-        kg: u32,
-    ) -> Result<&mut HashMap<Bytes, BTreeMap<Bytes, Bytes>, FxBuild>, StateError> {
-        match self.group_mut(state, kg)? {
-            Group::Maps(m) => Ok(m),
-            Group::Values(_) => Err(wrong_kind(state, "not a map state")),
-        }
+        Ok((&table.meta.name, &mut table.groups[slot]))
     }
 
     /// Number of keys held for `state` (for tests and metrics).
     pub fn key_count(&self, state: StateId) -> usize {
-        self.tables.get(state as usize).map_or(0, |t| {
-            t.groups
-                .iter()
-                .map(|g| match &**g {
-                    Group::Values(m) => m.len(),
-                    Group::Maps(m) => m.len(),
-                })
-                .sum()
-        })
+        self.tables
+            .get(state as usize)
+            .map_or(0, |t| t.groups.iter().map(Group::len).sum())
+    }
+
+    /// Whether `state` keeps its values as objects (for tests).
+    pub fn is_typed(&self, state: StateId) -> bool {
+        self.tables.get(state as usize).is_some_and(|t| t.typed.is_some())
     }
 }
 
@@ -579,8 +591,30 @@ fn unknown(state: StateId) -> StateError {
     StateError::Usage(format!("state id {state} was never registered with this backend"))
 }
 
-fn wrong_kind(state: StateId, what: &str) -> StateError {
-    StateError::Usage(format!("state id {state} is {what}; use the matching state handle"))
+fn wrong_kind(state: &str, what: &str) -> StateError {
+    StateError::Usage(format!("state '{state}' is {what}; use the matching state handle"))
+}
+
+/// Decode a group of restored bytes into objects of `kind`; the bytes group
+/// is left as it was when a value does not decode.
+fn to_typed(name: &str, group: &Group, kind: &dyn TypedKind) -> Result<Box<dyn TypedGroup>, StateError> {
+    let mut typed = kind.empty();
+    match group {
+        Group::Values(m) => {
+            for (k, v) in m.iter() {
+                typed.put_bytes(name, k, v)?;
+            }
+            Ok(typed)
+        }
+        Group::Maps(_) => Err(wrong_kind(name, "a map state")),
+        Group::Typed(g) => Ok(g.clone_box()),
+    }
+}
+
+fn not_typed(state: &str) -> StateError {
+    StateError::Usage(format!(
+        "state '{state}' keeps bytes, not objects; it was not registered through a typed handle (this is a Cairn bug)"
+    ))
 }
 
 impl KeyedStateBackend for HeapKeyedStateBackend {
@@ -613,10 +647,11 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
             self.tables[i].meta = self.metas[i].clone();
             return Ok(i as StateId);
         }
-        let groups = (0..self.range.len()).map(|_| Arc::new(Group::new(meta.kind))).collect();
+        let groups = (0..self.range.len()).map(|_| Group::new(meta.kind)).collect();
         self.tables.push(Table {
             meta: meta.clone(),
             groups,
+            typed: None,
         });
         self.metas.push(meta.clone());
         Ok((self.metas.len() - 1) as StateId)
@@ -626,10 +661,56 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         &self.metas
     }
 
+    /// Keeps the state's values as objects from now on. Restored bytes are
+    /// decoded group by group, at the first typed access to a group (so a
+    /// type that does not fit them fails there, naming the state and type,
+    /// as a byte read would).
+    fn register_typed(&mut self, state: StateId, kind: Arc<dyn TypedKind>) -> Result<bool, StateError> {
+        let table = self.tables.get_mut(state as usize).ok_or_else(|| unknown(state))?;
+        if table.meta.ttl.is_some() || table.meta.kind == StateKind::Map {
+            return Ok(false);
+        }
+        if let Some(existing) = &table.typed {
+            if existing.value_type() == kind.value_type() {
+                return Ok(true);
+            }
+            return Err(StateError::Conflict {
+                state: table.meta.name.clone(),
+                detail: format!(
+                    "registered with value type {} and again with {}; one state keeps one type",
+                    existing.type_name(),
+                    kind.type_name()
+                ),
+            });
+        }
+        table.typed = Some(kind);
+        Ok(true)
+    }
+
+    #[inline]
+    fn typed_group(&mut self, state: StateId, kg: u32) -> Result<&dyn TypedGroup, StateError> {
+        Ok(&*self.typed_group_mut(state, kg)?)
+    }
+
+    #[inline]
+    fn typed_group_mut(&mut self, state: StateId, kg: u32) -> Result<&mut dyn TypedGroup, StateError> {
+        let slot = self.slot(kg)?;
+        let table = self.tables.get_mut(state as usize).ok_or_else(|| unknown(state))?;
+        let group = &mut table.groups[slot];
+        if !matches!(group, Group::Typed(_)) {
+            let kind = table.typed.as_ref().ok_or_else(|| not_typed(&table.meta.name))?;
+            *group = Group::Typed(to_typed(&table.meta.name, group, &**kind)?);
+        }
+        match group {
+            Group::Typed(g) => Ok(&mut **g),
+            _ => unreachable!("converted above"),
+        }
+    }
+
     #[inline]
     fn get(&mut self, state: StateId, kg: u32, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
         match self.group(state, kg)? {
-            Group::Values(m) => match m.get(key) {
+            (_, Group::Values(m)) => match m.get(key) {
                 Some(v) => {
                     out.clear();
                     out.extend_from_slice(v);
@@ -637,48 +718,47 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
                 }
                 None => Ok(false),
             },
-            Group::Maps(_) => Err(wrong_kind(state, "a map state")),
+            (name, Group::Typed(g)) => g.get_bytes(name, key, out),
+            (name, Group::Maps(_)) => Err(wrong_kind(name, "a map state")),
         }
     }
 
     #[inline]
     fn put(&mut self, state: StateId, kg: u32, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        let m = self.values_mut(state, kg)?;
-        match m.get_mut(key) {
-            Some(v) => v.set(value),
-            None => {
-                m.insert(Bytes::from_slice(key), Bytes::from_slice(value));
+        match self.group_mut(state, kg)? {
+            (_, Group::Values(m)) => {
+                match m.get_mut(key) {
+                    Some(v) => v.set(value),
+                    None => m.insert(key, Bytes::from_slice(value)),
+                }
+                Ok(())
             }
+            (name, Group::Typed(g)) => g.put_bytes(name, key, value),
+            (name, Group::Maps(_)) => Err(wrong_kind(name, "a map state")),
         }
-        Ok(())
     }
 
     fn append(&mut self, state: StateId, kg: u32, key: &[u8], bytes: &[u8]) -> Result<(), StateError> {
-        let m = self.values_mut(state, kg)?;
-        match m.get_mut(key) {
-            Some(v) => v.extend_from_slice(bytes),
-            None => {
-                m.insert(Bytes::from_slice(key), Bytes::from_slice(bytes));
+        match self.group_mut(state, kg)? {
+            (_, Group::Values(m)) => {
+                m.get_or_insert_with(key, Bytes::new).extend_from_slice(bytes);
+                Ok(())
             }
+            (name, Group::Typed(g)) => g.append_bytes(name, key, bytes),
+            (name, Group::Maps(_)) => Err(wrong_kind(name, "a map state")),
         }
-        Ok(())
     }
 
     fn remove(&mut self, state: StateId, kg: u32, key: &[u8]) -> Result<(), StateError> {
-        // Avoid copying a shared group just to find the key is absent.
-        let present = match self.group(state, kg)? {
-            Group::Values(m) => m.contains_key(key),
-            Group::Maps(m) => m.contains_key(key),
-        };
-        if present {
-            match self.group_mut(state, kg)? {
-                Group::Values(m) => {
-                    m.remove(key);
-                }
-                Group::Maps(m) => {
-                    m.remove(key);
-                }
+        // Pages are copied only when the key is present.
+        match self.group_mut(state, kg)?.1 {
+            Group::Values(m) => {
+                m.remove(key);
             }
+            Group::Maps(m) => {
+                m.remove(key);
+            }
+            Group::Typed(g) => g.remove(key),
         }
         Ok(())
     }
@@ -692,7 +772,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         out: &mut Vec<u8>,
     ) -> Result<bool, StateError> {
         match self.group(state, kg)? {
-            Group::Maps(m) => match m.get(key).and_then(|map| map.get(user_key)) {
+            (_, Group::Maps(m)) => match m.get(key).and_then(|map| map.get(user_key)) {
                 Some(v) => {
                     out.clear();
                     out.extend_from_slice(v);
@@ -700,7 +780,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
                 }
                 None => Ok(false),
             },
-            Group::Values(_) => Err(wrong_kind(state, "not a map state")),
+            (name, _) => Err(wrong_kind(name, "not a map state")),
         }
     }
 
@@ -712,29 +792,38 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         user_key: &[u8],
         value: &[u8],
     ) -> Result<(), StateError> {
-        let m = self.maps_mut(state, kg)?;
-        let map = match m.get_mut(key) {
-            Some(map) => map,
-            None => m.entry(Bytes::from_slice(key)).or_default(),
-        };
-        match map.get_mut(user_key) {
-            Some(v) => v.set(value),
-            None => {
-                map.insert(Bytes::from_slice(user_key), Bytes::from_slice(value));
+        match self.group_mut(state, kg)? {
+            (_, Group::Maps(m)) => {
+                let map = m.get_or_insert_with(key, BTreeMap::new);
+                match map.get_mut(user_key) {
+                    Some(v) => v.set(value),
+                    None => {
+                        map.insert(Bytes::from_slice(user_key), Bytes::from_slice(value));
+                    }
+                }
+                Ok(())
             }
+            (name, _) => Err(wrong_kind(name, "not a map state")),
         }
-        Ok(())
     }
 
     fn map_remove(&mut self, state: StateId, kg: u32, key: &[u8], user_key: &[u8]) -> Result<(), StateError> {
-        let m = self.maps_mut(state, kg)?;
-        if let Some(map) = m.get_mut(key) {
-            map.remove(user_key);
-            if map.is_empty() {
-                m.remove(key);
+        match self.group_mut(state, kg)? {
+            (_, Group::Maps(m)) => {
+                let present = m.get(key).is_some_and(|map| map.contains_key(user_key));
+                if present {
+                    let emptied = m.get_mut(key).is_some_and(|map| {
+                        map.remove(user_key);
+                        map.is_empty()
+                    });
+                    if emptied {
+                        m.remove(key);
+                    }
+                }
+                Ok(())
             }
+            (name, _) => Err(wrong_kind(name, "not a map state")),
         }
-        Ok(())
     }
 
     fn map_entries(
@@ -745,7 +834,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         visit: &mut dyn FnMut(&[u8], &[u8]),
     ) -> Result<(), StateError> {
         match self.group(state, kg)? {
-            Group::Maps(m) => {
+            (_, Group::Maps(m)) => {
                 if let Some(map) = m.get(key) {
                     for (k, v) in map {
                         visit(k, v);
@@ -753,17 +842,18 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
                 }
                 Ok(())
             }
-            Group::Values(_) => Err(wrong_kind(state, "not a map state")),
+            (name, _) => Err(wrong_kind(name, "not a map state")),
         }
     }
 
     fn for_each_key(&mut self, state: StateId, visit: &mut dyn FnMut(u32, &[u8])) -> Result<(), StateError> {
-        let table = self.tables.get(state as usize).ok_or_else(|| unknown(state))?;
+        let table = self.table(state)?;
         for (slot, group) in table.groups.iter().enumerate() {
             let kg = self.range.start + slot as u32;
-            match &**group {
-                Group::Values(m) => m.keys().for_each(|k| visit(kg, k)),
-                Group::Maps(m) => m.keys().for_each(|k| visit(kg, k)),
+            match group {
+                Group::Values(m) => m.iter().for_each(|(k, _)| visit(kg, k)),
+                Group::Maps(m) => m.iter().for_each(|(k, _)| visit(kg, k)),
+                Group::Typed(g) => g.for_each_key(&mut |k| visit(kg, k)),
             }
         }
         Ok(())
@@ -781,15 +871,13 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     fn restore_group(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8]) -> Result<(), StateError> {
         let id = self.register(meta)?;
         let kind = meta.kind;
-        let group = self.group_mut(id, kg)?;
+        let (name, group) = self.group_mut(id, kg)?;
         snapshot_codec::decode_group(&meta.name, kind, encoded, &mut |d| {
             match (d, &mut *group) {
-                (Decoded::Entry { key, value }, Group::Values(m)) => {
-                    m.insert(Bytes::from_slice(key), Bytes::from_slice(value));
-                }
+                (Decoded::Entry { key, value }, Group::Values(m)) => m.insert(key, Bytes::from_slice(value)),
+                (Decoded::Entry { key, value }, Group::Typed(g)) => g.put_bytes(name, key, value)?,
                 (Decoded::MapEntry { key, user_key, value }, Group::Maps(m)) => {
-                    m.entry(Bytes::from_slice(key))
-                        .or_default()
+                    m.get_or_insert_with(key, BTreeMap::new)
                         .insert(Bytes::from_slice(user_key), Bytes::from_slice(value));
                 }
                 _ => {
@@ -817,10 +905,11 @@ impl StateBackendFactory for HeapBackendFactory {
     }
 }
 
-/// A copy-on-write view of a heap backend.
+/// A copy-on-write view of a heap backend; typed groups are encoded here,
+/// on the thread that writes the snapshot.
 struct HeapSnapshot {
     start: u32,
-    tables: Vec<(StateMeta, Vec<Arc<Group>>)>,
+    tables: Vec<(StateMeta, Vec<Group>)>,
 }
 
 impl KeyedStateSnapshot for HeapSnapshot {
@@ -828,13 +917,68 @@ impl KeyedStateSnapshot for HeapSnapshot {
         let mut buf = Vec::new();
         for (meta, groups) in &self.tables {
             for (slot, group) in groups.iter().enumerate() {
-                if group.is_empty() {
+                if group.len() == 0 {
                     continue;
                 }
-                group.encode(&mut buf);
+                group.encode(&meta.name, &mut buf)?;
                 visit(meta, self.start + slot as u32, &buf)?;
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod typed_tests {
+    use super::*;
+    use crate::typed::{ListKind, ValueKind};
+    use crate::StateTtlConfig;
+
+    fn meta(name: &str, kind: StateKind, ttl: bool) -> StateMeta {
+        StateMeta {
+            name: name.into(),
+            kind,
+            value_type: "test".into(),
+            ttl: ttl.then(|| StateTtlConfig::new(std::time::Duration::from_secs(1))),
+        }
+    }
+
+    #[test]
+    fn states_without_ttl_keep_objects_and_one_type_only() {
+        let mut b = HeapKeyedStateBackend::new(KeyGroupRange::new(0, 4));
+        let v = b.register(&meta("v", StateKind::Value, false)).unwrap();
+        let t = b.register(&meta("t", StateKind::Value, true)).unwrap();
+        let m = b.register(&meta("m", StateKind::Map, false)).unwrap();
+        assert!(b.register_typed(v, Arc::new(ValueKind::<u64>::default())).unwrap());
+        assert!(b.is_typed(v));
+        assert!(b.register_typed(v, Arc::new(ValueKind::<u64>::default())).unwrap());
+        let err = b
+            .register_typed(v, Arc::new(ListKind::<u64>::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'v'") && err.contains("u64"), "{err}");
+        assert!(!b.register_typed(t, Arc::new(ValueKind::<u64>::default())).unwrap());
+        assert!(!b.register_typed(m, Arc::new(ValueKind::<u64>::default())).unwrap());
+        assert!(!b.is_typed(t) && !b.is_typed(m));
+        assert!(b.typed_group(t, 0).is_err(), "a byte state has no objects");
+    }
+
+    #[test]
+    fn restored_bytes_become_objects_group_by_group() {
+        let mut b = HeapKeyedStateBackend::new(KeyGroupRange::new(0, 4));
+        let v = b.register(&meta("v", StateKind::Value, false)).unwrap();
+        let mut bytes = Vec::new();
+        crate::codec::encode_into("v", &41u64, &mut bytes).unwrap();
+        b.put(v, 1, b"k", &bytes).unwrap();
+        b.put(v, 2, b"k", &bytes).unwrap();
+        assert!(b.register_typed(v, Arc::new(ValueKind::<u64>::default())).unwrap());
+        let g = b.typed_group(v, 1).unwrap();
+        let g = g.as_any().downcast_ref::<crate::typed::ValueGroup<u64>>().unwrap();
+        assert_eq!(g.get(b"k"), Some(&41));
+        // Group 2 is still bytes until touched; byte reads see the same value either way.
+        let mut out = Vec::new();
+        assert!(b.get(v, 2, b"k", &mut out).unwrap());
+        assert_eq!(out, bytes);
+        assert_eq!(b.key_count(v), 2);
     }
 }

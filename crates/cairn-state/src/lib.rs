@@ -7,7 +7,9 @@
 //! Backends store bytes so that snapshots, restores and rescaling work the same
 //! way for every backend; the typed layer ([`handles`]) turns user values into
 //! bytes with the value codec ([`codec`]: self-describing MessagePack for
-//! values, [`key_encoding`] for keys). [`canonical`] turns snapshot groups into the
+//! values, [`key_encoding`] for keys). A backend that holds state in memory
+//! may keep values as objects instead ([`typed`]) and encode them only when a
+//! snapshot is written, in the same bytes. [`canonical`] turns snapshot groups into the
 //! rows of canonical (portable) savepoints and back.
 
 pub mod backend;
@@ -23,7 +25,9 @@ pub mod keygroup;
 pub mod operator_state;
 pub mod query;
 pub mod shape;
+mod paged;
 pub mod snapshot_codec;
+pub mod typed;
 
 pub use backend::{
     BackendContext, BackendSnapshot, FileSetRestore, FileSetSnapshot, KeyedStateBackend, KeyedStateSnapshot,
@@ -41,3 +45,4 @@ pub use heap::{HeapBackendFactory, HeapKeyedStateBackend};
 pub use keygroup::KeyGroupRange;
 pub use operator_state::{DistributionMode, OperatorStateStore};
 pub use query::QueryableState;
+pub use typed::{StateValue, TypedGroup, TypedKind};

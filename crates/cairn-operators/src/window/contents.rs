@@ -8,10 +8,8 @@ use std::sync::Arc;
 
 use cairn_state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateAccess, ListState, ListStateDescriptor,
-    ReducingState, ReducingStateDescriptor,
+    ReducingState, ReducingStateDescriptor, StateValue,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::{ProcessWindowFunction, TimeWindow, WindowCollector, WINDOW_CONTENTS_STATE};
 use cairn_runtime::error::OpResult;
@@ -60,7 +58,7 @@ impl<T, F> ReduceContents<T, F> {
 
 impl<K, T, F> WindowContents<K, T, T> for ReduceContents<T, F>
 where
-    T: Serialize + DeserializeOwned + Send + 'static,
+    T: StateValue,
     F: Fn(T, T) -> T + Send + Sync + 'static,
 {
     fn open(&mut self, state: &mut KeyedStateAccess) -> OpResult {
@@ -245,7 +243,7 @@ impl<K, T, O, F> ProcessContents<K, T, O, F> {
 impl<K, T, O, F> WindowContents<K, T, O> for ProcessContents<K, T, O, F>
 where
     K: 'static,
-    T: Serialize + DeserializeOwned + Send + 'static,
+    T: StateValue,
     O: Send + 'static,
     F: ProcessWindowFunction<K, T, O>,
 {

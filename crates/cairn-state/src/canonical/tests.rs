@@ -325,7 +325,7 @@ fn timers_become_rows_with_their_timestamp() {
     assert_eq!(encoded(&mut restored), encoded(&mut b));
 }
 
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
 struct V2 {
     count: u64,
     label: String,
@@ -335,12 +335,12 @@ struct V2 {
     score: f64,
 }
 
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
 struct V3 {
     label: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
 struct Incompatible {
     count: String,
     label: u8,

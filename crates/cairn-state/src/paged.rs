@@ -1,0 +1,236 @@
+//! The heap backend's map of one (state, key group): a hash map cut into
+//! pages, each behind an `Arc`.
+//!
+//! A snapshot clones the page pointers (O(pages), not O(entries)); a later
+//! write to a page still shared with a snapshot copies that page only, not
+//! the whole key group. With pages of a few hundred entries, the first write
+//! after a snapshot costs a few kilobytes of copying instead of the group's
+//! size, and a snapshot in flight doubles the memory of the pages written
+//! while it is written, not of every group touched.
+//!
+//! A key's page comes from bits 32 and up of a hash of its bytes, so the
+//! pages' own hash maps (which use the low bits and the top 7 bits of their
+//! hash) still see well-spread hashes.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::sync::Arc;
+
+use crate::heap::{FxBuild, FxHasher, SmallBytes};
+
+/// Pages split (their number doubles) when they hold this many entries on average.
+pub(crate) const PAGE_ENTRIES: usize = 512;
+
+type Page<V> = HashMap<SmallBytes, V, FxBuild>;
+
+/// A paged copy-on-write hash map from key bytes to `V`.
+#[derive(Debug)]
+pub(crate) struct Paged<V> {
+    /// A power-of-two number of pages.
+    pages: Vec<Arc<Page<V>>>,
+    len: usize,
+}
+
+impl<V> Clone for Paged<V> {
+    /// Shares every page: O(pages).
+    fn clone(&self) -> Self {
+        Paged {
+            pages: self.pages.clone(),
+            len: self.len,
+        }
+    }
+}
+
+impl<V> Default for Paged<V> {
+    fn default() -> Self {
+        Paged {
+            pages: vec![Arc::new(HashMap::default())],
+            len: 0,
+        }
+    }
+}
+
+#[inline]
+fn page_of(key: &[u8], pages: usize) -> usize {
+    if pages == 1 {
+        return 0;
+    }
+    let mut h = FxHasher::default();
+    h.write(key);
+    ((h.finish() >> 32) as usize) & (pages - 1)
+}
+
+impl<V: Clone> Paged<V> {
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Option<&V> {
+        self.pages[page_of(key, self.pages.len())].get(key)
+    }
+
+    #[inline]
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The value of `key` for writing; a shared page is copied only when
+    /// the key is in it.
+    #[inline]
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        let i = page_of(key, self.pages.len());
+        if Arc::get_mut(&mut self.pages[i]).is_none() && !self.pages[i].contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(&mut self.pages[i]).get_mut(key)
+    }
+
+    /// Make room before inserting a key that may be new.
+    #[inline]
+    fn reserve_one(&mut self, key: &[u8]) {
+        if self.len >= self.pages.len() * PAGE_ENTRIES && !self.contains_key(key) {
+            self.grow();
+        }
+    }
+
+    /// Set `key` to `value`.
+    #[inline]
+    pub fn insert(&mut self, key: &[u8], value: V) {
+        match self.get_mut(key) {
+            Some(v) => *v = value,
+            None => {
+                self.get_or_insert_with(key, || value);
+            }
+        }
+    }
+
+    /// The value of `key` for writing, inserting `make()` first when absent.
+    #[inline]
+    pub fn get_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
+        self.reserve_one(key);
+        let i = page_of(key, self.pages.len());
+        // Writing either way: a shared page is copied.
+        let page = Arc::make_mut(&mut self.pages[i]);
+        if !page.contains_key(key) {
+            page.insert(SmallBytes::from_slice(key), make());
+            self.len += 1;
+        }
+        page.get_mut(key).expect("present or inserted above")
+    }
+
+    /// Remove `key`; a shared page is copied only when the key is in it.
+    pub fn remove(&mut self, key: &[u8]) -> Option<V> {
+        if !self.contains_key(key) {
+            return None;
+        }
+        let i = page_of(key, self.pages.len());
+        let removed = Arc::make_mut(&mut self.pages[i]).remove(key);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// Every entry, page by page (no particular order).
+    pub fn iter(&self) -> impl Iterator<Item = (&SmallBytes, &V)> {
+        self.pages.iter().flat_map(|p| p.iter())
+    }
+
+    /// Double the pages (they are full on average). Entries of pages no
+    /// snapshot shares move; the others are copied (the snapshot keeps its page).
+    fn grow(&mut self) {
+        let n = self.pages.len() * 2;
+        let per_page = self.len / n + 1;
+        let mut pages: Vec<Page<V>> = (0..n)
+            .map(|_| HashMap::with_capacity_and_hasher(per_page, FxBuild::default()))
+            .collect();
+        for page in self.pages.drain(..) {
+            match Arc::try_unwrap(page) {
+                Ok(owned) => {
+                    for (k, v) in owned {
+                        pages[page_of(&k, n)].insert(k, v);
+                    }
+                }
+                Err(shared) => {
+                    for (k, v) in shared.iter() {
+                        pages[page_of(k, n)].insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        self.pages = pages.into_iter().map(Arc::new).collect();
+    }
+
+    /// Number of pages (for tests).
+    #[cfg(test)]
+    pub fn page_count(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether page `i` is shared with a clone (for tests).
+    #[cfg(test)]
+    pub fn page_shared(&self, i: usize) -> bool {
+        Arc::strong_count(&self.pages[i]) > 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> [u8; 4] {
+        i.to_le_bytes()
+    }
+
+    #[test]
+    fn grows_into_pages_and_keeps_every_entry() {
+        let mut m: Paged<u32> = Paged::default();
+        for i in 0..5_000 {
+            m.insert(&key(i), i);
+        }
+        assert_eq!(m.len(), 5_000);
+        assert!(m.page_count() >= 8, "{} pages", m.page_count());
+        for i in 0..5_000 {
+            assert_eq!(m.get(&key(i)), Some(&i));
+        }
+        assert_eq!(m.iter().count(), 5_000);
+        assert_eq!(m.remove(&key(7)), Some(7));
+        assert_eq!(m.remove(&key(7)), None);
+        assert_eq!(m.len(), 4_999);
+        *m.get_or_insert_with(&key(7), || 70) += 1;
+        assert_eq!(m.get(&key(7)), Some(&71));
+    }
+
+    #[test]
+    fn a_write_after_a_clone_copies_one_page_and_leaves_the_clone_as_it_was() {
+        let mut m: Paged<u32> = Paged::default();
+        for i in 0..4_000 {
+            m.insert(&key(i), i);
+        }
+        let pages = m.page_count();
+        let snapshot = m.clone();
+        assert!((0..pages).all(|p| m.page_shared(p)));
+        *m.get_mut(&key(1)).unwrap() = 1_000_000;
+        m.insert(&key(2), 2_000_000);
+        let private = (0..pages).filter(|&p| !m.page_shared(p)).count();
+        assert!((1..=2).contains(&private), "{private} of {pages} pages copied");
+        // Reading, or writing an absent key's removal, copies nothing.
+        assert_eq!(m.get_mut(&key(999_999)), None);
+        assert_eq!(m.remove(&key(999_999)), None);
+        assert_eq!((0..pages).filter(|&p| !m.page_shared(p)).count(), private);
+        assert_eq!(snapshot.get(&key(1)), Some(&1));
+        assert_eq!(snapshot.get(&key(2)), Some(&2));
+        assert_eq!(m.get(&key(1)), Some(&1_000_000));
+        // Growing while shared copies the shared pages and leaves the snapshot whole.
+        for i in 4_000..20_000 {
+            m.insert(&key(i), i);
+        }
+        assert_eq!(snapshot.len(), 4_000);
+        assert_eq!(snapshot.iter().count(), 4_000);
+        assert_eq!(m.len(), 20_000);
+        assert_eq!(m.get(&key(1)), Some(&1_000_000));
+        assert_eq!(snapshot.get(&key(1)), Some(&1));
+    }
+}
