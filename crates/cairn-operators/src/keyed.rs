@@ -12,7 +12,7 @@ use crate::keyed_core::KeyedCore;
 use crate::timers::{TimeDomain, TimerService};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
-use cairn_runtime::record::{AnyBatch, NO_TIMESTAMP};
+use cairn_runtime::record::{AnyBatch, StreamRecord, NO_TIMESTAMP};
 use cairn_state::SnapshotRequest;
 
 /// Extracts the key of a record.
@@ -130,12 +130,18 @@ impl<K, O> StateContext for KeyedContext<'_, K, O> {
     }
 }
 
+/// Records whose keys are staged together (see `KeyedCore::stage_key`).
+const STAGED_RECORDS: usize = 16;
+
 /// Runs a [`KeyedProcessFunction`] on a keyed stream.
 pub struct KeyedProcessOperator<K, I, O, F> {
     function: F,
     key_fn: KeyFn<K, I>,
     side_ports: SidePorts,
     run: Option<KeyedCore<O>>,
+    /// The records of the chunk being processed, and their keys.
+    chunk: Vec<StreamRecord<I>>,
+    keys: Vec<K>,
 }
 
 impl<K, I, O, F> KeyedProcessOperator<K, I, O, F> {
@@ -145,6 +151,8 @@ impl<K, I, O, F> KeyedProcessOperator<K, I, O, F> {
             key_fn,
             side_ports,
             run: None,
+            chunk: Vec::with_capacity(STAGED_RECORDS),
+            keys: Vec::with_capacity(STAGED_RECORDS),
         }
     }
 }
@@ -175,11 +183,27 @@ impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I,
         let run = self.run.as_mut().ok_or("operator not opened")?;
         let batch = downcast_batch::<I>(batch, &run.info.operator_name)?;
         run.begin_batch();
-        for rec in *batch {
-            let key = (self.key_fn)(&rec.value);
-            run.set_key(&key)?;
-            self.function
-                .process_element(rec.value, &mut run.context(&key, rec.timestamp))?;
+        // In chunks: all keys of a chunk are encoded, hashed and looked up
+        // first, so their cache misses overlap; then the records run in order.
+        let mut records = batch.into_iter();
+        loop {
+            self.keys.clear();
+            self.chunk.clear();
+            self.chunk.extend(records.by_ref().take(STAGED_RECORDS));
+            if self.chunk.is_empty() {
+                break;
+            }
+            run.clear_staged();
+            for rec in &self.chunk {
+                let key = (self.key_fn)(&rec.value);
+                run.stage_key(&key)?;
+                self.keys.push(key);
+            }
+            for (i, (rec, key)) in self.chunk.drain(..).zip(self.keys.iter()).enumerate() {
+                run.set_staged_key(i);
+                self.function
+                    .process_element(rec.value, &mut run.context(key, rec.timestamp))?;
+            }
         }
         run.flush(out);
         Ok(())

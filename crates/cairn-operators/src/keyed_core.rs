@@ -23,6 +23,10 @@ pub(crate) struct KeyedCore<O> {
     /// Operator state (broadcast state of keyed broadcast operators).
     pub operator_state: OperatorStateStore,
     key_buf: Vec<u8>,
+    /// Keys staged by [`KeyedCore::stage_key`]: their bytes, back to back.
+    staged_bytes: Vec<u8>,
+    /// (end offset in `staged_bytes`, key group) per staged key.
+    staged: Vec<(usize, u32)>,
 }
 
 impl<O: Send + 'static> KeyedCore<O> {
@@ -43,6 +47,8 @@ impl<O: Send + 'static> KeyedCore<O> {
             watermark: i64::MIN,
             operator_state: ctx.operator_state,
             key_buf: Vec::with_capacity(32),
+            staged_bytes: Vec::with_capacity(1024),
+            staged: Vec::with_capacity(64),
         })
     }
 
@@ -66,6 +72,36 @@ impl<O: Send + 'static> KeyedCore<O> {
         let kg = key_group_for_bytes(&self.key_buf, self.info.max_parallelism);
         self.state.set_current_key(&self.key_buf, kg);
         Ok(())
+    }
+
+    /// Encode and hash `key` ahead of its record and let the backend fetch
+    /// its state (see [`KeyedStateAccess::prefetch`]); records staged
+    /// together have their cache misses overlap. Then
+    /// [`KeyedCore::set_staged_key`] makes each the current key in order.
+    #[inline]
+    pub fn stage_key<K: Key>(&mut self, key: &K) -> OpResult {
+        let start = self.staged_bytes.len();
+        key_bytes(key, &mut self.key_buf)?;
+        self.staged_bytes.extend_from_slice(&self.key_buf);
+        let kg = key_group_for_bytes(&self.key_buf, self.info.max_parallelism);
+        self.state.prefetch(&self.staged_bytes[start..], kg);
+        self.staged.push((self.staged_bytes.len(), kg));
+        Ok(())
+    }
+
+    /// Make the `i`-th staged key current (what [`KeyedCore::set_key`] does).
+    #[inline]
+    pub fn set_staged_key(&mut self, i: usize) {
+        let start = if i == 0 { 0 } else { self.staged[i - 1].0 };
+        let (end, kg) = self.staged[i];
+        self.state.set_current_key(&self.staged_bytes[start..end], kg);
+    }
+
+    /// Forget the staged keys.
+    #[inline]
+    pub fn clear_staged(&mut self) {
+        self.staged_bytes.clear();
+        self.staged.clear();
     }
 
     /// The context of one record of the current key.

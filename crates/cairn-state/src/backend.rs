@@ -59,6 +59,12 @@ pub trait KeyedStateBackend: Send {
         )))
     }
 
+    /// A hint: the caller will soon access `key` (no namespace) in key group
+    /// `kg` of the states it reads per record. An in-memory backend looks
+    /// the key up now, so that the cache misses of several keys overlap
+    /// instead of stalling one record after another. No effect on state.
+    fn prefetch(&mut self, _kg: u32, _key: &[u8]) {}
+
     /// Copy the value of `key` into `out` (cleared first); false when absent.
     fn get(&mut self, state: StateId, kg: u32, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError>;
     /// Set the value of `key`.

@@ -83,6 +83,13 @@ impl KeyedStateAccess {
         self.has_key = true;
     }
 
+    /// Hint that `key_bytes` (in key group `kg`, no namespace) will be the
+    /// current key soon ([`KeyedStateBackend::prefetch`]).
+    #[inline]
+    pub fn prefetch(&mut self, key_bytes: &[u8], kg: u32) {
+        self.backend.prefetch(kg, key_bytes);
+    }
+
     /// Scope later accesses to `namespace` (a window's encoding); empty = none.
     #[inline]
     pub fn set_namespace(&mut self, namespace: &[u8]) {

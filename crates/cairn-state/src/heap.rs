@@ -468,18 +468,16 @@ enum Group {
     Typed(Box<dyn TypedGroup>),
 }
 
-impl Clone for Group {
-    /// A copy-on-write copy: shares every page.
-    fn clone(&self) -> Self {
+impl Group {
+    /// A read-only copy-on-write view for a snapshot: shares every page.
+    fn share(&mut self) -> Group {
         match self {
-            Group::Values(m) => Group::Values(m.clone()),
-            Group::Maps(m) => Group::Maps(m.clone()),
-            Group::Typed(g) => Group::Typed(g.clone_box()),
+            Group::Values(m) => Group::Values(m.share()),
+            Group::Maps(m) => Group::Maps(m.share()),
+            Group::Typed(g) => Group::Typed(g.share()),
         }
     }
-}
 
-impl Group {
     fn new(kind: StateKind) -> Self {
         match kind {
             StateKind::Value | StateKind::List => Group::Values(Paged::default()),
@@ -607,7 +605,7 @@ fn to_typed(name: &str, group: &Group, kind: &dyn TypedKind) -> Result<Box<dyn T
             Ok(typed)
         }
         Group::Maps(_) => Err(wrong_kind(name, "a map state")),
-        Group::Typed(g) => Ok(g.clone_box()),
+        Group::Typed(_) => Err(StateError::Usage(format!("state '{name}' already keeps objects"))),
     }
 }
 
@@ -704,6 +702,18 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         match group {
             Group::Typed(g) => Ok(&mut **g),
             _ => unreachable!("converted above"),
+        }
+    }
+
+    /// Looks the key up in every typed state (the ones handles read per
+    /// record); the answers are thrown away, the cache lines stay.
+    #[inline]
+    fn prefetch(&mut self, kg: u32, key: &[u8]) {
+        let Ok(slot) = self.slot(kg) else { return };
+        for table in &self.tables {
+            if let Group::Typed(g) = &table.groups[slot] {
+                std::hint::black_box(g.contains(key));
+            }
         }
     }
 
@@ -861,7 +871,11 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
 
     /// Every kind of snapshot is the same copy-on-write view of the groups.
     fn snapshot(&mut self, _request: &SnapshotRequest) -> Result<BackendSnapshot, StateError> {
-        let tables = self.tables.iter().map(|t| (t.meta.clone(), t.groups.clone())).collect();
+        let tables = self
+            .tables
+            .iter_mut()
+            .map(|t| (t.meta.clone(), t.groups.iter_mut().map(Group::share).collect()))
+            .collect();
         Ok(BackendSnapshot::KeyGroups(Box::new(HeapSnapshot {
             start: self.range.start,
             tables,

@@ -23,28 +23,36 @@ pub(crate) const PAGE_ENTRIES: usize = 512;
 
 type Page<V> = HashMap<SmallBytes, V, FxBuild>;
 
+/// A page owned by the live map (written without atomics or checks), or
+/// shared with snapshots (copied, or taken back, on the first write).
+#[derive(Debug)]
+enum Slot<V> {
+    Owned(Box<Page<V>>),
+    Shared(Arc<Page<V>>),
+}
+
+impl<V> Slot<V> {
+    #[inline]
+    fn page(&self) -> &Page<V> {
+        match self {
+            Slot::Owned(p) => p,
+            Slot::Shared(p) => p,
+        }
+    }
+}
+
 /// A paged copy-on-write hash map from key bytes to `V`.
 #[derive(Debug)]
 pub(crate) struct Paged<V> {
     /// A power-of-two number of pages.
-    pages: Vec<Arc<Page<V>>>,
+    pages: Vec<Slot<V>>,
     len: usize,
-}
-
-impl<V> Clone for Paged<V> {
-    /// Shares every page: O(pages).
-    fn clone(&self) -> Self {
-        Paged {
-            pages: self.pages.clone(),
-            len: self.len,
-        }
-    }
 }
 
 impl<V> Default for Paged<V> {
     fn default() -> Self {
         Paged {
-            pages: vec![Arc::new(HashMap::default())],
+            pages: vec![Slot::Owned(Box::default())],
             len: 0,
         }
     }
@@ -68,7 +76,7 @@ impl<V: Clone> Paged<V> {
 
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<&V> {
-        self.pages[page_of(key, self.pages.len())].get(key)
+        self.pages[page_of(key, self.pages.len())].page().get(key)
     }
 
     #[inline]
@@ -76,15 +84,53 @@ impl<V: Clone> Paged<V> {
         self.get(key).is_some()
     }
 
+    /// A read-only view sharing every page, for a snapshot: O(pages). The
+    /// pages this map owned become shared; each is copied (or taken back,
+    /// once the snapshot is gone) on its first write.
+    pub fn share(&mut self) -> Paged<V> {
+        let pages = self
+            .pages
+            .iter_mut()
+            .map(|slot| {
+                if let Slot::Owned(page) = slot {
+                    let page = std::mem::take(&mut **page);
+                    *slot = Slot::Shared(Arc::new(page));
+                }
+                match slot {
+                    Slot::Shared(p) => Slot::Shared(p.clone()),
+                    Slot::Owned(_) => unreachable!("made shared above"),
+                }
+            })
+            .collect();
+        Paged { pages, len: self.len }
+    }
+
+    /// Page `i`, owned by this map (copied when a snapshot still holds it).
+    #[inline]
+    fn owned(&mut self, i: usize) -> &mut Page<V> {
+        let slot = &mut self.pages[i];
+        if let Slot::Shared(shared) = slot {
+            let shared = std::mem::take(shared);
+            let page = Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone());
+            *slot = Slot::Owned(Box::new(page));
+        }
+        match slot {
+            Slot::Owned(p) => p,
+            Slot::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+
     /// The value of `key` for writing; a shared page is copied only when
     /// the key is in it.
     #[inline]
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
         let i = page_of(key, self.pages.len());
-        if Arc::get_mut(&mut self.pages[i]).is_none() && !self.pages[i].contains_key(key) {
-            return None;
+        if let Slot::Shared(p) = &self.pages[i] {
+            if !p.contains_key(key) {
+                return None;
+            }
         }
-        Arc::make_mut(&mut self.pages[i]).get_mut(key)
+        self.owned(i).get_mut(key)
     }
 
     /// Make room before inserting a key that may be new.
@@ -112,12 +158,15 @@ impl<V: Clone> Paged<V> {
         self.reserve_one(key);
         let i = page_of(key, self.pages.len());
         // Writing either way: a shared page is copied.
-        let page = Arc::make_mut(&mut self.pages[i]);
-        if !page.contains_key(key) {
+        let page = self.owned(i);
+        let inserted = !page.contains_key(key);
+        if inserted {
             page.insert(SmallBytes::from_slice(key), make());
+        }
+        if inserted {
             self.len += 1;
         }
-        page.get_mut(key).expect("present or inserted above")
+        self.owned(i).get_mut(key).expect("present or inserted above")
     }
 
     /// Remove `key`; a shared page is copied only when the key is in it.
@@ -126,7 +175,7 @@ impl<V: Clone> Paged<V> {
             return None;
         }
         let i = page_of(key, self.pages.len());
-        let removed = Arc::make_mut(&mut self.pages[i]).remove(key);
+        let removed = self.owned(i).remove(key);
         if removed.is_some() {
             self.len -= 1;
         }
@@ -135,7 +184,7 @@ impl<V: Clone> Paged<V> {
 
     /// Every entry, page by page (no particular order).
     pub fn iter(&self) -> impl Iterator<Item = (&SmallBytes, &V)> {
-        self.pages.iter().flat_map(|p| p.iter())
+        self.pages.iter().flat_map(|p| p.page().iter())
     }
 
     /// Double the pages (they are full on average). Entries of pages no
@@ -146,10 +195,14 @@ impl<V: Clone> Paged<V> {
         let mut pages: Vec<Page<V>> = (0..n)
             .map(|_| HashMap::with_capacity_and_hasher(per_page, FxBuild::default()))
             .collect();
-        for page in self.pages.drain(..) {
-            match Arc::try_unwrap(page) {
-                Ok(owned) => {
-                    for (k, v) in owned {
+        for slot in self.pages.drain(..) {
+            let owned = match slot {
+                Slot::Owned(p) => Ok(*p),
+                Slot::Shared(p) => Arc::try_unwrap(p),
+            };
+            match owned {
+                Ok(page) => {
+                    for (k, v) in page {
                         pages[page_of(&k, n)].insert(k, v);
                     }
                 }
@@ -160,7 +213,7 @@ impl<V: Clone> Paged<V> {
                 }
             }
         }
-        self.pages = pages.into_iter().map(Arc::new).collect();
+        self.pages = pages.into_iter().map(|p| Slot::Owned(Box::new(p))).collect();
     }
 
     /// Number of pages (for tests).
@@ -169,10 +222,10 @@ impl<V: Clone> Paged<V> {
         self.pages.len()
     }
 
-    /// Whether page `i` is shared with a clone (for tests).
+    /// Whether page `i` is shared with a snapshot (for tests).
     #[cfg(test)]
     pub fn page_shared(&self, i: usize) -> bool {
-        Arc::strong_count(&self.pages[i]) > 1
+        matches!(&self.pages[i], Slot::Shared(p) if Arc::strong_count(p) > 1)
     }
 }
 
@@ -210,7 +263,7 @@ mod tests {
             m.insert(&key(i), i);
         }
         let pages = m.page_count();
-        let snapshot = m.clone();
+        let snapshot = m.share();
         assert!((0..pages).all(|p| m.page_shared(p)));
         *m.get_mut(&key(1)).unwrap() = 1_000_000;
         m.insert(&key(2), 2_000_000);

@@ -44,8 +44,9 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> StateValue
 pub trait TypedGroup: Send + Sync {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// A copy-on-write copy (shares the pages).
-    fn clone_box(&self) -> Box<dyn TypedGroup>;
+    /// A read-only copy-on-write view for a snapshot (shares the pages;
+    /// this group copies a page on its next write to it).
+    fn share(&mut self) -> Box<dyn TypedGroup>;
     /// Number of keys.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -73,11 +74,9 @@ pub trait TypedKind: Send + Sync {
 }
 
 /// One `T` per key: value, reducing and aggregating state.
-#[derive(Clone)]
 pub struct ValueGroup<T>(pub(crate) Paged<T>);
 
 /// A `Vec<T>` per key: list state.
-#[derive(Clone)]
 pub struct ListGroup<T>(pub(crate) Paged<Vec<T>>);
 
 impl<T: StateValue> ValueGroup<T> {
@@ -137,8 +136,8 @@ impl<T: StateValue> TypedGroup for ValueGroup<T> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
-    fn clone_box(&self) -> Box<dyn TypedGroup> {
-        Box::new(self.clone())
+    fn share(&mut self) -> Box<dyn TypedGroup> {
+        Box::new(ValueGroup(self.0.share()))
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -211,8 +210,8 @@ impl<T: StateValue> TypedGroup for ListGroup<T> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
-    fn clone_box(&self) -> Box<dyn TypedGroup> {
-        Box::new(self.clone())
+    fn share(&mut self) -> Box<dyn TypedGroup> {
+        Box::new(ListGroup(self.0.share()))
     }
     fn len(&self) -> usize {
         self.0.len()
