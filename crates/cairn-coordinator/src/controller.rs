@@ -388,13 +388,17 @@ impl Controller<'_, '_> {
             return l.launch(spec, attempt, uploader, Some(snap), self.run.allow_non_restored_state);
         }
         let graph = &spec.graph;
+        let mut restored = plan.restore_all(attempt);
         start(
             spec,
             self.run.settings,
             attempt,
             true,
             uploader,
-            &mut |node, subtask, range| plan.subtask(node, subtask, range, graph.nodes[node].keyed, attempt),
+            &mut |node, subtask, range| match restored.remove(&(node, subtask)) {
+                Some(r) => r,
+                None => plan.subtask(node, subtask, range, graph.nodes[node].keyed, attempt),
+            },
         )
     }
 

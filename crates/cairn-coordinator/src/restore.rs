@@ -297,6 +297,47 @@ impl<'a> RestorePlan<'a> {
         }
     }
 
+    /// The restored state of every subtask of every operator that has state
+    /// in the snapshot, read by several threads at once (one subtask per
+    /// thread at a time, at most one thread per core), as each Flink task
+    /// restores its own state: restoring is CPU-bound (decoding and
+    /// inserting entries), so one thread would leave the disk idle.
+    pub fn restore_all(&self, attempt: u32) -> HashMap<(usize, u32), Result<SubtaskRestore, JobError>> {
+        let graph = &self.spec.graph;
+        let mut jobs: Vec<(usize, u32, KeyGroupRange, bool)> = Vec::new();
+        for &node in self.matched.keys() {
+            let n = &graph.nodes[node];
+            for s in 0..n.parallelism {
+                let range = KeyGroupRange::for_subtask(n.max_parallelism, n.parallelism, s);
+                jobs.push((node, s, range, n.keyed));
+            }
+        }
+        // Keyed subtasks first: they take longest.
+        jobs.sort_by_key(|j| !j.3);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(jobs.len())
+            .max(1);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results = std::sync::Mutex::new(HashMap::with_capacity(jobs.len()));
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(node, s, range, keyed)) = jobs.get(i) else {
+                        break;
+                    };
+                    let restored = self.subtask(node, s, range, keyed, attempt);
+                    results
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert((node, s), restored);
+                });
+            }
+        });
+        results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The restored state of one new subtask.
     pub fn subtask(
         &self,
