@@ -12,6 +12,7 @@
 //! pages' own hash maps (which use the low bits and the top 7 bits of their
 //! hash) still see well-spread hashes.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::Arc;
@@ -68,6 +69,21 @@ fn page_of(key: &[u8], pages: usize) -> usize {
     ((h.finish() >> 32) as usize) & (pages - 1)
 }
 
+/// The page of `slot`, owned by the live map (copied when a snapshot still
+/// holds it; taken back without a copy once no snapshot does).
+#[inline]
+fn owned<V: Clone>(slot: &mut Slot<V>) -> &mut Page<V> {
+    if let Slot::Shared(shared) = slot {
+        let shared = std::mem::take(shared);
+        let page = Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone());
+        *slot = Slot::Owned(Box::new(page));
+    }
+    match slot {
+        Slot::Owned(p) => p,
+        Slot::Shared(_) => unreachable!("made owned above"),
+    }
+}
+
 impl<V: Clone> Paged<V> {
     #[inline]
     pub fn len(&self) -> usize {
@@ -105,21 +121,6 @@ impl<V: Clone> Paged<V> {
         Paged { pages, len: self.len }
     }
 
-    /// Page `i`, owned by this map (copied when a snapshot still holds it).
-    #[inline]
-    fn owned(&mut self, i: usize) -> &mut Page<V> {
-        let slot = &mut self.pages[i];
-        if let Slot::Shared(shared) = slot {
-            let shared = std::mem::take(shared);
-            let page = Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone());
-            *slot = Slot::Owned(Box::new(page));
-        }
-        match slot {
-            Slot::Owned(p) => p,
-            Slot::Shared(_) => unreachable!("made owned above"),
-        }
-    }
-
     /// The value of `key` for writing; a shared page is copied only when
     /// the key is in it.
     #[inline]
@@ -130,7 +131,7 @@ impl<V: Clone> Paged<V> {
                 return None;
             }
         }
-        self.owned(i).get_mut(key)
+        owned(&mut self.pages[i]).get_mut(key)
     }
 
     /// Make room before inserting a key that may be new.
@@ -141,32 +142,37 @@ impl<V: Clone> Paged<V> {
         }
     }
 
-    /// Set `key` to `value`.
+    /// Set `key` to `value` (one lookup).
     #[inline]
     pub fn insert(&mut self, key: &[u8], value: V) {
-        match self.get_mut(key) {
-            Some(v) => *v = value,
-            None => {
-                self.get_or_insert_with(key, || value);
+        self.reserve_one(key);
+        let i = page_of(key, self.pages.len());
+        match owned(&mut self.pages[i]).entry(SmallBytes::from_slice(key)) {
+            Entry::Occupied(mut e) => {
+                e.insert(value);
+            }
+            Entry::Vacant(e) => {
+                self.len += 1;
+                e.insert(value);
             }
         }
     }
 
-    /// The value of `key` for writing, inserting `make()` first when absent.
+    /// The value of `key` for writing, inserting `make()` first when absent
+    /// (one lookup).
     #[inline]
     pub fn get_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
         self.reserve_one(key);
         let i = page_of(key, self.pages.len());
         // Writing either way: a shared page is copied.
-        let page = self.owned(i);
-        let inserted = !page.contains_key(key);
-        if inserted {
-            page.insert(SmallBytes::from_slice(key), make());
+        let page = owned(&mut self.pages[i]);
+        match page.entry(SmallBytes::from_slice(key)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                self.len += 1;
+                e.insert(make())
+            }
         }
-        if inserted {
-            self.len += 1;
-        }
-        self.owned(i).get_mut(key).expect("present or inserted above")
     }
 
     /// Remove `key`; a shared page is copied only when the key is in it.
@@ -175,7 +181,7 @@ impl<V: Clone> Paged<V> {
             return None;
         }
         let i = page_of(key, self.pages.len());
-        let removed = self.owned(i).remove(key);
+        let removed = owned(&mut self.pages[i]).remove(key);
         if removed.is_some() {
             self.len -= 1;
         }
