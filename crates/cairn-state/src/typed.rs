@@ -167,10 +167,21 @@ impl<T: StateValue> TypedGroup for ValueGroup<T> {
     }
     fn encode(&self, state: &str, buf: &mut Vec<u8>) -> Result<(), StateError> {
         buf.clear();
-        let mut value = Vec::new();
         for (k, v) in self.0.iter() {
-            codec::encode_into(state, v, &mut value)?;
-            snapshot_codec::put_entry(buf, k, &value);
+            // `put_entry(key, encode(v))`, with the value encoded in place:
+            // one length byte is reserved and widened when the value is longer.
+            put_bytes(buf, k);
+            let at = buf.len();
+            buf.push(0);
+            codec::append(state, v, buf)?;
+            let len = buf.len() - at - 1;
+            if len < 0x80 {
+                buf[at] = len as u8;
+            } else {
+                let mut prefix = Vec::with_capacity(10);
+                codec::put_varint(&mut prefix, len as u64);
+                buf.splice(at..at + 1, prefix);
+            }
         }
         Ok(())
     }
@@ -330,6 +341,34 @@ mod tests {
         assert_eq!(g.get(b"k2"), Some(&p));
         let err = g.put_bytes("s", b"k3", &[0xc1]).unwrap_err().to_string();
         assert!(err.contains("'s'") && err.contains("Profile"), "{err}");
+    }
+
+    #[test]
+    fn a_value_group_encodes_as_entries_of_codec_bytes_short_and_long() {
+        let mut g = ValueGroup::<String>(Paged::default());
+        let (short, long) = ("ab".to_string(), "x".repeat(300));
+        g.insert(b"k1", short.clone());
+        g.insert(b"k2", long.clone());
+        let mut got = Vec::new();
+        g.encode("s", &mut got).unwrap();
+        let mut entries = Vec::new();
+        snapshot_codec::decode_group("s", crate::StateKind::Value, &got, &mut |d| {
+            if let snapshot_codec::Decoded::Entry { key, value } = d {
+                entries.push((key.to_vec(), value.to_vec()));
+            }
+            Ok(())
+        })
+        .unwrap();
+        entries.sort();
+        let enc = |v: &String| {
+            let mut b = Vec::new();
+            codec::encode_into("s", v, &mut b).unwrap();
+            b
+        };
+        assert_eq!(
+            entries,
+            vec![(b"k1".to_vec(), enc(&short)), (b"k2".to_vec(), enc(&long))]
+        );
     }
 
     #[test]
