@@ -54,7 +54,26 @@ fn thread_share(n: u64, k: u64, threads: u64, t: u64, layout: Layout) -> u64 {
     sink
 }
 
-fn run(n: u64, k: u64, threads: u64, layout: Layout) -> f64 {
+/// User + system CPU seconds of this process so far (`/proc/self/stat`, in
+/// clock ticks of 1/100 s): on a shared machine, events per CPU second is
+/// the figure that does not depend on how much of the machine the run got.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (in parentheses, may hold spaces); utime, stime are 11 and 12.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    match (
+        f.get(11).and_then(|x| x.parse::<u64>().ok()),
+        f.get(12).and_then(|x| x.parse::<u64>().ok()),
+    ) {
+        (Some(u), Some(s)) => (u + s) as f64 / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// Events per second of wall time, and CPU seconds used.
+fn run(n: u64, k: u64, threads: u64, layout: Layout) -> (f64, f64) {
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|t| std::thread::spawn(move || thread_share(n, k, threads, t, layout)))
@@ -62,7 +81,7 @@ fn run(n: u64, k: u64, threads: u64, layout: Layout) -> f64 {
     for w in workers {
         black_box(w.join().expect("worker thread"));
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    (n as f64 / start.elapsed().as_secs_f64(), cpu_seconds() - cpu0)
 }
 
 fn main() -> Result<(), String> {
@@ -76,10 +95,12 @@ fn main() -> Result<(), String> {
         ));
     }
     for (layout, name) in [(Layout::TwoMaps, "two-maps"), (Layout::OneMap, "one-map")] {
-        let eps = run(n, k, threads, layout);
+        let (eps, cpu) = run(n, k, threads, layout);
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!(
-            "peer=engine-free-{name} events={n} keys={k} threads={threads} events_per_s={eps:.0} load1={}",
+            "peer=engine-free-{name} events={n} keys={k} threads={threads} events_per_s={eps:.0} cpu_s={cpu:.2} \
+             events_per_cpu_s={:.0} load1={}",
+            n as f64 / cpu,
             load.split_whitespace().next().unwrap_or("?")
         );
     }
