@@ -44,7 +44,7 @@ struct Profile {
 
 /// An older version of `Profile`: fewer fields (what a job restored from an
 /// old savepoint still holds for keys it did not touch since).
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct OldProfile {
     name: String,
     score: f64,

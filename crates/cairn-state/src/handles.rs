@@ -227,6 +227,8 @@ impl KeyedStateAccess {
             .map_or(0, |d| d.as_millis() as u64)
             .max(self.now_ms);
         query::read(&mut *self.backend, slot, key, kg, now)
+    }
+
     /// Register, and have the backend keep the values as objects of `kind`
     /// when it can (not for states with a TTL).
     fn register_typed(

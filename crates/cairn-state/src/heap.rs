@@ -954,6 +954,7 @@ mod typed_tests {
             kind,
             value_type: "test".into(),
             ttl: ttl.then(|| StateTtlConfig::new(std::time::Duration::from_secs(1))),
+            shapes: None,
         }
     }
 

@@ -23,9 +23,9 @@ pub mod heap;
 pub mod key_encoding;
 pub mod keygroup;
 pub mod operator_state;
+mod paged;
 pub mod query;
 pub mod shape;
-mod paged;
 pub mod snapshot_codec;
 pub mod typed;
 

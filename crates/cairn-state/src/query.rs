@@ -168,7 +168,7 @@ mod tests {
         a.set_current_key(&b, kg);
     }
 
-    #[derive(serde::Serialize, serde::Deserialize)]
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
     struct Profile {
         name: String,
         visits: u32,
