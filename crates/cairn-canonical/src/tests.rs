@@ -114,11 +114,11 @@ fn fill(n: u32) -> HeapKeyedStateBackend {
         .unwrap();
     }
     // The job's type evolved: `evolved` is now declared as a Profile, but the
-    // stored values are still the old shape.
-    let _ = access
-        .value_state(ValueStateDescriptor::<Profile>::new("evolved"))
-        .unwrap();
+    // stored values are still the old shape. (Declared on the backend: a
+    // typed handle would keep the old objects' type for the state.)
     let b = access.backend_mut();
+    b.register(&ValueStateDescriptor::<Profile>::new("evolved").meta())
+        .unwrap();
     let timers = b
         .register(&cairn_state::StateMeta {
             name: "_timers/event".into(),
