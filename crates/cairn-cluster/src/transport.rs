@@ -491,7 +491,9 @@ fn encode_data(out: &mut Vec<u8>, id: ChannelId, msg: &Message, codec: &dyn Batc
     put_channel(out, id);
     let mut records = 0;
     match msg {
-        Message::Records(batch, _) => {
+        // The keys a local sender carries stay behind: the receiving
+        // worker computes them.
+        Message::Records(batch, _, _) => {
             out.push(0);
             records = codec.encode(batch, out).map_err(|e| {
                 format!(
@@ -575,7 +577,7 @@ fn decode_message(f: &mut Fields<'_>, codec: &dyn BatchCodec) -> Result<Message,
                 .map_err(|e| format!("a batch of {} does not decode: {e}", codec.record_type()))?;
             let n = codec.count(&batch);
             f.0 = &[];
-            Message::Records(batch, n)
+            Message::Records(batch, n, None)
         }
         1 => Message::Watermark(f.u64()? as i64),
         2 => Message::Idle(f.u8()? != 0),
@@ -930,7 +932,7 @@ mod tests {
             StreamRecord::with_timestamp((2, "bé".into()), 77),
         ];
         let msgs = vec![
-            Message::Records(Box::new(batch.clone()), 2),
+            Message::Records(Box::new(batch.clone()), 2, None),
             Message::Watermark(-5),
             Message::Idle(true),
             Message::Barrier(b),
@@ -950,7 +952,7 @@ mod tests {
         }
         assert_eq!(back.len(), 5);
         match &back[0] {
-            Message::Records(got, n) => {
+            Message::Records(got, n, _) => {
                 assert_eq!(*n, 2);
                 assert_eq!(got.downcast_ref::<Vec<StreamRecord<(u64, String)>>>().unwrap(), &batch);
             }
@@ -1046,7 +1048,7 @@ mod tests {
         let n = 200u64;
         let sender = std::thread::spawn(move || {
             for i in 0..n {
-                out.enqueue(Message::Records(Box::new(vec![StreamRecord::new(i)]), 1))
+                out.enqueue(Message::Records(Box::new(vec![StreamRecord::new(i)]), 1, None))
                     .unwrap();
                 while out.backlog() > 4 {
                     out.pump().unwrap();
@@ -1073,7 +1075,7 @@ mod tests {
         loop {
             assert!(Instant::now() < deadline, "records did not arrive");
             match inp.try_read(false) {
-                Ok(Some(Message::Records(batch, _))) => got.extend(
+                Ok(Some(Message::Records(batch, _, _))) => got.extend(
                     batch
                         .downcast::<Vec<StreamRecord<u64>>>()
                         .unwrap()
@@ -1154,7 +1156,7 @@ mod tests {
         // One message in flight from now on.
         inp.set_target(1);
         for i in 0..10u64 {
-            out.enqueue(Message::Records(Box::new(vec![StreamRecord::new(i)]), 1))
+            out.enqueue(Message::Records(Box::new(vec![StreamRecord::new(i)]), 1, None))
                 .unwrap();
         }
         out.pump().unwrap();

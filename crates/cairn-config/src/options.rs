@@ -711,6 +711,27 @@ pub static RUNTIME_BATCH_SIZE: ConfigOption<u32> = ConfigOption::new(
 )
 .with_range("1", "65536");
 
+/// `execution.buffer-timeout.enabled`.
+pub static BUFFER_TIMEOUT_ENABLED: ConfigOption<bool> = ConfigOption::new(
+    "execution.buffer-timeout.enabled",
+    "true",
+    "Whether partly filled output batches are sent after execution.buffer-timeout.interval. When \
+     false, a batch leaves only when it is full (cairn.runtime.batch-size records, or fewer when \
+     the receiver debloats) or when a watermark, barrier or end of input follows it: the most \
+     throughput, with no bound on latency.",
+);
+
+/// `execution.buffer-timeout.interval`.
+pub static BUFFER_TIMEOUT_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+    "execution.buffer-timeout.interval",
+    "100 ms",
+    "How long a partly filled output batch may wait for more records before it is sent. Batches \
+     that fill up leave at once, and watermarks, barriers and end of input send what waits \
+     before them. 0 ms sends after every input batch: the least latency, the smallest batches \
+     through a key_by.",
+)
+.with_range("0 ms", MAX_DURATION);
+
 /// `cairn.runtime.channel-capacity` (Cairn-specific).
 pub static RUNTIME_CHANNEL_CAPACITY: ConfigOption<u32> = ConfigOption::new(
     "cairn.runtime.channel-capacity",
@@ -808,6 +829,8 @@ static ALL: &[&dyn AnyOption] = &[
     &HEARTBEAT_INTERVAL,
     &HEARTBEAT_TIMEOUT,
     &SLOT_REQUEST_TIMEOUT,
+    &BUFFER_TIMEOUT_ENABLED,
+    &BUFFER_TIMEOUT_INTERVAL,
     &RUNTIME_BATCH_SIZE,
     &RUNTIME_CHANNEL_CAPACITY,
     &QUERYABLE_STATE_TIMEOUT,

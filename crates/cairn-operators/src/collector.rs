@@ -51,7 +51,14 @@ pub struct Outputs<O> {
     side_tags: Vec<String>,
     side: Vec<Option<Box<dyn Any + Send>>>,
     emit_side: Vec<EmitSide>,
+    /// Tags already resolved to their port, by their shared name: a function
+    /// keeps its tags, so after the first record a pointer compare finds it.
+    resolved: Vec<(Arc<str>, Option<usize>)>,
 }
+
+/// Tags remembered per operator; a function that makes a new tag per record
+/// is looked up by name every time instead of growing the list.
+const RESOLVED_TAGS: usize = 16;
 
 fn emit_typed<T: Send + 'static>(buf: &mut Box<dyn Any + Send>, port: usize, out: &mut Emitter) {
     if let Some(v) = buf.downcast_mut::<Vec<StreamRecord<T>>>() {
@@ -69,6 +76,7 @@ impl<O: Send + 'static> Outputs<O> {
             side_tags,
             side: (0..n).map(|_| None).collect(),
             emit_side: vec![emit_typed::<()>; n],
+            resolved: Vec::new(),
         }
     }
 
@@ -80,7 +88,17 @@ impl<O: Send + 'static> Outputs<O> {
 
     /// Emit to a side output; dropped when nobody consumes the tag.
     pub fn side<T: Send + 'static>(&mut self, tag: &OutputTag<T>, value: T, timestamp: i64) {
-        let Some(i) = self.side_tags.iter().position(|t| **t == *tag.id) else {
+        let port = match self.resolved.iter().find(|(t, _)| Arc::ptr_eq(t, &tag.id)) {
+            Some((_, port)) => *port,
+            None => {
+                let port = self.side_tags.iter().position(|t| **t == *tag.id);
+                if self.resolved.len() < RESOLVED_TAGS {
+                    self.resolved.push((tag.id.clone(), port));
+                }
+                port
+            }
+        };
+        let Some(i) = port else {
             return;
         };
         let slot = &mut self.side[i];

@@ -12,7 +12,7 @@ use crate::keyed_core::KeyedCore;
 use crate::timers::{TimeDomain, TimerService};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot, SubtaskInfo};
-use cairn_runtime::record::{AnyBatch, StreamRecord, NO_TIMESTAMP};
+use cairn_runtime::record::{AnyBatch, BatchKeys, StreamRecord, NO_TIMESTAMP};
 use cairn_state::SnapshotRequest;
 
 /// Extracts the key of a record.
@@ -165,6 +165,47 @@ impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I,
         run.flush(out);
         Ok(())
     }
+
+    /// Process a batch, with the keys its sender computed when it came over
+    /// a key-group edge.
+    fn run_batch(&mut self, batch: AnyBatch, keys: Option<&BatchKeys>, out: &mut Emitter) -> OpResult {
+        let run = self.run.as_mut().ok_or("operator not opened")?;
+        let batch = downcast_batch::<I>(batch, &run.info.operator_name)?;
+        let keys = keys.filter(|k| k.len() == batch.len());
+        run.begin_batch();
+        // In chunks: all keys of a chunk are encoded, hashed and looked up
+        // first, so their cache misses overlap; then the records run in order.
+        let mut records = batch.into_iter();
+        let mut first = 0;
+        loop {
+            self.keys.clear();
+            self.chunk.clear();
+            self.chunk.extend(records.by_ref().take(STAGED_RECORDS));
+            if self.chunk.is_empty() {
+                break;
+            }
+            run.clear_staged();
+            for (i, rec) in self.chunk.iter().enumerate() {
+                let key = (self.key_fn)(&rec.value);
+                match keys {
+                    Some(keys) => {
+                        let (bytes, key_group) = keys.get(first + i);
+                        run.stage_carried_key(&key, bytes, key_group)?;
+                    }
+                    None => run.stage_key(&key)?,
+                }
+                self.keys.push(key);
+            }
+            first += self.chunk.len();
+            for (i, (rec, key)) in self.chunk.drain(..).zip(self.keys.iter()).enumerate() {
+                run.set_staged_key(i);
+                self.function
+                    .process_element(rec.value, &mut run.context(key, rec.timestamp))?;
+            }
+        }
+        run.flush(out);
+        Ok(())
+    }
 }
 
 impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I, O>> OperatorLogic
@@ -180,33 +221,11 @@ impl<K: Key, I: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, I,
     }
 
     fn process_batch(&mut self, _input: usize, batch: AnyBatch, out: &mut Emitter) -> OpResult {
-        let run = self.run.as_mut().ok_or("operator not opened")?;
-        let batch = downcast_batch::<I>(batch, &run.info.operator_name)?;
-        run.begin_batch();
-        // In chunks: all keys of a chunk are encoded, hashed and looked up
-        // first, so their cache misses overlap; then the records run in order.
-        let mut records = batch.into_iter();
-        loop {
-            self.keys.clear();
-            self.chunk.clear();
-            self.chunk.extend(records.by_ref().take(STAGED_RECORDS));
-            if self.chunk.is_empty() {
-                break;
-            }
-            run.clear_staged();
-            for rec in &self.chunk {
-                let key = (self.key_fn)(&rec.value);
-                run.stage_key(&key)?;
-                self.keys.push(key);
-            }
-            for (i, (rec, key)) in self.chunk.drain(..).zip(self.keys.iter()).enumerate() {
-                run.set_staged_key(i);
-                self.function
-                    .process_element(rec.value, &mut run.context(key, rec.timestamp))?;
-            }
-        }
-        run.flush(out);
-        Ok(())
+        self.run_batch(batch, None, out)
+    }
+
+    fn process_keyed_batch(&mut self, _input: usize, batch: AnyBatch, keys: &BatchKeys, out: &mut Emitter) -> OpResult {
+        self.run_batch(batch, Some(keys), out)
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) -> OpResult {

@@ -11,6 +11,8 @@ use crate::keyed::{Key, KeyedContext, KeyedOpenContext};
 use crate::timers::{TimeDomain, Timer, TimerService, TimerSettings};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{Emitter, OpenContext, OperatorSnapshot, SubtaskInfo};
+#[cfg(doc)]
+use cairn_runtime::record::BatchKeys;
 
 /// What a keyed operator holds once open.
 pub(crate) struct KeyedCore<O> {
@@ -86,6 +88,43 @@ impl<O: Send + 'static> KeyedCore<O> {
         let kg = key_group_for_bytes(&self.key_buf, self.info.max_parallelism);
         self.state.prefetch(&self.staged_bytes[start..], kg);
         self.staged.push((self.staged_bytes.len(), kg));
+        Ok(())
+    }
+
+    /// Make `key` current from the encoded key and key group its sender
+    /// computed ([`BatchKeys`]), without encoding and hashing it again.
+    pub fn set_carried_key<K: Key>(&mut self, key: &K, bytes: &[u8], key_group: u32) -> OpResult {
+        self.check_carried(key, bytes, key_group)?;
+        self.state.set_current_key(bytes, key_group);
+        Ok(())
+    }
+
+    /// [`KeyedCore::stage_key`] from the encoded key and key group its
+    /// sender computed ([`BatchKeys`]).
+    #[inline]
+    pub fn stage_carried_key<K: Key>(&mut self, key: &K, bytes: &[u8], key_group: u32) -> OpResult {
+        self.check_carried(key, bytes, key_group)?;
+        self.state.prefetch(bytes, key_group);
+        self.staged_bytes.extend_from_slice(bytes);
+        self.staged.push((self.staged_bytes.len(), key_group));
+        Ok(())
+    }
+
+    /// Debug builds (every test) check that a carried key is the record's
+    /// own: a wiring mistake would otherwise file state under wrong keys.
+    #[inline]
+    fn check_carried<K: Key>(&mut self, key: &K, bytes: &[u8], key_group: u32) -> OpResult {
+        if cfg!(debug_assertions) {
+            key_bytes(key, &mut self.key_buf)?;
+            let own = key_group_for_bytes(&self.key_buf, self.info.max_parallelism);
+            if self.key_buf != bytes || own != key_group {
+                return Err(format!(
+                    "operator '{}' got a record whose carried key is not its own (this is a Cairn bug)",
+                    self.info.operator_name
+                )
+                .into());
+            }
+        }
         Ok(())
     }
 

@@ -106,7 +106,7 @@ impl ChannelLog {
     /// Append `msg`; barriers and end-of-input are not channel state.
     pub fn log(&mut self, msg: &Message, codec: &dyn BatchCodec, scratch: &mut Vec<u8>) -> OpResult {
         match msg {
-            Message::Records(batch, _) => {
+            Message::Records(batch, _, _) => {
                 scratch.clear();
                 self.records += codec.encode(batch, scratch)?;
                 self.bytes.push(TAG_RECORDS);
@@ -216,7 +216,7 @@ pub fn decode_channel_messages(bytes: &[u8], codec: &dyn BatchCodec) -> Result<V
                 rest = tail;
                 let batch = codec.decode(batch).map_err(|e| format!("message {at}: {e}"))?;
                 let n = codec.count(&batch);
-                Message::Records(batch, n)
+                Message::Records(batch, n, None)
             }
             TAG_WATERMARK => {
                 let b: [u8; 8] = tail
@@ -263,7 +263,7 @@ mod tests {
         let mut a = ChannelLog::default();
         a.log(&Message::Watermark(5), &*codec, &mut scratch).unwrap();
         let batch: Vec<StreamRecord<String>> = vec![StreamRecord::with_timestamp("x".into(), 3)];
-        a.log(&Message::Records(Box::new(batch.clone()), 1), &*codec, &mut scratch)
+        a.log(&Message::Records(Box::new(batch.clone()), 1, None), &*codec, &mut scratch)
             .unwrap();
         a.log(
             &Message::Barrier(crate::record::Barrier {
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(msgs.len(), 3);
         assert!(matches!(msgs[0], Message::Watermark(5)));
         match &msgs[1] {
-            Message::Records(b, 1) => assert_eq!(b.downcast_ref::<Vec<StreamRecord<String>>>().unwrap(), &batch),
+            Message::Records(b, 1, None) => assert_eq!(b.downcast_ref::<Vec<StreamRecord<String>>>().unwrap(), &batch),
             _ => panic!("records expected"),
         }
         assert!(matches!(msgs[2], Message::Idle(true)));

@@ -77,6 +77,8 @@ pub struct RuntimeSettings {
     pub barriers: BarrierSettings,
     /// Buffer debloating, when enabled.
     pub debloat: Option<DebloatSettings>,
+    /// How long a partly filled output batch may wait (`None`: until full).
+    pub buffer_timeout: Option<std::time::Duration>,
 }
 
 impl RuntimeSettings {
@@ -100,6 +102,9 @@ impl RuntimeSettings {
                 samples: config.get(&options::BUFFER_DEBLOAT_SAMPLES),
                 threshold_percent: config.get(&options::BUFFER_DEBLOAT_THRESHOLD_PERCENTAGES),
             }),
+            buffer_timeout: config
+                .get(&options::BUFFER_TIMEOUT_ENABLED)
+                .then(|| config.get(&options::BUFFER_TIMEOUT_INTERVAL)),
         }
     }
 }
@@ -490,6 +495,7 @@ pub fn start_tasks(
                         batch_size: settings.batch_size,
                         barriers: settings.barriers,
                         debloat: settings.debloat,
+                        buffer_timeout: settings.buffer_timeout,
                         wait_for_release,
                     },
                     source_node,
@@ -499,6 +505,7 @@ pub fn start_tasks(
                     finished: false,
                     drained: true,
                     queries: queries.map(|(_, rx)| rx),
+                    flush_due: None,
                 },
             ));
         }
@@ -574,7 +581,7 @@ fn replay_channel_state(
         let key_fn = spec.edge_keys.get(inp.edge).cloned().flatten();
         for msg in messages {
             let msg = match msg {
-                Message::Records(mut batch, count) => match (restored.key_groups, &key_fn) {
+                Message::Records(mut batch, count, _) => match (restored.key_groups, &key_fn) {
                     (Some(range), Some(key_fn)) => {
                         let kept = inp
                             .codec
@@ -583,9 +590,9 @@ fn replay_channel_state(
                         if kept == 0 {
                             continue;
                         }
-                        Message::Records(batch, kept)
+                        Message::Records(batch, kept, None)
                     }
-                    _ => Message::Records(batch, count),
+                    _ => Message::Records(batch, count, None),
                 },
                 // Watermarks and idleness described the upstream subtask as it
                 // was; after a restore it starts over (and its source splits

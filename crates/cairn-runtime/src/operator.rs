@@ -8,7 +8,7 @@ use cairn_state::operator_state::OperatorStateEntry;
 use cairn_state::{BackendSnapshot, KeyedStateAccess, OperatorStateStore, SnapshotRequest, StateError};
 
 use crate::error::OpResult;
-use crate::record::{AnyBatch, StreamRecord};
+use crate::record::{AnyBatch, BatchKeys, StreamRecord};
 
 /// Who a subtask is.
 #[derive(Clone, Debug)]
@@ -105,6 +105,13 @@ pub trait OperatorLogic: Send {
     fn open(&mut self, ctx: OpenContext) -> OpResult;
     /// Process one batch from input `input` (0 or 1).
     fn process_batch(&mut self, input: usize, batch: AnyBatch, out: &mut Emitter) -> OpResult;
+    /// Process a batch that came over a key-group edge with its records'
+    /// encoded keys and key groups (one per record, in order). Keyed
+    /// operators use them instead of encoding and hashing each key again;
+    /// the others ignore them.
+    fn process_keyed_batch(&mut self, input: usize, batch: AnyBatch, _keys: &BatchKeys, out: &mut Emitter) -> OpResult {
+        self.process_batch(input, batch, out)
+    }
     /// Event time advanced to `watermark`: fire due event-time timers.
     fn on_watermark(&mut self, _watermark: i64, _out: &mut Emitter) -> OpResult {
         Ok(())

@@ -16,7 +16,7 @@ use crate::channel::OutputChannel;
 use crate::codec::{batch_codec, BatchCodec};
 use crate::error::{BoxError, OpResult};
 use crate::operator::downcast_batch;
-use crate::record::{AnyBatch, Barrier, Message, StreamRecord};
+use crate::record::{AnyBatch, Barrier, BatchKeys, Message, StreamRecord};
 
 /// Writes a record's key bytes (the canonical key encoding) for `key_by` edges.
 pub struct KeyBytesFn<T>(pub Box<WriteKeyBytes<T>>);
@@ -119,7 +119,7 @@ fn enqueue_in_batches<T: Send + 'static>(
 ) -> OpResult {
     let max = max.max(1);
     if records.len() <= max {
-        return ch.enqueue(records_message(records));
+        return ch.enqueue(records_message(records, None));
     }
     let mut it = records.into_iter();
     loop {
@@ -127,14 +127,14 @@ fn enqueue_in_batches<T: Send + 'static>(
         if chunk.is_empty() {
             return Ok(());
         }
-        ch.enqueue(records_message(chunk))?;
+        ch.enqueue(records_message(chunk, None))?;
     }
 }
 
-/// A batch as a message, with its record count.
-fn records_message<T: Send + 'static>(records: Vec<StreamRecord<T>>) -> Message {
+/// A batch as a message, with its record count (and keys, if known).
+fn records_message<T: Send + 'static>(records: Vec<StreamRecord<T>>, keys: Option<BatchKeys>) -> Message {
     let n = records.len() as u64;
-    Message::Records(Box::new(records), n)
+    Message::Records(Box::new(records), n, keys.map(Box::new))
 }
 
 /// One output port of a task's last operator, with all the edges it feeds.
@@ -146,6 +146,8 @@ pub trait PortOutput: Send {
     fn send_batch(&mut self, batch: AnyBatch) -> OpResult;
     /// Queue every non-empty buffer.
     fn flush(&mut self) -> OpResult;
+    /// Whether some records wait in a partly filled buffer (not yet queued).
+    fn buffered(&self) -> bool;
     /// Flush, then queue a control message (made fresh per target) to every target.
     fn control(&mut self, make: &dyn Fn() -> Message) -> OpResult;
     /// Flush, then announce `barrier` to every target and queue it in line.
@@ -183,6 +185,8 @@ struct EdgeWriter<T> {
     partitioning: Partitioning,
     first: usize,
     buffers: Vec<Vec<StreamRecord<T>>>,
+    /// Key-group edges: per target, the keys of the records in its buffer.
+    keys: Vec<BatchKeys>,
     key_fn: Option<Arc<KeyBytesFn<T>>>,
     /// Per target, the records per message now (reused buffer).
     limits: Vec<usize>,
@@ -215,6 +219,7 @@ impl<T: Clone + Send + 'static> TypedPort<T> {
                     partitioning: w.partitioning,
                     first,
                     buffers: (0..n).map(|_| Vec::new()).collect(),
+                    keys: (0..n).map(|_| BatchKeys::default()).collect(),
                     next: w.subtask as usize % n.max(1),
                     key_fn,
                     limits: Vec::with_capacity(n),
@@ -255,9 +260,11 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
                     let kg = key_group_for_bytes(&self.key_buf, self.target_max_parallelism);
                     let t = subtask_for_key_group(self.target_max_parallelism, self.target_parallelism, kg) as usize;
                     self.buffers[t].push(rec);
+                    self.keys[t].push(&self.key_buf, kg);
                     if self.buffers[t].len() >= self.limits[t] {
                         let full = std::mem::replace(&mut self.buffers[t], Vec::with_capacity(self.limits[t]));
-                        targets[t].enqueue(records_message(full))?;
+                        let keys = std::mem::replace(&mut self.keys[t], BatchKeys::with_capacity(self.limits[t]));
+                        targets[t].enqueue(records_message(full, Some(keys)))?;
                     }
                 }
                 Ok(())
@@ -289,10 +296,12 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
     }
 
     fn flush(&mut self, channels: &mut [OutputChannel]) -> OpResult {
+        let keyed = self.key_fn.is_some();
         for (t, buf) in self.buffers.iter_mut().enumerate() {
             if !buf.is_empty() {
                 let full = std::mem::take(buf);
-                channels[self.first + t].enqueue(records_message(full))?;
+                let keys = keyed.then(|| std::mem::take(&mut self.keys[t]));
+                channels[self.first + t].enqueue(records_message(full, keys))?;
             }
         }
         Ok(())
@@ -322,6 +331,10 @@ impl<T: Clone + Send + 'static> PortOutput for TypedPort<T> {
             e.flush(&mut self.channels)?;
         }
         Ok(())
+    }
+
+    fn buffered(&self) -> bool {
+        self.edges.iter().any(|e| e.buffers.iter().any(|b| !b.is_empty()))
     }
 
     fn control(&mut self, make: &dyn Fn() -> Message) -> OpResult {

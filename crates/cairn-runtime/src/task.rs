@@ -222,6 +222,9 @@ pub struct TaskSettings {
     pub barriers: BarrierSettings,
     /// `None` when buffer debloating is off.
     pub debloat: Option<crate::debloat::DebloatSettings>,
+    /// How long a partly filled output batch may wait for more records
+    /// (`execution.buffer-timeout.*`); `None`: until it is full.
+    pub buffer_timeout: Option<Duration>,
     /// Wait for `Release` after finishing (a final checkpoint must commit first).
     pub wait_for_release: bool,
 }
@@ -259,6 +262,9 @@ pub struct Task {
     /// Live state queries for this task's keyed operators; `None` when none
     /// of them registered queryable state.
     pub queries: Option<Receiver<StateQuery>>,
+    /// When the records now waiting in partly filled output batches must
+    /// leave (the buffer timeout after they were first seen waiting).
+    pub(crate) flush_due: Option<Instant>,
 }
 
 /// The synchronous part of a snapshot, until it is handed to the uploader.
@@ -422,6 +428,44 @@ impl Task {
             o.flush().map_err(runtime)?;
         }
         Ok(())
+    }
+
+    /// Send partly filled output batches once the buffer timeout has passed
+    /// since records were first seen waiting in them (at once with a zero
+    /// timeout, never with none: then only full batches and control messages
+    /// send them). Batches stay full across a `key_by` that splits each input
+    /// batch over many targets.
+    fn flush_if_due(&mut self) -> Result<(), Fail> {
+        let Some(timeout) = self.settings.buffer_timeout else {
+            return Ok(());
+        };
+        if timeout.is_zero() {
+            return self.flush();
+        }
+        if !self.outputs.iter().any(|o| o.buffered()) {
+            self.flush_due = None;
+            return Ok(());
+        }
+        let now = Instant::now();
+        match self.flush_due {
+            Some(due) if now >= due => {
+                self.flush_due = None;
+                self.flush()
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.flush_due = Some(now + timeout);
+                Ok(())
+            }
+        }
+    }
+
+    /// `cap`, shortened to when waiting output batches must leave.
+    fn flush_cap(&self, cap: Duration) -> Duration {
+        match self.flush_due {
+            Some(due) => cap.min(due.saturating_duration_since(Instant::now())),
+            None => cap,
+        }
     }
 
     fn control_all(&mut self, make: &dyn Fn() -> Message) -> Result<(), Fail> {
@@ -799,7 +843,8 @@ impl Task {
             // Backpressured: wait for credits (or a command), never in a send.
             let started = Instant::now();
             if self.pump_outputs()? {
-                let cap = self.wait_cap(Duration::from_millis(100));
+                self.flush_if_due()?;
+                let cap = self.flush_cap(self.wait_cap(Duration::from_millis(100)));
                 self.wait(None, true, false, cap);
                 self.record_backpressure(started);
                 continue;
@@ -825,12 +870,12 @@ impl Task {
                 self.advance_watermark(wm)?;
             }
             self.fire_processing_timers()?;
-            self.flush()?;
+            self.flush_if_due()?;
             match status {
                 SourceStatus::More => {}
                 SourceStatus::Finished => break,
                 SourceStatus::Pending(d) => {
-                    let d = self.wait_cap(d);
+                    let d = self.flush_cap(self.wait_cap(d));
                     let waiting = Instant::now();
                     let cmd = self.commands.recv_timeout(d);
                     self.record_idle(waiting);
@@ -910,13 +955,13 @@ impl Task {
                     d.debloater.on_processed(records);
                 }
                 self.fire_processing_timers()?;
-                self.flush()?;
+                self.flush_if_due()?;
                 continue;
             }
             // Nothing to process now: wait for what can change that.
             self.fire_processing_timers()?;
-            self.flush()?;
-            let mut cap = Duration::from_millis(100);
+            self.flush_if_due()?;
+            let mut cap = self.flush_cap(Duration::from_millis(100));
             if let Some(d) = st.barriers.deadline_ms() {
                 cap = cap.min(Duration::from_millis(d.saturating_sub(now_ms() as u64)));
             }
@@ -1036,7 +1081,7 @@ impl Task {
     /// channel state if a snapshot comes first). Returns how many records
     /// were processed.
     fn process_sliced(&mut self, st: &mut InputLoop, ch: usize, msg: Message, tier: Option<u32>) -> Result<u64, Fail> {
-        let Message::Records(mut batch, count) = msg else {
+        let Message::Records(mut batch, count, mut keys) = msg else {
             self.process(st, ch, msg)?;
             return Ok(0);
         };
@@ -1051,10 +1096,11 @@ impl Task {
         } else {
             let inp = &mut st.inputs.channels[ch];
             let rest = inp.codec.split_off(&mut batch, fits as usize).map_err(runtime)?;
-            inp.push_front(Message::Records(rest, count - fits), tier);
+            let rest_keys = keys.as_mut().map(|k| Box::new(k.split_off(fits as usize)));
+            inp.push_front(Message::Records(rest, count - fits, rest_keys), tier);
             fits
         };
-        self.process(st, ch, Message::Records(batch, now))?;
+        self.process(st, ch, Message::Records(batch, now, keys))?;
         if now > 0 {
             let cost = started.elapsed().as_secs_f64() / now as f64;
             st.record_cost = Some(match st.record_cost {
@@ -1067,11 +1113,19 @@ impl Task {
 
     fn process(&mut self, st: &mut InputLoop, ch: usize, msg: Message) -> Result<(), Fail> {
         match msg {
-            Message::Records(batch, n) => {
+            Message::Records(batch, n, keys) => {
                 self.metrics.records_in.fetch_add(n, Ordering::Relaxed);
                 self.metrics.add_in(0, n);
                 let input = st.inputs.channels[ch].input;
-                self.deliver(0, input, 0, batch)?;
+                match keys {
+                    Some(keys) if !self.ops.is_empty() => {
+                        let mut em = Emitter::default();
+                        let op = &mut self.ops[0].1;
+                        guarded(0, || op.process_keyed_batch(input, batch, &keys, &mut em))?;
+                        self.forward_emitted(0, em)?;
+                    }
+                    _ => self.deliver(0, input, 0, batch)?,
+                }
             }
             Message::Watermark(wm) => {
                 if let Some(w) = st.watermarks.on_watermark(ch, wm) {

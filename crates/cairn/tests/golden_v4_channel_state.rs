@@ -54,7 +54,7 @@ fn golden_messages() -> Vec<Message> {
             .into_iter()
             .map(|(r, ts)| StreamRecord::with_timestamp(r, ts))
             .collect();
-        Message::Records(Box::new(records), n)
+        Message::Records(Box::new(records), n, None)
     };
     vec![
         batch(vec![(reading("a", 1), 10), (reading("b", 2), 11)]),
@@ -189,7 +189,7 @@ fn golden_v4_loads_and_its_channel_state_decodes_exactly() {
     let shown: Vec<String> = msgs
         .into_iter()
         .map(|m| match m {
-            Message::Records(b, n) => {
+            Message::Records(b, n, _) => {
                 let rs = b.downcast::<Vec<StreamRecord<Reading>>>().unwrap();
                 assert_eq!(rs.len() as u64, n);
                 rs.iter()

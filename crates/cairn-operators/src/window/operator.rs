@@ -20,7 +20,7 @@ use crate::keyed_core::KeyedCore;
 use crate::timers::{TimeDomain, Timer};
 use cairn_runtime::error::OpResult;
 use cairn_runtime::operator::{downcast_batch, Emitter, OpenContext, OperatorLogic, OperatorSnapshot};
-use cairn_runtime::record::{AnyBatch, MAX_WATERMARK, NO_TIMESTAMP};
+use cairn_runtime::record::{AnyBatch, BatchKeys, MAX_WATERMARK, NO_TIMESTAMP};
 use cairn_state::SnapshotRequest;
 
 /// Runs windows of assigner `A` whose contents are kept by `C`.
@@ -63,6 +63,90 @@ impl<K, T, O, A, C> WindowOperator<K, T, O, A, C> {
             windows: Vec::with_capacity(4),
         }
     }
+}
+
+impl<K, T, O, A, C> WindowOperator<K, T, O, A, C>
+where
+    K: Key,
+    T: Clone + Send + 'static,
+    O: Send + 'static,
+    A: WindowAssigner,
+    C: WindowContents<K, T, O>,
+{
+    /// Assign each record of a batch to its windows, with the keys its
+    /// sender computed when it came over a key-group edge.
+    fn run_batch(&mut self, batch: AnyBatch, keys: Option<&BatchKeys>, out: &mut Emitter) -> OpResult {
+        let run = self.run.as_mut().ok_or("window operator not opened")?;
+        let batch = downcast_batch::<T>(batch, &run.core.info.operator_name)?;
+        let keys = keys.filter(|k| k.len() == batch.len());
+        let now = run.core.info.processing_time();
+        run.core.state.set_processing_time(now.max(0) as u64);
+        for (i, rec) in batch.into_iter().enumerate() {
+            if run.event_time && rec.timestamp == NO_TIMESTAMP {
+                return Err(format!(
+                    "window operator '{}' got a record without an event timestamp; event-time windows need timestamps: \
+                     read the source with env.source_with_watermarks(.., WatermarkStrategy::..with_timestamp_assigner(..)) \
+                     or use a processing-time window assigner",
+                    run.core.info.operator_name
+                )
+                .into());
+            }
+            let key = (self.key_fn)(&rec.value);
+            match keys {
+                Some(keys) => {
+                    let (bytes, key_group) = keys.get(i);
+                    run.core.set_carried_key(&key, bytes, key_group)?;
+                }
+                None => run.core.set_key(&key)?,
+            }
+            self.windows.clear();
+            self.assigner.assign_windows(rec.timestamp, now, &mut self.windows);
+            let rejected = if run.merging.is_some() {
+                let n = self.windows.len();
+                let mut value = Some(rec.value);
+                let mut accepted = false;
+                for i in 0..n {
+                    let Some(v) = value.take() else { break };
+                    let give = if i + 1 < n {
+                        value = Some(v.clone());
+                        v
+                    } else {
+                        v
+                    };
+                    match run.add_merging(&key, give, self.windows[i])? {
+                        Some(back) if i + 1 == n => value = Some(back),
+                        Some(_) => {}
+                        None => accepted = true,
+                    }
+                }
+                // Late only when no window took it.
+                if accepted {
+                    None
+                } else {
+                    value
+                }
+            } else {
+                self.windows.retain(|w| !run.is_late(w));
+                if self.windows.is_empty() {
+                    Some(rec.value)
+                } else {
+                    run.add_to_windows(&key, rec.value, &self.windows)?;
+                    None
+                }
+            };
+            if let Some(late) = rejected {
+                match &self.settings.late_tag {
+                    Some(tag) => run.core.out.side(tag, late, rec.timestamp),
+                    None => {
+                        self.settings.late_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        run.core.out.flush(out);
+        Ok(())
+    }
+
 }
 
 impl<K, T, O, C> Running<K, T, O, C>
@@ -331,68 +415,11 @@ where
     }
 
     fn process_batch(&mut self, _input: usize, batch: AnyBatch, out: &mut Emitter) -> OpResult {
-        let run = self.run.as_mut().ok_or("window operator not opened")?;
-        let batch = downcast_batch::<T>(batch, &run.core.info.operator_name)?;
-        let now = run.core.info.processing_time();
-        run.core.state.set_processing_time(now.max(0) as u64);
-        for rec in *batch {
-            if run.event_time && rec.timestamp == NO_TIMESTAMP {
-                return Err(format!(
-                    "window operator '{}' got a record without an event timestamp; event-time windows need timestamps: \
-                     read the source with env.source_with_watermarks(.., WatermarkStrategy::..with_timestamp_assigner(..)) \
-                     or use a processing-time window assigner",
-                    run.core.info.operator_name
-                )
-                .into());
-            }
-            let key = (self.key_fn)(&rec.value);
-            run.core.set_key(&key)?;
-            self.windows.clear();
-            self.assigner.assign_windows(rec.timestamp, now, &mut self.windows);
-            let rejected = if run.merging.is_some() {
-                let n = self.windows.len();
-                let mut value = Some(rec.value);
-                let mut accepted = false;
-                for i in 0..n {
-                    let Some(v) = value.take() else { break };
-                    let give = if i + 1 < n {
-                        value = Some(v.clone());
-                        v
-                    } else {
-                        v
-                    };
-                    match run.add_merging(&key, give, self.windows[i])? {
-                        Some(back) if i + 1 == n => value = Some(back),
-                        Some(_) => {}
-                        None => accepted = true,
-                    }
-                }
-                // Late only when no window took it.
-                if accepted {
-                    None
-                } else {
-                    value
-                }
-            } else {
-                self.windows.retain(|w| !run.is_late(w));
-                if self.windows.is_empty() {
-                    Some(rec.value)
-                } else {
-                    run.add_to_windows(&key, rec.value, &self.windows)?;
-                    None
-                }
-            };
-            if let Some(late) = rejected {
-                match &self.settings.late_tag {
-                    Some(tag) => run.core.out.side(tag, late, rec.timestamp),
-                    None => {
-                        self.settings.late_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-        run.core.out.flush(out);
-        Ok(())
+        self.run_batch(batch, None, out)
+    }
+
+    fn process_keyed_batch(&mut self, _input: usize, batch: AnyBatch, keys: &BatchKeys, out: &mut Emitter) -> OpResult {
+        self.run_batch(batch, Some(keys), out)
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) -> OpResult {
