@@ -263,8 +263,12 @@ mod tests {
         let mut a = ChannelLog::default();
         a.log(&Message::Watermark(5), &*codec, &mut scratch).unwrap();
         let batch: Vec<StreamRecord<String>> = vec![StreamRecord::with_timestamp("x".into(), 3)];
-        a.log(&Message::Records(Box::new(batch.clone()), 1, None), &*codec, &mut scratch)
-            .unwrap();
+        a.log(
+            &Message::Records(Box::new(batch.clone()), 1, None),
+            &*codec,
+            &mut scratch,
+        )
+        .unwrap();
         a.log(
             &Message::Barrier(crate::record::Barrier {
                 checkpoint_id: 1,

@@ -493,6 +493,15 @@ impl Group {
         }
     }
 
+    /// Make room for `keys` more keys.
+    fn reserve(&mut self, keys: usize) {
+        match self {
+            Group::Values(m) => m.reserve(keys),
+            Group::Maps(m) => m.reserve(keys),
+            Group::Typed(g) => g.reserve(keys),
+        }
+    }
+
     fn encode(&self, state: &str, buf: &mut Vec<u8>) -> Result<(), StateError> {
         buf.clear();
         match self {
@@ -599,6 +608,7 @@ fn to_typed(name: &str, group: &Group, kind: &dyn TypedKind) -> Result<Box<dyn T
     let mut typed = kind.empty();
     match group {
         Group::Values(m) => {
+            typed.reserve(m.len());
             for (k, v) in m.iter() {
                 typed.put_bytes(name, k, v)?;
             }
@@ -886,6 +896,9 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         let id = self.register(meta)?;
         let kind = meta.kind;
         let (name, group) = self.group_mut(id, kg)?;
+        if let Some(keys) = snapshot_codec::count_keys(kind, encoded) {
+            group.reserve(keys);
+        }
         snapshot_codec::decode_group(&meta.name, kind, encoded, &mut |d| {
             match (d, &mut *group) {
                 (Decoded::Entry { key, value }, Group::Values(m)) => m.insert(key, Bytes::from_slice(value)),

@@ -193,11 +193,34 @@ impl<V: Clone> Paged<V> {
         self.pages.iter().flat_map(|p| p.page().iter())
     }
 
-    /// Double the pages (they are full on average). Entries of pages no
-    /// snapshot shares move; the others are copied (the snapshot keeps its page).
+    /// Make room for `additional` more entries at once: a restore that
+    /// knows a group's size creates its pages (and their tables) once
+    /// instead of doubling them and rehashing every entry on the way.
+    pub fn reserve(&mut self, additional: usize) {
+        let want = self.len + additional;
+        let pages = want.div_ceil(PAGE_ENTRIES).next_power_of_two().max(1);
+        if pages > self.pages.len() {
+            self.regrow(pages, want);
+        } else {
+            let per_page = want / self.pages.len() + 1;
+            for slot in &mut self.pages {
+                if let Slot::Owned(page) = slot {
+                    page.reserve(per_page.saturating_sub(page.len()));
+                }
+            }
+        }
+    }
+
+    /// Double the pages (they are full on average).
     fn grow(&mut self) {
-        let n = self.pages.len() * 2;
-        let per_page = self.len / n + 1;
+        self.regrow(self.pages.len() * 2, self.len);
+    }
+
+    /// Spread the entries over `n` pages sized for `entries` in all. Entries
+    /// of pages no snapshot shares move; the others are copied (the snapshot
+    /// keeps its page).
+    fn regrow(&mut self, n: usize, entries: usize) {
+        let per_page = entries / n + 1;
         let mut pages: Vec<Page<V>> = (0..n)
             .map(|_| HashMap::with_capacity_and_hasher(per_page, FxBuild::default()))
             .collect();
@@ -260,6 +283,27 @@ mod tests {
         assert_eq!(m.len(), 4_999);
         *m.get_or_insert_with(&key(7), || 70) += 1;
         assert_eq!(m.get(&key(7)), Some(&71));
+    }
+
+    #[test]
+    fn reserving_creates_the_pages_once_and_keeps_every_entry() {
+        let mut m: Paged<u32> = Paged::default();
+        m.insert(&key(1), 1);
+        m.reserve(10_000);
+        let pages = m.page_count();
+        assert_eq!(pages, 10_001usize.div_ceil(PAGE_ENTRIES).next_power_of_two());
+        for i in 0..10_001 {
+            m.insert(&key(i), i);
+        }
+        assert_eq!(m.page_count(), pages, "no page split after the reserve");
+        assert_eq!(m.len(), 10_001);
+        assert!((0..10_001).all(|i| m.get(&key(i)) == Some(&i)));
+        // Reserving while a snapshot shares the pages leaves it whole.
+        let snapshot = m.share();
+        m.reserve(50_000);
+        assert!(m.page_count() > pages);
+        assert_eq!(snapshot.iter().count(), 10_001);
+        assert!((0..10_001).all(|i| m.get(&key(i)) == Some(&i) && snapshot.get(&key(i)) == Some(&i)));
     }
 
     #[test]

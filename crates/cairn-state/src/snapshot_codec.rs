@@ -38,6 +38,29 @@ pub enum Decoded<'a> {
 }
 
 /// Decode a group's encoding, calling `visit` for each record.
+/// How many keys a group in this encoding holds (a cheap walk over the
+/// lengths), so a restore can size its tables first;
+/// `None` when the bytes are truncated ([`decode_group`] then names it).
+pub fn count_keys(kind: StateKind, mut bytes: &[u8]) -> Option<usize> {
+    let mut n = 0;
+    while !bytes.is_empty() {
+        let (_, rest) = get_bytes(bytes)?;
+        bytes = match kind {
+            StateKind::Value | StateKind::List => get_bytes(rest)?.1,
+            StateKind::Map => {
+                let (entries, used) = get_varint(rest)?;
+                let mut rest = rest.get(used..)?;
+                for _ in 0..entries {
+                    rest = get_bytes(get_bytes(rest)?.1)?.1;
+                }
+                rest
+            }
+        };
+        n += 1;
+    }
+    Some(n)
+}
+
 pub fn decode_group(
     state: &str,
     kind: StateKind,
@@ -67,4 +90,33 @@ pub fn decode_group(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_keys_counts_what_decode_group_visits_and_refuses_truncated_groups() {
+        let mut values = Vec::new();
+        for i in 0..300u32 {
+            put_entry(&mut values, &i.to_le_bytes(), &vec![7; i as usize % 200]);
+        }
+        assert_eq!(count_keys(StateKind::Value, &values), Some(300));
+        let mut maps = Vec::new();
+        put_map(&mut maps, b"a", [(&b"x"[..], &b"1"[..]), (b"y", b"22")].into_iter());
+        put_map(&mut maps, b"b", std::iter::empty());
+        put_map(&mut maps, b"c", [(&b"z"[..], &b""[..])].into_iter());
+        assert_eq!(count_keys(StateKind::Map, &maps), Some(3));
+        let mut visited = 0;
+        decode_group("m", StateKind::Map, &maps, &mut |_| {
+            visited += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(visited, 3, "map entries (the empty map has none)");
+        assert_eq!(count_keys(StateKind::Value, &values[..values.len() - 1]), None);
+        assert_eq!(count_keys(StateKind::Map, &maps[..maps.len() - 1]), None);
+        assert_eq!(count_keys(StateKind::List, &[]), Some(0));
+    }
 }

@@ -63,6 +63,8 @@ pub trait TypedGroup: Send + Sync {
     fn append_bytes(&mut self, state: &str, key: &[u8], bytes: &[u8]) -> Result<(), StateError>;
     /// The group in the snapshot encoding ([`crate::snapshot_codec`]), into `buf` (cleared first).
     fn encode(&self, state: &str, buf: &mut Vec<u8>) -> Result<(), StateError>;
+    /// Make room for `additional` more keys (a restore knows how many).
+    fn reserve(&mut self, additional: usize);
 }
 
 /// Makes the empty typed groups of one state; knows the value type.
@@ -130,6 +132,9 @@ fn wrong_kind(state: &str, what: &str) -> StateError {
 }
 
 impl<T: StateValue> TypedGroup for ValueGroup<T> {
+    fn reserve(&mut self, additional: usize) {
+        self.0.reserve(additional);
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -215,6 +220,9 @@ fn encode_elements<T: StateValue>(
 }
 
 impl<T: StateValue> TypedGroup for ListGroup<T> {
+    fn reserve(&mut self, additional: usize) {
+        self.0.reserve(additional);
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }

@@ -181,7 +181,11 @@ fn with_the_buffer_timeout_disabled_a_partial_batch_waits_for_a_barrier() {
     wait_until("the source to emit", || job.emitted.load(Ordering::SeqCst));
     // Held in the source's output: no timeout sends it.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(job.seen.load(Ordering::SeqCst), 0, "a partial batch left without a timeout");
+    assert_eq!(
+        job.seen.load(Ordering::SeqCst),
+        0,
+        "a partial batch left without a timeout"
+    );
     // A checkpoint barrier sends what waits before it, so the checkpoint
     // holds the records' state.
     let op = job
@@ -201,9 +205,16 @@ fn with_the_buffer_timeout_disabled_a_partial_batch_waits_for_a_barrier() {
 
 #[test]
 fn with_the_buffer_timeout_disabled_the_end_of_input_sends_what_waits() {
-    let job = start("buffer-timeout-off-end", &[("execution.buffer-timeout.enabled", "false")]);
+    let job = start(
+        "buffer-timeout-off-end",
+        &[("execution.buffer-timeout.enabled", "false")],
+    );
     wait_until("the source to emit", || job.emitted.load(Ordering::SeqCst));
-    assert_eq!(job.seen.load(Ordering::SeqCst), 0, "a partial batch left without a timeout");
+    assert_eq!(
+        job.seen.load(Ordering::SeqCst),
+        0,
+        "a partial batch left without a timeout"
+    );
     job.finish();
 }
 

@@ -146,7 +146,6 @@ where
         run.core.out.flush(out);
         Ok(())
     }
-
 }
 
 impl<K, T, O, C> Running<K, T, O, C>
