@@ -14,10 +14,12 @@
 //!   partitioned priority queue). A group's head is refilled by an ordered scan
 //!   of its rows when it runs empty.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::hash::BuildHasherDefault;
 
 use cairn_config::{options, Configuration, TimerServiceFactory};
 use cairn_state::codec::{get_bytes, put_bytes};
+use cairn_state::heap::FxHasher;
 use cairn_state::keygroup::KeyGroupRange;
 use cairn_state::{KeyedStateAccess, KeyedStateBackend, StateError, StateId, StateKind, StateMeta};
 
@@ -102,10 +104,16 @@ fn timer_meta(name: &str) -> StateMeta {
 /// Backend key of a timer: order-preserving timestamp, then key and namespace.
 /// Keys of one key group sort by timestamp first.
 fn encode(t: &Timer, buf: &mut Vec<u8>) {
+    encode_parts(t.timestamp, &t.key, &t.namespace, buf);
+}
+
+/// The timer (`timestamp`, `key`, `namespace`) as the row key it is stored
+/// under: time-ordered bytes.
+fn encode_parts(timestamp: i64, key: &[u8], namespace: &[u8], buf: &mut Vec<u8>) {
     buf.clear();
-    buf.extend_from_slice(&((t.timestamp as u64) ^ (1 << 63)).to_be_bytes());
-    put_bytes(buf, &t.key);
-    buf.extend_from_slice(&t.namespace);
+    buf.extend_from_slice(&((timestamp as u64) ^ (1 << 63)).to_be_bytes());
+    put_bytes(buf, key);
+    buf.extend_from_slice(namespace);
 }
 
 fn decode(kg: u32, bytes: &[u8]) -> Option<Timer> {
@@ -146,13 +154,11 @@ impl Queue {
         }
     }
 
-    fn register(&mut self, backend: &mut dyn KeyedStateBackend, t: Timer, buf: &mut Vec<u8>) -> Result<(), StateError> {
+    /// Register the timer encoded in `enc` (of key group `kg`).
+    fn register(&mut self, backend: &mut dyn KeyedStateBackend, kg: u32, enc: &[u8]) -> Result<(), StateError> {
         match self {
-            Queue::Memory(q) => q.register(backend, t, buf),
-            Queue::Backend(q) => {
-                encode(&t, buf);
-                q.register(backend, t.key_group, buf)
-            }
+            Queue::Memory(q) => q.register(backend, kg, enc),
+            Queue::Backend(q) => q.register(backend, kg, enc),
         }
     }
 
@@ -189,38 +195,47 @@ impl Queue {
 /// Every timer in memory, mirrored into the backend.
 struct MemoryQueue {
     set: BTreeSet<Timer>,
+    /// The same timers encoded: a window registers its timer again for
+    /// every record, and finding the duplicate by one hash lookup of the
+    /// encoded bytes (no allocation) costs far less than building the timer
+    /// and searching the ordered set (Flink dedupes its heap timers by hash too).
+    present: HashSet<Box<[u8]>, BuildHasherDefault<FxHasher>>,
     state: StateId,
 }
 
 impl MemoryQueue {
     fn open(backend: &mut dyn KeyedStateBackend, state: StateId) -> Result<Self, StateError> {
         let mut set = BTreeSet::new();
+        let mut present = HashSet::default();
         let mut bad = None;
         backend.for_each_key(state, &mut |kg, k| match decode(kg, k) {
             Some(t) => {
                 set.insert(t);
+                present.insert(k.into());
             }
             None => bad = Some(kg),
         })?;
         if let Some(kg) = bad {
             return Err(corrupt(kg));
         }
-        Ok(MemoryQueue { set, state })
+        Ok(MemoryQueue { set, present, state })
     }
 
-    fn register(&mut self, backend: &mut dyn KeyedStateBackend, t: Timer, buf: &mut Vec<u8>) -> Result<(), StateError> {
-        if self.set.contains(&t) {
+    fn register(&mut self, backend: &mut dyn KeyedStateBackend, kg: u32, enc: &[u8]) -> Result<(), StateError> {
+        if self.present.contains(enc) {
             return Ok(());
         }
-        encode(&t, buf);
-        backend.put(self.state, t.key_group, buf, &[])?;
-        self.set.insert(t);
+        let timer = decode(kg, enc).ok_or_else(|| corrupt(kg))?;
+        backend.put(self.state, kg, enc, &[])?;
+        self.present.insert(enc.into());
+        self.set.insert(timer);
         Ok(())
     }
 
     fn delete(&mut self, backend: &mut dyn KeyedStateBackend, t: Timer, buf: &mut Vec<u8>) -> Result<(), StateError> {
         if self.set.remove(&t) {
             encode(&t, buf);
+            self.present.remove(buf.as_slice());
             backend.remove(self.state, t.key_group, buf)?;
         }
         Ok(())
@@ -236,6 +251,7 @@ impl MemoryQueue {
             Some(t) if t.timestamp <= time => {
                 let t = self.set.pop_first().expect("first exists");
                 encode(&t, buf);
+                self.present.remove(buf.as_slice());
                 backend.remove(self.state, t.key_group, buf)?;
                 Ok(Some(t))
             }
@@ -450,9 +466,10 @@ impl TimerService {
         timestamp: i64,
         namespace: &[u8],
     ) -> Result<(), StateError> {
-        let t = Timer::of_current_key(access, timestamp, namespace);
         let (q, buf) = self.parts(domain);
-        q.register(access.backend_mut(), t, buf)
+        encode_parts(timestamp, access.current_key_bytes(), namespace, buf);
+        let kg = access.current_key_group();
+        q.register(access.backend_mut(), kg, buf)
     }
 
     /// Delete a timer of the current key (no-op when absent).

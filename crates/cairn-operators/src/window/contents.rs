@@ -19,8 +19,9 @@ use cairn_runtime::error::OpResult;
 pub trait WindowContents<K, T, O>: Send + 'static {
     /// Register the state.
     fn open(&mut self, state: &mut KeyedStateAccess) -> OpResult;
-    /// Add one element.
-    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult;
+    /// Add one element (by reference: an element in several windows, as
+    /// with sliding windows, is cloned only by contents that keep it).
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult;
     /// Fold the contents stored under namespace `source` into namespace
     /// `target` and clear `source` (session windows merging). Leaves the
     /// namespace set to `target`.
@@ -68,8 +69,8 @@ where
         Ok(())
     }
 
-    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult {
-        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, value)?)
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult {
+        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, value.clone())?)
     }
 
     fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {
@@ -129,8 +130,8 @@ where
         Ok(())
     }
 
-    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult {
-        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, &value)?)
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult {
+        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, value)?)
     }
 
     fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {
@@ -197,7 +198,7 @@ where
         <AggregateContents<T, A> as WindowContents<K, T, A::Out>>::open(&mut self.inner, state)
     }
 
-    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult {
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult {
         <AggregateContents<T, A> as WindowContents<K, T, A::Out>>::add(&mut self.inner, state, value)
     }
 
@@ -252,8 +253,8 @@ where
         Ok(())
     }
 
-    fn add(&mut self, state: &mut KeyedStateAccess, value: T) -> OpResult {
-        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, &value)?)
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult {
+        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, value)?)
     }
 
     fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {

@@ -242,19 +242,13 @@ where
     where
         T: Clone,
     {
-        let Some((last, rest)) = windows.split_last() else {
-            return Ok(());
-        };
-        for w in rest {
+        for w in windows {
             let ns = w.to_namespace();
             self.core.state.set_namespace(&ns);
-            self.contents.add(&mut self.core.state, value.clone())?;
+            self.contents.add(&mut self.core.state, &value)?;
             self.after_add(key, w, &ns)?;
         }
-        let ns = last.to_namespace();
-        self.core.state.set_namespace(&ns);
-        self.contents.add(&mut self.core.state, value)?;
-        self.after_add(key, last, &ns)
+        Ok(())
     }
 
     /// Add a record to session window `w`, merging it with the key's active
@@ -314,7 +308,7 @@ where
         };
         let state_ns = state_window.to_namespace();
         self.core.state.set_namespace(&state_ns);
-        self.contents.add(&mut self.core.state, value)?;
+        self.contents.add(&mut self.core.state, &value)?;
         self.after_add(key, &result, &state_ns)?;
         Ok(None)
     }
