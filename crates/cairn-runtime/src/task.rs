@@ -30,7 +30,7 @@ use cairn_state::BackendSnapshot;
 use crate::operator::{Emitter, OperatorLogic, OperatorSnapshot};
 use crate::output::{PortOutput, TaskMetrics};
 use crate::query::{StateQuery, QUERIES_PER_TURN};
-use crate::record::{AnyBatch, Barrier, Message, MAX_WATERMARK};
+use crate::record::{AnyBatch, Barrier, BatchKeys, Message, MAX_WATERMARK};
 use crate::source::{SourceLogic, SourceStatus};
 use crate::time::{now_ms, SharedClock};
 use crate::upload::{OperatorUpload, SnapshotDestination, SnapshotUploader, UploadJob};
@@ -392,8 +392,16 @@ impl Task {
         }
     }
 
-    /// Pass a batch into chain position `level` (== ops.len(): the outputs).
-    fn deliver(&mut self, level: usize, input: usize, port: usize, batch: AnyBatch) -> Result<(), Fail> {
+    /// Pass a batch into chain position `level` (== ops.len(): the outputs),
+    /// with its records' keys when it came over a key-group edge.
+    fn deliver(
+        &mut self,
+        level: usize,
+        input: usize,
+        port: usize,
+        batch: AnyBatch,
+        keys: Option<&BatchKeys>,
+    ) -> Result<(), Fail> {
         if level == self.ops.len() {
             return match self.outputs.get_mut(port) {
                 Some(out) => out.send_batch(batch).map_err(runtime),
@@ -402,7 +410,10 @@ impl Task {
         }
         let mut em = Emitter::default();
         let op = &mut self.ops[level].1;
-        guarded(level, || op.process_batch(input, batch, &mut em))?;
+        guarded(level, || match keys {
+            Some(keys) => op.process_keyed_batch(input, batch, keys, &mut em),
+            None => op.process_batch(input, batch, &mut em),
+        })?;
         self.forward_emitted(level, em)
     }
 
@@ -417,7 +428,7 @@ impl Task {
         let last = level + 1 == self.ops.len();
         for (port, b) in em.batches {
             if last || port == 0 {
-                self.deliver(level + 1, 0, port, b)?;
+                self.deliver(level + 1, 0, port, b, None)?;
             }
         }
         Ok(())
@@ -861,7 +872,7 @@ impl Task {
                 self.metrics.add_in(1, n);
             }
             for (port, b) in em.batches {
-                self.deliver(0, 0, port, b)?;
+                self.deliver(0, 0, port, b, None)?;
             }
             if let Some(idle) = source.take_idle_change() {
                 self.control_all(&|| Message::Idle(idle))?;
@@ -1117,15 +1128,7 @@ impl Task {
                 self.metrics.records_in.fetch_add(n, Ordering::Relaxed);
                 self.metrics.add_in(0, n);
                 let input = st.inputs.channels[ch].input;
-                match keys {
-                    Some(keys) if !self.ops.is_empty() => {
-                        let mut em = Emitter::default();
-                        let op = &mut self.ops[0].1;
-                        guarded(0, || op.process_keyed_batch(input, batch, &keys, &mut em))?;
-                        self.forward_emitted(0, em)?;
-                    }
-                    _ => self.deliver(0, input, 0, batch)?,
-                }
+                self.deliver(0, input, 0, batch, keys.as_deref())?;
             }
             Message::Watermark(wm) => {
                 if let Some(w) = st.watermarks.on_watermark(ch, wm) {
