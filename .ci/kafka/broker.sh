@@ -12,6 +12,9 @@
 # directory under $CAIRN_KAFKA_CACHE/run-<checkout>. Topics are never created automatically (the
 # tests check the unknown-topic error), and topics named `cairn-forbidden*` are denied to
 # every client by an ACL (the tests check the missing-permission error).
+# Time retention is off (log.retention.ms=-1): test records carry event times from 1970 or
+# 2023, and the broker's first retention check (30 s after start) would otherwise delete the
+# segments holding them between a job's commit and the test's read.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 KAFKA_VERSION=4.1.1
@@ -73,6 +76,7 @@ transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=4
 group.initial.rebalance.delay.ms=0
 log.flush.interval.messages=9223372036854775807
+log.retention.ms=-1
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=true
 EOF

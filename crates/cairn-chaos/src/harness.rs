@@ -300,6 +300,10 @@ enum Plan {
     Finish,
     /// After a fixed delay from spawn (`startup`, `early` or `random`).
     After(Duration, &'static str),
+    /// This long after the attempt's first record (`random`): after attempts that
+    /// completed no checkpoint, a delay from spawn can keep landing in a slow start
+    /// (a Kafka consumer joining its group), so it counts from the first record.
+    AfterFirstRecord(Duration),
     /// As soon as a new checkpoint of this attempt completes (`_metadata`
     /// appears), once `after` has passed: lands in the commit window.
     OnCommit(Duration),
@@ -315,6 +319,7 @@ impl Plan {
         match self {
             Plan::Finish => "none",
             Plan::After(_, name) => name,
+            Plan::AfterFirstRecord(_) => "random",
             Plan::OnCommit(_) => "at-commit",
             Plan::OnStaged(_) => "at-staging",
             Plan::AfterEnd(_) => "at-end",
@@ -330,7 +335,10 @@ fn choose_plan(rng: &mut XorShift, cfg: &ChaosConfig, no_progress: u32) -> Plan 
     // The Kafka job stages no files: kill at a random moment instead.
     #[cfg(feature = "kafka")]
     if let (Some(_), Plan::OnStaged(d)) = (&cfg.kafka, plan) {
-        return Plan::After(d, "random");
+        return match no_progress {
+            0 => Plan::After(d, "random"),
+            _ => Plan::AfterFirstRecord(d),
+        };
     }
     plan
 }
@@ -339,7 +347,7 @@ fn choose_any_plan(rng: &mut XorShift, cfg: &ChaosConfig, no_progress: u32) -> P
     // After attempts that completed no checkpoint, wait longer (50 ms doubling, up to
     // 6.4 s), past `max_delay_ms` if need be: on a loaded machine a job can take longer
     // than the usual delays to reach its first record, and every kill would otherwise
-    // land before any checkpoint exists.
+    // land before any checkpoint exists. Timed kills then count from the first record.
     let lo = 50u64 << no_progress.min(7);
     let hi = cfg.max_delay_ms.max(lo);
     let r = rng.below(100);
@@ -350,7 +358,8 @@ fn choose_any_plan(rng: &mut XorShift, cfg: &ChaosConfig, no_progress: u32) -> P
     match r {
         0..=5 if no_progress == 0 => Plan::After(startup, "startup"),
         6..=13 if no_progress == 0 => Plan::After(early, "early"),
-        0..=49 => Plan::After(delay, "random"),
+        0..=49 if no_progress == 0 => Plan::After(delay, "random"),
+        0..=49 => Plan::AfterFirstRecord(delay),
         50..=71 => Plan::OnCommit(delay),
         72..=89 => Plan::OnStaged(delay),
         _ => Plan::AfterEnd(end_delay),
@@ -682,6 +691,11 @@ impl Harness<'_> {
             let fire = match plan {
                 Plan::Finish => None,
                 Plan::After(d, _) => (elapsed >= d).then_some(true),
+                Plan::AfterFirstRecord(d) => match a.first_record {
+                    Some(t) if t.elapsed() >= d => Some(true),
+                    None if elapsed >= d + GIVE_UP * 4 => Some(false),
+                    _ => None,
+                },
                 Plan::OnCommit(after) | Plan::OnStaged(after) if elapsed >= after + GIVE_UP => Some(false),
                 Plan::OnCommit(after) if elapsed >= after => match &a.job_id {
                     Some(job) => {

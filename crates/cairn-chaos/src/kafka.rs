@@ -140,6 +140,9 @@ pub fn write_input(w: &KafkaWorkload) -> Result<(), String> {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &w.bootstrap)
         .set("linger.ms", "20")
+        // A retried batch must not land after the next one: the oracle relies on
+        // offset order being index order (and on no record written twice).
+        .set("enable.idempotence", "true")
         .create()
         .map_err(|e| format!("kafka producer: {e}"))?;
     for i in 0..w.events {
@@ -158,7 +161,23 @@ pub fn write_input(w: &KafkaWorkload) -> Result<(), String> {
         }
     }
     p.flush(Duration::from_secs(60))
-        .map_err(|e| format!("writing the input topic {}: {e}", w.input))
+        .map_err(|e| format!("writing the input topic {}: {e}", w.input))?;
+    // A record whose delivery failed is dropped silently by the producer: count them.
+    let mut written = 0;
+    for part in 0..PARTITIONS as i32 {
+        let (lo, hi) = p
+            .client()
+            .fetch_watermarks(&w.input, part, Duration::from_secs(10))
+            .map_err(|e| format!("offsets of the input topic {}: {e}", w.input))?;
+        written += (hi - lo) as u64;
+    }
+    if written != w.events {
+        return Err(format!(
+            "the input topic {} holds {written} records, {} were written",
+            w.input, w.events
+        ));
+    }
+    Ok(())
 }
 
 /// Every value of `topic` up to its current end, read with `read_committed`.

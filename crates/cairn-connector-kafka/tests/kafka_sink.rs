@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -285,6 +286,20 @@ fn an_exactly_once_job_that_fails_and_restarts_writes_every_record_once() {
     let committed = values(&read_all(&b, &topic, "read_committed"));
     let mut want: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
     want.sort();
+    if committed != want {
+        // Say which records are missing and whether they reached the topic at all.
+        let have: BTreeSet<&str> = committed.iter().map(String::as_str).collect();
+        let all = values(&read_all(&b, &topic, "read_uncommitted"));
+        let written: BTreeSet<&str> = all.iter().map(String::as_str).collect();
+        let missing: Vec<&str> = want.iter().map(String::as_str).filter(|v| !have.contains(v)).collect();
+        eprintln!(
+            "{} records missing ({} of them written but not committed), {} committed twice; first missing: {:?}",
+            missing.len(),
+            missing.iter().filter(|v| written.contains(*v)).count(),
+            committed.len() - have.len(),
+            &missing[..missing.len().min(20)]
+        );
+    }
     assert_eq!(committed.len(), want.len());
     assert!(
         committed == want,

@@ -60,6 +60,7 @@ fn producer(b: &str) -> BaseProducer {
         .set("bootstrap.servers", b)
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
+        .set("enable.idempotence", "true")
         .create()
         .expect("producer")
 }

@@ -121,6 +121,8 @@ pub fn producer(bootstrap: &str) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "2")
+        // Retries keep the order and write no record twice (tests compare orders).
+        .set("enable.idempotence", "true")
         .create()
         .expect("producer")
 }
