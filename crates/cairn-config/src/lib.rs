@@ -72,6 +72,6 @@ mod registry_tests {
             }
             assert!(!opt.description().is_empty(), "{} lacks a description", opt.key());
         }
-        assert_eq!(options::all().len(), 81);
+        assert_eq!(options::all().len(), 82);
     }
 }

@@ -289,6 +289,16 @@ pub static MANAGED_MEMORY_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
 )
 .with_range("1 mb", "1 tb");
 
+/// `state.backend.rocksdb.memory.partitioned-index-filters`.
+pub static ROCKSDB_PARTITIONED_INDEX_FILTERS: ConfigOption<bool> = ConfigOption::new(
+    "state.backend.rocksdb.memory.partitioned-index-filters",
+    "true",
+    "Index and bloom filter blocks of each SST file are split into small partitions under a \
+         pinned top-level index, so a lookup caches only the partitions it needs. Flink's default \
+         is false; with one filter block per file, a file of millions of keys has a filter larger \
+         than a block cache shard, which is then read from the file on every lookup.",
+);
+
 /// `state.backend.rocksdb.memory.write-buffer-ratio`.
 pub static ROCKSDB_WRITE_BUFFER_RATIO: ConfigOption<f64> = ConfigOption::new(
     "state.backend.rocksdb.memory.write-buffer-ratio",
@@ -782,6 +792,7 @@ static ALL: &[&dyn AnyOption] = &[
     &ROCKSDB_MEMORY_FIXED_PER_SLOT,
     &MANAGED_MEMORY_SIZE,
     &ROCKSDB_WRITE_BUFFER_RATIO,
+    &ROCKSDB_PARTITIONED_INDEX_FILTERS,
     &ROCKSDB_BLOCK_CACHE_SIZE,
     &ROCKSDB_WRITE_BUFFER_SIZE,
     &ROCKSDB_WRITE_BUFFER_COUNT,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, LogLevel, MergeOperands,
-    Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, LogLevel,
+    MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 use cairn_state::backend::{
@@ -99,6 +99,16 @@ pub(crate) fn cf_options(memory: &MemoryPlan, cache: &Cache) -> Options {
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     // A missing key (a new key, a timer check) costs no data block read.
     table.set_bloom_filter(10.0, false);
+    if memory.partitioned_index_filters {
+        // One filter (and index) block per file grows with the file: at millions of
+        // keys it outgrows a shard of the block cache and is read from the file on
+        // every lookup of a new key. Partitions of a few KiB are cached one by one;
+        // the small top level of each file stays pinned.
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
+    }
     table.set_format_version(5);
     let mut o = Options::default();
     o.set_block_based_table_factory(&table);
@@ -870,5 +880,70 @@ impl RocksDbKeyedStateBackend {
                 .map_err(|e| self.err("restoring", &e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::JobShape;
+
+    /// Filter blocks in the block cache after lookups of missing keys in one file
+    /// written with `partitioned`: (filter blocks, top-level filter blocks).
+    fn cached_filters(partitioned: bool) -> (u64, u64) {
+        let dir = std::env::temp_dir().join(format!("cairn-rocksdb-partitions-{}-{partitioned}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let shape = JobShape {
+            slots: 1,
+            keyed_subtasks: 1,
+        };
+        let memory = MemoryPlan {
+            partitioned_index_filters: partitioned,
+            ..MemoryPlan::managed(16 << 20, shape, 0.5, 0.25, 64 << 20, 2)
+        };
+        let settings = RocksDbSettings {
+            local_dir: dir.clone(),
+            memory,
+            background_jobs: 1,
+        };
+        let cache = Cache::new_lru_cache(1 << 20).unwrap();
+        let db = DB::open_cf_descriptors(
+            &db_options(&settings),
+            &dir,
+            [ColumnFamilyDescriptor::new("s", cf_options(&memory, &cache))],
+        )
+        .unwrap();
+        let cf = db.cf_handle("s").unwrap();
+        for i in 0u64..50_000 {
+            db.put_cf(cf, i.to_be_bytes(), i.to_le_bytes()).unwrap();
+        }
+        db.flush_cf(cf).unwrap();
+        for i in 50_000u64..50_100 {
+            assert!(db.get_cf(cf, i.to_be_bytes()).unwrap().is_none());
+        }
+        let stats = db
+            .property_value_cf(cf, "rocksdb.block-cache-entry-stats")
+            .unwrap()
+            .unwrap();
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+        let count = |role: &str| {
+            stats
+                .split_once(&format!(" {role}("))
+                .map_or(0, |(_, rest)| rest.split(',').next().unwrap().parse().unwrap())
+        };
+        (count("FilterBlock"), count("FilterMetaBlock"))
+    }
+
+    #[test]
+    fn partitioned_index_filters_cut_each_files_filter_into_cached_partitions_only_when_configured() {
+        // 50k keys: a filter of about 60 KiB, whole or in 4 KiB partitions.
+        let (whole, no_top) = cached_filters(false);
+        let (partitions, top) = cached_filters(true);
+        assert_eq!(no_top, 0, "unpartitioned filters have no top level");
+        assert!(
+            top >= 1 && partitions > 4 * whole,
+            "{partitions} partitions over {top} top levels, {whole} whole"
+        );
     }
 }

@@ -44,6 +44,9 @@ pub struct MemoryPlan {
     pub write_buffer_count: u32,
     /// Bytes of Cairn's write cache per instance (0: off).
     pub instance_write_cache: u64,
+    /// Index and filter blocks in small partitions under a pinned top level
+    /// (`memory.partitioned-index-filters`).
+    pub partitioned_index_filters: bool,
 }
 
 fn config_err(msg: String) -> StateError {
@@ -83,7 +86,12 @@ impl RocksDbSettings {
                 write_buffer_count,
                 // One memtable's worth, unless the cache is switched off.
                 instance_write_cache: if wc_ratio > 0.0 { write_buffer_size } else { 0 },
+                partitioned_index_filters: true,
             }
+        };
+        let memory = MemoryPlan {
+            partitioned_index_filters: config.get(&options::ROCKSDB_PARTITIONED_INDEX_FILTERS),
+            ..memory
         };
         Ok(RocksDbSettings {
             local_dir,
@@ -121,6 +129,7 @@ impl MemoryPlan {
             write_buffer_size: write_buffer_size.min(per_instance / 4).max(256 << 10),
             write_buffer_count: write_buffer_count.max(2),
             instance_write_cache: write_cache,
+            partitioned_index_filters: true,
         }
     }
 }
