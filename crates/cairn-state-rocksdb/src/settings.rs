@@ -62,6 +62,7 @@ impl RocksDbSettings {
         let write_buffer_count = config.get(&options::ROCKSDB_WRITE_BUFFER_COUNT);
         let wb_ratio = config.get(&options::ROCKSDB_WRITE_BUFFER_RATIO);
         let wc_ratio = config.get(&options::ROCKSDB_WRITE_CACHE_RATIO);
+        let partitioned_index_filters = config.get(&options::ROCKSDB_PARTITIONED_INDEX_FILTERS);
         let memory = if config.get(&options::ROCKSDB_MEMORY_MANAGED)
             || config.get(&options::ROCKSDB_MEMORY_FIXED_PER_SLOT).is_some()
         {
@@ -76,7 +77,10 @@ impl RocksDbSettings {
                 Some(per_slot) => per_slot.bytes().saturating_mul(shape.slots.max(1) as u64),
                 None => config.get(&options::MANAGED_MEMORY_SIZE).bytes(),
             };
-            MemoryPlan::managed(budget, shape, wb_ratio, wc_ratio, write_buffer_size, write_buffer_count)
+            MemoryPlan {
+                partitioned_index_filters,
+                ..MemoryPlan::managed(budget, shape, wb_ratio, wc_ratio, write_buffer_size, write_buffer_count)
+            }
         } else {
             MemoryPlan {
                 job_budget: None,
@@ -86,12 +90,8 @@ impl RocksDbSettings {
                 write_buffer_count,
                 // One memtable's worth, unless the cache is switched off.
                 instance_write_cache: if wc_ratio > 0.0 { write_buffer_size } else { 0 },
-                partitioned_index_filters: true,
+                partitioned_index_filters,
             }
-        };
-        let memory = MemoryPlan {
-            partitioned_index_filters: config.get(&options::ROCKSDB_PARTITIONED_INDEX_FILTERS),
-            ..memory
         };
         Ok(RocksDbSettings {
             local_dir,
@@ -203,5 +203,14 @@ mod tests {
             e.contains("write-buffer-ratio") && e.contains("write-cache.ratio"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn partitioned_index_filters_are_on_by_default_and_off_when_configured_managed_or_not() {
+        let plan = |pairs: &[(&str, &str)]| RocksDbSettings::from_config(&config(pairs), SHAPE).unwrap().memory;
+        assert!(plan(&[]).partitioned_index_filters);
+        let off = ("state.backend.rocksdb.memory.partitioned-index-filters", "false");
+        assert!(!plan(&[off]).partitioned_index_filters);
+        assert!(!plan(&[off, ("state.backend.rocksdb.memory.managed", "false")]).partitioned_index_filters);
     }
 }
