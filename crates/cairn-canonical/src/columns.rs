@@ -264,12 +264,44 @@ impl Column {
         matches!(self.check(&mut r), Ok(true)) && r.at_end()
     }
 
-    fn check(&self, r: &mut Reader<'_>) -> Result<bool, String> {
-        let item = r.next_item()?;
+    /// Append `bytes` if it [`conforms`](Column::conforms), else append
+    /// nothing and return `Ok(false)`. Scalar columns (most values and
+    /// keys) read the value once instead of once to check and once to append.
+    pub fn append_if_conforms(&mut self, bytes: &[u8]) -> Result<bool, String> {
+        if !self.is_scalar() {
+            if !self.conforms(bytes) {
+                return Ok(false);
+            }
+            return self.append(bytes).map(|()| true);
+        }
+        let mut r = Reader::new(bytes);
+        let Ok(item) = r.next_item() else {
+            return Ok(false);
+        };
+        if !r.at_end() {
+            return Ok(false);
+        }
         if item == Item::Nil && self.nil_ok {
+            self.append_null();
             return Ok(true);
         }
-        Ok(match (&self.kind, item) {
+        if !self.scalar_fits(item) {
+            return Ok(false);
+        }
+        self.push_scalar(item).map(|()| true)
+    }
+
+    /// Whether values of this column are one MessagePack item.
+    fn is_scalar(&self) -> bool {
+        !matches!(
+            self.kind,
+            Kind::List { .. } | Kind::Tuple { .. } | Kind::Struct { .. } | Kind::Map { .. } | Kind::Enum { .. }
+        )
+    }
+
+    /// Whether `item` (not nil of an optional column) fits this scalar column.
+    fn scalar_fits(&self, item: Item<'_>) -> bool {
+        match (&self.kind, item) {
             (Kind::Null(_), Item::Nil) => true,
             (Kind::Bool(_), Item::Bool(_)) => true,
             (Kind::I8(_), i) => int_in(i, i8::MIN.into(), i8::MAX.into()),
@@ -286,6 +318,20 @@ impl Column {
             (Kind::Str(_), Item::Str(s)) => std::str::from_utf8(s).is_ok(),
             (Kind::Bin(_), Item::Bin(_)) => true,
             (Kind::Fixed16(_), Item::Bin(b)) => b.len() == 16,
+            (Kind::UnitEnum { names, .. }, Item::Str(s)) => names.iter().any(|n| n.as_bytes() == s),
+            _ => false,
+        }
+    }
+
+    fn check(&self, r: &mut Reader<'_>) -> Result<bool, String> {
+        let item = r.next_item()?;
+        if item == Item::Nil && self.nil_ok {
+            return Ok(true);
+        }
+        if self.is_scalar() {
+            return Ok(self.scalar_fits(item));
+        }
+        Ok(match (&self.kind, item) {
             (Kind::List { child, .. }, Item::Array(n)) => {
                 for _ in 0..n {
                     if !child.check(r)? {
@@ -324,7 +370,6 @@ impl Column {
                 }
                 true
             }
-            (Kind::UnitEnum { names, .. }, Item::Str(s)) => names.iter().any(|n| n.as_bytes() == s),
             (Kind::Enum { variants, .. }, Item::Str(s)) => {
                 variants.iter().any(|(n, c)| c.is_none() && n.as_bytes() == s)
             }
@@ -353,25 +398,11 @@ impl Column {
             self.append_null();
             return Ok(());
         }
+        if self.is_scalar() {
+            return self.push_scalar(item);
+        }
         let bad = || "a value does not have the column's shape (checked before; this is a Cairn bug)".to_string();
         match (&mut self.kind, item) {
-            (Kind::Null(n), Item::Nil) => *n += 1,
-            (Kind::Bool(b), Item::Bool(v)) => b.append_value(v),
-            (Kind::I8(b), i) => b.append_value(as_i64(i).ok_or_else(bad)? as i8),
-            (Kind::I16(b), i) => b.append_value(as_i64(i).ok_or_else(bad)? as i16),
-            (Kind::I32(b), i) => b.append_value(as_i64(i).ok_or_else(bad)? as i32),
-            (Kind::I64(b), i) => b.append_value(as_i64(i).ok_or_else(bad)?),
-            (Kind::U8(b), Item::UInt(v)) => b.append_value(v as u8),
-            (Kind::U16(b), Item::UInt(v)) => b.append_value(v as u16),
-            (Kind::U32(b), Item::UInt(v)) => b.append_value(v as u32),
-            (Kind::U64(b), Item::UInt(v)) => b.append_value(v),
-            (Kind::F32(b), Item::F32(v)) => b.append_value(v),
-            (Kind::F64(b), Item::F64(v)) => b.append_value(v),
-            (Kind::Char(b) | Kind::Str(b), Item::Str(s)) => {
-                b.append_value(std::str::from_utf8(s).map_err(|_| "a string is not UTF-8".to_string())?)
-            }
-            (Kind::Bin(b), Item::Bin(v)) => b.append_value(v),
-            (Kind::Fixed16(b), Item::Bin(v)) => b.append_value(v).map_err(|e| e.to_string())?,
             (Kind::List { offsets, nulls, child }, Item::Array(n)) => {
                 for _ in 0..n {
                     child.push(r)?;
@@ -410,9 +441,6 @@ impl Column {
                 offsets.push(last + n as i32);
                 nulls.append_non_null();
             }
-            (Kind::UnitEnum { tag, .. }, Item::Str(s)) => {
-                tag.append_value(std::str::from_utf8(s).map_err(|_| bad())?);
-            }
             (
                 Kind::Enum {
                     nulls, tag, children, ..
@@ -443,6 +471,35 @@ impl Column {
                     }
                 }
                 nulls.append_non_null();
+            }
+            _ => return Err(bad()),
+        }
+        Ok(())
+    }
+
+    /// Append a scalar `item` that [`Column::scalar_fits`].
+    fn push_scalar(&mut self, item: Item<'_>) -> Result<(), String> {
+        let bad = || "a value does not have the column's shape (checked before; this is a Cairn bug)".to_string();
+        match (&mut self.kind, item) {
+            (Kind::Null(n), Item::Nil) => *n += 1,
+            (Kind::Bool(b), Item::Bool(v)) => b.append_value(v),
+            (Kind::I8(b), i) => b.append_value(as_i64(i).ok_or_else(bad)? as i8),
+            (Kind::I16(b), i) => b.append_value(as_i64(i).ok_or_else(bad)? as i16),
+            (Kind::I32(b), i) => b.append_value(as_i64(i).ok_or_else(bad)? as i32),
+            (Kind::I64(b), i) => b.append_value(as_i64(i).ok_or_else(bad)?),
+            (Kind::U8(b), Item::UInt(v)) => b.append_value(v as u8),
+            (Kind::U16(b), Item::UInt(v)) => b.append_value(v as u16),
+            (Kind::U32(b), Item::UInt(v)) => b.append_value(v as u32),
+            (Kind::U64(b), Item::UInt(v)) => b.append_value(v),
+            (Kind::F32(b), Item::F32(v)) => b.append_value(v),
+            (Kind::F64(b), Item::F64(v)) => b.append_value(v),
+            (Kind::Char(b) | Kind::Str(b), Item::Str(s)) => {
+                b.append_value(std::str::from_utf8(s).map_err(|_| "a string is not UTF-8".to_string())?)
+            }
+            (Kind::Bin(b), Item::Bin(v)) => b.append_value(v),
+            (Kind::Fixed16(b), Item::Bin(v)) => b.append_value(v).map_err(|e| e.to_string())?,
+            (Kind::UnitEnum { tag, .. }, Item::Str(s)) => {
+                tag.append_value(std::str::from_utf8(s).map_err(|_| bad())?);
             }
             _ => return Err(bad()),
         }
@@ -647,4 +704,43 @@ fn as_i64(i: Item<'_>) -> Option<i64> {
 /// The Arrow type of `shape`, `None` when it is kept as JSON text.
 pub fn data_type(shape: &Shape) -> Option<DataType> {
     Column::for_shape(shape).map(|c| c.data_type())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_state::codec::encode_into;
+    use cairn_state::shape::trace;
+
+    fn mp<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode_into("t", v, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn a_value_is_appended_only_when_it_fits_and_nothing_is_left_behind_when_not() {
+        let mut u8s = Column::for_shape(&trace::<u8>()).unwrap();
+        assert!(u8s.append_if_conforms(&mp(&7u8)).unwrap());
+        // Out of range, another type, trailing bytes, truncated: refused, nothing appended.
+        assert!(!u8s.append_if_conforms(&mp(&300u16)).unwrap());
+        assert!(!u8s.append_if_conforms(&mp(&"7")).unwrap());
+        let mut trailing = mp(&7u8);
+        trailing.push(0);
+        assert!(!u8s.append_if_conforms(&trailing).unwrap());
+        assert!(!u8s.append_if_conforms(&[]).unwrap());
+        assert_eq!(u8s.len(), 1);
+
+        let mut opt = Column::for_shape(&trace::<Option<u64>>()).unwrap();
+        assert!(opt.append_if_conforms(&mp(&None::<u64>)).unwrap());
+        assert!(opt.append_if_conforms(&mp(&Some(5u64))).unwrap());
+        assert_eq!(opt.len(), 2);
+
+        let mut pairs = Column::for_shape(&trace::<Vec<(u32, String)>>()).unwrap();
+        assert!(pairs.append_if_conforms(&mp(&vec![(1u32, "a".to_string())])).unwrap());
+        assert!(!pairs.append_if_conforms(&mp(&vec![(1u32, 2u32)])).unwrap());
+        assert_eq!(pairs.len(), 1);
+        let array = pairs.finish().unwrap();
+        assert_eq!(array.len(), 1);
+    }
 }

@@ -68,23 +68,44 @@ impl WriteOptions {
     }
 
     fn properties(&self) -> WriterProperties {
-        // Keys are unique within a file: dictionary pages only cost time
-        // before the writer falls back to plain encoding. Statistics per
-        // column chunk (row group) are what readers prune with (key groups);
-        // per-page statistics on every column cost more than they save.
-        let no_dictionary = [crate::keyed::COL_KEY_BYTES, crate::keyed::COL_KEY];
-        no_dictionary
-            .iter()
-            .fold(WriterProperties::builder(), |b, c| {
-                b.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(*c), false)
-            })
-            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
+        use crate::keyed::{COL_KEY, COL_KEY_BYTES, COL_NAMESPACE, COL_STATE, COL_USER_KEY_JSON, COL_VALUE_JSON};
+        use parquet::file::properties::EnabledStatistics;
+        use parquet::schema::types::ColumnPath;
+        let mut b = WriterProperties::builder()
+            // Statistics per column chunk (row group) are what readers prune
+            // with (key groups, typed keys and values); per-page statistics
+            // on every column cost more than they save.
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            // A dictionary pays for columns of few distinct values (counts,
+            // names, namespaces); one of many distinct values (sums, ids)
+            // gives up on it at this size and is written plain, instead of
+            // interning a whole row group's values first.
+            .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
             .set_compression(self.compression)
             .set_max_row_group_row_count(Some(self.row_group_rows.max(1)))
-            .set_created_by(format!("cairn version {}", env!("CARGO_PKG_VERSION")))
-            .build()
+            .set_created_by(format!("cairn version {}", env!("CARGO_PKG_VERSION")));
+        // Keys are unique within a file: a dictionary only costs time
+        // before the writer falls back to plain encoding.
+        for c in [COL_KEY_BYTES, COL_KEY] {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
+        }
+        // Nobody prunes on the bytes of keys, namespaces, the state name or
+        // JSON text; their min and max are comparisons of every value.
+        for c in [
+            COL_KEY_BYTES,
+            COL_NAMESPACE,
+            COL_STATE,
+            COL_VALUE_JSON,
+            COL_USER_KEY_JSON,
+        ] {
+            b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None);
+        }
+        b.build()
     }
 }
+
+/// See [`WriteOptions::properties`].
+const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
 
 type Sink = ChecksummingWriter<Box<dyn StorageWriter>>;
 

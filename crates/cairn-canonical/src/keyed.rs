@@ -244,12 +244,9 @@ impl KeyedFileWriter {
         c.key_bytes.append_value(key_bytes);
         c.namespace.append_value(namespace);
         if let Some(k) = &mut c.key {
-            if k.conforms(&self.key_mp) {
-                // conforms() checked it; append cannot fail on a conforming value.
-                if k.append(&self.key_mp).is_err() {
-                    k.append_null();
-                }
-            } else {
+            // A key that does not fit the column (or cannot be appended) is
+            // still in key_bytes: the typed column holds null.
+            if !matches!(k.append_if_conforms(&self.key_mp), Ok(true)) {
                 k.append_null();
             }
         }
@@ -257,14 +254,11 @@ impl KeyedFileWriter {
 
     /// Append a value (with `ts` for TTL states) to the value columns.
     fn push_value(&mut self, kg: u32, payload: &[u8], ttl: Option<i64>) -> Result<(), String> {
-        let typed = self.cols.value.as_ref().is_some_and(|v| v.conforms(payload));
+        let typed = match &mut self.cols.value {
+            Some(v) => v.append_if_conforms(payload).map_err(|e| err(&self.meta, kg, e))?,
+            None => false,
+        };
         if typed {
-            self.cols
-                .value
-                .as_mut()
-                .expect("checked")
-                .append(payload)
-                .map_err(|e| err(&self.meta, kg, e))?;
             if let Some(j) = &mut self.cols.value_json {
                 j.append_null();
             }
@@ -367,14 +361,11 @@ impl KeyedFileWriter {
                 let (key_bytes, namespace) = key.split_at(self.key_len);
                 let (ttl, payload) = self.ttl_split(kg, value)?;
                 self.push_key(kg, key_bytes, namespace);
-                let typed = self.cols.user_key.as_ref().is_some_and(|u| u.conforms(user_key));
+                let typed = match &mut self.cols.user_key {
+                    Some(u) => u.append_if_conforms(user_key).map_err(|e| err(&self.meta, kg, e))?,
+                    None => false,
+                };
                 if typed {
-                    self.cols
-                        .user_key
-                        .as_mut()
-                        .expect("checked")
-                        .append(user_key)
-                        .map_err(|e| err(&self.meta, kg, e))?;
                     self.cols.user_key_json.as_mut().expect("map column").append_null();
                 } else {
                     if let Some(u) = &mut self.cols.user_key {
@@ -833,13 +824,17 @@ impl Pending {
     fn check_unique_keys(&mut self, meta: &StateMeta, kg: u32, timers: bool) -> Result<(), String> {
         let buf = &self.encoded;
         let key = |&(_, at, len): &(u32, u32, u32)| &buf[at as usize..(at + len) as usize];
-        self.keys
-            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a).cmp(key(b))));
-        if self
-            .keys
-            .windows(2)
-            .any(|w| w[0].0 == w[1].0 && key(&w[0]) == key(&w[1]))
-        {
+        // By hash alone (integer compares); keys are compared only within
+        // a run of equal hashes, which is rarely longer than one.
+        self.keys.sort_unstable_by_key(|k| k.0);
+        let duplicate = self.keys.chunk_by(|a, b| a.0 == b.0).any(|run| {
+            run.len() > 1
+                && run
+                    .iter()
+                    .enumerate()
+                    .any(|(i, a)| run[i + 1..].iter().any(|b| key(a) == key(b)))
+        });
+        if duplicate {
             return Err(format!(
                 "state '{}', key group {kg}: {}",
                 meta.name,
