@@ -54,17 +54,26 @@ pub fn weights(reader: &StateReader<'_>, op: &OperatorSnapshot) -> Vec<u64> {
     w
 }
 
-/// Split each of `within` into consecutive ranges whose estimated in-memory
-/// size stays under `budget` (a single key group may exceed it).
-pub fn split(weights: &[u64], within: &[KeyGroupRange], budget: u64) -> Vec<KeyGroupRange> {
-    let budget = budget.max(1);
+/// Where the snapshot's subtasks of `op` start (the first key group of each).
+pub fn subtask_starts(op: &OperatorSnapshot) -> Vec<u32> {
+    (0..op.parallelism.max(1))
+        .map(|s| KeyGroupRange::for_subtask(op.max_parallelism, op.parallelism.max(1), s).start)
+        .collect()
+}
+
+/// Split each of `within` at the snapshot's subtask boundaries `starts`
+/// (a range never needs two subtasks' files), and then, with a `budget`,
+/// into consecutive ranges whose estimated in-memory size stays under it
+/// (a single key group may exceed it).
+pub fn split(weights: &[u64], within: &[KeyGroupRange], starts: &[u32], budget: Option<u64>) -> Vec<KeyGroupRange> {
     let mut out = Vec::new();
     for r in within {
         let mut start = r.start;
         let mut acc = 0u64;
         for kg in r.start..r.end_exclusive {
             let w = weights.get(kg as usize).copied().unwrap_or(0) * EXPANSION;
-            if kg > start && acc + w > budget {
+            let full = budget.is_some_and(|b| acc + w > b.max(1));
+            if kg > start && (full || starts.contains(&kg)) {
                 out.push(KeyGroupRange {
                     start,
                     end_exclusive: kg,
@@ -82,6 +91,32 @@ pub fn split(weights: &[u64], within: &[KeyGroupRange], budget: u64) -> Vec<KeyG
         }
     }
     out
+}
+
+/// `ranges` with the widest halved until there are `workers` of them (or
+/// each is one key group), so that every worker has a range.
+pub fn at_least(mut ranges: Vec<KeyGroupRange>, workers: usize) -> Vec<KeyGroupRange> {
+    while ranges.len() < workers {
+        let Some((i, widest)) = ranges.iter().copied().enumerate().max_by_key(|(_, r)| r.len()) else {
+            break;
+        };
+        if widest.len() < 2 {
+            break;
+        }
+        let mid = widest.start + widest.len() / 2;
+        ranges[i] = KeyGroupRange {
+            start: widest.start,
+            end_exclusive: mid,
+        };
+        ranges.insert(
+            i + 1,
+            KeyGroupRange {
+                start: mid,
+                end_exclusive: widest.end_exclusive,
+            },
+        );
+    }
+    ranges
 }
 
 /// Run `f` over `items` on up to `workers` threads; results in item order.
@@ -123,4 +158,36 @@ pub fn run<I: Sync, T: Send>(
         .into_iter()
         .map(|r| r.expect("every item ran"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: u32, end_exclusive: u32) -> KeyGroupRange {
+        KeyGroupRange { start, end_exclusive }
+    }
+
+    #[test]
+    fn ranges_never_span_two_snapshot_subtasks_and_fit_the_budget_only_when_one_applies() {
+        let weights = vec![10u64; 8];
+        let all = [r(0, 8)];
+        // Subtasks start at 0 and 5; without a budget the ranges are the subtasks'.
+        assert_eq!(split(&weights, &all, &[0, 5], None), vec![r(0, 5), r(5, 8)]);
+        // A budget of two key groups (10 bytes, expanded 4x, each).
+        assert_eq!(
+            split(&weights, &all, &[0, 5], Some(80)),
+            vec![r(0, 2), r(2, 4), r(4, 5), r(5, 7), r(7, 8)]
+        );
+        // A range of the new job inside one old subtask stays whole.
+        assert_eq!(split(&weights, &[r(1, 4)], &[0, 5], None), vec![r(1, 4)]);
+    }
+
+    #[test]
+    fn every_worker_gets_a_range_when_key_groups_allow() {
+        assert_eq!(at_least(vec![r(0, 8)], 2), vec![r(0, 4), r(4, 8)]);
+        assert_eq!(at_least(vec![r(0, 2), r(2, 8)], 3), vec![r(0, 2), r(2, 5), r(5, 8)]);
+        assert_eq!(at_least(vec![r(0, 1)], 4), vec![r(0, 1)]);
+        assert_eq!(at_least(Vec::new(), 2), Vec::new());
+    }
 }

@@ -418,12 +418,16 @@ impl SavepointReader {
         Ok(out)
     }
 
-    /// The key-group ranges keyed work on `op` runs over, each small enough
-    /// for its share of the memory budget, within `within`.
+    /// The key-group ranges keyed work on `op` runs over, within `within`:
+    /// never across two of the snapshot's subtasks, and each small enough
+    /// for its share of the memory budget when the backend holds state in
+    /// memory.
     pub(crate) fn ranges(&self, op: &OperatorSnapshot, within: &[KeyGroupRange]) -> Vec<KeyGroupRange> {
         let weights = chunks::weights(&self.state_reader(), op);
         let per_worker = self.options.memory_bytes / self.options.parallelism.max(1) as u64;
-        chunks::split(&weights, within, per_worker)
+        let budget = self.options.backends.state_in_memory().then_some(per_worker);
+        let ranges = chunks::split(&weights, within, &chunks::subtask_starts(op), budget);
+        chunks::at_least(ranges, self.options.parallelism)
     }
 
     /// A backend holding the keyed state of `op` in key groups `range`.
@@ -473,13 +477,56 @@ impl SavepointReader {
             self.options.progress.as_ref(),
             u64::from(op.max_parallelism),
         );
+        let on_disk = !self.options.backends.state_in_memory();
+        let weights = if on_disk {
+            chunks::weights(&self.state_reader(), op)
+        } else {
+            Vec::new()
+        };
         let parts = chunks::run(&ranges, self.options.parallelism, |_, range| {
             let backend = self.restore_range(op, *range)?;
-            let out = read_range(backend, function.clone(), &op.uid)?;
+            let out = if on_disk {
+                self.read_on_disk(backend, *range, &weights, &function, &op.uid)?
+            } else {
+                read_range(backend, function.clone(), &op.uid)?
+            };
             tracker.advance(u64::from(range.end_exclusive - range.start), 0);
             Ok(out)
         })?;
         Ok(parts.into_iter().flatten().collect())
+    }
+
+    /// [`read_range`] over a backend that keeps state on disk: a memory
+    /// budget's share of key groups at a time is copied into a heap backend
+    /// by one ordered scan per state, then read there. Reading the disk
+    /// backend key by key would make a point lookup per key and state
+    /// (index, filter and block per lookup), many times slower.
+    fn read_on_disk<F: KeyedStateReaderFunction>(
+        &self,
+        mut backend: Box<dyn KeyedStateBackend>,
+        range: KeyGroupRange,
+        weights: &[u64],
+        function: &F,
+        uid: &str,
+    ) -> Result<Vec<F::Out>, SpaError> {
+        let snapshot = backend.snapshot(&SnapshotRequest {
+            checkpoint_id: 0,
+            kind: cairn_state::SnapshotRequestKind::CanonicalSavepoint,
+        })?;
+        let BackendSnapshot::KeyGroups(groups) = snapshot else {
+            return Err(SpaError::Snapshot(format!(
+                "uid '{uid}': the '{}' backend has no logical view of its state to read",
+                backend.kind()
+            )));
+        };
+        let per_worker = self.options.memory_bytes / self.options.parallelism.max(1) as u64;
+        let mut out = Vec::new();
+        for chunk in chunks::split(weights, &[range], &[], Some(per_worker)) {
+            let mut heap = cairn_state::HeapKeyedStateBackend::new(chunk);
+            groups.for_each_group_in(chunk, &mut |meta, kg, encoded| heap.restore_group(meta, kg, encoded))?;
+            out.extend(read_range(Box::new(heap), function.clone(), uid)?);
+        }
+        Ok(out)
     }
 
     /// Keys, entries and bytes of every keyed state of every operator

@@ -275,6 +275,22 @@ fn seed_read_keyed_state_with_timers_from_a_native_savepoint_of_a_rocksdb_job() 
     let sp = read_keyed_state_of_a_savepoint_taken_while_running_on(SnapshotFormat::Native, "rocksdb");
     let reader = SavepointReader::read(&sp).unwrap();
     assert_eq!(reader.native_backend(), Some("rocksdb"));
+    // A memory budget of almost nothing reads a key group at a time from
+    // RocksDB into memory (two workers): the same keys, values and timers.
+    let whole = reader.read_keyed_state("mapper-id", ReaderFunction::default()).unwrap();
+    let tight = cairn_state_processor::Options {
+        memory_bytes: 1,
+        parallelism: 2,
+        ..Default::default()
+    };
+    let storage = cairn::snapshot::StorageRouter::local_only().shared();
+    let by_key_group = SavepointReader::read_with(storage, &sp, tight)
+        .unwrap()
+        .read_keyed_state("mapper-id", ReaderFunction::default())
+        .unwrap();
+    let keyed = |v: Vec<KeyedState>| v.into_iter().map(|k| (k.key, k)).collect::<BTreeMap<_, _>>();
+    assert!(whole.len() >= 40);
+    assert_eq!(keyed(whole), keyed(by_key_group));
 
     // A reader told to use another backend gets a typed error naming both.
     struct OtherHeap;

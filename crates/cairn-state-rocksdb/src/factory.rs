@@ -75,4 +75,8 @@ impl StateBackendFactory for RocksDbBackendFactory {
     fn create(&self, ctx: &BackendContext) -> Result<Box<dyn KeyedStateBackend>, StateError> {
         Ok(Box::new(self.open(ctx)?))
     }
+
+    fn state_in_memory(&self) -> bool {
+        false
+    }
 }

@@ -61,7 +61,12 @@ impl LogicalSnapshot {
 
 impl KeyedStateSnapshot for LogicalSnapshot {
     fn for_each_group(&self, visit: &mut GroupVisitor<'_>) -> Result<(), StateError> {
-        if self.states.is_empty() {
+        self.for_each_group_in(self.range, visit)
+    }
+
+    fn for_each_group_in(&self, range: KeyGroupRange, visit: &mut GroupVisitor<'_>) -> Result<(), StateError> {
+        let range = range.intersect(&self.range);
+        if self.states.is_empty() || range.is_empty() {
             return Ok(());
         }
         let db = self.open()?;
@@ -78,9 +83,9 @@ impl KeyedStateSnapshot for LogicalSnapshot {
                 .ok_or_else(|| StateError::Backend(format!("RocksDB snapshot: column family '{}' is missing", s.cf)))?;
             let mut ro = ReadOptions::default();
             ro.fill_cache(false);
-            ro.set_iterate_upper_bound(group_bound(self.range.end_exclusive));
+            ro.set_iterate_upper_bound(group_bound(range.end_exclusive));
             let mut it = db.raw_iterator_cf_opt(cf, ro);
-            it.seek(group_prefix(self.range.start));
+            it.seek(group_prefix(range.start));
             let mut group: Option<u32> = None;
             // Map state: the entries of the key being collected.
             let mut map_key: Vec<u8> = Vec::new();

@@ -178,6 +178,13 @@ pub trait StateBackendFactory: Send + Sync {
     fn name(&self) -> &str;
     /// An empty backend for one subtask.
     fn create(&self, ctx: &BackendContext) -> Result<Box<dyn KeyedStateBackend>, StateError>;
+    /// Whether the backend holds its state in memory. Offline tools cut
+    /// work into key-group ranges that fit their memory budget when it
+    /// does; a backend on local disk bounds its own memory, and restores
+    /// fastest from a snapshot subtask's files whole.
+    fn state_in_memory(&self) -> bool {
+        true
+    }
 }
 
 /// What a snapshot is for; backends with file snapshots answer differently.
@@ -256,6 +263,19 @@ pub trait KeyedStateSnapshot: Send {
     /// Visit every non-empty (state, key group) with its encoded entries, in
     /// state then key-group order.
     fn for_each_group(&self, visit: &mut GroupVisitor<'_>) -> Result<(), StateError>;
+
+    /// [`KeyedStateSnapshot::for_each_group`] for the key groups in `range`
+    /// only. A snapshot ordered by key group (RocksDB's) seeks to the range
+    /// instead of reading past the others.
+    fn for_each_group_in(&self, range: KeyGroupRange, visit: &mut GroupVisitor<'_>) -> Result<(), StateError> {
+        self.for_each_group(&mut |meta, kg, encoded| {
+            if range.contains(kg) {
+                visit(meta, kg, encoded)
+            } else {
+                Ok(())
+            }
+        })
+    }
 }
 
 /// A snapshot made of files, uploaded by the runtime.
