@@ -2,8 +2,8 @@
 //! keys (default 1,000,000; `u64` keys) with two `ValueState<u64>` (a count
 //! and a sum, as the counting job), snapshotted from the heap backend, written
 //! as canonical v2 files and read back into encoded groups (what a restore
-//! hands the backend). Rows per second of one thread, the file size, and the
-//! native encoding's size for comparison.
+//! hands the backend). Rows per CPU second of the one thread, the file size,
+//! and the native encoding's size for comparison.
 //!
 //!     cargo bench -p cairn-canonical --bench keyed_files
 //!

@@ -104,7 +104,8 @@ impl WriteOptions {
     }
 }
 
-/// See [`WriteOptions::properties`].
+/// The dictionary page size at which a column gives its dictionary up and
+/// continues plain (8,192 distinct `u64` values).
 const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
 
 type Sink = ChecksummingWriter<Box<dyn StorageWriter>>;

@@ -121,6 +121,13 @@ pub struct Options {
     pub progress: Option<progress::ProgressFn>,
 }
 
+impl Options {
+    /// Each worker's share of [`Options::memory_bytes`].
+    pub fn budget_per_worker(&self) -> u64 {
+        self.memory_bytes / self.parallelism.max(1) as u64
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {

@@ -424,8 +424,11 @@ impl SavepointReader {
     /// memory.
     pub(crate) fn ranges(&self, op: &OperatorSnapshot, within: &[KeyGroupRange]) -> Vec<KeyGroupRange> {
         let weights = chunks::weights(&self.state_reader(), op);
-        let per_worker = self.options.memory_bytes / self.options.parallelism.max(1) as u64;
-        let budget = self.options.backends.state_in_memory().then_some(per_worker);
+        let budget = self
+            .options
+            .backends
+            .state_in_memory()
+            .then(|| self.options.budget_per_worker());
         let ranges = chunks::split(&weights, within, &chunks::subtask_starts(op), budget);
         chunks::at_least(ranges, self.options.parallelism)
     }
@@ -519,9 +522,8 @@ impl SavepointReader {
                 backend.kind()
             )));
         };
-        let per_worker = self.options.memory_bytes / self.options.parallelism.max(1) as u64;
         let mut out = Vec::new();
-        for chunk in chunks::split(weights, &[range], &[], Some(per_worker)) {
+        for chunk in chunks::split(weights, &[range], &[], Some(self.options.budget_per_worker())) {
             let mut heap = cairn_state::HeapKeyedStateBackend::new(chunk);
             groups.for_each_group_in(chunk, &mut |meta, kg, encoded| heap.restore_group(meta, kg, encoded))?;
             out.extend(read_range(Box::new(heap), function.clone(), uid)?);

@@ -303,7 +303,7 @@ where
                     codec::encode_into("bootstrap input", &v, &mut elem)?;
                     spiller.push(kg, 0, &kb, &[], &elem)?;
                 }
-                let budget = job.options.memory_bytes / job.options.parallelism.max(1) as u64;
+                let budget = job.options.budget_per_worker();
                 let buckets = spiller.finish(budget)?;
                 let codec = key_codec_for::<K>();
                 let files = chunks::run(&buckets, job.options.parallelism, |i, b| {
@@ -930,7 +930,7 @@ fn rehash_keys(
         drop(b);
         tracker.advance(width(&range), 0);
     }
-    let budget = options.memory_bytes / options.parallelism.max(1) as u64;
+    let budget = options.budget_per_worker();
     let buckets = spiller.finish(budget)?;
     let parts = chunks::run(&buckets, options.parallelism, |i, bucket| {
         let mut b = HeapKeyedStateBackend::new(bucket.range);
