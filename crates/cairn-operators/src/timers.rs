@@ -4,7 +4,7 @@
 //! snapshotted by key group and survive rescaling like any other keyed state.
 //!
 //! Two queues keep them in order:
-//! - [`MemoryQueue`]: every timer also in memory (a `BTreeSet`), for backends
+//! - [`MemoryQueue`]: every timer also in memory (by timestamp), for backends
 //!   that cannot scan keys in order (the heap backend) or when
 //!   `state.backend.rocksdb.timer-service.factory: HEAP`;
 //! - [`BackendQueue`]: for backends that scan in order (RocksDB), only the
@@ -14,7 +14,7 @@
 //!   partitioned priority queue). A group's head is refilled by an ordered scan
 //!   of its rows when it runs empty.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasherDefault;
 
 use cairn_config::{options, Configuration, TimerServiceFactory};
@@ -37,18 +37,6 @@ pub struct Timer {
     pub key: Vec<u8>,
     pub namespace: Vec<u8>,
     pub key_group: u32,
-}
-
-impl Timer {
-    /// A timer of the access's current key.
-    fn of_current_key(access: &KeyedStateAccess, timestamp: i64, namespace: &[u8]) -> Self {
-        Timer {
-            timestamp,
-            key: access.current_key_bytes().to_vec(),
-            namespace: namespace.to_vec(),
-            key_group: access.current_key_group(),
-        }
-    }
 }
 
 /// Name of the internal state holding event-time timers.
@@ -101,15 +89,10 @@ fn timer_meta(name: &str) -> StateMeta {
     }
 }
 
-/// Backend key of a timer: order-preserving timestamp, then key and namespace.
-/// Keys of one key group sort by timestamp first.
-fn encode(t: &Timer, buf: &mut Vec<u8>) {
-    encode_parts(t.timestamp, &t.key, &t.namespace, buf);
-}
-
 /// The timer (`timestamp`, `key`, `namespace`) as the row key it is stored
-/// under: time-ordered bytes.
-fn encode_parts(timestamp: i64, key: &[u8], namespace: &[u8], buf: &mut Vec<u8>) {
+/// under: order-preserving timestamp, then key and namespace, so keys of one
+/// key group sort by timestamp first.
+fn encode(timestamp: i64, key: &[u8], namespace: &[u8], buf: &mut Vec<u8>) {
     buf.clear();
     buf.extend_from_slice(&((timestamp as u64) ^ (1 << 63)).to_be_bytes());
     put_bytes(buf, key);
@@ -125,6 +108,11 @@ fn decode(kg: u32, bytes: &[u8]) -> Option<Timer> {
         namespace: ns.to_vec(),
         key_group: kg,
     })
+}
+
+/// Whether `bytes` decode as a timer (without building it).
+fn well_formed(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && get_bytes(&bytes[8..]).is_some()
 }
 
 fn timestamp_of(encoded: &[u8]) -> i64 {
@@ -162,31 +150,24 @@ impl Queue {
         }
     }
 
-    fn delete(&mut self, backend: &mut dyn KeyedStateBackend, t: Timer, buf: &mut Vec<u8>) -> Result<(), StateError> {
+    /// Delete the timer encoded in `enc` (of key group `kg`), if registered.
+    fn delete(&mut self, backend: &mut dyn KeyedStateBackend, kg: u32, enc: &[u8]) -> Result<(), StateError> {
         match self {
-            Queue::Memory(q) => q.delete(backend, t, buf),
-            Queue::Backend(q) => {
-                encode(&t, buf);
-                q.delete(backend, t.key_group, buf)
-            }
+            Queue::Memory(q) => q.delete(backend, kg, enc),
+            Queue::Backend(q) => q.delete(backend, kg, enc),
         }
     }
 
-    fn pop_due(
-        &mut self,
-        backend: &mut dyn KeyedStateBackend,
-        time: i64,
-        buf: &mut Vec<u8>,
-    ) -> Result<Option<Timer>, StateError> {
+    fn pop_due(&mut self, backend: &mut dyn KeyedStateBackend, time: i64) -> Result<Option<Timer>, StateError> {
         match self {
-            Queue::Memory(q) => q.pop_due(backend, time, buf),
+            Queue::Memory(q) => q.pop_due(backend, time),
             Queue::Backend(q) => q.pop_due(backend, time),
         }
     }
 
     fn next_time(&self) -> Option<i64> {
         match self {
-            Queue::Memory(q) => q.set.first().map(|t| t.timestamp),
+            Queue::Memory(q) => q.by_time.keys().next().copied(),
             Queue::Backend(q) => q.order.first().map(|(ts, _)| *ts),
         }
     }
@@ -194,69 +175,126 @@ impl Queue {
 
 /// Every timer in memory, mirrored into the backend.
 struct MemoryQueue {
-    set: BTreeSet<Timer>,
-    /// The same timers encoded: a window registers its timer again for
-    /// every record, and finding the duplicate by one hash lookup of the
-    /// encoded bytes (no allocation) costs far less than building the timer
-    /// and searching the ordered set (Flink dedupes its heap timers by hash too).
-    present: HashSet<Box<[u8]>, BuildHasherDefault<FxHasher>>,
+    /// The timers of each timestamp. Windows give most timers one of a few
+    /// timestamps (window ends) and register them again for every record, so
+    /// a search of the ordered map compares integers only and the timer is
+    /// found by one hash of its encoded bytes; ordering a timestamp's timers
+    /// waits until they fire.
+    by_time: BTreeMap<i64, Bucket>,
     state: StateId,
+}
+
+/// The encoded timers of one timestamp with their key groups.
+enum Bucket {
+    /// Not firing yet: in no order.
+    Waiting(HashMap<Box<[u8]>, u32, BuildHasherDefault<FxHasher>>),
+    /// Firing: in descending byte order (the next to fire last), so a
+    /// timestamp's timers fire in an order that does not depend on hashing.
+    Firing(Vec<(Box<[u8]>, u32)>),
+}
+
+impl Bucket {
+    fn is_empty(&self) -> bool {
+        match self {
+            Bucket::Waiting(m) => m.is_empty(),
+            Bucket::Firing(v) => v.is_empty(),
+        }
+    }
+}
+
+/// Where `enc` is (or would go) in a firing bucket.
+fn firing_slot(v: &[(Box<[u8]>, u32)], enc: &[u8]) -> Result<usize, usize> {
+    v.binary_search_by(|(e, _)| enc.cmp(e))
 }
 
 impl MemoryQueue {
     fn open(backend: &mut dyn KeyedStateBackend, state: StateId) -> Result<Self, StateError> {
-        let mut set = BTreeSet::new();
-        let mut present = HashSet::default();
+        let mut q = MemoryQueue {
+            by_time: BTreeMap::new(),
+            state,
+        };
         let mut bad = None;
-        backend.for_each_key(state, &mut |kg, k| match decode(kg, k) {
-            Some(t) => {
-                set.insert(t);
-                present.insert(k.into());
+        backend.for_each_key(state, &mut |kg, k| {
+            if !well_formed(k) {
+                bad = Some(kg);
+            } else if let Bucket::Waiting(m) = q.bucket(timestamp_of(k)) {
+                m.insert(k.into(), kg);
             }
-            None => bad = Some(kg),
         })?;
         if let Some(kg) = bad {
             return Err(corrupt(kg));
         }
-        Ok(MemoryQueue { set, present, state })
+        Ok(q)
+    }
+
+    fn bucket(&mut self, ts: i64) -> &mut Bucket {
+        self.by_time
+            .entry(ts)
+            .or_insert_with(|| Bucket::Waiting(HashMap::default()))
     }
 
     fn register(&mut self, backend: &mut dyn KeyedStateBackend, kg: u32, enc: &[u8]) -> Result<(), StateError> {
-        if self.present.contains(enc) {
-            return Ok(());
+        if !well_formed(enc) {
+            return Err(corrupt(kg));
         }
-        let timer = decode(kg, enc).ok_or_else(|| corrupt(kg))?;
-        backend.put(self.state, kg, enc, &[])?;
-        self.present.insert(enc.into());
-        self.set.insert(timer);
-        Ok(())
-    }
-
-    fn delete(&mut self, backend: &mut dyn KeyedStateBackend, t: Timer, buf: &mut Vec<u8>) -> Result<(), StateError> {
-        if self.set.remove(&t) {
-            encode(&t, buf);
-            self.present.remove(buf.as_slice());
-            backend.remove(self.state, t.key_group, buf)?;
-        }
-        Ok(())
-    }
-
-    fn pop_due(
-        &mut self,
-        backend: &mut dyn KeyedStateBackend,
-        time: i64,
-        buf: &mut Vec<u8>,
-    ) -> Result<Option<Timer>, StateError> {
-        match self.set.first() {
-            Some(t) if t.timestamp <= time => {
-                let t = self.set.pop_first().expect("first exists");
-                encode(&t, buf);
-                self.present.remove(buf.as_slice());
-                backend.remove(self.state, t.key_group, buf)?;
-                Ok(Some(t))
+        let state = self.state;
+        match self.bucket(timestamp_of(enc)) {
+            Bucket::Waiting(m) => {
+                if !m.contains_key(enc) {
+                    backend.put(state, kg, enc, &[])?;
+                    m.insert(enc.into(), kg);
+                }
             }
-            _ => Ok(None),
+            Bucket::Firing(v) => {
+                if let Err(slot) = firing_slot(v, enc) {
+                    backend.put(state, kg, enc, &[])?;
+                    v.insert(slot, (enc.into(), kg));
+                }
+            }
         }
+        Ok(())
+    }
+
+    fn delete(&mut self, backend: &mut dyn KeyedStateBackend, kg: u32, enc: &[u8]) -> Result<(), StateError> {
+        let ts = timestamp_of(enc);
+        let Some(bucket) = self.by_time.get_mut(&ts) else {
+            return Ok(());
+        };
+        let removed = match bucket {
+            Bucket::Waiting(m) => m.remove(enc).is_some(),
+            Bucket::Firing(v) => firing_slot(v, enc).map(|slot| v.remove(slot)).is_ok(),
+        };
+        if bucket.is_empty() {
+            self.by_time.remove(&ts);
+        }
+        if removed {
+            backend.remove(self.state, kg, enc)?;
+        }
+        Ok(())
+    }
+
+    fn pop_due(&mut self, backend: &mut dyn KeyedStateBackend, time: i64) -> Result<Option<Timer>, StateError> {
+        let Some(mut first) = self.by_time.first_entry() else {
+            return Ok(None);
+        };
+        if *first.key() > time {
+            return Ok(None);
+        }
+        let bucket = first.get_mut();
+        if let Bucket::Waiting(m) = bucket {
+            let mut v: Vec<(Box<[u8]>, u32)> = m.drain().collect();
+            v.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            *bucket = Bucket::Firing(v);
+        }
+        let Bucket::Firing(v) = bucket else {
+            unreachable!("the bucket was just sorted")
+        };
+        let (enc, kg) = v.pop().expect("empty buckets are removed");
+        if v.is_empty() {
+            first.remove();
+        }
+        backend.remove(self.state, kg, &enc)?;
+        decode(kg, &enc).map(Some).ok_or_else(|| corrupt(kg))
     }
 }
 
@@ -467,7 +505,7 @@ impl TimerService {
         namespace: &[u8],
     ) -> Result<(), StateError> {
         let (q, buf) = self.parts(domain);
-        encode_parts(timestamp, access.current_key_bytes(), namespace, buf);
+        encode(timestamp, access.current_key_bytes(), namespace, buf);
         let kg = access.current_key_group();
         q.register(access.backend_mut(), kg, buf)
     }
@@ -480,9 +518,10 @@ impl TimerService {
         timestamp: i64,
         namespace: &[u8],
     ) -> Result<(), StateError> {
-        let t = Timer::of_current_key(access, timestamp, namespace);
         let (q, buf) = self.parts(domain);
-        q.delete(access.backend_mut(), t, buf)
+        encode(timestamp, access.current_key_bytes(), namespace, buf);
+        let kg = access.current_key_group();
+        q.delete(access.backend_mut(), kg, buf)
     }
 
     /// Remove and return the earliest timer due at `time`, if any.
@@ -492,8 +531,8 @@ impl TimerService {
         domain: TimeDomain,
         time: i64,
     ) -> Result<Option<Timer>, StateError> {
-        let (q, buf) = self.parts(domain);
-        q.pop_due(access.backend_mut(), time, buf)
+        let (q, _) = self.parts(domain);
+        q.pop_due(access.backend_mut(), time)
     }
 
     /// The earliest processing-time timer.
@@ -693,6 +732,58 @@ mod tests {
                 .for_each_key(event_state, &mut |_, _| left += 1)
                 .unwrap();
             assert_eq!(left, 0, "fired timers are removed from the backend");
+        }
+    }
+
+    /// Timers registered and deleted while their timestamp fires (as a timer
+    /// handler does): a new timer of that timestamp fires in the same round,
+    /// a deleted one never, a duplicate once, in both queues; the memory
+    /// queue fires a timestamp's timers in byte order of their keys.
+    #[test]
+    fn timers_changed_while_their_timestamp_fires() {
+        for ordered in [false, true] {
+            let settings = TimerSettings {
+                in_backend: true,
+                cache_size: 2,
+            };
+            let mut a = access(ordered);
+            let mut q = TimerService::open(&mut a, settings).unwrap();
+            let at = |a: &mut KeyedStateAccess, k: u8| a.set_current_key(&[k], u32::from(k) % 4);
+            for k in [5u8, 1, 9, 3, 7] {
+                at(&mut a, k);
+                q.register(&mut a, TimeDomain::EventTime, 10, b"").unwrap();
+            }
+            at(&mut a, 2);
+            q.register(&mut a, TimeDomain::EventTime, 20, b"").unwrap();
+            let mut fired = Vec::new();
+            let first = q.pop_due(&mut a, TimeDomain::EventTime, 10).unwrap().unwrap();
+            fired.push(first.key[0]);
+            // While 10 fires: add 4 and 8 at 10, 4 twice, delete 9 and the fired 1.
+            for k in [8u8, 4, 4] {
+                at(&mut a, k);
+                q.register(&mut a, TimeDomain::EventTime, 10, b"").unwrap();
+            }
+            for k in [9u8, 1] {
+                at(&mut a, k);
+                q.delete(&mut a, TimeDomain::EventTime, 10, b"").unwrap();
+            }
+            while let Some(t) = q.pop_due(&mut a, TimeDomain::EventTime, 10).unwrap() {
+                assert_eq!(t.timestamp, 10);
+                fired.push(t.key[0]);
+            }
+            if ordered {
+                // The backend queue goes key group by key group.
+                fired.sort();
+            }
+            assert_eq!(fired, [1, 3, 4, 5, 7, 8], "ordered backend: {ordered}");
+            assert_eq!(q.next_event_time(), Some(20));
+            let t = q.pop_due(&mut a, TimeDomain::EventTime, 20).unwrap().unwrap();
+            assert_eq!((t.timestamp, t.key, t.key_group), (20, vec![2], 2));
+            assert_eq!(q.next_event_time(), None);
+            let state = a.backend_mut().register(&timer_meta(EVENT_TIMERS_STATE)).unwrap();
+            let mut left = 0;
+            a.backend_mut().for_each_key(state, &mut |_, _| left += 1).unwrap();
+            assert_eq!(left, 0, "fired and deleted timers leave no rows");
         }
     }
 

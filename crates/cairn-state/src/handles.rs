@@ -617,19 +617,32 @@ impl<T: StateValue> ReducingState<T> {
 
     /// Fold `value` into the current key's value.
     pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: T) -> Result<(), StateError> {
+        self.add_is_first(ctx, value).map(|_| ())
+    }
+
+    /// [`add`](Self::add), telling whether the current key had no value
+    /// before, so a caller sets up once what a new key needs (a window's
+    /// timers) without a lookup of its own.
+    pub fn add_is_first<C: StateContext + ?Sized>(&self, ctx: &mut C, value: T) -> Result<bool, StateError> {
         if self.slot.typed {
             let (group, key) = ctx.state_access().typed_mut::<ValueGroup<T>>(&self.slot)?;
-            match group.get_mut(key) {
-                Some(acc) => *acc = (self.reduce)(acc.clone(), value),
-                None => group.insert(key, value),
-            }
-            return Ok(());
+            return Ok(match group.get_mut(key) {
+                Some(acc) => {
+                    *acc = (self.reduce)(acc.clone(), value);
+                    false
+                }
+                None => {
+                    group.insert(key, value);
+                    true
+                }
+            });
         }
-        let next = match self.get(ctx)? {
-            Some(acc) => (self.reduce)(acc, value),
-            None => value,
+        let (next, first) = match self.get(ctx)? {
+            Some(acc) => ((self.reduce)(acc, value), false),
+            None => (value, true),
         };
-        ctx.state_access().write_value(&self.slot, &next)
+        ctx.state_access().write_value(&self.slot, &next)?;
+        Ok(first)
     }
 
     /// Remove the current key's value.
@@ -691,17 +704,29 @@ impl<IN, F: AggregateFunction<IN>> AggregatingState<IN, F> {
 
     /// Add one input.
     pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &IN) -> Result<(), StateError> {
+        self.add_is_first(ctx, value).map(|_| ())
+    }
+
+    /// [`add`](Self::add), telling whether the current key had no
+    /// accumulator before (see [`ReducingState::add_is_first`]).
+    pub fn add_is_first<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &IN) -> Result<bool, StateError> {
         if self.slot.typed {
             let (group, key) = ctx.state_access().typed_mut::<ValueGroup<F::Acc>>(&self.slot)?;
-            let acc = group.get_or_insert_with(key, || self.function.create_accumulator());
+            let mut first = false;
+            let acc = group.get_or_insert_with(key, || {
+                first = true;
+                self.function.create_accumulator()
+            });
             self.function.add(value, acc);
-            return Ok(());
+            return Ok(first);
         }
-        let mut acc = self
-            .accumulator(ctx)?
-            .unwrap_or_else(|| self.function.create_accumulator());
+        let (mut acc, first) = match self.accumulator(ctx)? {
+            Some(acc) => (acc, false),
+            None => (self.function.create_accumulator(), true),
+        };
         self.function.add(value, &mut acc);
-        ctx.state_access().write_value(&self.slot, &acc)
+        ctx.state_access().write_value(&self.slot, &acc)?;
+        Ok(first)
     }
 
     /// Replace the accumulator (used when merging session windows).

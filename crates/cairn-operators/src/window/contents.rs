@@ -21,7 +21,9 @@ pub trait WindowContents<K, T, O>: Send + 'static {
     fn open(&mut self, state: &mut KeyedStateAccess) -> OpResult;
     /// Add one element (by reference: an element in several windows, as
     /// with sliding windows, is cloned only by contents that keep it).
-    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult;
+    /// Returns whether the window had contents before, so its timers are
+    /// set already (false where that would cost a lookup).
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult<bool>;
     /// Fold the contents stored under namespace `source` into namespace
     /// `target` and clear `source` (session windows merging). Leaves the
     /// namespace set to `target`.
@@ -69,8 +71,12 @@ where
         Ok(())
     }
 
-    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult {
-        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, value.clone())?)
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult<bool> {
+        Ok(!self
+            .state
+            .as_ref()
+            .ok_or_else(not_open)?
+            .add_is_first(state, value.clone())?)
     }
 
     fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {
@@ -130,8 +136,8 @@ where
         Ok(())
     }
 
-    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult {
-        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, value)?)
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult<bool> {
+        Ok(!self.state.as_ref().ok_or_else(not_open)?.add_is_first(state, value)?)
     }
 
     fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {
@@ -198,7 +204,7 @@ where
         <AggregateContents<T, A> as WindowContents<K, T, A::Out>>::open(&mut self.inner, state)
     }
 
-    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult {
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult<bool> {
         <AggregateContents<T, A> as WindowContents<K, T, A::Out>>::add(&mut self.inner, state, value)
     }
 
@@ -253,8 +259,9 @@ where
         Ok(())
     }
 
-    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult {
-        Ok(self.state.as_ref().ok_or_else(not_open)?.add(state, value)?)
+    fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult<bool> {
+        self.state.as_ref().ok_or_else(not_open)?.add(state, value)?;
+        Ok(false)
     }
 
     fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {

@@ -182,25 +182,28 @@ where
 
     /// A record was added to `w`: fire at once if event time already passed
     /// the window (a late record within the allowed lateness), else make sure
-    /// the window's timers are set.
-    fn after_add(&mut self, key: &K, w: &TimeWindow, state_ns: &[u8]) -> OpResult {
+    /// the window's timers are set. `timers_set`: the window had contents
+    /// before, so its first record registered them (a window's timers go
+    /// only with its contents, in `clear_window`), and registering again
+    /// would only find them.
+    fn after_add(&mut self, key: &K, w: &TimeWindow, state_ns: &[u8], timers_set: bool) -> OpResult {
         let ns = w.to_namespace();
         let max_ts = w.max_timestamp();
         if self.event_time {
             let cleanup = self.cleanup_time(w);
-            if cleanup != max_ts {
+            if cleanup != max_ts && !timers_set {
                 self.core
                     .timers
                     .register(&mut self.core.state, TimeDomain::EventTime, cleanup, &ns)?;
             }
             if max_ts <= self.core.watermark {
                 self.emit(key, w, state_ns)?;
-            } else {
+            } else if !timers_set {
                 self.core
                     .timers
                     .register(&mut self.core.state, TimeDomain::EventTime, max_ts, &ns)?;
             }
-        } else {
+        } else if !timers_set {
             self.core
                 .timers
                 .register(&mut self.core.state, TimeDomain::ProcessingTime, max_ts, &ns)?;
@@ -245,8 +248,8 @@ where
         for w in windows {
             let ns = w.to_namespace();
             self.core.state.set_namespace(&ns);
-            self.contents.add(&mut self.core.state, &value)?;
-            self.after_add(key, w, &ns)?;
+            let timers_set = self.contents.add(&mut self.core.state, &value)?;
+            self.after_add(key, w, &ns, timers_set)?;
         }
         Ok(())
     }
@@ -308,8 +311,9 @@ where
         };
         let state_ns = state_window.to_namespace();
         self.core.state.set_namespace(&state_ns);
+        // The merged window may be new while its contents are not.
         self.contents.add(&mut self.core.state, &value)?;
-        self.after_add(key, &result, &state_ns)?;
+        self.after_add(key, &result, &state_ns, false)?;
         Ok(None)
     }
 
