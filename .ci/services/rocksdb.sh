@@ -18,3 +18,11 @@ if [ -n "$cairn_rocksdb_missing" ]; then
 else
     echo "installed: $cairn_rocksdb_packages"
 fi
+# .cargo/config.toml names x86_64's library directory; on another
+# architecture point the build at the one the package installed (a variable
+# set here wins over the config's [env]).
+cairn_rocksdb_lib="$(dpkg -L librocksdb-dev 2>/dev/null | grep '/librocksdb\.so$' | head -1)"
+if [ -n "$cairn_rocksdb_lib" ]; then
+    ROCKSDB_LIB_DIR="$(dirname "$cairn_rocksdb_lib")"
+    export ROCKSDB_LIB_DIR
+fi
