@@ -554,6 +554,24 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn entries<C: StateContext + ?Sized>(&self, ctx: &mut C) -> Result<Vec<(K, V)>, StateError> {
         let a = ctx.state_access();
         a.require_key(&self.slot)?;
+        if self.slot.ttl.is_none() {
+            // Nothing to expire or refresh while scanning: decode in place.
+            let mut out = Vec::new();
+            let mut failed = None;
+            a.backend
+                .map_entries(self.slot.id, a.key_group, &a.composite, &mut |k, v| {
+                    if failed.is_none() {
+                        match (codec::decode(&self.slot.name, k), codec::decode(&self.slot.name, v)) {
+                            (Ok(k), Ok(v)) => out.push((k, v)),
+                            (Err(e), _) | (_, Err(e)) => failed = Some(e),
+                        }
+                    }
+                })?;
+            return match failed {
+                Some(e) => Err(e),
+                None => Ok(out),
+            };
+        }
         let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         a.backend
             .map_entries(self.slot.id, a.key_group, &a.composite, &mut |k, v| {

@@ -218,9 +218,11 @@ where
             self.core
                 .timers
                 .delete(&mut self.core.state, TimeDomain::EventTime, w.max_timestamp(), &ns)?;
-            self.core
-                .timers
-                .delete(&mut self.core.state, TimeDomain::EventTime, cleanup, &ns)?;
+            if cleanup != w.max_timestamp() {
+                self.core
+                    .timers
+                    .delete(&mut self.core.state, TimeDomain::EventTime, cleanup, &ns)?;
+            }
         } else {
             self.core
                 .timers
