@@ -768,3 +768,41 @@ impl<IN, F: AggregateFunction<IN>> AggregatingState<IN, F> {
         ctx.state_access().clear(&self.slot)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::descriptor::MapStateDescriptor;
+    use crate::keygroup::KeyGroupRange;
+    use crate::HeapKeyedStateBackend;
+
+    /// Map entries are decoded while the backend scans them; one that does
+    /// not decode as the map's types fails the read, naming the state,
+    /// rather than being skipped.
+    #[test]
+    fn map_entries_decode_and_a_bad_entry_is_an_error_naming_the_state() {
+        let range = KeyGroupRange {
+            start: 0,
+            end_exclusive: 1,
+        };
+        let mut a = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(range)));
+        let tags = a.map_state(MapStateDescriptor::<String, u32>::new("tags")).unwrap();
+        a.set_current_key(b"k", 0);
+        tags.put(&mut a, &"b".to_string(), &2).unwrap();
+        tags.put(&mut a, &"a".to_string(), &1).unwrap();
+        let mut entries = tags.entries(&mut a).unwrap();
+        entries.sort();
+        assert_eq!(entries, [("a".to_string(), 1), ("b".to_string(), 2)]);
+
+        let id = a
+            .backend_mut()
+            .registered()
+            .iter()
+            .position(|m| m.name == "tags")
+            .unwrap() as StateId;
+        // MessagePack "c" mapped to 0xc1, a byte MessagePack never uses.
+        a.backend_mut().map_put(id, 0, b"k", &[0xa1, b'c'], &[0xc1]).unwrap();
+        let err = tags.entries(&mut a).unwrap_err().to_string();
+        assert!(err.contains("state 'tags'") && err.contains("decoded"), "{err}");
+    }
+}
