@@ -21,7 +21,7 @@ use cairn_graph::NodeKind;
 use cairn_runtime::error::JobError;
 use cairn_runtime::job::{JobSpec, RunningJob};
 use cairn_runtime::output::TaskMetrics;
-use cairn_runtime::query::QueryRoutes;
+use cairn_runtime::query::{QueryError, QueryRoutes, RemoteQueries, StateAnswer};
 use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
 use cairn_runtime::upload::{DestinationListener, SnapshotDestination, SnapshotUploader};
 use cairn_snapshot::LoadedSnapshot;
@@ -43,6 +43,8 @@ use crate::wire;
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a checkpoint's trigger waits for every worker to know its destination.
 const DESTINATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a state query waits for the workers' replies beyond its own timeout.
+const QUERY_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Outbox = UnboundedSender<Result<CoordinatorMessage, Status>>;
 
@@ -78,6 +80,9 @@ struct State {
     workers: Vec<Worker>,
     next_worker: u64,
     attempt: Option<Attempt>,
+    /// Live state queries waiting for the workers' answers, by request id.
+    queries: HashMap<u64, Sender<Result<StateAnswer, QueryError>>>,
+    next_query: u64,
 }
 
 struct Shared {
@@ -146,6 +151,12 @@ impl Shared {
             w.last_seen = Instant::now();
         }
         let Some(body) = msg.body else { return };
+        if let In::QueryReply(r) = &body {
+            if let Some(waiting) = st.queries.get(&r.request_id) {
+                let _ = waiting.send(wire::query_result(r));
+            }
+            return;
+        }
         let Some(a) = st.attempt.as_mut() else { return };
         match body {
             In::Heartbeat(h) if h.attempt == a.number => {
@@ -745,15 +756,94 @@ impl RemoteLauncher {
             handles: watcher.into_iter().collect(),
             source_tasks,
             queries: Arc::new(QueryRoutes {
-                unavailable: Some(
-                    "queryable state is not served for a job running on several workers yet (its tasks \
-                     run in the worker processes); read its state from a savepoint with \
-                     `cairn savepoint inspect` or the State Processor API"
-                        .to_string(),
-                ),
+                remote: Some(Arc::new(WorkerQueries {
+                    shared: self.shared.clone(),
+                    attempt,
+                })),
                 ..QueryRoutes::default()
             }),
         }
+    }
+}
+
+/// The live state queries of an attempt: asked of every worker running it;
+/// the one whose subtask owns the key answers, the others say it is not
+/// theirs ([`QueryError::NotHere`]).
+struct WorkerQueries {
+    shared: Arc<Shared>,
+    attempt: u32,
+}
+
+impl RemoteQueries for WorkerQueries {
+    fn query(&self, uid: &str, state: &str, key_json: &str, timeout: Duration) -> Result<StateAnswer, QueryError> {
+        let (tx, rx) = unbounded();
+        let (id, asked) = {
+            let mut st = self.shared.lock();
+            let workers: Vec<String> = match &st.attempt {
+                Some(a) if a.number == self.attempt => {
+                    a.workers.iter().filter(|w| !a.ended.contains(*w)).cloned().collect()
+                }
+                _ => Vec::new(),
+            };
+            if workers.is_empty() {
+                return Err(QueryError::NotRunning(
+                    "the job's attempt no longer runs on any worker (it is restarting or ending); try again".into(),
+                ));
+            }
+            st.next_query += 1;
+            let id = st.next_query;
+            st.queries.insert(id, tx);
+            for w in &workers {
+                let query = proto::StateQuery {
+                    attempt: self.attempt,
+                    request_id: id,
+                    uid: uid.to_string(),
+                    state: state.to_string(),
+                    key_json: key_json.to_string(),
+                    timeout_ms: timeout.as_millis() as u64,
+                };
+                self.shared.send_to(&st, w, Out::Query(query));
+            }
+            (id, workers.len())
+        };
+        // A worker waits for its subtask at most `timeout`; then the reply's trip.
+        let deadline = Instant::now() + timeout + QUERY_REPLY_TIMEOUT;
+        let mut answered = 0;
+        let mut failure = None;
+        let mut result = None;
+        while answered < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(Ok(answer)) => {
+                    result = Some(Ok(answer));
+                    break;
+                }
+                Ok(Err(QueryError::NotHere(_))) => {}
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => break,
+            }
+            answered += 1;
+        }
+        self.shared.lock().queries.remove(&id);
+        if let Some(r) = result {
+            return r;
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if answered < asked {
+            return Err(QueryError::Unavailable(format!(
+                "{} of the job's {asked} workers did not answer within {} ms; try again, or raise \
+                 cairn.queryable-state.timeout",
+                asked - answered,
+                timeout.as_millis()
+            )));
+        }
+        Err(QueryError::UnknownOperator(format!(
+            "operator '{uid}' has no queryable state on any worker (mark a state descriptor queryable(\"name\") \
+             to query it)"
+        )))
     }
 }
 

@@ -33,7 +33,8 @@ pub mod proto {
 pub use settings::{ClusterMode, ClusterSettings};
 
 /// Version of the control protocol; a worker of another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: live state queries (`StateQuery`, `StateQueryReply`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A setup error of distributed execution (code `CLUSTER_UNAVAILABLE`).
 pub fn cluster_error(message: impl Into<String>) -> cairn_runtime::error::JobError {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use cairn_runtime::error::{BoxError, Cancelled};
 use cairn_runtime::output::TaskMetrics;
+use cairn_runtime::query::{QueryError, StateAnswer};
 use cairn_runtime::record::{Barrier, SnapshotType};
 use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
 use cairn_snapshot::StateFileRef;
@@ -237,6 +238,53 @@ pub fn apply_metrics(msg: &proto::TaskMetrics, m: &TaskMetrics) {
     }
 }
 
+/// A worker's answer to a live state query.
+pub fn query_reply(request_id: u64, result: &Result<StateAnswer, QueryError>) -> proto::StateQueryReply {
+    use proto::state_query_reply::Result as R;
+    let failure = |kind: u32, message: &str| {
+        R::Failure(proto::QueryFailure {
+            kind,
+            message: message.to_string(),
+        })
+    };
+    let result = match result {
+        Ok(answer) => match serde_json::to_string(answer) {
+            Ok(json) => R::AnswerJson(json),
+            Err(e) => failure(5, &format!("the answer could not be written as JSON: {e}")),
+        },
+        Err(QueryError::UnknownOperator(m)) => failure(0, m),
+        Err(QueryError::UnknownState(m)) => failure(1, m),
+        Err(QueryError::InvalidKey(m)) => failure(2, m),
+        Err(QueryError::Unavailable(m)) => failure(3, m),
+        Err(QueryError::NotRunning(m)) => failure(4, m),
+        Err(QueryError::Failed(m)) => failure(5, m),
+        Err(QueryError::NotHere(m)) => failure(6, m),
+    };
+    proto::StateQueryReply {
+        request_id,
+        result: Some(result),
+    }
+}
+
+/// The answer a worker sent, back as the query's result.
+pub fn query_result(msg: &proto::StateQueryReply) -> Result<StateAnswer, QueryError> {
+    use proto::state_query_reply::Result as R;
+    match &msg.result {
+        Some(R::AnswerJson(json)) => serde_json::from_str(json)
+            .map_err(|e| QueryError::Failed(format!("a worker's answer could not be read: {e}"))),
+        Some(R::Failure(f)) => Err(match f.kind {
+            0 => QueryError::UnknownOperator(f.message.clone()),
+            1 => QueryError::UnknownState(f.message.clone()),
+            2 => QueryError::InvalidKey(f.message.clone()),
+            3 => QueryError::Unavailable(f.message.clone()),
+            4 => QueryError::NotRunning(f.message.clone()),
+            6 => QueryError::NotHere(f.message.clone()),
+            _ => QueryError::Failed(f.message.clone()),
+        }),
+        None => Err(QueryError::Failed("a worker answered a query with nothing".into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +360,35 @@ mod tests {
                 assert_eq!((op, error.to_string()), (Some(1), "boom".to_string()));
             }
             _ => panic!("not a failure"),
+        }
+    }
+
+    /// Every query outcome crosses the session as it was.
+    #[test]
+    fn query_answers_and_failures_survive_the_trip() {
+        let answer = StateAnswer {
+            uid: "totals".into(),
+            operator: "running totals".into(),
+            state: "totals".into(),
+            state_name: "totals".into(),
+            kind: cairn_state::StateKind::Value,
+            value_type: "(u64, u64)".into(),
+            key: serde_json::json!(7),
+            key_group: 3,
+            subtask: 1,
+            value: Some(serde_json::json!([2, 9])),
+        };
+        assert_eq!(query_result(&query_reply(1, &Ok(answer.clone()))), Ok(answer));
+        for e in [
+            QueryError::UnknownOperator("a".into()),
+            QueryError::UnknownState("b".into()),
+            QueryError::InvalidKey("c".into()),
+            QueryError::Unavailable("d".into()),
+            QueryError::NotRunning("e".into()),
+            QueryError::Failed("f".into()),
+            QueryError::NotHere("g".into()),
+        ] {
+            assert_eq!(query_result(&query_reply(2, &Err(e.clone()))), Err(e));
         }
     }
 }

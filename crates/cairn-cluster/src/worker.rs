@@ -22,6 +22,7 @@ use cairn_coordinator::restore::RestorePlan;
 use cairn_runtime::error::JobError;
 use cairn_runtime::job::{start_tasks, JobSpec, RunningJob, RuntimeSettings, SubtaskRestore};
 use cairn_runtime::output::TaskMetrics;
+use cairn_runtime::query::QueryError;
 use cairn_runtime::task::{TaskEvent, TaskId};
 use cairn_runtime::upload::{SnapshotDestination, SnapshotFormat, SnapshotUploader};
 use cairn_snapshot::{load_snapshot, LoadedSnapshot, Storage};
@@ -343,8 +344,32 @@ impl WorkerLoop<'_> {
                         }
                     }
                 }
+                Some(In::Query(q)) => self.answer_query(q, out),
                 Some(In::Registered(_)) | Some(In::Refused(_)) => {}
             }
+        }
+    }
+
+    /// Answer a live state query from this worker's subtasks, on a thread
+    /// of its own: the owning subtask answers between two batches, and the
+    /// session keeps serving the coordinator meanwhile.
+    fn answer_query(&self, q: proto::StateQuery, out: &Outbox) {
+        let routes = match &self.running {
+            Some(r) if r.attempt == q.attempt => r.job.queries.clone(),
+            _ => {
+                let why = QueryError::NotRunning(format!("attempt {} does not run on this worker", q.attempt));
+                send(out, Out::QueryReply(wire::query_reply(q.request_id, &Err(why))));
+                return;
+            }
+        };
+        let out = out.clone();
+        let spawned = std::thread::Builder::new().name("cairn-query".into()).spawn(move || {
+            let timeout = Duration::from_millis(q.timeout_ms);
+            let result = routes.query(&q.uid, &q.state, &q.key_json, timeout);
+            send(&out, Out::QueryReply(wire::query_reply(q.request_id, &result)));
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("Worker: no thread for a state query: {e}");
         }
     }
 

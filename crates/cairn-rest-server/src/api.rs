@@ -85,7 +85,7 @@ fn query_error(e: QueryError) -> ApiError {
         QueryError::UnknownState(m) => ApiError::new(404, "UNKNOWN_STATE", m),
         QueryError::InvalidKey(m) => ApiError::new(400, "INVALID_KEY", m),
         QueryError::NotRunning(m) => ApiError::new(409, "JOB_NOT_RUNNING", m),
-        QueryError::Unavailable(m) => ApiError::new(503, "STATE_UNAVAILABLE", m),
+        QueryError::Unavailable(m) | QueryError::NotHere(m) => ApiError::new(503, "STATE_UNAVAILABLE", m),
         QueryError::Failed(m) => ApiError::new(500, "STATE_READ_FAILED", m),
     }
 }

@@ -308,6 +308,8 @@ pub fn start_tasks(
         operators: Vec::new(),
         uids: g.nodes.iter().map(|n| n.uid.clone()).collect(),
         unavailable: None,
+        partial: false,
+        remote: None,
     };
     let mut tasks = Vec::new();
     for (ci, chain) in g.chains.iter().enumerate() {
@@ -316,6 +318,7 @@ pub fn start_tasks(
         for s in 0..head.parallelism {
             let id = TaskId { chain: ci, subtask: s };
             if !local(id) {
+                routes.partial = true;
                 continue; // another process runs it
             }
             let metrics = Arc::new(TaskMetrics::for_chain(chain.iter().map(|n| n.0)));

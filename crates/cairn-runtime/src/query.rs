@@ -12,13 +12,14 @@
 //! [`QUERIES_PER_TURN`] queries between two batches, so queries cannot
 //! stall processing either.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_state::canonical::KeyCodec;
 use cairn_state::keygroup::{key_group_for_bytes, subtask_for_key_group};
 use cairn_state::{QueryableState, StateKind};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Queries one subtask may have waiting; more are refused (busy) rather
@@ -72,8 +73,19 @@ pub struct QueryRoutes {
     /// Every operator uid of the job (for messages about unknown uids).
     pub uids: Vec<String>,
     /// Why this job serves no queries at all (every query gets this as
-    /// [`QueryError::Unavailable`]), e.g. its tasks run in other processes.
+    /// [`QueryError::Unavailable`]).
     pub unavailable: Option<String>,
+    /// This process runs only some of the job's subtasks (a worker): a key
+    /// whose subtask runs elsewhere gets [`QueryError::NotHere`].
+    pub partial: bool,
+    /// The job's tasks run in other processes, which answer its queries
+    /// (the coordinator of workers).
+    pub remote: Option<Arc<dyn RemoteQueries>>,
+}
+
+/// Answers the queries of a job whose tasks run in other processes.
+pub trait RemoteQueries: Send + Sync {
+    fn query(&self, uid: &str, state: &str, key_json: &str, timeout: Duration) -> Result<StateAnswer, QueryError>;
 }
 
 /// Why a query got no value.
@@ -91,6 +103,9 @@ pub enum QueryError {
     NotRunning(String),
     /// The subtask could not read the state (a corrupt value, a backend failure).
     Failed(String),
+    /// The subtask that owns the key (or every subtask of the operator)
+    /// runs in another process; only a worker's partial routes say this.
+    NotHere(String),
 }
 
 impl std::fmt::Display for QueryError {
@@ -101,7 +116,8 @@ impl std::fmt::Display for QueryError {
             | QueryError::InvalidKey(m)
             | QueryError::Unavailable(m)
             | QueryError::NotRunning(m)
-            | QueryError::Failed(m) => f.write_str(m),
+            | QueryError::Failed(m)
+            | QueryError::NotHere(m) => f.write_str(m),
         }
     }
 }
@@ -109,7 +125,7 @@ impl std::fmt::Display for QueryError {
 impl std::error::Error for QueryError {}
 
 /// The answer to a query.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateAnswer {
     pub uid: String,
     pub operator: String,
@@ -160,10 +176,18 @@ impl QueryRoutes {
     /// Read `key_json`'s value of the state queryable as `state` in the
     /// operator `uid`, waiting up to `timeout` for the owning subtask.
     pub fn query(&self, uid: &str, state: &str, key_json: &str, timeout: Duration) -> Result<StateAnswer, QueryError> {
+        if let Some(remote) = &self.remote {
+            return remote.query(uid, state, key_json, timeout);
+        }
         if let Some(why) = &self.unavailable {
             return Err(QueryError::Unavailable(why.clone()));
         }
         let Some(op) = self.operators.iter().find(|o| o.uid == uid) else {
+            if self.partial && self.uids.iter().any(|u| u == uid) {
+                return Err(QueryError::NotHere(format!(
+                    "no subtask of operator '{uid}' that serves queries runs here"
+                )));
+            }
             let queryable = list(self.operators.iter().map(|o| format!("'{}'", o.uid)));
             return Err(QueryError::UnknownOperator(if self.uids.iter().any(|u| u == uid) {
                 format!(
@@ -213,11 +237,16 @@ impl QueryRoutes {
                 subtask + 1
             ))
         };
-        let mailbox = op
-            .mailboxes
-            .get(subtask as usize)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| unavailable("serves no queries"))?;
+        let mailbox = match op.mailboxes.get(subtask as usize).and_then(Option::as_ref) {
+            Some(m) => m,
+            None if self.partial => {
+                return Err(QueryError::NotHere(format!(
+                    "subtask {} of operator '{uid}', which owns the key, runs elsewhere",
+                    subtask + 1
+                )))
+            }
+            None => return Err(unavailable("serves no queries")),
+        };
         let (reply, answer) = bounded(1);
         let query = StateQuery {
             node: op.node,

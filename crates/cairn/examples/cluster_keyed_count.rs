@@ -24,7 +24,8 @@ struct RunningTotals {
 
 impl KeyedProcessFunction<u64, GeneratedEvent, (u64, u64, u64)> for RunningTotals {
     fn open(&mut self, ctx: &mut KeyedOpenContext<'_>) -> OpResult {
-        self.totals = Some(ctx.value_state(ValueStateDescriptor::new("totals"))?);
+        // Queryable: `cairn state get <job> running-totals totals <key>` reads a key's totals live.
+        self.totals = Some(ctx.value_state(ValueStateDescriptor::new("totals").queryable("totals"))?);
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 
 mod netns;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -613,17 +613,9 @@ fn relaunched_log(c: &Cluster, jid: &str) -> String {
 #[test]
 fn rescaling_two_four_three_workers_by_savepoint_keeps_every_keys_state() {
     let keys = 24;
-    let Some(mut c) = Cluster::new("rescale", 4, &["heartbeat.timeout=20s"], &[]) else {
+    let Some((mut c, jid)) = unbounded_on_two_workers("rescale", 4, keys, 300) else {
         return;
     };
-    c.job_args = job_args(&c.dir, 1 << 40, keys, 300);
-    c.start_coordinator(2);
-    c.start_worker(0);
-    c.start_worker(1);
-    wait_until("output of every key", Duration::from_secs(120), || {
-        committed(&c.out()).len() as u64 == keys
-    });
-    let jid = registered_jid(&c, None);
     c.start_worker(2);
     c.start_worker(3);
     let mut previous = jid;
@@ -673,6 +665,86 @@ fn rescaling_two_four_three_workers_by_savepoint_keeps_every_keys_state() {
     });
     let all = committed(&c.out());
     assert_exactly_once(&all, keys, None);
+}
+
+/// Live state queries of a job on two workers (`cairn state get`, through
+/// the coordinator's REST API): the worker running the subtask that owns
+/// the key answers, for keys of both subtasks; the value is the key's
+/// running totals, never behind what the job already committed for it; an
+/// unknown uid, state or malformed key is a clear error.
+#[test]
+fn live_state_queries_are_answered_by_the_worker_that_owns_the_key() {
+    let keys = 8;
+    let Some((c, jid)) = unbounded_on_two_workers("query", 2, keys, 200) else {
+        return;
+    };
+    let mut subtasks = BTreeSet::new();
+    for key in 0..keys {
+        let before = committed(&c.out())[&key].len() as u64;
+        let (ok, out) = cli(
+            &c,
+            0,
+            &[
+                "state",
+                "get",
+                &jid[..8],
+                "running-totals",
+                "totals",
+                &key.to_string(),
+                "--json",
+            ],
+        );
+        assert!(
+            ok,
+            "{out}
+--- coordinator:
+{}",
+            c.coordinator_log()
+        );
+        let answer: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let count = answer["value"][0]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a count: {answer}"));
+        assert!(
+            count >= before,
+            "key {key}: live count {count}, committed {before} before: {answer}"
+        );
+        subtasks.insert(answer["subtask"].as_u64().unwrap());
+    }
+    assert_eq!(
+        subtasks.len(),
+        2,
+        "keys of both workers' subtasks answered: {subtasks:?}"
+    );
+    for (args, expect) in [
+        (vec!["nope", "totals", "1"], "no operator with uid 'nope'"),
+        (vec!["running-totals", "nope", "1"], "no state queryable as 'nope'"),
+        (vec!["events", "totals", "1"], "has no queryable state"),
+        (vec!["running-totals", "totals", "\"a\""], "not a key of operator"),
+    ] {
+        let mut all = vec!["state", "get", &jid[..8]];
+        all.extend(args.iter().copied());
+        let (ok, out) = cli(&c, 0, &all);
+        assert!(!ok && out.contains(expect), "{all:?}: expected '{expect}' in:\n{out}");
+    }
+    let (ok, out) = cli(&c, 0, &["cancel", &jid[..8]]);
+    assert!(ok, "{out}");
+}
+
+/// An endless job at `rate` events per second per source subtask over
+/// `keys` keys, parallelism 2 on the first two of `workers` hosts, once
+/// every key has output; with its job id. `None` without network namespaces.
+fn unbounded_on_two_workers(tag: &str, workers: usize, keys: u64, rate: u64) -> Option<(Cluster, String)> {
+    let mut c = Cluster::new(tag, workers, &["heartbeat.timeout=20s"], &[])?;
+    c.job_args = job_args(&c.dir, 1 << 40, keys, rate);
+    c.start_coordinator(2);
+    c.start_worker(0);
+    c.start_worker(1);
+    wait_until("output of every key", Duration::from_secs(120), || {
+        committed(&c.out()).len() as u64 == keys
+    });
+    let jid = registered_jid(&c, None);
+    Some((c, jid))
 }
 
 /// The job id of the one job registered, other than `not`.
