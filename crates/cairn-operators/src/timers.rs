@@ -237,17 +237,23 @@ impl MemoryQueue {
         if !well_formed(enc) {
             return Err(corrupt(kg));
         }
-        let state = self.state;
-        match self.bucket(timestamp_of(enc)) {
+        let ts = timestamp_of(enc);
+        let known = match self.by_time.get(&ts) {
+            Some(Bucket::Waiting(m)) => m.contains_key(enc),
+            Some(Bucket::Firing(v)) => firing_slot(v, enc).is_ok(),
+            None => false,
+        };
+        if known {
+            return Ok(());
+        }
+        // Into the backend first: a failed write leaves no empty bucket.
+        backend.put(self.state, kg, enc, &[])?;
+        match self.bucket(ts) {
             Bucket::Waiting(m) => {
-                if !m.contains_key(enc) {
-                    backend.put(state, kg, enc, &[])?;
-                    m.insert(enc.into(), kg);
-                }
+                m.insert(enc.into(), kg);
             }
             Bucket::Firing(v) => {
                 if let Err(slot) = firing_slot(v, enc) {
-                    backend.put(state, kg, enc, &[])?;
                     v.insert(slot, (enc.into(), kg));
                 }
             }
@@ -274,27 +280,33 @@ impl MemoryQueue {
     }
 
     fn pop_due(&mut self, backend: &mut dyn KeyedStateBackend, time: i64) -> Result<Option<Timer>, StateError> {
-        let Some(mut first) = self.by_time.first_entry() else {
-            return Ok(None);
-        };
-        if *first.key() > time {
-            return Ok(None);
+        loop {
+            let Some(mut first) = self.by_time.first_entry() else {
+                return Ok(None);
+            };
+            if *first.key() > time {
+                return Ok(None);
+            }
+            let bucket = first.get_mut();
+            if let Bucket::Waiting(m) = bucket {
+                let mut v: Vec<(Box<[u8]>, u32)> = m.drain().collect();
+                v.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                *bucket = Bucket::Firing(v);
+            }
+            let Bucket::Firing(v) = bucket else {
+                unreachable!("the bucket was just sorted")
+            };
+            // Buckets are removed when they empty; an empty one is skipped anyway.
+            let Some((enc, kg)) = v.pop() else {
+                first.remove();
+                continue;
+            };
+            if v.is_empty() {
+                first.remove();
+            }
+            backend.remove(self.state, kg, &enc)?;
+            return decode(kg, &enc).map(Some).ok_or_else(|| corrupt(kg));
         }
-        let bucket = first.get_mut();
-        if let Bucket::Waiting(m) = bucket {
-            let mut v: Vec<(Box<[u8]>, u32)> = m.drain().collect();
-            v.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-            *bucket = Bucket::Firing(v);
-        }
-        let Bucket::Firing(v) = bucket else {
-            unreachable!("the bucket was just sorted")
-        };
-        let (enc, kg) = v.pop().expect("empty buckets are removed");
-        if v.is_empty() {
-            first.remove();
-        }
-        backend.remove(self.state, kg, &enc)?;
-        decode(kg, &enc).map(Some).ok_or_else(|| corrupt(kg))
     }
 }
 
