@@ -562,11 +562,14 @@ impl TimerService {
 mod tests {
     use super::*;
     use cairn_state::HeapKeyedStateBackend;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     /// A heap backend that also scans in order (through `for_each_key` and a
     /// sort), so the backend queue runs against a reference store here; the
     /// RocksDB crate's tests run it against RocksDB.
-    struct Ordered(HeapKeyedStateBackend);
+    /// (Writes fail while the flag is set.)
+    struct Ordered(HeapKeyedStateBackend, Arc<AtomicBool>);
 
     impl KeyedStateBackend for Ordered {
         fn kind(&self) -> &'static str {
@@ -585,6 +588,9 @@ mod tests {
             self.0.get(s, kg, k, out)
         }
         fn put(&mut self, s: StateId, kg: u32, k: &[u8], v: &[u8]) -> Result<(), StateError> {
+            if self.1.load(Ordering::Relaxed) {
+                return Err(StateError::Backend("the test's disk is full".into()));
+            }
             self.0.put(s, kg, k, v)
         }
         fn append(&mut self, s: StateId, kg: u32, k: &[u8], v: &[u8]) -> Result<(), StateError> {
@@ -653,7 +659,7 @@ mod tests {
         };
         let heap = HeapKeyedStateBackend::new(range);
         if ordered {
-            KeyedStateAccess::new(Box::new(Ordered(heap)))
+            KeyedStateAccess::new(Box::new(Ordered(heap, Arc::default())))
         } else {
             KeyedStateAccess::new(Box::new(heap))
         }
@@ -796,6 +802,40 @@ mod tests {
             let mut left = 0;
             a.backend_mut().for_each_key(state, &mut |_, _| left += 1).unwrap();
             assert_eq!(left, 0, "fired and deleted timers leave no rows");
+        }
+    }
+
+    /// A registration whose backend write fails leaves both queues as they
+    /// were: no timer and no wake-up time they could not store.
+    #[test]
+    fn a_failed_timer_write_leaves_the_queue_as_it_was() {
+        for in_backend in [false, true] {
+            let range = KeyGroupRange {
+                start: 0,
+                end_exclusive: 4,
+            };
+            let full = Arc::new(AtomicBool::new(false));
+            let heap = HeapKeyedStateBackend::new(range);
+            let mut a = KeyedStateAccess::new(Box::new(Ordered(heap, full.clone())));
+            let settings = TimerSettings {
+                in_backend,
+                cache_size: 2,
+            };
+            let mut q = TimerService::open(&mut a, settings).unwrap();
+            assert_eq!(q.kept_in_backend(TimeDomain::EventTime), in_backend);
+            a.set_current_key(&[1], 1);
+            q.register(&mut a, TimeDomain::EventTime, 20, b"").unwrap();
+            full.store(true, Ordering::Relaxed);
+            a.set_current_key(&[2], 2);
+            let e = q.register(&mut a, TimeDomain::EventTime, 10, b"").unwrap_err();
+            assert!(e.to_string().contains("disk is full"), "{e}");
+            full.store(false, Ordering::Relaxed);
+            assert_eq!(q.next_event_time(), Some(20), "in backend: {in_backend}");
+            let mut fired = Vec::new();
+            while let Some(t) = q.pop_due(&mut a, TimeDomain::EventTime, 100).unwrap() {
+                fired.push((t.timestamp, t.key));
+            }
+            assert_eq!(fired, [(20, vec![1])], "in backend: {in_backend}");
         }
     }
 
