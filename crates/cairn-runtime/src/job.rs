@@ -307,7 +307,6 @@ pub fn start_tasks(
     let mut routes = QueryRoutes {
         operators: Vec::new(),
         uids: g.nodes.iter().map(|n| n.uid.clone()).collect(),
-        unavailable: None,
         partial: false,
         remote: None,
     };

@@ -72,9 +72,6 @@ pub struct QueryRoutes {
     pub operators: Vec<QueryableOperator>,
     /// Every operator uid of the job (for messages about unknown uids).
     pub uids: Vec<String>,
-    /// Why this job serves no queries at all (every query gets this as
-    /// [`QueryError::Unavailable`]).
-    pub unavailable: Option<String>,
     /// This process runs only some of the job's subtasks (a worker): a key
     /// whose subtask runs elsewhere gets [`QueryError::NotHere`].
     pub partial: bool,
@@ -178,9 +175,6 @@ impl QueryRoutes {
     pub fn query(&self, uid: &str, state: &str, key_json: &str, timeout: Duration) -> Result<StateAnswer, QueryError> {
         if let Some(remote) = &self.remote {
             return remote.query(uid, state, key_json, timeout);
-        }
-        if let Some(why) = &self.unavailable {
-            return Err(QueryError::Unavailable(why.clone()));
         }
         let Some(op) = self.operators.iter().find(|o| o.uid == uid) else {
             if self.partial && self.uids.iter().any(|u| u == uid) {
