@@ -56,18 +56,28 @@ fn owner_line() -> String {
     format!("{pid} {}\n", process_start_time(pid).unwrap_or(0))
 }
 
-/// Whether the process recorded in `owner` (a directory's owner file) is gone.
-fn owner_is_gone(owner: &str) -> bool {
-    let mut parts = owner.split_whitespace();
-    let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+/// Whether the process that created a job directory is gone. The owner
+/// file (`<pid> <start time>`) decides; a process killed between creating
+/// the directory and writing that file leaves none, or a partial line, so
+/// then the pid in the directory's name (`...-<pid>-<n>`) decides, without
+/// the start time: a live process with that pid keeps the directory.
+fn owner_is_gone(owner: Option<&str>, dir_name: &str) -> bool {
+    let mut parts = owner.unwrap_or("").split_whitespace();
+    let recorded = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let start = parts.next().and_then(|s| s.parse::<u64>().ok());
+    if let (Some(pid), Some(start)) = (recorded, start) {
+        return match process_start_time(pid) {
+            None => true,
+            Some(now) => now != start,
+        };
+    }
+    let mut from_name = dir_name.rsplit('-');
+    let (Some(_n), Some(pid)) = (from_name.next(), from_name.next()) else {
         return false;
     };
-    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
-        return false;
-    };
-    match process_start_time(pid) {
-        None => true,
-        Some(now) => now != start,
+    match pid.parse::<u32>() {
+        Ok(pid) => process_start_time(pid).is_none(),
+        Err(_) => false,
     }
 }
 
@@ -143,10 +153,9 @@ fn remove_stale(local_dir: &Path) {
             continue;
         }
         let path = entry.path();
-        if let Ok(owner) = fs::read_to_string(path.join(OWNER_FILE)) {
-            if owner_is_gone(&owner) {
-                let _ = fs::remove_dir_all(&path);
-            }
+        let owner = fs::read_to_string(path.join(OWNER_FILE)).ok();
+        if owner_is_gone(owner.as_deref(), &name.to_string_lossy()) {
+            let _ = fs::remove_dir_all(&path);
         }
     }
 }
@@ -204,10 +213,23 @@ mod tests {
         fs::create_dir_all(root.join("cairn-rocksdb-live-2")).unwrap();
         fs::write(root.join("cairn-rocksdb-live-2/owner"), owner_line()).unwrap();
         fs::create_dir_all(root.join("unrelated")).unwrap();
+        // Killed before the owner file was written (or while writing it):
+        // the pid in the name decides. No process has pid 4194304 (above
+        // Linux's pid_max).
+        fs::create_dir_all(root.join("cairn-rocksdb-j-4194304-0")).unwrap();
+        fs::create_dir_all(root.join("cairn-rocksdb-j-4194304-1")).unwrap();
+        fs::write(root.join("cairn-rocksdb-j-4194304-1/owner"), "41").unwrap();
+        let me = std::process::id();
+        fs::create_dir_all(root.join(format!("cairn-rocksdb-j-{me}-99"))).unwrap();
+        fs::create_dir_all(root.join("cairn-rocksdb-no-pid")).unwrap();
         let job = JobDir::create(&root, "new").unwrap();
         assert!(!root.join("cairn-rocksdb-dead-1").exists());
         assert!(root.join("cairn-rocksdb-live-2").exists());
         assert!(root.join("unrelated").exists());
+        assert!(!root.join("cairn-rocksdb-j-4194304-0").exists());
+        assert!(!root.join("cairn-rocksdb-j-4194304-1").exists());
+        assert!(root.join(format!("cairn-rocksdb-j-{me}-99")).exists());
+        assert!(root.join("cairn-rocksdb-no-pid").exists());
         drop(job);
         fs::remove_dir_all(&root).unwrap();
     }
