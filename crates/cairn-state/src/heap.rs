@@ -11,7 +11,7 @@
 //! methods (timers, tools), keep bytes.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use crate::backend::{
@@ -75,7 +75,6 @@ impl Hasher for FxHasher {
     }
 }
 
-pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
 type Bytes = SmallBytes;
 
 /// Short byte strings stored inline (in the hash-table bucket itself), longer
@@ -227,6 +226,35 @@ pub mod small_bytes {
         }
     }
 
+    impl SmallBytes {
+        /// Whether these are `key`'s bytes: the hash-table compare of the
+        /// heap backend, done in fixed-size words for inline strings instead
+        /// of a `memcmp` call for a few bytes.
+        #[inline]
+        pub fn matches(&self, key: &[u8]) -> bool {
+            match &self.0 {
+                Repr::Inline { len, buf } => *len as usize == key.len() && short_eq(&buf[..key.len()], key),
+                Repr::Heap { .. } => self.as_slice() == key,
+            }
+        }
+    }
+
+    /// `a == b` for slices of one length of at most [`INLINE_CAP`] bytes,
+    /// by (overlapping) 8- or 4-byte words that together cover every byte.
+    #[inline]
+    fn short_eq(a: &[u8], b: &[u8]) -> bool {
+        let n = a.len();
+        let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+        let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+        if n >= 8 {
+            word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8) && (n <= 16 || word(a, 8) == word(b, 8))
+        } else if n >= 4 {
+            half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4)
+        } else {
+            a == b
+        }
+    }
+
     impl Default for SmallBytes {
         #[inline]
         fn default() -> Self {
@@ -328,6 +356,21 @@ pub mod small_bytes {
         }
 
         #[test]
+        fn matches_compares_every_byte_at_every_length() {
+            for n in 0..=INLINE_CAP + 3 {
+                let b = bytes(n);
+                let s = SmallBytes::from_slice(&b);
+                assert!(s.matches(&b), "length {n}");
+                assert!(!s.matches(&b[..n.saturating_sub(1)]) || n == 0, "length {n} vs shorter");
+                for i in 0..n {
+                    let mut other = b.clone();
+                    other[i] ^= 0x40;
+                    assert!(!s.matches(&other), "length {n}, byte {i} differs");
+                }
+            }
+        }
+
+        #[test]
         fn stays_inline_up_to_the_capacity() {
             assert_eq!(std::mem::size_of::<SmallBytes>(), 24);
             for n in 0..=INLINE_CAP + 2 {
@@ -367,7 +410,8 @@ pub mod small_bytes {
 
         #[test]
         fn maps_are_searched_with_slices() {
-            let mut h: HashMap<SmallBytes, SmallBytes, crate::heap::FxBuild> = HashMap::default();
+            let mut h: HashMap<SmallBytes, SmallBytes, std::hash::BuildHasherDefault<crate::heap::FxHasher>> =
+                HashMap::default();
             let mut t = BTreeMap::new();
             for n in 0..40 {
                 let b = bytes(n);
@@ -715,14 +759,14 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         }
     }
 
-    /// Looks the key up in every typed state (the ones handles read per
-    /// record); the answers are thrown away, the cache lines stay.
+    /// Starts the load of the key's slot in every typed state (the ones
+    /// handles read per record) without waiting for any of them.
     #[inline]
     fn prefetch(&mut self, kg: u32, key: &[u8]) {
         let Ok(slot) = self.slot(kg) else { return };
         for table in &self.tables {
             if let Group::Typed(g) = &table.groups[slot] {
-                std::hint::black_box(g.contains(key));
+                g.prefetch(key);
             }
         }
     }

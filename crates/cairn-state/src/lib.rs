@@ -23,6 +23,7 @@ pub mod heap;
 pub mod key_encoding;
 pub mod keygroup;
 pub mod operator_state;
+mod page_table;
 mod paged;
 pub mod query;
 pub mod shape;

@@ -8,27 +8,25 @@
 //! size, and a snapshot in flight doubles the memory of the pages written
 //! while it is written, not of every group touched.
 //!
-//! A key's page comes from bits 32 and up of a hash of its bytes, so the
-//! pages' own hash maps (which use the low bits and the top 7 bits of their
-//! hash) still see well-spread hashes.
+//! A key is hashed once per operation ([`key_hash`]): bits 32 and up of the
+//! hash choose its page, and the page's table ([`PageTable`]) mixes all of
+//! them again for the slot.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
-use std::hash::Hasher;
 use std::sync::Arc;
 
-use crate::heap::{FxBuild, FxHasher, SmallBytes};
+use crate::heap::SmallBytes;
+use crate::page_table::{key_hash, PageTable};
 
 /// Pages split (their number doubles) when they hold this many entries on average.
 pub(crate) const PAGE_ENTRIES: usize = 512;
 
-type Page<V> = HashMap<SmallBytes, V, FxBuild>;
+type Page<V> = PageTable<V>;
 
 /// A page owned by the live map (written without atomics or checks), or
 /// shared with snapshots (copied, or taken back, on the first write).
 #[derive(Debug)]
 enum Slot<V> {
-    Owned(Box<Page<V>>),
+    Owned(Page<V>),
     Shared(Arc<Page<V>>),
 }
 
@@ -53,20 +51,15 @@ pub(crate) struct Paged<V> {
 impl<V> Default for Paged<V> {
     fn default() -> Self {
         Paged {
-            pages: vec![Slot::Owned(Box::default())],
+            pages: vec![Slot::Owned(Page::default())],
             len: 0,
         }
     }
 }
 
 #[inline]
-fn page_of(key: &[u8], pages: usize) -> usize {
-    if pages == 1 {
-        return 0;
-    }
-    let mut h = FxHasher::default();
-    h.write(key);
-    ((h.finish() >> 32) as usize) & (pages - 1)
+fn page_of(hash: u64, pages: usize) -> usize {
+    ((hash >> 32) as usize) & (pages - 1)
 }
 
 /// The page of `slot`, owned by the live map (copied when a snapshot still
@@ -76,7 +69,7 @@ fn owned<V: Clone>(slot: &mut Slot<V>) -> &mut Page<V> {
     if let Slot::Shared(shared) = slot {
         let shared = std::mem::take(shared);
         let page = Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone());
-        *slot = Slot::Owned(Box::new(page));
+        *slot = Slot::Owned(page);
     }
     match slot {
         Slot::Owned(p) => p,
@@ -91,13 +84,28 @@ impl<V: Clone> Paged<V> {
     }
 
     #[inline]
+    fn page(&self, hash: u64) -> &Page<V> {
+        self.pages[page_of(hash, self.pages.len())].page()
+    }
+
+    #[inline]
     pub fn get(&self, key: &[u8]) -> Option<&V> {
-        self.pages[page_of(key, self.pages.len())].page().get(key)
+        let h = key_hash(key);
+        self.page(h).get(h, key)
     }
 
     #[inline]
     pub fn contains_key(&self, key: &[u8]) -> bool {
-        self.get(key).is_some()
+        let h = key_hash(key);
+        self.page(h).contains(h, key)
+    }
+
+    /// Start fetching the slot `key` would be in, without waiting for it
+    /// (see [`PageTable::touch`]).
+    #[inline]
+    pub fn prefetch(&self, key: &[u8]) {
+        let h = key_hash(key);
+        self.page(h).touch(h);
     }
 
     /// A read-only view sharing every page, for a snapshot: O(pages). The
@@ -109,7 +117,7 @@ impl<V: Clone> Paged<V> {
             .iter_mut()
             .map(|slot| {
                 if let Slot::Owned(page) = slot {
-                    let page = std::mem::take(&mut **page);
+                    let page = std::mem::take(page);
                     *slot = Slot::Shared(Arc::new(page));
                 }
                 match slot {
@@ -125,19 +133,20 @@ impl<V: Clone> Paged<V> {
     /// the key is in it.
     #[inline]
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
-        let i = page_of(key, self.pages.len());
+        let h = key_hash(key);
+        let i = page_of(h, self.pages.len());
         if let Slot::Shared(p) = &self.pages[i] {
-            if !p.contains_key(key) {
+            if !p.contains(h, key) {
                 return None;
             }
         }
-        owned(&mut self.pages[i]).get_mut(key)
+        owned(&mut self.pages[i]).get_mut(h, key)
     }
 
     /// Make room before inserting a key that may be new.
     #[inline]
-    fn reserve_one(&mut self, key: &[u8]) {
-        if self.len >= self.pages.len() * PAGE_ENTRIES && !self.contains_key(key) {
+    fn reserve_one(&mut self, hash: u64, key: &[u8]) {
+        if self.len >= self.pages.len() * PAGE_ENTRIES && !self.page(hash).contains(hash, key) {
             self.grow();
         }
     }
@@ -145,16 +154,11 @@ impl<V: Clone> Paged<V> {
     /// Set `key` to `value` (one lookup).
     #[inline]
     pub fn insert(&mut self, key: &[u8], value: V) {
-        self.reserve_one(key);
-        let i = page_of(key, self.pages.len());
-        match owned(&mut self.pages[i]).entry(SmallBytes::from_slice(key)) {
-            Entry::Occupied(mut e) => {
-                e.insert(value);
-            }
-            Entry::Vacant(e) => {
-                self.len += 1;
-                e.insert(value);
-            }
+        let h = key_hash(key);
+        self.reserve_one(h, key);
+        let i = page_of(h, self.pages.len());
+        if owned(&mut self.pages[i]).insert(h, key, value) {
+            self.len += 1;
         }
     }
 
@@ -162,26 +166,25 @@ impl<V: Clone> Paged<V> {
     /// (one lookup).
     #[inline]
     pub fn get_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
-        self.reserve_one(key);
-        let i = page_of(key, self.pages.len());
+        let h = key_hash(key);
+        self.reserve_one(h, key);
+        let i = page_of(h, self.pages.len());
         // Writing either way: a shared page is copied.
-        let page = owned(&mut self.pages[i]);
-        match page.entry(SmallBytes::from_slice(key)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                self.len += 1;
-                e.insert(make())
-            }
+        let (value, inserted) = owned(&mut self.pages[i]).get_or_insert_with(h, key, make);
+        if inserted {
+            self.len += 1;
         }
+        value
     }
 
     /// Remove `key`; a shared page is copied only when the key is in it.
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
-        if !self.contains_key(key) {
+        let h = key_hash(key);
+        if !self.page(h).contains(h, key) {
             return None;
         }
-        let i = page_of(key, self.pages.len());
-        let removed = owned(&mut self.pages[i]).remove(key);
+        let i = page_of(h, self.pages.len());
+        let removed = owned(&mut self.pages[i]).remove(h, key);
         if removed.is_some() {
             self.len -= 1;
         }
@@ -221,28 +224,28 @@ impl<V: Clone> Paged<V> {
     /// keeps its page).
     fn regrow(&mut self, n: usize, entries: usize) {
         let per_page = entries / n + 1;
-        let mut pages: Vec<Page<V>> = (0..n)
-            .map(|_| HashMap::with_capacity_and_hasher(per_page, FxBuild::default()))
-            .collect();
+        let mut pages: Vec<Page<V>> = (0..n).map(|_| PageTable::with_capacity(per_page)).collect();
         for slot in self.pages.drain(..) {
             let owned = match slot {
-                Slot::Owned(p) => Ok(*p),
+                Slot::Owned(p) => Ok(p),
                 Slot::Shared(p) => Arc::try_unwrap(p),
             };
             match owned {
                 Ok(page) => {
-                    for (k, v) in page {
-                        pages[page_of(&k, n)].insert(k, v);
+                    for (k, v) in page.into_entries() {
+                        let h = key_hash(&k);
+                        pages[page_of(h, n)].insert_new(h, k, v);
                     }
                 }
                 Err(shared) => {
                     for (k, v) in shared.iter() {
-                        pages[page_of(k, n)].insert(k.clone(), v.clone());
+                        let h = key_hash(k);
+                        pages[page_of(h, n)].insert_new(h, k.clone(), v.clone());
                     }
                 }
             }
         }
-        self.pages = pages.into_iter().map(|p| Slot::Owned(Box::new(p))).collect();
+        self.pages = pages.into_iter().map(Slot::Owned).collect();
     }
 
     /// Number of pages (for tests).

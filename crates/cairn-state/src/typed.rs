@@ -53,6 +53,9 @@ pub trait TypedGroup: Send + Sync {
         self.len() == 0
     }
     fn contains(&self, key: &[u8]) -> bool;
+    /// Start fetching the memory `key`'s entry would be in, without waiting
+    /// for it (a hint; see [`crate::backend::KeyedStateBackend::prefetch`]).
+    fn prefetch(&self, key: &[u8]);
     fn remove(&mut self, key: &[u8]);
     fn for_each_key(&self, visit: &mut dyn FnMut(&[u8]));
     /// The stored value of `key` as bytes, into `out`; false when absent.
@@ -150,6 +153,10 @@ impl<T: StateValue> TypedGroup for ValueGroup<T> {
     fn contains(&self, key: &[u8]) -> bool {
         self.0.contains_key(key)
     }
+    #[inline]
+    fn prefetch(&self, key: &[u8]) {
+        self.0.prefetch(key);
+    }
     fn remove(&mut self, key: &[u8]) {
         self.0.remove(key);
     }
@@ -237,6 +244,10 @@ impl<T: StateValue> TypedGroup for ListGroup<T> {
     }
     fn contains(&self, key: &[u8]) -> bool {
         self.0.contains_key(key)
+    }
+    #[inline]
+    fn prefetch(&self, key: &[u8]) {
+        self.0.prefetch(key);
     }
     fn remove(&mut self, key: &[u8]) {
         self.0.remove(key);
