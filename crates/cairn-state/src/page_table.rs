@@ -80,9 +80,11 @@ impl<V> PageTable<V> {
         (hash.wrapping_mul(SPREAD) >> 32) as usize & (self.slots.len() - 1)
     }
 
-    /// Start loading the first slot of `hash` into the cache without
-    /// waiting for it (nothing depends on the load, so the processor goes
-    /// on with other work while it is in flight).
+    /// Start loading the first slot of `hash` into the cache. No branch
+    /// depends on the load, so the processor goes on to the next keys while
+    /// it is in flight (until its reorder buffer fills: a kept load still
+    /// retires only when its line arrives, unlike a prefetch instruction,
+    /// which needs `unsafe`).
     #[inline]
     pub fn touch(&self, hash: u64) {
         if !self.slots.is_empty() {
