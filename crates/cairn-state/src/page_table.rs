@@ -80,15 +80,13 @@ impl<V> PageTable<V> {
         (hash.wrapping_mul(SPREAD) >> 32) as usize & (self.slots.len() - 1)
     }
 
-    /// Start loading the first slot of `hash` into the cache. No branch
-    /// depends on the load, so the processor goes on to the next keys while
-    /// it is in flight (until its reorder buffer fills: a kept load still
-    /// retires only when its line arrives, unlike a prefetch instruction,
-    /// which needs `unsafe`).
+    /// Start loading the first slot of `hash` into the cache with a prefetch
+    /// instruction, which retires at once: a batch's misses overlap instead of
+    /// each load holding the processor's reorder buffer until its line arrives.
     #[inline]
     pub fn touch(&self, hash: u64) {
         if !self.slots.is_empty() {
-            std::hint::black_box(self.slots[self.home(hash)].is_some());
+            cairn_prefetch::prefetch_read(&self.slots[self.home(hash)]);
         }
     }
 
