@@ -11,26 +11,40 @@
 //! a program can observe but its timing. This crate is the only place in the
 //! workspace allowed `unsafe`, for that one instruction.
 
-/// Ask the processor to start bringing the cache line holding `value` into
-/// the nearest cache level. A hint only: no effect on behaviour, a no-op on
-/// processors without such an instruction.
+/// The cache line size of the processors Cairn runs on (x86_64, aarch64).
+const LINE: usize = 64;
+
+/// Ask the processor to start bringing every cache line `value` spans into
+/// the nearest cache level (a value of 32 bytes may straddle two lines). A
+/// hint only: no effect on behaviour, a no-op on processors without such an
+/// instruction.
 #[inline(always)]
 pub fn prefetch_read<T>(value: &T) {
+    let start = (value as *const T).cast::<u8>();
+    let address = start as usize;
+    let lines = (address + std::mem::size_of::<T>().max(1) - 1) / LINE - address / LINE;
+    prefetch_line(start);
+    for line in 1..=lines {
+        prefetch_line(start.wrapping_add(line * LINE - address % LINE));
+    }
+}
+
+#[inline(always)]
+fn prefetch_line(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let address = (value as *const T).cast::<i8>();
         // SAFETY: `_mm_prefetch` is a hint that reads nothing the program can
-        // see and cannot fault, whatever the address; here it even comes from a
-        // live reference. SSE, which the instruction needs, is part of every
-        // x86_64 target.
+        // see and cannot fault, whatever the address (here: within or at the
+        // start of a line of a live value). SSE, which the instruction needs,
+        // is part of every x86_64 target.
         #[allow(unsafe_code)]
         unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(address)
+            _mm_prefetch::<_MM_HINT_T0>(address.cast::<i8>())
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = value;
+        let _ = address;
     }
 }

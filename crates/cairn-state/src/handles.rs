@@ -26,8 +26,9 @@ use crate::descriptor::{
     StateTtlConfig, TtlUpdateType, ValueStateDescriptor,
 };
 use crate::error::StateError;
+use crate::page_table::key_hash;
 use crate::query::{self, QueryableSlot, QueryableState};
-use crate::typed::{ListGroup, ListKind, StateValue, TypedKind, ValueGroup, ValueKind};
+use crate::typed::{HashedKey, ListGroup, ListKind, StateValue, TypedKind, ValueGroup, ValueKind};
 
 /// Anything that gives access to keyed state for the current key: the runtime's
 /// keyed contexts implement this.
@@ -50,6 +51,9 @@ pub struct KeyedStateAccess {
     key_len: usize,
     /// Current key bytes followed by the current namespace bytes.
     composite: Vec<u8>,
+    /// The hash of `composite` for typed groups, computed at its first use
+    /// after each change (one hash per record, not one per access).
+    composite_hash: Option<u64>,
     now_ms: u64,
     buf: Vec<u8>,
     scratch: Vec<u8>,
@@ -66,6 +70,7 @@ impl KeyedStateAccess {
             has_key: false,
             key_len: 0,
             composite: Vec::with_capacity(64),
+            composite_hash: None,
             now_ms: 0,
             buf: Vec::with_capacity(64),
             scratch: Vec::with_capacity(64),
@@ -78,6 +83,7 @@ impl KeyedStateAccess {
     pub fn set_current_key(&mut self, key_bytes: &[u8], kg: u32) {
         self.composite.clear();
         self.composite.extend_from_slice(key_bytes);
+        self.composite_hash = None;
         self.key_len = key_bytes.len();
         self.key_group = kg;
         self.has_key = true;
@@ -95,6 +101,7 @@ impl KeyedStateAccess {
     pub fn set_namespace(&mut self, namespace: &[u8]) {
         self.composite.truncate(self.key_len);
         self.composite.extend_from_slice(namespace);
+        self.composite_hash = None;
     }
 
     /// The current key's bytes.
@@ -246,20 +253,29 @@ impl KeyedStateAccess {
 
     /// The current key's typed group `G` of a typed state, and the key.
     #[inline]
-    fn typed<G: Any>(&mut self, slot: &Slot) -> Result<(&G, &[u8]), StateError> {
+    fn typed<G: Any>(&mut self, slot: &Slot) -> Result<(&G, HashedKey<'_>), StateError> {
         self.require_key(slot)?;
+        let hash = self.composite_hash();
         let group = self.backend.typed_group(slot.id, self.key_group)?;
-        let group = group.as_any().downcast_ref::<G>().ok_or_else(|| mismatch(slot))?;
-        Ok((group, &self.composite))
+        let group = (group as &dyn Any).downcast_ref::<G>().ok_or_else(|| mismatch(slot))?;
+        Ok((group, HashedKey::with_hash(&self.composite, hash)))
     }
 
     /// [`KeyedStateAccess::typed`] for writing.
     #[inline]
-    fn typed_mut<G: Any>(&mut self, slot: &Slot) -> Result<(&mut G, &[u8]), StateError> {
+    fn typed_mut<G: Any>(&mut self, slot: &Slot) -> Result<(&mut G, HashedKey<'_>), StateError> {
         self.require_key(slot)?;
+        let hash = self.composite_hash();
         let group = self.backend.typed_group_mut(slot.id, self.key_group)?;
-        let group = group.as_any_mut().downcast_mut::<G>().ok_or_else(|| mismatch(slot))?;
-        Ok((group, &self.composite))
+        let group = (group as &mut dyn Any)
+            .downcast_mut::<G>()
+            .ok_or_else(|| mismatch(slot))?;
+        Ok((group, HashedKey::with_hash(&self.composite, hash)))
+    }
+
+    #[inline]
+    fn composite_hash(&mut self) -> u64 {
+        *self.composite_hash.get_or_insert_with(|| key_hash(&self.composite))
     }
 
     fn require_key(&self, slot: &Slot) -> Result<(), StateError> {

@@ -21,6 +21,7 @@ use crate::backend::{
 use crate::descriptor::{StateKind, StateMeta};
 use crate::error::StateError;
 use crate::keygroup::KeyGroupRange;
+use crate::page_table::HashedKey;
 use crate::paged::Paged;
 use crate::snapshot_codec::{self, Decoded};
 use crate::typed::{TypedGroup, TypedKind};
@@ -764,6 +765,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     #[inline]
     fn prefetch(&mut self, kg: u32, key: &[u8]) {
         let Ok(slot) = self.slot(kg) else { return };
+        let key = HashedKey::new(key);
         for table in &self.tables {
             if let Group::Typed(g) = &table.groups[slot] {
                 g.prefetch(key);
@@ -774,7 +776,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     #[inline]
     fn get(&mut self, state: StateId, kg: u32, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
         match self.group(state, kg)? {
-            (_, Group::Values(m)) => match m.get(key) {
+            (_, Group::Values(m)) => match m.get(HashedKey::new(key)) {
                 Some(v) => {
                     out.clear();
                     out.extend_from_slice(v);
@@ -791,9 +793,9 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     fn put(&mut self, state: StateId, kg: u32, key: &[u8], value: &[u8]) -> Result<(), StateError> {
         match self.group_mut(state, kg)? {
             (_, Group::Values(m)) => {
-                match m.get_mut(key) {
+                match m.get_mut(HashedKey::new(key)) {
                     Some(v) => v.set(value),
-                    None => m.insert(key, Bytes::from_slice(value)),
+                    None => m.insert(HashedKey::new(key), Bytes::from_slice(value)),
                 }
                 Ok(())
             }
@@ -805,7 +807,8 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     fn append(&mut self, state: StateId, kg: u32, key: &[u8], bytes: &[u8]) -> Result<(), StateError> {
         match self.group_mut(state, kg)? {
             (_, Group::Values(m)) => {
-                m.get_or_insert_with(key, Bytes::new).extend_from_slice(bytes);
+                m.get_or_insert_with(HashedKey::new(key), Bytes::new)
+                    .extend_from_slice(bytes);
                 Ok(())
             }
             (name, Group::Typed(g)) => g.append_bytes(name, key, bytes),
@@ -817,10 +820,10 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         // Pages are copied only when the key is present.
         match self.group_mut(state, kg)?.1 {
             Group::Values(m) => {
-                m.remove(key);
+                m.remove(HashedKey::new(key));
             }
             Group::Maps(m) => {
-                m.remove(key);
+                m.remove(HashedKey::new(key));
             }
             Group::Typed(g) => g.remove(key),
         }
@@ -836,7 +839,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         out: &mut Vec<u8>,
     ) -> Result<bool, StateError> {
         match self.group(state, kg)? {
-            (_, Group::Maps(m)) => match m.get(key).and_then(|map| map.get(user_key)) {
+            (_, Group::Maps(m)) => match m.get(HashedKey::new(key)).and_then(|map| map.get(user_key)) {
                 Some(v) => {
                     out.clear();
                     out.extend_from_slice(v);
@@ -858,7 +861,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     ) -> Result<(), StateError> {
         match self.group_mut(state, kg)? {
             (_, Group::Maps(m)) => {
-                let map = m.get_or_insert_with(key, BTreeMap::new);
+                let map = m.get_or_insert_with(HashedKey::new(key), BTreeMap::new);
                 match map.get_mut(user_key) {
                     Some(v) => v.set(value),
                     None => {
@@ -874,14 +877,14 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     fn map_remove(&mut self, state: StateId, kg: u32, key: &[u8], user_key: &[u8]) -> Result<(), StateError> {
         match self.group_mut(state, kg)? {
             (_, Group::Maps(m)) => {
-                let present = m.get(key).is_some_and(|map| map.contains_key(user_key));
+                let present = m.get(HashedKey::new(key)).is_some_and(|map| map.contains_key(user_key));
                 if present {
-                    let emptied = m.get_mut(key).is_some_and(|map| {
+                    let emptied = m.get_mut(HashedKey::new(key)).is_some_and(|map| {
                         map.remove(user_key);
                         map.is_empty()
                     });
                     if emptied {
-                        m.remove(key);
+                        m.remove(HashedKey::new(key));
                     }
                 }
                 Ok(())
@@ -899,7 +902,7 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     ) -> Result<(), StateError> {
         match self.group(state, kg)? {
             (_, Group::Maps(m)) => {
-                if let Some(map) = m.get(key) {
+                if let Some(map) = m.get(HashedKey::new(key)) {
                     for (k, v) in map {
                         visit(k, v);
                     }
@@ -945,10 +948,12 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
         }
         snapshot_codec::decode_group(&meta.name, kind, encoded, &mut |d| {
             match (d, &mut *group) {
-                (Decoded::Entry { key, value }, Group::Values(m)) => m.insert(key, Bytes::from_slice(value)),
+                (Decoded::Entry { key, value }, Group::Values(m)) => {
+                    m.insert(HashedKey::new(key), Bytes::from_slice(value))
+                }
                 (Decoded::Entry { key, value }, Group::Typed(g)) => g.put_bytes(name, key, value)?,
                 (Decoded::MapEntry { key, user_key, value }, Group::Maps(m)) => {
-                    m.get_or_insert_with(key, BTreeMap::new)
+                    m.get_or_insert_with(HashedKey::new(key), BTreeMap::new)
                         .insert(Bytes::from_slice(user_key), Bytes::from_slice(value));
                 }
                 _ => {
@@ -1045,8 +1050,10 @@ mod typed_tests {
         b.put(v, 2, b"k", &bytes).unwrap();
         assert!(b.register_typed(v, Arc::new(ValueKind::<u64>::default())).unwrap());
         let g = b.typed_group(v, 1).unwrap();
-        let g = g.as_any().downcast_ref::<crate::typed::ValueGroup<u64>>().unwrap();
-        assert_eq!(g.get(b"k"), Some(&41));
+        let g = (g as &dyn std::any::Any)
+            .downcast_ref::<crate::typed::ValueGroup<u64>>()
+            .unwrap();
+        assert_eq!(g.get(HashedKey::new(b"k")), Some(&41));
         // Group 2 is still bytes until touched; byte reads see the same value either way.
         let mut out = Vec::new();
         assert!(b.get(v, 2, b"k", &mut out).unwrap());

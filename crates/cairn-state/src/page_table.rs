@@ -27,6 +27,42 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
     h.finish()
 }
 
+/// A key's bytes with their [`key_hash`], computed once and given to every
+/// operation on the key (a record's value and update of two states hash it
+/// once, not four times).
+#[derive(Clone, Copy, Debug)]
+pub struct HashedKey<'a> {
+    bytes: &'a [u8],
+    hash: u64,
+}
+
+impl<'a> HashedKey<'a> {
+    #[inline]
+    pub fn new(bytes: &'a [u8]) -> Self {
+        HashedKey {
+            bytes,
+            hash: key_hash(bytes),
+        }
+    }
+
+    /// `bytes` with the hash [`key_hash`] gave for them earlier.
+    #[inline]
+    pub(crate) fn with_hash(bytes: &'a [u8], hash: u64) -> Self {
+        debug_assert_eq!(hash, key_hash(bytes), "a key's cached hash is stale");
+        HashedKey { bytes, hash }
+    }
+
+    #[inline]
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    #[inline]
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
 /// Spreads every bit of a key hash into the bits the slot index is taken
 /// from (a multiplicative hash by an odd constant near 2^64 / phi).
 const SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;

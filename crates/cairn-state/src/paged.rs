@@ -8,14 +8,14 @@
 //! size, and a snapshot in flight doubles the memory of the pages written
 //! while it is written, not of every group touched.
 //!
-//! A key is hashed once per operation ([`key_hash`]): bits 32 and up of the
+//! A key is hashed once ([`HashedKey`], [`key_hash`]): bits 32 and up of the
 //! hash choose its page, and the page's table ([`PageTable`]) mixes all of
 //! them again for the slot.
 
 use std::sync::Arc;
 
 use crate::heap::SmallBytes;
-use crate::page_table::{key_hash, PageTable};
+use crate::page_table::{key_hash, HashedKey, PageTable};
 
 /// Pages split (their number doubles) when they hold this many entries on average.
 pub(crate) const PAGE_ENTRIES: usize = 512;
@@ -89,23 +89,22 @@ impl<V: Clone> Paged<V> {
     }
 
     #[inline]
-    pub fn get(&self, key: &[u8]) -> Option<&V> {
-        let h = key_hash(key);
-        self.page(h).get(h, key)
+    pub fn get(&self, key: HashedKey<'_>) -> Option<&V> {
+        let h = key.hash();
+        self.page(h).get(h, key.bytes())
     }
 
     #[inline]
-    pub fn contains_key(&self, key: &[u8]) -> bool {
-        let h = key_hash(key);
-        self.page(h).contains(h, key)
+    pub fn contains_key(&self, key: HashedKey<'_>) -> bool {
+        let h = key.hash();
+        self.page(h).contains(h, key.bytes())
     }
 
     /// Start fetching the slot `key` would be in, without waiting for it
     /// (see [`PageTable::touch`]).
     #[inline]
-    pub fn prefetch(&self, key: &[u8]) {
-        let h = key_hash(key);
-        self.page(h).touch(h);
+    pub fn prefetch(&self, hash: u64) {
+        self.page(hash).touch(hash);
     }
 
     /// A read-only view sharing every page, for a snapshot: O(pages). The
@@ -132,8 +131,8 @@ impl<V: Clone> Paged<V> {
     /// The value of `key` for writing; a shared page is copied only when
     /// the key is in it.
     #[inline]
-    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
-        let h = key_hash(key);
+    pub fn get_mut(&mut self, key: HashedKey<'_>) -> Option<&mut V> {
+        let (h, key) = (key.hash(), key.bytes());
         let i = page_of(h, self.pages.len());
         if let Slot::Shared(p) = &self.pages[i] {
             if !p.contains(h, key) {
@@ -153,8 +152,8 @@ impl<V: Clone> Paged<V> {
 
     /// Set `key` to `value` (one lookup).
     #[inline]
-    pub fn insert(&mut self, key: &[u8], value: V) {
-        let h = key_hash(key);
+    pub fn insert(&mut self, key: HashedKey<'_>, value: V) {
+        let (h, key) = (key.hash(), key.bytes());
         self.reserve_one(h, key);
         let i = page_of(h, self.pages.len());
         if owned(&mut self.pages[i]).insert(h, key, value) {
@@ -165,8 +164,8 @@ impl<V: Clone> Paged<V> {
     /// The value of `key` for writing, inserting `make()` first when absent
     /// (one lookup).
     #[inline]
-    pub fn get_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
-        let h = key_hash(key);
+    pub fn get_or_insert_with(&mut self, key: HashedKey<'_>, make: impl FnOnce() -> V) -> &mut V {
+        let (h, key) = (key.hash(), key.bytes());
         self.reserve_one(h, key);
         let i = page_of(h, self.pages.len());
         // Writing either way: a shared page is copied.
@@ -178,8 +177,8 @@ impl<V: Clone> Paged<V> {
     }
 
     /// Remove `key`; a shared page is copied only when the key is in it.
-    pub fn remove(&mut self, key: &[u8]) -> Option<V> {
-        let h = key_hash(key);
+    pub fn remove(&mut self, key: HashedKey<'_>) -> Option<V> {
+        let (h, key) = (key.hash(), key.bytes());
         if !self.page(h).contains(h, key) {
             return None;
         }
@@ -273,70 +272,71 @@ mod tests {
     fn grows_into_pages_and_keeps_every_entry() {
         let mut m: Paged<u32> = Paged::default();
         for i in 0..5_000 {
-            m.insert(&key(i), i);
+            m.insert(HashedKey::new(&key(i)), i);
         }
         assert_eq!(m.len(), 5_000);
         assert!(m.page_count() >= 8, "{} pages", m.page_count());
         for i in 0..5_000 {
-            assert_eq!(m.get(&key(i)), Some(&i));
+            assert_eq!(m.get(HashedKey::new(&key(i))), Some(&i));
         }
         assert_eq!(m.iter().count(), 5_000);
-        assert_eq!(m.remove(&key(7)), Some(7));
-        assert_eq!(m.remove(&key(7)), None);
+        assert_eq!(m.remove(HashedKey::new(&key(7))), Some(7));
+        assert_eq!(m.remove(HashedKey::new(&key(7))), None);
         assert_eq!(m.len(), 4_999);
-        *m.get_or_insert_with(&key(7), || 70) += 1;
-        assert_eq!(m.get(&key(7)), Some(&71));
+        *m.get_or_insert_with(HashedKey::new(&key(7)), || 70) += 1;
+        assert_eq!(m.get(HashedKey::new(&key(7))), Some(&71));
     }
 
     #[test]
     fn reserving_creates_the_pages_once_and_keeps_every_entry() {
         let mut m: Paged<u32> = Paged::default();
-        m.insert(&key(1), 1);
+        m.insert(HashedKey::new(&key(1)), 1);
         m.reserve(10_000);
         let pages = m.page_count();
         assert_eq!(pages, 10_001usize.div_ceil(PAGE_ENTRIES).next_power_of_two());
         for i in 0..10_001 {
-            m.insert(&key(i), i);
+            m.insert(HashedKey::new(&key(i)), i);
         }
         assert_eq!(m.page_count(), pages, "no page split after the reserve");
         assert_eq!(m.len(), 10_001);
-        assert!((0..10_001).all(|i| m.get(&key(i)) == Some(&i)));
+        assert!((0..10_001).all(|i| m.get(HashedKey::new(&key(i))) == Some(&i)));
         // Reserving while a snapshot shares the pages leaves it whole.
         let snapshot = m.share();
         m.reserve(50_000);
         assert!(m.page_count() > pages);
         assert_eq!(snapshot.iter().count(), 10_001);
-        assert!((0..10_001).all(|i| m.get(&key(i)) == Some(&i) && snapshot.get(&key(i)) == Some(&i)));
+        assert!((0..10_001)
+            .all(|i| m.get(HashedKey::new(&key(i))) == Some(&i) && snapshot.get(HashedKey::new(&key(i))) == Some(&i)));
     }
 
     #[test]
     fn a_write_after_a_clone_copies_one_page_and_leaves_the_clone_as_it_was() {
         let mut m: Paged<u32> = Paged::default();
         for i in 0..4_000 {
-            m.insert(&key(i), i);
+            m.insert(HashedKey::new(&key(i)), i);
         }
         let pages = m.page_count();
         let snapshot = m.share();
         assert!((0..pages).all(|p| m.page_shared(p)));
-        *m.get_mut(&key(1)).unwrap() = 1_000_000;
-        m.insert(&key(2), 2_000_000);
+        *m.get_mut(HashedKey::new(&key(1))).unwrap() = 1_000_000;
+        m.insert(HashedKey::new(&key(2)), 2_000_000);
         let private = (0..pages).filter(|&p| !m.page_shared(p)).count();
         assert!((1..=2).contains(&private), "{private} of {pages} pages copied");
         // Reading, or writing an absent key's removal, copies nothing.
-        assert_eq!(m.get_mut(&key(999_999)), None);
-        assert_eq!(m.remove(&key(999_999)), None);
+        assert_eq!(m.get_mut(HashedKey::new(&key(999_999))), None);
+        assert_eq!(m.remove(HashedKey::new(&key(999_999))), None);
         assert_eq!((0..pages).filter(|&p| !m.page_shared(p)).count(), private);
-        assert_eq!(snapshot.get(&key(1)), Some(&1));
-        assert_eq!(snapshot.get(&key(2)), Some(&2));
-        assert_eq!(m.get(&key(1)), Some(&1_000_000));
+        assert_eq!(snapshot.get(HashedKey::new(&key(1))), Some(&1));
+        assert_eq!(snapshot.get(HashedKey::new(&key(2))), Some(&2));
+        assert_eq!(m.get(HashedKey::new(&key(1))), Some(&1_000_000));
         // Growing while shared copies the shared pages and leaves the snapshot whole.
         for i in 4_000..20_000 {
-            m.insert(&key(i), i);
+            m.insert(HashedKey::new(&key(i)), i);
         }
         assert_eq!(snapshot.len(), 4_000);
         assert_eq!(snapshot.iter().count(), 4_000);
         assert_eq!(m.len(), 20_000);
-        assert_eq!(m.get(&key(1)), Some(&1_000_000));
-        assert_eq!(snapshot.get(&key(1)), Some(&1));
+        assert_eq!(m.get(HashedKey::new(&key(1))), Some(&1_000_000));
+        assert_eq!(snapshot.get(HashedKey::new(&key(1))), Some(&1));
     }
 }

@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::codec::{self, get_bytes, put_bytes};
 use crate::error::StateError;
+pub use crate::page_table::HashedKey;
 use crate::paged::Paged;
 use crate::snapshot_codec;
 
@@ -40,10 +41,9 @@ pub trait StateValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'stat
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> StateValue for T {}
 
 /// The objects of one (state, key group). The byte methods see the same
-/// bytes the byte path would store for the entry.
-pub trait TypedGroup: Send + Sync {
-    fn as_any(&self) -> &dyn Any;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+/// bytes the byte path would store for the entry. Handles reach the concrete
+/// group by upcasting to `dyn Any` and down-casting.
+pub trait TypedGroup: Any + Send + Sync {
     /// A read-only copy-on-write view for a snapshot (shares the pages;
     /// this group copies a page on its next write to it).
     fn share(&mut self) -> Box<dyn TypedGroup>;
@@ -55,7 +55,7 @@ pub trait TypedGroup: Send + Sync {
     fn contains(&self, key: &[u8]) -> bool;
     /// Start fetching the memory `key`'s entry would be in, without waiting
     /// for it (a hint; see [`crate::backend::KeyedStateBackend::prefetch`]).
-    fn prefetch(&self, key: &[u8]);
+    fn prefetch(&self, key: HashedKey<'_>);
     fn remove(&mut self, key: &[u8]);
     fn for_each_key(&self, visit: &mut dyn FnMut(&[u8]));
     /// The stored value of `key` as bytes, into `out`; false when absent.
@@ -86,38 +86,38 @@ pub struct ListGroup<T>(pub(crate) Paged<Vec<T>>);
 
 impl<T: StateValue> ValueGroup<T> {
     #[inline]
-    pub fn get(&self, key: &[u8]) -> Option<&T> {
+    pub fn get(&self, key: HashedKey<'_>) -> Option<&T> {
         self.0.get(key)
     }
     #[inline]
-    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut T> {
+    pub fn get_mut(&mut self, key: HashedKey<'_>) -> Option<&mut T> {
         self.0.get_mut(key)
     }
     #[inline]
-    pub fn get_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> T) -> &mut T {
+    pub fn get_or_insert_with(&mut self, key: HashedKey<'_>, make: impl FnOnce() -> T) -> &mut T {
         self.0.get_or_insert_with(key, make)
     }
     #[inline]
-    pub fn insert(&mut self, key: &[u8], value: T) {
+    pub fn insert(&mut self, key: HashedKey<'_>, value: T) {
         self.0.insert(key, value)
     }
     #[inline]
-    pub fn remove(&mut self, key: &[u8]) -> Option<T> {
+    pub fn remove(&mut self, key: HashedKey<'_>) -> Option<T> {
         self.0.remove(key)
     }
 }
 
 impl<T: StateValue> ListGroup<T> {
     #[inline]
-    pub fn get(&self, key: &[u8]) -> Option<&Vec<T>> {
+    pub fn get(&self, key: HashedKey<'_>) -> Option<&Vec<T>> {
         self.0.get(key)
     }
     #[inline]
-    pub fn push(&mut self, key: &[u8], value: T) {
+    pub fn push(&mut self, key: HashedKey<'_>, value: T) {
         self.0.get_or_insert_with(key, Vec::new).push(value)
     }
     #[inline]
-    pub fn set(&mut self, key: &[u8], values: Vec<T>) {
+    pub fn set(&mut self, key: HashedKey<'_>, values: Vec<T>) {
         if values.is_empty() {
             self.0.remove(key);
         } else {
@@ -125,7 +125,7 @@ impl<T: StateValue> ListGroup<T> {
         }
     }
     #[inline]
-    pub fn remove(&mut self, key: &[u8]) -> Option<Vec<T>> {
+    pub fn remove(&mut self, key: HashedKey<'_>) -> Option<Vec<T>> {
         self.0.remove(key)
     }
 }
@@ -138,12 +138,6 @@ impl<T: StateValue> TypedGroup for ValueGroup<T> {
     fn reserve(&mut self, additional: usize) {
         self.0.reserve(additional);
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
     fn share(&mut self) -> Box<dyn TypedGroup> {
         Box::new(ValueGroup(self.0.share()))
     }
@@ -151,27 +145,27 @@ impl<T: StateValue> TypedGroup for ValueGroup<T> {
         self.0.len()
     }
     fn contains(&self, key: &[u8]) -> bool {
-        self.0.contains_key(key)
+        self.0.contains_key(HashedKey::new(key))
     }
     #[inline]
-    fn prefetch(&self, key: &[u8]) {
-        self.0.prefetch(key);
+    fn prefetch(&self, key: HashedKey<'_>) {
+        self.0.prefetch(key.hash());
     }
     fn remove(&mut self, key: &[u8]) {
-        self.0.remove(key);
+        self.0.remove(HashedKey::new(key));
     }
     fn for_each_key(&self, visit: &mut dyn FnMut(&[u8])) {
         self.0.iter().for_each(|(k, _)| visit(k))
     }
     fn get_bytes(&self, state: &str, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
-        match self.0.get(key) {
+        match self.0.get(HashedKey::new(key)) {
             Some(v) => codec::encode_into(state, v, out).map(|()| true),
             None => Ok(false),
         }
     }
     fn put_bytes(&mut self, state: &str, key: &[u8], value: &[u8]) -> Result<(), StateError> {
         let v: T = codec::decode(state, value)?;
-        self.0.insert(key, v);
+        self.0.insert(HashedKey::new(key), v);
         Ok(())
     }
     fn append_bytes(&mut self, state: &str, _key: &[u8], _bytes: &[u8]) -> Result<(), StateError> {
@@ -230,12 +224,6 @@ impl<T: StateValue> TypedGroup for ListGroup<T> {
     fn reserve(&mut self, additional: usize) {
         self.0.reserve(additional);
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
     fn share(&mut self) -> Box<dyn TypedGroup> {
         Box::new(ListGroup(self.0.share()))
     }
@@ -243,20 +231,20 @@ impl<T: StateValue> TypedGroup for ListGroup<T> {
         self.0.len()
     }
     fn contains(&self, key: &[u8]) -> bool {
-        self.0.contains_key(key)
+        self.0.contains_key(HashedKey::new(key))
     }
     #[inline]
-    fn prefetch(&self, key: &[u8]) {
-        self.0.prefetch(key);
+    fn prefetch(&self, key: HashedKey<'_>) {
+        self.0.prefetch(key.hash());
     }
     fn remove(&mut self, key: &[u8]) {
-        self.0.remove(key);
+        self.0.remove(HashedKey::new(key));
     }
     fn for_each_key(&self, visit: &mut dyn FnMut(&[u8])) {
         self.0.iter().for_each(|(k, _)| visit(k))
     }
     fn get_bytes(&self, state: &str, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
-        match self.0.get(key) {
+        match self.0.get(HashedKey::new(key)) {
             Some(values) => {
                 out.clear();
                 encode_elements(state, values, &mut Vec::new(), out)?;
@@ -269,13 +257,13 @@ impl<T: StateValue> TypedGroup for ListGroup<T> {
         let mut values = Vec::new();
         decode_elements(state, value, &mut values)?;
         // An empty stored list is still a present key, as in the byte path.
-        self.0.insert(key, values);
+        self.0.insert(HashedKey::new(key), values);
         Ok(())
     }
     fn append_bytes(&mut self, state: &str, key: &[u8], bytes: &[u8]) -> Result<(), StateError> {
         let mut more = Vec::new();
         decode_elements(state, bytes, &mut more)?;
-        self.0.get_or_insert_with(key, Vec::new).extend(more);
+        self.0.get_or_insert_with(HashedKey::new(key), Vec::new).extend(more);
         Ok(())
     }
     fn encode(&self, state: &str, buf: &mut Vec<u8>) -> Result<(), StateError> {
@@ -349,7 +337,7 @@ mod tests {
             name: "ann".into(),
             visits: 3,
         };
-        g.insert(b"k1", p.clone());
+        g.insert(HashedKey::new(b"k1"), p.clone());
         let mut out = Vec::new();
         assert!(g.get_bytes("s", b"k1", &mut out).unwrap());
         let mut want = Vec::new();
@@ -357,7 +345,7 @@ mod tests {
         assert_eq!(out, want);
         assert!(!g.get_bytes("s", b"k2", &mut out).unwrap());
         g.put_bytes("s", b"k2", &want).unwrap();
-        assert_eq!(g.get(b"k2"), Some(&p));
+        assert_eq!(g.get(HashedKey::new(b"k2")), Some(&p));
         let err = g.put_bytes("s", b"k3", &[0xc1]).unwrap_err().to_string();
         assert!(err.contains("'s'") && err.contains("Profile"), "{err}");
     }
@@ -366,8 +354,8 @@ mod tests {
     fn a_value_group_encodes_as_entries_of_codec_bytes_short_and_long() {
         let mut g = ValueGroup::<String>(Paged::default());
         let (short, long) = ("ab".to_string(), "x".repeat(300));
-        g.insert(b"k1", short.clone());
-        g.insert(b"k2", long.clone());
+        g.insert(HashedKey::new(b"k1"), short.clone());
+        g.insert(HashedKey::new(b"k2"), long.clone());
         let mut got = Vec::new();
         g.encode("s", &mut got).unwrap();
         let mut entries = Vec::new();
@@ -393,8 +381,8 @@ mod tests {
     #[test]
     fn list_bytes_are_length_prefixed_codec_elements() {
         let mut g = ListGroup::<u64>(Paged::default());
-        g.push(b"k", 1);
-        g.push(b"k", 300);
+        g.push(HashedKey::new(b"k"), 1);
+        g.push(HashedKey::new(b"k"), 300);
         let mut out = Vec::new();
         assert!(g.get_bytes("s", b"k", &mut out).unwrap());
         let mut want = Vec::new();
@@ -405,7 +393,7 @@ mod tests {
         }
         assert_eq!(out, want);
         g.append_bytes("s", b"k", &want).unwrap();
-        assert_eq!(g.get(b"k"), Some(&vec![1, 300, 1, 300]));
+        assert_eq!(g.get(HashedKey::new(b"k")), Some(&vec![1, 300, 1, 300]));
         let mut encoded = Vec::new();
         g.encode("s", &mut encoded).unwrap();
         let mut back = Vec::new();
@@ -420,6 +408,6 @@ mod tests {
         assert_eq!(back[0].0, b"k");
         let mut again = ListGroup::<u64>(Paged::default());
         again.put_bytes("s", b"k", &back[0].1).unwrap();
-        assert_eq!(again.get(b"k"), Some(&vec![1, 300, 1, 300]));
+        assert_eq!(again.get(HashedKey::new(b"k")), Some(&vec![1, 300, 1, 300]));
     }
 }
