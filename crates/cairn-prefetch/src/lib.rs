@@ -15,14 +15,15 @@
 const LINE: usize = 64;
 
 /// Ask the processor to start bringing every cache line `value` spans into
-/// the nearest cache level (a value of 32 bytes may straddle two lines). A
+/// the nearest cache level (a value of 32 bytes may straddle two lines; a
+/// slice prefetches all of its elements). A
 /// hint only: no effect on behaviour, a no-op on processors without such an
 /// instruction.
 #[inline(always)]
-pub fn prefetch_read<T>(value: &T) {
+pub fn prefetch_read<T: ?Sized>(value: &T) {
     let start = (value as *const T).cast::<u8>();
     let address = start as usize;
-    let lines = (address + std::mem::size_of::<T>().max(1) - 1) / LINE - address / LINE;
+    let lines = (address + std::mem::size_of_val(value).max(1) - 1) / LINE - address / LINE;
     prefetch_line(start);
     for line in 1..=lines {
         prefetch_line(start.wrapping_add(line * LINE - address % LINE));

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cairn_graph::Partitioning;
-use cairn_state::keygroup::{key_group_for_bytes, subtask_for_key_group};
+use cairn_state::keygroup::KeyGroupRouter;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -190,8 +190,8 @@ struct EdgeWriter<T> {
     key_fn: Option<Arc<KeyBytesFn<T>>>,
     /// Per target, the records per message now (reused buffer).
     limits: Vec<usize>,
-    target_parallelism: u32,
-    target_max_parallelism: u32,
+    /// Key-group edges: the key group and target subtask of a key.
+    router: Option<KeyGroupRouter>,
     next: usize,
     key_buf: Vec<u8>,
 }
@@ -223,8 +223,8 @@ impl<T: Clone + Send + 'static> TypedPort<T> {
                     next: w.subtask as usize % n.max(1),
                     key_fn,
                     limits: Vec::with_capacity(n),
-                    target_parallelism: w.target_parallelism,
-                    target_max_parallelism: w.target_max_parallelism,
+                    router: (w.partitioning == Partitioning::KeyGroups)
+                        .then(|| KeyGroupRouter::new(w.target_max_parallelism, w.target_parallelism)),
                     key_buf: Vec::with_capacity(32),
                 }
             })
@@ -253,12 +253,16 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
                     .key_fn
                     .as_ref()
                     .ok_or_else(|| -> BoxError { "key_by edge without key function".into() })?;
+                let router = self
+                    .router
+                    .as_ref()
+                    .ok_or_else(|| -> BoxError { "key_by edge without key-group router".into() })?;
                 self.limits.clear();
                 self.limits.extend(targets.iter_mut().map(limit));
                 for rec in records.drain(..) {
                     (key_fn.0)(&rec.value, &mut self.key_buf)?;
-                    let kg = key_group_for_bytes(&self.key_buf, self.target_max_parallelism);
-                    let t = subtask_for_key_group(self.target_max_parallelism, self.target_parallelism, kg) as usize;
+                    let kg = router.key_group(&self.key_buf);
+                    let t = router.subtask(kg);
                     self.buffers[t].push(rec);
                     self.keys[t].push(&self.key_buf, kg);
                     if self.buffers[t].len() >= self.limits[t] {

@@ -66,6 +66,9 @@ impl<'a> HashedKey<'a> {
 /// Spreads every bit of a key hash into the bits the slot index is taken
 /// from (a multiplicative hash by an odd constant near 2^64 / phi).
 const SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Slots [`PageTable::touch`] fetches from a key's home slot on: a probe
+/// at most 3/4 full reads 1.5-2.5 slots on average to find a key.
+const PROBE_PREFETCH: usize = 3;
 /// The smallest table that holds anything.
 const MIN_SLOTS: usize = 8;
 
@@ -116,13 +119,16 @@ impl<V> PageTable<V> {
         (hash.wrapping_mul(SPREAD) >> 32) as usize & (self.slots.len() - 1)
     }
 
-    /// Start loading the first slot of `hash` into the cache with a prefetch
-    /// instruction, which retires at once: a batch's misses overlap instead of
-    /// each load holding the processor's reorder buffer until its line arrives.
+    /// Start loading the first slots of `hash` into the cache (its home slot
+    /// and the next ones a probe reads) with a prefetch instruction, which
+    /// retires at once: a batch's misses overlap instead of each load
+    /// holding the processor's reorder buffer until its line arrives.
     #[inline]
     pub fn touch(&self, hash: u64) {
         if !self.slots.is_empty() {
-            cairn_prefetch::prefetch_read(&self.slots[self.home(hash)]);
+            let home = self.home(hash);
+            let end = (home + PROBE_PREFETCH).min(self.slots.len());
+            cairn_prefetch::prefetch_read(&self.slots[home..end]);
         }
     }
 
