@@ -9,6 +9,7 @@
 //! task uploads it, and the backend is told when the checkpoint completed or
 //! was aborted, so an incremental backend knows which files it may reuse.
 
+use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,8 +21,10 @@ use crate::typed::{TypedGroup, TypedKind};
 /// Index of a registered state within one backend.
 pub type StateId = u32;
 
-/// Storage of keyed state for the key groups one subtask owns.
-pub trait KeyedStateBackend: Send {
+/// Storage of keyed state for the key groups one subtask owns. (`Any`: the
+/// state access recognises the heap backend and calls its typed groups
+/// without a virtual call per access.)
+pub trait KeyedStateBackend: Any + Send {
     /// A short name for logs and errors ("hashmap", "lsm").
     fn kind(&self) -> &'static str;
     /// The key groups this backend holds.

@@ -26,6 +26,7 @@ use crate::descriptor::{
     StateTtlConfig, TtlUpdateType, ValueStateDescriptor,
 };
 use crate::error::StateError;
+use crate::heap::HeapKeyedStateBackend;
 use crate::page_table::key_hash;
 use crate::query::{self, QueryableSlot, QueryableState};
 use crate::typed::{HashedKey, ListGroup, ListKind, StateValue, TypedKind, ValueGroup, ValueKind};
@@ -45,7 +46,7 @@ impl StateContext for KeyedStateAccess {
 /// A subtask's keyed state: the backend plus the current key, key group and
 /// namespace that every typed access is scoped to.
 pub struct KeyedStateAccess {
-    backend: Box<dyn KeyedStateBackend>,
+    backend: Backend,
     key_group: u32,
     has_key: bool,
     key_len: usize,
@@ -61,11 +62,51 @@ pub struct KeyedStateAccess {
     queryable: Vec<QueryableSlot>,
 }
 
+/// The backend of a state access: the heap backend by its own type, so that
+/// typed accesses (several per record) call it directly instead of through
+/// the trait object; any other behind the trait.
+enum Backend {
+    Heap(Box<HeapKeyedStateBackend>),
+    Other(Box<dyn KeyedStateBackend>),
+}
+
+impl Backend {
+    fn new(backend: Box<dyn KeyedStateBackend>) -> Self {
+        if !(&*backend as &dyn Any).is::<HeapKeyedStateBackend>() {
+            return Backend::Other(backend);
+        }
+        let any: Box<dyn Any> = backend;
+        match any.downcast() {
+            Ok(heap) => Backend::Heap(heap),
+            Err(_) => unreachable!("checked to be the heap backend above"),
+        }
+    }
+}
+
+impl std::ops::Deref for Backend {
+    type Target = dyn KeyedStateBackend;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Backend::Heap(heap) => &**heap,
+            Backend::Other(other) => &**other,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Backend {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Backend::Heap(heap) => &mut **heap,
+            Backend::Other(other) => &mut **other,
+        }
+    }
+}
+
 impl KeyedStateAccess {
     /// Wrap a backend; no key is current yet.
     pub fn new(backend: Box<dyn KeyedStateBackend>) -> Self {
         KeyedStateAccess {
-            backend,
+            backend: Backend::new(backend),
             key_group: 0,
             has_key: false,
             key_len: 0,
@@ -93,7 +134,10 @@ impl KeyedStateAccess {
     /// current key soon ([`KeyedStateBackend::prefetch`]).
     #[inline]
     pub fn prefetch(&mut self, key_bytes: &[u8], kg: u32) {
-        self.backend.prefetch(kg, key_bytes);
+        match &mut self.backend {
+            Backend::Heap(heap) => heap.prefetch(kg, key_bytes),
+            Backend::Other(other) => other.prefetch(kg, key_bytes),
+        }
     }
 
     /// Scope later accesses to `namespace` (a window's encoding); empty = none.
@@ -256,7 +300,10 @@ impl KeyedStateAccess {
     fn typed<G: Any>(&mut self, slot: &Slot) -> Result<(&G, HashedKey<'_>), StateError> {
         self.require_key(slot)?;
         let hash = self.composite_hash();
-        let group = self.backend.typed_group(slot.id, self.key_group)?;
+        let group = match &mut self.backend {
+            Backend::Heap(heap) => heap.typed_group(slot.id, self.key_group)?,
+            Backend::Other(other) => other.typed_group(slot.id, self.key_group)?,
+        };
         let group = (group as &dyn Any).downcast_ref::<G>().ok_or_else(|| mismatch(slot))?;
         Ok((group, HashedKey::with_hash(&self.composite, hash)))
     }
@@ -266,7 +313,10 @@ impl KeyedStateAccess {
     fn typed_mut<G: Any>(&mut self, slot: &Slot) -> Result<(&mut G, HashedKey<'_>), StateError> {
         self.require_key(slot)?;
         let hash = self.composite_hash();
-        let group = self.backend.typed_group_mut(slot.id, self.key_group)?;
+        let group = match &mut self.backend {
+            Backend::Heap(heap) => heap.typed_group_mut(slot.id, self.key_group)?,
+            Backend::Other(other) => other.typed_group_mut(slot.id, self.key_group)?,
+        };
         let group = (group as &mut dyn Any)
             .downcast_mut::<G>()
             .ok_or_else(|| mismatch(slot))?;
