@@ -223,6 +223,16 @@ impl KeyedFileWriter {
         if self.have_last && self.last_composite == composite {
             return Ok(());
         }
+        self.split_key(composite, kg)?;
+        self.last_composite.clear();
+        self.last_composite.extend_from_slice(composite);
+        self.have_last = true;
+        Ok(())
+    }
+
+    /// [`Self::key`] without the cache, for rows whose key is never the
+    /// previous row's (value and list entries: one entry per key).
+    fn split_key(&mut self, composite: &[u8], kg: u32) -> Result<(), String> {
         self.key_mp.clear();
         self.key_len = match &self.key_codec {
             Some(c) => c
@@ -233,9 +243,7 @@ impl KeyedFileWriter {
         if self.key_len > composite.len() {
             return Err(err(&self.meta, kg, "the key codec read past the key"));
         }
-        self.last_composite.clear();
-        self.last_composite.extend_from_slice(composite);
-        self.have_last = true;
+        self.have_last = false;
         Ok(())
     }
 
@@ -331,7 +339,7 @@ impl KeyedFileWriter {
                 self.end_row()
             }
             Decoded::Entry { key, value } => {
-                self.key(key, kg)?;
+                self.split_key(key, kg)?;
                 let (key_bytes, namespace) = key.split_at(self.key_len);
                 if self.meta.kind == StateKind::List {
                     let mut rest = value;
