@@ -276,6 +276,16 @@ impl Column {
                 return Ok(true);
             }
         }
+        // Likewise one string into a string column, its UTF-8 checked once.
+        if let (Kind::Str(b), Some(s)) = (&mut self.kind, whole_str(bytes)) {
+            return Ok(match std::str::from_utf8(s) {
+                Ok(s) => {
+                    b.append_value(s);
+                    true
+                }
+                Err(_) => false,
+            });
+        }
         if !self.is_scalar() {
             if !self.conforms(bytes) {
                 return Ok(false);
@@ -747,6 +757,28 @@ fn whole_uint(bytes: &[u8]) -> Option<u64> {
     }
 }
 
+/// The bytes of the string when `bytes` are exactly one MessagePack
+/// string (fixstr or str 8/16/32), what [`Reader::next_item`] reads as
+/// `Item::Str` with nothing after it.
+#[inline]
+fn whole_str(bytes: &[u8]) -> Option<&[u8]> {
+    let (&m, rest) = bytes.split_first()?;
+    let (len, body) = match m {
+        0xa0..=0xbf => (usize::from(m & 0x1f), rest),
+        0xd9 => (usize::from(*rest.first()?), rest.get(1..)?),
+        0xda => (
+            usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])),
+            rest.get(2..)?,
+        ),
+        0xdb => (
+            usize::try_from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)).ok()?,
+            rest.get(4..)?,
+        ),
+        _ => return None,
+    };
+    (body.len() == len).then_some(body)
+}
+
 fn int_in(i: Item<'_>, min: i128, max: i128) -> bool {
     let v = match i {
         Item::UInt(u) => i128::from(u),
@@ -830,6 +862,32 @@ mod tests {
                 assert_eq!(fast.len(), usize::from(fits));
             }
         }
+        // Strings of every header size, and bytes that are not one string.
+        let long = "x".repeat(70_000);
+        for text in [
+            "",
+            "a",
+            "user-17",
+            &"y".repeat(31),
+            &"z".repeat(32),
+            &"w".repeat(300),
+            &long,
+        ] {
+            let bytes = mp(&text);
+            assert_eq!(whole_str(&bytes), Some(text.as_bytes()));
+            let mut col = Column::for_shape(&trace::<String>()).unwrap();
+            assert!(col.append_if_conforms(&bytes).unwrap());
+            assert_eq!(col.len(), 1);
+        }
+        let mut not_utf8 = mp(&"ab");
+        not_utf8[1] = 0xff;
+        let mut col = Column::for_shape(&trace::<String>()).unwrap();
+        assert!(!col.append_if_conforms(&not_utf8).unwrap());
+        let mut trailing = mp(&"ab");
+        trailing.push(0);
+        assert!(!col.append_if_conforms(&trailing).unwrap());
+        assert!(!col.append_if_conforms(&[0xd9]).unwrap());
+        assert_eq!(col.len(), 0);
         assert_eq!(whole_uint(&[0xcd, 1]), None, "truncated");
         assert_eq!(whole_uint(&[0x05, 0]), None, "trailing bytes");
         assert_eq!(whole_uint(&mp(&-1i64)), None);
