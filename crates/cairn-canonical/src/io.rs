@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use cairn_snapshot::checksum::ChecksummingWriter;
 use cairn_snapshot::{FileFormat, StateFileRef, Storage, StorageWriter};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
@@ -419,6 +419,23 @@ impl ParquetSource {
         verify: Option<u32>,
         visit: &mut dyn FnMut(usize, RecordBatch) -> Result<(), String>,
     ) -> Result<(), String> {
+        self.read_columns(storage, selected, None, batch_rows, verify, visit)
+    }
+
+    /// [`Self::read`] decoding only the top-level columns `columns`
+    /// (indices into [`Self::schema`]; all with `None`). The bytes of the
+    /// other columns are still read, and verified with `verify`.
+    pub fn read_columns(
+        &self,
+        storage: &dyn Storage,
+        selected: &[usize],
+        columns: Option<&[usize]>,
+        batch_rows: usize,
+        verify: Option<u32>,
+        visit: &mut dyn FnMut(usize, RecordBatch) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let projection =
+            columns.map(|c| ProjectionMask::roots(self.metadata.file_metadata().schema_descr(), c.iter().copied()));
         let mut verifier = verify.map(|expected| Verifier {
             hasher: crc32fast::Hasher::new(),
             hashed: 0,
@@ -448,10 +465,13 @@ impl ParquetSource {
                 ranges: Arc::new(vec![(start, data), (self.footer_start, self.footer.clone())]),
             };
             let mut reader = contained(&format!("row group {rg}"), || {
-                ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.arrow.clone())
+                let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.arrow.clone())
                     .with_row_groups(vec![rg])
-                    .with_batch_size(batch_rows.max(1))
-                    .build()
+                    .with_batch_size(batch_rows.max(1));
+                match &projection {
+                    Some(p) => builder.with_projection(p.clone()).build(),
+                    None => builder.build(),
+                }
             })?
             .map_err(|e| format!("row group {rg}: {e}"))?;
             while let Some(batch) = contained(&format!("row group {rg}"), || reader.next())? {

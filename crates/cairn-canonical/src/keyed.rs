@@ -695,7 +695,23 @@ impl KeyedFile {
             }
             Ok(())
         };
-        self.source.read(storage, &selected, 8192, verify_now, &mut |rg, batch| {
+        // The columns a restore reads: not the typed key (restores use
+        // key_bytes; the key is for people and SQL), nor columns Cairn does
+        // not know. Decoding the key cost as much as decoding key_bytes.
+        let wanted: Vec<usize> = self
+            .source
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                let name = f.name().as_str();
+                name != COL_KEY && (RESERVED.contains(&name) || name == value_col)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        self.source
+            .read_columns(storage, &selected, Some(&wanted), 8192, verify_now, &mut |rg, batch| {
             if sorted && last_rg != Some(rg) {
                 if let Some((start, _)) = self.kg_ranges[rg] {
                     flush(&mut pending, Some(start))?;
