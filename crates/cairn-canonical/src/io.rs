@@ -134,7 +134,7 @@ enum WriterState {
         options: WriteOptions,
         plain: Vec<&'static str>,
     },
-    Writing(ArrowWriter<Sink>),
+    Writing(Box<ArrowWriter<Sink>>),
     /// Only while switching from `Pending` to `Writing`, or after an error.
     Gone,
 }
@@ -196,7 +196,7 @@ impl FileWriter {
             };
             let writer = ArrowWriter::try_new(sink, schema, Some(options.properties(&plain)))
                 .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
-            self.state = WriterState::Writing(writer);
+            self.state = WriterState::Writing(Box::new(writer));
         }
         match &mut self.state {
             WriterState::Writing(w) => Ok(w),
