@@ -10,7 +10,9 @@
 //! `CAIRN_BENCH_DIR` is where the files go (default: the system temp dir);
 //! `CAIRN_BENCH_COMPRESSION` picks the codec (`zstd`, `snappy`, `none`);
 //! `CAIRN_BENCH_ROUNDS` repeats the write and the read (for a profiler);
-//! `CAIRN_BENCH_KEEP` keeps the files.
+//! `CAIRN_BENCH_KEEP` keeps the files;
+//! `CAIRN_BENCH_STRING_KEYS=1` uses `String` keys (`user-<n>`) and sums that
+//! look random (data that compresses less than counters).
 //! A benchmark program, not a test: it asserts nothing and prints what it
 //! measured.
 
@@ -43,15 +45,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         start: 0,
         end_exclusive: max_p,
     };
+    let string_keys = std::env::var_os("CAIRN_BENCH_STRING_KEYS").is_some();
     let mut access = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(range)));
     let count = access.value_state(ValueStateDescriptor::<u64>::new("count"))?;
     let sum = access.value_state(ValueStateDescriptor::<u64>::new("sum"))?;
     let mut kb = Vec::new();
     for k in 0..keys {
-        key_bytes(&k, &mut kb)?;
+        if string_keys {
+            key_bytes(&format!("user-{k}"), &mut kb)?;
+        } else {
+            key_bytes(&k, &mut kb)?;
+        }
         access.set_current_key(&kb, key_group_for_bytes(&kb, max_p));
         count.update(&mut access, &(k % 7 + 1))?;
-        sum.update(&mut access, &(k * 3))?;
+        let s = if string_keys {
+            k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24
+        } else {
+            k * 3
+        };
+        sum.update(&mut access, &s)?;
     }
     let dir = std::env::var("CAIRN_BENCH_DIR")
         .map(std::path::PathBuf::from)
@@ -59,7 +71,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .join(format!("cairn-keyed-files-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let storage = LocalFileStorage::new();
-    let codec = key_codec_for::<u64>();
+    let codec = if string_keys {
+        key_codec_for::<String>()
+    } else {
+        key_codec_for::<u64>()
+    };
     let mut options = WriteOptions::default();
     if let Ok(name) = std::env::var("CAIRN_BENCH_COMPRESSION") {
         options = options.with_compression_name(&name)?;

@@ -268,6 +268,24 @@ impl Column {
     /// nothing and return `Ok(false)`. Scalar columns (most values and
     /// keys) read the value once instead of once to check and once to append.
     pub fn append_if_conforms(&mut self, bytes: &[u8]) -> Result<bool, String> {
+        // Integer columns holding one unsigned integer (counts, sums, ids:
+        // most keys and values) are appended straight from its bytes; any
+        // other value takes the general way below, which decides alike.
+        if let Some(v) = whole_uint(bytes) {
+            if self.push_uint(v) {
+                return Ok(true);
+            }
+        }
+        // Likewise one string into a string column, its UTF-8 checked once.
+        if let (Kind::Str(b), Some(s)) = (&mut self.kind, whole_str(bytes)) {
+            return Ok(match std::str::from_utf8(s) {
+                Ok(s) => {
+                    b.append_value(s);
+                    true
+                }
+                Err(_) => false,
+            });
+        }
         if !self.is_scalar() {
             if !self.conforms(bytes) {
                 return Ok(false);
@@ -289,6 +307,45 @@ impl Column {
             return Ok(false);
         }
         self.push_scalar(item).map(|()| true)
+    }
+
+    /// Append `v` to an integer column whose range holds it; `false` (and
+    /// nothing appended) for any other column or value.
+    #[inline]
+    fn push_uint(&mut self, v: u64) -> bool {
+        match &mut self.kind {
+            Kind::U64(b) => b.append_value(v),
+            Kind::U32(b) => match u32::try_from(v) {
+                Ok(v) => b.append_value(v),
+                Err(_) => return false,
+            },
+            Kind::U16(b) => match u16::try_from(v) {
+                Ok(v) => b.append_value(v),
+                Err(_) => return false,
+            },
+            Kind::U8(b) => match u8::try_from(v) {
+                Ok(v) => b.append_value(v),
+                Err(_) => return false,
+            },
+            Kind::I64(b) => match i64::try_from(v) {
+                Ok(v) => b.append_value(v),
+                Err(_) => return false,
+            },
+            Kind::I32(b) => match i32::try_from(v) {
+                Ok(v) => b.append_value(v),
+                Err(_) => return false,
+            },
+            Kind::I16(b) => match i16::try_from(v) {
+                Ok(v) => b.append_value(v),
+                Err(_) => return false,
+            },
+            Kind::I8(b) => match i8::try_from(v) {
+                Ok(v) => b.append_value(v),
+                Err(_) => return false,
+            },
+            _ => return false,
+        }
+        true
     }
 
     /// Whether values of this column are one MessagePack item.
@@ -684,6 +741,44 @@ fn map_entries(key: &Column, value: &Column) -> Arc<Field> {
     ))
 }
 
+/// The value of `bytes` when they are exactly one MessagePack unsigned
+/// integer (positive fixint or uint 8/16/32/64), what [`Reader::next_item`]
+/// reads as `Item::UInt` with nothing after it.
+#[inline]
+fn whole_uint(bytes: &[u8]) -> Option<u64> {
+    let (&m, rest) = bytes.split_first()?;
+    match (m, rest.len()) {
+        (0x00..=0x7f, 0) => Some(u64::from(m)),
+        (0xcc, 1) => Some(u64::from(rest[0])),
+        (0xcd, 2) => Some(u64::from(u16::from_be_bytes([rest[0], rest[1]]))),
+        (0xce, 4) => Some(u64::from(u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]))),
+        (0xcf, 8) => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The bytes of the string when `bytes` are exactly one MessagePack
+/// string (fixstr or str 8/16/32), what [`Reader::next_item`] reads as
+/// `Item::Str` with nothing after it.
+#[inline]
+fn whole_str(bytes: &[u8]) -> Option<&[u8]> {
+    let (&m, rest) = bytes.split_first()?;
+    let (len, body) = match m {
+        0xa0..=0xbf => (usize::from(m & 0x1f), rest),
+        0xd9 => (usize::from(*rest.first()?), rest.get(1..)?),
+        0xda => (
+            usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])),
+            rest.get(2..)?,
+        ),
+        0xdb => (
+            usize::try_from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)).ok()?,
+            rest.get(4..)?,
+        ),
+        _ => return None,
+    };
+    (body.len() == len).then_some(body)
+}
+
 fn int_in(i: Item<'_>, min: i128, max: i128) -> bool {
     let v = match i {
         Item::UInt(u) => i128::from(u),
@@ -730,6 +825,72 @@ mod tests {
         assert!(!u8s.append_if_conforms(&trailing).unwrap());
         assert!(!u8s.append_if_conforms(&[]).unwrap());
         assert_eq!(u8s.len(), 1);
+
+        // Unsigned integers of every width into every integer column: appended
+        // exactly when they fit, as the general path decides.
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u64::from(u32::MAX),
+            1 << 40,
+            u64::MAX,
+        ] {
+            let bytes = mp(&v);
+            assert_eq!(whole_uint(&bytes), Some(v));
+            for shape in [
+                trace::<u8>(),
+                trace::<u16>(),
+                trace::<u32>(),
+                trace::<u64>(),
+                trace::<i8>(),
+                trace::<i16>(),
+                trace::<i32>(),
+                trace::<i64>(),
+                trace::<Option<u32>>(),
+                trace::<String>(),
+            ] {
+                let mut fast = Column::for_shape(&shape).unwrap();
+                let general = Column::for_shape(&shape).unwrap();
+                let fits = general.conforms(&bytes);
+                assert_eq!(fast.append_if_conforms(&bytes).unwrap(), fits, "{v} into {shape:?}");
+                assert_eq!(fast.len(), usize::from(fits));
+            }
+        }
+        // Strings of every header size, and bytes that are not one string.
+        let long = "x".repeat(70_000);
+        for text in [
+            "",
+            "a",
+            "user-17",
+            &"y".repeat(31),
+            &"z".repeat(32),
+            &"w".repeat(300),
+            &long,
+        ] {
+            let bytes = mp(&text);
+            assert_eq!(whole_str(&bytes), Some(text.as_bytes()));
+            let mut col = Column::for_shape(&trace::<String>()).unwrap();
+            assert!(col.append_if_conforms(&bytes).unwrap());
+            assert_eq!(col.len(), 1);
+        }
+        let mut not_utf8 = mp(&"ab");
+        not_utf8[1] = 0xff;
+        let mut col = Column::for_shape(&trace::<String>()).unwrap();
+        assert!(!col.append_if_conforms(&not_utf8).unwrap());
+        let mut trailing = mp(&"ab");
+        trailing.push(0);
+        assert!(!col.append_if_conforms(&trailing).unwrap());
+        assert!(!col.append_if_conforms(&[0xd9]).unwrap());
+        assert_eq!(col.len(), 0);
+        assert_eq!(whole_uint(&[0xcd, 1]), None, "truncated");
+        assert_eq!(whole_uint(&[0x05, 0]), None, "trailing bytes");
+        assert_eq!(whole_uint(&mp(&-1i64)), None);
 
         let mut opt = Column::for_shape(&trace::<Option<u64>>()).unwrap();
         assert!(opt.append_if_conforms(&mp(&None::<u64>)).unwrap());

@@ -9,7 +9,12 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
-use arrow_array::{Array, ArrayRef, FixedSizeListArray, GenericListArray, MapArray, OffsetSizeTrait, StructArray};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, BinaryViewArray, FixedSizeBinaryArray, FixedSizeListArray, GenericListArray,
+    LargeBinaryArray, LargeStringArray, MapArray, OffsetSizeTrait, PrimitiveArray, StringArray, StringViewArray,
+    StructArray,
+};
+use arrow_buffer::NullBuffer;
 use arrow_schema::DataType;
 
 use crate::columns::VARIANT_FIELD;
@@ -18,18 +23,97 @@ use crate::msgpack;
 /// Writes the values of one array as MessagePack.
 pub struct Decoder<'a> {
     array: &'a dyn Array,
+    /// The array's nulls (what `Array::is_null` reads), without a call
+    /// through the `dyn Array` on every row.
+    nulls: Option<&'a NullBuffer>,
     kind: DKind<'a>,
+}
+
+// The arrays of the common types, read without a boxed closure per value.
+
+enum Signed<'a> {
+    I8(&'a PrimitiveArray<Int8Type>),
+    I16(&'a PrimitiveArray<Int16Type>),
+    I32(&'a PrimitiveArray<Int32Type>),
+    I64(&'a PrimitiveArray<Int64Type>),
+}
+
+impl Signed<'_> {
+    #[inline]
+    fn get(&self, i: usize) -> i64 {
+        match self {
+            Signed::I8(a) => i64::from(a.value(i)),
+            Signed::I16(a) => i64::from(a.value(i)),
+            Signed::I32(a) => i64::from(a.value(i)),
+            Signed::I64(a) => a.value(i),
+        }
+    }
+}
+
+enum Unsigned<'a> {
+    U8(&'a PrimitiveArray<UInt8Type>),
+    U16(&'a PrimitiveArray<UInt16Type>),
+    U32(&'a PrimitiveArray<UInt32Type>),
+    U64(&'a PrimitiveArray<UInt64Type>),
+}
+
+impl Unsigned<'_> {
+    #[inline]
+    fn get(&self, i: usize) -> u64 {
+        match self {
+            Unsigned::U8(a) => u64::from(a.value(i)),
+            Unsigned::U16(a) => u64::from(a.value(i)),
+            Unsigned::U32(a) => u64::from(a.value(i)),
+            Unsigned::U64(a) => a.value(i),
+        }
+    }
+}
+
+enum Strs<'a> {
+    Utf8(&'a StringArray),
+    Large(&'a LargeStringArray),
+    View(&'a StringViewArray),
+}
+
+impl<'a> Strs<'a> {
+    #[inline]
+    fn get(&self, i: usize) -> &'a str {
+        match self {
+            Strs::Utf8(a) => a.value(i),
+            Strs::Large(a) => a.value(i),
+            Strs::View(a) => a.value(i),
+        }
+    }
+}
+
+enum Bins<'a> {
+    Binary(&'a BinaryArray),
+    Large(&'a LargeBinaryArray),
+    View(&'a BinaryViewArray),
+    Fixed(&'a FixedSizeBinaryArray),
+}
+
+impl<'a> Bins<'a> {
+    #[inline]
+    fn get(&self, i: usize) -> &'a [u8] {
+        match self {
+            Bins::Binary(a) => a.value(i),
+            Bins::Large(a) => a.value(i),
+            Bins::View(a) => a.value(i),
+            Bins::Fixed(a) => a.value(i),
+        }
+    }
 }
 
 enum DKind<'a> {
     Null,
     Bool,
-    Signed(Box<dyn Fn(usize) -> i64 + 'a>),
-    Unsigned(Box<dyn Fn(usize) -> u64 + 'a>),
+    Signed(Signed<'a>),
+    Unsigned(Unsigned<'a>),
     F32(&'a arrow_array::Float32Array),
     F64(&'a arrow_array::Float64Array),
-    Str(Box<dyn Fn(usize) -> &'a str + 'a>),
-    Bin(Box<dyn Fn(usize) -> &'a [u8] + 'a>),
+    Str(Strs<'a>),
+    Bin(Bins<'a>),
     Decimal(&'a arrow_array::Decimal128Array),
     List {
         range: Box<dyn Fn(usize) -> (usize, usize) + 'a>,
@@ -84,68 +168,23 @@ impl<'a> Decoder<'a> {
         let kind = match a.data_type() {
             DataType::Null => DKind::Null,
             DataType::Boolean => DKind::Bool,
-            DataType::Int8 => {
-                let p = a.as_primitive::<Int8Type>();
-                DKind::Signed(Box::new(move |i| i64::from(p.value(i))))
-            }
-            DataType::Int16 => {
-                let p = a.as_primitive::<Int16Type>();
-                DKind::Signed(Box::new(move |i| i64::from(p.value(i))))
-            }
-            DataType::Int32 => {
-                let p = a.as_primitive::<Int32Type>();
-                DKind::Signed(Box::new(move |i| i64::from(p.value(i))))
-            }
-            DataType::Int64 => {
-                let p = a.as_primitive::<Int64Type>();
-                DKind::Signed(Box::new(move |i| p.value(i)))
-            }
-            DataType::UInt8 => {
-                let p = a.as_primitive::<UInt8Type>();
-                DKind::Unsigned(Box::new(move |i| u64::from(p.value(i))))
-            }
-            DataType::UInt16 => {
-                let p = a.as_primitive::<UInt16Type>();
-                DKind::Unsigned(Box::new(move |i| u64::from(p.value(i))))
-            }
-            DataType::UInt32 => {
-                let p = a.as_primitive::<UInt32Type>();
-                DKind::Unsigned(Box::new(move |i| u64::from(p.value(i))))
-            }
-            DataType::UInt64 => {
-                let p = a.as_primitive::<UInt64Type>();
-                DKind::Unsigned(Box::new(move |i| p.value(i)))
-            }
+            DataType::Int8 => DKind::Signed(Signed::I8(a.as_primitive::<Int8Type>())),
+            DataType::Int16 => DKind::Signed(Signed::I16(a.as_primitive::<Int16Type>())),
+            DataType::Int32 => DKind::Signed(Signed::I32(a.as_primitive::<Int32Type>())),
+            DataType::Int64 => DKind::Signed(Signed::I64(a.as_primitive::<Int64Type>())),
+            DataType::UInt8 => DKind::Unsigned(Unsigned::U8(a.as_primitive::<UInt8Type>())),
+            DataType::UInt16 => DKind::Unsigned(Unsigned::U16(a.as_primitive::<UInt16Type>())),
+            DataType::UInt32 => DKind::Unsigned(Unsigned::U32(a.as_primitive::<UInt32Type>())),
+            DataType::UInt64 => DKind::Unsigned(Unsigned::U64(a.as_primitive::<UInt64Type>())),
             DataType::Float32 => DKind::F32(a.as_primitive::<Float32Type>()),
             DataType::Float64 => DKind::F64(a.as_primitive::<Float64Type>()),
-            DataType::Utf8 => {
-                let s = a.as_string::<i32>();
-                DKind::Str(Box::new(move |i| s.value(i)))
-            }
-            DataType::LargeUtf8 => {
-                let s = a.as_string::<i64>();
-                DKind::Str(Box::new(move |i| s.value(i)))
-            }
-            DataType::Utf8View => {
-                let s = a.as_string_view();
-                DKind::Str(Box::new(move |i| s.value(i)))
-            }
-            DataType::Binary => {
-                let b = a.as_binary::<i32>();
-                DKind::Bin(Box::new(move |i| b.value(i)))
-            }
-            DataType::LargeBinary => {
-                let b = a.as_binary::<i64>();
-                DKind::Bin(Box::new(move |i| b.value(i)))
-            }
-            DataType::BinaryView => {
-                let b = a.as_binary_view();
-                DKind::Bin(Box::new(move |i| b.value(i)))
-            }
-            DataType::FixedSizeBinary(_) => {
-                let b = a.as_fixed_size_binary();
-                DKind::Bin(Box::new(move |i| b.value(i)))
-            }
+            DataType::Utf8 => DKind::Str(Strs::Utf8(a.as_string::<i32>())),
+            DataType::LargeUtf8 => DKind::Str(Strs::Large(a.as_string::<i64>())),
+            DataType::Utf8View => DKind::Str(Strs::View(a.as_string_view())),
+            DataType::Binary => DKind::Bin(Bins::Binary(a.as_binary::<i32>())),
+            DataType::LargeBinary => DKind::Bin(Bins::Large(a.as_binary::<i64>())),
+            DataType::BinaryView => DKind::Bin(Bins::View(a.as_binary_view())),
+            DataType::FixedSizeBinary(_) => DKind::Bin(Bins::Fixed(a.as_fixed_size_binary())),
             DataType::Decimal128(_, 0) => DKind::Decimal(a.as_primitive::<arrow_array::types::Decimal128Type>()),
             DataType::List(_) => list(a.as_list::<i32>())?,
             DataType::LargeList(_) => list(a.as_list::<i64>())?,
@@ -198,22 +237,27 @@ impl<'a> Decoder<'a> {
             }
             other => return Err(unsupported(other)),
         };
-        Ok(Decoder { array: a, kind })
+        Ok(Decoder {
+            array: a,
+            nulls: a.nulls(),
+            kind,
+        })
     }
 
     /// Whether row `row` is null.
+    #[inline]
     pub fn is_null(&self, row: usize) -> bool {
-        self.array.is_null(row)
+        self.nulls.is_some_and(|n| n.is_null(row))
     }
 
     /// The integer at `row` of an integer column; `None` when null or not an integer.
     pub fn int_at(&self, row: usize) -> Option<i64> {
-        if self.array.is_null(row) {
+        if self.is_null(row) {
             return None;
         }
         match &self.kind {
-            DKind::Signed(f) => Some(f(row)),
-            DKind::Unsigned(f) => i64::try_from(f(row)).ok(),
+            DKind::Signed(f) => Some(f.get(row)),
+            DKind::Unsigned(f) => i64::try_from(f.get(row)).ok(),
             DKind::Decimal(a) => i64::try_from(a.value(row)).ok(),
             DKind::Dict { keys, values } => values.int_at(keys[row]),
             _ => None,
@@ -222,11 +266,11 @@ impl<'a> Decoder<'a> {
 
     /// The bytes at `row` of a binary column; `None` when null or not binary.
     pub fn bin_at(&self, row: usize) -> Option<&'a [u8]> {
-        if self.array.is_null(row) {
+        if self.is_null(row) {
             return None;
         }
         match &self.kind {
-            DKind::Bin(f) => Some(f(row)),
+            DKind::Bin(f) => Some(f.get(row)),
             DKind::Dict { keys, values } => values.bin_at(keys[row]),
             _ => None,
         }
@@ -234,11 +278,11 @@ impl<'a> Decoder<'a> {
 
     /// The string at `row` of a string column; `None` when null or not a string.
     pub fn str_at(&self, row: usize) -> Option<&'a str> {
-        if self.array.is_null(row) {
+        if self.is_null(row) {
             return None;
         }
         match &self.kind {
-            DKind::Str(f) => Some(f(row)),
+            DKind::Str(f) => Some(f.get(row)),
             DKind::Dict { keys, values } => values.str_at(keys[row]),
             _ => None,
         }
@@ -246,19 +290,19 @@ impl<'a> Decoder<'a> {
 
     /// Append the MessagePack of row `row` to `out`.
     pub fn write(&self, row: usize, out: &mut Vec<u8>) -> Result<(), String> {
-        if self.array.is_null(row) {
+        if self.is_null(row) {
             msgpack::write_nil(out);
             return Ok(());
         }
         match &self.kind {
             DKind::Null => msgpack::write_nil(out),
             DKind::Bool => msgpack::write_bool(out, self.array.as_boolean().value(row)),
-            DKind::Signed(f) => msgpack::write_sint(out, f(row)),
-            DKind::Unsigned(f) => msgpack::write_uint(out, f(row)),
+            DKind::Signed(f) => msgpack::write_sint(out, f.get(row)),
+            DKind::Unsigned(f) => msgpack::write_uint(out, f.get(row)),
             DKind::F32(a) => msgpack::write_f32(out, a.value(row)),
             DKind::F64(a) => msgpack::write_f64(out, a.value(row)),
-            DKind::Str(f) => msgpack::write_str(out, f(row).as_bytes()),
-            DKind::Bin(f) => msgpack::write_bin(out, f(row)),
+            DKind::Str(f) => msgpack::write_str(out, f.get(row).as_bytes()),
+            DKind::Bin(f) => msgpack::write_bin(out, f.get(row)),
             DKind::Decimal(a) => {
                 let v = a.value(row);
                 if let Ok(s) = i64::try_from(v) {

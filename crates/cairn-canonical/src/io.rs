@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use cairn_snapshot::checksum::ChecksummingWriter;
 use cairn_snapshot::{FileFormat, StateFileRef, Storage, StorageWriter};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
@@ -67,7 +67,9 @@ impl WriteOptions {
         Ok(self)
     }
 
-    fn properties(&self) -> WriterProperties {
+    /// The writer properties; `plain` columns get no dictionary (see
+    /// [`FileWriter::without_dictionary`]).
+    fn properties(&self, plain: &[&str]) -> WriterProperties {
         use crate::keyed::{COL_KEY, COL_KEY_BYTES, COL_NAMESPACE, COL_STATE, COL_USER_KEY_JSON, COL_VALUE_JSON};
         use parquet::file::properties::EnabledStatistics;
         use parquet::schema::types::ColumnPath;
@@ -100,6 +102,9 @@ impl WriteOptions {
         ] {
             b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None);
         }
+        for c in plain {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(*c), false);
+        }
         b.build()
     }
 }
@@ -110,13 +115,28 @@ const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
 
 type Sink = ChecksummingWriter<Box<dyn StorageWriter>>;
 
-/// A Parquet file being written to storage.
+/// A Parquet file being written to storage. The Parquet writer is made at
+/// the first batch, so that a caller can tune a column from what the file
+/// holds ([`FileWriter::without_dictionary`]).
 pub struct FileWriter {
     path: PathBuf,
     rel: String,
-    writer: ArrowWriter<Sink>,
+    state: WriterState,
     row_group_bytes: usize,
     rows: u64,
+}
+
+enum WriterState {
+    /// Created on storage; nothing written yet.
+    Pending {
+        sink: Sink,
+        schema: SchemaRef,
+        options: WriteOptions,
+        plain: Vec<&'static str>,
+    },
+    Writing(Box<ArrowWriter<Sink>>),
+    /// Only while switching from `Pending` to `Writing`, or after an error.
+    Gone,
 }
 
 impl FileWriter {
@@ -130,12 +150,15 @@ impl FileWriter {
     ) -> Result<Self, String> {
         let path = dir.join(rel);
         let w = storage.create(&path).map_err(|e| e.to_string())?;
-        let writer = ArrowWriter::try_new(ChecksummingWriter::new(w), schema, Some(options.properties()))
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
         Ok(FileWriter {
             path,
             rel: rel.to_string(),
-            writer,
+            state: WriterState::Pending {
+                sink: ChecksummingWriter::new(w),
+                schema,
+                options: options.clone(),
+                plain: Vec::new(),
+            },
             row_group_bytes: options.row_group_bytes,
             rows: 0,
         })
@@ -146,16 +169,54 @@ impl FileWriter {
         &self.path
     }
 
+    /// Write `column` without a dictionary. Only before the first batch
+    /// (afterwards the column's encoding is set and this does nothing).
+    pub fn without_dictionary(&mut self, column: &'static str) {
+        if let WriterState::Pending { plain, .. } = &mut self.state {
+            plain.push(column);
+        }
+    }
+
+    /// Whether no batch was written yet.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.state, WriterState::Pending { .. })
+    }
+
+    /// The Parquet writer, made on first use.
+    fn writer(&mut self) -> Result<&mut ArrowWriter<Sink>, String> {
+        if let WriterState::Pending { .. } = self.state {
+            let WriterState::Pending {
+                sink,
+                schema,
+                options,
+                plain,
+            } = std::mem::replace(&mut self.state, WriterState::Gone)
+            else {
+                unreachable!("matched above")
+            };
+            let writer = ArrowWriter::try_new(sink, schema, Some(options.properties(&plain)))
+                .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
+            self.state = WriterState::Writing(Box::new(writer));
+        }
+        match &mut self.state {
+            WriterState::Writing(w) => Ok(w),
+            _ => Err(format!(
+                "writing {}: the writer failed before (a Cairn bug to write on)",
+                self.path.display()
+            )),
+        }
+    }
+
     /// Append a batch; closes the row group once it is large enough.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), String> {
         self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(batch)
-            .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
-        if self.writer.in_progress_size() >= self.row_group_bytes {
-            self.writer
-                .flush()
-                .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
+        let row_group_bytes = self.row_group_bytes;
+        let named = |e: parquet::errors::ParquetError, path: &Path| format!("writing {}: {e}", path.display());
+        let path = self.path.clone();
+        let writer = self.writer()?;
+        writer.write(batch).map_err(|e| named(e, &path))?;
+        if writer.in_progress_size() >= row_group_bytes {
+            writer.flush().map_err(|e| named(e, &path))?;
         }
         Ok(())
     }
@@ -168,12 +229,17 @@ impl FileWriter {
     /// Write the footer with `kv` metadata, make the file durable (fsync)
     /// and describe it for `_metadata`.
     pub fn finish(mut self, kv: Vec<(String, String)>) -> Result<StateFileRef, String> {
+        // A file without rows still gets its schema.
+        self.writer()?;
+        let WriterState::Writing(mut writer) = std::mem::replace(&mut self.state, WriterState::Gone) else {
+            unreachable!("made above")
+        };
         let named = |e: parquet::errors::ParquetError| format!("writing {}: {e}", self.path.display());
         for (k, v) in kv {
-            self.writer.append_key_value_metadata(KeyValue::new(k, v));
+            writer.append_key_value_metadata(KeyValue::new(k, v));
         }
         // Flushes the last row group and writes the footer.
-        let sink = self.writer.into_inner().map_err(named)?;
+        let sink = writer.into_inner().map_err(named)?;
         let (mut inner, size, crc32) = sink.into_parts();
         inner
             .flush()
@@ -353,6 +419,23 @@ impl ParquetSource {
         verify: Option<u32>,
         visit: &mut dyn FnMut(usize, RecordBatch) -> Result<(), String>,
     ) -> Result<(), String> {
+        self.read_columns(storage, selected, None, batch_rows, verify, visit)
+    }
+
+    /// [`Self::read`] decoding only the top-level columns `columns`
+    /// (indices into [`Self::schema`]; all with `None`). The bytes of the
+    /// other columns are still read, and verified with `verify`.
+    pub fn read_columns(
+        &self,
+        storage: &dyn Storage,
+        selected: &[usize],
+        columns: Option<&[usize]>,
+        batch_rows: usize,
+        verify: Option<u32>,
+        visit: &mut dyn FnMut(usize, RecordBatch) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let projection =
+            columns.map(|c| ProjectionMask::roots(self.metadata.file_metadata().schema_descr(), c.iter().copied()));
         let mut verifier = verify.map(|expected| Verifier {
             hasher: crc32fast::Hasher::new(),
             hashed: 0,
@@ -382,10 +465,13 @@ impl ParquetSource {
                 ranges: Arc::new(vec![(start, data), (self.footer_start, self.footer.clone())]),
             };
             let mut reader = contained(&format!("row group {rg}"), || {
-                ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.arrow.clone())
+                let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.arrow.clone())
                     .with_row_groups(vec![rg])
-                    .with_batch_size(batch_rows.max(1))
-                    .build()
+                    .with_batch_size(batch_rows.max(1));
+                match &projection {
+                    Some(p) => builder.with_projection(p.clone()).build(),
+                    None => builder.build(),
+                }
             })?
             .map_err(|e| format!("row group {rg}: {e}"))?;
             while let Some(batch) = contained(&format!("row group {rg}"), || reader.next())? {

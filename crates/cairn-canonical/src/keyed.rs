@@ -14,7 +14,8 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use cairn_snapshot::{StateFileRef, Storage};
 use cairn_state::canonical::{KeyCodec, TIMER_STATE_PREFIX};
 use cairn_state::codec::{self, get_bytes, put_bytes};
-use cairn_state::keygroup::{key_group_for_bytes, KeyGroupRange};
+use cairn_state::hash::murmur3_x86_32;
+use cairn_state::keygroup::{key_group_for_bytes, KeyGroupRange, KEY_GROUP_HASH_SEED};
 use cairn_state::shape::Shape;
 use cairn_state::snapshot_codec::{self, Decoded};
 use cairn_state::{StateKind, StateMeta, StateTtlConfig, TtlUpdateType};
@@ -222,6 +223,16 @@ impl KeyedFileWriter {
         if self.have_last && self.last_composite == composite {
             return Ok(());
         }
+        self.split_key(composite, kg)?;
+        self.last_composite.clear();
+        self.last_composite.extend_from_slice(composite);
+        self.have_last = true;
+        Ok(())
+    }
+
+    /// [`Self::key`] without the cache, for rows whose key is never the
+    /// previous row's (value and list entries: one entry per key).
+    fn split_key(&mut self, composite: &[u8], kg: u32) -> Result<(), String> {
         self.key_mp.clear();
         self.key_len = match &self.key_codec {
             Some(c) => c
@@ -232,9 +243,7 @@ impl KeyedFileWriter {
         if self.key_len > composite.len() {
             return Err(err(&self.meta, kg, "the key codec read past the key"));
         }
-        self.last_composite.clear();
-        self.last_composite.extend_from_slice(composite);
-        self.have_last = true;
+        self.have_last = false;
         Ok(())
     }
 
@@ -330,7 +339,7 @@ impl KeyedFileWriter {
                 self.end_row()
             }
             Decoded::Entry { key, value } => {
-                self.key(key, kg)?;
+                self.split_key(key, kg)?;
                 let (key_bytes, namespace) = key.split_at(self.key_len);
                 if self.meta.kind == StateKind::List {
                     let mut rest = value;
@@ -398,6 +407,16 @@ impl KeyedFileWriter {
             return Ok(());
         }
         let c = &mut self.cols;
+        let namespace = c.namespace.finish();
+        if self.file.is_pending() && namespace.values().is_empty() {
+            // No namespaces (no windows) in the file's first batch: the
+            // column is written plain, 4 zero bytes a row that compression
+            // takes away. A dictionary would intern every empty value, and
+            // that cost a third of the whole write (profiled: the byte
+            // compare of two empty slices, whose pointers are dangling,
+            // with masked vector loads, slow on AVX-512 machines).
+            self.file.without_dictionary(COL_NAMESPACE);
+        }
         let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                 self.meta.name.as_str(),
@@ -405,7 +424,7 @@ impl KeyedFileWriter {
             ))),
             Arc::new(c.key_group.finish()),
             Arc::new(c.key_bytes.finish()),
-            Arc::new(c.namespace.finish()),
+            Arc::new(namespace),
         ];
         if let Some(k) = &mut c.key {
             arrays.push(k.finish()?);
@@ -661,6 +680,8 @@ impl KeyedFile {
         let (mut composite, mut value) = (Vec::new(), Vec::new());
         // Without a key split (no key codec) key_bytes is the whole backend key.
         let check_kg = max_parallelism.filter(|_| self.key_shape.is_some() || has_col(&self.source, COL_KEY));
+        // The duplicate check's table, reused by every group.
+        let mut table = Vec::new();
         let mut flush = |pending: &mut BTreeMap<u32, Pending>, below: Option<u32>| -> Result<(), String> {
             let done: Vec<u32> = pending
                 .keys()
@@ -669,12 +690,28 @@ impl KeyedFile {
                 .collect();
             for kg in done {
                 let p = pending.remove(&kg).expect("listed");
-                let encoded = p.encode(&self.meta, kg, timers)?;
+                let encoded = p.encode(&self.meta, kg, timers, &mut table)?;
                 visit(&self.meta, kg, &encoded)?;
             }
             Ok(())
         };
-        self.source.read(storage, &selected, 8192, verify_now, &mut |rg, batch| {
+        // The columns a restore reads: not the typed key (restores use
+        // key_bytes; the key is for people and SQL), nor columns Cairn does
+        // not know. Decoding the key cost as much as decoding key_bytes.
+        let wanted: Vec<usize> = self
+            .source
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                let name = f.name().as_str();
+                name != COL_KEY && (RESERVED.contains(&name) || name == value_col)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        self.source
+            .read_columns(storage, &selected, Some(&wanted), 8192, verify_now, &mut |rg, batch| {
             if sorted && last_rg != Some(rg) {
                 if let Some((start, _)) = self.kg_ranges[rg] {
                     flush(&mut pending, Some(start))?;
@@ -713,8 +750,15 @@ impl KeyedFile {
                     }
                 }
                 let key_bytes = c_kb.bin_at(row).ok_or_else(|| at(row, "key_bytes is null"))?;
+                // The key's key-group hash, when checked: also the duplicate
+                // check's hash of a key without namespace (one hash a row).
+                let mut key_hash = None;
                 if let Some(mp) = check_kg {
-                    let expected = key_group_for_bytes(key_bytes, mp);
+                    // What `key_group_for_bytes` computes, with the hash kept.
+                    let hash = murmur3_x86_32(key_bytes, KEY_GROUP_HASH_SEED);
+                    let expected = hash % mp;
+                    debug_assert_eq!(expected, key_group_for_bytes(key_bytes, mp));
+                    key_hash = Some(hash);
                     if expected != kg {
                         return Err(at(row, &format!("key_group is {kg} but the key's bytes hash to key group {expected} (with max parallelism {mp}); a row in the wrong key group would never be found")));
                     }
@@ -750,7 +794,10 @@ impl KeyedFile {
                 typed_or_json(c_val.as_ref(), c_valj.as_ref(), row, &mut value, &mut scratch)
                     .map_err(|e| at(row, &format!("value: {e}")))?;
                 match self.meta.kind {
-                    StateKind::Value => p.add_value(&composite, &value),
+                    StateKind::Value => match key_hash {
+                        Some(hash) if namespace.is_empty() => p.add_value_hashed(&composite, &value, hash),
+                        _ => p.add_value(&composite, &value),
+                    },
                     StateKind::List => {
                         let pos = c_pos
                             .as_ref()
@@ -812,28 +859,54 @@ struct Pending {
 
 impl Pending {
     fn add_value(&mut self, key: &[u8], value: &[u8]) {
+        self.add_value_hashed(key, value, murmur3_x86_32(key, 0x9e37_79b9));
+    }
+
+    /// `add_value` with the key's hash known (any well-mixed hash of the
+    /// whole key: it only has to tell most different keys apart).
+    fn add_value_hashed(&mut self, key: &[u8], value: &[u8], hash: u32) {
         cairn_state::codec::put_varint(&mut self.encoded, key.len() as u64);
         let at = self.encoded.len();
         self.encoded.extend_from_slice(key);
         put_bytes(&mut self.encoded, value);
-        let hash = cairn_state::hash::murmur3_x86_32(key, 0x9e37_79b9);
         self.keys.push((hash, at as u32, key.len() as u32));
     }
 
     /// Two entries with one key would silently keep only one of them.
-    fn check_unique_keys(&mut self, meta: &StateMeta, kg: u32, timers: bool) -> Result<(), String> {
+    /// An open-addressing table of entry indices (`table`, reused between
+    /// groups) finds them in one pass; keys are compared only when their
+    /// hashes are equal, which is rarely for different keys.
+    fn check_unique_keys(&self, meta: &StateMeta, kg: u32, timers: bool, table: &mut Vec<u32>) -> Result<(), String> {
         let buf = &self.encoded;
         let key = |&(_, at, len): &(u32, u32, u32)| &buf[at as usize..(at + len) as usize];
-        // By hash alone (integer compares); keys are compared only within
-        // a run of equal hashes, which is rarely longer than one.
-        self.keys.sort_unstable_by_key(|k| k.0);
-        let duplicate = self.keys.chunk_by(|a, b| a.0 == b.0).any(|run| {
-            run.len() > 1
-                && run
-                    .iter()
-                    .enumerate()
-                    .any(|(i, a)| run[i + 1..].iter().any(|b| key(a) == key(b)))
-        });
+        let n = self.keys.len();
+        if n < 2 {
+            return Ok(());
+        }
+        // At most half full; a power of two, indexed by the hash's top bits
+        // after a multiply (the key-group hash's low bits are alike within
+        // a group).
+        let bits = (2 * n).next_power_of_two().trailing_zeros().max(4);
+        let mask = (1usize << bits) - 1;
+        table.clear();
+        table.resize(1 << bits, u32::MAX);
+        let mut duplicate = false;
+        'entries: for (i, e) in self.keys.iter().enumerate() {
+            let mut slot = (e.0.wrapping_mul(0x9e37_79b1) >> (32 - bits)) as usize;
+            loop {
+                let t = table[slot];
+                if t == u32::MAX {
+                    table[slot] = i as u32;
+                    break;
+                }
+                let other = &self.keys[t as usize];
+                if other.0 == e.0 && key(other) == key(e) {
+                    duplicate = true;
+                    break 'entries;
+                }
+                slot = (slot + 1) & mask;
+            }
+        }
         if duplicate {
             return Err(format!(
                 "state '{}', key group {kg}: {}",
@@ -848,8 +921,8 @@ impl Pending {
         Ok(())
     }
 
-    fn encode(mut self, meta: &StateMeta, kg: u32, timers: bool) -> Result<Vec<u8>, String> {
-        self.check_unique_keys(meta, kg, timers)?;
+    fn encode(mut self, meta: &StateMeta, kg: u32, timers: bool, table: &mut Vec<u32>) -> Result<Vec<u8>, String> {
+        self.check_unique_keys(meta, kg, timers, table)?;
         let mut buf = std::mem::take(&mut self.encoded);
         let mut value = Vec::new();
         for (k, mut elems) in self.lists {
@@ -941,7 +1014,7 @@ mod pending_tests {
         for (i, k) in keys.iter().enumerate() {
             p.add_value(k, &[i as u8]);
         }
-        let encoded = p.encode(&meta(), 7, false).unwrap();
+        let encoded = p.encode(&meta(), 7, false, &mut Vec::new()).unwrap();
         let mut got = Vec::new();
         snapshot_codec::decode_group("count", StateKind::Value, &encoded, &mut |d| {
             if let snapshot_codec::Decoded::Entry { key, value } = d {
@@ -962,13 +1035,27 @@ mod pending_tests {
             p.add_value(k, b"v");
         }
         p.add_value(&keys[321], b"again");
-        let e = p.encode(&meta(), 7, false).unwrap_err();
+        let e = p.encode(&meta(), 7, false, &mut Vec::new()).unwrap_err();
         assert!(e.contains("key group 7: two rows hold a value for the same key"), "{e}");
+        // Hashes that are all alike (worst case) or alike in their low bits
+        // (the key-group hash within a group) only cost key compares.
+        for hash in [|_: usize| 7u32, |i: usize| (i as u32) << 7 | 5] {
+            let mut p = Pending::default();
+            for (i, k) in keys.iter().enumerate() {
+                p.add_value_hashed(k, b"v", hash(i));
+            }
+            assert!(p.encode(&meta(), 7, false, &mut Vec::new()).is_ok());
+            let mut p = Pending::default();
+            for (i, k) in keys.iter().enumerate().chain([(321, &keys[321])]) {
+                p.add_value_hashed(k, b"v", hash(i));
+            }
+            assert!(p.encode(&meta(), 7, false, &mut Vec::new()).is_err());
+        }
         let mut p = Pending::default();
         p.add_value(b"t", &[]);
         p.add_value(b"t", &[]);
         assert!(p
-            .encode(&meta(), 3, true)
+            .encode(&meta(), 3, true, &mut Vec::new())
             .unwrap_err()
             .contains("a timer appears twice"));
     }

@@ -382,6 +382,50 @@ fn snappy_and_uncompressed_files_restore_too() {
     assert!(WriteOptions::default().with_compression_name("lzo").is_err());
 }
 
+/// Whether the `namespace` column of the file's first row group has a dictionary page.
+fn namespace_has_dictionary(storage: &dyn Storage, f: &cairn_snapshot::StateFileRef) -> bool {
+    let CanonicalFile::Keyed(k) = open(storage, &PathBuf::from("/sp").join(&f.path), f.size).unwrap() else {
+        panic!("a keyed file")
+    };
+    let g = k.source().metadata.row_group(0);
+    let c = g
+        .columns()
+        .iter()
+        .find(|c| c.column_path().string() == "namespace")
+        .unwrap();
+    c.dictionary_page_offset().is_some()
+}
+
+#[test]
+fn namespaces_keep_their_dictionary_and_a_file_without_them_is_plain() {
+    // Windows: a value per key and window (namespace), few distinct windows.
+    let mut b = HeapKeyedStateBackend::new(all());
+    let windowed = b
+        .register(&ValueStateDescriptor::<u64>::new("windowed").meta())
+        .unwrap();
+    let plain = b.register(&ValueStateDescriptor::<u64>::new("plain").meta()).unwrap();
+    let mut kb = Vec::new();
+    for i in 0..500u32 {
+        key_bytes(&format!("k{i}"), &mut kb).unwrap();
+        let kg = key_group_for_bytes(&kb, MAX_P);
+        let mut v = Vec::new();
+        cairn_state::codec::encode_into("v", &u64::from(i), &mut v).unwrap();
+        for w in 0..(i % 3) {
+            let mut composite = kb.clone();
+            composite.extend_from_slice(&(u64::from(w) * 60_000).to_be_bytes());
+            b.put(windowed, kg, &composite, &v).unwrap();
+        }
+        b.put(plain, kg, &kb, &v).unwrap();
+    }
+    let storage = InMemoryStorage::new();
+    let files = write(&storage, &mut b, &WriteOptions::default());
+    let file = |slug: &str| files.iter().find(|f| f.path == format!("op-0.{slug}.parquet")).unwrap();
+    assert!(namespace_has_dictionary(&storage, file("windowed")));
+    assert!(!namespace_has_dictionary(&storage, file("plain")));
+    let mut back = restore(&storage, &files, all());
+    same(&groups(&mut back), &groups(&mut b));
+}
+
 #[test]
 fn operator_state_round_trips() {
     use cairn_state::OperatorStateStore;
