@@ -6,13 +6,13 @@
 //! bytes, so finding a key takes two dependent cache misses (the control
 //! group, then the bucket its match points to), and nothing can fetch the
 //! bucket before the control bytes arrive. Here a key's first slot follows
-//! from its hash alone: [`PageTable::touch`] starts that one load for the
-//! keys of a whole chunk of records before any of them is looked up, so
-//! their misses overlap; most keys are found in that slot (the table is at
-//! most 3/4 full).
+//! from its hash alone: [`PageTable::touch`] prefetches it (and the next
+//! slots a probe reads) for the keys of a whole chunk of records before any
+//! of them is looked up, so their misses overlap; most keys are found in
+//! that slot (the table is at most 3/4 full).
 //!
-//! The caller hashes each key once ([`key_hash`]) and passes the hash with
-//! the key to every operation.
+//! The caller hashes each key once ([`key_hash`], carried by [`HashedKey`])
+//! and passes the hash with the key to every operation.
 
 use std::hash::Hasher;
 

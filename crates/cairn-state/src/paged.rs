@@ -100,8 +100,8 @@ impl<V: Clone> Paged<V> {
         self.page(h).contains(h, key.bytes())
     }
 
-    /// Start fetching the slot `key` would be in, without waiting for it
-    /// (see [`PageTable::touch`]).
+    /// Start fetching the slots the key of `hash` would be in, without
+    /// waiting for them (see [`PageTable::touch`]).
     #[inline]
     pub fn prefetch(&self, hash: u64) {
         self.page(hash).touch(hash);
