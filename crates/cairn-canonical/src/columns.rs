@@ -34,7 +34,7 @@ use arrow_buffer::{NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields};
 use cairn_state::shape::{Shape, VariantContent};
 
-use crate::msgpack::{Item, Reader};
+use crate::msgpack::{self, Item, Reader};
 
 /// The struct field holding an enum's variant name.
 pub const VARIANT_FIELD: &str = "$variant";
@@ -271,13 +271,13 @@ impl Column {
         // Integer columns holding one unsigned integer (counts, sums, ids:
         // most keys and values) are appended straight from its bytes; any
         // other value takes the general way below, which decides alike.
-        if let Some(v) = whole_uint(bytes) {
+        if let Some(v) = msgpack::whole_uint(bytes) {
             if self.push_uint(v) {
                 return Ok(true);
             }
         }
         // Likewise one string into a string column, its UTF-8 checked once.
-        if let (Kind::Str(b), Some(s)) = (&mut self.kind, whole_str(bytes)) {
+        if let (Kind::Str(b), Some(s)) = (&mut self.kind, msgpack::whole_str(bytes)) {
             return Ok(match std::str::from_utf8(s) {
                 Ok(s) => {
                     b.append_value(s);
@@ -741,44 +741,6 @@ fn map_entries(key: &Column, value: &Column) -> Arc<Field> {
     ))
 }
 
-/// The value of `bytes` when they are exactly one MessagePack unsigned
-/// integer (positive fixint or uint 8/16/32/64), what [`Reader::next_item`]
-/// reads as `Item::UInt` with nothing after it.
-#[inline]
-fn whole_uint(bytes: &[u8]) -> Option<u64> {
-    let (&m, rest) = bytes.split_first()?;
-    match (m, rest.len()) {
-        (0x00..=0x7f, 0) => Some(u64::from(m)),
-        (0xcc, 1) => Some(u64::from(rest[0])),
-        (0xcd, 2) => Some(u64::from(u16::from_be_bytes([rest[0], rest[1]]))),
-        (0xce, 4) => Some(u64::from(u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]))),
-        (0xcf, 8) => Some(u64::from_be_bytes(rest.try_into().ok()?)),
-        _ => None,
-    }
-}
-
-/// The bytes of the string when `bytes` are exactly one MessagePack
-/// string (fixstr or str 8/16/32), what [`Reader::next_item`] reads as
-/// `Item::Str` with nothing after it.
-#[inline]
-fn whole_str(bytes: &[u8]) -> Option<&[u8]> {
-    let (&m, rest) = bytes.split_first()?;
-    let (len, body) = match m {
-        0xa0..=0xbf => (usize::from(m & 0x1f), rest),
-        0xd9 => (usize::from(*rest.first()?), rest.get(1..)?),
-        0xda => (
-            usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])),
-            rest.get(2..)?,
-        ),
-        0xdb => (
-            usize::try_from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)).ok()?,
-            rest.get(4..)?,
-        ),
-        _ => return None,
-    };
-    (body.len() == len).then_some(body)
-}
-
 fn int_in(i: Item<'_>, min: i128, max: i128) -> bool {
     let v = match i {
         Item::UInt(u) => i128::from(u),
@@ -842,7 +804,7 @@ mod tests {
             u64::MAX,
         ] {
             let bytes = mp(&v);
-            assert_eq!(whole_uint(&bytes), Some(v));
+            assert_eq!(msgpack::whole_uint(&bytes), Some(v));
             for shape in [
                 trace::<u8>(),
                 trace::<u16>(),
@@ -874,7 +836,7 @@ mod tests {
             &long,
         ] {
             let bytes = mp(&text);
-            assert_eq!(whole_str(&bytes), Some(text.as_bytes()));
+            assert_eq!(msgpack::whole_str(&bytes), Some(text.as_bytes()));
             let mut col = Column::for_shape(&trace::<String>()).unwrap();
             assert!(col.append_if_conforms(&bytes).unwrap());
             assert_eq!(col.len(), 1);
@@ -888,9 +850,9 @@ mod tests {
         assert!(!col.append_if_conforms(&trailing).unwrap());
         assert!(!col.append_if_conforms(&[0xd9]).unwrap());
         assert_eq!(col.len(), 0);
-        assert_eq!(whole_uint(&[0xcd, 1]), None, "truncated");
-        assert_eq!(whole_uint(&[0x05, 0]), None, "trailing bytes");
-        assert_eq!(whole_uint(&mp(&-1i64)), None);
+        assert_eq!(msgpack::whole_uint(&[0xcd, 1]), None, "truncated");
+        assert_eq!(msgpack::whole_uint(&[0x05, 0]), None, "trailing bytes");
+        assert_eq!(msgpack::whole_uint(&mp(&-1i64)), None);
 
         let mut opt = Column::for_shape(&trace::<Option<u64>>()).unwrap();
         assert!(opt.append_if_conforms(&mp(&None::<u64>)).unwrap());

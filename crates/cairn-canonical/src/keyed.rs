@@ -15,7 +15,7 @@ use cairn_snapshot::{StateFileRef, Storage};
 use cairn_state::canonical::{KeyCodec, TIMER_STATE_PREFIX};
 use cairn_state::codec::{self, get_bytes, put_bytes};
 use cairn_state::hash::murmur3_x86_32;
-use cairn_state::keygroup::{key_group_for_bytes, KeyGroupRange, KEY_GROUP_HASH_SEED};
+use cairn_state::keygroup::{key_group_hash, KeyGroupRange};
 use cairn_state::shape::Shape;
 use cairn_state::snapshot_codec::{self, Decoded};
 use cairn_state::{StateKind, StateMeta, StateTtlConfig, TtlUpdateType};
@@ -754,10 +754,9 @@ impl KeyedFile {
                 // check's hash of a key without namespace (one hash a row).
                 let mut key_hash = None;
                 if let Some(mp) = check_kg {
-                    // What `key_group_for_bytes` computes, with the hash kept.
-                    let hash = murmur3_x86_32(key_bytes, KEY_GROUP_HASH_SEED);
+                    // `key_group_for_bytes`, with the hash kept.
+                    let hash = key_group_hash(key_bytes);
                     let expected = hash % mp;
-                    debug_assert_eq!(expected, key_group_for_bytes(key_bytes, mp));
                     key_hash = Some(hash);
                     if expected != kg {
                         return Err(at(row, &format!("key_group is {kg} but the key's bytes hash to key group {expected} (with max parallelism {mp}); a row in the wrong key group would never be found")));

@@ -152,6 +152,44 @@ fn signed(v: i64) -> Item<'static> {
     }
 }
 
+/// The value of `bytes` when they are exactly one MessagePack unsigned
+/// integer (positive fixint or uint 8/16/32/64), what [`Reader::next_item`]
+/// reads as `Item::UInt` with nothing after it.
+#[inline]
+pub fn whole_uint(bytes: &[u8]) -> Option<u64> {
+    let (&m, rest) = bytes.split_first()?;
+    match (m, rest.len()) {
+        (0x00..=0x7f, 0) => Some(u64::from(m)),
+        (0xcc, 1) => Some(u64::from(rest[0])),
+        (0xcd, 2) => Some(u64::from(u16::from_be_bytes([rest[0], rest[1]]))),
+        (0xce, 4) => Some(u64::from(u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]))),
+        (0xcf, 8) => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The bytes of the string when `bytes` are exactly one MessagePack
+/// string (fixstr or str 8/16/32), what [`Reader::next_item`] reads as
+/// `Item::Str` with nothing after it.
+#[inline]
+pub fn whole_str(bytes: &[u8]) -> Option<&[u8]> {
+    let (&m, rest) = bytes.split_first()?;
+    let (len, body) = match m {
+        0xa0..=0xbf => (usize::from(m & 0x1f), rest),
+        0xd9 => (usize::from(*rest.first()?), rest.get(1..)?),
+        0xda => (
+            usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])),
+            rest.get(2..)?,
+        ),
+        0xdb => (
+            usize::try_from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)).ok()?,
+            rest.get(4..)?,
+        ),
+        _ => return None,
+    };
+    (body.len() == len).then_some(body)
+}
+
 pub fn write_nil(out: &mut Vec<u8>) {
     out.push(0xc0);
 }

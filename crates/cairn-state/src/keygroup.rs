@@ -201,7 +201,14 @@ pub fn key_bytes<K: Serialize + ?Sized>(key: &K, buf: &mut Vec<u8>) -> Result<()
 /// If `max_parallelism` is 0. Validate configurations with [`check_parallelism`] first.
 #[inline]
 pub fn key_group_for_bytes(key_bytes: &[u8], max_parallelism: u32) -> u32 {
-    murmur3_x86_32(key_bytes, KEY_GROUP_HASH_SEED) % max_parallelism
+    key_group_hash(key_bytes) % max_parallelism
+}
+
+/// The hash [`key_group_for_bytes`] takes the remainder of, for callers that
+/// also use the hash itself (a reader's duplicate-key check).
+#[inline]
+pub fn key_group_hash(key_bytes: &[u8]) -> u32 {
+    murmur3_x86_32(key_bytes, KEY_GROUP_HASH_SEED)
 }
 
 /// The key group of `key`: encodes it with [`key_bytes`] and calls [`key_group_for_bytes`].
