@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_rest_client::ApiError;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -432,19 +432,8 @@ async fn answer(
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Ok(refuse(
-            413,
-            "PAYLOAD_TOO_LARGE",
-            format!(
-                "the request body has {} bytes; at most {max} are accepted",
-                declared.unwrap_or(0)
-            ),
-            true,
-        ));
-    }
-    let collected = tokio::time::timeout(options.body_timeout, Limited::new(body, max).collect()).await;
-    let body = match collected {
+    let read = tokio::time::timeout(options.body_timeout, read_body(body, max, declared)).await;
+    let body = match read {
         Err(_) => {
             return Ok(refuse(
                 408,
@@ -456,15 +445,16 @@ async fn answer(
                 true,
             ))
         }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+        Ok(Err(BodyError::TooLarge(size))) => {
+            let size = size.map_or_else(|| format!("more than {max}"), |n| n.to_string());
             return Ok(refuse(
                 413,
                 "PAYLOAD_TOO_LARGE",
-                format!("the request body is larger than {max} bytes"),
+                format!("the request body has {size} bytes; at most {max} are accepted"),
                 true,
-            ))
+            ));
         }
-        Ok(Err(e)) => {
+        Ok(Err(BodyError::Http(e))) => {
             return Ok(refuse(
                 400,
                 "BAD_HTTP",
@@ -472,7 +462,7 @@ async fn answer(
                 true,
             ))
         }
-        Ok(Ok(c)) => c.to_bytes().to_vec(),
+        Ok(Ok(bytes)) => bytes,
     };
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let (segments, query) = match parse_target(&target) {
@@ -515,6 +505,46 @@ async fn answer(
             false,
         ),
     })
+}
+
+/// How much of a refused body is still read (and dropped) before the `413`:
+/// a client that sends its whole body before reading the answer would
+/// otherwise see a reset connection instead of the error.
+const DRAIN_LIMIT: u64 = 16 << 20;
+
+enum BodyError {
+    /// Over the limit; the size when the client declared it.
+    TooLarge(Option<u64>),
+    Http(hyper::Error),
+}
+
+/// Reads a body of at most `max` bytes. A larger one is drained up to
+/// [`DRAIN_LIMIT`] so the refusal reaches the client.
+async fn read_body(mut body: Incoming, max: usize, declared: Option<u64>) -> Result<Vec<u8>, BodyError> {
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n.min(max as u64) as usize));
+    let mut seen: u64 = 0;
+    let mut too_large = declared.is_some_and(|n| n > max as u64);
+    if too_large && declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(BodyError::TooLarge(declared));
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Http)?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len() as u64;
+        if seen > max as u64 {
+            too_large = true;
+        }
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+        if !too_large {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    if too_large {
+        return Err(BodyError::TooLarge(declared));
+    }
+    Ok(bytes)
 }
 
 /// DNS-rebinding and cross-site request checks (see the module docs).
