@@ -872,40 +872,18 @@ impl Pending {
     }
 
     /// Two entries with one key would silently keep only one of them.
-    /// An open-addressing table of entry indices (`table`, reused between
-    /// groups) finds them in one pass; keys are compared only when their
-    /// hashes are equal, which is rarely for different keys.
     fn check_unique_keys(&self, meta: &StateMeta, kg: u32, timers: bool, table: &mut Vec<u32>) -> Result<(), String> {
-        let buf = &self.encoded;
-        let key = |&(_, at, len): &(u32, u32, u32)| &buf[at as usize..(at + len) as usize];
-        let n = self.keys.len();
-        if n < 2 {
+        if self.keys.len() < 2 {
             return Ok(());
         }
-        // At most half full; a power of two, indexed by the hash's top bits
-        // after a multiply (the key-group hash's low bits are alike within
-        // a group).
-        let bits = (2 * n).next_power_of_two().trailing_zeros().max(4);
-        let mask = (1usize << bits) - 1;
-        table.clear();
-        table.resize(1 << bits, u32::MAX);
-        let mut duplicate = false;
-        'entries: for (i, e) in self.keys.iter().enumerate() {
-            let mut slot = (e.0.wrapping_mul(0x9e37_79b1) >> (32 - bits)) as usize;
-            loop {
-                let t = table[slot];
-                if t == u32::MAX {
-                    table[slot] = i as u32;
-                    break;
-                }
-                let other = &self.keys[t as usize];
-                if other.0 == e.0 && key(other) == key(e) {
-                    duplicate = true;
-                    break 'entries;
-                }
-                slot = (slot + 1) & mask;
-            }
-        }
+        // The file's keys may have been chosen to share one hash (keys that
+        // hash alike land in one key group by design); past a budget of
+        // probes the check sorts instead, so such a file costs n log n, not n².
+        let budget = 8 * self.keys.len() + 1024;
+        let duplicate = match self.duplicate_by_hash(table, budget) {
+            Some(found) => found,
+            None => self.duplicate_by_sorting(),
+        };
         if duplicate {
             return Err(format!(
                 "state '{}', key group {kg}: {}",
@@ -918,6 +896,53 @@ impl Pending {
             ));
         }
         Ok(())
+    }
+
+    fn key(&self, &(_, at, len): &(u32, u32, u32)) -> &[u8] {
+        &self.encoded[at as usize..(at + len) as usize]
+    }
+
+    /// Whether two entries share a key, in one pass over an open-addressing
+    /// table of entry indices (`table`, reused between groups); keys are
+    /// compared only when their hashes are equal, which is rarely for
+    /// different keys. `None` when the probes exceed `budget`.
+    fn duplicate_by_hash(&self, table: &mut Vec<u32>, budget: usize) -> Option<bool> {
+        let n = self.keys.len();
+        // At most half full; a power of two, indexed by the hash's top bits
+        // after a multiply (the key-group hash's low bits are alike within
+        // a group).
+        let bits = (2 * n).next_power_of_two().trailing_zeros().max(4);
+        let mask = (1usize << bits) - 1;
+        table.clear();
+        table.resize(1 << bits, u32::MAX);
+        let mut probes = 0usize;
+        for (i, e) in self.keys.iter().enumerate() {
+            let mut slot = (e.0.wrapping_mul(0x9e37_79b1) >> (32 - bits)) as usize;
+            loop {
+                let t = table[slot];
+                if t == u32::MAX {
+                    table[slot] = i as u32;
+                    break;
+                }
+                let other = &self.keys[t as usize];
+                if other.0 == e.0 && self.key(other) == self.key(e) {
+                    return Some(true);
+                }
+                probes += 1;
+                if probes > budget {
+                    return None;
+                }
+                slot = (slot + 1) & mask;
+            }
+        }
+        Some(false)
+    }
+
+    /// Whether two entries share a key, by sorting the keys.
+    fn duplicate_by_sorting(&self) -> bool {
+        let mut keys: Vec<&[u8]> = self.keys.iter().map(|e| self.key(e)).collect();
+        keys.sort_unstable();
+        keys.windows(2).any(|w| w[0] == w[1])
     }
 
     fn encode(mut self, meta: &StateMeta, kg: u32, timers: bool, table: &mut Vec<u32>) -> Result<Vec<u8>, String> {
@@ -1057,5 +1082,38 @@ mod pending_tests {
             .encode(&meta(), 3, true, &mut Vec::new())
             .unwrap_err()
             .contains("a timer appears twice"));
+    }
+
+    #[test]
+    fn keys_sharing_one_hash_are_checked_by_sorting_past_the_probe_budget() {
+        // A crafted file's keys may all share one hash: probing each against
+        // all the others would be 50,000² / 2 compares.
+        let keys: Vec<[u8; 8]> = (0u64..50_000).map(|i| (i * 7919).to_be_bytes()).collect();
+        let pending = |extra: Option<usize>| {
+            let mut p = Pending::default();
+            for k in keys.iter().chain(extra.map(|i| &keys[i])) {
+                p.add_value_hashed(k, b"v", 0x5eed);
+            }
+            p
+        };
+        let unique = pending(None);
+        let budget = 8 * keys.len() + 1024;
+        assert_eq!(
+            unique.duplicate_by_hash(&mut Vec::new(), budget),
+            None,
+            "the budget runs out"
+        );
+        assert!(!unique.duplicate_by_sorting());
+        assert!(unique.encode(&meta(), 1, false, &mut Vec::new()).is_ok());
+        let twice = pending(Some(49_999));
+        assert!(twice.duplicate_by_sorting());
+        let e = twice.encode(&meta(), 1, false, &mut Vec::new()).unwrap_err();
+        assert!(e.contains("two rows hold a value for the same key"), "{e}");
+        // Well-spread hashes stay within the budget.
+        let mut spread = Pending::default();
+        for k in &keys {
+            spread.add_value(k, b"v");
+        }
+        assert_eq!(spread.duplicate_by_hash(&mut Vec::new(), budget), Some(false));
     }
 }

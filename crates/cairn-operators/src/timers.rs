@@ -19,8 +19,8 @@ use std::hash::BuildHasherDefault;
 
 use cairn_config::{options, Configuration, TimerServiceFactory};
 use cairn_state::codec::{get_bytes, put_bytes};
-use cairn_state::heap::FxHasher;
 use cairn_state::keygroup::KeyGroupRange;
+use cairn_state::table_hash::TableHasher;
 use cairn_state::{KeyedStateAccess, KeyedStateBackend, StateError, StateId, StateKind, StateMeta};
 
 /// Which clock a timer follows.
@@ -187,7 +187,7 @@ struct MemoryQueue {
 /// The encoded timers of one timestamp with their key groups.
 enum Bucket {
     /// Not firing yet: in no order.
-    Waiting(HashMap<Box<[u8]>, u32, BuildHasherDefault<FxHasher>>),
+    Waiting(HashMap<Box<[u8]>, u32, BuildHasherDefault<TableHasher>>),
     /// Firing: in descending byte order (the next to fire last), so a
     /// timestamp's timers fire in an order that does not depend on hashing.
     Firing(Vec<(Box<[u8]>, u32)>),

@@ -12,41 +12,17 @@
 //! RocksDB directly so scans see them.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use cairn_state::heap::small_bytes::SmallBytes;
-use cairn_state::heap::FxHasher;
+use cairn_state::table_hash::TableHasher;
 
 /// Rows and values of up to 22 bytes live inline in the table's buckets (as
 /// in the heap backend), so a lookup of a hot key touches one cache line.
-type Map = HashMap<SmallBytes, Slot, BuildHasherDefault<RowHasher>>;
-
-/// Fx mixing with a final avalanche (MurmurHash3's `fmix64`): rows end with
-/// the key's last bytes, and Fx's last multiply alone leaves the low bits —
-/// the ones the table indexes by — depending on few input bits, so rows
-/// collided (measured: 70% of a hot loop in probing).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct RowHasher(FxHasher);
-
-impl Hasher for RowHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.write(bytes);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.0.write_usize(i);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut h = self.0.finish();
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-}
+/// The seeded table hash mixes every byte into the low bits the table
+/// indexes by (rows end with the key's last bytes, which a multiply-and-
+/// rotate hash left in the high bits only: rows collided).
+type Map = HashMap<SmallBytes, Slot, BuildHasherDefault<TableHasher>>;
 
 /// Bytes charged per entry beyond its key and value (bucket, boxes).
 const ENTRY_OVERHEAD: usize = 64;

@@ -11,7 +11,6 @@
 //! methods (timers, tools), keep bytes.
 
 use std::collections::BTreeMap;
-use std::hash::Hasher;
 use std::sync::Arc;
 
 use crate::backend::{
@@ -27,54 +26,6 @@ use crate::snapshot_codec::{self, Decoded};
 use crate::typed::{TypedGroup, TypedKind};
 
 pub(crate) use small_bytes::SmallBytes;
-
-/// A fast non-cryptographic hasher for state keys (keys come from the job, not
-/// from an adversary, and the map is per subtask).
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher {
-    hash: u64,
-}
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn mix(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.mix(u64::from_le_bytes(c.try_into().expect("8-byte chunk")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 56));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.mix(i as u64);
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.mix(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.mix(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
 
 type Bytes = SmallBytes;
 
@@ -396,8 +347,8 @@ pub mod small_bytes {
                 let s = SmallBytes::from_slice(&b);
                 assert_eq!(hash_of::<_, DefaultHasher>(&s), hash_of::<_, DefaultHasher>(&b[..]));
                 assert_eq!(
-                    hash_of::<_, crate::heap::FxHasher>(&s),
-                    hash_of::<_, crate::heap::FxHasher>(&b[..])
+                    hash_of::<_, crate::table_hash::TableHasher>(&s),
+                    hash_of::<_, crate::table_hash::TableHasher>(&b[..])
                 );
                 // A heap value reached by appends (with spare room) hashes the same.
                 let mut grown = SmallBytes::new();
@@ -411,7 +362,7 @@ pub mod small_bytes {
 
         #[test]
         fn maps_are_searched_with_slices() {
-            let mut h: HashMap<SmallBytes, SmallBytes, std::hash::BuildHasherDefault<crate::heap::FxHasher>> =
+            let mut h: HashMap<SmallBytes, SmallBytes, std::hash::BuildHasherDefault<crate::table_hash::TableHasher>> =
                 HashMap::default();
             let mut t = BTreeMap::new();
             for n in 0..40 {

@@ -28,6 +28,7 @@ mod paged;
 pub mod query;
 pub mod shape;
 pub mod snapshot_codec;
+pub mod table_hash;
 pub mod typed;
 
 pub use backend::{

@@ -14,17 +14,13 @@
 //! The caller hashes each key once ([`key_hash`], carried by [`HashedKey`])
 //! and passes the hash with the key to every operation.
 
-use std::hash::Hasher;
-
-use crate::heap::{FxHasher, SmallBytes};
+use crate::heap::SmallBytes;
 
 /// The hash of a key's bytes every paged-map operation is given. Bits 32 and
 /// up choose the page; the slot comes from a second mix of all bits.
 #[inline]
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
-    let mut h = FxHasher::default();
-    h.write(key);
-    h.finish()
+    crate::table_hash::hash_bytes(key)
 }
 
 /// A key's bytes with their [`key_hash`], computed once and given to every
@@ -244,6 +240,20 @@ impl<V> PageTable<V> {
     /// Every entry, by value.
     pub fn into_entries(self) -> impl Iterator<Item = Entry<V>> {
         self.slots.into_vec().into_iter().flatten()
+    }
+
+    /// The longest distance of an entry from its first slot (for tests).
+    #[cfg(test)]
+    pub fn longest_probe(&self) -> usize {
+        let mask = self.slots.len().wrapping_sub(1);
+        (0..self.slots.len())
+            .filter_map(|i| {
+                self.slots[i]
+                    .as_ref()
+                    .map(|(k, _)| i.wrapping_sub(self.home(key_hash(k))) & mask)
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Make room for `additional` more keys at once.

@@ -253,6 +253,13 @@ impl<V: Clone> Paged<V> {
         self.pages.len()
     }
 
+    /// Entries of page `i` and their longest probe (for tests).
+    #[cfg(test)]
+    pub fn page_fill(&self, i: usize) -> (usize, usize) {
+        let page = self.pages[i].page();
+        (page.len(), page.longest_probe())
+    }
+
     /// Whether page `i` is shared with a snapshot (for tests).
     #[cfg(test)]
     pub fn page_shared(&self, i: usize) -> bool {
@@ -338,5 +345,27 @@ mod tests {
         assert_eq!(m.len(), 20_000);
         assert_eq!(m.get(HashedKey::new(&key(1))), Some(&1_000_000));
         assert_eq!(snapshot.get(HashedKey::new(&key(1))), Some(&1));
+    }
+
+    #[test]
+    fn keys_crafted_to_share_a_fixed_hash_spread_over_every_page() {
+        let keys = crate::table_hash::fx_flood(50_000);
+        let mut m: Paged<usize> = Paged::default();
+        for (i, k) in keys.iter().enumerate() {
+            m.insert(HashedKey::new(k), i);
+        }
+        assert_eq!(m.len(), keys.len());
+        assert!(keys
+            .iter()
+            .enumerate()
+            .all(|(i, k)| m.get(HashedKey::new(k)) == Some(&i)));
+        assert!(m.page_count() >= 64, "{} pages", m.page_count());
+        for p in 0..m.page_count() {
+            let (entries, probe) = m.page_fill(p);
+            // Under the fixed hash all 50,000 would be in one page, each
+            // probing past all the others before it.
+            assert!(entries > 0 && entries < 2_000, "page {p}: {entries} entries");
+            assert!(probe < 512, "page {p}: a probe of {probe} slots");
+        }
     }
 }
