@@ -517,11 +517,20 @@ impl<T: StateValue> ListState<T> {
 
     /// Append one element.
     pub fn add<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &T) -> Result<(), StateError> {
+        self.add_is_first(ctx, value).map(|_| ())
+    }
+
+    /// [`add`](Self::add), telling whether the current key's list had no
+    /// element before, so a caller sets up once what a new list needs (a
+    /// window's timers): `Some` where the backend keeps lists as objects and
+    /// learns it from the same lookup (the heap backend), `None` where it
+    /// appends bytes without reading them (RocksDB's merge), as finding out
+    /// there would cost a read.
+    pub fn add_is_first<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &T) -> Result<Option<bool>, StateError> {
         let a = ctx.state_access();
         if self.slot.typed {
             let (group, key) = a.typed_mut::<ListGroup<T>>(&self.slot)?;
-            group.push(key, value.clone());
-            return Ok(());
+            return Ok(Some(group.push(key, value.clone())));
         }
         a.require_key(&self.slot)?;
         a.scratch.clear();
@@ -531,7 +540,8 @@ impl<T: StateValue> ListState<T> {
         codec::append(&self.slot.name, value, &mut a.scratch)?;
         a.buf.clear();
         put_bytes(&mut a.buf, &a.scratch);
-        a.backend.append(self.slot.id, a.key_group, &a.composite, &a.buf)
+        a.backend.append(self.slot.id, a.key_group, &a.composite, &a.buf)?;
+        Ok(None)
     }
 
     /// Replace the current key's elements.
@@ -870,5 +880,37 @@ mod tests {
         a.backend_mut().map_put(id, 0, b"k", &[0xa1, b'c'], &[0xc1]).unwrap();
         let err = tags.entries(&mut a).unwrap_err().to_string();
         assert!(err.contains("state 'tags'") && err.contains("decoded"), "{err}");
+    }
+
+    /// A list kept as objects (the heap backend, no TTL) says whether an
+    /// add is the key's first element; the byte path (here: with TTL)
+    /// cannot tell without a read and says so.
+    #[test]
+    fn a_list_add_tells_whether_it_is_the_first_element_where_that_is_free() {
+        use crate::descriptor::{ListStateDescriptor, StateTtlConfig};
+        let range = KeyGroupRange {
+            start: 0,
+            end_exclusive: 1,
+        };
+        let mut a = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(range)));
+        let list = a.list_state(ListStateDescriptor::<u32>::new("list")).unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        let aged = a
+            .list_state(ListStateDescriptor::<u32>::new("aged").with_ttl(StateTtlConfig::new(ttl)))
+            .unwrap();
+        a.set_current_key(b"k", 0);
+        assert_eq!(list.add_is_first(&mut a, &1).unwrap(), Some(true));
+        assert_eq!(list.add_is_first(&mut a, &2).unwrap(), Some(false));
+        a.set_current_key(b"other", 0);
+        assert_eq!(list.add_is_first(&mut a, &3).unwrap(), Some(true));
+        a.set_current_key(b"k", 0);
+        assert_eq!(list.get(&mut a).unwrap(), [1, 2]);
+        list.clear(&mut a).unwrap();
+        assert_eq!(list.add_is_first(&mut a, &4).unwrap(), Some(true));
+        list.update(&mut a, &[]).unwrap();
+        assert_eq!(list.add_is_first(&mut a, &5).unwrap(), Some(true));
+        assert_eq!(aged.add_is_first(&mut a, &6).unwrap(), None);
+        assert_eq!(aged.add_is_first(&mut a, &7).unwrap(), None);
+        assert_eq!(aged.get(&mut a).unwrap(), [6, 7]);
     }
 }

@@ -112,9 +112,12 @@ impl<T: StateValue> ListGroup<T> {
     pub fn get(&self, key: HashedKey<'_>) -> Option<&Vec<T>> {
         self.0.get(key)
     }
+    /// Append `value`; true when the key's list had no element before.
     #[inline]
-    pub fn push(&mut self, key: HashedKey<'_>, value: T) {
-        self.0.get_or_insert_with(key, Vec::new).push(value)
+    pub fn push(&mut self, key: HashedKey<'_>, value: T) -> bool {
+        let values = self.0.get_or_insert_with(key, Vec::new);
+        values.push(value);
+        values.len() == 1
     }
     #[inline]
     pub fn set(&mut self, key: HashedKey<'_>, values: Vec<T>) {

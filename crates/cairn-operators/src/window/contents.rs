@@ -260,8 +260,8 @@ where
     }
 
     fn add(&mut self, state: &mut KeyedStateAccess, value: &T) -> OpResult<bool> {
-        self.state.as_ref().ok_or_else(not_open)?.add(state, value)?;
-        Ok(false)
+        let first = self.state.as_ref().ok_or_else(not_open)?.add_is_first(state, value)?;
+        Ok(first == Some(false))
     }
 
     fn merge(&mut self, state: &mut KeyedStateAccess, source: &[u8], target: &[u8]) -> OpResult {
