@@ -842,6 +842,12 @@ fn typed_or_json(
     }
 }
 
+/// Probes the duplicate check spends on `n` entries before it sorts
+/// instead: about eight per entry, far above what well-spread hashes need.
+fn probe_budget(n: usize) -> usize {
+    8 * n + 1024
+}
+
 /// The rows of one key group, collected until the group is complete.
 /// Values and timers (the bulk of most savepoints) are encoded as they
 /// arrive, in one buffer, with an index to find duplicate keys at the end
@@ -879,8 +885,7 @@ impl Pending {
         // The file's keys may have been chosen to share one hash (keys that
         // hash alike land in one key group by design); past a budget of
         // probes the check sorts instead, so such a file costs n log n, not n².
-        let budget = 8 * self.keys.len() + 1024;
-        let duplicate = match self.duplicate_by_hash(table, budget) {
+        let duplicate = match self.duplicate_by_hash(table, probe_budget(self.keys.len())) {
             Some(found) => found,
             None => self.duplicate_by_sorting(),
         };
@@ -1097,7 +1102,7 @@ mod pending_tests {
             p
         };
         let unique = pending(None);
-        let budget = 8 * keys.len() + 1024;
+        let budget = probe_budget(keys.len());
         assert_eq!(
             unique.duplicate_by_hash(&mut Vec::new(), budget),
             None,

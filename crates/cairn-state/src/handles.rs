@@ -852,16 +852,21 @@ mod tests {
     use crate::keygroup::KeyGroupRange;
     use crate::HeapKeyedStateBackend;
 
+    /// State access over a heap backend of one key group.
+    fn heap_access() -> KeyedStateAccess {
+        let range = KeyGroupRange {
+            start: 0,
+            end_exclusive: 1,
+        };
+        KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(range)))
+    }
+
     /// Map entries are decoded while the backend scans them; one that does
     /// not decode as the map's types fails the read, naming the state,
     /// rather than being skipped.
     #[test]
     fn map_entries_decode_and_a_bad_entry_is_an_error_naming_the_state() {
-        let range = KeyGroupRange {
-            start: 0,
-            end_exclusive: 1,
-        };
-        let mut a = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(range)));
+        let mut a = heap_access();
         let tags = a.map_state(MapStateDescriptor::<String, u32>::new("tags")).unwrap();
         a.set_current_key(b"k", 0);
         tags.put(&mut a, &"b".to_string(), &2).unwrap();
@@ -888,11 +893,7 @@ mod tests {
     #[test]
     fn a_list_add_tells_whether_it_is_the_first_element_where_that_is_free() {
         use crate::descriptor::{ListStateDescriptor, StateTtlConfig};
-        let range = KeyGroupRange {
-            start: 0,
-            end_exclusive: 1,
-        };
-        let mut a = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(range)));
+        let mut a = heap_access();
         let list = a.list_state(ListStateDescriptor::<u32>::new("list")).unwrap();
         let ttl = std::time::Duration::from_secs(60);
         let aged = a

@@ -146,14 +146,18 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Keys of 16 bytes that all share one Fx hash (the multiply-and-rotate
-/// hash the heap tables used before): the second word cancels the first.
+/// The multiplier of Fx, the multiply-and-rotate hash the tables used before.
+#[cfg(test)]
+const FX: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+/// Keys of 16 bytes that all share one Fx hash: the second word cancels
+/// the first.
 #[cfg(test)]
 pub(crate) fn fx_flood(n: u64) -> Vec<[u8; 16]> {
     (0..n)
         .map(|i| {
             let w0 = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let w1 = w0.wrapping_mul(0x51_7c_c1_b7_27_22_0a_95).rotate_left(5) ^ 0xdead_beef;
+            let w1 = w0.wrapping_mul(FX).rotate_left(5) ^ 0xdead_beef;
             let mut key = [0u8; 16];
             key[..8].copy_from_slice(&w0.to_le_bytes());
             key[8..].copy_from_slice(&w1.to_le_bytes());
@@ -166,8 +170,6 @@ pub(crate) fn fx_flood(n: u64) -> Vec<[u8; 16]> {
 mod tests {
     use super::*;
     use std::collections::HashSet;
-
-    const FX: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
     /// The Fx hash of 16 bytes (two words), as the heap tables used before.
     fn fx16(w: [u64; 2]) -> u64 {
