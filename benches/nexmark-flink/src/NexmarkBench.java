@@ -140,9 +140,12 @@ public class NexmarkBench {
         }
         String string(long len) {
             StringBuilder b = new StringBuilder((int) len);
+            long bits = 0;
             for (long i = 0; i < len; i++) {
-                if (below(13) == 0) b.append(' ');
-                else b.append((char) ('a' + below(26)));
+                if (i % 4 == 0) bits = next();
+                long v = ((bits & 0xffffL) * 338) >>> 16;
+                bits >>>= 16;
+                b.append(v < 26 ? ' ' : (char) ('a' + (v - 26) % 26));
             }
             return b.toString();
         }

@@ -10,6 +10,10 @@
 //! of the results' signatures (`cairn_nexmark::signature`), equal to
 //! Flink's when both computed the same result.
 
+/// As a job would run: with the allocator Cairn advises (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use std::time::Instant;
 
 use cairn::config::parse_startup_args;

@@ -143,16 +143,27 @@ impl Rng {
         (self.next() >> 1) % bound.max(1)
     }
 
+    /// `len` characters, each a space with probability 1/13, else a
+    /// uniform lowercase letter. One random number makes four: each 16-bit
+    /// quarter, scaled to `0..13 * 26`, picks a space below 26 and otherwise
+    /// a letter by its remainder modulo 26 (a multiply and a shift instead of
+    /// two random numbers and two divisions per character).
     fn string(&mut self, len: u64) -> String {
-        (0..len)
-            .map(|_| {
-                if self.below(13) == 0 {
-                    ' '
-                } else {
-                    char::from(b'a' + self.below(26) as u8)
-                }
-            })
-            .collect()
+        let mut s = String::with_capacity(len as usize);
+        let mut bits = 0u64;
+        for i in 0..len {
+            if i % 4 == 0 {
+                bits = self.next();
+            }
+            let v = ((bits & 0xffff) * 338) >> 16;
+            bits >>= 16;
+            s.push(if v < 26 {
+                ' '
+            } else {
+                char::from(b'a' + ((v - 26) % 26) as u8)
+            });
+        }
+        s
     }
 
     /// Padding that brings a record of `current` bytes to about `desired`.
@@ -501,6 +512,38 @@ mod tests {
         let avg: Vec<u64> = (0..3).map(|i| bytes[i] / count[i]).collect();
         for (got, want) in avg.iter().zip([AVG_PERSON_BYTES, AVG_AUCTION_BYTES, AVG_BID_BYTES]) {
             assert!(got.abs_diff(want) * 10 <= want, "average sizes {avg:?}");
+        }
+    }
+
+    #[test]
+    fn strings_are_one_space_in_13_and_letters_evenly() {
+        let mut rng = Rng::for_event(0, 42);
+        let (mut spaces, mut letters, mut total) = (0u64, [0u64; 26], 0u64);
+        for len in 0..2_000u64 {
+            let s = rng.string(len % 41);
+            assert_eq!(s.len() as u64, len % 41);
+            for c in s.bytes() {
+                total += 1;
+                match c {
+                    b' ' => spaces += 1,
+                    b'a'..=b'z' => letters[usize::from(c - b'a')] += 1,
+                    other => panic!("unexpected character {other:#x} in {s:?}"),
+                }
+            }
+        }
+        // 40,000 characters: 1/13 are spaces (about 3,077), each letter
+        // 12/13 * 1/26 (about 1,420); allow several standard deviations.
+        assert!(
+            spaces.abs_diff(total / 13) * 10 < total / 13,
+            "{spaces} spaces in {total}"
+        );
+        let per_letter = (total - spaces) / 26;
+        for (i, n) in letters.iter().enumerate() {
+            assert!(
+                n.abs_diff(per_letter) * 5 < per_letter,
+                "letter {} appears {n} times, expected about {per_letter}",
+                char::from(b'a' + i as u8)
+            );
         }
     }
 }

@@ -11,6 +11,10 @@
 //! single process) and reads what they print. With `CAIRN_MOTO_SERVER` set
 //! (and the `s3` feature), the checkpoint runs use moto.
 
+/// As a job would run: with the allocator Cairn advises (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

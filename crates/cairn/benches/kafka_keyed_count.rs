@@ -12,6 +12,10 @@
 //! kafka_keyed_count latency B IN OUT RATE SECONDS KEYS      # a job must be running on IN -> OUT
 //! ```
 
+/// As a job would run: with the allocator Cairn advises (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -9,6 +9,10 @@
 //!
 //! Prints one summary line in the peers' format.
 
+/// As a job would run: with the allocator Cairn advises (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use std::time::Instant;
 
 use cairn::config::parse_startup_args;

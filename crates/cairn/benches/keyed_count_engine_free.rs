@@ -12,6 +12,10 @@
 //! `two-maps` keeps count and sum in two `std` hash maps (two lookups per
 //! event, like an engine with two value states); `one-map` keeps them in one.
 
+/// The allocator of the Cairn benchmarks (`cairn::alloc`), for a like comparison.
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;

@@ -15,6 +15,10 @@
 //! `execution.checkpointing.aligned-checkpoint-timeout`,
 //! `taskmanager.network.memory.buffer-debloat.enabled`, ...).
 
+/// As a job would run: with the allocator Cairn advises (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

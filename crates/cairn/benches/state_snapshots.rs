@@ -20,6 +20,10 @@
 //!
 //! Prints one line per measurement.
 
+/// As a job would run: with the allocator Cairn advises (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,11 +1,19 @@
 //! Sliding event-time windows with a `ProcessWindowFunction` (the window
-//! keeps every element as list state): event `i` of `0..N` has key `i % K`
-//! and event time `i` ms; windows of 10 s every 2 s, so each event goes into
-//! five windows; the function emits each window's element count.
+//! keeps every element as list state): event `i` of `0..N` has key `i % K`;
+//! the source reads two contiguous halves of `0..N` as two splits, and event
+//! `i` of the half starting at `h` has event time `i - h` ms, so both splits
+//! move through event time together and windows fire as the job goes (with
+//! time `i` the second half would wait for the first and pile up as state).
+//! Windows of 10 s every 2 s, so each event goes into five windows; the
+//! function emits each window's element count.
 //!
 //!     cargo bench -p cairn --bench window_process -- [N] [K] [parallelism] [-D key=value ...]
 //!
 //! Prints one summary line.
+
+/// As a job would run: with the allocator Cairn advises (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
@@ -38,11 +46,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let p = pos.get(2).copied().unwrap_or(2) as u32;
     let backend = opts.config.get(&cairn::config::options::STATE_BACKEND_TYPE).as_str();
 
+    // The generator's two splits are `0..n/2` and `n/2..n`.
+    let half = n / 2;
     let env = StreamEnv::with_startup(opts);
     env.set_parallelism(p)?;
     env.source_with_watermarks(
         GeneratorSource::new(n, k).splits(2),
-        WatermarkStrategy::for_monotonous_timestamps(),
+        WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(move |e: &GeneratedEvent, _| {
+            (if e.index >= half { e.index - half } else { e.index }) as i64
+        }),
     )
     .uid("gen")
     .key_by(|e: &GeneratedEvent| e.key)

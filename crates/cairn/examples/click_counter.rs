@@ -4,6 +4,10 @@
 //!
 //!     cargo run --release --example click_counter -- [-p 2] [-D key=value] [events] [users]
 
+/// The allocator Cairn advises for jobs (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use cairn::prelude::*;
 
 /// Counts events per user and emits (user, count) when the input ends, using

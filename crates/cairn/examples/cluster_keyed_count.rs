@@ -13,6 +13,10 @@
 //! spend on each event (default 0: a slow operator, so records queue up in
 //! front of it, across hosts too, as under backpressure).
 
+/// The allocator Cairn advises for jobs (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use cairn::prelude::*;
 
 /// Emits `(key, count so far, sum so far)` for every event.

@@ -13,6 +13,10 @@
 //! Read the output as a consumer with `isolation.level=read_committed`: it sees each
 //! count exactly once, also after failures and restores (`-s <checkpoint>`).
 
+/// The allocator Cairn advises for jobs (`cairn::alloc`).
+#[global_allocator]
+static ALLOCATOR: cairn::alloc::MiMalloc = cairn::alloc::MiMalloc;
+
 use cairn::kafka::{DeliveryGuarantee, KafkaRecord, KafkaSink, KafkaSource};
 use cairn::prelude::*;
 

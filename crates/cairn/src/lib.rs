@@ -15,6 +15,7 @@
 //! }
 //! ```
 
+pub mod alloc;
 pub mod collection;
 pub mod connect;
 pub mod env;
