@@ -55,6 +55,10 @@ pub struct KeyedStateAccess {
     /// The hash of `composite` for typed groups, computed at its first use
     /// after each change (one hash per record, not one per access).
     composite_hash: Option<u64>,
+    /// Where the last typed value read found its key: (state, slot hint),
+    /// so that the update of a read-modify-write does not probe again. Only
+    /// a hint: the slot is checked to hold the key before it is written.
+    read_slot: Option<(StateId, usize)>,
     now_ms: u64,
     buf: Vec<u8>,
     scratch: Vec<u8>,
@@ -112,6 +116,7 @@ impl KeyedStateAccess {
             key_len: 0,
             composite: Vec::with_capacity(64),
             composite_hash: None,
+            read_slot: None,
             now_ms: 0,
             buf: Vec::with_capacity(64),
             scratch: Vec::with_capacity(64),
@@ -430,7 +435,9 @@ impl<T: StateValue> ValueState<T> {
         let a = ctx.state_access();
         if self.slot.typed {
             let (group, key) = a.typed::<ValueGroup<T>>(&self.slot)?;
-            return Ok(group.get(key).cloned());
+            let found = group.get_indexed(key).map(|(v, i)| (v.clone(), i));
+            a.read_slot = found.as_ref().map(|(_, i)| (self.slot.id, *i));
+            return Ok(found.map(|(v, _)| v));
         }
         if !a.read_raw(&self.slot)? {
             return Ok(None);
@@ -443,8 +450,12 @@ impl<T: StateValue> ValueState<T> {
     pub fn update<C: StateContext + ?Sized>(&self, ctx: &mut C, value: &T) -> Result<(), StateError> {
         let a = ctx.state_access();
         if self.slot.typed {
+            let hint = a.read_slot.take().filter(|(id, _)| *id == self.slot.id);
             let (group, key) = a.typed_mut::<ValueGroup<T>>(&self.slot)?;
-            group.insert(key, value.clone());
+            match hint {
+                Some((_, i)) => group.insert_hinted(key, value.clone(), i),
+                None => group.insert(key, value.clone()),
+            }
             return Ok(());
         }
         a.write_value(&self.slot, value)
@@ -913,5 +924,89 @@ mod tests {
         assert_eq!(aged.add_is_first(&mut a, &6).unwrap(), None);
         assert_eq!(aged.add_is_first(&mut a, &7).unwrap(), None);
         assert_eq!(aged.get(&mut a).unwrap(), [6, 7]);
+    }
+
+    /// A read-modify-write probes once: the update reuses the slot the read
+    /// found. Whatever happens between the two (another key, another state,
+    /// a clear, a snapshot sharing the pages, tables growing and splitting),
+    /// the update lands on the current key of its own state only.
+    #[test]
+    fn an_update_after_a_read_writes_the_current_key_of_its_own_state_only() {
+        use crate::descriptor::ValueStateDescriptor;
+        let mut a = heap_access();
+        let count = a.value_state(ValueStateDescriptor::<u64>::new("count")).unwrap();
+        let sum = a.value_state(ValueStateDescriptor::<u64>::new("sum")).unwrap();
+        let key = |i: u64| i.to_be_bytes();
+        for i in 0..100u64 {
+            a.set_current_key(&key(i), 0);
+            count.update(&mut a, &i).unwrap();
+            sum.update(&mut a, &(i * 10)).unwrap();
+        }
+        // Read key 1, write key 2.
+        a.set_current_key(&key(1), 0);
+        assert_eq!(count.value(&mut a).unwrap(), Some(1));
+        a.set_current_key(&key(2), 0);
+        count.update(&mut a, &7).unwrap();
+        // Read one state, write the other.
+        assert_eq!(count.value(&mut a).unwrap(), Some(7));
+        sum.update(&mut a, &70).unwrap();
+        // Read, clear, write.
+        a.set_current_key(&key(3), 0);
+        assert_eq!(count.value(&mut a).unwrap(), Some(3));
+        count.clear(&mut a).unwrap();
+        count.update(&mut a, &33).unwrap();
+        // Read, snapshot (the pages become shared), write: the snapshot keeps
+        // the old value.
+        a.set_current_key(&key(4), 0);
+        assert_eq!(count.value(&mut a).unwrap(), Some(4));
+        let snapshot = a
+            .backend_mut()
+            .snapshot(&crate::backend::SnapshotRequest::checkpoint(1))
+            .unwrap();
+        count.update(&mut a, &44).unwrap();
+        // Read, then thousands of new keys (the table grows and splits), write.
+        a.set_current_key(&key(5), 0);
+        assert_eq!(count.value(&mut a).unwrap(), Some(5));
+        let old_key = key(5);
+        for i in 1_000..5_000u64 {
+            a.set_current_key(&key(i), 0);
+            count.update(&mut a, &i).unwrap();
+        }
+        a.set_current_key(&old_key, 0);
+        count.update(&mut a, &55).unwrap();
+
+        let mut want: Vec<(u64, Option<u64>, Option<u64>)> = (0..100).map(|i| (i, Some(i), Some(i * 10))).collect();
+        want[1] = (1, Some(1), Some(10));
+        want[2] = (2, Some(7), Some(70));
+        want[3] = (3, Some(33), Some(30));
+        want[4] = (4, Some(44), Some(40));
+        want[5] = (5, Some(55), Some(50));
+        for (i, c, s) in want {
+            a.set_current_key(&key(i), 0);
+            assert_eq!((i, count.value(&mut a).unwrap(), sum.value(&mut a).unwrap()), (i, c, s));
+        }
+        for i in 1_000..5_000u64 {
+            a.set_current_key(&key(i), 0);
+            assert_eq!(count.value(&mut a).unwrap(), Some(i));
+        }
+        // The snapshot holds key 4's count from before the write.
+        let mut counts = 0;
+        snapshot
+            .for_each_group(&mut |meta, _kg, encoded| {
+                if &*meta.name == "count" {
+                    crate::snapshot_codec::decode_group(&meta.name, meta.kind, encoded, &mut |d| {
+                        if let crate::snapshot_codec::Decoded::Entry { key: k, value } = d {
+                            counts += 1;
+                            if k == key(4) {
+                                assert_eq!(crate::codec::decode::<u64>("count", value).unwrap(), 4);
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(counts, 100);
     }
 }

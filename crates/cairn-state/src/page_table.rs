@@ -145,6 +145,24 @@ impl<V> PageTable<V> {
         }
     }
 
+    /// The value of `key` and the index of its slot, a hint for
+    /// [`PageTable::get_mut_at`].
+    #[inline]
+    pub fn get_indexed(&self, hash: u64, key: &[u8]) -> Option<(&V, usize)> {
+        let i = self.find(hash, key)?;
+        self.slots[i].as_ref().map(|(_, v)| (v, i))
+    }
+
+    /// The value in slot `i` when that slot holds `key` (no probe): a read
+    /// gave `i`, and the table may have changed since, so the key is checked.
+    #[inline]
+    pub fn get_mut_at(&mut self, i: usize, key: &[u8]) -> Option<&mut V> {
+        match self.slots.get_mut(i) {
+            Some(Some((k, v))) if k.matches(key) => Some(v),
+            _ => None,
+        }
+    }
+
     #[inline]
     pub fn get(&self, hash: u64, key: &[u8]) -> Option<&V> {
         let i = self.find(hash, key)?;

@@ -94,6 +94,13 @@ impl<V: Clone> Paged<V> {
         self.page(h).get(h, key.bytes())
     }
 
+    /// The value of `key` and a hint to its slot for [`Paged::insert_hinted`].
+    #[inline]
+    pub fn get_indexed(&self, key: HashedKey<'_>) -> Option<(&V, usize)> {
+        let h = key.hash();
+        self.page(h).get_indexed(h, key.bytes())
+    }
+
     #[inline]
     pub fn contains_key(&self, key: HashedKey<'_>) -> bool {
         let h = key.hash();
@@ -159,6 +166,22 @@ impl<V: Clone> Paged<V> {
         if owned(&mut self.pages[i]).insert(h, key, value) {
             self.len += 1;
         }
+    }
+
+    /// [`Paged::insert`] after a read of the same key gave `hint`: when the
+    /// key's page is owned and the hinted slot still holds the key, the value
+    /// is replaced there without a probe (a read-modify-write finds its key
+    /// once); otherwise as `insert`.
+    #[inline]
+    pub fn insert_hinted(&mut self, key: HashedKey<'_>, value: V, hint: usize) {
+        let i = page_of(key.hash(), self.pages.len());
+        if let Slot::Owned(page) = &mut self.pages[i] {
+            if let Some(v) = page.get_mut_at(hint, key.bytes()) {
+                *v = value;
+                return;
+            }
+        }
+        self.insert(key, value)
     }
 
     /// The value of `key` for writing, inserting `make()` first when absent

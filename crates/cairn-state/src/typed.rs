@@ -89,6 +89,11 @@ impl<T: StateValue> ValueGroup<T> {
     pub fn get(&self, key: HashedKey<'_>) -> Option<&T> {
         self.0.get(key)
     }
+    /// The value and a hint to its slot for [`ValueGroup::insert_hinted`].
+    #[inline]
+    pub fn get_indexed(&self, key: HashedKey<'_>) -> Option<(&T, usize)> {
+        self.0.get_indexed(key)
+    }
     #[inline]
     pub fn get_mut(&mut self, key: HashedKey<'_>) -> Option<&mut T> {
         self.0.get_mut(key)
@@ -100,6 +105,11 @@ impl<T: StateValue> ValueGroup<T> {
     #[inline]
     pub fn insert(&mut self, key: HashedKey<'_>, value: T) {
         self.0.insert(key, value)
+    }
+    /// Insert after [`ValueGroup::get_indexed`] of the same key gave `hint`.
+    #[inline]
+    pub fn insert_hinted(&mut self, key: HashedKey<'_>, value: T, hint: usize) {
+        self.0.insert_hinted(key, value, hint)
     }
     #[inline]
     pub fn remove(&mut self, key: HashedKey<'_>) -> Option<T> {
