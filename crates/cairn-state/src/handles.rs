@@ -928,8 +928,8 @@ mod tests {
 
     /// A read-modify-write probes once: the update reuses the slot the read
     /// found. Whatever happens between the two (another key, another state,
-    /// a clear, a snapshot sharing the pages, tables growing and splitting),
-    /// the update lands on the current key of its own state only.
+    /// a clear, a snapshot sharing the pages), the update lands on the
+    /// current key of its own state only.
     #[test]
     fn an_update_after_a_read_writes_the_current_key_of_its_own_state_only() {
         use crate::descriptor::ValueStateDescriptor;
@@ -964,7 +964,9 @@ mod tests {
             .snapshot(&crate::backend::SnapshotRequest::checkpoint(1))
             .unwrap();
         count.update(&mut a, &44).unwrap();
-        // Read, then thousands of new keys (the table grows and splits), write.
+        // Read, then write thousands of other keys (the first one is given
+        // the read's slot; the table grows and its pages split), then write
+        // the key read.
         a.set_current_key(&key(5), 0);
         assert_eq!(count.value(&mut a).unwrap(), Some(5));
         let old_key = key(5);
