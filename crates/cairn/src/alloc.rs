@@ -5,14 +5,15 @@
 //! `key_by` frees them. The system allocator on Linux (glibc) is slow at
 //! freeing memory another thread allocated: once the freeing thread's small
 //! per-size cache is full, each free takes the lock of the allocating
-//! thread's arena and sorts the chunk into its bins. In Nexmark's window
-//! queries, installing mimalloc cut the CPU time by about a third, and
-//! restores and snapshots of 10M keys took a third less CPU too. The cost:
-//! a job whose records own no heap memory and whose state is large (10M
-//! keys) runs about 7% slower and peaks at about 40% more memory
+//! thread's arena and sorts the chunk into its bins; mimalloc returns such
+//! a block to the page it came from with one atomic operation. In Nexmark's
+//! window queries, installing mimalloc cut the CPU time by a quarter to a
+//! third, and restores and snapshots of 10M keys took a third less CPU too.
+//! The cost: a job whose records own no heap memory and whose state is large
+//! (10M keys) runs about 7% slower and peaks at about 40% more memory
 //! (`docs/benchmarks.md`); such a job may keep the system allocator.
-//! mimalloc returns such a block to the page it came from with one atomic
-//! operation. A job installs it with two lines in its binary:
+//!
+//! A job installs it with two lines in its binary:
 //!
 //! ```no_run
 //! #[global_allocator]
