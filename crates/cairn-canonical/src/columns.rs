@@ -23,6 +23,7 @@
 //! | other enum | Struct { "$variant": Utf8, one field per non-unit variant } |
 //! | opaque, unit struct, empty struct, map with nullable keys | none (JSON text) |
 
+use std::any::Any;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -346,6 +347,32 @@ impl Column {
             _ => return false,
         }
         true
+    }
+
+    /// Append a value kept as an object when it is this scalar column's own
+    /// Rust type (a `u64` to a `UInt64` column, a `String` to a string
+    /// column); `false`, appending nothing, for any other type, which the
+    /// caller then encodes. What is appended is what the value's bytes would
+    /// append, since the column was made from the same type's shape.
+    pub fn append_object(&mut self, value: &dyn Any) -> bool {
+        fn put<T: Copy + 'static>(value: &dyn Any, append: impl FnOnce(T)) -> bool {
+            value.downcast_ref::<T>().map(|v| append(*v)).is_some()
+        }
+        match &mut self.kind {
+            Kind::U64(b) => put(value, |v: u64| b.append_value(v)),
+            Kind::I64(b) => put(value, |v: i64| b.append_value(v)),
+            Kind::U32(b) => put(value, |v: u32| b.append_value(v)),
+            Kind::I32(b) => put(value, |v: i32| b.append_value(v)),
+            Kind::U16(b) => put(value, |v: u16| b.append_value(v)),
+            Kind::I16(b) => put(value, |v: i16| b.append_value(v)),
+            Kind::U8(b) => put(value, |v: u8| b.append_value(v)),
+            Kind::I8(b) => put(value, |v: i8| b.append_value(v)),
+            Kind::F64(b) => put(value, |v: f64| b.append_value(v)),
+            Kind::F32(b) => put(value, |v: f32| b.append_value(v)),
+            Kind::Bool(b) => put(value, |v: bool| b.append_value(v)),
+            Kind::Str(b) => value.downcast_ref::<String>().map(|v| b.append_value(v)).is_some(),
+            _ => false,
+        }
     }
 
     /// Whether values of this column are one MessagePack item.

@@ -18,7 +18,7 @@ use cairn_state::hash::murmur3_x86_32;
 use cairn_state::keygroup::{key_group_hash, KeyGroupRange};
 use cairn_state::shape::Shape;
 use cairn_state::snapshot_codec::{self, Decoded};
-use cairn_state::{StateKind, StateMeta, StateTtlConfig, TtlUpdateType};
+use cairn_state::{StateKind, StateMeta, StateTtlConfig, StoredObject, TtlUpdateType};
 
 use crate::columns::Column;
 use crate::decode::Decoder;
@@ -117,6 +117,8 @@ pub struct KeyedFileWriter {
     key_len: usize,
     key_mp: Vec<u8>,
     scratch: Vec<u8>,
+    /// A value object's stored bytes, when its type is not the column's.
+    object_bytes: Vec<u8>,
 }
 
 fn err(meta: &StateMeta, kg: u32, what: impl std::fmt::Display) -> String {
@@ -209,6 +211,7 @@ impl KeyedFileWriter {
             key_len: 0,
             key_mp: Vec::new(),
             scratch: Vec::new(),
+            object_bytes: Vec::new(),
         })
     }
 
@@ -289,6 +292,41 @@ impl KeyedFileWriter {
             t.append_value(ttl.ok_or_else(|| err(&self.meta, kg, "a value of a TTL state has no timestamp"))?);
         }
         Ok(())
+    }
+
+    /// Append the row of one value-state entry kept as an object: typed
+    /// straight into the value column when it is that column's type,
+    /// otherwise through its stored bytes as [`KeyedFileWriter::push_group`] would.
+    pub fn push_object(&mut self, kg: u32, key: &[u8], value: &dyn StoredObject) -> Result<(), String> {
+        if self.timers || self.meta.kind != StateKind::Value || self.meta.ttl.is_some() {
+            return Err(err(
+                &self.meta,
+                kg,
+                "only value states without a TTL are kept as objects (a Cairn bug)",
+            ));
+        }
+        self.split_key(key, kg)?;
+        let (key_bytes, namespace) = key.split_at(self.key_len);
+        self.push_key(kg, key_bytes, namespace);
+        let typed = self
+            .cols
+            .value
+            .as_mut()
+            .is_some_and(|c| c.append_object(value.as_any()));
+        if typed {
+            if let Some(j) = &mut self.cols.value_json {
+                j.append_null();
+            }
+        } else {
+            let mut bytes = std::mem::take(&mut self.object_bytes);
+            value
+                .encode(&self.meta.name, &mut bytes)
+                .map_err(|e| err(&self.meta, kg, e))?;
+            let pushed = self.push_value(kg, &bytes, None);
+            self.object_bytes = bytes;
+            pushed?;
+        }
+        self.end_row()
     }
 
     fn ttl_split<'b>(&self, kg: u32, raw: &'b [u8]) -> Result<(Option<i64>, &'b [u8]), String> {
@@ -410,8 +448,8 @@ impl KeyedFileWriter {
         let namespace = c.namespace.finish();
         if self.file.is_pending() && namespace.values().is_empty() {
             // No namespaces (no windows) in the file's first batch: the
-            // column is written plain, 4 zero bytes a row that compression
-            // takes away. A dictionary would intern every empty value, and
+            // column is written without a dictionary, as delta lengths of
+            // empty values (next to nothing). A dictionary would intern every empty value, and
             // that cost a third of the whole write (profiled: the byte
             // compare of two empty slices, whose pointers are dangling,
             // with masked vector loads, slow on AVX-512 machines).
@@ -491,42 +529,96 @@ pub fn write_keyed_snapshot(
     options: &WriteOptions,
     intend: &mut dyn FnMut(&Path),
 ) -> Result<Vec<StateFileRef>, String> {
-    let mut files = Vec::new();
-    let mut current: Option<KeyedFileWriter> = None;
-    let mut used_names: Vec<String> = Vec::new();
-    let mut failure: Option<String> = None;
-    let visited = snapshot.for_each_group(&mut |meta, kg, bytes| {
-        let step = (|| -> Result<(), String> {
-            if current.as_ref().is_some_and(|w| w.meta().name != meta.name) {
-                files.push(current.take().expect("checked").finish()?);
-            }
-            if current.is_none() {
-                let slug = file_slug(&meta.name);
-                let mut rel = format!("{stem}.{slug}.parquet");
-                let mut n = 2;
-                while used_names.contains(&rel) {
-                    rel = format!("{stem}.{slug}-{n}.parquet");
-                    n += 1;
-                }
-                used_names.push(rel.clone());
-                intend(&dir.join(&rel));
-                current = Some(KeyedFileWriter::create(storage, dir, &rel, meta, key_codec, options)?);
-            }
-            current.as_mut().expect("created").push_group(kg, bytes)
-        })();
-        step.map_err(|e| {
-            failure = Some(e);
-            cairn_state::StateError::Backend(String::new())
-        })
-    });
-    if let Some(e) = failure {
+    let mut files = SnapshotFiles {
+        storage,
+        dir,
+        stem,
+        key_codec,
+        options,
+        intend,
+        done: Vec::new(),
+        current: None,
+        used_names: Vec::new(),
+        last_meta: std::ptr::null(),
+    };
+    // Value objects (the heap backend's typed states) are taken as they
+    // are; every other group comes encoded.
+    let failure = std::cell::RefCell::new(None);
+    let fail = |e: String| {
+        *failure.borrow_mut() = Some(e);
+        cairn_state::StateError::Backend(String::new())
+    };
+    let files = std::cell::RefCell::new(&mut files);
+    let visited = snapshot.for_each_group_or_object(
+        &mut |meta, kg, bytes| {
+            let mut f = files.borrow_mut();
+            f.writer(meta).and_then(|w| w.push_group(kg, bytes)).map_err(fail)
+        },
+        &mut |meta, kg, key, value| {
+            let mut f = files.borrow_mut();
+            f.writer(meta).and_then(|w| w.push_object(kg, key, value)).map_err(fail)
+        },
+    );
+    if let Some(e) = failure.into_inner() {
         return Err(e);
     }
     visited.map_err(|e| e.to_string())?;
-    if let Some(w) = current {
-        files.push(w.finish()?);
+    let files = files.into_inner();
+    if let Some(w) = files.current.take() {
+        files.done.push(w.finish()?);
     }
-    Ok(files)
+    Ok(std::mem::take(&mut files.done))
+}
+
+/// The files of [`write_keyed_snapshot`]: one open at a time, for the state
+/// being visited (a snapshot visits states one after the other).
+struct SnapshotFiles<'a> {
+    storage: &'a dyn Storage,
+    dir: &'a Path,
+    stem: &'a str,
+    key_codec: Option<&'a KeyCodec>,
+    options: &'a WriteOptions,
+    intend: &'a mut dyn FnMut(&Path),
+    done: Vec<StateFileRef>,
+    current: Option<KeyedFileWriter>,
+    used_names: Vec<String>,
+    last_meta: *const StateMeta,
+}
+
+impl SnapshotFiles<'_> {
+    /// The writer of `meta`'s file, finishing the previous state's file and
+    /// creating this one's when the state changes.
+    fn writer(&mut self, meta: &StateMeta) -> Result<&mut KeyedFileWriter, String> {
+        // The same state as the previous entry (the snapshot hands out one
+        // `StateMeta` per state): no name to compare, once per row.
+        if !(std::ptr::eq(self.last_meta, meta) && self.current.is_some()) {
+            self.last_meta = meta;
+            self.switch_to(meta)?;
+        }
+        Ok(self.current.as_mut().expect("opened"))
+    }
+
+    /// Finish the previous state's file and create `meta`'s when the state changed.
+    fn switch_to(&mut self, meta: &StateMeta) -> Result<(), String> {
+        if self.current.as_ref().is_some_and(|w| w.meta().name != meta.name) {
+            let finished = self.current.take().expect("checked").finish()?;
+            self.done.push(finished);
+        }
+        if self.current.is_none() {
+            let slug = file_slug(&meta.name);
+            let mut rel = format!("{}.{slug}.parquet", self.stem);
+            let mut n = 2;
+            while self.used_names.contains(&rel) {
+                rel = format!("{}.{slug}-{n}.parquet", self.stem);
+                n += 1;
+            }
+            self.used_names.push(rel.clone());
+            (self.intend)(&self.dir.join(&rel));
+            let w = KeyedFileWriter::create(self.storage, self.dir, &rel, meta, self.key_codec, self.options)?;
+            self.current = Some(w);
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------

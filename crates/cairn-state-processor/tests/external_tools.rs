@@ -296,3 +296,84 @@ fn duckdb_and_pyarrow_query_typed_columns_and_their_rewrites_restore() {
         assert_eq!(n, counts.get(&k).copied().unwrap_or(0) + 1, "key {k}");
     }
 }
+
+/// Integer keys and values of many distinct values are written with Parquet's
+/// delta encodings (and empty namespaces as delta lengths): DuckDB and
+/// pyarrow read them, extremes included, and find the encodings there.
+#[test]
+fn duckdb_and_pyarrow_read_delta_encoded_integer_columns() {
+    use cairn_state::canonical::key_codec_for;
+    use cairn_state::keygroup::{key_bytes, key_group_for_bytes, KeyGroupRange};
+    use cairn_state::{HeapKeyedStateBackend, KeyedStateAccess, SnapshotRequest, ValueStateDescriptor};
+    let Some(py) = python() else { return };
+    let max_p = 128;
+    let mut access = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(KeyGroupRange::new(0, max_p))));
+    let total = access.value_state(ValueStateDescriptor::<u64>::new("total")).unwrap();
+    let delta = access.value_state(ValueStateDescriptor::<i64>::new("delta")).unwrap();
+    let (mut key_sum, mut total_sum, mut delta_sum) = (0u128, 0u128, 0i128);
+    let mut kb = Vec::new();
+    for k in 0..20_000u64 {
+        key_bytes(&k, &mut kb).unwrap();
+        access.set_current_key(&kb, key_group_for_bytes(&kb, max_p));
+        let t = if k % 7 == 0 { u64::MAX - k } else { k * 1_000_003 };
+        let d = if k % 5 == 0 {
+            i64::MIN + k as i64
+        } else {
+            -(k as i64) * 31
+        };
+        total.update(&mut access, &t).unwrap();
+        delta.update(&mut access, &d).unwrap();
+        (key_sum, total_sum, delta_sum) = (
+            key_sum + u128::from(k),
+            total_sum + u128::from(t),
+            delta_sum + i128::from(d),
+        );
+    }
+    let snap = access.backend_mut().snapshot(&SnapshotRequest::checkpoint(1)).unwrap();
+    let dir = temp_dir("delta");
+    let files = cairn_canonical::write_keyed_snapshot(
+        &cairn_snapshot::LocalFileStorage::new(),
+        &dir,
+        "op-0",
+        snap.key_groups().unwrap(),
+        Some(&key_codec_for::<u64>()),
+        &cairn_canonical::WriteOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(files.len(), 2);
+    let script = r#"
+import sys, duckdb, pyarrow.parquet as pq
+for f, col in [(sys.argv[1], "total"), (sys.argv[2], "delta")]:
+    enc = {c: set() for c in ("namespace", "key", col)}
+    md = pq.ParquetFile(f).metadata
+    for g in range(md.num_row_groups):
+        for i in range(md.num_columns):
+            c = md.row_group(g).column(i)
+            if c.path_in_schema in enc:
+                enc[c.path_in_schema].update(c.encodings)
+    assert "DELTA_LENGTH_BYTE_ARRAY" in enc["namespace"], enc
+    assert "DELTA_BINARY_PACKED" in enc["key"] and "DELTA_BINARY_PACKED" in enc[col], enc
+    n, keys, values = duckdb.connect().execute(f"SELECT count(*), sum(key::HUGEINT), sum({col}::HUGEINT) FROM '{f}'").fetchone()
+    t = pq.read_table(f)
+    assert sum(t.column("key").to_pylist()) == keys and sum(t.column(col).to_pylist()) == values
+    print(n, keys, values)
+"#;
+    let out = run_py(
+        &py,
+        script,
+        &[
+            dir.join(&files[0].path).to_str().unwrap(),
+            dir.join(&files[1].path).to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("20000 {key_sum} {total_sum}"),
+            format!("20000 {key_sum} {delta_sum}")
+        ],
+        "DuckDB's (and pyarrow's) sums of the key and value columns"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

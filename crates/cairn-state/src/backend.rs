@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::descriptor::StateMeta;
 use crate::error::StateError;
 use crate::keygroup::KeyGroupRange;
-use crate::typed::{TypedGroup, TypedKind};
+use crate::typed::{StoredObject, TypedGroup, TypedKind};
 
 /// Index of a registered state within one backend.
 pub type StateId = u32;
@@ -261,11 +261,29 @@ impl std::fmt::Debug for BackendSnapshot {
 /// Receives one (state, key group) of a snapshot with its encoded entries.
 pub type GroupVisitor<'a> = dyn FnMut(&StateMeta, u32, &[u8]) -> Result<(), StateError> + 'a;
 
+/// Receives one entry of a value state kept as an object: the state, the
+/// key group, the key and the value ([`KeyedStateSnapshot::for_each_group_or_object`]).
+pub type ObjectVisitor<'a> = dyn FnMut(&StateMeta, u32, &[u8], &dyn StoredObject) -> Result<(), StateError> + 'a;
+
 /// A consistent, immutable view of a backend's state, written asynchronously.
 pub trait KeyedStateSnapshot: Send {
     /// Visit every non-empty (state, key group) with its encoded entries, in
     /// state then key-group order.
     fn for_each_group(&self, visit: &mut GroupVisitor<'_>) -> Result<(), StateError>;
+
+    /// [`KeyedStateSnapshot::for_each_group`], except that a (state, key
+    /// group) of value objects (the heap backend's typed value states) goes
+    /// to `objects` entry by entry, never encoded: a writer with typed
+    /// columns skips encoding and decoding every value. The order is the
+    /// same; by default every group is encoded.
+    fn for_each_group_or_object(
+        &self,
+        groups: &mut GroupVisitor<'_>,
+        objects: &mut ObjectVisitor<'_>,
+    ) -> Result<(), StateError> {
+        let _ = objects;
+        self.for_each_group(groups)
+    }
 
     /// [`KeyedStateSnapshot::for_each_group`] for the key groups in `range`
     /// only. A snapshot ordered by key group (RocksDB's) seeks to the range

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::backend::{
-    BackendContext, BackendSnapshot, GroupVisitor, KeyedStateBackend, KeyedStateSnapshot, SnapshotRequest,
-    StateBackendFactory, StateId,
+    BackendContext, BackendSnapshot, GroupVisitor, KeyedStateBackend, KeyedStateSnapshot, ObjectVisitor,
+    SnapshotRequest, StateBackendFactory, StateId,
 };
 use crate::descriptor::{StateKind, StateMeta};
 use crate::error::StateError;
@@ -949,6 +949,30 @@ impl KeyedStateSnapshot for HeapSnapshot {
                 }
                 group.encode(&meta.name, &mut buf)?;
                 visit(meta, self.start + slot as u32, &buf)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn for_each_group_or_object(
+        &self,
+        groups: &mut GroupVisitor<'_>,
+        objects: &mut ObjectVisitor<'_>,
+    ) -> Result<(), StateError> {
+        let mut buf = Vec::new();
+        for (meta, tables) in &self.tables {
+            for (slot, group) in tables.iter().enumerate() {
+                if group.len() == 0 {
+                    continue;
+                }
+                let kg = self.start + slot as u32;
+                if let Group::Typed(g) = group {
+                    if g.for_each_object(&mut |key, value| objects(meta, kg, key, value))? {
+                        continue;
+                    }
+                }
+                group.encode(&meta.name, &mut buf)?;
+                groups(meta, kg, &buf)?;
             }
         }
         Ok(())

@@ -33,7 +33,7 @@ pub mod typed;
 
 pub use backend::{
     BackendContext, BackendSnapshot, FileSetRestore, FileSetSnapshot, KeyedStateBackend, KeyedStateSnapshot,
-    SnapshotFile, SnapshotRequest, SnapshotRequestKind, StateBackendFactory, StateId, UploadedFile,
+    ObjectVisitor, SnapshotFile, SnapshotRequest, SnapshotRequestKind, StateBackendFactory, StateId, UploadedFile,
 };
 pub use descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, StateKind, StateMeta,
@@ -47,4 +47,4 @@ pub use heap::{HeapBackendFactory, HeapKeyedStateBackend};
 pub use keygroup::KeyGroupRange;
 pub use operator_state::{DistributionMode, OperatorStateStore};
 pub use query::QueryableState;
-pub use typed::{StateValue, TypedGroup, TypedKind};
+pub use typed::{StateValue, StoredObject, TypedGroup, TypedKind};

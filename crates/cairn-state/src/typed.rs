@@ -40,6 +40,27 @@ use crate::snapshot_codec;
 pub trait StateValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> StateValue for T {}
 
+/// A value kept as an object, handed to a snapshot writer as it is: a
+/// writer that knows the concrete type (a `u64` for an integer Parquet
+/// column) takes it without the byte encoding; any other encodes it.
+pub trait StoredObject {
+    fn as_any(&self) -> &dyn Any;
+    /// The stored bytes, the same the byte path keeps, into `out` (cleared first).
+    fn encode(&self, state: &str, out: &mut Vec<u8>) -> Result<(), StateError>;
+}
+
+impl<T: StateValue> StoredObject for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn encode(&self, state: &str, out: &mut Vec<u8>) -> Result<(), StateError> {
+        codec::encode_into(state, self, out)
+    }
+}
+
+/// Receives one key and its value object ([`TypedGroup::for_each_object`]).
+pub type ObjectSink<'a> = dyn FnMut(&[u8], &dyn StoredObject) -> Result<(), StateError> + 'a;
+
 /// The objects of one (state, key group). The byte methods see the same
 /// bytes the byte path would store for the entry. Handles reach the concrete
 /// group by upcasting to `dyn Any` and down-casting.
@@ -66,6 +87,13 @@ pub trait TypedGroup: Any + Send + Sync {
     fn append_bytes(&mut self, state: &str, key: &[u8], bytes: &[u8]) -> Result<(), StateError>;
     /// The group in the snapshot encoding ([`crate::snapshot_codec`]), into `buf` (cleared first).
     fn encode(&self, state: &str, buf: &mut Vec<u8>) -> Result<(), StateError>;
+    /// Visit every key with its value object when the group holds one
+    /// value per key; `false`, visiting nothing, when it does not (a list
+    /// group), and the caller encodes the group instead.
+    fn for_each_object(&self, visit: &mut ObjectSink<'_>) -> Result<bool, StateError> {
+        let _ = visit;
+        Ok(false)
+    }
     /// Make room for `additional` more keys (a restore knows how many).
     fn reserve(&mut self, additional: usize);
 }
@@ -183,6 +211,12 @@ impl<T: StateValue> TypedGroup for ValueGroup<T> {
     }
     fn append_bytes(&mut self, state: &str, _key: &[u8], _bytes: &[u8]) -> Result<(), StateError> {
         Err(wrong_kind(state, "holds one value per key, not a list"))
+    }
+    fn for_each_object(&self, visit: &mut ObjectSink<'_>) -> Result<bool, StateError> {
+        for (k, v) in self.0.iter() {
+            visit(k, v)?;
+        }
+        Ok(true)
     }
     fn encode(&self, state: &str, buf: &mut Vec<u8>) -> Result<(), StateError> {
         buf.clear();
