@@ -564,7 +564,7 @@ struct Meters(u64);
 fn value_objects_are_written_as_their_bytes_would_be() {
     // Typed heap states (kept as objects) of every scalar column type, and
     // of types the writer takes through their bytes (a struct, an option, a
-    // newtype): the files are the same, byte for byte, as from the encoded
+    // newtype, JSON text): the files are the same, byte for byte, as from the encoded
     // groups, and restore to the same entries.
     let mut access = KeyedStateAccess::new(Box::new(HeapKeyedStateBackend::new(all())));
     let u = access.value_state(ValueStateDescriptor::<u64>::new("u64")).unwrap();
@@ -585,6 +585,10 @@ fn value_objects_are_written_as_their_bytes_would_be() {
         .unwrap();
     let m = access
         .value_state(ValueStateDescriptor::<Meters>::new("meters"))
+        .unwrap();
+    // No typed column at all: JSON text.
+    let j = access
+        .value_state(ValueStateDescriptor::<serde_json::Value>::new("json"))
         .unwrap();
     let mut kb = Vec::new();
     for n in 0..300u32 {
@@ -609,6 +613,8 @@ fn value_objects_are_written_as_their_bytes_would_be() {
         p.update(&mut access, &profile(n)).unwrap();
         o.update(&mut access, &n.is_multiple_of(2).then_some(n64)).unwrap();
         m.update(&mut access, &Meters(n64 * 3)).unwrap();
+        j.update(&mut access, &serde_json::json!({"n": n, "tags": ["a", n % 3]}))
+            .unwrap();
     }
     let snap = access.backend_mut().snapshot(&SnapshotRequest::checkpoint(1)).unwrap();
     let snap = snap.key_groups().unwrap();
@@ -641,7 +647,7 @@ fn value_objects_are_written_as_their_bytes_would_be() {
         &mut |_| {},
     )
     .unwrap();
-    assert_eq!(files.len(), 11, "one file per state");
+    assert_eq!(files.len(), 12, "one file per state");
     assert_eq!(files, files_encoded, "names, sizes and checksums");
     for f in &files {
         let path = PathBuf::from("/sp").join(&f.path);
