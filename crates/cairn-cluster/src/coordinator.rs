@@ -21,7 +21,7 @@ use cairn_graph::NodeKind;
 use cairn_runtime::error::JobError;
 use cairn_runtime::job::{JobSpec, RunningJob};
 use cairn_runtime::output::TaskMetrics;
-use cairn_runtime::query::{QueryError, QueryRoutes, RemoteQueries, StateAnswer};
+use cairn_runtime::query::{self, QueryError, QueryRoutes, RemoteQueries, StateAnswer};
 use cairn_runtime::task::{TaskCommand, TaskEvent, TaskId};
 use cairn_runtime::upload::{DestinationListener, SnapshotDestination, SnapshotUploader};
 use cairn_snapshot::LoadedSnapshot;
@@ -81,7 +81,7 @@ struct State {
     next_worker: u64,
     attempt: Option<Attempt>,
     /// Live state queries waiting for the workers' answers, by request id.
-    queries: HashMap<u64, Sender<Result<StateAnswer, QueryError>>>,
+    queries: HashMap<u64, Sender<wire::WorkerAnswer>>,
     next_query: u64,
 }
 
@@ -808,42 +808,72 @@ impl RemoteQueries for WorkerQueries {
         };
         // A worker waits for its subtask at most `timeout`; then the reply's trip.
         let deadline = Instant::now() + timeout + QUERY_REPLY_TIMEOUT;
-        let mut answered = 0;
-        let mut failure = None;
-        let mut result = None;
-        while answered < asked {
+        let mut replies = QueryReplies::default();
+        while replies.answered < asked {
             match rx.recv_deadline(deadline) {
-                Ok(Ok(answer)) => {
-                    result = Some(Ok(answer));
-                    break;
-                }
-                Ok(Err(QueryError::NotHere(_))) => {}
-                Ok(Err(e)) => {
-                    failure.get_or_insert(e);
+                Ok(answer) => {
+                    if replies.add(answer) {
+                        break;
+                    }
                 }
                 Err(_) => break,
             }
-            answered += 1;
         }
         self.shared.lock().queries.remove(&id);
-        if let Some(r) = result {
-            return r;
+        replies.outcome(uid, asked, timeout)
+    }
+}
+
+/// The workers' replies to one query, merged: the owner's answer, else the
+/// first failure that is not "not here" (an unknown uid names the
+/// queryable operators of every worker that answered).
+#[derive(Default)]
+struct QueryReplies {
+    answered: usize,
+    result: Option<StateAnswer>,
+    failure: Option<QueryError>,
+    queryable: std::collections::BTreeSet<String>,
+}
+
+impl QueryReplies {
+    /// Count one reply; true when it is the answer (no need to wait for more).
+    fn add(&mut self, reply: wire::WorkerAnswer) -> bool {
+        self.answered += 1;
+        self.queryable.extend(reply.queryable);
+        match reply.result {
+            Ok(answer) => {
+                self.result = Some(answer);
+                return true;
+            }
+            Err(QueryError::NotHere(_)) => {}
+            Err(e) => {
+                self.failure.get_or_insert(e);
+            }
         }
-        if let Some(e) = failure {
-            return Err(e);
+        false
+    }
+
+    fn outcome(self, uid: &str, asked: usize, timeout: Duration) -> Result<StateAnswer, QueryError> {
+        let queryable: Vec<String> = self.queryable.into_iter().collect();
+        if let Some(answer) = self.result {
+            return Ok(answer);
         }
-        if answered < asked {
+        match self.failure {
+            // Each worker knows only its own operators.
+            Some(QueryError::UnknownOperator(_)) => return Err(query::unknown_operator(uid, false, &queryable)),
+            Some(e) => return Err(e),
+            None => {}
+        }
+        if self.answered < asked {
             return Err(QueryError::Unavailable(format!(
                 "{} of the job's {asked} workers did not answer within {} ms; try again, or raise \
                  cairn.queryable-state.timeout",
-                asked - answered,
+                asked - self.answered,
                 timeout.as_millis()
             )));
         }
-        Err(QueryError::UnknownOperator(format!(
-            "operator '{uid}' has no queryable state on any worker (mark a state descriptor queryable(\"name\") \
-             to query it)"
-        )))
+        // Every worker runs subtasks of the operator, none of them queryable.
+        Err(query::unknown_operator(uid, true, &queryable))
     }
 }
 
@@ -934,5 +964,74 @@ impl Destinations {
                 Out::DestinationEnd(proto::DestinationEnd { checkpoint_id, aborted }),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(e: QueryError, queryable: &[&str]) -> wire::WorkerAnswer {
+        wire::WorkerAnswer {
+            result: Err(e),
+            queryable: queryable.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_uid_names_the_queryable_operators_of_every_worker() {
+        let mut replies = QueryReplies::default();
+        let unknown = |ops: &str| QueryError::UnknownOperator(format!("... operators with queryable state: {ops}"));
+        assert!(!replies.add(failure(unknown("'tally'"), &["tally"])));
+        assert!(!replies.add(failure(unknown("'totals'"), &["totals"])));
+        assert!(!replies.add(failure(unknown("none"), &[])));
+        let e = replies.outcome("nope", 3, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the job has no operator with uid 'nope'; operators with queryable state: 'tally', 'totals'"
+        );
+    }
+
+    #[test]
+    fn an_operator_without_queryable_state_anywhere_says_so_and_a_silent_worker_is_named() {
+        let not_here = || QueryError::NotHere("elsewhere".into());
+        let mut replies = QueryReplies::default();
+        replies.add(failure(not_here(), &["totals"]));
+        replies.add(failure(not_here(), &[]));
+        let e = replies.outcome("events", 2, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            matches!(&e, QueryError::UnknownOperator(m) if m.contains("operator 'events' has no queryable state") && m.ends_with("'totals'")),
+            "{e}"
+        );
+        let mut replies = QueryReplies::default();
+        replies.add(failure(not_here(), &["totals"]));
+        let e = replies.outcome("totals", 2, Duration::from_millis(300)).unwrap_err();
+        assert!(
+            matches!(&e, QueryError::Unavailable(m) if m.starts_with("1 of the job's 2 workers did not answer within 300 ms")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_owners_answer_wins_over_the_others_replies() {
+        let answer = StateAnswer {
+            uid: "totals".into(),
+            operator: "totals".into(),
+            state: "totals".into(),
+            state_name: "totals".into(),
+            kind: cairn_state::StateKind::Value,
+            value_type: "u64".into(),
+            key: serde_json::json!(1),
+            key_group: 0,
+            subtask: 1,
+            value: Some(serde_json::json!(5)),
+        };
+        let mut replies = QueryReplies::default();
+        replies.add(failure(QueryError::NotHere("elsewhere".into()), &["totals"]));
+        assert!(replies.add(wire::WorkerAnswer {
+            result: Ok(answer.clone()),
+            queryable: Vec::new()
+        }));
+        assert_eq!(replies.outcome("totals", 2, Duration::from_secs(1)), Ok(answer));
     }
 }

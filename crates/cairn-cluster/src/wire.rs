@@ -238,13 +238,19 @@ pub fn apply_metrics(msg: &proto::TaskMetrics, m: &TaskMetrics) {
     }
 }
 
-/// A worker's answer to a live state query.
-pub fn query_reply(request_id: u64, result: &Result<StateAnswer, QueryError>) -> proto::StateQueryReply {
+/// A worker's answer to a live state query; a failure names `queryable`,
+/// the worker's operators with queryable state.
+pub fn query_reply(
+    request_id: u64,
+    result: &Result<StateAnswer, QueryError>,
+    queryable: &[String],
+) -> proto::StateQueryReply {
     use proto::state_query_reply::Result as R;
     let failure = |kind: u32, message: &str| {
         R::Failure(proto::QueryFailure {
             kind,
             message: message.to_string(),
+            queryable: queryable.to_vec(),
         })
     };
     let result = match result {
@@ -266,10 +272,22 @@ pub fn query_reply(request_id: u64, result: &Result<StateAnswer, QueryError>) ->
     }
 }
 
+/// A worker's answer as the coordinator reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerAnswer {
+    pub result: Result<StateAnswer, QueryError>,
+    /// With a failure: the worker's operators with queryable state.
+    pub queryable: Vec<String>,
+}
+
 /// The answer a worker sent, back as the query's result.
-pub fn query_result(msg: &proto::StateQueryReply) -> Result<StateAnswer, QueryError> {
+pub fn query_result(msg: &proto::StateQueryReply) -> WorkerAnswer {
     use proto::state_query_reply::Result as R;
-    match &msg.result {
+    let queryable = match &msg.result {
+        Some(R::Failure(f)) => f.queryable.clone(),
+        _ => Vec::new(),
+    };
+    let result = match &msg.result {
         Some(R::AnswerJson(json)) => serde_json::from_str(json)
             .map_err(|e| QueryError::Failed(format!("a worker's answer could not be read: {e}"))),
         Some(R::Failure(f)) => Err(match f.kind {
@@ -282,7 +300,8 @@ pub fn query_result(msg: &proto::StateQueryReply) -> Result<StateAnswer, QueryEr
             _ => QueryError::Failed(f.message.clone()),
         }),
         None => Err(QueryError::Failed("a worker answered a query with nothing".into())),
-    }
+    };
+    WorkerAnswer { result, queryable }
 }
 
 #[cfg(test)]
@@ -378,7 +397,11 @@ mod tests {
             subtask: 1,
             value: Some(serde_json::json!([2, 9])),
         };
-        assert_eq!(query_result(&query_reply(1, &Ok(answer.clone()))), Ok(answer));
+        let ops = vec!["totals".to_string(), "tally".to_string()];
+        assert_eq!(
+            query_result(&query_reply(1, &Ok(answer.clone()), &ops)).result,
+            Ok(answer)
+        );
         for e in [
             QueryError::UnknownOperator("a".into()),
             QueryError::UnknownState("b".into()),
@@ -388,7 +411,8 @@ mod tests {
             QueryError::Failed("f".into()),
             QueryError::NotHere("g".into()),
         ] {
-            assert_eq!(query_result(&query_reply(2, &Err(e.clone()))), Err(e));
+            let back = query_result(&query_reply(2, &Err(e.clone()), &ops));
+            assert_eq!((back.result, back.queryable), (Err(e), ops.clone()));
         }
     }
 }

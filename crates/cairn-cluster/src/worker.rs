@@ -358,7 +358,7 @@ impl WorkerLoop<'_> {
             Some(r) if r.attempt == q.attempt => r.job.queries.clone(),
             _ => {
                 let why = QueryError::NotRunning(format!("attempt {} does not run on this worker", q.attempt));
-                send(out, Out::QueryReply(wire::query_reply(q.request_id, &Err(why))));
+                send(out, Out::QueryReply(wire::query_reply(q.request_id, &Err(why), &[])));
                 return;
             }
         };
@@ -366,7 +366,8 @@ impl WorkerLoop<'_> {
         let spawned = std::thread::Builder::new().name("cairn-query".into()).spawn(move || {
             let timeout = Duration::from_millis(q.timeout_ms);
             let result = routes.query(&q.uid, &q.state, &q.key_json, timeout);
-            send(&out, Out::QueryReply(wire::query_reply(q.request_id, &result)));
+            let reply = wire::query_reply(q.request_id, &result, &routes.queryable_uids());
+            send(&out, Out::QueryReply(reply));
         });
         if let Err(e) = spawned {
             tracing::warn!("Worker: no thread for a state query: {e}");

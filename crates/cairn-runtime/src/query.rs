@@ -162,7 +162,31 @@ impl std::fmt::Debug for QueryRoutes {
     }
 }
 
+/// The error for a uid that names no operator with queryable state;
+/// `in_job`: the job has an operator with that uid (it has none queryable).
+pub fn unknown_operator(uid: &str, in_job: bool, queryable: &[String]) -> QueryError {
+    let queryable = list(queryable.iter().map(|u| format!("'{u}'")));
+    QueryError::UnknownOperator(if in_job {
+        format!(
+            "operator '{uid}' has no queryable state (mark a state descriptor queryable(\"name\") to query it); \
+             operators with queryable state: {queryable}"
+        )
+    } else {
+        format!("the job has no operator with uid '{uid}'; operators with queryable state: {queryable}")
+    })
+}
+
 impl QueryRoutes {
+    /// The uids of the operators with queryable state that run here.
+    pub fn queryable_uids(&self) -> Vec<String> {
+        self.operators.iter().map(|o| o.uid.clone()).collect()
+    }
+
+    /// Whether the job has an operator with this uid (queryable or not).
+    pub fn has_uid(&self, uid: &str) -> bool {
+        self.uids.iter().any(|u| u == uid)
+    }
+
     /// Queries waiting in the mailbox of subtask `subtask` of operator `uid`
     /// (`None`: no such queryable operator or subtask).
     pub fn waiting(&self, uid: &str, subtask: u32) -> Option<usize> {
@@ -177,20 +201,12 @@ impl QueryRoutes {
             return remote.query(uid, state, key_json, timeout);
         }
         let Some(op) = self.operators.iter().find(|o| o.uid == uid) else {
-            if self.partial && self.uids.iter().any(|u| u == uid) {
+            if self.partial && self.has_uid(uid) {
                 return Err(QueryError::NotHere(format!(
                     "no subtask of operator '{uid}' that serves queries runs here"
                 )));
             }
-            let queryable = list(self.operators.iter().map(|o| format!("'{}'", o.uid)));
-            return Err(QueryError::UnknownOperator(if self.uids.iter().any(|u| u == uid) {
-                format!(
-                    "operator '{uid}' has no queryable state (mark a state descriptor queryable(\"name\") to query it); \
-                     operators with queryable state: {queryable}"
-                )
-            } else {
-                format!("the job has no operator with uid '{uid}'; operators with queryable state: {queryable}")
-            }));
+            return Err(unknown_operator(uid, self.has_uid(uid), &self.queryable_uids()));
         };
         let Some(info) = op.states.iter().find(|s| s.name == state) else {
             let names = list(op.states.iter().map(|s| format!("'{}'", s.name)));
