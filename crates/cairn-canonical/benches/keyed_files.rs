@@ -120,7 +120,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let CanonicalFile::Keyed(file) = open(&storage, &dir.join(&f.path), f.size)? else {
             return Err("a keyed file".into());
         };
-        file.for_each_group(&storage, range, Some(max_p), Some(f.crc32), &mut |_, _, encoded| {
+        file.for_each_group(&storage, range, Some(max_p), Some(f.crc32), &mut |_, _, encoded, _| {
             restored += encoded.len();
             Ok(())
         })?;

@@ -634,8 +634,9 @@ pub struct KeyedFile {
     kg_ranges: Vec<Option<(u32, u32)>>,
 }
 
-/// Receives one restored (state, key group) with its encoded entries.
-pub type GroupSink<'a> = dyn FnMut(&StateMeta, u32, &[u8]) -> Result<(), String> + 'a;
+/// Receives one restored (state, key group) with its encoded entries and
+/// how many keys they hold (for `KeyedStateBackend::restore_group_of`).
+pub type GroupSink<'a> = dyn FnMut(&StateMeta, u32, &[u8], usize) -> Result<(), String> + 'a;
 
 /// Placeholder TTL for files that lost Cairn's key-value metadata: never
 /// expires, and the job's own registration replaces it.
@@ -764,6 +765,14 @@ impl KeyedFile {
             None
         };
         let mut pending: BTreeMap<u32, Pending> = BTreeMap::new();
+        // The key group of the rows being read, out of the map (rows of one
+        // key group come together: one map lookup per key group, not per row).
+        let mut current: Option<(u32, Pending)> = None;
+        let stash = |pending: &mut BTreeMap<u32, Pending>, current: &mut Option<(u32, Pending)>| {
+            if let Some((kg, p)) = current.take() {
+                pending.insert(kg, p);
+            }
+        };
         let timers = self.meta.name.starts_with(TIMER_STATE_PREFIX);
         let value_col = value_column_name(&self.meta.name).to_string();
         let mut last_rg = None;
@@ -782,8 +791,9 @@ impl KeyedFile {
                 .collect();
             for kg in done {
                 let p = pending.remove(&kg).expect("listed");
+                let keys = p.keys.len() + p.lists.len() + p.maps.len();
                 let encoded = p.encode(&self.meta, kg, timers, &mut table)?;
-                visit(&self.meta, kg, &encoded)?;
+                visit(&self.meta, kg, &encoded, keys)?;
             }
             Ok(())
         };
@@ -806,6 +816,7 @@ impl KeyedFile {
             .read_columns(storage, &selected, Some(&wanted), 8192, verify_now, &mut |rg, batch| {
             if sorted && last_rg != Some(rg) {
                 if let Some((start, _)) = self.kg_ranges[rg] {
+                    stash(&mut pending, &mut current);
                     flush(&mut pending, Some(start))?;
                 }
                 last_rg = Some(rg);
@@ -855,7 +866,11 @@ impl KeyedFile {
                     }
                 }
                 let namespace = c_ns.as_ref().and_then(|c| c.bin_at(row)).unwrap_or(&[]);
-                let p = pending.entry(kg).or_default();
+                if current.as_ref().is_none_or(|(k, _)| *k != kg) {
+                    stash(&mut pending, &mut current);
+                    current = Some((kg, pending.remove(&kg).unwrap_or_default()));
+                }
+                let p = &mut current.as_mut().expect("set above").1;
                 if timers {
                     let ts = c_ts
                         .as_ref()
@@ -909,6 +924,7 @@ impl KeyedFile {
             }
             Ok(())
         })?;
+        stash(&mut pending, &mut current);
         flush(&mut pending, None)
     }
 }

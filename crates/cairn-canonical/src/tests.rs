@@ -223,9 +223,13 @@ fn restore(
         let path = PathBuf::from("/sp").join(&f.path);
         match open(storage, &path, f.size).unwrap() {
             CanonicalFile::Keyed(k) => k
-                .for_each_group(storage, range, Some(MAX_P), Some(f.crc32), &mut |meta, kg, bytes| {
-                    b.restore_group(meta, kg, bytes).map_err(|e| e.to_string())
-                })
+                .for_each_group(
+                    storage,
+                    range,
+                    Some(MAX_P),
+                    Some(f.crc32),
+                    &mut |meta, kg, bytes, keys| b.restore_group_of(meta, kg, bytes, keys).map_err(|e| e.to_string()),
+                )
                 .unwrap(),
             CanonicalFile::Operator(_) => panic!("a keyed file opened as operator state"),
         }
@@ -349,7 +353,7 @@ fn a_row_in_the_wrong_key_group_is_refused() {
     };
     // Read with another max parallelism: every key hashes elsewhere.
     let e = k
-        .for_each_group(&storage, all(), Some(MAX_P * 2 + 1), None, &mut |_, _, _| Ok(()))
+        .for_each_group(&storage, all(), Some(MAX_P * 2 + 1), None, &mut |_, _, _, _| Ok(()))
         .unwrap_err();
     assert!(e.contains("hash to key group"), "{e}");
 }
@@ -364,7 +368,7 @@ fn a_changed_file_is_caught_while_reading() {
         unreachable!()
     };
     let e = k
-        .for_each_group(&storage, all(), None, Some(f.crc32 ^ 1), &mut |_, _, _| Ok(()))
+        .for_each_group(&storage, all(), None, Some(f.crc32 ^ 1), &mut |_, _, _, _| Ok(()))
         .unwrap_err();
     assert!(e.contains("changed after it was verified"), "{e}");
 }
@@ -514,7 +518,7 @@ fn mutated_files_never_panic_the_reader() {
             match open(&storage, &path, size)? {
                 CanonicalFile::Keyed(k) => {
                     let mut h = HeapKeyedStateBackend::new(all());
-                    k.for_each_group(&storage, all(), Some(MAX_P), None, &mut |m, kg, g| {
+                    k.for_each_group(&storage, all(), Some(MAX_P), None, &mut |m, kg, g, _| {
                         h.restore_group(m, kg, g).map_err(|e| e.to_string())
                     })
                 }
@@ -659,4 +663,73 @@ fn value_objects_are_written_as_their_bytes_would_be() {
     }
     let mut back = restore(&objects, &files, all());
     same(&groups(&mut back), &groups(access.backend_mut()));
+}
+
+#[test]
+fn a_file_whose_key_groups_are_interleaved_restores_and_duplicates_across_runs_are_caught() {
+    // What a tool may write: each key group's rows in two runs, the first
+    // runs in descending key-group order, then the second runs.
+    let mut b = fill(400);
+    let want = groups(&mut b);
+    let snap = b.snapshot(&SnapshotRequest::checkpoint(4)).unwrap();
+    let mut halves: Vec<(cairn_state::StateMeta, u32, Vec<u8>, Vec<u8>)> = Vec::new();
+    snap.for_each_group(&mut |meta, kg, bytes| {
+        if meta.name == "count" {
+            let mut entries = Vec::new();
+            cairn_state::snapshot_codec::decode_group(&meta.name, meta.kind, bytes, &mut |d| {
+                if let cairn_state::snapshot_codec::Decoded::Entry { key, value } = d {
+                    entries.push((key.to_vec(), value.to_vec()));
+                }
+                Ok(())
+            })?;
+            let (mut first, mut second) = (Vec::new(), Vec::new());
+            for (i, (k, v)) in entries.iter().enumerate() {
+                let half = if i % 2 == 0 { &mut first } else { &mut second };
+                cairn_state::snapshot_codec::put_entry(half, k, v);
+            }
+            halves.push((meta.clone(), kg, first, second));
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(halves.len() > 4, "several key groups");
+    let codec = key_codec_for::<String>();
+    let write = |duplicate: bool| {
+        let storage = InMemoryStorage::new();
+        let meta = &halves[0].0;
+        let mut w = KeyedFileWriter::create(
+            &storage,
+            Path::new("/sp"),
+            "mixed.parquet",
+            meta,
+            Some(&codec),
+            &WriteOptions {
+                batch_rows: 7,
+                row_group_rows: 50,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for (_, kg, first, _) in halves.iter().rev() {
+            w.push_group(*kg, first).unwrap();
+        }
+        for (_, kg, first, second) in &halves {
+            w.push_group(*kg, if duplicate && *kg == halves[2].1 { first } else { second })
+                .unwrap();
+        }
+        let f = w.finish().unwrap();
+        (storage, f)
+    };
+    let (storage, f) = write(false);
+    let back = groups(&mut restore(&storage, &[f], all()));
+    let count_only: BTreeMap<_, _> = want.into_iter().filter(|((s, _), _)| s == "count").collect();
+    same(&back, &count_only);
+    let (storage, f) = write(true);
+    let CanonicalFile::Keyed(k) = open(&storage, &PathBuf::from("/sp").join(&f.path), f.size).unwrap() else {
+        unreachable!()
+    };
+    let e = k
+        .for_each_group(&storage, all(), Some(MAX_P), None, &mut |_, _, _, _| Ok(()))
+        .unwrap_err();
+    assert!(e.contains("two rows hold a value for the same key"), "{e}");
 }

@@ -576,9 +576,9 @@ impl<'a> StateReader<'a> {
             range,
             Some(op.max_parallelism),
             Some(file.crc32),
-            &mut |meta, kg, bytes| {
+            &mut |meta, kg, bytes, keys| {
                 backend
-                    .restore_group(meta, kg, bytes)
+                    .restore_group_of(meta, kg, bytes, keys)
                     .map_err(|e| format!("state '{}', key group {kg}: {e}", meta.name))
             },
         )

@@ -124,6 +124,15 @@ pub trait KeyedStateBackend: Any + Send {
     /// ([`crate::snapshot_codec`]). Registers the state if needed.
     fn restore_group(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8]) -> Result<(), StateError>;
 
+    /// [`KeyedStateBackend::restore_group`] when the caller knows how many
+    /// keys the group holds (a canonical reader counted them while
+    /// collecting the rows), so a backend that sizes its tables first need
+    /// not walk the encoding to count.
+    fn restore_group_of(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8], keys: usize) -> Result<(), StateError> {
+        let _ = keys;
+        self.restore_group(meta, kg, encoded)
+    }
+
     /// Restore from file sets this kind of backend snapshotted earlier (one
     /// per old subtask whose key groups overlap this backend's range; keys
     /// outside the range must be dropped). Backends whose snapshots are

@@ -891,10 +891,27 @@ impl KeyedStateBackend for HeapKeyedStateBackend {
     }
 
     fn restore_group(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8]) -> Result<(), StateError> {
+        self.restore_group_sized(meta, kg, encoded, snapshot_codec::count_keys(meta.kind, encoded))
+    }
+
+    fn restore_group_of(&mut self, meta: &StateMeta, kg: u32, encoded: &[u8], keys: usize) -> Result<(), StateError> {
+        self.restore_group_sized(meta, kg, encoded, Some(keys))
+    }
+}
+
+impl HeapKeyedStateBackend {
+    /// Restore a group, its tables sized for `keys` more keys first.
+    fn restore_group_sized(
+        &mut self,
+        meta: &StateMeta,
+        kg: u32,
+        encoded: &[u8],
+        keys: Option<usize>,
+    ) -> Result<(), StateError> {
         let id = self.register(meta)?;
         let kind = meta.kind;
         let (name, group) = self.group_mut(id, kg)?;
-        if let Some(keys) = snapshot_codec::count_keys(kind, encoded) {
+        if let Some(keys) = keys {
             group.reserve(keys);
         }
         snapshot_codec::decode_group(&meta.name, kind, encoded, &mut |d| {
