@@ -449,10 +449,11 @@ impl KeyedFileWriter {
         if self.file.is_pending() && namespace.values().is_empty() {
             // No namespaces (no windows) in the file's first batch: the
             // column is written without a dictionary, as delta lengths of
-            // empty values (next to nothing). A dictionary would intern every empty value, and
-            // that cost a third of the whole write (profiled: the byte
-            // compare of two empty slices, whose pointers are dangling,
-            // with masked vector loads, slow on AVX-512 machines).
+            // empty values (next to nothing). A dictionary would intern
+            // every empty value, and that cost a third of the whole write
+            // (profiled: the byte compare of two empty slices, whose
+            // pointers are dangling, with masked vector loads, slow on
+            // AVX-512 machines).
             self.file.without_dictionary(COL_NAMESPACE);
         }
         let mut arrays: Vec<ArrayRef> = vec![

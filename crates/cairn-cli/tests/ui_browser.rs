@@ -147,9 +147,10 @@ fn operate_jobs_in_the_browser() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
-        "the browser flow failed (screenshots in {}):\n{stdout}\n{}",
+        "the browser flow failed (screenshots in {}):\n{stdout}\n{}\n{}",
         shots.display(),
-        String::from_utf8_lossy(&run.stderr)
+        String::from_utf8_lossy(&run.stderr),
+        job_log_warnings(&h.path("home/logs"))
     );
     let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
 
@@ -210,4 +211,19 @@ fn operate_jobs_in_the_browser() {
     let o = h.expect(0, &["cancel", &jid2]);
     assert!(o.contains("Cancelled job"), "{o}");
     drop(dashboard);
+}
+
+/// The warnings and errors of the jobs' logs (the test's home is deleted
+/// when it ends): why a job restarted or a savepoint failed.
+fn job_log_warnings(dir: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        out.push_str(&format!("--- {}:\n", entry.path().display()));
+        for line in text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
