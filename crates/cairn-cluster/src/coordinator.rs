@@ -872,7 +872,14 @@ impl QueryReplies {
                 timeout.as_millis()
             )));
         }
-        // Every worker runs subtasks of the operator, none of them queryable.
+        // Every worker said the key's subtask is not theirs: the operator
+        // has no queryable state, or its owning subtask's worker is gone.
+        if queryable.iter().any(|u| u == uid) {
+            return Err(QueryError::Unavailable(format!(
+                "no worker runs the subtask of operator '{uid}' that owns the key now (the job may be \
+                 restarting or rescaling); try again"
+            )));
+        }
         Err(query::unknown_operator(uid, true, &queryable))
     }
 }
@@ -993,7 +1000,7 @@ mod tests {
     }
 
     #[test]
-    fn an_operator_without_queryable_state_anywhere_says_so_and_a_silent_worker_is_named() {
+    fn replies_all_not_here_or_missing_say_why() {
         let not_here = || QueryError::NotHere("elsewhere".into());
         let mut replies = QueryReplies::default();
         replies.add(failure(not_here(), &["totals"]));
@@ -1001,6 +1008,15 @@ mod tests {
         let e = replies.outcome("events", 2, Duration::from_secs(1)).unwrap_err();
         assert!(
             matches!(&e, QueryError::UnknownOperator(m) if m.contains("operator 'events' has no queryable state") && m.ends_with("'totals'")),
+            "{e}"
+        );
+        // A queryable operator whose owning subtask no worker runs now.
+        let mut replies = QueryReplies::default();
+        replies.add(failure(not_here(), &["totals"]));
+        replies.add(failure(not_here(), &[]));
+        let e = replies.outcome("totals", 2, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            matches!(&e, QueryError::Unavailable(m) if m.contains("no worker runs the subtask of operator 'totals'")),
             "{e}"
         );
         let mut replies = QueryReplies::default();
