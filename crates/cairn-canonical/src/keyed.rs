@@ -541,30 +541,29 @@ pub fn write_keyed_snapshot(
         current: None,
         used_names: Vec::new(),
         last_meta: std::ptr::null(),
+        failure: None,
     };
     // Value objects (the heap backend's typed states) are taken as they
-    // are; every other group comes encoded.
-    let failure = std::cell::RefCell::new(None);
-    let fail = |e: String| {
-        *failure.borrow_mut() = Some(e);
-        cairn_state::StateError::Backend(String::new())
-    };
+    // are; every other group comes encoded. Both visitors write through the
+    // one set of files.
     let files = std::cell::RefCell::new(&mut files);
     let visited = snapshot.for_each_group_or_object(
         &mut |meta, kg, bytes| {
             let mut f = files.borrow_mut();
-            f.writer(meta).and_then(|w| w.push_group(kg, bytes)).map_err(fail)
+            let written = f.writer(meta).and_then(|w| w.push_group(kg, bytes));
+            f.check(written)
         },
         &mut |meta, kg, key, value| {
             let mut f = files.borrow_mut();
-            f.writer(meta).and_then(|w| w.push_object(kg, key, value)).map_err(fail)
+            let written = f.writer(meta).and_then(|w| w.push_object(kg, key, value));
+            f.check(written)
         },
     );
-    if let Some(e) = failure.into_inner() {
+    let files = files.into_inner();
+    if let Some(e) = files.failure.take() {
         return Err(e);
     }
     visited.map_err(|e| e.to_string())?;
-    let files = files.into_inner();
     if let Some(w) = files.current.take() {
         files.done.push(w.finish()?);
     }
@@ -584,9 +583,20 @@ struct SnapshotFiles<'a> {
     current: Option<KeyedFileWriter>,
     used_names: Vec<String>,
     last_meta: *const StateMeta,
+    /// The first error, kept here because the snapshot's visitor can only
+    /// say that it stopped.
+    failure: Option<String>,
 }
 
 impl SnapshotFiles<'_> {
+    /// Keep a failed write's error and stop the visit.
+    fn check(&mut self, written: Result<(), String>) -> Result<(), cairn_state::StateError> {
+        written.map_err(|e| {
+            self.failure.get_or_insert(e);
+            cairn_state::StateError::Backend(String::new())
+        })
+    }
+
     /// The writer of `meta`'s file, finishing the previous state's file and
     /// creating this one's when the state changes.
     fn writer(&mut self, meta: &StateMeta) -> Result<&mut KeyedFileWriter, String> {
@@ -792,7 +802,7 @@ impl KeyedFile {
                 .collect();
             for kg in done {
                 let p = pending.remove(&kg).expect("listed");
-                let keys = p.keys.len() + p.lists.len() + p.maps.len();
+                let keys = p.key_count();
                 let encoded = p.encode(&self.meta, kg, timers, &mut table)?;
                 visit(&self.meta, kg, &encoded, keys)?;
             }
@@ -972,6 +982,11 @@ struct Pending {
 }
 
 impl Pending {
+    /// The keys (with namespaces) collected: value entries, lists, maps.
+    fn key_count(&self) -> usize {
+        self.keys.len() + self.lists.len() + self.maps.len()
+    }
+
     fn add_value(&mut self, key: &[u8], value: &[u8]) {
         self.add_value_hashed(key, value, murmur3_x86_32(key, 0x9e37_79b9));
     }
