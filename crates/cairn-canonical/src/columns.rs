@@ -375,6 +375,25 @@ impl Column {
         }
     }
 
+    /// Whether [`Column::append_object`] can take this column's values.
+    pub fn takes_objects(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::U64(_)
+                | Kind::I64(_)
+                | Kind::U32(_)
+                | Kind::I32(_)
+                | Kind::U16(_)
+                | Kind::I16(_)
+                | Kind::U8(_)
+                | Kind::I8(_)
+                | Kind::F64(_)
+                | Kind::F32(_)
+                | Kind::Bool(_)
+                | Kind::Str(_)
+        )
+    }
+
     /// Whether values of this column are one MessagePack item.
     fn is_scalar(&self) -> bool {
         !matches!(

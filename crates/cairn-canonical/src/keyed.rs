@@ -119,6 +119,8 @@ pub struct KeyedFileWriter {
     scratch: Vec<u8>,
     /// A value object's stored bytes, when its type is not the column's.
     object_bytes: Vec<u8>,
+    /// The `state` column of a whole batch.
+    state_names: ArrayRef,
 }
 
 fn err(meta: &StateMeta, kg: u32, what: impl std::fmt::Display) -> String {
@@ -212,6 +214,7 @@ impl KeyedFileWriter {
             key_mp: Vec::new(),
             scratch: Vec::new(),
             object_bytes: Vec::new(),
+            state_names: Arc::new(StringArray::from(Vec::<&str>::new())),
         })
     }
 
@@ -248,6 +251,36 @@ impl KeyedFileWriter {
         }
         self.have_last = false;
         Ok(())
+    }
+
+    /// Split `composite` and append the row's key columns, for a row whose
+    /// key is decoded for it alone. A key of a scalar type goes into the
+    /// typed column as the decoded value itself, without the MessagePack in
+    /// between.
+    fn push_split_key(&mut self, kg: u32, composite: &[u8]) -> Result<usize, String> {
+        if let (Some(codec), Some(column)) = (&self.key_codec, &mut self.cols.key) {
+            if column.takes_objects() {
+                if let Some(visited) = codec.visit_key(composite, &mut |key| column.append_object(key)) {
+                    let (used, appended) = visited.map_err(|e| err(&self.meta, kg, e))?;
+                    if used > composite.len() {
+                        return Err(err(&self.meta, kg, "the key codec read past the key"));
+                    }
+                    if appended {
+                        let c = &mut self.cols;
+                        let (key_bytes, namespace) = composite.split_at(used);
+                        c.key_group.append_value(kg as i32);
+                        c.key_bytes.append_value(key_bytes);
+                        c.namespace.append_value(namespace);
+                        self.have_last = false;
+                        return Ok(used);
+                    }
+                }
+            }
+        }
+        self.split_key(composite, kg)?;
+        let (key_bytes, namespace) = composite.split_at(self.key_len);
+        self.push_key(kg, key_bytes, namespace);
+        Ok(self.key_len)
     }
 
     fn push_key(&mut self, kg: u32, key_bytes: &[u8], namespace: &[u8]) {
@@ -305,9 +338,7 @@ impl KeyedFileWriter {
                 "only value states without a TTL are kept as objects (a Cairn bug)",
             ));
         }
-        self.split_key(key, kg)?;
-        let (key_bytes, namespace) = key.split_at(self.key_len);
-        self.push_key(kg, key_bytes, namespace);
+        self.push_split_key(kg, key)?;
         let typed = self
             .cols
             .value
@@ -376,32 +407,31 @@ impl KeyedFileWriter {
                 self.cols.timestamp.as_mut().expect("timer column").append_value(ts);
                 self.end_row()
             }
+            Decoded::Entry { key, value } if self.meta.kind != StateKind::List => {
+                let (ttl, payload) = self.ttl_split(kg, value)?;
+                self.push_split_key(kg, key)?;
+                self.push_value(kg, payload, ttl)?;
+                self.end_row()
+            }
             Decoded::Entry { key, value } => {
                 self.split_key(key, kg)?;
                 let (key_bytes, namespace) = key.split_at(self.key_len);
-                if self.meta.kind == StateKind::List {
-                    let mut rest = value;
-                    let mut position = 0i32;
-                    while !rest.is_empty() {
-                        let (elem, r) =
-                            get_bytes(rest).ok_or_else(|| err(&self.meta, kg, "list element framing is corrupt"))?;
-                        rest = r;
-                        let (ttl, payload) = self.ttl_split(kg, elem)?;
-                        self.push_key(kg, key_bytes, namespace);
-                        self.cols.position.as_mut().expect("list column").append_value(position);
-                        self.push_value(kg, payload, ttl)?;
-                        self.end_row()?;
-                        position = position
-                            .checked_add(1)
-                            .ok_or_else(|| err(&self.meta, kg, "a list has more than 2^31 elements"))?;
-                    }
-                    Ok(())
-                } else {
-                    let (ttl, payload) = self.ttl_split(kg, value)?;
+                let mut rest = value;
+                let mut position = 0i32;
+                while !rest.is_empty() {
+                    let (elem, r) =
+                        get_bytes(rest).ok_or_else(|| err(&self.meta, kg, "list element framing is corrupt"))?;
+                    rest = r;
+                    let (ttl, payload) = self.ttl_split(kg, elem)?;
                     self.push_key(kg, key_bytes, namespace);
+                    self.cols.position.as_mut().expect("list column").append_value(position);
                     self.push_value(kg, payload, ttl)?;
-                    self.end_row()
+                    self.end_row()?;
+                    position = position
+                        .checked_add(1)
+                        .ok_or_else(|| err(&self.meta, kg, "a list has more than 2^31 elements"))?;
                 }
+                Ok(())
             }
             Decoded::MapEntry { key, user_key, value } => {
                 self.key(key, kg)?;
@@ -456,11 +486,15 @@ impl KeyedFileWriter {
             // AVX-512 machines).
             self.file.without_dictionary(COL_NAMESPACE);
         }
-        let mut arrays: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+        // Every row holds the state's name: one array, made once, serves every batch.
+        if self.state_names.len() < n {
+            self.state_names = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                 self.meta.name.as_str(),
                 n,
-            ))),
+            )));
+        }
+        let mut arrays: Vec<ArrayRef> = vec![
+            self.state_names.slice(0, n),
             Arc::new(c.key_group.finish()),
             Arc::new(c.key_bytes.finish()),
             Arc::new(namespace),

@@ -50,6 +50,20 @@ pub trait KeyJson: Send + Sync {
         Ok(used)
     }
 
+    /// Decodes the key at the start of `composite` and shows it to `visit`
+    /// as a value of the key type itself, for writers that take objects
+    /// (typed columns) without encoding it first; returns how many bytes the
+    /// key used and `visit`'s answer. `None` from a codec that does not know
+    /// the key type (then use [`KeyJson::key_msgpack`]).
+    fn visit_key(
+        &self,
+        composite: &[u8],
+        visit: &mut dyn FnMut(&dyn std::any::Any) -> bool,
+    ) -> Option<Result<(usize, bool), String>> {
+        let _ = (composite, visit);
+        None
+    }
+
     /// The shape of the key type ([`crate::shape`]); opaque when unknown.
     fn key_shape(&self) -> crate::shape::Shape {
         crate::shape::Shape::Opaque("the key codec does not describe its type".into())
@@ -109,6 +123,18 @@ impl<K: Serialize + DeserializeOwned + 'static> KeyJson for EncodedKey<K> {
             .map_err(|e| format!("key bytes do not decode as {}: {e}", std::any::type_name::<K>()))?;
         codec::append("key", &key, out).map_err(|e| e.to_string())?;
         Ok(used)
+    }
+
+    fn visit_key(
+        &self,
+        composite: &[u8],
+        visit: &mut dyn FnMut(&dyn std::any::Any) -> bool,
+    ) -> Option<Result<(usize, bool), String>> {
+        Some(
+            crate::key_encoding::from_prefix::<K>(composite)
+                .map(|(key, used)| (used, visit(&key)))
+                .map_err(|e| format!("key bytes do not decode as {}: {e}", std::any::type_name::<K>())),
+        )
     }
 
     fn key_shape(&self) -> crate::shape::Shape {
