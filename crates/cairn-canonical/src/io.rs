@@ -498,9 +498,19 @@ impl ParquetSource {
                 }
             })?
             .map_err(|e| format!("row group {rg}: {e}"))?;
+            // A damaged page can end a column early without an error from
+            // the decoder: every row the footer counts must arrive.
+            let expected_rows = self.metadata.row_group(rg).num_rows().max(0) as u64;
+            let mut rows = 0u64;
             while let Some(batch) = contained(&format!("row group {rg}"), || reader.next())? {
                 let batch = batch.map_err(|e| format!("row group {rg}: {e}"))?;
+                rows += batch.num_rows() as u64;
                 visit(rg, batch)?;
+            }
+            if rows != expected_rows {
+                return Err(format!(
+                    "row group {rg} holds {rows} rows where the footer records {expected_rows} (corrupt file)"
+                ));
             }
         }
         if let Some(mut v) = verifier {

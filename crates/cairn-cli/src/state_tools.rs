@@ -75,7 +75,9 @@ pub enum SavepointTool {
                       starting it: which state maps to which operator, what would be dropped (and \
                       whether -n is needed), new operators that start empty, max-parallelism and \
                       parallelism problems, and stored types that do not decode into the job's types. \
-                      The job binary is run with --cairn-plan-json: it prints its plan and exits. \
+                      The job binary is run with --cairn-plan-json: it prints its plan and exits \
+                      (within 60 s, or the seconds CAIRN_PLAN_TIMEOUT gives; a binary that takes \
+                      longer or prints more than a plan is stopped). \
                       Exit code 0 only when a restore would succeed."
     )]
     Check {
@@ -178,7 +180,7 @@ pub struct GcArgs {
     /// Delete (without it, only lists what would be deleted)
     #[arg(long)]
     pub delete: bool,
-    /// Also when a checkpoint seems to be in progress (stop the job first)
+    /// Also when a checkpoint seems to be in progress, deleting it too (stop the job first)
     #[arg(long)]
     pub force: bool,
     /// Print the report as JSON
@@ -322,6 +324,9 @@ pub fn gc(args: GcArgs) -> Result<(), CliError> {
     }
     let verb = if r.dry_run { "would delete" } else { "deleted" };
     let mut s: String = r.deleted.iter().map(|d| format!("{verb} {d}\n")).collect();
+    for k in &r.skipped {
+        s += &format!("skipped {k}\n");
+    }
     s += &format!(
         "{} path(s), {} bytes{}",
         r.deleted.len(),

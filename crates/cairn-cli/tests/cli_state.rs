@@ -239,3 +239,208 @@ fn live_state_then_the_offline_tools_on_its_savepoint() {
     assert!(err.contains("gc: verifying ["), "{err}");
     assert_eq!(std::fs::read_dir(&job_dir).unwrap().count(), before);
 }
+
+/// Copy a directory (one level of files: a savepoint).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn the_offline_tools_touch_nothing_they_should_not() {
+    // A checkpoint directory whose name has " (" in it, beside a directory
+    // named like its prefix: gc once took its report's text for paths.
+    let job = example("cli_demo_job");
+    let h = Home::new("state-guard");
+    let precious = h.path("checkpoints");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("keep.txt"), "precious").unwrap();
+    let (sp, chk, out) = (h.path("savepoints"), h.path("checkpoints (prod)"), h.path("out"));
+    let (job_s, out_s) = (s(&job), s(&out));
+    let o = h.expect(
+        0,
+        &[
+            "run",
+            "-p",
+            "2",
+            "-D",
+            "rest.port=0",
+            "-D",
+            "execution.checkpointing.interval=100ms",
+            "-D",
+            &format!("execution.checkpointing.dir={}", s(&chk)),
+            "-D",
+            &format!("execution.checkpointing.savepoint-dir={}", s(&sp)),
+            "--",
+            &job_s,
+            &out_s,
+            "300",
+            "10",
+        ],
+    );
+    let jid = after(&o, "Job has been submitted with JobID ").to_string();
+    let job_dir = chk.join(&jid);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let completed = || {
+        std::fs::read_dir(&job_dir)
+            .map(|d| d.flatten().filter(|e| e.path().join("_metadata").exists()).count())
+            .unwrap_or(0)
+    };
+    while completed() == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint completed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = h.expect(0, &["stop", &jid[..8]]);
+    let savepoint = PathBuf::from(after(&o, "Savepoint completed. Path: "));
+    let sp_s = s(&savepoint);
+
+    // gc deletes exactly the garbage: an aborted checkpoint's leftovers
+    // (older than the latest complete one) and an unreferenced shared file.
+    std::fs::create_dir_all(job_dir.join("chk-0")).unwrap();
+    std::fs::write(job_dir.join("chk-0/op-x.state"), "left by a crash").unwrap();
+    std::fs::create_dir_all(job_dir.join("shared")).unwrap();
+    std::fs::write(job_dir.join("shared/orphan (copy).sst"), "unreferenced").unwrap();
+    let o = h.expect(0, &["gc", &s(&job_dir), "--delete"]);
+    assert!(o.contains("2 path(s)"), "{o}");
+    assert!(
+        precious.join("keep.txt").exists(),
+        "gc deleted a directory outside the job's: {o}"
+    );
+    assert!(
+        !job_dir.join("chk-0").exists() && !job_dir.join("shared/orphan (copy).sst").exists(),
+        "{o}"
+    );
+    let o = h.expect(0, &["fsck", &s(&job_dir)]);
+    assert!(!o.contains("PROBLEM") && !o.contains("orphan "), "{o}");
+    // gc refuses what is not a job's checkpoint directory (exit 2), as fsck does.
+    for not_a_job_dir in [&savepoint, &precious, &h.path("nowhere")] {
+        let (code, _, err) = h.cairn(&["gc", &s(not_a_job_dir)]);
+        assert_eq!(code, 2, "{}: {err}", not_a_job_dir.display());
+    }
+    assert!(precious.join("keep.txt").exists());
+
+    // A path that does not exist is a wrong path (exit 2), for every tool.
+    let nowhere = s(&h.path("nowhere"));
+    for args in [
+        vec!["savepoint", "inspect", &nowhere],
+        vec!["savepoint", "reseal", &nowhere],
+        vec!["fsck", &nowhere],
+        vec!["savepoint", "check", &nowhere, "--", &job_s, &out_s],
+    ] {
+        let (code, _, err) = h.cairn(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("does not exist"), "{args:?}: {err}");
+    }
+
+    // rewrite writes only into a new or empty directory outside its input.
+    let listing = |d: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        names
+    };
+    let before = listing(&savepoint);
+    let inside = savepoint.join("sub");
+    let (code, _, err) = h.cairn(&["savepoint", "rewrite", &sp_s, &s(&inside), "--max-parallelism", "64"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("inside the savepoint being read"), "{err}");
+    let busy = h.path("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("notes.txt"), "mine").unwrap();
+    let (code, _, err) = h.cairn(&["savepoint", "rewrite", &sp_s, &s(&busy), "--max-parallelism", "64"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not an empty directory"), "{err}");
+    assert_eq!(listing(&busy), vec![std::ffi::OsString::from("notes.txt")]);
+    assert_eq!(listing(&savepoint), before, "the input is untouched");
+    // Renames apply at once: two uids can be swapped.
+    let swapped = h.path("swapped");
+    h.expect(
+        0,
+        &[
+            "savepoint",
+            "rewrite",
+            &sp_s,
+            &s(&swapped),
+            "--rename-uid",
+            "running-count=events",
+            "--rename-uid",
+            "events=running-count",
+        ],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&h.expect(0, &["savepoint", "inspect", &s(&swapped), "--json"])).unwrap();
+    let keyed_uid = v["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|op| {
+            op["states"]
+                .as_array()
+                .is_some_and(|st| st.iter().any(|x| x["name"] == "count"))
+        })
+        .map(|op| op["uid"].as_str().unwrap().to_string());
+    assert_eq!(keyed_uid.as_deref(), Some("events"), "{v}");
+    let (code, _, err) = h.cairn(&[
+        "savepoint",
+        "rewrite",
+        &sp_s,
+        &s(&h.path("twice")),
+        "--rename-uid",
+        "events=a",
+        "--rename-uid",
+        "events=b",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("renames uid 'events' twice"), "{err}");
+
+    // reseal vouches only for files that read back whole: a truncated one
+    // is refused and _metadata stays as it was.
+    let edited = h.path("edited");
+    copy_dir(&savepoint, &edited);
+    let victim = listing(&edited)
+        .into_iter()
+        .map(|n| edited.join(n))
+        .find(|p| p.to_string_lossy().ends_with(".count.parquet"))
+        .expect("a count file");
+    let metadata_before = std::fs::read(edited.join("_metadata")).unwrap();
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, _, err) = h.cairn(&["savepoint", "reseal", &s(&edited)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot be resealed"), "{err}");
+    assert_eq!(std::fs::read(edited.join("_metadata")).unwrap(), metadata_before);
+
+    // check runs the job binary for its plan only, even when the job's own
+    // arguments follow a `--`, and stops a binary that is not a Cairn job.
+    let o = h.expect(0, &["savepoint", "check", &sp_s, "--", &job_s, "--", &out_s]);
+    assert!(o.contains("result: the snapshot restores into this job"), "{o}");
+    let script = h.path("endless.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 300\n").unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let (code, _, err) = h.cairn_env(
+        &["savepoint", "check", &sp_s, "--", &s(&script)],
+        &[("CAIRN_PLAN_TIMEOUT", "1")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("did not finish within 1 s"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "check waited for the binary"
+    );
+    let chatty = h.path("chatty.sh");
+    std::fs::write(&chatty, "#!/bin/sh\nexec yes\n").unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&chatty)
+        .status()
+        .unwrap();
+    let (code, _, err) = h.cairn(&["savepoint", "check", &sp_s, "--", &s(&chatty)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("printed more than 16 MiB"), "{err}");
+}

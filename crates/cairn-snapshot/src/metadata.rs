@@ -406,7 +406,11 @@ pub fn replace_metadata(storage: &dyn Storage, dir: &Path, meta: &SnapshotMetada
 /// Where a user-supplied snapshot path points: (snapshot dir, `_metadata` path).
 pub fn locate_metadata(storage: &dyn Storage, path: &Path) -> Result<(PathBuf, PathBuf)> {
     if path.file_name().is_some_and(|n| n == METADATA_FILE_NAME) {
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // `_metadata` alone (run inside the snapshot) is in the current directory.
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         if !storage.exists(path)? {
             return Err(SnapshotError::MissingFile {
                 path: path.to_path_buf(),

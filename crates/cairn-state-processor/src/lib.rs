@@ -62,6 +62,19 @@ pub enum SpaError {
     },
 }
 
+/// Check that a path a user named exists, before anything reads it (a
+/// missing one is a wrong path, not a snapshot missing a file).
+pub(crate) fn must_exist(storage: &dyn cairn_snapshot::Storage, path: &std::path::Path) -> Result<(), SpaError> {
+    match storage.exists(path) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(SpaError::Usage(format!(
+            "{} does not exist; check the path",
+            path.display()
+        ))),
+        Err(e) => Err(SpaError::Snapshot(e.to_string())),
+    }
+}
+
 impl fmt::Display for SpaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -145,6 +145,7 @@ impl SavepointReader {
 
     /// [`SavepointReader::read`] on any storage, with options.
     pub fn read_with(storage: Arc<dyn Storage>, path: &Path, options: Options) -> Result<Self, SpaError> {
+        crate::must_exist(&*storage, path)?;
         let snapshot = load_snapshot(&*storage, path)?;
         let native_backend = native_backend(&*storage, &snapshot)?;
         let mut options = options;

@@ -3,7 +3,7 @@
 //! reports; the CLI only parses arguments and prints. Every report renders
 //! as text for people and serializes as JSON.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -442,8 +442,42 @@ pub fn rewrite(input: &Path, output: &Path, changes: &Rewrite, options: Options)
     for uid in &changes.drops {
         w = w.remove_operator(uid);
     }
+    // The renames apply at once (uids may be swapped): each goes through a
+    // placeholder no operator has, then to its new uid.
+    let mut olds = BTreeSet::new();
+    let mut news = BTreeSet::new();
     for (old, new) in &changes.renames {
-        w = w.rename_uid(old, new);
+        if !olds.insert(old) {
+            return Err(SpaError::Usage(format!(
+                "--rename-uid renames uid '{old}' twice; give one new uid"
+            )));
+        }
+        if !news.insert(new) {
+            return Err(SpaError::Usage(format!(
+                "--rename-uid gives uid '{new}' to two operators; uids must stay unique"
+            )));
+        }
+    }
+    // (After the drops: a dropped operator's uid is free.)
+    let kept: BTreeSet<&str> = w.uids().collect();
+    for (old, new) in &changes.renames {
+        if !kept.contains(old.as_str()) {
+            return Err(SpaError::Usage(format!(
+                "--rename-uid {old}={new}: there is no operator with uid '{old}' (cairn savepoint inspect lists them)"
+            )));
+        }
+        if kept.contains(new.as_str()) && !olds.contains(new) {
+            return Err(SpaError::Usage(format!(
+                "--rename-uid {old}={new}: uid '{new}' is taken by another operator; rename or drop that one too"
+            )));
+        }
+    }
+    let placeholder = |i: usize| format!("\u{0}cairn-rename-{i}");
+    for (i, (old, _)) in changes.renames.iter().enumerate() {
+        w = w.rename_uid(old, &placeholder(i));
+    }
+    for (i, (_, new)) in changes.renames.iter().enumerate() {
+        w = w.rename_uid(&placeholder(i), new);
     }
     if let Some(m) = changes.max_parallelism {
         w = w.change_max_parallelism(m);
@@ -471,6 +505,7 @@ pub fn reseal(dir: &Path) -> Result<Vec<ResealedFile>, SpaError> {
 /// [`reseal`], telling `progress` after every file checked.
 pub fn reseal_with(dir: &Path, progress: Option<&ProgressFn>) -> Result<Vec<ResealedFile>, SpaError> {
     let storage = local();
+    crate::must_exist(&*storage, dir)?;
     let (dir, mp) = cairn_snapshot::metadata::locate_metadata(&*storage, dir)?;
     let bytes = storage.read(&mp)?;
     let mut meta = decode_metadata(&mp, &bytes)?;
@@ -483,6 +518,7 @@ pub fn reseal_with(dir: &Path, progress: Option<&ProgressFn>) -> Result<Vec<Rese
     let mut changed = Vec::new();
     let tracker = Tracker::new("resealing", "files", progress, meta.files().count() as u64);
     for op in &mut meta.operators {
+        let max_parallelism = op.max_parallelism;
         for sub in &mut op.subtasks {
             for f in &mut sub.files {
                 let path = resolve_ref(&dir, &f.path)?;
@@ -503,6 +539,10 @@ pub fn reseal_with(dir: &Path, progress: Option<&ProgressFn>) -> Result<Vec<Rese
                             f.path
                         )));
                     }
+                    // Sealing vouches for the file: it must read back whole
+                    // (every row, every key in its key group, no duplicates).
+                    validate_edited(&*storage, &path, size, f.format, max_parallelism)
+                        .map_err(|e| SpaError::Snapshot(format!("{} cannot be resealed: {e}", path.display())))?;
                     changed.push(ResealedFile {
                         path: f.path.clone(),
                         old_size: f.size,
@@ -522,6 +562,36 @@ pub fn reseal_with(dir: &Path, progress: Option<&ProgressFn>) -> Result<Vec<Rese
     Ok(changed)
 }
 
+/// Read an edited canonical file as a restore would, rejecting what a
+/// restore would reject.
+fn validate_edited(
+    storage: &dyn Storage,
+    path: &Path,
+    size: u64,
+    format: FileFormat,
+    max_parallelism: u32,
+) -> Result<(), String> {
+    if format == FileFormat::ParquetV1 {
+        return cairn_runtime::snapshot_io::read_canonical_footer(storage, path, size)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
+    match cairn_canonical::open(storage, path, size)? {
+        cairn_canonical::CanonicalFile::Keyed(file) => {
+            let all = cairn_state::keygroup::KeyGroupRange {
+                start: 0,
+                end_exclusive: max_parallelism.max(1),
+            };
+            file.for_each_group(storage, all, Some(max_parallelism.max(1)), None, &mut |_, _, _, _| {
+                Ok(())
+            })
+        }
+        cairn_canonical::CanonicalFile::Operator(source) => {
+            cairn_canonical::read_operator_file(storage, &source, None).map(|_| ())
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // fsck, gc
 // ---------------------------------------------------------------------------
@@ -539,6 +609,20 @@ pub struct FsckReport {
     pub orphans: Vec<String>,
     /// Incomplete checkpoints that may still be in progress (newer than the latest complete one).
     pub in_progress: Vec<String>,
+    /// What `orphans` and `in_progress` name, as paths (for `gc`; the
+    /// strings above are for people).
+    #[serde(skip)]
+    garbage: Vec<Garbage>,
+}
+
+/// A path no complete snapshot references.
+#[derive(Debug, Clone)]
+struct Garbage {
+    path: PathBuf,
+    /// A checkpoint directory without `_metadata` (else one file).
+    is_dir: bool,
+    /// Newer than the latest complete checkpoint: maybe still being written.
+    maybe_in_progress: bool,
 }
 
 impl FsckReport {
@@ -678,28 +762,56 @@ fn fsck_job_dir(
     }
     let mut complete_ids = Vec::new();
     for (id, p, meta) in complete {
-        referenced.extend(check_snapshot(storage, &p, meta, report, tracker));
+        let mut one = FsckReport::default();
+        let refs = check_snapshot(storage, &p, meta, &mut one, tracker);
+        // A running job's retention may retire a checkpoint while it is
+        // checked: the files it lost then are not corruption.
+        if !one.problems.is_empty() && !storage.exists(&metadata_path(&p))? {
+            continue;
+        }
+        report.snapshots.append(&mut one.snapshots);
+        report.files_checked += one.files_checked;
+        report.problems.append(&mut one.problems);
+        referenced.extend(refs);
         complete_ids.push(id);
     }
     let complete = complete_ids;
     let latest = complete.iter().max().copied();
     for (id, p) in incomplete {
-        if latest.is_some_and(|l| id < l) {
+        let maybe_in_progress = latest.is_none_or(|l| id > l);
+        if maybe_in_progress {
+            report.in_progress.push(p.display().to_string());
+        } else {
             report
                 .orphans
                 .push(format!("{} (an aborted checkpoint's leftovers)", p.display()));
-        } else {
-            report.in_progress.push(p.display().to_string());
         }
+        report.garbage.push(Garbage {
+            path: p,
+            is_dir: true,
+            maybe_in_progress,
+        });
     }
     let mut shared = Vec::new();
     walk(storage, &job_dir.join(SHARED_DIR), &mut shared);
     for f in shared {
         if !referenced.contains(&f) {
             report.orphans.push(f.display().to_string());
+            report.garbage.push(Garbage {
+                path: f,
+                is_dir: false,
+                maybe_in_progress: false,
+            });
         }
     }
     Ok(())
+}
+
+/// Whether `dir`'s entries look like a job's checkpoint directory.
+fn is_job_dir(entries: &[cairn_snapshot::storage::DirEntry]) -> bool {
+    entries
+        .iter()
+        .any(|e| e.is_dir && (parse_checkpoint_dir_name(&e.name).is_some() || e.name == SHARED_DIR))
 }
 
 /// Verify every checksum and reference below `path`: a snapshot (directory
@@ -715,16 +827,24 @@ pub fn fsck_with(path: &Path, progress: Option<&ProgressFn>) -> Result<FsckRepor
     let storage = local();
     let storage = &*storage;
     let mut report = FsckReport::default();
+    crate::must_exist(storage, path)?;
     let is_meta = path.file_name().is_some_and(|n| n == METADATA_FILE_NAME);
-    let snap_dir = if is_meta {
-        path.parent().unwrap_or(path).to_path_buf()
-    } else {
-        path.to_path_buf()
+    let snap_dir = match path.parent() {
+        Some(p) if is_meta && !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ if is_meta => PathBuf::from("."),
+        _ => path.to_path_buf(),
     };
-    if storage.exists(&metadata_path(&snap_dir))? {
+    // (A plain file has no `_metadata` below it; it is refused further down.)
+    if storage.exists(&metadata_path(&snap_dir)).unwrap_or(false) {
         let meta = load_meta(storage, &snap_dir);
         tracker.add_total(file_count(&meta));
+        let readable = meta.is_ok();
         let refs = check_snapshot(storage, &snap_dir, meta, &mut report, &tracker);
+        if !readable {
+            // Without its _metadata nothing is known to be referenced:
+            // calling the state files orphans would invite deleting them.
+            return Ok(report);
+        }
         let mut files = Vec::new();
         walk(storage, &snap_dir, &mut files);
         for f in files {
@@ -738,14 +858,14 @@ pub fn fsck_with(path: &Path, progress: Option<&ProgressFn>) -> Result<FsckRepor
         }
         return Ok(report);
     }
-    if !storage.exists(path)? {
-        return Err(SpaError::Usage(format!("{} does not exist", path.display())));
-    }
-    let entries = storage.list(path)?;
-    let is_job_dir = entries
-        .iter()
-        .any(|e| e.is_dir && (parse_checkpoint_dir_name(&e.name).is_some() || e.name == SHARED_DIR));
-    if is_job_dir {
+    let not_a_snapshot = || {
+        SpaError::Usage(format!(
+            "{} is neither a snapshot, a job's checkpoint directory nor a checkpoint directory of jobs",
+            path.display()
+        ))
+    };
+    let entries = storage.list(path).map_err(|_| not_a_snapshot())?;
+    if is_job_dir(&entries) {
         fsck_job_dir(storage, path, &mut report, &tracker)?;
     } else {
         let mut any = false;
@@ -756,10 +876,7 @@ pub fn fsck_with(path: &Path, progress: Option<&ProgressFn>) -> Result<FsckRepor
             }
         }
         if !any {
-            return Err(SpaError::Usage(format!(
-                "{} is neither a snapshot, a job's checkpoint directory nor a checkpoint directory of jobs",
-                path.display()
-            )));
+            return Err(not_a_snapshot());
         }
     }
     Ok(report)
@@ -771,13 +888,17 @@ pub struct GcReport {
     pub dry_run: bool,
     pub deleted: Vec<String>,
     pub bytes: u64,
+    /// Garbage left in place, each with why (a name that is not UTF-8, which
+    /// storage cannot address; a path that went away meanwhile).
+    pub skipped: Vec<String>,
 }
 
 /// Delete what no complete checkpoint of `job_dir` references: unreferenced
 /// `shared/` files and the leftovers of aborted checkpoints (incomplete ones
 /// older than the latest complete one). Refuses while a checkpoint seems to
 /// be in progress (its new shared files would look unreferenced) unless
-/// `force`. Corrupt snapshots stop it: nothing is deleted then.
+/// `force`, which deletes those too. Corrupt snapshots stop it: nothing is
+/// deleted then. Only paths inside `job_dir` are ever deleted.
 pub fn gc(job_dir: &Path, dry_run: bool, force: bool) -> Result<GcReport, SpaError> {
     gc_with(job_dir, dry_run, force, None)
 }
@@ -790,6 +911,14 @@ pub fn gc_with(
     progress: Option<&ProgressFn>,
 ) -> Result<GcReport, SpaError> {
     let storage = local();
+    crate::must_exist(&*storage, job_dir)?;
+    let is_snapshot = storage.exists(&metadata_path(job_dir)).unwrap_or(false);
+    if is_snapshot || !storage.list(job_dir).is_ok_and(|entries| is_job_dir(&entries)) {
+        return Err(SpaError::Usage(format!(
+            "{} is not a job's checkpoint directory (<checkpoint dir>/<job id>, holding chk-<n> directories or shared/); gc collects one job's checkpoints",
+            job_dir.display()
+        )));
+    }
     let mut report = FsckReport::default();
     fsck_job_dir(
         &*storage,
@@ -810,39 +939,55 @@ pub fn gc_with(
         )));
     }
     let mut deleted = Vec::new();
+    let mut skipped = Vec::new();
     let mut bytes = 0;
-    let mut targets: BTreeMap<String, bool> = BTreeMap::new();
-    for o in report.orphans {
-        let path = o.split(" (").next().unwrap_or(&o).to_string();
-        targets.insert(path, o.contains("leftovers"));
-    }
     let phase = if dry_run { "listing" } else { "deleting" };
-    let tracker = Tracker::new(phase, "files", progress, targets.len() as u64);
-    for (path, is_dir) in targets {
-        let p = PathBuf::from(&path);
-        let size = if is_dir {
+    let tracker = Tracker::new(phase, "files", progress, report.garbage.len() as u64);
+    for g in &report.garbage {
+        let shown = g.path.display().to_string();
+        // fsck found these by listing job_dir; anything else is a Cairn bug
+        // that must not cost a byte outside the job's directory.
+        if !g.path.starts_with(job_dir) || g.path == job_dir {
+            return Err(SpaError::Snapshot(format!(
+                "refusing to delete {shown}: it is not inside {} (a Cairn bug; nothing else was deleted after it)",
+                job_dir.display()
+            )));
+        }
+        if g.maybe_in_progress && !force {
+            continue;
+        }
+        // Storage addresses entries by UTF-8 names: a name that is not
+        // (listed with replacement characters) cannot be deleted through it.
+        if shown.contains(char::REPLACEMENT_CHARACTER) || !storage.exists(&g.path)? {
+            skipped.push(format!(
+                "{shown}: not found under this name (a file name that is not UTF-8, or deleted meanwhile); remove it by hand if it is still there"
+            ));
+            continue;
+        }
+        let size = if g.is_dir {
             let mut files = Vec::new();
-            walk(&*storage, &p, &mut files);
+            walk(&*storage, &g.path, &mut files);
             let size = files.iter().filter_map(|f| storage.size(f).ok()).sum::<u64>();
             if !dry_run {
-                storage.delete_dir_all(&p)?;
+                storage.delete_dir_all(&g.path)?;
             }
             size
         } else {
-            let size = storage.size(&p).unwrap_or(0);
+            let size = storage.size(&g.path).unwrap_or(0);
             if !dry_run {
-                storage.delete_file(&p)?;
+                storage.delete_file(&g.path)?;
             }
             size
         };
         bytes += size;
         tracker.step(size);
-        deleted.push(path);
+        deleted.push(shown);
     }
     Ok(GcReport {
         dry_run,
         deleted,
         bytes,
+        skipped,
     })
 }
 
@@ -851,15 +996,123 @@ pub fn describe_state(meta: StateMeta) -> crate::StateInfo {
     state_info(meta)
 }
 
-/// Ask a job binary for its plan: run `binary args... --cairn-plan-json`
-/// (the job prints its resolved plan and exits without running).
+/// How long a job binary may take to print its plan, unless the
+/// environment variable [`PLAN_TIMEOUT_VAR`] gives other seconds.
+pub const PLAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The environment variable that sets how many seconds a job binary may
+/// take to print its plan (a job that loads much before building its plan).
+pub const PLAN_TIMEOUT_VAR: &str = "CAIRN_PLAN_TIMEOUT";
+
+fn plan_timeout() -> Result<std::time::Duration, SpaError> {
+    match std::env::var(PLAN_TIMEOUT_VAR) {
+        Err(_) => Ok(PLAN_TIMEOUT),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| {
+                SpaError::Usage(format!(
+                    "{PLAN_TIMEOUT_VAR}='{v}' is not a number of seconds (a whole number above 0)"
+                ))
+            }),
+    }
+}
+
+/// The most a job binary may print while asked for its plan (a plan is a
+/// few KiB; more means the binary is doing something else).
+const PLAN_OUTPUT_LIMIT: u64 = 16 << 20;
+
+/// Ask a job binary for its plan: run `binary --cairn-plan-json args...`
+/// (the job prints its resolved plan and exits without running). The flag
+/// goes first, where a job never takes it as its own argument (after a
+/// `--`). A binary that runs longer than [`PLAN_TIMEOUT`] or prints more
+/// than a plan could be is stopped.
 pub fn plan_of_binary(binary: &Path, args: &[String]) -> Result<JobPlan, SpaError> {
-    let out = std::process::Command::new(binary)
-        .args(args)
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let timeout = plan_timeout()?;
+    let cannot = |e: std::io::Error| SpaError::Usage(format!("cannot run the job binary {}: {e}", binary.display()));
+    let mut child = Command::new(binary)
         .arg(cairn_config::PLAN_JSON_FLAG)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| SpaError::Usage(format!("cannot run the job binary {}: {e}", binary.display())))?;
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot)?;
+    // Read both pipes at once (a child blocks on a full one), each up to the limit.
+    let over_limit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let capture = |pipe: Option<Box<dyn Read + Send>>| {
+        let over = over_limit.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(p) = pipe {
+                let _ = p.take(PLAN_OUTPUT_LIMIT + 1).read_to_end(&mut out);
+            }
+            if out.len() as u64 > PLAN_OUTPUT_LIMIT {
+                over.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            out
+        })
+    };
+    let stdout_reader = capture(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr_reader = capture(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(cannot)? {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline || over_limit.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // The pipes close when the binary ends, unless something it started
+    // holds them: then take no more than the time left (a second after a stop).
+    let until = if status.is_some() {
+        deadline
+    } else {
+        std::time::Instant::now() + std::time::Duration::from_secs(1)
+    };
+    let join_within = |reader: std::thread::JoinHandle<Vec<u8>>| {
+        while !reader.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if reader.is_finished() {
+            reader.join().unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    };
+    let stdout_bytes = join_within(stdout_reader);
+    let stderr_bytes = join_within(stderr_reader);
+    // (A binary cut off at the limit may end by itself, of the closed pipe.)
+    let over = over_limit.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(status) = status.filter(|_| !over) else {
+        let why = if over {
+            format!("printed more than {} MiB", PLAN_OUTPUT_LIMIT >> 20)
+        } else {
+            format!(
+                "did not finish within {} s ({PLAN_TIMEOUT_VAR} sets the seconds)",
+                timeout.as_secs()
+            )
+        };
+        return Err(SpaError::Usage(format!(
+            "the job binary {} {why} when asked for its plan ({}) and was stopped; is it a Cairn job built with this version (StreamEnv::from_args)?",
+            binary.display(),
+            cairn_config::PLAN_JSON_FLAG
+        )));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: stdout_bytes,
+        stderr: stderr_bytes,
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(SpaError::Usage(format!(

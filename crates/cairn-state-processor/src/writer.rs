@@ -518,6 +518,11 @@ impl SavepointWriter {
         self
     }
 
+    /// The uids the savepoint would have, as planned so far.
+    pub fn uids(&self) -> impl Iterator<Item = &str> {
+        self.planned.iter().map(Planned::uid)
+    }
+
     /// Give the operator with uid `old` the uid `new` (its state then maps
     /// to the operator with uid `new` on restore).
     pub fn rename_uid(mut self, old: &str, new: &str) -> Self {
@@ -569,13 +574,44 @@ impl SavepointWriter {
             }
         }
         let meta_path = cairn_snapshot::layout::metadata_path(dir);
-        if storage.exists(&meta_path)? {
+        if storage.exists(&meta_path).unwrap_or(false) {
             return Err(SpaError::Usage(format!(
                 "{} already holds a snapshot; write the new savepoint into a new directory",
                 storage.display(dir)
             )));
         }
+        let existed = storage.exists(dir)?;
+        if existed && !storage.list(dir).is_ok_and(|entries| entries.is_empty()) {
+            return Err(SpaError::Usage(format!(
+                "{} is not an empty directory; write the new savepoint into a new or empty directory (its files would mix with what is there)",
+                storage.display(dir)
+            )));
+        }
+        if let Some(base) = &self.base {
+            let input = &base.snapshot().dir;
+            if absolute(dir).starts_with(absolute(input)) {
+                return Err(SpaError::Usage(format!(
+                    "{} is inside the savepoint being read ({}); write the new savepoint outside it",
+                    storage.display(dir),
+                    storage.display(input)
+                )));
+            }
+        }
         storage.create_dir_all(dir)?;
+        let written = self.write_files(&*storage, dir);
+        if written.is_err() {
+            // Leave no half-written savepoint behind: the directory was new
+            // or empty, so everything in it is this write's.
+            let _ = storage.delete_dir_all(dir);
+            if existed {
+                let _ = storage.create_dir_all(dir);
+            }
+        }
+        written
+    }
+
+    /// The body of [`SavepointWriter::write_to`], into a new or empty `dir`.
+    fn write_files(self, storage: &dyn Storage, dir: &Path) -> Result<PathBuf, SpaError> {
         let base_max = self.base.as_ref().and_then(|b| {
             b.metadata()
                 .operators
@@ -607,7 +643,7 @@ impl SavepointWriter {
                         op,
                         &uid,
                         self.max_parallelism,
-                        &*storage,
+                        storage,
                         dir,
                         &self.options,
                         &tracker,
@@ -622,7 +658,7 @@ impl SavepointWriter {
                     let job = BootstrapJob {
                         uid: uid.clone(),
                         operator_id: operator_id.clone(),
-                        storage: &*storage,
+                        storage,
                         dir,
                         max_parallelism: default_max,
                         parallelism,
@@ -660,8 +696,31 @@ impl SavepointWriter {
             operators,
         };
         meta.format_version = meta.version_needed();
-        write_metadata(&*storage, dir, &meta)?;
+        write_metadata(storage, dir, &meta)?;
         Ok(dir.to_path_buf())
+    }
+}
+
+/// `path` made absolute with its symbolic links resolved as far as it exists
+/// (the rest appended as given), to compare where two paths really are.
+fn absolute(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+            }
+            _ => return path.to_path_buf(),
+        }
     }
 }
 
