@@ -271,7 +271,12 @@ pub fn savepoint(tool: SavepointTool) -> Result<(), CliError> {
                 progress: bar.callback("rewrite"),
                 ..memory.options()
             };
-            let dir = tools::rewrite(&input, &output, &changes, options).map_err(|e| failed("savepoint rewrite", e))?;
+            let done =
+                tools::rewrite(&input, &output, &changes, options).map_err(|e| failed("savepoint rewrite", e))?;
+            for note in &done.notes {
+                eprintln!("note: {note}");
+            }
+            let dir = done.dir;
             drop(bar);
             report(format!("wrote {}", dir.display()), 0)
         }

@@ -394,6 +394,16 @@ fn the_offline_tools_touch_nothing_they_should_not() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("renames uid 'events' twice"), "{err}");
 
+    // A savepoint does not carry an unaligned checkpoint's in-flight
+    // records: rewriting one says so.
+    let unaligned = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cairn-snapshot/tests/golden/v4/job/chk-3");
+    let (code, _, err) = h.cairn(&["savepoint", "rewrite", &s(&unaligned), &s(&h.path("from-unaligned"))]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("note: the input is an unaligned checkpoint: its in-flight records"),
+        "{err}"
+    );
+
     // reseal vouches only for files that read back whole: a truncated one
     // is refused and _metadata stays as it was.
     let edited = h.path("edited");

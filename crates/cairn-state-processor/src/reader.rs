@@ -761,8 +761,19 @@ fn count(b: &mut dyn KeyedStateBackend, uid: &str) -> Result<Vec<StateStats>, Sp
         });
         s.bytes += bytes.len() as u64;
         let mut last: Option<Vec<u8>> = None;
+        // Timers are kept by time, then key: a key with several timers
+        // counts once.
+        let timers = meta.name.starts_with(TIMER_STATE_PREFIX);
+        let mut timer_keys = std::collections::HashSet::new();
         cairn_state::snapshot_codec::decode_group(&meta.name, meta.kind, bytes, &mut |d| {
             match d {
+                Decoded::Entry { key, .. } if timers => {
+                    let user_key = key.get(8..).and_then(get_bytes).map_or(key, |(k, _)| k);
+                    if timer_keys.insert(user_key.to_vec()) {
+                        s.keys += 1;
+                    }
+                    s.entries += 1;
+                }
                 Decoded::Entry { value, .. } => {
                     s.keys += 1;
                     s.entries += if meta.kind == StateKind::List {

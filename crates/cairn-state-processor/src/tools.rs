@@ -435,9 +435,30 @@ pub struct Rewrite {
     pub drops: Vec<String>,
 }
 
+/// What `cairn savepoint rewrite` wrote.
+#[derive(Debug, Clone)]
+pub struct Rewritten {
+    /// The new savepoint's directory.
+    pub dir: PathBuf,
+    /// What the input held that a savepoint does not carry, for the user
+    /// to know (the in-flight records of an unaligned checkpoint).
+    pub notes: Vec<String>,
+}
+
 /// Write a modified copy of the snapshot at `input` into `output`.
-pub fn rewrite(input: &Path, output: &Path, changes: &Rewrite, options: Options) -> Result<PathBuf, SpaError> {
+pub fn rewrite(input: &Path, output: &Path, changes: &Rewrite, options: Options) -> Result<Rewritten, SpaError> {
     let reader = SavepointReader::read_with(local(), input, options)?;
+    let mut notes = Vec::new();
+    let in_flight = reader
+        .metadata()
+        .files()
+        .filter(|(_, _, f)| f.format == FileFormat::ChannelStateV1)
+        .count();
+    if in_flight > 0 {
+        notes.push(format!(
+            "the input is an unaligned checkpoint: its in-flight records ({in_flight} channel-state file(s)) are not carried into the savepoint; a job started from it does not see them again"
+        ));
+    }
     let mut w = SavepointWriter::from_reader(reader)?;
     for uid in &changes.drops {
         w = w.remove_operator(uid);
@@ -482,7 +503,10 @@ pub fn rewrite(input: &Path, output: &Path, changes: &Rewrite, options: Options)
     if let Some(m) = changes.max_parallelism {
         w = w.change_max_parallelism(m);
     }
-    w.write(output)
+    Ok(Rewritten {
+        dir: w.write(output)?,
+        notes,
+    })
 }
 
 /// One file whose `_metadata` entry was updated.
@@ -761,6 +785,9 @@ fn fsck_job_dir(
         }
     }
     let mut complete_ids = Vec::new();
+    // A shared file's problem shows in every checkpoint that references it:
+    // one line, naming them.
+    let mut problems: Vec<(String, Vec<String>)> = Vec::new();
     for (id, p, meta) in complete {
         let mut one = FsckReport::default();
         let refs = check_snapshot(storage, &p, meta, &mut one, tracker);
@@ -771,9 +798,23 @@ fn fsck_job_dir(
         }
         report.snapshots.append(&mut one.snapshots);
         report.files_checked += one.files_checked;
-        report.problems.append(&mut one.problems);
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for problem in one.problems {
+            match problems.iter_mut().find(|(text, _)| *text == problem) {
+                Some((_, seen_in)) => seen_in.push(name.clone()),
+                None => problems.push((problem, vec![name.clone()])),
+            }
+        }
         referenced.extend(refs);
         complete_ids.push(id);
+    }
+    for (problem, seen_in) in problems {
+        report
+            .problems
+            .push(format!("{problem} (referenced by {})", seen_in.join(", ")));
     }
     let complete = complete_ids;
     let latest = complete.iter().max().copied();

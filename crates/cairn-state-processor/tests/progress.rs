@@ -132,7 +132,7 @@ fn inspect_and_rewrite_count_key_groups() {
     let out = tools::rewrite(&sp, &dir.join("out"), &changes, options).unwrap();
     let last = last_of(&seen.lock().unwrap(), "rewriting");
     assert_eq!((last.done, last.total), (64 + 256, 64 + 256));
-    let (_, written) = files_of(&out);
+    let (_, written) = files_of(&out.dir);
     assert!(
         last.bytes > 0 && last.bytes <= written,
         "{last:?} vs {written} bytes written"

@@ -254,6 +254,15 @@ fn read_keyed_state_of_a_savepoint_taken_while_running_on(format: SnapshotFormat
         times.entries,
         oracle.values().map(|k| k.times.len() as u64).sum::<u64>()
     );
+    // Timers: each key once, however many timers it has.
+    let timers = of("_timers/event").expect("stats of the event-time timers");
+    let with_timers = oracle.values().filter(|k| !k.timers.is_empty()).count() as u64;
+    assert_eq!(timers.keys, with_timers);
+    assert_eq!(
+        timers.entries,
+        oracle.values().map(|k| k.timers.len() as u64).sum::<u64>()
+    );
+    assert!(timers.entries > timers.keys, "keys have several timers here");
     sp
 }
 
