@@ -193,7 +193,16 @@ pub struct GcArgs {
 
 fn rename(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((old, new)) if !old.is_empty() && !new.is_empty() => Ok((old.to_string(), new.to_string())),
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => {
+            // A uid a job could not have been given by mistake: blank, or
+            // holding a line break or other control character.
+            if new.trim().is_empty() || new.chars().any(char::is_control) {
+                return Err(format!(
+                    "the new uid {new:?} is blank or holds control characters; give a uid as the job's .uid(\"...\") names it"
+                ));
+            }
+            Ok((old.to_string(), new.to_string()))
+        }
         _ => Err(format!("'{s}' is not OLD=NEW (two uids joined by '=')")),
     }
 }

@@ -393,6 +393,16 @@ fn the_offline_tools_touch_nothing_they_should_not() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("renames uid 'events' twice"), "{err}");
+    let (code, _, err) = h.cairn(&[
+        "savepoint",
+        "rewrite",
+        &sp_s,
+        &s(&h.path("blank")),
+        "--rename-uid",
+        "events= ",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is blank"), "{err}");
 
     // A savepoint does not carry an unaligned checkpoint's in-flight
     // records: rewriting one says so.

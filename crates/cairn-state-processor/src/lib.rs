@@ -94,7 +94,11 @@ impl std::error::Error for SpaError {}
 
 impl From<cairn_runtime::JobError> for SpaError {
     fn from(e: cairn_runtime::JobError) -> Self {
-        SpaError::Snapshot(e.to_string())
+        match e {
+            // Offline, no job starts: the cause alone ("cannot restore from ...").
+            cairn_runtime::JobError::Setup(cause) => SpaError::Snapshot(cause.to_string()),
+            other => SpaError::Snapshot(other.to_string()),
+        }
     }
 }
 
