@@ -352,6 +352,12 @@ fn the_offline_tools_touch_nothing_they_should_not() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not an empty directory"), "{err}");
     assert_eq!(listing(&busy), vec![std::ffi::OsString::from("notes.txt")]);
+    // `new/..` is `busy` itself, which the checks above would not see.
+    let climbing = format!("{}/new/..", s(&busy));
+    let (code, _, err) = h.cairn(&["savepoint", "rewrite", &sp_s, &climbing, "--max-parallelism", "64"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("without '..'"), "{err}");
+    assert_eq!(listing(&busy), vec![std::ffi::OsString::from("notes.txt")]);
     assert_eq!(listing(&savepoint), before, "the input is untouched");
     // Renames apply at once: two uids can be swapped.
     let swapped = h.path("swapped");

@@ -772,6 +772,10 @@ fn fsck_job_dir(
     let mut referenced = BTreeSet::new();
     let mut complete = Vec::new();
     let mut incomplete = Vec::new();
+    // Shared files first: one that a checkpoint starting after this listing
+    // writes is not seen at all, instead of looking unreferenced.
+    let mut shared = Vec::new();
+    walk(storage, &job_dir.join(SHARED_DIR), &mut shared);
     for e in storage.list(job_dir)? {
         let p = job_dir.join(&e.name);
         if let (true, Some(id)) = (e.is_dir, parse_checkpoint_dir_name(&e.name)) {
@@ -819,6 +823,11 @@ fn fsck_job_dir(
     let complete = complete_ids;
     let latest = complete.iter().max().copied();
     for (id, p) in incomplete {
+        // A complete checkpoint may reference files in another's directory
+        // (relative references may climb out of their own): never garbage.
+        if referenced.iter().any(|r| r.starts_with(&p)) {
+            continue;
+        }
         let maybe_in_progress = latest.is_none_or(|l| id > l);
         if maybe_in_progress {
             report.in_progress.push(p.display().to_string());
@@ -833,8 +842,6 @@ fn fsck_job_dir(
             maybe_in_progress,
         });
     }
-    let mut shared = Vec::new();
-    walk(storage, &job_dir.join(SHARED_DIR), &mut shared);
     for f in shared {
         if !referenced.contains(&f) {
             report.orphans.push(f.display().to_string());
@@ -1045,6 +1052,9 @@ pub const PLAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60)
 /// take to print its plan (a job that loads much before building its plan).
 pub const PLAN_TIMEOUT_VAR: &str = "CAIRN_PLAN_TIMEOUT";
 
+/// The longest [`PLAN_TIMEOUT_VAR`] may ask for (a day).
+const MAX_PLAN_TIMEOUT_S: u64 = 86_400;
+
 fn plan_timeout() -> Result<std::time::Duration, SpaError> {
     match std::env::var(PLAN_TIMEOUT_VAR) {
         Err(_) => Ok(PLAN_TIMEOUT),
@@ -1052,11 +1062,11 @@ fn plan_timeout() -> Result<std::time::Duration, SpaError> {
             .trim()
             .parse::<u64>()
             .ok()
-            .filter(|s| *s > 0)
+            .filter(|s| (1..=MAX_PLAN_TIMEOUT_S).contains(s))
             .map(std::time::Duration::from_secs)
             .ok_or_else(|| {
                 SpaError::Usage(format!(
-                    "{PLAN_TIMEOUT_VAR}='{v}' is not a number of seconds (a whole number above 0)"
+                    "{PLAN_TIMEOUT_VAR}='{v}' is not a number of seconds (a whole number from 1 to {MAX_PLAN_TIMEOUT_S})"
                 ))
             }),
     }

@@ -573,6 +573,15 @@ impl SavepointWriter {
                 return Err(SpaError::Usage(format!("two operators would have uid '{}'", p.uid())));
             }
         }
+        // `..` would put the files somewhere else than the checks below
+        // looked (`new/..` is the current directory), and a cleanup there
+        // would delete what is not this write's.
+        if dir.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(SpaError::Usage(format!(
+                "{}: name the savepoint directory without '..'",
+                storage.display(dir)
+            )));
+        }
         let meta_path = cairn_snapshot::layout::metadata_path(dir);
         if storage.exists(&meta_path).unwrap_or(false) {
             return Err(SpaError::Usage(format!(
@@ -599,12 +608,22 @@ impl SavepointWriter {
         }
         storage.create_dir_all(dir)?;
         let written = self.write_files(&*storage, dir);
-        if written.is_err() {
-            // Leave no half-written savepoint behind: the directory was new
-            // or empty, so everything in it is this write's.
-            let _ = storage.delete_dir_all(dir);
+        // Leave no half-written savepoint behind: the directory was new or
+        // empty, so what is in it is this write's, unless another writer
+        // completed a savepoint there meanwhile (then its `_metadata` is there).
+        if written.is_err() && !storage.exists(&meta_path).unwrap_or(true) {
             if existed {
-                let _ = storage.create_dir_all(dir);
+                // Empty it, but keep it (it may be a link, or the user's mount point).
+                for e in storage.list(dir).unwrap_or_default() {
+                    let p = dir.join(&e.name);
+                    let _ = if e.is_dir {
+                        storage.delete_dir_all(&p)
+                    } else {
+                        storage.delete_file(&p)
+                    };
+                }
+            } else {
+                let _ = storage.delete_dir_all(dir);
             }
         }
         written
