@@ -565,7 +565,7 @@ pub fn reseal_with(dir: &Path, progress: Option<&ProgressFn>) -> Result<Vec<Rese
                     }
                     // Sealing vouches for the file: it must read back whole
                     // (every row, every key in its key group, no duplicates).
-                    validate_edited(&*storage, &path, size, f.format, max_parallelism)
+                    validate_edited(&*storage, &path, size, crc, f.format, max_parallelism)
                         .map_err(|e| SpaError::Snapshot(format!("{} cannot be resealed: {e}", path.display())))?;
                     changed.push(ResealedFile {
                         path: f.path.clone(),
@@ -587,11 +587,13 @@ pub fn reseal_with(dir: &Path, progress: Option<&ProgressFn>) -> Result<Vec<Rese
 }
 
 /// Read an edited canonical file as a restore would, rejecting what a
-/// restore would reject.
+/// restore would reject. The read checks the file's CRC-32 again, so what
+/// is sealed is what was read (an edit in between is caught).
 fn validate_edited(
     storage: &dyn Storage,
     path: &Path,
     size: u64,
+    crc32: u32,
     format: FileFormat,
     max_parallelism: u32,
 ) -> Result<(), String> {
@@ -606,12 +608,16 @@ fn validate_edited(
                 start: 0,
                 end_exclusive: max_parallelism.max(1),
             };
-            file.for_each_group(storage, all, Some(max_parallelism.max(1)), None, &mut |_, _, _, _| {
-                Ok(())
-            })
+            file.for_each_group(
+                storage,
+                all,
+                Some(max_parallelism.max(1)),
+                Some(crc32),
+                &mut |_, _, _, _| Ok(()),
+            )
         }
         cairn_canonical::CanonicalFile::Operator(source) => {
-            cairn_canonical::read_operator_file(storage, &source, None).map(|_| ())
+            cairn_canonical::read_operator_file(storage, &source, Some(crc32)).map(|_| ())
         }
     }
 }
