@@ -101,6 +101,15 @@ struct Columns {
     rows: usize,
 }
 
+impl Columns {
+    /// Append a row's key group, key bytes and namespace (every row has them).
+    fn push_key_bytes(&mut self, kg: u32, key_bytes: &[u8], namespace: &[u8]) {
+        self.key_group.append_value(kg as i32);
+        self.key_bytes.append_value(key_bytes);
+        self.namespace.append_value(namespace);
+    }
+}
+
 /// Writes one state of one operator subtask.
 pub struct KeyedFileWriter {
     meta: StateMeta,
@@ -257,7 +266,7 @@ impl KeyedFileWriter {
     /// key is decoded for it alone. A key of a scalar type goes into the
     /// typed column as the decoded value itself, without the MessagePack in
     /// between.
-    fn push_split_key(&mut self, kg: u32, composite: &[u8]) -> Result<usize, String> {
+    fn push_split_key(&mut self, kg: u32, composite: &[u8]) -> Result<(), String> {
         if let (Some(codec), Some(column)) = (&self.key_codec, &mut self.cols.key) {
             if column.takes_objects() {
                 if let Some(visited) = codec.visit_key(composite, &mut |key| column.append_object(key)) {
@@ -266,13 +275,10 @@ impl KeyedFileWriter {
                         return Err(err(&self.meta, kg, "the key codec read past the key"));
                     }
                     if appended {
-                        let c = &mut self.cols;
                         let (key_bytes, namespace) = composite.split_at(used);
-                        c.key_group.append_value(kg as i32);
-                        c.key_bytes.append_value(key_bytes);
-                        c.namespace.append_value(namespace);
+                        self.cols.push_key_bytes(kg, key_bytes, namespace);
                         self.have_last = false;
-                        return Ok(used);
+                        return Ok(());
                     }
                 }
             }
@@ -280,14 +286,14 @@ impl KeyedFileWriter {
         self.split_key(composite, kg)?;
         let (key_bytes, namespace) = composite.split_at(self.key_len);
         self.push_key(kg, key_bytes, namespace);
-        Ok(self.key_len)
+        Ok(())
     }
 
+    /// Append the row's key columns, the typed key from the MessagePack
+    /// [`Self::split_key`] left in `key_mp`.
     fn push_key(&mut self, kg: u32, key_bytes: &[u8], namespace: &[u8]) {
         let c = &mut self.cols;
-        c.key_group.append_value(kg as i32);
-        c.key_bytes.append_value(key_bytes);
-        c.namespace.append_value(namespace);
+        c.push_key_bytes(kg, key_bytes, namespace);
         if let Some(k) = &mut c.key {
             // A key that does not fit the column (or cannot be appended) is
             // still in key_bytes: the typed column holds null.

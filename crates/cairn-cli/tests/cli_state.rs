@@ -24,12 +24,9 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-#[test]
-fn live_state_then_the_offline_tools_on_its_savepoint() {
-    let job = example("cli_demo_job");
-    let h = Home::new("state");
-    let (sp, chk, out) = (h.path("savepoints"), h.path("checkpoints"), h.path("out"));
-    let (job_s, out_s) = (s(&job), s(&out));
+/// Start the demo job (parallelism 2, 300 events over 10 keys) detached,
+/// checkpointing every `interval` into `chk`, savepoints into `sp`; its job id.
+fn run_demo_job(h: &Home, job: &Path, chk: &Path, sp: &Path, out: &Path, interval: &str) -> String {
     let o = h.expect(
         0,
         &[
@@ -39,19 +36,28 @@ fn live_state_then_the_offline_tools_on_its_savepoint() {
             "-D",
             "rest.port=0",
             "-D",
-            "execution.checkpointing.interval=200ms",
+            &format!("execution.checkpointing.interval={interval}"),
             "-D",
-            &format!("execution.checkpointing.dir={}", s(&chk)),
+            &format!("execution.checkpointing.dir={}", s(chk)),
             "-D",
-            &format!("execution.checkpointing.savepoint-dir={}", s(&sp)),
+            &format!("execution.checkpointing.savepoint-dir={}", s(sp)),
             "--",
-            &job_s,
-            &out_s,
+            &s(job),
+            &s(out),
             "300",
             "10",
         ],
     );
-    let jid = after(&o, "Job has been submitted with JobID ").to_string();
+    after(&o, "Job has been submitted with JobID ").to_string()
+}
+
+#[test]
+fn live_state_then_the_offline_tools_on_its_savepoint() {
+    let job = example("cli_demo_job");
+    let h = Home::new("state");
+    let (sp, chk, out) = (h.path("savepoints"), h.path("checkpoints"), h.path("out"));
+    let (job_s, out_s) = (s(&job), s(&out));
+    let jid = run_demo_job(&h, &job, &chk, &sp, &out, "200ms");
     let short = &jid[..8];
 
     // state get: key 3's count, live (it only grows).
@@ -259,28 +265,7 @@ fn the_offline_tools_touch_nothing_they_should_not() {
     std::fs::write(precious.join("keep.txt"), "precious").unwrap();
     let (sp, chk, out) = (h.path("savepoints"), h.path("checkpoints (prod)"), h.path("out"));
     let (job_s, out_s) = (s(&job), s(&out));
-    let o = h.expect(
-        0,
-        &[
-            "run",
-            "-p",
-            "2",
-            "-D",
-            "rest.port=0",
-            "-D",
-            "execution.checkpointing.interval=100ms",
-            "-D",
-            &format!("execution.checkpointing.dir={}", s(&chk)),
-            "-D",
-            &format!("execution.checkpointing.savepoint-dir={}", s(&sp)),
-            "--",
-            &job_s,
-            &out_s,
-            "300",
-            "10",
-        ],
-    );
-    let jid = after(&o, "Job has been submitted with JobID ").to_string();
+    let jid = run_demo_job(&h, &job, &chk, &sp, &out, "100ms");
     let job_dir = chk.join(&jid);
     let deadline = Instant::now() + Duration::from_secs(60);
     let completed = || {

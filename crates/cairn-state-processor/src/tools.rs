@@ -651,8 +651,6 @@ struct Garbage {
     path: PathBuf,
     /// A checkpoint directory without `_metadata` (else one file).
     is_dir: bool,
-    /// Newer than the latest complete checkpoint: maybe still being written.
-    maybe_in_progress: bool,
 }
 
 impl FsckReport {
@@ -834,28 +832,21 @@ fn fsck_job_dir(
         if referenced.iter().any(|r| r.starts_with(&p)) {
             continue;
         }
-        let maybe_in_progress = latest.is_none_or(|l| id > l);
-        if maybe_in_progress {
+        // Newer than the latest complete checkpoint: maybe still being
+        // written (gc takes it only when forced).
+        if latest.is_none_or(|l| id > l) {
             report.in_progress.push(p.display().to_string());
         } else {
             report
                 .orphans
                 .push(format!("{} (an aborted checkpoint's leftovers)", p.display()));
         }
-        report.garbage.push(Garbage {
-            path: p,
-            is_dir: true,
-            maybe_in_progress,
-        });
+        report.garbage.push(Garbage { path: p, is_dir: true });
     }
     for f in shared {
         if !referenced.contains(&f) {
             report.orphans.push(f.display().to_string());
-            report.garbage.push(Garbage {
-                path: f,
-                is_dir: false,
-                maybe_in_progress: false,
-            });
+            report.garbage.push(Garbage { path: f, is_dir: false });
         }
     }
     Ok(())
@@ -1006,9 +997,6 @@ pub fn gc_with(
                 "refusing to delete {shown}: it is not inside {} (a Cairn bug; nothing else was deleted after it)",
                 job_dir.display()
             )));
-        }
-        if g.maybe_in_progress && !force {
-            continue;
         }
         // Storage addresses entries by UTF-8 names: a name that is not
         // (listed with replacement characters) cannot be deleted through it.
